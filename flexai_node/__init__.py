@@ -1,0 +1,1 @@
+"""flexai_node: the node agent (GPU inventory, node annotations, kubelet device plugin) and hook tools."""

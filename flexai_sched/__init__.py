@@ -1,0 +1,18 @@
+"""flexai_sched: vGPU bin-packing for Kubernetes, served as a kube-scheduler extender.
+
+Layout (pure core first, edges last):
+
+- ``resources``   resource names and how a pod's containers ask for vGPUs
+- ``annotations`` annotation keys and their versioned encodings (node inventory, pod allocation)
+- ``model``       plain typed values: cards, nodes, requests, slices, allocations
+- ``requests``    pod JSON -> validated ``PodRequest`` (clear errors naming the field)
+- ``policies``    binpack / spread / fragmentation-aware choices of node and card
+- ``allocator``   does a pod fit a node, and on which cards (pure arithmetic)
+- ``state``       the cluster as the scheduler believes it: assume, confirm, forget
+- ``backend``     where state comes from and where binds go (in-memory, Kubernetes)
+- ``extender``    filter / prioritize / bind / preempt decisions on top of ``state``
+- ``app``         FastAPI edge: the kube-scheduler wire format, REST views, metrics
+"""
+
+__all__ = ["__version__"]
+__version__ = "0.1.0"

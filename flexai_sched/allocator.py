@@ -1,0 +1,141 @@
+"""Does a pod fit a node, and on which cards. Pure arithmetic on plain values.
+
+A slice of ``cores`` % and ``memory`` MiB fits a card when the card is healthy and
+allowed by the pod's selector, has a free vGPU slot and the memory free, and:
+
+- cores 100 (exclusive): nothing else is on the card;
+- cores 0 (no compute limit): the card is not already at 100%;
+- otherwise: allocated cores + cores <= 100.
+
+A container's vGPUs go to distinct cards. App containers are placed together
+(largest first); each init container runs alone before them, so it is placed
+against the other pods' usage only, preferring cards the pod already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest, PodRequest, Slice, peak_usage
+from .policies import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    slices: tuple[Slice, ...]
+    usage_after: tuple[CardUsage, ...]  # per card position, the node's usage with this pod
+
+
+@dataclass(frozen=True, slots=True)
+class NoFit:
+    reason: str
+    # False when no amount of evicting other pods could make the pod fit this node.
+    resolvable: bool
+
+
+def free_memory(card: Card, used: CardUsage) -> int:
+    return card.memory_mib - card.used_outside_mib - used.memory_mib
+
+
+def slice_fits(card: Card, used: CardUsage, cores: int, memory_mib: int) -> bool:
+    if not card.healthy or used.vgpus >= card.max_vgpus or memory_mib > free_memory(card, used):
+        return False
+    if cores >= FULL_CORES:
+        return used.vgpus == 0 and used.cores == 0 and used.memory_mib == 0
+    if cores == 0:
+        return used.cores < FULL_CORES
+    return used.cores + cores <= FULL_CORES
+
+
+def could_ever_fit(card: Card, selector: CardSelector, c: ContainerRequest) -> bool:
+    """Whether the slice fits the card when nothing else is on it."""
+    if not card.healthy or not selector.allows(card):
+        return False
+    return c.memory_on(card) <= card.memory_mib - card.used_outside_mib
+
+
+def place(
+    cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, policy: Policy
+) -> Placement | NoFit:
+    """Choose cards for every GPU container of ``pod`` on a node, or say why not."""
+    unresolvable = _never_fits(cards, pod)
+    if unresolvable:
+        return NoFit(unresolvable, resolvable=False)
+    work = list(usage)
+    slices: list[Slice] = []
+    for c in sorted(pod.containers, key=_hardness, reverse=True):
+        if c.vgpus == 0:
+            continue
+        chosen = _choose(cards, work, c, pod.selector, policy, prefer=())
+        if isinstance(chosen, NoFit):
+            return chosen
+        for pos in chosen:
+            card = cards[pos]
+            mem = c.memory_on(card)
+            work[pos] = work[pos].plus(CardUsage(c.cores, mem, 1))
+            slices.append(Slice(c.name, card.index, card.uuid, c.cores, mem))
+    app_cards = tuple(sorted({s.card_index for s in slices}))
+    for c in pod.init_containers:
+        if c.vgpus == 0:
+            continue
+        # Runs before the app containers: only other pods' usage is on the cards then.
+        chosen = _choose(cards, list(usage), c, pod.selector, policy, prefer=app_cards)
+        if isinstance(chosen, NoFit):
+            return chosen
+        for pos in chosen:
+            card = cards[pos]
+            slices.append(Slice(c.name, card.index, card.uuid, c.cores, c.memory_on(card), init=True))
+    by_index = {card.index: pos for pos, card in enumerate(cards)}
+    after = list(usage)
+    for index, held in peak_usage(tuple(slices)).items():
+        after[by_index[index]] = after[by_index[index]].plus(held)
+    return Placement(tuple(slices), tuple(after))
+
+
+def _hardness(c: ContainerRequest) -> tuple[int, int, int]:
+    return (c.vgpus, c.cores, c.memory_mib if c.memory_mib is not None else 1 << 40)
+
+
+def _never_fits(cards: Sequence[Card], pod: PodRequest) -> str:
+    for c in (*pod.containers, *pod.init_containers):
+        if c.vgpus == 0:
+            continue
+        if c.vgpus > len(cards):
+            return f'container "{c.name}": asks for {c.vgpus} vGPUs, node has {len(cards)} cards'
+        possible = sum(1 for card in cards if could_ever_fit(card, pod.selector, c))
+        if possible < c.vgpus:
+            return f'container "{c.name}": needs {c.vgpus} cards{_describe(c, pod.selector)}, node has {possible}'
+    return ""
+
+
+def _choose(
+    cards: Sequence[Card],
+    usage: list[CardUsage],
+    c: ContainerRequest,
+    selector: CardSelector,
+    policy: Policy,
+    prefer: tuple[int, ...],
+) -> list[int] | NoFit:
+    candidates = []
+    for pos, card in enumerate(cards):
+        mem = c.memory_on(card)
+        if selector.allows(card) and slice_fits(card, usage[pos], c.cores, mem):
+            rank = 0 if card.index in prefer else 1
+            candidates.append((rank, policy.card_cost(card, usage[pos], c.cores, mem), card.index, pos))
+    if len(candidates) < c.vgpus:
+        return NoFit(
+            f'container "{c.name}": needs {c.vgpus} cards with room{_describe(c, selector)}, '
+            f"{len(candidates)} of {len(cards)} have it",
+            resolvable=True,
+        )
+    candidates.sort()
+    return [pos for *_, pos in candidates[: c.vgpus]]
+
+
+def _describe(c: ContainerRequest, selector: CardSelector) -> str:
+    parts = [f"{c.cores}% cores" if c.cores < FULL_CORES else "a whole card"]
+    parts.append("all memory" if c.memory_mib is None else f"{c.memory_mib} MiB")
+    if selector.models:
+        parts.append("model " + "|".join(sorted(selector.models)))
+    return " for " + ", ".join(parts)

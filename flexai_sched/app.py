@@ -1,0 +1,174 @@
+"""FastAPI edge: kube-scheduler's extender verbs, REST views, health and metrics.
+
+Handlers only parse, call ``Extender`` and serialise. A request the core rejects
+becomes a well-formed extender reply (kube-scheduler shows its reason in the pod's
+FailedScheduling event); a body that is not the wire format gets a 4xx naming the
+field; nothing becomes a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from . import __version__, views
+from .backend import Backend
+from .extender import BindError, Extender
+from .extender_types import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+    ExtenderPreemptionResult,
+    HostPriority,
+    MetaPod,
+    MetaVictims,
+    NodeList,
+)
+from .metrics import Metrics
+from .state import ClusterState
+
+log = logging.getLogger("flexai_sched")
+MAX_BODY = 64 << 20  # a 5,000-node NodeList is ~30 MiB; anything past this is refused
+
+
+def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
+    state: ClusterState = extender.state
+    backend: Backend = extender.backend
+    metrics = Metrics(state)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if start_backend:
+            await run_in_threadpool(backend.start, state)
+        try:
+            yield
+        finally:
+            if start_backend:
+                await run_in_threadpool(backend.stop)
+
+    app = FastAPI(
+        title="flexai-sched",
+        version=__version__,
+        summary="vGPU bin-packing extender for kube-scheduler, and views of its allocations",
+        lifespan=lifespan,
+    )
+    app.state.extender = extender
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY:
+            return JSONResponse({"detail": f"body of {length} bytes exceeds {MAX_BODY}"}, status_code=413)
+        return await call_next(request)
+
+    # ---- extender verbs (sync handlers run in the thread pool; bind may block on the API) ----
+
+    @app.post("/filter", response_model=ExtenderFilterResult, response_model_exclude_none=False, tags=["extender"])
+    def filter_(args: ExtenderArgs) -> ExtenderFilterResult:
+        with metrics.latency.labels("filter").time():
+            names = args.node_names()
+            out = extender.filter(args.Pod, names)
+            if args.NodeNames is not None or args.Nodes is None:
+                return ExtenderFilterResult(
+                    NodeNames=out.fits, FailedNodes=out.failed, FailedAndUnresolvableNodes=out.unresolvable
+                )
+            keep = set(out.fits)
+            items = [n for n in args.Nodes.items if (n.get("metadata") or {}).get("name") in keep]
+            return ExtenderFilterResult(
+                Nodes=NodeList(items=items), FailedNodes=out.failed, FailedAndUnresolvableNodes=out.unresolvable
+            )
+
+    @app.post("/prioritize", response_model=list[HostPriority], tags=["extender"])
+    def prioritize(args: ExtenderArgs) -> list[HostPriority]:
+        with metrics.latency.labels("prioritize").time():
+            return [HostPriority(Host=h, Score=s) for h, s in extender.prioritize(args.Pod, args.node_names())]
+
+    @app.post("/bind", response_model=ExtenderBindingResult, tags=["extender"])
+    def bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
+        with metrics.latency.labels("bind").time():
+            try:
+                extender.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+            except BindError as e:
+                metrics.bind_failures.labels(_reason_class(str(e))).inc()
+                log.info("bind %s/%s -> %s failed: %s", args.PodNamespace, args.PodName, args.Node, e)
+                return ExtenderBindingResult(Error=str(e))
+            except Exception as e:  # the API edge: a failure of the backend is an answer, not a 500
+                metrics.bind_failures.labels("internal").inc()
+                log.exception("bind %s/%s -> %s", args.PodNamespace, args.PodName, args.Node)
+                return ExtenderBindingResult(Error=f"internal error: {e}")
+            metrics.binds.inc()
+            return ExtenderBindingResult()
+
+    @app.post("/preempt", response_model=ExtenderPreemptionResult, tags=["extender"])
+    def preempt(args: ExtenderPreemptionArgs) -> ExtenderPreemptionResult:
+        with metrics.latency.labels("preempt").time():
+            kept = extender.preempt(args.Pod, args.victims())
+            return ExtenderPreemptionResult(
+                NodeNameToMetaVictims={
+                    n: MetaVictims(Pods=[MetaPod(UID=u) for u in uids], NumPDBViolations=pdb)
+                    for n, (uids, pdb) in kept.items()
+                }
+            )
+
+    # ---- views ----
+
+    @app.get("/v1/nodes", response_model=list[views.NodeSummary], tags=["views"])
+    def list_nodes() -> list[views.NodeSummary]:
+        return [views.node_summary(n) for n in sorted(state.nodes(), key=lambda n: n.name)]
+
+    @app.get("/v1/nodes/{name}", response_model=views.NodeDetail, tags=["views"])
+    def get_node(name: str) -> views.NodeDetail:
+        node = state.node(name)
+        if node is None:
+            raise HTTPException(404, f"node {name!r}: not known to the scheduler")
+        return views.node_detail(node, state)
+
+    @app.get("/v1/allocations", response_model=list[views.AllocationView], tags=["views"])
+    def list_allocations() -> list[views.AllocationView]:
+        return [views.allocation_view(a, st) for a, st in sorted(state.allocations(), key=lambda x: x[0].key)]
+
+    @app.get("/v1/pods/{namespace}/{name}", response_model=views.AllocationView, tags=["views"])
+    def get_pod(namespace: str, name: str) -> views.AllocationView:
+        key = f"{namespace}/{name}"
+        a = state.allocation(key)
+        if a is None:
+            raise HTTPException(404, f"pod {key}: has no vGPU allocation")
+        return views.allocation_view(a, state.state_of(key))
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz() -> Response:
+        if backend.ready():
+            return JSONResponse({"status": "ready", "nodes": len(state)})
+        return JSONResponse({"status": "syncing"}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"])
+    def metrics_() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _reason_class(message: str) -> str:
+    """A small, fixed label set for the failure counter (messages are unbounded)."""
+    for word, label in (("no longer fits", "conflict"), ("needs", "no_fit"), ("not found", "pod_gone"),
+                        ("already", "duplicate"), ("invalid", "invalid_request"), ("inventory", "unknown_node")):
+        if word in message:
+            return label
+    return "backend"
+
+

@@ -1,0 +1,128 @@
+"""Where the scheduler's state comes from and where binds go.
+
+A backend feeds ``ClusterState`` (node inventories, allocations of bound pods) from its
+source of truth, and commits a bind: records the allocation on the pod and binds it
+to the node. Two implementations: ``MemoryBackend`` here (demo cluster, tests, trace
+replay) and ``kube.KubeBackend`` (a real cluster).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from . import annotations as ann
+from .model import Allocation, NodeInventory
+from .state import ClusterState
+
+
+class CommitError(Exception):
+    """Writing the allocation or the Binding failed; nothing of it counts."""
+
+
+class Backend(Protocol):
+    def start(self, state: ClusterState) -> None:
+        """Fill ``state`` and keep it current until ``stop``."""
+
+    def stop(self) -> None: ...
+
+    def ready(self) -> bool:
+        """True once ``state`` reflects the source of truth."""
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def commit(self, alloc: Allocation) -> None:
+        """Persist ``alloc`` on the pod and bind the pod to ``alloc.node``; raise CommitError."""
+
+
+class MemoryBackend:
+    """An embedded in-memory cluster: nodes from an inventory, pods created by callers.
+
+    Heartbeats are refreshed every ``heartbeat_every`` seconds (as a node agent would),
+    so demo nodes never go stale; tests pass ``heartbeat_every=None`` to control time.
+    """
+
+    def __init__(self, nodes: Iterable[NodeInventory] = (), heartbeat_every: float | None = 10.0) -> None:
+        self._mu = threading.Lock()
+        self._nodes = {n.name: n for n in nodes}
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._state: ClusterState | None = None
+        self._every = heartbeat_every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fail_next_commit: str | None = None  # tests: make the next commit fail with this message
+
+    def start(self, state: ClusterState) -> None:
+        self._state = state
+        self.heartbeat()
+        if self._every:
+            self._thread = threading.Thread(target=self._beat, name="demo-heartbeat", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ready(self) -> bool:
+        return self._state is not None
+
+    def heartbeat(self, at: datetime | None = None) -> None:
+        now = at or datetime.now(UTC)
+        with self._mu:
+            self._nodes = {k: NodeInventory(n.name, n.cards, now) for k, n in self._nodes.items()}
+            nodes = list(self._nodes.values())
+        if self._state is not None:
+            for n in nodes:
+                self._state.upsert_node(n)
+
+    def add_node(self, node: NodeInventory) -> None:
+        with self._mu:
+            self._nodes[node.name] = node
+        if self._state is not None:
+            self._state.upsert_node(node)
+
+    def nodes(self) -> list[NodeInventory]:
+        with self._mu:
+            return list(self._nodes.values())
+
+    def create_pod(self, pod: Mapping[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        with self._mu:
+            self._pods[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = copy.deepcopy(dict(pod))
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        key = f"{namespace}/{name}"
+        with self._mu:
+            pod = self._pods.pop(key, None)
+        if pod is not None and self._state is not None:
+            self._state.release(key, (pod.get("metadata") or {}).get("uid"))
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._mu:
+            pod = self._pods.get(f"{namespace}/{name}")
+            return copy.deepcopy(pod) if pod is not None else None
+
+    def commit(self, alloc: Allocation) -> None:
+        if self.fail_next_commit:
+            msg, self.fail_next_commit = self.fail_next_commit, None
+            raise CommitError(msg)
+        with self._mu:
+            pod = self._pods.get(alloc.key)
+            if pod is None:
+                # The demo accepts binds of pods it never saw (curl sessions): remember a stub.
+                pod = {"metadata": {"namespace": alloc.namespace, "name": alloc.name, "uid": alloc.uid}, "spec": {}}
+                self._pods[alloc.key] = pod
+            meta = pod.setdefault("metadata", {})
+            if alloc.uid and meta.get("uid") and meta["uid"] != alloc.uid:
+                raise CommitError(f"UID {meta['uid']} is not {alloc.uid} (pod was recreated)")
+            if pod.get("spec", {}).get("nodeName"):
+                raise CommitError(f"already bound to {pod['spec']['nodeName']}")
+            meta.setdefault("annotations", {})[ann.POD_ALLOCATION] = ann.encode_allocation(alloc)
+            pod.setdefault("spec", {})["nodeName"] = alloc.node
+
+    def _beat(self) -> None:
+        assert self._every
+        while not self._stop.wait(self._every):
+            self.heartbeat()

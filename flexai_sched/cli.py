@@ -1,0 +1,100 @@
+"""``flexai-sched``: run the extender (``serve``) or replay a trace (``sim``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import config, demo, policies
+from .backend import Backend, MemoryBackend
+from .extender import Extender
+from .state import ClusterState
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flexai-sched", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the kube-scheduler extender and REST views")
+    serve.add_argument("--config", help="YAML settings file (flags override it)")
+    serve.add_argument("--kubeconfig", help="use this cluster; without it (and --in-cluster) a demo cluster")
+    serve.add_argument("--in-cluster", action="store_true", default=None, help="use the pod's service account")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--node-policy", choices=policies.names())
+    serve.add_argument("--card-policy", choices=policies.names())
+    serve.add_argument("--granularity", type=int, help="vgpu-cores must be a multiple of this (default 5)")
+    serve.add_argument("--max-vgpus-per-card", type=int)
+    serve.add_argument("--heartbeat-ttl", type=float, dest="heartbeat_ttl_s", help="seconds (default 60)")
+    serve.add_argument("--tls-cert")
+    serve.add_argument("--tls-key")
+    serve.add_argument("--demo-inventory", help="YAML/JSON demo nodes (see flexai_sched/demo.py)")
+    serve.add_argument("--log-level", default="info")
+    _add_sim(sub)
+    args = parser.parse_args(argv)
+    if args.command == "sim":
+        return int(args.run(args))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = config.load(
+            args.config,
+            kubeconfig=args.kubeconfig,
+            in_cluster=args.in_cluster,
+            host=args.host,
+            port=args.port,
+            node_policy=args.node_policy,
+            card_policy=args.card_policy,
+            granularity=args.granularity,
+            max_vgpus_per_card=args.max_vgpus_per_card,
+            heartbeat_ttl_s=args.heartbeat_ttl_s,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            demo_inventory=args.demo_inventory,
+        )
+        backend = make_backend(settings)
+    except (ValueError, OSError) as e:
+        print(f"flexai-sched: {e}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from .app import create_app
+
+    state = ClusterState(max_vgpus_per_card=settings.max_vgpus_per_card)
+    app = create_app(Extender(state, backend, settings))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        log_level=args.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def make_backend(settings: config.Settings) -> Backend:
+    if settings.kubeconfig or settings.in_cluster:
+        from .kube import KubeBackend  # the kubernetes client is only imported when used
+
+        return KubeBackend(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster)
+    nodes = (
+        demo.load_file(settings.demo_inventory, settings.max_vgpus_per_card)
+        if settings.demo_inventory
+        else demo.inventory(max_vgpus=settings.max_vgpus_per_card)
+    )
+    return MemoryBackend(nodes)
+
+
+def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The trace replay registers its own arguments (flexai_sched.sim), if present."""
+    try:
+        from .sim.cli import add_parser
+    except ImportError:
+        return
+    add_parser(sub)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Settings of the scheduler service: a YAML file, then command-line flags on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node_policy: str = "binpack"
+    card_policy: str = "binpack"
+    granularity: int = 5  # vgpu-cores must be a multiple of this
+    max_vgpus_per_card: int = 5  # caps what node inventories advertise
+    heartbeat_ttl_s: float = 60.0  # a node silent for longer gets no new pods
+    host: str = "127.0.0.1"
+    port: int = 8888
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+    demo_inventory: str | None = None  # YAML/JSON file of demo nodes; None = built-in demo
+
+    def validate(self) -> Settings:
+        from . import policies
+
+        problems = []
+        for name in ("node_policy", "card_policy"):
+            if getattr(self, name) not in policies.names():
+                problems.append(f"{name}={getattr(self, name)!r}: must be one of {', '.join(policies.names())}")
+        if not 1 <= self.granularity <= 100 or 100 % self.granularity:
+            problems.append(f"granularity={self.granularity}: must divide 100")
+        if self.max_vgpus_per_card < 1:
+            problems.append(f"max_vgpus_per_card={self.max_vgpus_per_card}: must be at least 1")
+        if self.heartbeat_ttl_s <= 0:
+            problems.append(f"heartbeat_ttl_s={self.heartbeat_ttl_s}: must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("tls_cert and tls_key: give both or neither")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load(path: str | Path | None, **overrides: Any) -> Settings:
+    """Settings from a YAML file (keys as the field names, '-' or '_'), then overrides (None = unset)."""
+    values: dict[str, Any] = {}
+    if path:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: must be a mapping of settings")
+        known = {f.name for f in fields(Settings)}
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+            values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(Settings(), **values).validate()

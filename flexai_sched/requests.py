@@ -1,0 +1,191 @@
+"""Turn a pod (Kubernetes JSON as a dict) into a validated ``PodRequest``.
+
+Rules (the seed's semantics):
+
+- ``vgpu-number`` N > 0 with neither cores nor memory: N whole cards (cores 100, all memory).
+- cores without memory: that share of compute and all of the card's memory.
+- memory without cores: no compute limit (cores 0).
+- cores 100: an exclusive card; cores 0: no compute limit, never on a card already at 100%.
+- cores are 0-100 in multiples of ``granularity`` (5 by default).
+
+Errors name the container, the resource and the rule; all of a pod's errors are reported
+at once. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import annotations as ann
+from . import resources as res
+from .model import FULL_CORES, CardSelector, ContainerRequest, PodRequest
+
+_WHOLE = re.compile(r"^\+?[0-9]+$")
+MAX_VGPUS_PER_CONTAINER = 64  # far above any node; stops absurd values early
+
+
+class RequestError(ValueError):
+    """The pod's vGPU request is invalid; ``reasons`` lists every problem found."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRules:
+    granularity: int = 5
+    policies: frozenset[str] = frozenset({"binpack", "spread", "fragmentation"})
+
+
+def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> PodRequest:
+    """Parse and validate. Raises ``RequestError`` with every reason found."""
+    if not isinstance(pod, Mapping):
+        raise RequestError(["pod: must be a JSON object"])
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
+        raise RequestError(["pod: metadata and spec must be objects"])
+    errors: list[str] = []
+    models: set[str] = set()
+    containers = _containers(spec.get("containers"), "container", False, rules, errors, models)
+    init_raw = spec.get("initContainers")
+    # Restartable init containers (sidecars) run beside the app, so they count as app containers.
+    sidecars = [c for c in init_raw or [] if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"]
+    plain_init = [c for c in init_raw or [] if not (isinstance(c, Mapping) and c.get("restartPolicy") == "Always")]
+    containers += _containers(sidecars, "init container", False, rules, errors, models)
+    init = _containers(plain_init, "init container", True, rules, errors, models)
+
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, Mapping):
+        annotations = {}
+    selector = CardSelector(
+        models=frozenset(models) | ann.split_list(annotations.get(ann.GPU_MODELS)),
+        exclude_models=ann.split_list(annotations.get(ann.GPU_MODELS_EXCLUDE)),
+        uuids=ann.split_list(annotations.get(ann.GPU_UUIDS)),
+        exclude_uuids=ann.split_list(annotations.get(ann.GPU_UUIDS_EXCLUDE)),
+    )
+    node_policy = _policy(annotations, ann.NODE_POLICY, rules, errors)
+    card_policy = _policy(annotations, ann.CARD_POLICY, rules, errors)
+    if errors:
+        raise RequestError(errors)
+    return PodRequest(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        containers=tuple(containers),
+        init_containers=tuple(init),
+        selector=selector,
+        node_policy=node_policy,
+        card_policy=card_policy,
+    )
+
+
+def _policy(annotations: Mapping[str, Any], key: str, rules: RequestRules, errors: list[str]) -> str | None:
+    value = annotations.get(key)
+    if value is None:
+        return None
+    if value not in rules.policies:
+        errors.append(f"annotation {key}={value!r}: must be one of {', '.join(sorted(rules.policies))}")
+        return None
+    return str(value)
+
+
+def _containers(
+    raw: object, kind: str, init: bool, rules: RequestRules, errors: list[str], models: set[str]
+) -> list[ContainerRequest]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        errors.append(f"{kind}s: must be a list")
+        return []
+    out = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, Mapping):
+            errors.append(f"{kind} #{i}: must be an object")
+            continue
+        name = str(c.get("name") or f"#{i}")
+        req = _container(f'{kind} "{name}"', name, c.get("resources") or {}, init, rules, errors, models)
+        if req is not None:
+            out.append(req)
+    return out
+
+
+def _container(
+    where: str,
+    name: str,
+    resources: Any,
+    init: bool,
+    rules: RequestRules,
+    errors: list[str],
+    models: set[str],
+) -> ContainerRequest | None:
+    if not isinstance(resources, Mapping):
+        errors.append(f"{where}: resources must be an object")
+        return None
+    limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    if not isinstance(limits, Mapping) or not isinstance(requests, Mapping):
+        errors.append(f"{where}: resources.limits and resources.requests must be objects")
+        return None
+    values: dict[str, int] = {}
+    before = len(errors)
+    for key in sorted(set(limits) | set(requests)):
+        if key.startswith(res.VGPU_TYPE_PREFIX):
+            model = key[len(res.VGPU_TYPE_PREFIX) :]
+            if not model:
+                errors.append(f"{where}: {key}: model name is empty")
+            else:
+                models.add(model)
+            continue
+        if key not in res.MANAGED:
+            continue
+        lim = _whole(where, key, limits.get(key), errors)
+        req = _whole(where, key, requests.get(key), errors)
+        if lim is not None and req is not None and lim != req:
+            errors.append(f"{where}: {key}: requests ({req}) must equal limits ({lim})")
+        value = lim if lim is not None else req
+        if value is not None:
+            values[key] = value
+    if len(errors) > before:
+        return None
+    if res.VGPU_MEMORY in values and res.VGPU_MEMORY_ALT in values:
+        errors.append(f"{where}: give memory once, as {res.VGPU_MEMORY} or {res.VGPU_MEMORY_ALT}, not both")
+        return None
+
+    number = values.get(res.VGPU_NUMBER)
+    cores = values.get(res.VGPU_CORES)
+    memory = values.get(res.VGPU_MEMORY, values.get(res.VGPU_MEMORY_ALT))
+    if not number:
+        if cores or memory:
+            errors.append(f"{where}: {res.VGPU_CORES}/{res.VGPU_MEMORY} need {res.VGPU_NUMBER} >= 1")
+        return None
+    if number > MAX_VGPUS_PER_CONTAINER:
+        errors.append(f"{where}: {res.VGPU_NUMBER}={number}: more than {MAX_VGPUS_PER_CONTAINER} vGPUs")
+        return None
+    if cores is None and memory is None:
+        cores = FULL_CORES  # a whole card
+    elif cores is None:
+        cores = 0  # memory only: no compute limit
+    if cores > FULL_CORES:
+        errors.append(f"{where}: {res.VGPU_CORES}={cores}: must be at most {FULL_CORES}")
+        return None
+    if cores % rules.granularity:
+        errors.append(f"{where}: {res.VGPU_CORES}={cores}: must be a multiple of {rules.granularity}")
+        return None
+    if memory is not None and memory == 0:
+        errors.append(f"{where}: {res.VGPU_MEMORY}=0: must be at least 1 GiB")
+        return None
+    return ContainerRequest(name, number, cores, None if memory is None else memory * 1024, init)
+
+
+def _whole(where: str, key: str, value: object, errors: list[str]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not _WHOLE.match(str(value)):
+        errors.append(f"{where}: {key}={value!r}: must be a whole non-negative number")
+        return None
+    return int(value)
