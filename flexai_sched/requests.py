@@ -45,8 +45,8 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
     """Parse and validate. Raises ``RequestError`` with every reason found."""
     if not isinstance(pod, Mapping):
         raise RequestError(["pod: must be a JSON object"])
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
+    meta = _or_empty(pod.get("metadata"))
+    spec = _or_empty(pod.get("spec"))
     if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
         raise RequestError(["pod: metadata and spec must be objects"])
     errors: list[str] = []
@@ -108,7 +108,7 @@ def _containers(
             errors.append(f"{kind} #{i}: must be an object")
             continue
         name = str(c.get("name") or f"#{i}")
-        req = _container(f'{kind} "{name}"', name, c.get("resources") or {}, init, rules, errors, models)
+        req = _container(f'{kind} "{name}"', name, _or_empty(c.get("resources")), init, rules, errors, models)
         if req is not None:
             out.append(req)
     return out
@@ -126,8 +126,8 @@ def _container(
     if not isinstance(resources, Mapping):
         errors.append(f"{where}: resources must be an object")
         return None
-    limits = resources.get("limits") or {}
-    requests = resources.get("requests") or {}
+    limits = _or_empty(resources.get("limits"))
+    requests = _or_empty(resources.get("requests"))
     if not isinstance(limits, Mapping) or not isinstance(requests, Mapping):
         errors.append(f"{where}: resources.limits and resources.requests must be objects")
         return None
@@ -189,3 +189,8 @@ def _whole(where: str, key: str, value: object, errors: list[str]) -> int | None
         errors.append(f"{where}: {key}={value!r}: must be a whole non-negative number")
         return None
     return int(value)
+
+
+def _or_empty(value: Any) -> Any:
+    """JSON null means "absent"; any other value is kept so its type can be checked."""
+    return {} if value is None else value

@@ -1,0 +1,247 @@
+"""The extender over HTTP, with bodies shaped exactly like kube-scheduler's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flexai_sched.app import create_app
+from flexai_sched.backend import MemoryBackend
+from flexai_sched.config import Settings
+from flexai_sched.extender import Extender
+from flexai_sched.state import ClusterState
+
+from .fixtures import limits, node, pod
+
+NODES = ["big", "small", "t4"]
+
+
+@pytest.fixture
+def env() -> Iterator[tuple[TestClient, MemoryBackend, ClusterState]]:
+    state = ClusterState()
+    backend = MemoryBackend(
+        [node("big", 8), node("small", 2), node("t4", 2, memory_mib=15360, model="Tesla T4")], heartbeat_every=None
+    )
+    app = create_app(Extender(state, backend, Settings()))
+    with TestClient(app) as client:
+        yield client, backend, state
+
+
+def node_obj(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"x": "y"}}, "status": {}}
+
+
+def cache_args(p: dict[str, Any], names: list[str] = NODES) -> dict[str, Any]:
+    return {"Pod": p, "Nodes": None, "NodeNames": names}
+
+
+def full_args(p: dict[str, Any], names: list[str] = NODES) -> dict[str, Any]:
+    return {"Pod": p, "Nodes": {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [node_obj(n) for n in names]},
+            "NodeNames": None}
+
+
+def test_filter_node_cache_capable_returns_every_fitting_node(env: Any) -> None:
+    client, _, _ = env
+    r = client.post("/filter", json=cache_args(pod("p", limits(4, cores=20, memory_gib=3))))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["NodeNames"] == ["big"]
+    assert body["Nodes"] is None
+    assert "asks for 4 vGPUs, node has 2 cards" in body["FailedAndUnresolvableNodes"]["small"]
+    assert body["Error"] == ""
+
+
+def test_filter_full_node_list_mode_answers_with_nodes(env: Any) -> None:
+    client, _, _ = env
+    body = client.post("/filter", json=full_args(pod("p", limits(1, cores=20)))).json()
+    assert [n["metadata"]["name"] for n in body["Nodes"]["items"]] == NODES
+    assert body["Nodes"]["items"][0]["metadata"]["labels"] == {"x": "y"}  # objects passed through whole
+    assert body["NodeNames"] is None
+
+
+def test_invalid_request_is_an_unresolvable_reason_not_a_500(env: Any) -> None:
+    client, _, _ = env
+    r = client.post("/filter", json=cache_args(pod("p", limits(1, cores=130))))
+    assert r.status_code == 200
+    reasons = r.json()["FailedAndUnresolvableNodes"]
+    assert set(reasons) == set(NODES)
+    assert 'container "c0": huawei.com/vgpu-cores=130: must be at most 100' in reasons["big"]
+
+
+def test_model_nobody_has(env: Any) -> None:
+    client, _, _ = env
+    p = pod("p", limits(1, cores=10, **{"huawei.com/vgpu-type.B200": "1"}))
+    reasons = client.post("/filter", json=cache_args(p)).json()["FailedAndUnresolvableNodes"]
+    assert "no node has a card of model B200 (models in the cluster: NVIDIA H200, Tesla T4)" in reasons["t4"]
+
+
+def bind(client: TestClient, backend: MemoryBackend, name: str, node_name: str, *containers: dict[str, Any]) -> str:
+    backend.create_pod(pod(name, *containers))
+    body = {"PodName": name, "PodNamespace": "default", "PodUID": f"uid-{name}", "Node": node_name}
+    return str(client.post("/bind", json=body).json()["Error"])
+
+
+def test_prioritize_scores_0_to_10_binpack_prefers_the_fuller_node(env: Any) -> None:
+    client, backend, _ = env
+    # Fill half of "big" first; binpack then ranks it above the empty "small".
+    for i in range(4):
+        assert bind(client, backend, f"f{i}", "big", limits(1)) == ""
+    r = client.post("/prioritize", json=cache_args(pod("p", limits(1, cores=50, memory_gib=10)), ["big", "small"]))
+    scores = {h["Host"]: h["Score"] for h in r.json()}
+    assert all(0 <= s <= 10 for s in scores.values())
+    assert scores["big"] == 10 and scores["small"] < 10
+
+
+def test_prioritize_respects_a_per_pod_policy_override(env: Any) -> None:
+    client, backend, _ = env
+    for i in range(4):
+        assert bind(client, backend, f"f{i}", "big", limits(1)) == ""
+    p = pod("p", limits(1, cores=50, memory_gib=10), annotations={"vgpu.flexai.io/node-policy": "spread"})
+    scores = {h["Host"]: h["Score"] for h in client.post("/prioritize", json=cache_args(p, ["big", "small"])).json()}
+    assert scores["small"] > scores["big"]
+
+
+def test_bind_records_the_allocation_and_views_show_it(env: Any) -> None:
+    client, backend, _ = env
+    p = pod("train", limits(2, cores=30, memory_gib=8))
+    backend.create_pod(p)
+    client.post("/filter", json=cache_args(p))
+    r = client.post("/bind", json={"PodName": "train", "PodNamespace": "default", "PodUID": "uid-train", "Node": "small"})
+    assert r.json() == {"Error": ""}
+    stored = backend.get_pod("default", "train")
+    assert stored is not None and stored["spec"]["nodeName"] == "small"
+    assert '"cores":30' in stored["metadata"]["annotations"]["vgpu.flexai.io/allocation"]
+    view = client.get("/v1/pods/default/train").json()
+    assert view["state"] == "bound" and {s["card"] for s in view["slices"]} == {0, 1}
+    detail = client.get("/v1/nodes/small").json()
+    assert [c["cores_allocated"] for c in detail["card_details"]] == [30, 30]
+    assert detail["card_details"][0]["memory_mib_allocated"] == 8192
+    assert detail["card_details"][0]["slices"][0]["pod"] == "default/train"
+    assert [a["name"] for a in client.get("/v1/allocations").json()] == ["train"]
+    assert "flexai_card_allocated_cores_percent" in client.get("/metrics").text
+
+
+def test_bind_of_a_pod_that_no_longer_fits_is_a_bind_error(env: Any) -> None:
+    client, backend, state = env
+    # t4 has 2 cards: two whole cards fit, the third pod (bound as if filter ran earlier) does not.
+    assert bind(client, backend, "a", "t4", limits(1)) == ""
+    assert bind(client, backend, "b", "t4", limits(1)) == ""
+    err = bind(client, backend, "c", "t4", limits(1))
+    assert "node t4: container \"c0\": needs 1 cards with room" in err
+    assert state.allocation("default/c") is None
+
+
+def test_bind_of_an_unknown_pod_is_a_bind_error(env: Any) -> None:
+    client, _, _ = env
+    r = client.post("/bind", json={"PodName": "ghost", "PodNamespace": "d", "PodUID": "u", "Node": "t4"})
+    assert r.status_code == 200 and r.json()["Error"] == "pod d/ghost: not found"
+
+
+def test_a_repeated_bind_is_idempotent_and_a_second_node_is_refused(env: Any) -> None:
+    client, backend, state = env
+    assert bind(client, backend, "a", "big", limits(1, cores=50)) == ""
+    again = {"PodName": "a", "PodNamespace": "default", "PodUID": "uid-a", "Node": "big"}
+    assert client.post("/bind", json=again).json()["Error"] == ""
+    assert "already" in client.post("/bind", json={**again, "Node": "small"}).json()["Error"]
+    assert sum(u.cores for u in state.node("big").usage) == 50
+
+
+def test_failed_commit_leaves_nothing_allocated(env: Any) -> None:
+    client, backend, state = env
+    p = pod("p", limits(1, cores=50))
+    backend.create_pod(p)
+    backend.fail_next_commit = "apiserver said no"
+    r = client.post("/bind", json={"PodName": "p", "PodNamespace": "default", "PodUID": "uid-p", "Node": "big"})
+    assert "apiserver said no" in r.json()["Error"]
+    assert state.allocation("default/p") is None
+    assert sum(u.cores for u in state.node("big").usage) == 0
+    assert "flexai_bind_failures_total" in client.get("/metrics").text
+
+
+def test_preempt_keeps_only_nodes_where_the_victims_free_a_fitting_slice(env: Any) -> None:
+    client, backend, _ = env
+    for name in ("v1", "v2"):
+        assert bind(client, backend, name, "small", limits(1, cores=100)) == ""
+    preemptor = pod("hi", limits(1, cores=60))
+    args = {
+        "Pod": preemptor,
+        "NodeNameToVictims": None,
+        "NodeNameToMetaVictims": {
+            "small": {"Pods": [{"UID": "uid-v1"}], "NumPDBViolations": 0},  # frees a whole card: keep
+            "t4": {"Pods": [{"UID": "nobody"}], "NumPDBViolations": 1},  # t4 is empty anyway: still fits
+        },
+    }
+    kept = client.post("/preempt", json=args).json()["NodeNameToMetaVictims"]
+    assert kept["small"] == {"Pods": [{"UID": "uid-v1"}], "NumPDBViolations": 0}
+    # Victims that free nothing useful: the other pod holds the card it would need.
+    args["Pod"] = pod("hi2", limits(2, cores=60))
+    kept = client.post("/preempt", json=args).json()["NodeNameToMetaVictims"]
+    assert "small" not in kept
+
+
+def test_preempt_with_full_victim_pods(env: Any) -> None:
+    client, backend, _ = env
+    backend.create_pod(pod("v", limits(2, cores=100)))
+    client.post("/bind", json={"PodName": "v", "PodNamespace": "default", "PodUID": "uid-v", "Node": "small"})
+    args = {"Pod": pod("hi", limits(1, cores=100)),
+            "NodeNameToVictims": {"small": {"Pods": [pod("v", limits(2, cores=100))], "NumPDBViolations": 0}}}
+    kept = client.post("/preempt", json=args).json()["NodeNameToMetaVictims"]
+    assert kept == {"small": {"Pods": [{"UID": "uid-v"}], "NumPDBViolations": 0}}
+
+
+def test_stale_heartbeat_node_gets_no_new_pods(env: Any) -> None:
+    client, backend, _ = env
+    backend.heartbeat(datetime.now(UTC) - timedelta(seconds=120))
+    body = client.post("/filter", json=cache_args(pod("p", limits(1, cores=10)))).json()
+    assert body["NodeNames"] == []
+    assert "heartbeat is stale" in body["FailedAndUnresolvableNodes"]["big"]
+
+
+def test_unknown_node_has_a_reason(env: Any) -> None:
+    client, _, _ = env
+    body = client.post("/filter", json=cache_args(pod("p", limits(1, cores=10)), ["cpu-only"])).json()
+    assert "no vGPU inventory" in body["FailedAndUnresolvableNodes"]["cpu-only"]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        pytest.param("/filter", b"{not json", id="invalid-json"),
+        pytest.param("/filter", b'{"NodeNames": ["a"]}', id="missing-pod"),
+        pytest.param("/filter", b'{"Pod": null, "NodeNames": ["a"]}', id="null-pod"),
+        pytest.param("/filter", b'{"Pod": {}, "NodeNames": "a"}', id="names-not-a-list"),
+        pytest.param("/prioritize", b'{"Pod": 5}', id="pod-wrong-type"),
+        pytest.param("/bind", b'{"PodName": "a"}', id="bind-missing-fields"),
+        pytest.param("/preempt", b'{"Pod": {}, "NodeNameToMetaVictims": {"a": {"Pods": [{"X": 1}]}}}', id="victim-no-uid"),
+    ],
+)
+def test_malformed_bodies_get_4xx_naming_the_field(env: Any, path: str, raw: bytes) -> None:
+    client, _, _ = env
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500
+    assert r.json()["detail"]
+
+
+def test_huge_node_lists_are_answered(env: Any) -> None:
+    client, _, _ = env
+    names = [f"ghost-{i}" for i in range(50_000)]
+    r = client.post("/filter", json=cache_args(pod("p", limits(1, cores=10)), names))
+    assert r.status_code == 200 and len(r.json()["FailedAndUnresolvableNodes"]) == 50_000
+
+
+def test_oversized_body_is_refused(env: Any) -> None:
+    client, _, _ = env
+    r = client.post("/filter", content=b" " * (65 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_ready_docs(env: Any) -> None:
+    client, _, _ = env
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert "/filter" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/v1/nodes/nope").status_code == 404

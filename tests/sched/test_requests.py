@@ -1,0 +1,118 @@
+"""Parsing and validation of vGPU requests: every rule, every bad case."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexai_sched import annotations as ann
+from flexai_sched import resources as res
+from flexai_sched.model import FULL_CORES
+from flexai_sched.requests import RequestError, RequestRules, parse_pod
+
+from .fixtures import limits, pod
+
+
+@pytest.mark.parametrize(
+    ("lim", "expect"),
+    [
+        # (vgpus, cores, memory MiB or None = all of the card)
+        pytest.param(limits(1), (1, FULL_CORES, None), id="number-alone-is-a-whole-card"),
+        pytest.param(limits(2, cores=30), (2, 30, None), id="cores-without-memory-gets-all-memory"),
+        pytest.param(limits(1, memory_gib=3), (1, 0, 3 * 1024), id="memory-without-cores-has-no-compute-limit"),
+        pytest.param(limits(1, cores=20, memory_gib=3), (1, 20, 3072), id="cores-and-memory"),
+        pytest.param(limits(1, cores=0, memory_gib=4), (1, 0, 4096), id="cores-zero"),
+        pytest.param(limits(1, cores=100), (1, 100, None), id="exclusive"),
+        pytest.param({res.VGPU_NUMBER: 1, res.VGPU_MEMORY_ALT: "2"}, (1, 0, 2048), id="seed-spelling-of-memory"),
+    ],
+)
+def test_semantics(lim: dict[str, object], expect: tuple[int, int, int | None]) -> None:
+    req = parse_pod(pod("p", lim))
+    c = req.containers[0]
+    assert (c.vgpus, c.cores, c.memory_mib) == expect
+
+
+def test_requests_equal_to_limits_are_accepted_and_requests_alone_too() -> None:
+    both = {"name": "m", "resources": {"limits": limits(1, cores=20), "requests": limits(1, cores=20)}}
+    only_requests = {"name": "m", "resources": {"requests": limits(1, cores=20)}}
+    assert parse_pod(pod("a", both)).containers[0].cores == 20
+    assert parse_pod(pod("b", only_requests)).containers[0].cores == 20
+
+
+@pytest.mark.parametrize(
+    ("lim", "message"),
+    [
+        pytest.param(limits(1, cores=130), 'container "c0": huawei.com/vgpu-cores=130: must be at most 100', id="cores>100"),
+        pytest.param(limits(1, cores=22), "huawei.com/vgpu-cores=22: must be a multiple of 5", id="granularity"),
+        pytest.param(limits(1, cores=-5), "huawei.com/vgpu-cores='-5': must be a whole non-negative number", id="negative"),
+        pytest.param(limits(1, memory_gib=0), "huawei.com/vgpu-memory-1Gi=0: must be at least 1 GiB", id="memory-zero"),
+        pytest.param({res.VGPU_NUMBER: "1.5"}, "huawei.com/vgpu-number='1.5': must be a whole", id="fraction"),
+        pytest.param({res.VGPU_NUMBER: "2Gi"}, "huawei.com/vgpu-number='2Gi'", id="suffix"),
+        pytest.param({res.VGPU_CORES: "20"}, "need huawei.com/vgpu-number >= 1", id="cores-without-number"),
+        pytest.param({res.VGPU_NUMBER: "1", res.VGPU_MEMORY: "1", res.VGPU_MEMORY_ALT: "1"}, "give memory once",
+                     id="both-memory-spellings"),
+        pytest.param({res.VGPU_NUMBER: "65"}, "more than 64 vGPUs", id="absurd-count"),
+    ],
+)
+def test_bad_requests_name_container_resource_and_rule(lim: dict[str, object], message: str) -> None:
+    with pytest.raises(RequestError) as e:
+        parse_pod(pod("p", lim))
+    assert message in str(e.value)
+
+
+def test_requests_differing_from_limits_are_rejected() -> None:
+    c = {"name": "m", "resources": {"limits": limits(1, cores=20), "requests": limits(1, cores=30)}}
+    with pytest.raises(RequestError, match=r'container "m": huawei.com/vgpu-cores: requests \(30\) must equal limits \(20\)'):
+        parse_pod(pod("p", c))
+
+
+def test_every_error_of_a_pod_is_reported_at_once() -> None:
+    with pytest.raises(RequestError) as e:
+        parse_pod(pod("p", limits(1, cores=130), limits(1, cores=22)))
+    assert len(e.value.reasons) == 2
+
+
+def test_granularity_is_a_setting() -> None:
+    assert parse_pod(pod("p", limits(1, cores=22)), RequestRules(granularity=1)).containers[0].cores == 22
+
+
+def test_init_containers_and_sidecars() -> None:
+    sidecar = {"name": "side", "restartPolicy": "Always", "resources": {"limits": limits(1, cores=10)}}
+    req = parse_pod(pod("p", limits(1, cores=50), init=(limits(2, cores=20), sidecar)))
+    assert [c.name for c in req.containers] == ["c0", "side"]  # a sidecar runs beside the app
+    assert [(c.name, c.init) for c in req.init_containers] == [("init0", True)]
+
+
+def test_model_selection_from_resource_and_annotations() -> None:
+    p = pod(
+        "p",
+        limits(1, cores=20, **{res.VGPU_TYPE_PREFIX + "A100": "1"}),
+        annotations={ann.GPU_MODELS: "H200, B200", ann.GPU_UUIDS_EXCLUDE: "GPU-x", ann.NODE_POLICY: "spread"},
+    )
+    req = parse_pod(p)
+    assert req.selector.models == {"A100", "H200", "B200"}
+    assert req.selector.exclude_uuids == {"GPU-x"}
+    assert req.node_policy == "spread"
+
+
+def test_unknown_policy_annotation_is_an_error() -> None:
+    with pytest.raises(RequestError, match="vgpu.flexai.io/card-policy='tightest': must be one of"):
+        parse_pod(pod("p", limits(1), annotations={ann.CARD_POLICY: "tightest"}))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param([], id="not-an-object"),
+        pytest.param({"metadata": [], "spec": {}}, id="metadata-list"),
+        pytest.param({"metadata": {}, "spec": {"containers": {}}}, id="containers-not-list"),
+        pytest.param({"metadata": {}, "spec": {"containers": [{"name": "m", "resources": []}]}}, id="resources-list"),
+        pytest.param({"metadata": {}, "spec": {"containers": [7]}}, id="container-not-object"),
+    ],
+)
+def test_malformed_pods_are_request_errors_not_crashes(body: object) -> None:
+    with pytest.raises(RequestError):
+        parse_pod(body)  # type: ignore[arg-type]
+
+
+def test_pod_without_vgpu_resources_wants_no_gpu() -> None:
+    assert not parse_pod(pod("p", {"cpu": "1"})).wants_gpu
