@@ -59,30 +59,29 @@ def place(
     cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, policy: Policy
 ) -> Placement | NoFit:
     """Choose cards for every GPU container of ``pod`` on a node, or say why not."""
-    unresolvable = _never_fits(cards, pod)
-    if unresolvable:
-        return NoFit(unresolvable, resolvable=False)
     work = list(usage)
     slices: list[Slice] = []
     for c in sorted(pod.containers, key=_hardness, reverse=True):
         if c.vgpus == 0:
             continue
         chosen = _choose(cards, work, c, pod.selector, policy, prefer=())
-        if isinstance(chosen, NoFit):
-            return chosen
+        if chosen is None:
+            return _no_fit(cards, work, pod, c)
         for pos in chosen:
             card = cards[pos]
             mem = c.memory_on(card)
             work[pos] = work[pos].plus(CardUsage(c.cores, mem, 1))
             slices.append(Slice(c.name, card.index, card.uuid, c.cores, mem))
+    if not pod.init_containers:
+        return Placement(tuple(slices), tuple(work))
     app_cards = tuple(sorted({s.card_index for s in slices}))
     for c in pod.init_containers:
         if c.vgpus == 0:
             continue
         # Runs before the app containers: only other pods' usage is on the cards then.
         chosen = _choose(cards, list(usage), c, pod.selector, policy, prefer=app_cards)
-        if isinstance(chosen, NoFit):
-            return chosen
+        if chosen is None:
+            return _no_fit(cards, list(usage), pod, c)
         for pos in chosen:
             card = cards[pos]
             slices.append(Slice(c.name, card.index, card.uuid, c.cores, c.memory_on(card), init=True))
@@ -97,16 +96,24 @@ def _hardness(c: ContainerRequest) -> tuple[int, int, int]:
     return (c.vgpus, c.cores, c.memory_mib if c.memory_mib is not None else 1 << 40)
 
 
-def _never_fits(cards: Sequence[Card], pod: PodRequest) -> str:
+def _no_fit(cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, failed: ContainerRequest) -> NoFit:
+    """Why the pod does not fit: unresolvable if no eviction could help, else the usage."""
     for c in (*pod.containers, *pod.init_containers):
         if c.vgpus == 0:
             continue
         if c.vgpus > len(cards):
-            return f'container "{c.name}": asks for {c.vgpus} vGPUs, node has {len(cards)} cards'
+            return NoFit(f'container "{c.name}": asks for {c.vgpus} vGPUs, node has {len(cards)} cards', False)
         possible = sum(1 for card in cards if could_ever_fit(card, pod.selector, c))
         if possible < c.vgpus:
-            return f'container "{c.name}": needs {c.vgpus} cards{_describe(c, pod.selector)}, node has {possible}'
-    return ""
+            return NoFit(f'container "{c.name}": needs {c.vgpus} cards{_describe(c, pod.selector)}, node has {possible}',
+                         False)
+    room = sum(1 for card, u in zip(cards, usage, strict=True)
+               if pod.selector.allows(card) and slice_fits(card, u, failed.cores, failed.memory_on(card)))
+    return NoFit(
+        f'container "{failed.name}": needs {failed.vgpus} cards with room{_describe(failed, pod.selector)}, '
+        f"{room} of {len(cards)} have it",
+        resolvable=True,
+    )
 
 
 def _choose(
@@ -116,19 +123,20 @@ def _choose(
     selector: CardSelector,
     policy: Policy,
     prefer: tuple[int, ...],
-) -> list[int] | NoFit:
+) -> list[int] | None:
+    """Positions of the ``c.vgpus`` cheapest cards the slice fits on, or None."""
     candidates = []
+    any_selector = not selector.empty
+    cost = policy.card_cost
     for pos, card in enumerate(cards):
         mem = c.memory_on(card)
-        if selector.allows(card) and slice_fits(card, usage[pos], c.cores, mem):
+        if (not any_selector or selector.allows(card)) and slice_fits(card, usage[pos], c.cores, mem):
             rank = 0 if card.index in prefer else 1
-            candidates.append((rank, policy.card_cost(card, usage[pos], c.cores, mem), card.index, pos))
+            candidates.append((rank, cost(card, usage[pos], c.cores, mem), card.index, pos))
     if len(candidates) < c.vgpus:
-        return NoFit(
-            f'container "{c.name}": needs {c.vgpus} cards with room{_describe(c, selector)}, '
-            f"{len(candidates)} of {len(cards)} have it",
-            resolvable=True,
-        )
+        return None
+    if c.vgpus == 1:
+        return [min(candidates)[3]]
     candidates.sort()
     return [pos for *_, pos in candidates[: c.vgpus]]
 

@@ -22,7 +22,9 @@ from .requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
 
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
+_NO_FIT = float("-inf")  # cached score of a node the pod does not fit
 PENDING_CACHE = 10_000
+MAX_SHAPES = 100_000
 
 
 @dataclass(slots=True)
@@ -47,6 +49,9 @@ class Extender:
         # Pods seen by filter, by UID: bind gets only names, so it reuses the parsed request.
         self._pending: OrderedDict[str, PodRequest] = OrderedDict()
         self._pending_mu = threading.Lock()
+        # Pod shapes -> small ints: fit-cache lookups then hash an int, not nested tuples.
+        self._shape_ids: dict[tuple[object, ...], int] = {}
+        self._next_shape_id = 0
 
     # ---- parsing ----
 
@@ -77,16 +82,20 @@ class Extender:
             out.unresolvable = dict.fromkeys(node_names, cluster_reason)
             return out
         cutoff = self._heartbeat_cutoff()
+        key = self._key(req)  # computed once: the hot loop below only looks up
+        nodes = self.state.nodes_by_name()
         for name in node_names:
-            node = self.state.node(name)
+            node = nodes.get(name)
             if node is None:
                 out.unresolvable[name] = "node reports no vGPU inventory (is flexai-node running there?)"
                 continue
-            stale = _stale(node, cutoff)
-            if stale:
-                out.unresolvable[name] = stale
+            hb = node.inventory.heartbeat
+            if hb is None or hb < cutoff:
+                out.unresolvable[name] = _stale(hb)
                 continue
-            fit = self.fit(node, req)
+            fit = node.fit_cache.get(key)
+            if fit is None:
+                fit = self.fit(node, req)
             if isinstance(fit, NoFit):
                 (out.failed if fit.resolvable else out.unresolvable)[name] = fit.reason
             else:
@@ -96,7 +105,7 @@ class Extender:
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
         """Placement of ``req`` on ``node`` with the pod's card policy, cached per node version."""
         policy = self._policy(req.card_policy, self._card_policy)
-        key = (req.shape(), policy.name)
+        key = self._key(req)
         hit = node.fit_cache.get(key)
         if hit is None:
             hit = place(node.cards, node.usage, req, policy)
@@ -113,14 +122,20 @@ class Extender:
         if not req.wants_gpu:
             return [(n, 0) for n in node_names]
         policy = self._policy(req.node_policy, self._node_policy)
+        key = -self._key(req)  # negative ids: scores, positive: placements
         raw: dict[str, float] = {}
+        nodes = self.state.nodes_by_name()
         for name in node_names:
-            node = self.state.node(name)
+            node = nodes.get(name)
             if node is None:
                 continue
-            fit = self.fit(node, req)
-            if isinstance(fit, Placement):
-                raw[name] = policy.node_score(node.cards, node.usage, fit.usage_after)
+            score = node.fit_cache.get(key)
+            if score is None:
+                fit = self.fit(node, req)
+                score = policy.node_score(node.cards, node.usage, fit.usage_after) if isinstance(fit, Placement) else _NO_FIT
+                node.fit_cache[key] = score
+            if score != _NO_FIT:
+                raw[name] = score
         lo, hi = (min(raw.values()), max(raw.values())) if raw else (0.0, 0.0)
         return [(n, _scale(raw.get(n), lo, hi)) for n in node_names]
 
@@ -207,6 +222,17 @@ class Extender:
         except RequestError as e:
             raise BindError(f"pod {namespace}/{name}: invalid vGPU request: {e}") from None
 
+    def _key(self, req: PodRequest) -> int:
+        """A small int naming (pod shape, card policy, node policy); stable for this process."""
+        shape = (req.shape(), self.settings.card_policy, self.settings.node_policy)
+        got = self._shape_ids.get(shape)
+        if got is None:
+            if len(self._shape_ids) >= MAX_SHAPES:
+                self._shape_ids.clear()  # ids are never reused, so old cache entries just go cold
+            self._next_shape_id += 1
+            got = self._shape_ids.setdefault(shape, self._next_shape_id)
+        return got
+
     def _policy(self, override: str | None, default: policies.Policy) -> policies.Policy:
         return policies.get(override) if override else default
 
@@ -232,13 +258,10 @@ class Extender:
         return ""
 
 
-def _stale(node: NodeState, cutoff: datetime) -> str:
-    hb = node.heartbeat
+def _stale(hb: datetime | None) -> str:
     if hb is None:
         return "node inventory has no heartbeat"
-    if hb < cutoff:
-        return f"node agent heartbeat is stale (last {hb.isoformat()}, older than the TTL)"
-    return ""
+    return f"node agent heartbeat is stale (last {hb.isoformat()}, older than the TTL)"
 
 
 def _scale(value: float | None, lo: float, hi: float) -> int:

@@ -63,6 +63,15 @@ class Spread:
 _REGISTRY: dict[str, Callable[[], Policy]] = {"binpack": Binpack, "spread": Spread}
 
 
+def _register_builtin() -> None:
+    # Fragmentation-aware policies and the FGD paper's baselines (flexai_sched.sim compares them).
+    from .fragmentation import Fgd, Fragmentation
+    from .sim.baselines import BestFit, GpuPacking, RandomFit
+
+    for factory in (Fgd, Fragmentation, RandomFit, BestFit, GpuPacking):
+        register(factory.name, factory)
+
+
 def register(name: str, factory: Callable[[], Policy]) -> None:
     """Add a policy (e.g. a fragmentation-aware one) under ``name``."""
     _REGISTRY[name] = factory
@@ -77,3 +86,6 @@ def get(name: str) -> Policy:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+_register_builtin()

@@ -77,6 +77,10 @@ class ClusterState:
     def node(self, name: str) -> NodeState | None:
         return self._nodes.get(name)
 
+    def nodes_by_name(self) -> dict[str, NodeState]:
+        """The live name -> node map, for hot loops. Read it; never mutate it."""
+        return self._nodes
+
     def nodes(self) -> list[NodeState]:
         return list(self._nodes.values())
 
@@ -107,7 +111,11 @@ class ClusterState:
             inventory = replace(inventory, cards=tuple(replace(c, max_vgpus=min(c.max_vgpus, cap)) for c in inventory.cards))
         with self._mu:
             old = self._nodes.get(inventory.name)
-            if old is not None and old.inventory == inventory:
+            if old is not None and old.inventory.cards == inventory.cards:
+                # Only the heartbeat moved: usage and fit cache stay valid (agents beat every
+                # 30 s on every node; rebuilding would empty the cache all the time).
+                if old.inventory != inventory:
+                    self._nodes[inventory.name] = replace(old, inventory=inventory)
                 return
             self._rebuild(inventory)
 

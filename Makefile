@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11+, Go 1.24+, gcc, CMake):
+#   make demo   the extender on an embedded in-memory demo cluster (http://127.0.0.1:8888/docs)
+#   make test   every test: core, HTTP API, CUDA hook (fake driver), node agent, trace replay,
+#               and end to end against a real kube-apiserver + kube-scheduler + kine + kwok
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test controlplane hook clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -e '.[node,sim,test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/flexai-sched serve $(ARGS)
+
+# Go binaries are cached outside the repo, keyed by their wrapper modules (tools/controlplane).
+controlplane:
+	tools/controlplane/build.sh
+
+test: $(BIN)/.installed controlplane
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis

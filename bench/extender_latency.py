@@ -1,0 +1,138 @@
+"""Filter + prioritize latency over HTTP on a 5,000-node, 8-card, half-full demo cluster.
+
+Runs the real extender app under uvicorn in a child process (so client and server do
+not share a GIL), fills the cluster to ~50% of its cores through the same Extender.bind
+the service uses, then sends kube-scheduler-shaped filter and prioritize calls
+(nodeCacheCapable: NodeNames, every node) for pods of 12 recurring shapes, binding every
+tenth pod so the per-node fit cache is invalidated as in a live cluster. The first pod
+of each shape (cold cache) is timed and reported separately.
+
+    .venv/bin/python bench/extender_latency.py [--nodes 5000] [--calls 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import statistics
+import time
+
+import httpx
+
+SHAPES = [  # (vgpus, cores, memory GiB): a mix like the seed's users send
+    (1, 20, 3), (1, 10, 8), (1, 50, 40), (2, 30, 16), (1, 100, None), (1, 0, 4), (4, 25, 20), (1, 5, 1),
+    (2, 100, None), (1, 70, 60), (8, 10, 4), (1, 35, 10),
+]
+
+
+def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, object]:
+    n, cores, mem = shape
+    lim = {"huawei.com/vgpu-number": str(n), "huawei.com/vgpu-cores": str(cores)}
+    if mem is not None:
+        lim["huawei.com/vgpu-memory-1Gi"] = str(mem)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "bench", "uid": f"uid-{name}"},
+            "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": lim}}]}}
+
+
+def serve(port: int, nodes: int, ready: mp.synchronize.Event) -> None:
+    import uvicorn
+
+    from flexai_sched import demo
+    from flexai_sched.app import create_app
+    from flexai_sched.backend import MemoryBackend
+    from flexai_sched.config import Settings
+    from flexai_sched.extender import BindError, Extender
+    from flexai_sched.state import ClusterState
+
+    inv = demo.inventory({"nodes": [{"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771,
+                                                                      "count": 8}]} for i in range(nodes)]})
+    state = ClusterState()
+    backend = MemoryBackend(inv)
+    backend.start(state)
+    ext = Extender(state, backend, Settings())
+    rng = random.Random(7)
+    names = [n.name for n in inv]
+    filled, target, i = 0, nodes * 8 * 100 // 2, 0
+    while filled < target:
+        shape = rng.choice(SHAPES[:4] + SHAPES[5:8])
+        p = pod(f"fill{i}", shape)
+        backend.create_pod(p)
+        ext.parse(p)
+        try:
+            a = ext.bind("bench", f"fill{i}", f"uid-fill{i}", rng.choice(names))
+            filled += sum(s.cores for s in a.slices)
+        except BindError:
+            pass
+        i += 1
+    app = create_app(ext, start_backend=False)
+    ready.set()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--port", type=int, default=18931)
+    args = ap.parse_args()
+    ready = mp.get_context("spawn").Event()
+    proc = mp.get_context("spawn").Process(target=serve, args=(args.port, args.nodes, ready), daemon=True)
+    t0 = time.time()
+    proc.start()
+    ready.wait(600)
+    url = f"http://127.0.0.1:{args.port}"
+    names = [f"n{i:05d}" for i in range(args.nodes)]
+    lat: dict[str, list[float]] = {"filter": [], "prioritize": [], "filter+prioritize": []}
+    rng = random.Random(11)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(300):  # server up?
+            try:
+                client.get("/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        print(f"cluster filled and served in {time.time() - t0:.1f}s")
+        cold = []
+        for j, shape in enumerate(SHAPES):  # the first pod of each shape computes every node's fit
+            body = {"Pod": pod(f"w{j}", shape), "Nodes": None, "NodeNames": names}
+            a = time.perf_counter()
+            fits = client.post("/filter", json=body).json()["NodeNames"]
+            client.post("/prioritize", json={**body, "NodeNames": fits})
+            cold.append((time.perf_counter() - a) * 1e3)
+        print(f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
+              f"max={max(cold):.1f} ms")
+        for i in range(args.calls):
+            body = json.dumps({"Pod": pod(f"p{i}", rng.choice(SHAPES)), "Nodes": None, "NodeNames": names})
+            h = {"content-type": "application/json"}
+            a = time.perf_counter()
+            fr = client.post("/filter", content=body, headers=h)
+            b = time.perf_counter()
+            fits = fr.json()["NodeNames"]
+            pbody = json.dumps({"Pod": json.loads(body)["Pod"], "Nodes": None, "NodeNames": fits})
+            b2 = time.perf_counter()
+            client.post("/prioritize", content=pbody, headers=h)
+            c = time.perf_counter()
+            lat["filter"].append((b - a) * 1e3)
+            lat["prioritize"].append((c - b2) * 1e3)
+            lat["filter+prioritize"].append((b - a + c - b2) * 1e3)
+            if i % 10 == 0 and fits:
+                client.post("/bind", json={"PodName": f"p{i}", "PodNamespace": "bench", "PodUID": f"uid-p{i}",
+                                           "Node": rng.choice(fits)})
+        alloc = client.get("/v1/nodes").json()
+    used = statistics.mean(n["cores_allocated_pct"] for n in alloc)
+    print(f"nodes={args.nodes} cards/node=8 cores allocated={used:.1f}% calls={args.calls}")
+    for k, xs in lat.items():
+        print(f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "
+              f"max={max(xs):6.2f} ms")
+    proc.terminate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""The Kubernetes backend: ``ClusterState`` fed by watches of Nodes and Pods; binds as Bindings.
+
+Everything the scheduler knows is read back from the cluster (no state file), so a
+restarted extender rebuilds the same state:
+
+- a Node's ``annotations.NODE_INVENTORY`` -> ``state.upsert_node``; the node deleted, or the
+  annotation missing or malformed -> ``state.remove_node`` (the reason is logged once);
+- a Pod bound to a node (``spec.nodeName``) carrying ``annotations.POD_ALLOCATION`` and not
+  Succeeded/Failed -> ``state.observe``; deleted, finished, or bound without the
+  annotation -> ``state.release``. Events of pods not yet bound change nothing: an
+  ASSUMED allocation belongs to a bind in flight, which confirms or forgets it.
+
+Watches (one thread per kind)::
+
+    list (pods first, then nodes) --> watch from the list's resourceVersion --+
+      ^   reconcile: objects gone       |  stream ends (server timeout): watch   |
+      |   from the list are removed     |  again from the last resourceVersion <-+
+      +---- 410 Gone: relist <----------+  other error: back off, watch again
+
+Pods are listed before nodes are first applied, so a node never appears with less
+usage than it has (an unknown node fits nothing: a partial state can refuse pods,
+never over-commit a card).
+
+Commit is ONE write: ``POST pods/{name}/binding`` whose metadata carries the pod's UID
+(a precondition: a recreated pod of the same name is refused) and the allocation
+annotation, which the apiserver sets together with ``spec.nodeName``. It refuses a pod
+already bound or being deleted. So there is never a half-written allocation: either
+the pod is bound with its annotation, or nothing changed. (The client's
+``create_namespaced_binding`` posts to the legacy ``/bindings`` endpoint, which drops
+the UID; and the Status the apiserver answers with cannot be read as a V1Binding: we
+post to the pod's subresource and read the raw response.)
+
+Errors of the kubernetes client and of the transport are translated to ``ApiError``
+in one place, ``_translated``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from . import annotations as ann
+from .backend import CommitError
+from .model import Allocation
+from .state import AllocState, ClusterState
+
+log = logging.getLogger("flexai_sched.kube")
+
+GONE: Final = 410
+NOT_FOUND: Final = 404
+FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
+BOUND_PODS: Final = "spec.nodeName!="  # field selector: unbound pods never count
+
+Obj = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A call to the apiserver failed. ``status`` is the HTTP code, None for transport errors."""
+
+    def __init__(self, what: str, status: int | None, message: str) -> None:
+        super().__init__(f"{what}: {message}" if status is None else f"{what}: HTTP {status}: {message}")
+        self.status = status
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """The one place where the client's and the transport's errors become ``ApiError``."""
+    try:
+        yield
+    except ApiException as e:
+        raise ApiError(what, e.status, _status_message(e.body) or str(e.reason)) from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:  # refused, reset, TLS, timeouts
+        raise ApiError(what, None, f"{type(e).__name__}: {e}") from None
+    except ValueError as e:  # a body that is not JSON
+        raise ApiError(what, None, f"unreadable response: {e}") from None
+
+
+def _status_message(body: object) -> str:
+    """The message of a Kubernetes Status body, if it is one."""
+    if not isinstance(body, str | bytes):
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body[:200] if isinstance(body, str) else ""
+    return str(doc.get("message", "")) if isinstance(doc, dict) else ""
+
+
+class KubeBackend:
+    """Keeps ``ClusterState`` current from the apiserver and commits binds to it."""
+
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        in_cluster: bool = False,
+        *,
+        sync_timeout_s: float = 60.0,
+        watch_timeout_s: int = 240,
+        commit_timeout_s: float = 30.0,
+        backoff_s: tuple[float, float] = (0.2, 10.0),
+    ) -> None:
+        if not kubeconfig and not in_cluster:
+            raise ValueError("KubeBackend: give a kubeconfig or in_cluster=True")
+        self._kubeconfig = kubeconfig
+        self._in_cluster = in_cluster
+        self._sync_timeout = sync_timeout_s
+        self._watch_timeout = watch_timeout_s
+        # Long on purpose: a Binding that times out here may still land, so it is
+        # read back (see commit); a rare ambiguity is better than a frequent one.
+        self._commit_timeout = commit_timeout_s
+        self._backoff = backoff_s
+        self._state: ClusterState | None = None
+        self._api: k8s.CoreV1Api | None = None
+        self._stop = threading.Event()
+        self._watchers: list[_Watcher] = []
+        # Last reason each node was left out, so a heartbeat every 30 s does not repeat it.
+        self._node_problems: dict[str, str] = {}
+
+    # ---- Backend protocol ----
+
+    def start(self, state: ClusterState) -> None:
+        """Start the watches and wait (up to ``sync_timeout_s``) for the first full lists."""
+        self._state = state
+        # A client each: a watch holds its connection for minutes, binds must not queue behind it.
+        self._api = k8s.CoreV1Api(self._client())
+        pods = _Watcher("pods", self._client(), self._list_pods, self._begin_pod_list, self._pod_event,
+                        self._stop, self._watch_timeout, self._backoff)
+        nodes = _Watcher("nodes", self._client(), self._list_nodes, self._begin_node_list, self._node_event,
+                         self._stop, self._watch_timeout, self._backoff, after=pods.synced)
+        self._watchers = [pods, nodes]
+        for w in self._watchers:
+            w.start()
+        if not nodes.synced.wait(self._sync_timeout):
+            log.warning("not synced after %.0fs; serving anyway (unknown nodes fit nothing)", self._sync_timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self._watchers:
+            w.close()
+
+    def ready(self) -> bool:
+        return bool(self._watchers) and all(w.synced.is_set() for w in self._watchers)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._read_pod(namespace, name)
+        except ApiError as e:
+            if e.status == NOT_FOUND:
+                return None
+            raise
+
+    def commit(self, alloc: Allocation) -> None:
+        encoded = ann.encode_allocation(alloc)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {
+                "name": alloc.name,
+                "namespace": alloc.namespace,
+                **({"uid": alloc.uid} if alloc.uid else {}),
+                "annotations": {ann.POD_ALLOCATION: encoded},
+            },
+            "target": {"apiVersion": "v1", "kind": "Node", "name": alloc.node},
+        }
+        try:
+            with _translated(f"bind {alloc.key} to {alloc.node}"):
+                resp: Any = self._core().create_namespaced_pod_binding(
+                    alloc.name, alloc.namespace, body,  # type: ignore[arg-type]  # a dict is sent as is
+                    _preload_content=False, _request_timeout=self._commit_timeout,
+                )
+                resp.release_conn()
+        except ApiError as e:
+            if e.status is not None and e.status < 500:
+                raise CommitError(str(e)) from None  # refused: nothing was written
+            # Timeout, reset or 5xx: the Binding may have landed. The pod says which.
+            if self._bound_as(alloc, encoded):
+                log.info("bind %s: %s, but the pod shows it bound as asked", alloc.key, e)
+                return
+            raise CommitError(str(e)) from None
+
+    # ---- calls ----
+
+    def _client(self) -> k8s.ApiClient:
+        cfg = k8s.Configuration()
+        if self._in_cluster:
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=self._kubeconfig, client_configuration=cfg, persist_config=False
+            )
+        cfg.connection_pool_maxsize = 64  # kube-scheduler binds many pods at once
+        return k8s.ApiClient(cfg)
+
+    def _core(self) -> k8s.CoreV1Api:
+        if self._api is None:
+            raise CommitError("backend not started")
+        return self._api
+
+    def _read_pod(self, namespace: str, name: str) -> Obj:
+        with _translated(f"read pod {namespace}/{name}"):
+            resp = self._core().read_namespaced_pod(name, namespace, _preload_content=False)
+            return _json(resp)
+
+    def _bound_as(self, alloc: Allocation, encoded: str) -> bool:
+        try:
+            pod = self._read_pod(alloc.namespace, alloc.name)
+        except ApiError:
+            return False
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        return (
+            meta.get("uid") == alloc.uid
+            and spec.get("nodeName") == alloc.node
+            and (meta.get("annotations") or {}).get(ann.POD_ALLOCATION) == encoded
+        )
+
+    @staticmethod
+    def _list_pods(api: k8s.CoreV1Api, **kw: Any) -> Any:
+        return api.list_pod_for_all_namespaces(field_selector=BOUND_PODS, **kw)
+
+    @staticmethod
+    def _list_nodes(api: k8s.CoreV1Api, **kw: Any) -> Any:
+        return api.list_node(**kw)
+
+    # ---- nodes ----
+
+    def _begin_node_list(self) -> Callable[[list[Obj]], None]:
+        return self._replace_nodes
+
+    def _replace_nodes(self, items: list[Obj]) -> None:
+        listed = set()
+        for node in items:
+            listed.add(_name(node))
+            self._node_event("ADDED", node)
+        for gone in {n.name for n in self._st().nodes()} - listed:
+            self._forget_node(gone, "not in the node list (deleted)")
+
+    def _node_event(self, kind: str, node: Obj) -> None:
+        name = _name(node)
+        if kind == "DELETED":
+            self._forget_node(name, "deleted")
+            return
+        text = (node["metadata"].get("annotations") or {}).get(ann.NODE_INVENTORY)
+        if text is None:
+            self._leave_out(name, f"has no {ann.NODE_INVENTORY} annotation")
+            return
+        try:
+            inventory = ann.decode_inventory(name, text)
+        except ann.EncodingError as e:
+            self._leave_out(name, str(e))
+            return
+        if self._node_problems.pop(name, None) is not None:
+            log.info("node %s: inventory readable again", name)
+        self._st().upsert_node(inventory)
+
+    def _forget_node(self, name: str, reason: str) -> None:
+        self._node_problems.pop(name, None)
+        if self._st().node(name) is not None:
+            log.info("node %s: %s", name, reason)
+        self._st().remove_node(name)
+
+    def _leave_out(self, name: str, reason: str) -> None:
+        self._st().remove_node(name)
+        if self._node_problems.get(name) != reason:  # once per reason, not every heartbeat
+            self._node_problems[name] = reason
+            log.warning("node %s: left out of scheduling: %s", name, reason)
+
+    # ---- pods ----
+
+    def _begin_pod_list(self) -> Callable[[list[Obj]], None]:
+        """Called before listing: only allocations BOUND by then can be judged by the list.
+
+        One confirmed since may be newer than the list (its event follows in the watch);
+        releasing it would free a slice that is in use.
+        """
+        before = {(a.key, a.uid) for a, st in self._st().allocations() if st is AllocState.BOUND}
+        return lambda items: self._replace_pods(items, before)
+
+    def _replace_pods(self, items: list[Obj], bound_before: set[tuple[str, str]]) -> None:
+        """Apply a full list; release what was BOUND before the list and is absent from it."""
+        listed = set()
+        for pod in items:
+            meta = pod["metadata"]
+            listed.add((f"{meta.get('namespace')}/{meta.get('name')}", str(meta.get("uid") or "")))
+            self._pod_event("ADDED", pod)
+        for key, uid in bound_before - listed:
+            self._st().release(key, uid)
+
+    def _pod_event(self, kind: str, pod: Obj) -> None:
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        namespace, name, uid = meta.get("namespace") or "default", meta.get("name") or "", meta.get("uid") or ""
+        key = f"{namespace}/{name}"
+        state = self._st()
+        if not spec.get("nodeName"):
+            return  # not bound: a bind may be in flight; nothing of this pod counts yet
+        phase = (pod.get("status") or {}).get("phase")
+        if kind == "DELETED" or phase in FINISHED_PHASES:
+            state.release(key, uid)
+            return
+        text = (meta.get("annotations") or {}).get(ann.POD_ALLOCATION)
+        if text is None:
+            state.release(key, uid)  # bound by someone else, or its annotation was removed
+            return
+        try:
+            alloc = ann.decode_allocation(namespace, name, uid, text)
+        except ann.EncodingError as e:
+            log.warning("pod %s: allocation ignored: %s", key, e)
+            state.release(key, uid)
+            return
+        if alloc.node != spec["nodeName"]:
+            # Counted where the annotation puts it (the cards it names); worth a look.
+            log.warning("pod %s: bound to %s but its allocation names %s", key, spec["nodeName"], alloc.node)
+        state.observe(alloc)
+
+    def _st(self) -> ClusterState:
+        assert self._state is not None, "backend not started"
+        return self._state
+
+
+class _Watcher:
+    """List then watch one kind in a daemon thread; ``synced`` is set after the first list."""
+
+    def __init__(
+        self,
+        kind: str,
+        api_client: k8s.ApiClient,
+        list_fn: Callable[..., Any],
+        begin_list: Callable[[], Callable[[list[Obj]], None]],
+        on_event: Callable[[str, Obj], None],
+        stop: threading.Event,
+        watch_timeout_s: int,
+        backoff_s: tuple[float, float],
+        after: threading.Event | None = None,
+    ) -> None:
+        self.kind = kind
+        self.synced = threading.Event()
+        self._api = k8s.CoreV1Api(api_client)
+        self._list_fn = list_fn
+        self._begin_list = begin_list
+        self._on_event = on_event
+        self._stop = stop
+        self._timeout = watch_timeout_s
+        self._backoff = backoff_s
+        self._after = after
+        self._resp: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{kind}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Unblock a read in progress; the thread sees ``stop`` and ends."""
+        resp = self._resp
+        sock = getattr(getattr(resp, "connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while self._after is not None and not self._after.wait(0.5):
+            if self._stop.is_set():
+                return
+        rv: str | None = None
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._list()
+                    self.synced.set()
+                rv = self._watch(rv)
+                delay = self._backoff[0]
+            except ApiError as e:
+                if self._stop.is_set():
+                    return
+                if e.status == GONE:
+                    log.info("watch %s: %s; relisting", self.kind, e)
+                    rv = None
+                    continue
+                log.warning("watch %s: %s; retrying in %.1fs", self.kind, e, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+            except Exception:  # a bug in handling one event must not end the watch for good
+                log.exception("watch %s: unexpected error; relisting", self.kind)
+                rv = None
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+
+    def _list(self) -> str:
+        apply = self._begin_list()
+        items: list[Obj] = []
+        cont: str | None = None
+        rv: str | None = None  # of the first page: the pages form one snapshot
+        with _translated(f"list {self.kind}"):
+            while True:
+                kw: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": (10, 60)}
+                if cont:
+                    kw["_continue"] = cont
+                page = _json(self._list_fn(self._api, **kw))
+                items.extend(page.get("items") or [])
+                meta = page.get("metadata") or {}
+                rv = rv or meta.get("resourceVersion")
+                cont = meta.get("continue")
+                if not cont:
+                    break
+        apply(items)
+        log.info("listed %d %s at resourceVersion %s", len(items), self.kind, rv)
+        return str(rv)
+
+    def _watch(self, rv: str) -> str:
+        """Apply events from ``rv`` until the server ends the stream; the last resourceVersion."""
+        with _translated(f"watch {self.kind}"):
+            resp = self._list_fn(
+                self._api,
+                watch=True,
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._timeout,
+                _preload_content=False,
+                # The server ends the stream after timeout_seconds; a read silent for
+                # longer means a dead connection.
+                _request_timeout=(10, self._timeout + 30),
+            )
+            self._resp = resp
+            try:
+                for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+                    if self._stop.is_set():
+                        break
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise ApiError(f"watch {self.kind}", obj.get("code"), str(obj.get("message")))
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        self._on_event(event["type"], obj)
+            finally:
+                self._resp = None
+                resp.release_conn()
+        return rv
+
+
+def _json(resp: Any) -> Obj:
+    try:
+        doc = json.loads(resp.data)
+    finally:
+        resp.release_conn()
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _name(obj: Obj) -> str:
+    return str(obj["metadata"]["name"])

@@ -1,0 +1,11 @@
+"""Trace replay: packing quality of the scheduler's policies on the Alibaba GPU trace.
+
+- ``trace``     the trace's CSV files -> nodes and pods, and how they map to the core
+- ``workload``  the pods of one replay (seeded), and the target workload of a trace
+- ``board``     the simulated kube-scheduler's per-pod-type shortlist of scored nodes
+- ``replay``    one replay through ``allocator.place``, the policies and ``ClusterState``
+- ``baselines`` the FGD paper's baselines as policies (random, bestfit, gpupacking)
+- ``published`` the paper's figures, to print beside ours
+- ``report``    tables, the CSV of curves and the PNG plot
+- ``cli``       ``flexai-sched sim``
+"""

@@ -1,0 +1,168 @@
+"""One replay: pods arrive in order; each is placed once by the simulated kube-scheduler, or fails.
+
+The simulated kube-scheduler does what kube-scheduler plus our extender would:
+
+- NodeResourcesFit (kube-scheduler's part): the pod's CPU and memory requests fit the
+  node's allocatable minus what its pods request;
+- the extender's filter and prioritize, through the same code the extender runs: the
+  fit is ``allocator.place`` with the card policy, cached per node version exactly as
+  ``Extender.fit`` keys it, and the score is the node policy's ``node_score`` of the
+  node's usage before and after (``host_node_score`` for ``HostAware`` policies);
+- the best score wins, equal scores are broken uniformly at random (as kube-scheduler's
+  selectHost does); unscaled, so no two nodes tie by rounding;
+- the bind assumes the allocation in ``ClusterState`` (re-checked against the node's
+  version, as ``Extender.bind`` does) and confirms it; no pod ever leaves.
+
+A pod without GPUs never needs the extender; it is scored by the same policy with the
+node's card usage unchanged (so ``binpack`` puts it on the node with the fullest cards,
+where its CPU strands the fewest GPUs).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import policies
+from ..allocator import NoFit, Placement, place
+from ..fragmentation import Host, HostAware, WorkloadAware
+from ..model import Allocation, PodRequest
+from ..policies import Policy
+from ..state import ClusterState, NodeState
+from .board import Board
+from .trace import Trace, TracePod, request, smallest_card_mib
+from .workload import target_workload
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """Cumulative GPU (thousandths of a card) after each pod: arrived, and allocated."""
+
+    capacity_milli: int
+    arrived: tuple[int, ...]
+    allocated: tuple[int, ...]
+
+    def allocated_pct_at(self, arrived_pct: float) -> float:
+        """Allocated GPU % when arrived demand first reaches ``arrived_pct`` % of capacity."""
+        need = arrived_pct / 100 * self.capacity_milli
+        for a, b in zip(self.arrived, self.allocated, strict=True):
+            if a >= need:
+                return 100 * b / self.capacity_milli
+        return 100 * self.allocated[-1] / self.capacity_milli if self.allocated else 0.0
+
+    def unallocated_at(self, arrived_pct: float) -> float:
+        """The published metric: 100 - allocated GPU % at that arrived demand."""
+        return 100.0 - self.allocated_pct_at(arrived_pct)
+
+
+class Cluster:
+    """The trace's nodes in a ``ClusterState``, host resources beside them, one policy."""
+
+    def __init__(self, trace: Trace, policy_name: str, seed: int) -> None:
+        self.state = ClusterState()
+        self.names = [n.name for n in trace.nodes]
+        for n in trace.nodes:
+            self.state.upsert_node(n.inventory())
+        self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in trace.nodes]
+        self.policy: Policy = policies.get(policy_name)
+        if isinstance(self.policy, WorkloadAware):
+            self.policy.use_workload(target_workload(trace))
+        self._host_aware = isinstance(self.policy, HostAware)
+        self._host_keyed = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
+        self._models = sorted({n.model for n in trace.nodes})
+        self._rng = random.Random(seed)
+        self._log: list[int] = []  # node index per change, read by the boards
+        self._boards: dict[Any, Board] = {}
+        self._uid = 0
+
+    def request(self, pod: TracePod) -> PodRequest:
+        self._uid += 1
+        return request(pod, f"uid-{self._uid}", smallest_card_mib(pod.gpu_spec, self._models))
+
+    def schedule(self, pod: TracePod) -> bool:
+        """Place ``pod`` (bind it) or say it fails."""
+        req = self.request(pod)
+        key: Any = (req.containers_shape(), req.selector)
+        if self._host_keyed:
+            key = (key, pod.cpu_milli, pod.memory_mib)
+        board = self._boards.get(key)
+        if board is None:
+            board = self._boards[key] = Board(self._evaluator(req, pod))
+        board.refresh(self._log, len(self.names))
+        i = board.choose(lambda n: self._host_fits(n, pod), self._rng)
+        if i is None:
+            return False
+        if req.wants_gpu:
+            self._bind(i, req)
+        self.hosts[i] = self.hosts[i].plus(pod.cpu_milli, pod.memory_mib)
+        self._log.append(i)
+        return True
+
+    def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
+        # Extender.fit's cache, same key, same lifetime (one node version).
+        key = (req.shape(), self.policy.name)
+        hit = node.fit_cache.get(key)
+        if hit is None:
+            hit = place(node.cards, node.usage, req, self.policy)
+            node.fit_cache[key] = hit
+        return hit  # type: ignore[no-any-return]
+
+    def _host_fits(self, i: int, pod: TracePod) -> bool:
+        h = self.hosts[i]
+        return pod.cpu_milli <= h.cpu_free and pod.memory_mib <= h.memory_free
+
+    def _evaluator(self, req: PodRequest, pod: TracePod) -> Callable[[int], float | None]:
+        policy, names, hosts, state = self.policy, self.names, self.hosts, self.state
+        gpu = req.wants_gpu
+        host_aware = self._host_aware
+        # Boards of a policy that ignores the pod's host request are shared by pods of
+        # one GPU shape: give it none, so no pod's request leaks into another's score.
+        cpu, mem = (pod.cpu_milli, pod.memory_mib) if self._host_keyed else (0, 0)
+
+        def evaluate(i: int) -> float | None:
+            node = state.node(names[i])
+            assert node is not None
+            if gpu:
+                fit = self.fit(node, req)
+                if isinstance(fit, NoFit):
+                    return None
+                after: Sequence[Any] = fit.usage_after
+            else:
+                after = node.usage
+            if host_aware:
+                return policy.host_node_score(  # type: ignore[attr-defined,no-any-return]
+                    node.cards, node.usage, after, hosts[i], cpu, mem
+                )
+            return policy.node_score(node.cards, node.usage, after)
+
+        return evaluate
+
+    def _bind(self, i: int, req: PodRequest) -> None:
+        node = self.state.node(self.names[i])
+        assert node is not None
+        fit = self.fit(node, req)
+        assert isinstance(fit, Placement)
+        alloc = Allocation.build(req.namespace, req.name, req.uid, node.name, fit.slices)
+        version = node.version
+        self.state.assume(alloc, lambda n: n.version == version)
+        self.state.confirm(alloc.key)
+
+
+def replay(
+    trace: Trace, pods: Sequence[TracePod], policy_name: str, seed: int, tick: Callable[[], None] | None = None
+) -> Curve:
+    """Try every pod once, in order; the curve of arrived and allocated GPU after each."""
+    cluster = Cluster(trace, policy_name, seed)
+    arrived, allocated = [], []
+    a = b = 0
+    for pod in pods:
+        a += pod.gpu_demand_milli
+        if cluster.schedule(pod):
+            b += pod.gpu_demand_milli
+        arrived.append(a)
+        allocated.append(b)
+        if tick is not None:
+            tick()
+    return Curve(trace.gpu_capacity_milli, tuple(arrived), tuple(allocated))

@@ -1,0 +1,44 @@
+"""What arrives in one replay, and the target workload a fragmentation-aware policy plans for.
+
+The published method (FGD paper and its simulator): for each seed, pods are drawn
+with replacement from the trace until their requested GPU reaches ``until`` (130%)
+of the cluster's GPU capacity, then shuffled. Every pod is tried once, in that order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from ..fragmentation import TaskClass, Workload
+from ..model import FULL_CORES
+from .trace import Trace, TracePod
+
+SEEDS = tuple(range(42, 52))
+UNTIL = 1.3
+
+
+def arrivals(trace: Trace, seed: int, until: float = UNTIL) -> list[TracePod]:
+    """The pods of one replay, in arrival order (deterministic per seed)."""
+    rng = random.Random(seed)
+    target = until * trace.gpu_capacity_milli
+    out: list[TracePod] = []
+    requested = 0
+    while requested < target:
+        pod = trace.pods[rng.randrange(len(trace.pods))]
+        out.append(pod)
+        requested += pod.gpu_demand_milli
+    rng.shuffle(out)
+    return out
+
+
+def target_workload(trace: Trace) -> Workload:
+    """The trace's GPU task classes weighted by how often they occur (as the paper does)."""
+    counts = Counter(
+        (p.num_gpu, FULL_CORES if p.gpu_milli >= 1000 else p.cores, p.cpu_milli, p.memory_mib, p.gpu_spec)
+        for p in trace.pods
+        if p.num_gpu
+    )
+    return Workload.of(
+        TaskClass(n, cores, float(k), cpu, mem, spec) for (n, cores, cpu, mem, spec), k in counts.items()
+    )
