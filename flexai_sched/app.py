@@ -8,6 +8,7 @@ field; nothing becomes a 500.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +33,6 @@ from .extender_types import (
     HostPriority,
     MetaPod,
     MetaVictims,
-    NodeList,
 )
 from .metrics import Metrics
 from .state import ClusterState
@@ -74,25 +74,26 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
 
     # ---- extender verbs (sync handlers run in the thread pool; bind may block on the API) ----
 
-    @app.post("/filter", response_model=ExtenderFilterResult, response_model_exclude_none=False, tags=["extender"])
-    def filter_(args: ExtenderArgs) -> ExtenderFilterResult:
+    # filter and prioritize answer thousands of nodes per call: they serialise plain dicts
+    # straight to JSON (the response_model still documents the shape in /docs).
+    @app.post("/filter", response_model=ExtenderFilterResult, tags=["extender"])
+    def filter_(args: ExtenderArgs) -> Response:
         with metrics.latency.labels("filter").time():
-            names = args.node_names()
-            out = extender.filter(args.Pod, names)
+            out = extender.filter(args.Pod, args.node_names())
+            reply: dict[str, Any] = {"Nodes": None, "NodeNames": None, "FailedNodes": out.failed,
+                                     "FailedAndUnresolvableNodes": out.unresolvable, "Error": ""}
             if args.NodeNames is not None or args.Nodes is None:
-                return ExtenderFilterResult(
-                    NodeNames=out.fits, FailedNodes=out.failed, FailedAndUnresolvableNodes=out.unresolvable
-                )
-            keep = set(out.fits)
-            items = [n for n in args.Nodes.items if (n.get("metadata") or {}).get("name") in keep]
-            return ExtenderFilterResult(
-                Nodes=NodeList(items=items), FailedNodes=out.failed, FailedAndUnresolvableNodes=out.unresolvable
-            )
+                reply["NodeNames"] = out.fits
+            else:  # full-NodeList mode: kube-scheduler reads only Nodes
+                keep = set(out.fits)
+                items = [n for n in args.Nodes.items if (n.get("metadata") or {}).get("name") in keep]
+                reply["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
+            return _json(reply)
 
     @app.post("/prioritize", response_model=list[HostPriority], tags=["extender"])
-    def prioritize(args: ExtenderArgs) -> list[HostPriority]:
+    def prioritize(args: ExtenderArgs) -> Response:
         with metrics.latency.labels("prioritize").time():
-            return [HostPriority(Host=h, Score=s) for h, s in extender.prioritize(args.Pod, args.node_names())]
+            return _json([{"Host": h, "Score": s} for h, s in extender.prioritize(args.Pod, args.node_names())])
 
     @app.post("/bind", response_model=ExtenderBindingResult, tags=["extender"])
     def bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
@@ -161,6 +162,10 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _json(body: object) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 def _reason_class(message: str) -> str:

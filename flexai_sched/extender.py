@@ -106,11 +106,11 @@ class Extender:
         """Placement of ``req`` on ``node`` with the pod's card policy, cached per node version."""
         policy = self._policy(req.card_policy, self._card_policy)
         key = self._key(req)
-        hit = node.fit_cache.get(key)
+        hit: Placement | NoFit | None = node.fit_cache.get(key)
         if hit is None:
             hit = place(node.cards, node.usage, req, policy)
             node.fit_cache[key] = hit
-        return hit  # type: ignore[no-any-return]
+        return hit
 
     # ---- prioritize ----
 

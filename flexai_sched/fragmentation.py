@@ -33,6 +33,7 @@ separate interfaces): ``WorkloadAware`` (take the target workload) and ``HostAwa
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -283,53 +284,83 @@ class Fgd:
 
 
 class Fragmentation:
-    """Ours: least growth of the free GPU capacity the workload could not use, GPU demand
-    weighted, counting capacity a short host cannot feed; best fit among equals.
+    """Ours: FGD's measure, weighted by GPU demand, plus the GPUs a short host strands.
 
-    For each class m the node could take k_m = min(k_gpu, k_cpu, k_mem) more tasks of m
-    alone: k_gpu from its cards (shares: sum of floor(free / d) over cards; whole cards:
-    whole-free cards // vgpus), k_cpu and k_mem from the host's free CPU and memory over
-    m's expected request. The unusable part for m is free - k_m x demand_m, so it counts
-    the remainder a share leaves on a card (a 60% hole holds one 47% task and 13% of
-    waste), not only cards with no room at all. Without host information (the extender
-    today) only the cards count.
+    Phi_n = sum_m p_m F_n(m)                       (FGD's measure, classes weighted by
+                                                    count x GPU demand)
+          + STRAND x max(0, free_n - cpu_free_n / r)  (free GPU the host CPU cannot feed)
+
+    where r is the workload's CPU per percent of GPU. FGD asks only whether *one* more
+    task of each class fits the host, so a host can be eaten by CPU-only tasks while
+    it still looks fine; the second term counts what the remaining CPU can feed in
+    total. The score is Phi before - Phi after (the pod's own CPU taken from the host),
+    then the least free GPU left among equal growth (best fit). With no host
+    information (``node_score``, the extender today) only the cards count.
+
+    Evaluated as sums over the workload's GPU shapes: per shape, whether it fits the
+    cards and what it leaves, times the weight of its classes whose CPU fits the host
+    (a prefix sum over the classes sorted by CPU); card summaries are memoised.
     """
 
     name = "fragmentation"
-    pod_host_dependent = False
-    # Weight of the best-fit tie-break: far below one percent of a card of growth.
+    pod_host_dependent = True
+    # A larger host request never raises the score (so a score computed without the
+    # request bounds it from above; flexai_sched.sim relies on that).
+    request_lowers_score = True
+    STRAND = 1.0
     TIE = 1e-6
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self.use_workload(workload)
 
     def use_workload(self, workload: Workload) -> None:
-        import os
-        shapes = workload.gpu_shapes().by_gpu_demand() if os.environ.get("FW", "demand") == "demand" else workload.gpu_shapes()
-        self._nohost = os.environ.get("NOHOST") == "1"
-        self._def = os.environ.get("FRAG_DEF", "k")
-        self._classes = tuple(
-            (c.vgpus, c.cores, c.vgpus * c.cores, c.cpu_milli, c.memory_mib, c.models, c.weight) for c in shapes.classes
-        )
-        # Expected host request of one task of the workload, per percent of GPU it brings.
-        demand = sum(c.weight for c in shapes.classes) or 1.0
-        self._cpu_per_pct = sum(c.weight * c.cpu_milli / (c.vgpus * c.cores) for c in shapes.classes) / demand
-        self._card_memo: dict[tuple[int, int], float] = {}
-        self._gpu_memo: dict[tuple[object, ...], tuple[int, tuple[int, ...], tuple[int, ...]]] = {}
+        weighted = workload.by_gpu_demand()
+        groups: dict[tuple[int, int, frozenset[str]], list[tuple[int, float]]] = {}
+        for c in weighted.classes:
+            groups.setdefault((c.vgpus, c.cores, c.models), []).append((c.cpu_milli, c.weight))
+        self._shapes = tuple(groups)
+        self._cpus: list[list[int]] = []
+        self._prefix: list[list[float]] = []
+        for shape in self._shapes:
+            rows = sorted(groups[shape])
+            self._cpus.append([cpu for cpu, _ in rows])
+            acc, prefix = 0.0, [0.0]
+            for _, w in rows:
+                acc += w
+                prefix.append(acc)
+            self._prefix.append(prefix)
+        gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
+        self._cpu_per_pct = sum(c.weight * c.cpu_milli for c in workload.classes) / gpu if gpu else 0.0
+        self._cards: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...]]] = {}
+        self._card_costs: dict[tuple[int, int], float] = {}
+        self._scores: dict[int, tuple[object, object, float]] = {}
+
+    # ---- Policy ----
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         free = card_free(card, used)
         key = (free, cores)
-        cost = self._card_memo.get(key)
+        cost = self._card_costs.get(key)
         if cost is None:
             after = max(0, free - cores)
-            cost = self._card_waste(after, after == FULL_CORES) - self._card_waste(free, free == FULL_CORES)
-            cost += self.TIE * free  # fullest card first among equals
-            self._card_memo[key] = cost
+            cost = self._card_waste(after) - self._card_waste(free) + self.TIE * free  # fullest first among equals
+            self._card_costs[key] = cost
         return cost
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        return self._score(cards, before, after, None, 0, 0)
+        # The extender scores every node for every pod, and a node's usage tuples are the
+        # same objects until it changes: remember scores by identity (holding the objects,
+        # so an id is never reused while its entry lives).
+        hit = self._scores.get(id(after))
+        if hit is not None and hit[0] is after and hit[1] is before:
+            return hit[2]
+        total_b, shapes_b = self._summary(cards, before)
+        total_a, shapes_a = self._summary(cards, after)
+        score = self._phi(total_b, shapes_b, None) - self._phi(total_a, shapes_a, None) - self.TIE * total_a
+        if len(self._scores) > 200_000:
+            self._scores.clear()
+        self._scores[id(after)] = (after, before, score)
+        return score
 
     def host_node_score(
         self,
@@ -340,79 +371,59 @@ class Fragmentation:
         pod_cpu_milli: int,
         pod_memory_mib: int,
     ) -> float:
-        return self._score(cards, before, after, None if self._nohost else host, 0, 0)
+        total_b, shapes_b = self._summary(cards, before)
+        total_a, shapes_a = self._summary(cards, after)
+        phi_b = self._phi(total_b, shapes_b, host.cpu_free)
+        phi_a = self._phi(total_a, shapes_a, host.cpu_free - pod_cpu_milli)
+        return phi_b - phi_a - self.TIE * total_a
 
-    def _score(
-        self,
-        cards: Sequence[Card],
-        before: Sequence[CardUsage],
-        after: Sequence[CardUsage],
-        host: Host | None,
-        cpu: int,
-        mem: int,
-    ) -> float:
-        free_before, waste_before = self._waste(cards, before, host)
-        if host is not None:
-            # The pod's own host request is planned as the workload's expected one for its GPU.
-            took = sum(card_free(c, u) for c, u in zip(cards, before, strict=True)) - sum(
-                card_free(c, u) for c, u in zip(cards, after, strict=True)
-            )
-            expected_cpu = round(self._cpu_per_pct * took) if took else self._cpu_only_request
-            host = host.plus(expected_cpu, 0)
-        free_after, waste_after = self._waste(cards, after, host)
-        # Best fit among equal growth: the least free capacity left (GPU, then host CPU).
-        left = free_after + (host.cpu_free / self._cpu_per_pct / 1000 if host is not None and self._cpu_per_pct else 0)
-        return waste_before - waste_after - self.TIE * left
+    # ---- arithmetic ----
 
-    _cpu_only_request = 12000  # millicores a task without GPUs is planned to take
-
-    def _waste(self, cards: Sequence[Card], usage: Sequence[CardUsage], host: Host | None) -> tuple[int, float]:
-        total, ks, holes = self._gpu_capacity(cards, usage)
+    def _phi(self, total: int, shapes: tuple[tuple[int, int], ...], cpu_free: int | None) -> float:
         if total == 0:
-            return 0, 0.0
-        waste = 0.0
-        fgd = self._def == "fgd"
-        for (vgpus, cores, demand, cpu, mem, _models, weight), k, hole in zip(self._classes, ks, holes, strict=True):
-            if host is not None and k and (cpu > host.cpu_free or mem > host.memory_free):
-                k = 0
-            if fgd:
-                waste += weight * (hole if k else total)
+            return 0.0
+        usable = 0.0
+        for g, (fits, keeps) in enumerate(shapes):
+            if not fits:
                 continue
-            if host is not None and k:
-                if cpu:
-                    k = min(k, max(0, host.cpu_free) // cpu)
-                if mem:
-                    k = min(k, max(0, host.memory_free) // mem)
-            waste += weight * (total - min(total, k * demand))
-        return total, waste
+            if cpu_free is None:
+                usable += keeps * self._prefix[g][-1]
+            else:
+                usable += keeps * self._prefix[g][bisect_right(self._cpus[g], cpu_free)]
+        phi = total - usable
+        if cpu_free is not None and self._cpu_per_pct:
+            phi += self.STRAND * max(0.0, total - max(0, cpu_free) / self._cpu_per_pct)
+        return phi
 
-    def _gpu_capacity(
-        self, cards: Sequence[Card], usage: Sequence[CardUsage]
-    ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-        """Total free percent, and per class how many tasks of it the cards could still take."""
+    def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """Free percent, and per shape: does one task fit the cards, and how much free it could use."""
         frees = tuple(card_free(c, u) for c, u in zip(cards, usage, strict=True))
         whole = tuple(_whole_free(c, u) for c, u in zip(cards, usage, strict=True))
         models = tuple(c.model for c in cards)
         key = (frees, whole, models)
-        hit = self._gpu_memo.get(key)
+        hit = self._cards.get(key)
         if hit is not None:
             return hit
-        ks, holes = [], []
-        for vgpus, cores, _demand, _cpu, _mem, allowed, _w in self._classes:
+        total = sum(frees)
+        out = []
+        for vgpus, cores, allowed in self._shapes:
             ok = [not allowed or m in allowed for m in models]
             if cores >= FULL_CORES:
-                ks.append(sum(1 for w, o in zip(whole, ok, strict=True) if w and o) // vgpus)
-                holes.append(sum(f for f, w, o in zip(frees, whole, ok, strict=True) if not (w and o)))
+                fits = sum(1 for w, o in zip(whole, ok, strict=True) if w and o) >= vgpus
+                keeps = sum(f for f, w, o in zip(frees, whole, ok, strict=True) if w and o)
             else:
-                ks.append(sum(f // cores for f, o in zip(frees, ok, strict=True) if o))
-                holes.append(sum(f for f, o in zip(frees, ok, strict=True) if f < cores or not o))
-        hit = (sum(frees), tuple(ks), tuple(holes))
-        self._gpu_memo[key] = hit
+                fits = any(f >= cores and o for f, o in zip(frees, ok, strict=True))
+                keeps = sum(f for f, o in zip(frees, ok, strict=True) if f >= cores and o)
+            out.append((int(fits), keeps))
+        hit = (total, tuple(out))
+        if len(self._cards) > 200_000:
+            self._cards.clear()
+        self._cards[key] = hit
         return hit
 
-    def _card_waste(self, free: int, whole: bool) -> float:
+    def _card_waste(self, free: int) -> float:
         waste = 0.0
-        for vgpus, cores, _demand, _cpu, _mem, _models, weight in self._classes:
-            usable = (FULL_CORES if whole else 0) if cores >= FULL_CORES else free // cores * cores
-            waste += weight * (free - usable)
+        for g, (_vgpus, cores, _models) in enumerate(self._shapes):
+            usable = free if (free >= cores if cores < FULL_CORES else free == FULL_CORES) else 0
+            waste += self._prefix[g][-1] * (free - usable)
         return waste

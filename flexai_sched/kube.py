@@ -179,6 +179,7 @@ class KubeBackend:
                     alloc.name, alloc.namespace, body,  # type: ignore[arg-type]  # a dict is sent as is
                     _preload_content=False, _request_timeout=self._commit_timeout,
                 )
+                resp.read()  # the body is a Status, not a V1Binding; read so the connection is reusable
                 resp.release_conn()
         except ApiError as e:
             if e.status is not None and e.status < 500:
@@ -204,7 +205,7 @@ class KubeBackend:
 
     def _core(self) -> k8s.CoreV1Api:
         if self._api is None:
-            raise CommitError("backend not started")
+            raise RuntimeError("KubeBackend: start() it first")
         return self._api
 
     def _read_pod(self, namespace: str, name: str) -> Obj:
@@ -449,6 +450,7 @@ class _Watcher:
                         self._on_event(event["type"], obj)
             finally:
                 self._resp = None
+                resp.close()  # a stream left unfinished must not go back to the pool
                 resp.release_conn()
         return rv
 

@@ -60,6 +60,39 @@ class Board:
             heapq.heappush(self._heap, neg)
         return chosen
 
+    def choose_bounded(
+        self, exact: Callable[[int], float], passes: Callable[[int], bool], rng: random.Random
+    ) -> int | None:
+        """As ``choose``, when board scores only bound the real ones from above.
+
+        Walks the buckets from the top, scoring passing nodes with ``exact``, until the
+        next bound is below the best real score found: no node further down can beat or
+        tie it.
+        """
+        skipped: list[float] = []
+        best = float("-inf")
+        tied: list[int] = []
+        while self._heap:
+            s = -self._heap[0]
+            bucket = self._buckets.get(s)
+            if not bucket:
+                heapq.heappop(self._heap)
+                self._in_heap.discard(s)
+                continue
+            if s < best:
+                break
+            for n in bucket:
+                if passes(n):
+                    e = exact(n)
+                    if e > best:
+                        best, tied = e, [n]
+                    elif e == best:
+                        tied.append(n)
+            skipped.append(heapq.heappop(self._heap))
+        for neg in skipped:
+            heapq.heappush(self._heap, neg)
+        return tied[rng.randrange(len(tied))] if tied else None
+
     def score(self, node: int) -> float | None:
         return self._score.get(node)
 

@@ -58,7 +58,16 @@ class Curve:
 
 
 class Cluster:
-    """The trace's nodes in a ``ClusterState``, host resources beside them, one policy."""
+    """The trace's nodes in a ``ClusterState``, host resources beside them, one policy.
+
+    How a pod type's board is keyed follows what the policy's score reads:
+
+    - cards only: the pod's GPU shape (as the extender's fit cache is keyed);
+    - the host, and the pod's own host request (``pod_host_dependent``): shape and
+      request; unless a larger request never raises the score (``request_lowers_score``),
+      then the board holds scores for an empty request, which bound the real ones, and
+      only nodes whose bound reaches the best real score are scored with the request.
+    """
 
     def __init__(self, trace: Trace, policy_name: str, seed: int) -> None:
         self.state = ClusterState()
@@ -66,11 +75,18 @@ class Cluster:
         for n in trace.nodes:
             self.state.upsert_node(n.inventory())
         self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in trace.nodes]
+        # Nodes alike in everything but name share scores (see ``_exact``).
+        kinds: dict[tuple[object, ...], int] = {}
+        self._kind = [
+            kinds.setdefault((n.model, n.gpus, n.cpu_milli, n.memory_mib), len(kinds)) for n in trace.nodes
+        ]
         self.policy: Policy = policies.get(policy_name)
         if isinstance(self.policy, WorkloadAware):
             self.policy.use_workload(target_workload(trace))
         self._host_aware = isinstance(self.policy, HostAware)
-        self._host_keyed = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
+        dependent = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
+        self._bounded = dependent and bool(getattr(self.policy, "request_lowers_score", False))
+        self._host_keyed = dependent and not self._bounded
         self._models = sorted({n.model for n in trace.nodes})
         self._rng = random.Random(seed)
         self._log: list[int] = []  # node index per change, read by the boards
@@ -89,9 +105,14 @@ class Cluster:
             key = (key, pod.cpu_milli, pod.memory_mib)
         board = self._boards.get(key)
         if board is None:
-            board = self._boards[key] = Board(self._evaluator(req, pod))
+            cpu, mem = (pod.cpu_milli, pod.memory_mib) if self._host_keyed else (0, 0)
+            board = self._boards[key] = Board(self._scorer(req, cpu, mem))
         board.refresh(self._log, len(self.names))
-        i = board.choose(lambda n: self._host_fits(n, pod), self._rng)
+        passes = lambda n: self._host_fits(n, pod)  # noqa: E731
+        if self._bounded:
+            i = board.choose_bounded(self._exact(req, pod), passes, self._rng)
+        else:
+            i = board.choose(passes, self._rng)
         if i is None:
             return False
         if req.wants_gpu:
@@ -113,15 +134,13 @@ class Cluster:
         h = self.hosts[i]
         return pod.cpu_milli <= h.cpu_free and pod.memory_mib <= h.memory_free
 
-    def _evaluator(self, req: PodRequest, pod: TracePod) -> Callable[[int], float | None]:
+    def _scorer(self, req: PodRequest, cpu: int, mem: int) -> Callable[[int], float | None]:
+        """Node index -> the policy's score for this pod type (None: the cards do not fit)."""
         policy, names, hosts, state = self.policy, self.names, self.hosts, self.state
         gpu = req.wants_gpu
         host_aware = self._host_aware
-        # Boards of a policy that ignores the pod's host request are shared by pods of
-        # one GPU shape: give it none, so no pod's request leaks into another's score.
-        cpu, mem = (pod.cpu_milli, pod.memory_mib) if self._host_keyed else (0, 0)
 
-        def evaluate(i: int) -> float | None:
+        def score(i: int) -> float | None:
             node = state.node(names[i])
             assert node is not None
             if gpu:
@@ -137,7 +156,26 @@ class Cluster:
                 )
             return policy.node_score(node.cards, node.usage, after)
 
-        return evaluate
+        return score
+
+    def _exact(self, req: PodRequest, pod: TracePod) -> Callable[[int], float]:
+        """The score with the pod's own host request; alike nodes in alike states share it."""
+        scorer = self._scorer(req, pod.cpu_milli, pod.memory_mib)
+        seen: dict[tuple[object, ...], float] = {}
+
+        def exact(i: int) -> float:
+            node = self.state.node(self.names[i])
+            assert node is not None
+            h = self.hosts[i]
+            key = (self._kind[i], node.usage, h.cpu_used, h.memory_used)
+            s = seen.get(key)
+            if s is None:
+                got = scorer(i)
+                assert got is not None  # on the board, so the cards fit
+                s = seen[key] = got
+            return s
+
+        return exact
 
     def _bind(self, i: int, req: PodRequest) -> None:
         node = self.state.node(self.names[i])

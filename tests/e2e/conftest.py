@@ -62,10 +62,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     if bin_dir is None:
         pytest.fail(err or "no control-plane binaries", pytrace=False)  # never skip
     plane = ControlPlane(bin_dir, workdir=tmp_path_factory.mktemp("controlplane"))
+    error = None
     try:
         plane.start()
     except ControlPlaneError as e:
-        pytest.fail(str(e), pytrace=False)
+        error = str(e)  # failed outside the except block: no chained traceback noise
+    if error is not None:
+        pytest.fail(error, pytrace=False)
     yield plane
     plane.stop()
 

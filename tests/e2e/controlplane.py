@@ -301,8 +301,9 @@ def extender_block(url_prefix: str, node_cache_capable: bool | None = None,
 class ControlPlane:
     """kine + kube-apiserver + kwok + optional extender + kube-scheduler on loopback.
 
-    plane = ControlPlane(bin_dir).start()          # scheduler without extender
-    plane.start(extender=ExtenderSpec([...]))      # or with one
+    plane = ControlPlane(bin_dir).start()          # kube-scheduler without extender, or
+    plane = ControlPlane(bin_dir).start(extender=ExtenderSpec([...]))
+    plane.start_extender(spec); plane.restart_scheduler(with_extender=True)  # add one later
     ...
     plane.stop()                                   # idempotent; also runs at exit
     """
@@ -315,7 +316,8 @@ class ControlPlane:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flexai-cp-"))
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        # Extra top-level KubeSchedulerConfiguration fields (e.g. clientConnection qps for benches).
+        # Extra KubeSchedulerConfiguration fields, e.g. {"clientConnection": {"qps": 500,
+        # "burst": 1000}} for benchmarks (the v1 default of 50 qps caps binding throughput).
         self.scheduler_config_extra = dict(scheduler_config or {})
         self.startup_timeout = startup_timeout
         self.procs: dict[str, Process] = {}
@@ -449,6 +451,25 @@ class ControlPlane:
         self.node_cache_capable = node_cache_capable
         self._start_scheduler(with_extender)
 
+    def listeners(self) -> dict[str, list[str]]:
+        """TCP sockets in LISTEN state held by each running component's process group,
+        as "ip:port" (read from /proc), to prove everything is on loopback."""
+        inodes: dict[str, str] = {}  # socket inode -> component
+        for name, p in self.procs.items():
+            if p.alive and p.popen is not None:
+                for pid in _group_pids(p.popen.pid):
+                    for inode in _socket_inodes(pid):
+                        inodes[inode] = name
+        out: dict[str, list[str]] = {name: [] for name in self.procs}
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    local, state, inode = cols[1], cols[3], cols[9]
+                    if state == "0A" and inode in inodes:  # 0A: TCP_LISTEN
+                        out[inodes[inode]].append(_proc_addr(local))
+        return out
+
     # -- logs
 
     def log_tails(self, lines: int = 60) -> str:
@@ -476,6 +497,9 @@ class ControlPlane:
         return str(path)
 
     def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Process:
+        old = self.procs.get(name)
+        if old is not None:
+            old.stop()  # reap a predecessor that died on its own, and close its log
         p = Process(name, argv, self.log_dir / f"{name}.log", self.workdir, env)
         self.procs[name] = p  # registered before start so stop() and log_tails() see it
         p.start()
@@ -517,8 +541,10 @@ class ControlPlane:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
-                # no controller-manager creates default service accounts
-                "--disable-admission-plugins=ServiceAccount",
+                # No controller-manager here: nothing would create default service accounts,
+                # nor lift the not-ready taint that TaintNodesByCondition puts on every new
+                # node (so no pod would ever schedule).
+                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
                 # no "kubernetes" service endpoints pointing at this host
                 "--endpoint-reconciler-type=none",
                 f"--service-account-issuer=https://{LOOPBACK}:{self.api_port}",
@@ -569,7 +595,12 @@ class ControlPlane:
             "clientConnection": {"kubeconfig": str(self.kubeconfig)},
             "leaderElection": {"leaderElect": False},
         }
-        cfg.update(self.scheduler_config_extra)
+        for key, value in self.scheduler_config_extra.items():
+            # merge one level deep, so e.g. {"clientConnection": {"qps": 500}} keeps kubeconfig
+            if isinstance(value, Mapping) and isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
         if with_extender:
             if not self.extender_port:
                 raise ControlPlaneError("scheduler with extender asked, but no extender started")
@@ -581,10 +612,11 @@ class ControlPlane:
         cfg_path.write_text(yaml.safe_dump(self._scheduler_config(with_extender), sort_keys=False))
         self.scheduler_uses_extender = with_extender
         self.scheduler_port = free_port()
-        kc = str(self.kubeconfig)
         argv = [self._bin("kube-scheduler"), f"--config={cfg_path}",
                 f"--secure-port={self.scheduler_port}", f"--bind-address={LOOPBACK}",
-                f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                # No delegated authn/authz (the apiserver has no request-header CA for it):
+                # anonymous may read health and metrics, on loopback only.
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
                 f"--cert-dir={self.workdir / 'scheduler-certs'}",
                 "--v=2"]  # v2 logs each binding decision, which is what a failed test needs
         p = self._spawn("kube-scheduler", argv, _child_env())
@@ -594,6 +626,44 @@ class ControlPlane:
         ctx.verify_mode = ssl.CERT_NONE
         url = f"https://{LOOPBACK}:{self.scheduler_port}/readyz"
         self._wait_ready(p, lambda: http_ok(url, ctx), self.startup_timeout, "kube-scheduler /readyz")
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            # fields after the ")" that ends the command name: state ppid pgrp ...
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(d))
+    return pids
+
+
+def _socket_inodes(pid: int) -> list[str]:
+    inodes = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.append(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _proc_addr(hex_addr: str) -> str:
+    """ "0100007F:1F90" (/proc/net/tcp, little-endian words) -> "127.0.0.1:8080"."""
+    ip_hex, port_hex = hex_addr.split(":")
+    raw = bytes.fromhex(ip_hex)
+    # each 32-bit word is in host (little-endian) order
+    ip = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return f"{ipaddress.ip_address(ip)}:{int(port_hex, 16)}"
 
 
 def _tcp_open(port: int) -> bool:

@@ -45,6 +45,14 @@ def test_startup_is_fast(control_plane: ControlPlane) -> None:
     assert control_plane.timings["total"] < 60, timings
 
 
+def test_everything_listens_on_loopback_only(control_plane: ControlPlane) -> None:
+    listeners = control_plane.listeners()
+    for name in ("kine", "kube-apiserver", "kwok", "kube-scheduler"):
+        assert listeners[name], f"{name} listens nowhere? {listeners}"
+    bad = {n: [a for a in addrs if not a.startswith("127.0.0.1:")] for n, addrs in listeners.items()}
+    assert not any(bad.values()), f"non-loopback listeners: {bad}"
+
+
 def test_apiserver_answers_and_kwok_node_becomes_ready(control_plane: ControlPlane,
                                                        core_api: k8s.CoreV1Api) -> None:
     version = k8s.VersionApi(core_api.api_client).get_code()

@@ -1,0 +1,182 @@
+"""One GPU workload, run by bench/hook_gpu.py in a child process (under the hook or not).
+
+    python bench/hook_workload.py <kind> [--seconds S] [--start-at T] ...
+
+Prints one JSON line with its measurement. Kinds:
+  matmul       bf16 4096^3 matrix products in a loop: TFLOP/s over --seconds
+  graph        the same 20 products captured in a CUDA graph, replayed
+  fill         allocate --chunk-mib tensors until torch.cuda.OutOfMemoryError
+  tiny         launch rate of one-element kernels
+  transformer  training step time of an 8-layer encoder built in code (no downloads),
+               with --duty D sleeping D x step time after each step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+
+N = 4096
+FLOP = 2 * N**3
+
+
+def wait_until(t: float | None) -> None:
+    if t is not None:
+        while time.time() < t:
+            time.sleep(0.001)
+
+
+def timed_loop(step, seconds: float, per_step_flop: float, start_at: float | None) -> dict[str, float]:
+    for _ in range(10):  # warm-up: kernels chosen, clocks up, hook's first windows settled
+        step()
+    torch.cuda.synchronize()
+    t_end = time.time() + 0.5
+    while time.time() < t_end:
+        step()
+    torch.cuda.synchronize()
+    wait_until(start_at)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(8):
+            step()
+        n += 8
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"steps": n, "seconds": dt, "tflops": n * per_step_flop / dt / 1e12}
+
+
+def matmul(args: argparse.Namespace) -> dict[str, object]:
+    a = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+
+    def step() -> None:
+        torch.matmul(a, b, out=c)
+
+    return timed_loop(step, args.seconds, FLOP, args.start_at)
+
+
+def graph(args: argparse.Namespace) -> dict[str, object]:
+    a = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            torch.matmul(a, b, out=c)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(20):
+            torch.matmul(a, b, out=c)
+    return timed_loop(g.replay, args.seconds, 20 * FLOP, args.start_at)
+
+
+def fill(args: argparse.Namespace) -> dict[str, object]:
+    free0, total0 = torch.cuda.mem_get_info()
+    # What the context really costs on the card (NVML's per-process view is not virtualised).
+    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+    held, allocated = [], 0
+    chunk = args.chunk_mib << 20
+    err = ""
+    try:
+        while True:
+            held.append(torch.empty(chunk, dtype=torch.uint8, device="cuda"))
+            allocated += chunk
+    except torch.cuda.OutOfMemoryError as e:
+        err = type(e).__name__
+    free1, total1 = torch.cuda.mem_get_info()
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.total,memory.used,memory.free", "--format=csv,noheader"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    nvml = {}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        m = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        nvml = {"total_mib": m.total >> 20, "used_mib": m.used >> 20, "free_mib": m.free >> 20}
+        pynvml.nvmlShutdown()
+    except Exception as e:  # report, don't fail the measurement
+        nvml = {"error": str(e)}
+    return {
+        "error": err,
+        "allocated_mib": allocated >> 20,
+        "reserved_mib": torch.cuda.memory_reserved() >> 20,
+        "mem_get_info_before_mib": [free0 >> 20, total0 >> 20],
+        "mem_get_info_after_mib": [free1 >> 20, total1 >> 20],
+        "nvidia_smi": smi,
+        "compute_apps_at_start": apps,
+        "nvml": nvml,
+        "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") or "default",
+    }
+
+
+def tiny(args: argparse.Namespace) -> dict[str, object]:
+    x = torch.zeros(1, device="cuda")
+    rates = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.launches):
+            x.add_(1)
+        torch.cuda.synchronize()
+        rates.append(args.launches / (time.perf_counter() - t0))
+    return {"launches_per_s": statistics.median(rates), "all": rates}
+
+
+def transformer(args: argparse.Namespace) -> dict[str, object]:
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=1024, nhead=16, dim_feedforward=4096, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, num_layers=8).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(16, 512, 1024, device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        if args.duty > 0:
+            time.sleep(dt * args.duty)
+    return {"step_ms_median": statistics.median(times) * 1e3, "step_ms_mean": statistics.mean(times) * 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["matmul", "graph", "fill", "tiny", "transformer"])
+    ap.add_argument("--seconds", type=float, default=2.5)
+    ap.add_argument("--start-at", type=float, default=None)
+    ap.add_argument("--chunk-mib", type=int, default=256)
+    ap.add_argument("--launches", type=int, default=20000)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--duty", type=float, default=0.0)
+    args = ap.parse_args()
+    torch.cuda.init()
+    result = globals()[args.kind](args)
+    print(json.dumps({"kind": args.kind, "pid": os.getpid(), **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

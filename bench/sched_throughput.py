@@ -1,0 +1,257 @@
+"""Scheduling throughput through the real kube-scheduler, with and without our extender.
+
+One kwok cluster per node count (kine + kube-apiserver + kwok + kube-scheduler 1.34 from
+tools/controlplane/build.sh, the e2e harness), every node annotated with a 4-card GPU
+inventory as flexai_node writes it. Our extender runs on the Kubernetes backend
+(``flexai-sched serve --kubeconfig``), as deployed. Three runs on the same nodes:
+
+- ``plain / no extender``   pods without vGPU requests, kube-scheduler alone
+- ``plain / extender``      the same pods, kube-scheduler configured with our extender
+                            (managedResources: kube-scheduler never calls it for these pods)
+- ``vgpu / extender``       pods asking 1 vGPU of 20% / 2 GiB: filter, prioritize and bind
+                            go through the extender
+
+For each, two measures:
+
+- ``stream``: pods created from 8 threads while the scheduler runs; pods/s =
+  pods / (last bound - first created), "from creation to bound".
+- ``burst``: pods created while kube-scheduler is stopped, then it starts; pods/s =
+  (pods - 1) / (last bound - first bound): the scheduler's own rate, creation aside.
+
+Bind times are taken from a watch on the pods. kube-scheduler's client runs at
+qps/burst 5000 (its default of 50 qps would cap every run at ~50 pods/s).
+
+    .venv/bin/python bench/sched_throughput.py [--nodes 100 1000] [--pods 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client as k8s  # noqa: E402
+from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
+
+from flexai_sched import annotations as ann  # noqa: E402
+from flexai_sched import resources as res  # noqa: E402
+from flexai_sched.model import Card  # noqa: E402
+from tests.e2e.controlplane import ControlPlane, flexai_sched_extender, wait_until  # noqa: E402
+
+BIN = Path.home() / ".cache" / "flexai" / "controlplane" / "bin"
+NS = "default"
+CARDS = tuple(Card(i, f"GPU-{i}", "NVIDIA H200", 80 * 1024, 5) for i in range(4))
+
+
+def node_body(name: str, inventory: str) -> k8s.V1Node:
+    res_ = {"cpu": "64", "memory": "512Gi", "pods": "250"}
+    return k8s.V1Node(
+        metadata=k8s.V1ObjectMeta(name=name, annotations={"kwok.x-k8s.io/node": "fake", ann.NODE_INVENTORY: inventory},
+                                  labels={"type": "kwok", "kubernetes.io/hostname": name}),
+        status=k8s.V1NodeStatus(capacity=dict(res_), allocatable=dict(res_)))
+
+
+def pod_body(name: str, vgpu: bool) -> k8s.V1Pod:
+    limits = {res.VGPU_NUMBER: "1", res.VGPU_CORES: "20", res.VGPU_MEMORY: "2"} if vgpu else None
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(
+            name="main", image="registry.invalid/fake:1",
+            resources=k8s.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"}, limits=limits))],
+            termination_grace_period_seconds=0))
+
+
+def parallel(fn: Callable[[int], object], n: int, threads: int = 8) -> None:
+    with ThreadPoolExecutor(threads) as ex:
+        for f in [ex.submit(fn, i) for i in range(n)]:
+            f.result()
+
+
+class BindClock:
+    """Watches pods; records when each was first seen bound."""
+
+    def __init__(self, core: k8s.CoreV1Api) -> None:
+        self.bound: dict[str, float] = {}
+        self._core = core
+        self._stop = False
+        meta = core.list_namespaced_pod(NS, limit=1).metadata
+        assert meta is not None
+        rv = meta.resource_version
+        self._thread = threading.Thread(target=self._run, args=(rv,), daemon=True)
+        self._thread.start()
+
+    def _run(self, rv: str) -> None:
+        while not self._stop:
+            try:
+                resp: Any = self._core.list_namespaced_pod(NS, watch=True, resource_version=rv, timeout_seconds=30,
+                                                      allow_watch_bookmarks=True, _preload_content=False)
+                for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+                    if self._stop:
+                        break
+                    if not line:
+                        continue
+                    ev = json.loads(line)
+                    obj = ev["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    name = obj["metadata"].get("name")
+                    if ev["type"] in ("ADDED", "MODIFIED") and (obj.get("spec") or {}).get("nodeName"):
+                        self.bound.setdefault(name, time.monotonic())
+                resp.release_conn()
+            except Exception as e:  # the plane going away at the end, or a dropped stream
+                if not self._stop:
+                    print(f"    (bind clock: {type(e).__name__}: {e}; watching again)", flush=True)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def cpu_seconds(plane: ControlPlane) -> dict[str, float]:
+    """CPU time (user + system) used so far by each running component's main process."""
+    out = {}
+    for name, p in plane.procs.items():
+        if p.alive and p.popen is not None:
+            fields = Path(f"/proc/{p.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+@dataclasses.dataclass
+class Result:
+    nodes: int
+    pods: str
+    scheduler: str
+    mode: str
+    n: int
+    seconds: float
+    cpu_ms_per_pod: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+
+def wipe_pods(plane: ControlPlane, core: k8s.CoreV1Api) -> None:
+    core.delete_collection_namespaced_pod(NS, grace_period_seconds=0)
+    wait_until(lambda: not core.list_namespaced_pod(NS, limit=1).items, 300, "pods deleted", interval=0.5)
+    if plane.procs.get("extender") is not None and plane.procs["extender"].alive:
+        def empty() -> bool:
+            with urlopen(plane.extender_url + "/v1/allocations") as r:
+                return not json.loads(r.read())
+        wait_until(empty, 120, "extender released every allocation", interval=0.5)
+
+
+def urlopen(url: str) -> Any:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10)
+
+
+def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: bool, extender: bool,
+        mode: str, tag: str) -> Result:
+    names = [f"{tag}-{i:05}" for i in range(pods)]
+    clock = BindClock(core)
+    cpu0: dict[str, float] = {}
+    if mode == "burst":
+        plane.procs["kube-scheduler"].stop()
+        parallel(lambda i: core.create_namespaced_pod(NS, pod_body(names[i], vgpu)), pods)
+        plane.restart_scheduler(with_extender=extender)
+        cpu0 = cpu_seconds(plane)
+        wait_until(lambda: len(clock.bound) >= pods, 900, f"{pods} pods bound", interval=0.2)
+        times = sorted(clock.bound[n] for n in names)
+        result = Result(nodes, "vgpu" if vgpu else "plain", "extender" if extender else "alone", mode,
+                        pods - 1, times[-1] - times[0], {})
+    else:
+        plane.restart_scheduler(with_extender=extender)
+        cpu0 = cpu_seconds(plane)
+        t0 = time.monotonic()
+        parallel(lambda i: core.create_namespaced_pod(NS, pod_body(names[i], vgpu)), pods)
+        created = time.monotonic() - t0
+        wait_until(lambda: len(clock.bound) >= pods, 900, f"{pods} pods bound", interval=0.2)
+        last = max(clock.bound[n] for n in names)
+        result = Result(nodes, "vgpu" if vgpu else "plain", "extender" if extender else "alone", mode,
+                        pods, last - t0, {})
+        print(f"    (created {pods} pods in {created:.1f}s = {pods / created:.0f}/s)", flush=True)
+    cpu1 = cpu_seconds(plane)
+    clock.stop()
+    # Until the last bind, plus what trails it (kwok marking pods Running): per pod scheduled.
+    result.cpu_ms_per_pod = {k: (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / pods for k in cpu1}
+    cpu = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_ms_per_pod.items())
+    print(f"  {result.nodes:>5} nodes  {result.pods:5} pods  {result.scheduler:8}  {mode:6}  "
+          f"{result.rate:7.1f} pods/s   cpu ms/pod: {cpu}", flush=True)
+    wipe_pods(plane, core)
+    return result
+
+
+def bench(nodes: int, pods: int) -> list[Result]:
+    work = Path(tempfile.mkdtemp(prefix=f"flexai-bench-{nodes}-"))
+    plane = ControlPlane(BIN, workdir=work, scheduler_config={"clientConnection": {"qps": 5000, "burst": 5000}})
+    plane.start()
+    core = plane.core_api()
+    out: list[Result] = []
+    try:
+        inventory = ann.encode_inventory(CARDS, datetime.now(UTC))
+        t = time.monotonic()
+        parallel(lambda i: core.create_node(node_body(f"n{i:05}", inventory)), nodes)
+
+        def ready() -> bool:
+            ok = 0
+            for n in core.list_node().items:
+                conditions = (n.status.conditions if n.status else None) or []
+                ok += any(c.type == "Ready" and c.status == "True" for c in conditions)
+            return ok == nodes
+        wait_until(ready, 600, f"{nodes} nodes Ready", interval=1.0)
+        print(f"{nodes} nodes ready in {time.monotonic() - t:.0f}s", flush=True)
+        # The heartbeat written above must stay fresh for the whole run.
+        plane.start_extender(dataclasses.replace(flexai_sched_extender("--heartbeat-ttl", "86400"),
+                                                 health_path="/readyz", startup_timeout=120))
+        for mode in ("stream", "burst"):
+            out.append(run(plane, core, nodes, pods, vgpu=False, extender=False, mode=mode, tag=f"a{mode[0]}"))
+            out.append(run(plane, core, nodes, pods, vgpu=False, extender=True, mode=mode, tag=f"b{mode[0]}"))
+            out.append(run(plane, core, nodes, pods, vgpu=True, extender=True, mode=mode, tag=f"c{mode[0]}"))
+    finally:
+        core.api_client.close()
+        plane.stop()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--pods", type=int, default=500)
+    args = p.parse_args()
+    results: list[Result] = []
+    for n in args.nodes:
+        results += bench(n, args.pods)
+    print("\n| nodes | mode | plain, kube-scheduler alone | plain, with extender | vGPU, with extender "
+          "| ratio plain | ratio vGPU |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for n in args.nodes:
+        for mode in ("stream", "burst"):
+            r = {(x.pods, x.scheduler): x.rate for x in results if x.nodes == n and x.mode == mode}
+            alone = r[("plain", "alone")]
+            print(f"| {n} | {mode} | {alone:.1f} | {r[('plain', 'extender')]:.1f} | {r[('vgpu', 'extender')]:.1f} "
+                  f"| {r[('plain', 'extender')] / alone:.2f} | {r[('vgpu', 'extender')] / alone:.2f} |")
+    print("\nratio = pods/s with the extender configured / pods/s of kube-scheduler alone (goal >= 0.5)")
+    print("\nCPU ms per pod (burst), by component:")
+    for x in results:
+        if x.mode == "burst":
+            cpu = ", ".join(f"{k} {v:.1f}" for k, v in x.cpu_ms_per_pod.items())
+            print(f"  {x.nodes} nodes, {x.pods} pods, {x.scheduler}: {cpu} "
+                  f"(sum {sum(x.cpu_ms_per_pod.values()):.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+/*
+ * flexai_hook.h: the public, ctypes-friendly C API of the Flex:ai CUDA hook.
+ *
+ * Python (flexai_node/hook_shim.py) loads libflexai_shim.so and calls
+ * flexai_region_snapshot() to read one container's shared region: the limits
+ * of each vGPU and what every live process uses. The snapshot struct below is
+ * the contract: fixed-size, no pointers, versioned. A reader passes
+ * sizeof(its struct) and checks `version`; fields are only ever appended.
+ *
+ * Layout version 1 (all little-endian, natural alignment, no packing):
+ *   flexai_device_usage  =  64 + 8*6 + 4*4               = 128 bytes
+ *   flexai_proc_usage    =  4 + 4 + 8*16 + 8*16          = 264 bytes
+ *   flexai_snapshot      =  4*4 + 128*16 + 264*256       = 69648 bytes
+ */
+#ifndef FLEXAI_HOOK_H
+#define FLEXAI_HOOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FLEXAI_API_VERSION 1
+#define FLEXAI_MAX_DEVICES 16 /* vGPUs one container can hold */
+#define FLEXAI_MAX_PROCS 256  /* processes of one container using CUDA at once */
+#define FLEXAI_UUID_LEN 64    /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" + NUL fits */
+
+struct flexai_device_usage {
+    char uuid[FLEXAI_UUID_LEN]; /* "" when the vGPU is matched by cuda_index */
+    uint64_t memory_limit;      /* bytes; 0 = no memory limit */
+    uint64_t memory_used;       /* bytes, all live processes, context overhead included */
+    uint64_t busy_ns;           /* GPU time measured for this vGPU, cumulative (limited vGPUs only) */
+    uint64_t period_ns;         /* compute period of the duty cycle */
+    uint64_t reserved0;
+    uint64_t reserved1;
+    uint32_t cores;             /* percent of the card, 0 or 100 = no compute limit */
+    uint32_t core_offset;       /* percent: where this vGPU's window opens in each period */
+    int32_t cuda_index;         /* -1 when matched by uuid */
+    uint32_t reserved2;
+};
+
+struct flexai_proc_usage {
+    int32_t pid;
+    uint32_t alive;                         /* 1 if the pid was alive when the snapshot was taken */
+    uint64_t memory_used[FLEXAI_MAX_DEVICES]; /* bytes per vGPU slot */
+    uint64_t busy_ns[FLEXAI_MAX_DEVICES];     /* measured GPU time per vGPU slot, cumulative */
+};
+
+struct flexai_snapshot {
+    uint32_t version;    /* FLEXAI_API_VERSION of the library that filled it */
+    uint32_t size;       /* sizeof(struct flexai_snapshot) of that library */
+    uint32_t ndevices;   /* valid entries in devices[] */
+    uint32_t nprocs;     /* valid entries in procs[] */
+    struct flexai_device_usage devices[FLEXAI_MAX_DEVICES];
+    struct flexai_proc_usage procs[FLEXAI_MAX_PROCS];
+};
+
+/* The API version this library speaks (FLEXAI_API_VERSION). */
+int flexai_api_version(void);
+
+/*
+ * Fill *out from the region file at `path`; `out_size` must be at least
+ * sizeof(struct flexai_snapshot) of version 1. Dead processes found on the way
+ * are swept (their memory returned) when the file is writable.
+ * Returns 0, or a negative errno-style code (-ENOENT, -EINVAL bad magic or
+ * version, -ENOSPC out_size too small).
+ */
+int flexai_region_snapshot(const char *path, struct flexai_snapshot *out, size_t out_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,492 @@
+/*
+ * compute.c: hold each vGPU to its share of the card's time.
+ *
+ * Design (why it is accurate): time is cut into periods of P ms (config
+ * period_ms, default 50) on the wall clock, which every container of a node
+ * shares. A vGPU with `cores` = c% and `core_offset` = o% may submit work only
+ * inside its window [o%, o%+c%) of each period. Windows of vGPUs on one card
+ * don't overlap (the device plugin assigns the offsets), so a 30% and a 70%
+ * container take turns instead of time-slicing, and each gets exactly its
+ * window whether it is alone on the card or not.
+ *
+ * What a window delivers is MEASURED, not guessed from NVML samples: the
+ * launching thread records CUDA events ("markers") into its own stream: START
+ * before the first launch of a window, END before it first blocks on a closed
+ * gate, and every N launches in between. elapsed(START, END) is the GPU time
+ * the window really used, including work that ran past the close. The error
+ * against the target c%*P feeds an integral controller ("lead") that shortens
+ * or lengthens the next window, so the delivered total over any run is the
+ * target times the number of periods, plus at most one period's spill. An
+ * overspend larger than a window (one huge kernel or graph) makes whole
+ * windows stay shut until it is repaid. Unused windows are credit (capped at
+ * one window): a program that stays under its share is rarely held at all,
+ * while two greedy ones have no credit and take turns exactly.
+ *
+ * Queued work is bounded: at most MAX_OUTSTANDING markers (~0.5 ms of GPU work
+ * each, N adapted from the measured time per launch) may be unfinished, so a
+ * throttled process cannot queue seconds of work while its window is open.
+ *
+ * Threads and invariants:
+ *   - the pacer thread only reads the clock and stores the gate word
+ *     ((period << 1) | open); it never calls CUDA;
+ *   - the launch path costs one atomic load of the gate and one fetch-add of a
+ *     launch counter in the common case: no lock, syscall, clock read or NVML
+ *     call. Everything else (events, sleeping) is the slow path, taken once
+ *     per N launches, once per window, or when the gate is shut;
+ *   - launches into a stream that is being captured into a graph are never
+ *     delayed nor marked (they do not run); the graph is held when launched.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define RING 16              /* marker events per vGPU */
+#define MAX_OUTSTANDING 2    /* unfinished markers allowed before the launcher waits */
+#define MARKER_NS 500000ull  /* aim: one marker per 0.5 ms of GPU work */
+#define MAX_MARKER_EVERY 4096
+/* Integral gain 1/2: the error of window k is known only after window k+1
+ * opened, and with that one period of delay a gain of 1 would oscillate
+ * (poles on the unit circle); 1/2 settles in a few periods. */
+#define GAIN_DIV 2
+#define WAIT_LIMIT_NS 2000000000ull /* never wait longer than this on one event */
+
+struct marker {
+    CUevent ev;
+    uint32_t launches; /* launches covered since the previous marker */
+};
+
+struct pace {
+    /* --- read on the launch path ----------------------------------------- */
+    _Atomic uint64_t gate;          /* (period << 1) | open; written by the pacer */
+    _Atomic uint64_t seen_gate;     /* gate value whose window START was recorded */
+    _Atomic uint32_t since_marker;  /* launches since the last marker */
+    _Atomic uint32_t marker_every;  /* N */
+    /* --- pacer <-> launchers --------------------------------------------- */
+    _Atomic int64_t lead_ns;        /* integral term: window = target - lead */
+    _Atomic uint64_t next_open_ns;  /* wall-clock time the gate opens next */
+    uint64_t period_ns, offset_ns, target_ns;
+    int limited;
+    /* --- slow path, under lock ------------------------------------------- */
+    pthread_mutex_t lock;
+    int events_ok;                  /* event pool created in this context */
+    CUevent pool[RING];
+    CUevent start_ev;
+    struct marker ring[RING];
+    int head, count;                /* outstanding markers, oldest at head */
+    CUevent last_done;              /* most recent retired marker (for N) */
+    uint32_t pending_launches;      /* launches since the last recorded marker */
+    int in_window;                  /* a START was recorded for seen_gate */
+    int have_end;                   /* the END of that window was recorded */
+    uint64_t busy_ns;               /* elapsed(START, newest retired marker) */
+    /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
+    uint64_t windows, markers;
+    /* --- pacer-private --------------------------------------------------- */
+    uint64_t cur_period;
+    uint64_t close_ns;
+    int open;
+};
+
+int flexai_compute_on = 1; /* cleared on first use if nothing is limited */
+
+static struct pace g_pace[FLEXAI_MAX_DEVICES];
+static int g_single_slot = -1;   /* the only slot this process can launch on, if any */
+static int g_pacer_running;
+static pthread_mutex_t g_start_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* wall clock: shared by every container of the node */
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_until(uint64_t t)
+{
+    struct timespec ts = {.tv_sec = (time_t)(t / 1000000000ull), .tv_nsec = (long)(t % 1000000000ull)};
+    while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, NULL) != 0)
+        ;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)ns};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- pacer thread ------------------------------------------------------ */
+
+/* Advance one vGPU's gate to time `now`; returns the next time it changes. */
+static uint64_t pace_step(struct pace *p, uint64_t now)
+{
+    uint64_t rel = now + p->period_ns - p->offset_ns; /* + P keeps it positive */
+    uint64_t k = rel / p->period_ns;
+    uint64_t open_at = k * p->period_ns + p->offset_ns - p->period_ns;
+    if (k != p->cur_period) {
+        p->cur_period = k;
+        int64_t window = (int64_t)p->target_ns - atomic_load(&p->lead_ns);
+        if (window > (int64_t)p->period_ns)
+            window = (int64_t)p->period_ns;
+        if (window <= 0) {
+            /* Still repaying an overspend: this window stays shut and counts as
+             * delivering nothing (integral: lead += GAIN * (0 - target)). */
+            atomic_fetch_sub(&p->lead_ns, (int64_t)p->target_ns / GAIN_DIV);
+            p->open = 0;
+        } else {
+            p->open = 1;
+            p->close_ns = open_at + (uint64_t)window;
+        }
+    }
+    if (p->open && now >= p->close_ns)
+        p->open = 0;
+    atomic_store(&p->next_open_ns, open_at + p->period_ns);
+    atomic_store_explicit(&p->gate, (k << 1) | (uint64_t)p->open, memory_order_release);
+    return p->open ? p->close_ns : open_at + p->period_ns;
+}
+
+static void *pacer_main(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to the program's threads */
+    for (;;) {
+        uint64_t now = now_ns(), next = UINT64_MAX;
+        for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
+            if (!g_pace[i].limited)
+                continue;
+            uint64_t t = pace_step(&g_pace[i], now);
+            if (t < next)
+                next = t;
+        }
+        if (next == UINT64_MAX)
+            next = now + 1000000000ull;
+        sleep_until(next);
+    }
+    return NULL;
+}
+
+static void start_pacer(void)
+{
+    pthread_mutex_lock(&g_start_lock);
+    if (!g_pacer_running) {
+        uint64_t now = now_ns();
+        for (int i = 0; i < FLEXAI_MAX_DEVICES; i++)
+            if (g_pace[i].limited)
+                pace_step(&g_pace[i], now); /* valid gate before the first launch */
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &a, pacer_main, NULL) == 0)
+            g_pacer_running = 1;
+        else
+            flexai_log("cannot start the compute pacer thread; compute is not limited");
+        pthread_attr_destroy(&a);
+    }
+    pthread_mutex_unlock(&g_start_lock);
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static void reset_state(void)
+{
+    const struct flexai_config *c = flexai_config();
+    for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
+        struct pace *p = &g_pace[i];
+        memset(p, 0, sizeof *p);
+        pthread_mutex_init(&p->lock, NULL);
+        atomic_store(&p->seen_gate, UINT64_MAX); /* no gate value equals it: first launch goes slow */
+        if (i >= c->ndev || c->dev[i].cores == 0 || c->dev[i].cores >= 100)
+            continue;
+        p->limited = 1;
+        p->period_ns = c->period_ns;
+        p->target_ns = c->period_ns * c->dev[i].cores / 100;
+        p->offset_ns = c->period_ns * c->dev[i].core_offset / 100;
+        p->cur_period = UINT64_MAX;
+        atomic_store(&p->marker_every, 8);
+    }
+}
+
+static void report(void)
+{
+    for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
+        struct pace *p = &g_pace[i];
+        if (p->limited)
+            flexai_log("compute vGPU %d: target %llu us per %llu us, %llu windows, %llu markers, "
+                       "lead %lld us, marker every %u launches", i,
+                       (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
+                       (unsigned long long)p->windows, (unsigned long long)p->markers,
+                       (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every));
+    }
+}
+
+static void in_child(void)
+{
+    /* The pacer thread and the events do not survive fork(). */
+    g_pacer_running = 0;
+    pthread_mutex_init(&g_start_lock, NULL);
+    reset_state();
+}
+
+static void init(void)
+{
+    const struct flexai_config *c = flexai_config();
+    if (!c->compute_limited) {
+        flexai_compute_on = 0;
+        return;
+    }
+    reset_state();
+    /* One vGPU and one visible device: the slot is a constant, so the launch
+     * path needs no driver call to find it. */
+    int n = 0;
+    const struct flexai_driver *d = flexai_driver();
+    if (c->ndev == 1 && d->device_get_count != NULL && d->device_get_count(&n) == CUDA_SUCCESS &&
+        n == 1)
+        g_single_slot = flexai_slot_of_device(0);
+    pthread_atfork(NULL, NULL, in_child);
+    if (getenv("FLEXAI_DEBUG") != NULL)
+        atexit(report);
+}
+
+/* ---- slow path (under p->lock) ------------------------------------------ */
+
+static int capturing(CUstream s, int flags)
+{
+    const struct flexai_driver *d = flexai_driver();
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUresult r = (flags & FLEXAI_LAUNCH_PTSZ) && d->stream_is_capturing_ptsz
+                     ? d->stream_is_capturing_ptsz(s, &st)
+                     : (d->stream_is_capturing ? d->stream_is_capturing(s, &st) : CUDA_SUCCESS);
+    return r != CUDA_SUCCESS || st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+static int record(CUevent ev, CUstream s, int flags)
+{
+    const struct flexai_driver *d = flexai_driver();
+    CUresult r = (flags & FLEXAI_LAUNCH_PTSZ) ? d->event_record_ptsz(ev, s) : d->event_record(ev, s);
+    return r == CUDA_SUCCESS;
+}
+
+static int ensure_events(struct pace *p)
+{
+    if (p->events_ok)
+        return 1;
+    const struct flexai_driver *d = flexai_driver();
+    if (d->event_create == NULL || d->event_record == NULL || d->event_query == NULL ||
+        d->event_elapsed == NULL)
+        return 0;
+    for (int i = 0; i < RING; i++)
+        if (d->event_create(&p->pool[i], CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+            return 0;
+    if (d->event_create(&p->start_ev, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+        return 0;
+    p->events_ok = 1;
+    return 1;
+}
+
+static uint64_t elapsed_ns(CUevent a, CUevent b)
+{
+    float ms = 0;
+    if (flexai_driver()->event_elapsed(&ms, a, b) != CUDA_SUCCESS || ms < 0)
+        return 0;
+    return (uint64_t)((double)ms * 1e6);
+}
+
+/* Wait (bounded) until `ev` completed; 1 if it did. */
+static int wait_event(CUevent ev)
+{
+    const struct flexai_driver *d = flexai_driver();
+    uint64_t waited = 0, step = 20000;
+    for (;;) {
+        CUresult r = d->event_query(ev);
+        if (r == CUDA_SUCCESS)
+            return 1;
+        if (r != CUDA_ERROR_NOT_READY || waited > WAIT_LIMIT_NS)
+            return 0;
+        sleep_ns(step);
+        waited += step;
+    }
+}
+
+/* Retire finished markers from the head; `block` waits for the oldest first. */
+static void retire(struct pace *p, int block)
+{
+    while (p->count > 0) {
+        struct marker *m = &p->ring[p->head];
+        if (block) {
+            block = 0;
+            if (!wait_event(m->ev))
+                break;
+        } else if (flexai_driver()->event_query(m->ev) != CUDA_SUCCESS) {
+            break;
+        }
+        if (p->in_window) {
+            uint64_t b = elapsed_ns(p->start_ev, m->ev);
+            if (b > p->busy_ns)
+                p->busy_ns = b;
+        }
+        if (p->last_done != NULL && m->launches > 0) {
+            uint64_t per = elapsed_ns(p->last_done, m->ev) / m->launches;
+            uint64_t n = per > 0 ? MARKER_NS / per : MAX_MARKER_EVERY;
+            atomic_store(&p->marker_every, (uint32_t)(n < 1 ? 1 : n > MAX_MARKER_EVERY ? MAX_MARKER_EVERY : n));
+        }
+        p->last_done = m->ev;
+        p->head = (p->head + 1) % RING;
+        p->count--;
+    }
+}
+
+/* Record a marker after what was launched on `s`; bound what is in flight. */
+static void add_marker(struct pace *p, CUstream s, int flags)
+{
+    if (!ensure_events(p))
+        return;
+    retire(p, 0);
+    if (p->count == RING)
+        retire(p, 1);
+    if (p->count == RING)
+        return;
+    int idx = (p->head + p->count) % RING;
+    struct marker *m = &p->ring[idx];
+    m->ev = p->pool[idx];
+    if (m->ev == p->last_done)
+        p->last_done = NULL; /* about to be re-recorded */
+    if (!record(m->ev, s, flags))
+        return;
+    m->launches = p->pending_launches;
+    p->markers++;
+    p->pending_launches = 0;
+    p->count++;
+    while (p->count > MAX_OUTSTANDING) {
+        int before = p->count;
+        retire(p, 1);
+        if (p->count == before)
+            break; /* waited too long: give up rather than hang the program */
+    }
+}
+
+/* lead += delta, but never below -target: unused time is credit for at most
+ * one window, so an idle process cannot bank a long burst. */
+static void steer(struct pace *p, int64_t delta)
+{
+    int64_t v = atomic_fetch_add(&p->lead_ns, delta) + delta;
+    if (v < -(int64_t)p->target_ns)
+        atomic_store(&p->lead_ns, -(int64_t)p->target_ns);
+}
+
+/* The window that START began is over: book what it delivered. `idle` more
+ * windows went by without a launch: each delivered nothing (credit). */
+static void finish_window(struct pace *p, int slot, uint64_t idle)
+{
+    if (idle > 0)
+        steer(p, -(int64_t)(idle > 4 ? 4 : idle) * (int64_t)p->target_ns / GAIN_DIV);
+    if (!p->in_window)
+        return;
+    /* By now the GPU has normally drained; if not, we overspent: wait. */
+    while (p->count > 0) {
+        int before = p->count;
+        retire(p, 1);
+        if (p->count == before)
+            break;
+    }
+    flexai_region_add_busy(slot, p->busy_ns);
+    p->windows++;
+    /* Integral control on every window: over the limit shortens the next ones,
+     * under it (a program that did not use its window) lengthens them up to
+     * one window of credit, so bursty work under its share is not delayed. */
+    steer(p, ((int64_t)p->busy_ns - (int64_t)p->target_ns) / GAIN_DIV);
+    p->in_window = 0;
+    p->have_end = 0;
+    p->busy_ns = 0;
+}
+
+static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
+{
+    if (!g_pacer_running)
+        start_pacer();
+    pthread_mutex_lock(&p->lock);
+    if (capturing(s, flags)) {
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
+    for (;;) {
+        uint64_t g = atomic_load_explicit(&p->gate, memory_order_acquire);
+        if (g == atomic_load(&p->seen_gate))
+            break; /* another thread already opened this window */
+        if ((g & 1) == 0) {
+            if (p->in_window && !p->have_end && ensure_events(p)) {
+                add_marker(p, s, flags);
+                p->have_end = 1;
+            }
+            pthread_mutex_unlock(&p->lock);
+            uint64_t t = atomic_load(&p->next_open_ns), now = now_ns();
+            if (t > now)
+                sleep_until(t);
+            else
+                sleep_ns(50000); /* the pacer is about to flip the gate */
+            pthread_mutex_lock(&p->lock);
+            continue;
+        }
+        uint64_t prev = atomic_load(&p->seen_gate) >> 1, now_k = g >> 1;
+        finish_window(p, slot, (prev != (UINT64_MAX >> 1) && now_k > prev + 1) ? now_k - prev - 1 : 0);
+        if (ensure_events(p) && record(p->start_ev, s, flags)) {
+            p->in_window = 1;
+            p->last_done = NULL;
+        }
+        atomic_store(&p->seen_gate, g);
+        break;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* ---- launch path -------------------------------------------------------- */
+
+static inline struct pace *pace_for_launch(int *slot)
+{
+    int s = g_single_slot >= 0 ? g_single_slot : flexai_slot_of_current();
+    if (s < 0 || !g_pace[s].limited)
+        return NULL;
+    *slot = s;
+    return &g_pace[s];
+}
+
+void flexai_compute_before_launch(CUstream stream, int flags)
+{
+    pthread_once(&g_once, init);
+    if (!flexai_compute_on)
+        return;
+    int slot;
+    struct pace *p = pace_for_launch(&slot);
+    if (p == NULL)
+        return;
+    uint64_t g = atomic_load_explicit(&p->gate, memory_order_acquire);
+    if (FLEXAI_UNLIKELY(g != atomic_load_explicit(&p->seen_gate, memory_order_relaxed)))
+        gate_slow(p, slot, stream, flags);
+}
+
+void flexai_compute_after_launch(CUstream stream, int flags)
+{
+    if (!flexai_compute_on)
+        return;
+    int slot;
+    struct pace *p = pace_for_launch(&slot);
+    if (p == NULL)
+        return;
+    uint32_t n = atomic_fetch_add_explicit(&p->since_marker, 1, memory_order_relaxed) + 1;
+    if (FLEXAI_LIKELY(!(flags & FLEXAI_LAUNCH_GRAPH) &&
+                      n < atomic_load_explicit(&p->marker_every, memory_order_relaxed)))
+        return;
+    pthread_mutex_lock(&p->lock);
+    uint32_t launches = atomic_exchange(&p->since_marker, 0);
+    if (!capturing(stream, flags)) {
+        p->pending_launches += launches;
+        add_marker(p, stream, flags);
+    }
+    pthread_mutex_unlock(&p->lock);
+}

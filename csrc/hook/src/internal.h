@@ -1,0 +1,155 @@
+/*
+ * internal.h: what the hook's modules tell each other. Nothing here is
+ * exported from the shared library (everything is built with
+ * -fvisibility=hidden); exported symbols are the intercepted CUDA/NVML/dlsym
+ * entry points and the flexai_* API of flexai_hook.h.
+ *
+ * Modules, one job each:
+ *   config.c    reads the vGPU config once (pthread_once)
+ *   region.c    the file-backed shared region: per-vGPU counters, process slots, sweeping
+ *   driver.c    finds the real libcuda and its entry points
+ *   devices.c   maps a CUDA device ordinal of this process to a vGPU slot
+ *   memory.c    counts every allocation and free against the slot's limit
+ *   compute.c   holds kernel launches to the slot's share of the card's time
+ *   intercept.c the exported cu* functions: thin wrappers over memory.c / compute.c
+ *   procaddr.c  dlsym and cuGetProcAddress: hand out the hook's functions
+ *   nvml.c      NVML memory getters show the slice
+ *   api.c       the flexai_* C API read by Python through ctypes
+ */
+#ifndef FLEXAI_INTERNAL_H
+#define FLEXAI_INTERNAL_H
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "flexai_hook.h"
+
+/* cuda.h maps some old names onto new versions for application code; the
+ * hook defines the old entry points themselves, so it wants the plain names. */
+#undef cuGetProcAddress
+
+#define FLEXAI_EXPORT __attribute__((visibility("default")))
+#define FLEXAI_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FLEXAI_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* "flexai-hook: <message>" on stderr. Never on the launch path. */
+void flexai_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- config.c ---------------------------------------------------------- */
+#define FLEXAI_DEFAULT_PERIOD_MS 50
+#define FLEXAI_DEFAULT_CONTEXT_OVERHEAD (512ull << 20) /* bytes, per process and vGPU */
+
+struct flexai_dev_config {
+    char uuid[FLEXAI_UUID_LEN]; /* match by UUID when set ...        */
+    int cuda_index;             /* ... else by this process's ordinal (-1 = unset) */
+    uint64_t memory_bytes;      /* 0 = unlimited */
+    uint64_t context_overhead;  /* charged once per process that opens a context */
+    uint32_t cores;             /* 1..99 = limited; 0 or 100 = unlimited */
+    uint32_t core_offset;       /* 0..99 */
+};
+
+struct flexai_config {
+    int ndev;                   /* 0 = no limits at all: the hook only passes calls through */
+    int memory_limited;         /* some vGPU has a memory limit */
+    int compute_limited;        /* some vGPU has a core limit */
+    uint64_t period_ns;
+    char region_path[512];      /* "" = a private region (this process only) */
+    struct flexai_dev_config dev[FLEXAI_MAX_DEVICES];
+};
+
+/* The config, read on first use from $FLEXAI_VGPU_CONFIG. Never NULL. */
+const struct flexai_config *flexai_config(void);
+/* Parse `text` (the file's content) into *out. Problems go to stderr, naming
+ * line and field; the bad field falls back as README.md documents. */
+void flexai_config_parse(const char *text, const char *origin, struct flexai_config *out);
+
+/* ---- region.c ---------------------------------------------------------- */
+struct flexai_region; /* opaque; layout in region.c */
+
+/* The region of this process (attached on first use). NULL only if the
+ * config has no vGPU. */
+struct flexai_region *flexai_region_self(void);
+/* Try to add `bytes` to slot's usage; fails (returns 0) past the limit unless
+ * `force`. On success the bytes are also booked to this process. */
+int flexai_region_charge(int slot, uint64_t bytes, int force);
+/* Give back `bytes` of this process on `slot`; saturates at 0. */
+void flexai_region_uncharge(int slot, uint64_t bytes);
+uint64_t flexai_region_used(int slot);
+void flexai_region_add_busy(int slot, uint64_t ns);
+/* Return memory of dead processes; returns how many were swept. */
+int flexai_region_sweep(struct flexai_region *r);
+/* Open a region file for reading (api.c); fills a snapshot. */
+int flexai_region_read(const char *path, struct flexai_snapshot *out);
+
+/* ---- driver.c ---------------------------------------------------------- */
+/* dlsym itself, found with dlvsym so our own dlsym wrapper is skipped. */
+void *flexai_real_dlsym(void *handle, const char *name);
+/* The real libcuda (dlopen'd once; $FLEXAI_REAL_LIBCUDA overrides the name). */
+void *flexai_libcuda(void);
+/* A real driver entry point by exported name, NULL if absent. */
+void *flexai_driver_sym(const char *name);
+
+/* Real entry points the hook itself needs (never our wrappers). */
+struct flexai_driver {
+    PFN_cuCtxGetCurrent_v4000 ctx_get_current;
+    PFN_cuCtxGetDevice_v2000 ctx_get_device;
+    PFN_cuDeviceGetCount_v2000 device_get_count;
+    PFN_cuDeviceGetUuid_v11040 device_get_uuid;
+    PFN_cuMemGetInfo_v3020 mem_get_info;
+    PFN_cuDeviceTotalMem_v3020 device_total_mem;
+    PFN_cuEventCreate_v2000 event_create;
+    PFN_cuEventRecord_v2000 event_record;
+    PFN_cuEventRecord_v7000_ptsz event_record_ptsz;
+    PFN_cuEventQuery_v2000 event_query;
+    PFN_cuEventSynchronize_v2000 event_synchronize;
+    PFN_cuEventElapsedTime_v2000 event_elapsed;
+    PFN_cuEventDestroy_v4000 event_destroy;
+    PFN_cuStreamIsCapturing_v10000 stream_is_capturing;
+    PFN_cuStreamIsCapturing_v10000_ptsz stream_is_capturing_ptsz;
+};
+/* Resolved on first call; members may be NULL if the driver lacks them. */
+const struct flexai_driver *flexai_driver(void);
+
+/* ---- devices.c --------------------------------------------------------- */
+/* vGPU slot for a CUDA device ordinal of this process; -1 = not limited. */
+int flexai_slot_of_device(CUdevice dev);
+/* vGPU slot of the calling thread's current context; -1 = none/not limited. */
+int flexai_slot_of_current(void);
+/* vGPU slot for a GPU UUID string "GPU-..."; -1 = not configured. */
+int flexai_slot_of_uuid(const char *uuid);
+/* Forget cached mappings (fork child). */
+void flexai_devices_reset(void);
+
+/* ---- memory.c ---------------------------------------------------------- */
+enum flexai_mem_kind { FLEXAI_MEM_PTR = 1, FLEXAI_MEM_HANDLE, FLEXAI_MEM_ARRAY, FLEXAI_MEM_MIPMAP };
+/* Reserve bytes on slot before the real allocation; 0 = over the limit. */
+int flexai_mem_reserve(int slot, uint64_t bytes);
+/* After the real call: on success remember (kind,key)->bytes, else give back. */
+void flexai_mem_commit(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t bytes, int ok);
+/* On free: forget (kind,key) and give its bytes back. */
+void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key);
+/* Charge the context overhead of `dev` once per process. */
+void flexai_mem_context_opened(CUdevice dev);
+/* Virtualised getters. */
+void flexai_mem_info(int slot, size_t *free_b, size_t *total_b);
+void flexai_mem_reset_after_fork(void);
+
+/* ---- compute.c --------------------------------------------------------- */
+/* 1 when some vGPU has a core limit: the launch wrappers check this first. */
+extern int flexai_compute_on;
+/* Called before / after every real launch; `is_graph` for cuGraphLaunch. */
+enum { FLEXAI_LAUNCH_KERNEL = 0, FLEXAI_LAUNCH_GRAPH = 1, FLEXAI_LAUNCH_PTSZ = 2 };
+void flexai_compute_before_launch(CUstream stream, int flags);
+void flexai_compute_after_launch(CUstream stream, int flags);
+void flexai_compute_reset_after_fork(void);
+
+/* ---- procaddr.c -------------------------------------------------------- */
+/* The hook function to hand out for an exported driver/NVML name, or NULL. */
+void *flexai_hook_by_name(const char *name);
+
+/* ---- nvml.c ------------------------------------------------------------ */
+void *flexai_nvml_hook_by_name(const char *name);
+
+#endif

@@ -1,0 +1,108 @@
+/*
+ * nvml.c: NVML's memory getters show the slice, so nvidia-smi and pynvml in
+ * the container print the vGPU's quota and usage, not the whole card.
+ *
+ * NVML has no PFN typedef header in the CUDA runtime wheel; the two structs
+ * and three signatures below follow NVML's public documentation (nvml.h,
+ * unchanged since NVML 11 for these). Real functions come from the real
+ * libnvidia-ml.so.1 ($FLEXAI_REAL_LIBNVML overrides the name).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct nvmlDevice_st *nvmlDevice_t;
+typedef int nvmlReturn_t; /* NVML_SUCCESS = 0 */
+typedef struct {
+    unsigned long long total, free, used;
+} nvmlMemory_t;
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvmlMemory_v2_t;
+
+typedef nvmlReturn_t (*mem_fn)(nvmlDevice_t, nvmlMemory_t *);
+typedef nvmlReturn_t (*mem_v2_fn)(nvmlDevice_t, nvmlMemory_v2_t *);
+typedef nvmlReturn_t (*uuid_fn)(nvmlDevice_t, char *, unsigned int);
+
+static struct {
+    mem_fn mem;
+    mem_v2_fn mem_v2;
+    uuid_fn uuid;
+} g_nvml;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void resolve(void)
+{
+    const char *name = getenv("FLEXAI_REAL_LIBNVML");
+    if (name == NULL || *name == '\0')
+        name = "libnvidia-ml.so.1";
+    void *lib = dlopen(name, RTLD_NOW | RTLD_GLOBAL);
+    if (lib == NULL)
+        return;
+    g_nvml.mem = (mem_fn)flexai_real_dlsym(lib, "nvmlDeviceGetMemoryInfo");
+    g_nvml.mem_v2 = (mem_v2_fn)flexai_real_dlsym(lib, "nvmlDeviceGetMemoryInfo_v2");
+    g_nvml.uuid = (uuid_fn)flexai_real_dlsym(lib, "nvmlDeviceGetUUID");
+}
+
+/* Slot of an NVML device, by its UUID; -1 if not a limited vGPU. */
+static int slot_of(nvmlDevice_t dev)
+{
+    char uuid[96];
+    if (g_nvml.uuid == NULL || g_nvml.uuid(dev, uuid, sizeof uuid) != 0)
+        return -1;
+    int slot = flexai_slot_of_uuid(uuid);
+    return (slot >= 0 && flexai_config()->dev[slot].memory_bytes > 0) ? slot : -1;
+}
+
+/* total = quota, used = what the container's processes hold, free = the rest. */
+static void virtualise(int slot, unsigned long long *total, unsigned long long *free_b,
+                       unsigned long long *used)
+{
+    uint64_t limit = flexai_config()->dev[slot].memory_bytes;
+    if (limit < *total)
+        *total = limit;
+    *used = flexai_region_used(slot);
+    *free_b = *total > *used ? *total - *used : 0;
+}
+
+FLEXAI_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t dev, nvmlMemory_t *m)
+{
+    pthread_once(&g_once, resolve);
+    if (g_nvml.mem == NULL)
+        return 999; /* NVML_ERROR_UNKNOWN */
+    nvmlReturn_t r = g_nvml.mem(dev, m);
+    int slot;
+    if (r == 0 && m != NULL && (slot = slot_of(dev)) >= 0)
+        virtualise(slot, &m->total, &m->free, &m->used);
+    return r;
+}
+
+FLEXAI_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t dev, nvmlMemory_v2_t *m)
+{
+    pthread_once(&g_once, resolve);
+    if (g_nvml.mem_v2 == NULL)
+        return 999;
+    nvmlReturn_t r = g_nvml.mem_v2(dev, m);
+    int slot;
+    if (r == 0 && m != NULL && (slot = slot_of(dev)) >= 0) {
+        virtualise(slot, &m->total, &m->free, &m->used);
+        m->reserved = 0;
+    }
+    return r;
+}
+
+void *flexai_nvml_hook_by_name(const char *name)
+{
+    if (flexai_config()->ndev == 0)
+        return NULL;
+    if (strcmp(name, "nvmlDeviceGetMemoryInfo") == 0)
+        return (void *)nvmlDeviceGetMemoryInfo;
+    if (strcmp(name, "nvmlDeviceGetMemoryInfo_v2") == 0)
+        return (void *)nvmlDeviceGetMemoryInfo_v2;
+    return NULL;
+}

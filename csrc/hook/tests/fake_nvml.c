@@ -1,0 +1,64 @@
+/*
+ * fake_nvml.c: a stand-in for libnvidia-ml.so.1 (tests only): FAKECUDA_DEVICES
+ * devices of FAKECUDA_MEM_MB MiB with the same UUIDs as fake_cuda.c, each
+ * reporting 1 GiB used. Enough for the hook's NVML memory getters.
+ */
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define API __attribute__((visibility("default")))
+
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
+
+static unsigned long long total(void)
+{
+    const char *m = getenv("FAKECUDA_MEM_MB");
+    return (unsigned long long)(m ? atoll(m) : 16384) << 20;
+}
+static int ndev(void)
+{
+    const char *n = getenv("FAKECUDA_DEVICES");
+    return n ? atoi(n) : 1;
+}
+
+API int nvmlInit_v2(void) { return 0; }
+API int nvmlInitWithFlags(unsigned int f) { (void)f; return 0; }
+API int nvmlShutdown(void) { return 0; }
+API int nvmlDeviceGetCount_v2(unsigned int *n) { *n = (unsigned int)ndev(); return 0; }
+API int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void **dev)
+{
+    if ((int)i >= ndev())
+        return 2; /* NVML_ERROR_INVALID_ARGUMENT */
+    *dev = (void *)(uintptr_t)(i + 1);
+    return 0;
+}
+API int nvmlDeviceGetUUID(void *dev, char *out, unsigned int len)
+{
+    int phys = (int)(uintptr_t)dev - 1;
+    unsigned char b[16];
+    for (int i = 0; i < 16; i++)
+        b[i] = (unsigned char)(0xa0 + i);
+    b[15] = (unsigned char)phys;
+    snprintf(out, len, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    return 0;
+}
+API int nvmlDeviceGetMemoryInfo(void *dev, nvmlMemory_t *m)
+{
+    (void)dev;
+    m->total = total();
+    m->used = 1ull << 30;
+    m->free = m->total - m->used;
+    return 0;
+}
+API int nvmlDeviceGetMemoryInfo_v2(void *dev, nvmlMemory_v2_t *m)
+{
+    (void)dev;
+    m->total = total();
+    m->reserved = 0;
+    m->used = 1ull << 30;
+    m->free = m->total - m->used;
+    return 0;
+}

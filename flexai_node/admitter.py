@@ -1,0 +1,116 @@
+"""Allocate's brain: find the container being admitted, give it its slice, record it.
+
+``allocate`` runs under one lock from reading the pods to recording the grant, so two
+Allocate calls (the kubelet makes one at a time, but a retry can overlap) never pick
+the same container; the ledger then keeps it from being picked again, across restarts.
+How the container is identified: ``admission``. What it is given: ``grant``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from flexai_sched.annotations import format_time
+
+from .admission import KubeletView, PodRefused, choose
+from .grant import ContainerGrant, GrantBuilder
+from .nodeapi import NodeApi
+from .ledger import Admitted, Ledger
+from .pods import BoundPod
+from .workdirs import Workdirs
+
+__all__ = ["NodeAdmitter"]
+
+log = logging.getLogger(__name__)
+
+
+class KubeletPods(Protocol):
+    def view(self) -> KubeletView | None:
+        """What the kubelet holds now; None when it cannot say (deviceplugin.kubelet_pods)."""
+
+
+class NodeAdmitter:
+    def __init__(
+        self,
+        node: str,
+        api: NodeApi,
+        ledger: Ledger,
+        workdirs: Workdirs,
+        grants: GrantBuilder,
+        kubelet: KubeletPods | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.node = node
+        self._api = api
+        self._kubelet = kubelet
+        self._ledger = ledger
+        self._workdirs = workdirs
+        self._grants = grants
+        self._clock = clock
+        self._mu = threading.Lock()
+
+    def allocate(self, device_ids: Sequence[Sequence[str]]) -> list[ContainerGrant]:
+        with self._mu:
+            pods = self.bound_pods()
+            view = self._kubelet.view() if self._kubelet is not None else None
+            try:
+                choice = choose(
+                    pods, [len(d) for d in device_ids], self._ledger.is_admitted, self._ledger.is_refused, view
+                )
+            except PodRefused as e:
+                # Remember the refusal: until the kubelet marks the pod Failed, it must not
+                # shadow the pod admitted after it.
+                self._ledger.refuse(e.pod.uid, str(e))
+                raise
+            pod = choice.pod
+            grants, entries = [], []
+            for container, ids in zip(choice.containers, device_ids, strict=True):
+                workdir = self._workdirs.create(pod.uid, container.name)
+                grants.append(self._grants.build(pod, container, workdir))
+                entries.append(
+                    Admitted(
+                        uid=pod.uid,
+                        container=container.name,
+                        namespace=pod.namespace,
+                        pod=pod.name,
+                        devices=tuple(ids),
+                        cards=tuple(s.card_uuid for s in container.slices),
+                        at=format_time(self._clock()),
+                    )
+                )
+            self._ledger.admit(entries)
+            log.info("admitted %s containers %s on devices %s", pod.key, [c.name for c in choice.containers], device_ids)
+            return grants
+
+    def bound_pods(self) -> list[BoundPod]:
+        parsed = (BoundPod.parse(p, self.node) for p in self._api.list_pods(self.node))
+        return [p for p in parsed if p is not None]
+
+    def seed(self, pods: Sequence[BoundPod]) -> int:
+        """At startup: pods the kubelet already reports container statuses for were admitted
+        before this agent (or its ledger) existed; record them so that a later Allocate
+        is never matched to them."""
+        entries = [
+            Admitted(p.uid, c.name, p.namespace, p.name, (), tuple(s.card_uuid for s in c.slices), "before-start")
+            for p in pods
+            if p.seen_by_kubelet and not p.terminal
+            for c in p.containers
+            if not self._ledger.is_admitted(p.uid, c.name)
+        ]
+        if entries:
+            self._ledger.admit(entries)
+        return len(entries)
+
+    def prune(self) -> list[str]:
+        """Forget and clean up after pods that are gone from the API server. The pods are
+        listed under the lock: a listing older than an admission would prune its directory."""
+        with self._mu:
+            live = {str((p.get("metadata") or {}).get("uid")) for p in self._api.list_pods(self.node)}
+            gone = set(self._ledger.prune(live)) | set(self._workdirs.prune(live))
+        if gone:
+            log.info("removed the records and directories of gone pods %s", sorted(gone))
+        return sorted(gone)

@@ -1,0 +1,190 @@
+"""The CUDA hook's vGPU config: the one place it is written (format: csrc/hook/README.md).
+
+The device plugin builds a :class:`HookConfig` for a container, writes it with
+:func:`write_config` to a file it mounts read-only into the container, and adds
+:func:`container_env` to the container's environment. The hook (libflexai_hook.so)
+reads the file once per process.
+
+    cfg = HookConfig(
+        vgpus=(VGPULimit(uuid="GPU-...", memory_bytes=8 << 30, cores=30, core_offset=0),),
+        region_path="/var/run/flexai/vgpu/region",   # writable, shared by the container's processes
+    )
+    write_config("/var/lib/flexai/pods/<uid>/<container>/vgpu.conf", cfg)
+    env = container_env("/etc/flexai/vgpu.conf")   # path as the container sees it
+
+Compute windows: a vGPU with ``cores`` = c and ``core_offset`` = o runs in [o, o+c) percent
+of every period. vGPUs on the same card must get windows that do not overlap, or they share
+the card by time-slicing and their 3:7 becomes less exact; :func:`first_free_window` picks one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "CONFIG_VERSION",
+    "DEFAULT_CONTEXT_OVERHEAD",
+    "DEFAULT_LIBRARY",
+    "DEFAULT_PERIOD_MS",
+    "ENV_CONFIG",
+    "MAX_VGPUS",
+    "HookConfig",
+    "VGPULimit",
+    "container_env",
+    "first_free_window",
+    "parse",
+    "render",
+    "write_config",
+]
+
+CONFIG_VERSION = 1
+ENV_CONFIG = "FLEXAI_VGPU_CONFIG"
+DEFAULT_LIBRARY = "/usr/local/flexai/lib/libflexai_hook.so"
+DEFAULT_PERIOD_MS = 50
+DEFAULT_CONTEXT_OVERHEAD = 512 << 20  # bytes a CUDA context costs that no allocation shows
+MAX_VGPUS = 16  # FLEXAI_MAX_DEVICES in csrc/hook/include/flexai_hook.h
+
+
+@dataclass(frozen=True)
+class VGPULimit:
+    """One vGPU: which card (UUID, or failing that the ordinal the process sees) and its limits."""
+
+    uuid: str | None = None
+    cuda_index: int | None = None
+    memory_bytes: int = 0  # 0 = no memory limit
+    cores: int = 0  # percent of the card; 0 or 100 = no compute limit
+    core_offset: int = 0  # percent: where the compute window opens in each period
+    context_overhead_bytes: int = DEFAULT_CONTEXT_OVERHEAD
+
+    def __post_init__(self) -> None:
+        if self.uuid is None and self.cuda_index is None:
+            raise ValueError("a vGPU needs uuid or cuda_index")
+        if self.uuid is not None and (not self.uuid.startswith("GPU-") or len(self.uuid) >= 64):
+            raise ValueError(f"uuid {self.uuid!r}: expected GPU-... (under 64 characters)")
+        if self.cuda_index is not None and not 0 <= self.cuda_index <= 1023:
+            raise ValueError(f"cuda_index {self.cuda_index}: expected 0..1023")
+        if self.memory_bytes < 0 or self.context_overhead_bytes < 0:
+            raise ValueError("byte counts must be >= 0")
+        if not 0 <= self.cores <= 100:
+            raise ValueError(f"cores {self.cores}: expected 0..100")
+        if not 0 <= self.core_offset <= 99:
+            raise ValueError(f"core_offset {self.core_offset}: expected 0..99")
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """All vGPUs of one container; ``region_path`` "" = each process on its own."""
+
+    vgpus: tuple[VGPULimit, ...] = field(default_factory=tuple)
+    region_path: str = ""
+    period_ms: int = DEFAULT_PERIOD_MS
+
+    def __post_init__(self) -> None:
+        if len(self.vgpus) > MAX_VGPUS:
+            raise ValueError(f"{len(self.vgpus)} vGPUs: at most {MAX_VGPUS}")
+        if not 5 <= self.period_ms <= 10000:
+            raise ValueError(f"period_ms {self.period_ms}: expected 5..10000")
+        if "\n" in self.region_path or len(self.region_path) >= 512:
+            raise ValueError("region_path: one line, under 512 characters")
+
+
+def render(config: HookConfig) -> str:
+    """The file's text, one ``key=value`` a line."""
+    lines = ["# Flex:ai vGPU limits, read by libflexai_hook.so (csrc/hook/README.md)", f"version={CONFIG_VERSION}"]
+    if config.region_path:
+        lines.append(f"region={config.region_path}")
+    lines.append(f"period_ms={config.period_ms}")
+    for i, v in enumerate(config.vgpus):
+        p = f"device.{i}."
+        if v.uuid is not None:
+            lines.append(f"{p}uuid={v.uuid}")
+        if v.cuda_index is not None:
+            lines.append(f"{p}cuda_index={v.cuda_index}")
+        lines += [
+            f"{p}memory_bytes={v.memory_bytes}",
+            f"{p}cores={v.cores}",
+            f"{p}core_offset={v.core_offset}",
+            f"{p}context_overhead_bytes={v.context_overhead_bytes}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse(text: str) -> HookConfig:
+    """Strict reader (the hook itself is lenient): raises ValueError naming the line."""
+    region, period = "", DEFAULT_PERIOD_MS
+    fields: dict[int, dict[str, str]] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = (s.strip() for s in line.partition("="))
+        if not sep:
+            raise ValueError(f"line {n}: expected key=value")
+        if key == "version":
+            if value != str(CONFIG_VERSION):
+                raise ValueError(f"line {n}: version {value!r} is not {CONFIG_VERSION}")
+        elif key == "region":
+            region = value
+        elif key == "period_ms":
+            period = int(value)
+        elif key.startswith("device."):
+            _, index, name = key.split(".", 2)
+            fields.setdefault(int(index), {})[name] = value
+        else:
+            raise ValueError(f"line {n}: unknown key {key!r}")
+    vgpus = []
+    for i in sorted(fields):
+        f = fields[i]
+        vgpus.append(
+            VGPULimit(
+                uuid=f.get("uuid"),
+                cuda_index=int(f["cuda_index"]) if "cuda_index" in f else None,
+                memory_bytes=int(f.get("memory_bytes", "0")),
+                cores=int(f.get("cores", "0")),
+                core_offset=int(f.get("core_offset", "0")),
+                context_overhead_bytes=int(f.get("context_overhead_bytes", str(DEFAULT_CONTEXT_OVERHEAD))),
+            )
+        )
+    return HookConfig(vgpus=tuple(vgpus), region_path=region, period_ms=period)
+
+
+def write_config(path: str | os.PathLike[str], config: HookConfig) -> None:
+    """Write atomically (temp file + rename): a process starting meanwhile reads old or new, never half."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".vgpu-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(render(config))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def container_env(config_path: str, library_path: str = DEFAULT_LIBRARY) -> dict[str, str]:
+    """Environment a container needs: preload the hook and point it at its config (paths inside the container)."""
+    return {"LD_PRELOAD": library_path, ENV_CONFIG: config_path}
+
+
+def first_free_window(taken: Sequence[tuple[int, int]], cores: int) -> int | None:
+    """Lowest ``core_offset`` whose window [offset, offset+cores) misses every (offset, cores) in ``taken``.
+
+    ``None`` when no contiguous window is free (the caller may then place the vGPU on another card).
+    E.g. taken [(0, 30)] and cores 70 -> 30; taken [(0, 30), (50, 20)] and cores 30 -> None.
+    """
+    if not 0 < cores <= 100:
+        return 0
+    busy = [False] * 100
+    for off, c in taken:
+        for p in range(off, min(off + c, 100)):
+            busy[p] = True
+    for start in range(0, 101 - cores):
+        if not any(busy[start : start + cores]):
+            return start
+    return None

@@ -1,0 +1,151 @@
+"""Read a container's shared hook region through libflexai_shim.so (ctypes).
+
+The C side is ``flexai_region_snapshot()`` of csrc/hook/include/flexai_hook.h; the
+structures below mirror its version-1 layout field for field (sizes asserted at import).
+This module is the one place ctypes and the shim's error codes are translated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["HookShim", "ProcessUsage", "RegionSnapshot", "ShimError", "VGPUUsage", "find_shim"]
+
+API_VERSION = 1
+MAX_DEVICES = 16
+MAX_PROCS = 256
+UUID_LEN = 64
+
+
+class _Device(ctypes.Structure):
+    _fields_ = [
+        ("uuid", ctypes.c_char * UUID_LEN),
+        ("memory_limit", ctypes.c_uint64),
+        ("memory_used", ctypes.c_uint64),
+        ("busy_ns", ctypes.c_uint64),
+        ("period_ns", ctypes.c_uint64),
+        ("reserved0", ctypes.c_uint64),
+        ("reserved1", ctypes.c_uint64),
+        ("cores", ctypes.c_uint32),
+        ("core_offset", ctypes.c_uint32),
+        ("cuda_index", ctypes.c_int32),
+        ("reserved2", ctypes.c_uint32),
+    ]
+
+
+class _Proc(ctypes.Structure):
+    _fields_ = [
+        ("pid", ctypes.c_int32),
+        ("alive", ctypes.c_uint32),
+        ("memory_used", ctypes.c_uint64 * MAX_DEVICES),
+        ("busy_ns", ctypes.c_uint64 * MAX_DEVICES),
+    ]
+
+
+class _Snapshot(ctypes.Structure):
+    _fields_ = [
+        ("version", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("ndevices", ctypes.c_uint32),
+        ("nprocs", ctypes.c_uint32),
+        ("devices", _Device * MAX_DEVICES),
+        ("procs", _Proc * MAX_PROCS),
+    ]
+
+
+assert ctypes.sizeof(_Device) == 128 and ctypes.sizeof(_Proc) == 264 and ctypes.sizeof(_Snapshot) == 69648
+
+
+class ShimError(Exception):
+    """The shim could not be loaded or could not read a region."""
+
+
+@dataclass(frozen=True)
+class VGPUUsage:
+    index: int
+    uuid: str
+    cuda_index: int  # -1 when matched by uuid
+    memory_limit: int  # bytes, 0 = unlimited
+    memory_used: int  # bytes, every live process, context overhead included
+    busy_ns: int  # cumulative GPU time measured (limited vGPUs only)
+    period_ns: int
+    cores: int  # 0 or 100 = unlimited
+    core_offset: int
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    pid: int
+    alive: bool
+    memory_used: tuple[int, ...]  # bytes per vGPU index
+    busy_ns: tuple[int, ...]  # cumulative GPU time per vGPU index
+
+
+@dataclass(frozen=True)
+class RegionSnapshot:
+    vgpus: tuple[VGPUUsage, ...]
+    processes: tuple[ProcessUsage, ...]
+
+
+def find_shim() -> Path:
+    """$FLEXAI_SHIM_LIBRARY, else beside the installed hook, else the repo's build/hook."""
+    candidates = [
+        os.environ.get("FLEXAI_SHIM_LIBRARY", ""),
+        "/usr/local/flexai/lib/libflexai_shim.so",
+        str(Path(__file__).resolve().parent.parent / "build" / "hook" / "libflexai_shim.so"),
+    ]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise ShimError("libflexai_shim.so not found (set FLEXAI_SHIM_LIBRARY)")
+
+
+class HookShim:
+    """``HookShim().snapshot(region_path)``; one loaded library per instance."""
+
+    def __init__(self, library: str | os.PathLike[str] | None = None) -> None:
+        path = Path(library) if library is not None else find_shim()
+        try:
+            self._lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise ShimError(f"cannot load {path}: {e}") from e
+        self._lib.flexai_api_version.restype = ctypes.c_int
+        self._lib.flexai_region_snapshot.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Snapshot), ctypes.c_size_t]
+        self._lib.flexai_region_snapshot.restype = ctypes.c_int
+        version = int(self._lib.flexai_api_version())
+        if version != API_VERSION:
+            raise ShimError(f"{path} speaks API version {version}, this module {API_VERSION}")
+
+    def snapshot(self, region_path: str | os.PathLike[str]) -> RegionSnapshot:
+        raw = _Snapshot()
+        rc = int(self._lib.flexai_region_snapshot(os.fsencode(region_path), ctypes.byref(raw), ctypes.sizeof(raw)))
+        if rc != 0:
+            raise ShimError(f"{region_path}: {errno.errorcode.get(-rc, rc)} ({os.strerror(-rc)})")
+        vgpus = tuple(
+            VGPUUsage(
+                index=i,
+                uuid=d.uuid.decode(errors="replace"),
+                cuda_index=int(d.cuda_index),
+                memory_limit=int(d.memory_limit),
+                memory_used=int(d.memory_used),
+                busy_ns=int(d.busy_ns),
+                period_ns=int(d.period_ns),
+                cores=int(d.cores),
+                core_offset=int(d.core_offset),
+            )
+            for i, d in enumerate(raw.devices[: raw.ndevices])
+        )
+        procs = tuple(
+            ProcessUsage(
+                pid=int(p.pid),
+                alive=bool(p.alive),
+                memory_used=tuple(int(x) for x in p.memory_used[: raw.ndevices]),
+                busy_ns=tuple(int(x) for x in p.busy_ns[: raw.ndevices]),
+            )
+            for p in raw.procs[: raw.nprocs]
+        )
+        return RegionSnapshot(vgpus=vgpus, processes=procs)

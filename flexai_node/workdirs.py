@@ -1,0 +1,53 @@
+"""Per-container directories on the host: the hook's config and shared accounting region.
+
+``<root>/<pod UID>/<container>/`` is created when the container is admitted; what goes
+in it and what of it is mounted is the hook's business (``hook_files``). A pod's
+directories are removed once the pod is gone from the API server (``prune``), not when
+its containers stop: a restarted container keeps its accounting.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["Workdirs"]
+
+# UIDs and container names are DNS-1123 labels; anything else must not become a path.
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+class Workdirs:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, uid: str, container: str) -> Path:
+        for part in (uid, container):
+            if not _SAFE.match(part) or part in (".", ".."):
+                raise ValueError(f"unsafe name for a directory: {part!r}")
+        return self.root / uid / container
+
+    def create(self, uid: str, container: str) -> Path:
+        d = self.path(uid, container)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def pods(self) -> list[str]:
+        """UIDs that have directories."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    def containers(self) -> list[tuple[str, str, Path]]:
+        """(pod UID, container, directory) for every per-container directory."""
+        return [(uid, c.name, c) for uid in self.pods() for c in sorted((self.root / uid).iterdir()) if c.is_dir()]
+
+    def prune(self, live_uids: Iterable[str]) -> list[str]:
+        """Remove the directories of pods not in ``live_uids``; returns the UIDs removed."""
+        live = set(live_uids)
+        gone = [uid for uid in self.pods() if uid not in live]
+        for uid in gone:
+            shutil.rmtree(self.root / uid, ignore_errors=True)
+        return gone

@@ -1,0 +1,221 @@
+"""The node agent on a real GPU (run on the device machine, never in CI).
+
+    python3 tests/gpu/node_agent_check.py --hook build/hook/libflexai_hook.so \
+        [--shim build/hook/libflexai_shim.so] [--slice-gib 8] [--out report.md]
+
+1. Inventory: ``NvmlInventory`` against ``nvidia-smi --query-gpu=uuid,name,memory.total``.
+2. Device plugin: the real plugin server on a unix socket, registered with the fake
+   kubelet of tests/node, advertising the real cards; a pod with a one-vGPU allocation
+   (``--slice-gib`` of card 0) is admitted through a gRPC Allocate.
+3. The Allocate response applied by hand to a PyTorch process: its env, each mount as a
+   symlink from its container path to its host path (no container runtime here), and
+   ``NVIDIA_VISIBLE_DEVICES`` as ``CUDA_VISIBLE_DEVICES`` (what the NVIDIA runtime would
+   expose). The process must see the slice in ``torch.cuda.mem_get_info`` and get
+   ``OutOfMemoryError`` past it; a control process without the response sees the card.
+4. While it holds memory, the agent's region reader (``hook_shim``) reports its use.
+
+Exit status 0 only if every check passed. Needs no Kubernetes; gRPC if importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from flexai_node.nvml import NvmlInventory  # noqa: E402
+
+GIB = 1 << 30
+PROBE = r"""
+import json, sys, torch
+free, total = torch.cuda.mem_get_info(0)
+out = {"device": torch.cuda.get_device_name(0), "free": free, "total": total}
+held, step = [], 256 << 20
+try:
+    while True:
+        held.append(torch.empty(step, dtype=torch.uint8, device="cuda"))
+except torch.OutOfMemoryError as e:
+    out["oom"] = type(e).__name__
+out["held_bytes"] = len(held) * step
+print(json.dumps(out), flush=True)
+if len(sys.argv) > 1:   # hold the memory until told to go (the parent reads the region)
+    sys.stdin.readline()
+"""
+
+
+def check_inventory(lines: list[str]) -> bool:
+    inv = NvmlInventory()
+    try:
+        readings = inv.read()
+    finally:
+        inv.close()
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=uuid,name,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()
+    ok = len(smi) == len(readings)
+    lines += ["## 1. Inventory (NVML) vs nvidia-smi", "",
+              "| index | UUID (agent) | model (agent) | MiB (agent) | nvidia-smi | numa | healthy | match |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r, row in zip(readings, smi):
+        uuid, name, mib = (x.strip() for x in row.split(","))
+        match = (r.card.uuid, r.card.model, r.card.memory_mib) == (uuid, name, int(mib))
+        ok &= match
+        lines.append(f"| {r.card.index} | {r.card.uuid} | {r.card.model} | {r.card.memory_mib} | "
+                     f"{uuid}, {name}, {mib} | {r.card.numa} | {r.card.healthy} | {'yes' if match else 'NO'} |")
+    lines.append("")
+    return ok
+
+
+def allocate(hook: Path, slice_gib: int, state: Path, lines: list[str]) -> tuple[dict[str, str], list[Any], Path]:
+    """The grant for a one-vGPU pod, through gRPC when grpc is importable."""
+    from flexai_node.admitter import NodeAdmitter
+    from flexai_node.grant import GrantBuilder
+    from flexai_node.hook_files import HookConfigFiles
+    from flexai_node.ledger import Ledger
+    from flexai_node.workdirs import Workdirs
+    from tests.node.fakes import FakeNodeApi, bound_pod, container, slice_on
+
+    inv = NvmlInventory(watch_xids=False)
+    cards = [r.card for r in inv.read()]
+    inv.close()
+    api = FakeNodeApi()
+    api.add(bound_pod("torch", "uid-torch", [container("main", 1, memory_gib=slice_gib)],
+                      [slice_on(cards[0], "main", 0, slice_gib * 1024)]))
+    workdirs = Workdirs(state / "containers")
+    admitter = NodeAdmitter("gpu-1", api, Ledger(state / "ledger.json"), workdirs,
+                            GrantBuilder(HookConfigFiles(workdirs.root, hook)))
+    try:
+        from flexai_node.deviceplugin import api_pb2 as pb
+        from flexai_node.deviceplugin.devices import device_id
+        from flexai_node.deviceplugin.server import DevicePluginService, PluginServer
+        from tests.node.fake_kubelet import FakeKubelet
+    except (ImportError, RuntimeError) as e:  # no grpc, or an older one than the stubs need
+        lines.append(f"gRPC not available ({e}); Allocate called in-process\n")
+        grant = admitter.allocate([["dev-0"]])[0]
+        return dict(grant.envs), [(m.container_path, m.host_path, m.read_only) for m in grant.mounts], workdirs.root
+    kubelet = FakeKubelet(state / "dp")
+    kubelet.start()
+    plugin = PluginServer(DevicePluginService(admitter, cards), kubelet.dir, watch_every_s=0.1)
+    plugin.start()
+    try:
+        reg = kubelet.registrations.get(timeout=30)
+        devices = kubelet.device_lists.get(timeout=30)
+        lines += ["## 2. Device plugin (gRPC over a unix socket, fake kubelet)", "",
+                  f"Register: version={reg.version} endpoint={reg.endpoint} resource={reg.resource_name}; "
+                  f"ListAndWatch: {len(devices)} devices, {sum(h == 'Healthy' for h in devices.values())} healthy", ""]
+        stub = kubelet.plugin(reg.endpoint)
+        resp = stub.Allocate(pb.AllocateRequest(container_requests=[
+            pb.ContainerAllocateRequest(devices_ids=[device_id(cards[0].uuid, 0)])]), timeout=30)
+        c = resp.container_responses[0]
+        return dict(c.envs), [(m.container_path, m.host_path, m.read_only) for m in c.mounts], workdirs.root
+    finally:
+        plugin.stop()
+        kubelet.stop()
+
+
+def apply_by_hand(envs: dict[str, str], mounts: list[Any], lines: list[str]) -> dict[str, str]:
+    """What the container runtime would do: each mount as a symlink at its container path
+    (this machine is a scratch one, we are root), the env as given, and the visible cards
+    as CUDA_VISIBLE_DEVICES. Where a symlink cannot be made, env values are rewritten to
+    host paths instead (the config's region path then stays unreachable: noted)."""
+    env = dict(os.environ)
+    env.update(envs)
+    for cpath, hpath, ro in mounts:
+        target = Path(cpath)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink():
+                target.unlink()
+            target.symlink_to(hpath)
+            lines.append(f"- mount {cpath} -> {hpath} ({'ro' if ro else 'rw'}): symlink")
+        except OSError as e:
+            lines.append(f"- mount {cpath} -> {hpath}: no symlink ({e}); env rewritten to the host path")
+            for key, value in envs.items():
+                if value == cpath or value.startswith(cpath + "/"):
+                    env[key] = hpath + value[len(cpath):]
+    env["CUDA_VISIBLE_DEVICES"] = env.pop("NVIDIA_VISIBLE_DEVICES")
+    lines.append("")
+    return env
+
+
+def probe(env: dict[str, str], hold: bool = False) -> tuple[dict[str, Any], subprocess.Popen[str]]:
+    args = [sys.executable, "-c", PROBE] + (["hold"] if hold else [])
+    p = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line:
+        raise RuntimeError(f"probe failed: {p.communicate()[1][-3000:]}")
+    return json.loads(line), p
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hook", type=Path, required=True)
+    ap.add_argument("--shim", type=Path)
+    ap.add_argument("--slice-gib", type=int, default=8)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    lines = ["# Node agent on a real GPU", "", f"`{' '.join(sys.argv)}`", ""]
+    ok = check_inventory(lines)
+    with tempfile.TemporaryDirectory(prefix="na", dir="/tmp") as tmp:
+        envs, mounts, root = allocate(args.hook.resolve(), args.slice_gib, Path(tmp), lines)
+        lines += ["## 3. Allocate response applied by hand to PyTorch", "", "```",
+                  *(f"env   {k}={v}" for k, v in sorted(envs.items())),
+                  *(f"mount {c} <- {h} ({'ro' if ro else 'rw'})" for c, h, ro in mounts), "```", ""]
+        config = next(h for c, h, _ in mounts if c.endswith(".conf"))
+        lines += ["Hook config written by the agent:", "", "```", Path(config).read_text().strip(), "```", ""]
+        control, _ = probe(dict(os.environ, CUDA_VISIBLE_DEVICES=envs["NVIDIA_VISIBLE_DEVICES"]))
+        env = apply_by_hand(envs, mounts, lines)
+        t0 = time.monotonic()
+        sliced, child = probe(env, hold=True)
+        slice_bytes = args.slice_gib * GIB
+        usage_line = "region reader: not run (no --shim)"
+        try:
+            if args.shim is not None:
+                from flexai_node.hook_files import HookConfigFiles
+                from flexai_node.hook_shim import HookShim
+                from flexai_node.regions import RegionUsageReader
+
+                files = HookConfigFiles(root, args.hook)
+                reader = RegionUsageReader(lambda uid, c: files.region_file(root / uid / c), HookShim(args.shim))
+                usage = reader.read("uid-torch", "main")
+                usage_line = f"region reader while the probe holds its memory: {usage}"
+                held_mib = sliced["held_bytes"] >> 20
+                ok &= any(u.memory_used_mib >= held_mib for u in usage.values())
+        finally:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            child.wait(timeout=60)
+        seconds = time.monotonic() - t0
+        ok &= sliced["total"] <= slice_bytes and sliced.get("oom") == "OutOfMemoryError"
+        ok &= sliced["held_bytes"] <= slice_bytes and control["total"] > slice_bytes
+        lines += [
+            "| process | mem_get_info total | free | allocated before OOM | OOM raised |",
+            "|---|---|---|---|---|",
+            f"| control (no hook) | {control['total'] / GIB:.2f} GiB | {control['free'] / GIB:.2f} GiB | "
+            f"{control['held_bytes'] / GIB:.2f} GiB | {control.get('oom', 'no')} |",
+            f"| with the Allocate response ({args.slice_gib} GiB slice) | {sliced['total'] / GIB:.2f} GiB | "
+            f"{sliced['free'] / GIB:.2f} GiB | {sliced['held_bytes'] / GIB:.2f} GiB | {sliced.get('oom', 'no')} |",
+            "", f"## 4. Metrics\n\n{usage_line}", "", f"probe wall time {seconds:.1f}s", "",
+            f"**Result: {'PASS' if ok else 'FAIL'}**", "",
+        ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""hook_shim + gpu-monitor on a region that live (and killed) processes use."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flexai_node.hook_config import HookConfig, VGPULimit, write_config
+from flexai_node.hook_shim import HookShim, ShimError
+from flexai_node.monitor import main
+
+from .conftest import HookBuild
+
+CLIENT = str(Path(__file__).with_name("ctypes_client.py"))
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@pytest.fixture
+def holder(hook_build: HookBuild, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A process under the hook holding 300 MiB (+64 MiB context) of a 1 GiB, 40% vGPU."""
+    conf = tmp_path / "vgpu.conf"
+    region = tmp_path / "region"
+    write_config(
+        conf,
+        HookConfig(
+            vgpus=(VGPULimit(cuda_index=0, memory_bytes=GiB, cores=40, context_overhead_bytes=64 * MiB),),
+            region_path=str(region),
+        ),
+    )
+    p = subprocess.Popen(
+        [sys.executable, CLIENT, "hold", "300"], env=hook_build.env(conf), stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and json.loads(p.stdout.readline()) == {"ready": True}
+    yield p, region, conf
+    p.kill()
+    p.wait()
+    p.stdout.close()
+
+
+def test_snapshot_sees_the_process_and_sweeps_it_once_killed(hook_build: HookBuild, holder) -> None:  # type: ignore[no-untyped-def]
+    proc, region, _ = holder
+    shim = HookShim(hook_build.shim)
+    snap = shim.snapshot(region)
+    assert [v.memory_used for v in snap.vgpus] == [364 * MiB]
+    assert snap.vgpus[0].memory_limit == GiB and snap.vgpus[0].cores == 40
+    assert [(p.pid, p.alive, p.memory_used) for p in snap.processes] == [(proc.pid, True, (364 * MiB,))]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    after = shim.snapshot(region)  # the reader sweeps the dead
+    assert after.vgpus[0].memory_used == 0 and after.processes == ()
+
+
+def test_gpu_monitor_text_and_json(hook_build: HookBuild, holder, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    proc, region, conf = holder
+    monkeypatch.setenv("FLEXAI_VGPU_CONFIG", str(conf))
+    assert main(["-p", "0.1", "--shim", str(hook_build.shim)]) == 0
+    text = capsys.readouterr().out
+    assert "vGPU 0 (cuda:0): usage 0%, limit 40%, memory usage 364/1024 MB" in text
+    assert f"pid {proc.pid}: core usage 0%, memory 364 MB" in text
+    assert main(["-p", "0.1", "-o", "json", "--region", str(region), "--shim", str(hook_build.shim)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["vgpus"] == [
+        {
+            "index": 0,
+            "uuid": None,
+            "usage_percent": 0.0,
+            "limit_percent": 40,
+            "memory_used_mb": 364,
+            "memory_quota_mb": 1024,
+            "processes": [{"pid": proc.pid, "core_usage_percent": 0.0, "memory_mb": 364}],
+        }
+    ]
+
+
+def test_shim_errors(hook_build: HookBuild, tmp_path: Path) -> None:
+    shim = HookShim(hook_build.shim)
+    with pytest.raises(ShimError, match="ENOENT"):
+        shim.snapshot(tmp_path / "nothing")
+    (tmp_path / "junk").write_bytes(b"x" * 100000)
+    with pytest.raises(ShimError, match="EINVAL"):
+        shim.snapshot(tmp_path / "junk")

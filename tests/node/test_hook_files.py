@@ -1,0 +1,66 @@
+"""The hook's files per container: config (read-only), region directory, compute windows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from flexai_node import hook_config
+from flexai_node.hook_files import HookConfigFiles
+
+from .fakes import CARDS, slice_on
+
+A, B = CARDS
+
+
+def offsets(files: HookConfigFiles, root: Path, name: str, *slices: tuple[int, int]) -> list[int]:
+    d = root / "uid" / name
+    d.mkdir(parents=True)
+    files.prepare(d, tuple(slice_on(A if i == 0 else B, name, cores, 1024) for i, (cores, _) in enumerate(slices)))
+    return [v.core_offset for v in hook_config.parse((d / "vgpu.conf").read_text()).vgpus]
+
+
+@pytest.mark.parametrize(
+    "existing, cores, expect",
+    [
+        ([], 30, 0),
+        ([30], 70, 30),  # [0,30) taken -> [30,100)
+        ([30, 20], 50, 50),  # [0,30) [30,50) taken -> [50,100)
+        ([100], 30, 0),  # an unlimited (100%) vGPU holds no window
+        ([0], 30, 0),  # nor does a no-limit (0%) one
+    ],
+    ids=["alone", "after-one", "after-two", "whole-card-ignored", "no-limit-ignored"],
+)
+def test_windows_do_not_overlap(tmp_path: Path, existing: list[int], cores: int, expect: int) -> None:
+    files = HookConfigFiles(tmp_path, Path("/hook.so"))
+    for i, c in enumerate(existing):
+        offsets(files, tmp_path, f"c{i}", (c, 0))
+    assert offsets(files, tmp_path, "new", (cores, 0)) == [expect]
+
+
+def test_no_contiguous_window_shares_by_time_slicing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    files = HookConfigFiles(tmp_path, Path("/hook.so"))
+    offsets(files, tmp_path, "a", (30, 0))  # [0,30)
+    offsets(files, tmp_path, "b", (30, 0))  # [30,60)
+    offsets(files, tmp_path, "c", (10, 0))  # [60,70)
+    (tmp_path / "uid" / "b" / "vgpu.conf").unlink()  # b is gone: [30,60) free, [70,100) free
+    with caplog.at_level(logging.WARNING):
+        assert offsets(files, tmp_path, "d", (40, 0)) == [0]
+    assert "no free 40% compute window" in caplog.text
+
+
+def test_files_env_and_mounts(tmp_path: Path) -> None:
+    files = HookConfigFiles(tmp_path, Path("/opt/hook.so"))
+    d = tmp_path / "uid" / "main"
+    d.mkdir(parents=True)
+    env, mounts = files.prepare(d, (slice_on(A, "main", 25, 2048),))
+    assert env == {"LD_PRELOAD": hook_config.DEFAULT_LIBRARY, hook_config.ENV_CONFIG: "/etc/flexai/vgpu.conf"}
+    assert [(m.container_path, m.host_path, m.read_only) for m in mounts] == [
+        (hook_config.DEFAULT_LIBRARY, "/opt/hook.so", True),
+        ("/etc/flexai/vgpu.conf", str(d / "vgpu.conf"), True),
+        ("/var/run/flexai/vgpu", str(d / "region"), False),
+    ]
+    assert (d / "region").stat().st_mode & 0o777 == 0o777  # any container user creates the region
+    assert files.region_file(d) == d / "region" / "region"
