@@ -72,9 +72,10 @@ def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, en
     return out
 
 
-def popen_child(kind: str, *args: str, conf: Path) -> subprocess.Popen[str]:
+def popen_child(kind: str, *args: str, conf: Path, trace: str) -> subprocess.Popen[str]:
     e = dict(os.environ)
     e.update(container_env(str(conf), HOOK))
+    e.update(FLEXAI_DEBUG="1", FLEXAI_TRACE=trace)
     return subprocess.Popen([sys.executable, WORKLOAD, kind, *args], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -88,11 +89,12 @@ def monitor(region: Path, samples: int) -> subprocess.Popen[str]:
 
 
 class NvmlSampler(threading.Thread):
-    """Card utilisation (NVML) every second, as nvidia-smi would show it."""
+    """Card utilisation and SM clock (NVML), as nvidia-smi would show them, every `interval` s."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
-        self.samples: list[tuple[float, int]] = []
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (unix time, util %, SM MHz)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -100,10 +102,31 @@ class NvmlSampler(threading.Thread):
 
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        t0 = time.time()
-        while not self.stop.wait(1.0):
-            self.samples.append((round(time.time() - t0, 1), pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
+        while not self.stop.wait(self.interval):
+            self.samples.append((round(time.time(), 2), pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+                                 pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)))
         pynvml.nvmlShutdown()
+
+    def during(self, t0: float, t1: float) -> dict[str, float]:
+        """Mean utilisation and median busy clock over [t0, t1] (a run's measured part)."""
+        inside = [s for s in self.samples if t0 + 0.3 <= s[0] <= t1]
+        if not inside:
+            return {}
+        clocks = sorted(s[2] for s in inside if s[1] > 0) or [0]
+        return {"nvml_util_mean": round(sum(s[1] for s in inside) / len(inside), 1),
+                "sm_clock_median": clocks[len(clocks) // 2], "nvml_samples": len(inside)}
+
+
+def measured(kind: str, *args: str, **kw: Any) -> dict[str, Any]:
+    """child() with NVML sampled at 4 Hz over the run: time share and clock beside throughput."""
+    sampler = NvmlSampler(0.25)
+    sampler.start()
+    r = child(kind, *args, **kw)
+    sampler.stop.set()
+    sampler.join()
+    if "t_start" in r:
+        r.update(sampler.during(r["t_start"], r["t_end"]))
+    return r
 
 
 def save(out: Path) -> None:
@@ -124,70 +147,87 @@ def phase_memory() -> None:
 
 def phase_compute() -> None:
     res: dict[str, Any] = {}
-    res["matmul_nohook"] = child("matmul", hook=False)
-    res["matmul_hook_noconfig"] = child("matmul")
-    res["graph_nohook"] = child("graph", hook=False)
+    res["matmul_nohook"] = measured("matmul", hook=False)
+    res["matmul_hook_noconfig"] = measured("matmul")
+    res["graph_nohook"] = measured("graph", hook=False)
     base_m, base_g = res["matmul_nohook"].get("tflops", 0), res["graph_nohook"].get("tflops", 0)
+    ref = int(res["matmul_nohook"].get("sm_clock_median", 0))  # the card's full-load clock
+    RESULTS["ref_clock_mhz"] = ref
     for pct in (10, 20, 30, 50, 70, 90):
-        if pct == 30:  # this one also watched by gpu-monitor and NVML, 1 s samples
-            conf = config("solo30", cores=30)
-            sampler = NvmlSampler()
-            sampler.start()
-            mon = monitor(TMP / "solo30.region", 10)
-            m = child("matmul", "--seconds", "6", conf=conf)
-            mon_out, _ = mon.communicate(timeout=30)
-            sampler.stop.set()
-            res["solo30_monitor"] = [json.loads(ln) for ln in mon_out.splitlines() if ln.startswith("{")]
-            res["solo30_nvml"] = sampler.samples
-        else:
-            m = child("matmul", conf=config(f"m{pct}", cores=pct))
-        g = child("graph", conf=config(f"g{pct}", cores=pct))
-        m["relative"] = round(m.get("tflops", 0) / base_m, 4) if base_m else None
-        g["relative"] = round(g.get("tflops", 0) / base_g, 4) if base_g else None
-        res[f"matmul_{pct}"], res[f"graph_{pct}"] = m, g
+        for kind, base in (("matmul", base_m), ("graph", base_g)):
+            for label, clock in (("time", 0), ("work", ref)):
+                r = measured(kind, conf=config(f"{kind}{pct}{label}", cores=pct, ref_clock_mhz=clock))
+                r["relative"] = round(r.get("tflops", 0) / base, 4) if base else None
+                res[f"{kind}_{pct}_{label}"] = r
+    # Utilisation over time, 1 s samples, as gpu-monitor and NVML see a 30% vGPU.
+    conf = config("solo30", cores=30, ref_clock_mhz=ref)
+    sampler = NvmlSampler()
+    sampler.start()
+    mon = monitor(TMP / "solo30.region", 9)
+    res["solo30"] = child("matmul", "--seconds", "6", conf=conf)
+    mon_out, _ = mon.communicate(timeout=30)
+    sampler.stop.set()
+    res["solo30_monitor"] = [json.loads(ln) for ln in mon_out.splitlines() if ln.startswith("{")]
+    res["solo30_nvml"] = sampler.samples
     RESULTS["compute"] = res
 
 
-def run_pair(name: str, off_b: int) -> dict[str, Any]:
-    ca = config(f"{name}-a", cores=30, core_offset=0)
-    cb = config(f"{name}-b", cores=70, core_offset=off_b)
-    start = time.time() + 12  # both import torch and warm up before the common start
+def run_pair(name: str, ref: int) -> dict[str, Any]:
+    ca = config(f"{name}-a", cores=30, core_offset=0, ref_clock_mhz=ref)
+    cb = config(f"{name}-b", cores=70, core_offset=30, ref_clock_mhz=ref)
+    start = time.time() + 10  # both import torch and warm up before the common start
     sampler = NvmlSampler()
     sampler.start()
-    mons = [monitor(TMP / f"{name}-a.region", 18), monitor(TMP / f"{name}-b.region", 18)]
-    procs = [popen_child("matmul", "--seconds", "4", "--start-at", str(start), conf=c) for c in (ca, cb)]
+    mons = [monitor(TMP / f"{name}-a.region", 14), monitor(TMP / f"{name}-b.region", 14)]
+    procs = [popen_child("matmul", "--seconds", "4", "--start-at", str(start), conf=c,
+                         trace=str(TMP / f"{name}-{x}.trace")) for c, x in ((ca, "a"), (cb, "b"))]
     outs = []
     for p in procs:
-        o, err = p.communicate(timeout=120)
+        try:
+            o, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            o, err = p.communicate()
         lines = [ln for ln in o.splitlines() if ln.startswith("{")]
-        outs.append(json.loads(lines[-1]) if lines else {"error": err[-500:]})
+        out = json.loads(lines[-1]) if lines else {"error": "no result"}
+        out["stderr_tail"] = err.strip().splitlines()[-4:]
+        outs.append(out)
     mon_out = [m.communicate(timeout=60)[0] for m in mons]
     sampler.stop.set()
     a, b = outs[0].get("tflops", 0), outs[1].get("tflops", 0)
+    traces = {}
+    for x in ("a", "b"):
+        f = TMP / f"{name}-{x}.trace"
+        traces[x] = f.read_text().splitlines()[-150:] if f.exists() else []
     return {"a_30": outs[0], "b_70": outs[1], "ratio": round(a / b, 4) if b else None,
             "monitor_a": [json.loads(ln) for ln in mon_out[0].splitlines() if ln.startswith("{")],
             "monitor_b": [json.loads(ln) for ln in mon_out[1].splitlines() if ln.startswith("{")],
-            "nvml": sampler.samples}
+            "nvml": sampler.samples, "trace": traces}
 
 
 def phase_pair() -> None:
-    RESULTS["pair"] = run_pair("pair", 30)
-    RESULTS["pair_same_offset"] = run_pair("pairsame", 0)
+    ref = int(RESULTS.get("ref_clock_mhz", 0))
+    RESULTS["pair_work"] = run_pair("pairw", ref)
+    RESULTS["pair_time"] = run_pair("pairt", 0)
 
 
 def phase_overhead() -> None:
     res: dict[str, Any] = {}
     memcfg = dict(memory_bytes=64 * GiB)
-    res["tiny_nohook"] = child("tiny", hook=False)
-    res["tiny_hook_noconfig"] = child("tiny")
-    res["tiny_hook_memlimit"] = child("tiny", conf=config("tiny-mem", **memcfg))
-    res["tiny_hook_cores90"] = child("tiny", conf=config("tiny-90", cores=90, **memcfg))
+    ref = int(RESULTS.get("ref_clock_mhz", 0))
+    tiny = {"nohook": ({}, False), "hook_noconfig": ({}, True), "hook_memlimit": (memcfg, True),
+            "hook_cores90": (dict(cores=90, **memcfg), True)}
+    for rep in range(3):  # interleaved: host noise hits every configuration alike
+        for name, (limits, hook) in tiny.items():
+            conf = config(f"tiny-{name}", **limits) if limits else None
+            res.setdefault(f"tiny_{name}", []).append(child("tiny", conf=conf, hook=hook).get("launches_per_s"))
     res["tf_nohook"] = child("transformer", hook=False)
     res["tf_hook_noconfig"] = child("transformer")
     res["tf_hook_memlimit"] = child("transformer", conf=config("tf-mem", **memcfg))
     # A workload that stays under its limit: about 50% busy (sleeps one step time per step), limit 70%.
     res["tf_duty_nohook"] = child("transformer", "--duty", "1.0", hook=False)
-    res["tf_duty_hook_cores70"] = child("transformer", "--duty", "1.0", conf=config("tf-70", cores=70, **memcfg))
+    res["tf_duty_hook_cores70"] = child("transformer", "--duty", "1.0",
+                                        conf=config("tf-70", cores=70, ref_clock_mhz=ref, **memcfg))
     RESULTS["overhead"] = res
 
 
@@ -200,20 +240,26 @@ def summary() -> str:
                     f"mem_get_info={r.get('mem_get_info_before_mib')} smi='{r.get('nvidia_smi')}' nvml={r.get('nvml')}")
     c = RESULTS.get("compute", {})
     if c:
-        rows.append(f"matmul base {c.get('matmul_nohook', {}).get('tflops', 0):.1f} TFLOP/s, hook no config "
+        rows.append(f"matmul base {c.get('matmul_nohook', {}).get('tflops', 0):.1f} TFLOP/s "
+                    f"(clock {c.get('matmul_nohook', {}).get('sm_clock_median')}), hook no config "
                     f"{c.get('matmul_hook_noconfig', {}).get('tflops', 0):.1f}, graph base "
-                    f"{c.get('graph_nohook', {}).get('tflops', 0):.1f}")
+                    f"{c.get('graph_nohook', {}).get('tflops', 0):.1f}; ref clock {RESULTS.get('ref_clock_mhz')}")
         for pct in (10, 20, 30, 50, 70, 90):
-            rows.append(f"limit {pct:2d}%: matmul {100 * (c.get(f'matmul_{pct}', {}).get('relative') or 0):5.1f}%  "
-                        f"graph {100 * (c.get(f'graph_{pct}', {}).get('relative') or 0):5.1f}%")
-    for key in ("pair", "pair_same_offset"):
+            cells = []
+            for kind in ("matmul", "graph"):
+                for label in ("time", "work"):
+                    r = c.get(f"{kind}_{pct}_{label}", {})
+                    cells.append(f"{kind}/{label} {100 * (r.get('relative') or 0):5.1f}% "
+                                 f"(util {r.get('nvml_util_mean')}, {r.get('sm_clock_median')} MHz)")
+            rows.append(f"limit {pct:2d}%: " + "  ".join(cells))
+    for key in ("pair_work", "pair_time"):
         p = RESULTS.get(key)
         if p:
             rows.append(f"{key}: 30% {p['a_30'].get('tflops', 0):.1f} / 70% {p['b_70'].get('tflops', 0):.1f} TFLOP/s, "
                         f"ratio {p['ratio']} (3:7 = 0.4286)")
     o = RESULTS.get("overhead", {})
     for k, v in o.items():
-        val = v.get("launches_per_s") or v.get("step_ms_median")
+        val = v if isinstance(v, list) else (v.get("launches_per_s") or v.get("step_ms_median"))
         rows.append(f"overhead {k:22s} {val}")
     return "\n".join(rows)
 
@@ -221,7 +267,7 @@ def summary() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hook-bench"))
-    ap.add_argument("--phases", default="memory,compute,pair,overhead")
+    ap.add_argument("--phases", default="memory,compute,overhead,pair")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

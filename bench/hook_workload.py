@@ -41,6 +41,7 @@ def timed_loop(step, seconds: float, per_step_flop: float, start_at: float | Non
         step()
     torch.cuda.synchronize()
     wait_until(start_at)
+    t_start = time.time()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(8):
@@ -48,7 +49,8 @@ def timed_loop(step, seconds: float, per_step_flop: float, start_at: float | Non
         n += 8
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"steps": n, "seconds": dt, "tflops": n * per_step_flop / dt / 1e12}
+    return {"steps": n, "seconds": dt, "tflops": n * per_step_flop / dt / 1e12, "t_start": t_start,
+            "t_end": time.time()}
 
 
 def matmul(args: argparse.Namespace) -> dict[str, object]:

@@ -13,8 +13,8 @@ The kubelet's Allocate names only the device IDs it chose, never the pod. What w
 5. Without that view: the kubelet admits pods in the order they reach it, bind order
    (``BoundPod.admission_order``: bind second, then resourceVersion).
 
-``choose`` applies them: candidates are the pods bound here, minus terminal, refused and
-fully admitted ones, minus (given the view) pods the kubelet does not hold yet; a
+``choose`` applies them: candidates are the pods bound here, minus finished, deleting,
+refused and fully admitted ones, minus (given the view) pods the kubelet does not hold yet; a
 half-admitted pod whose next containers match the call comes first; else the first
 fresh pod, in bind order, whose first vGPU containers ask for exactly the call's device
 counts. Two pods bound in the same second are told apart by the view (only the one being
@@ -82,7 +82,7 @@ def choose(
     (a kubelet whose List lags): then the choice is made as without a view."""
     if not counts or any(c <= 0 for c in counts):
         raise NoCandidate(f"Allocate needs at least one device per container, got {list(counts)}")
-    live = [p for p in pods if not p.terminal and not is_refused(p.uid)]
+    live = [p for p in pods if not p.terminal and not p.deleting and not is_refused(p.uid)]
     if kubelet is not None:
         held = [p for p in live if kubelet.holds(p)]
         try:

@@ -47,6 +47,7 @@ class AgentSettings:
     hook_library: Path
     plugin_dir: Path = DEFAULT_DIR
     metrics_port: int | None = 9400  # None: no HTTP endpoint (tests read the collector)
+    metrics_address: str = "0.0.0.0"  # Prometheus scrapes the pod's IP
     pod_resources_socket: Path | None = POD_RESOURCES_SOCKET  # None: admission without the kubelet's view
     report_every_s: float = 30.0
     poll_every_s: float = 5.0
@@ -102,7 +103,7 @@ class NodeAgent:
             log.warning("cannot seed admissions from the API server yet: %s", e)
         self.plugin.start()
         if self.settings.metrics_port is not None:
-            start_http_server(self.settings.metrics_port, registry=self.registry)
+            start_http_server(self.settings.metrics_port, self.settings.metrics_address, registry=self.registry)
         self._thread = threading.Thread(target=self._loop, name="node-agent", daemon=True)
         self._thread.start()
 

@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
                    help="admission record and per-container directories (env FLEXAI_STATE_DIR)")
     p.add_argument("--metrics-port", type=int, default=int(e.get("FLEXAI_METRICS_PORT", "9400")),
                    help="Prometheus endpoint port, 0 for none (env FLEXAI_METRICS_PORT)")
+    p.add_argument("--metrics-address", default=e.get("FLEXAI_METRICS_ADDRESS", "0.0.0.0"),
+                   help="address the metrics endpoint listens on (env FLEXAI_METRICS_ADDRESS)")
     p.add_argument("--max-vgpus-per-card", type=int, default=int(e.get("FLEXAI_MAX_VGPUS", "5")),
                    help="vGPUs advertised per card, 1-5 in the seed (env FLEXAI_MAX_VGPUS)")
     p.add_argument("--pod-resources-socket", default=e.get("FLEXAI_POD_RESOURCES_SOCKET", str(POD_RESOURCES_SOCKET)),
@@ -95,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hook_library=args.hook_library,
         plugin_dir=args.device_plugin_dir,
         metrics_port=args.metrics_port or None,
+        metrics_address=args.metrics_address,
         pod_resources_socket=Path(args.pod_resources_socket) if args.pod_resources_socket else None,
         report_every_s=args.report_every,
     )

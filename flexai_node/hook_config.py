@@ -59,6 +59,9 @@ class VGPULimit:
     cores: int = 0  # percent of the card; 0 or 100 = no compute limit
     core_offset: int = 0  # percent: where the compute window opens in each period
     context_overhead_bytes: int = DEFAULT_CONTEXT_OVERHEAD
+    # SM clock (MHz) the card sustains at full load; set, the hook holds the vGPU to a share of the
+    # card's full-load throughput instead of a share of its time (needs uuid; see csrc/hook/README.md).
+    ref_clock_mhz: int = 0
 
     def __post_init__(self) -> None:
         if self.uuid is None and self.cuda_index is None:
@@ -73,6 +76,8 @@ class VGPULimit:
             raise ValueError(f"cores {self.cores}: expected 0..100")
         if not 0 <= self.core_offset <= 99:
             raise ValueError(f"core_offset {self.core_offset}: expected 0..99")
+        if not 0 <= self.ref_clock_mhz <= 10000:
+            raise ValueError(f"ref_clock_mhz {self.ref_clock_mhz}: expected 0..10000")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ def render(config: HookConfig) -> str:
             f"{p}core_offset={v.core_offset}",
             f"{p}context_overhead_bytes={v.context_overhead_bytes}",
         ]
+        if v.ref_clock_mhz:
+            lines.append(f"{p}ref_clock_mhz={v.ref_clock_mhz}")
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +154,7 @@ def parse(text: str) -> HookConfig:
                 cores=int(f.get("cores", "0")),
                 core_offset=int(f.get("core_offset", "0")),
                 context_overhead_bytes=int(f.get("context_overhead_bytes", str(DEFAULT_CONTEXT_OVERHEAD))),
+                ref_clock_mhz=int(f.get("ref_clock_mhz", "0")),
             )
         )
     return HookConfig(vgpus=tuple(vgpus), region_path=region, period_ms=period)

@@ -122,6 +122,13 @@ def _nvml_utilisation(uuids: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def _snapshot_or_empty(shim: HookShim, region: str) -> RegionSnapshot:
+    """No region file yet means no process of the container has used CUDA: nothing to show."""
+    if not os.path.exists(region):
+        return RegionSnapshot(vgpus=(), processes=())
+    return shim.snapshot(region)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gpu-monitor", description="vGPU usage of this container")
     ap.add_argument("-p", "--period", type=float, default=1.0, help="seconds to measure usage over (default 1)")
@@ -139,10 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             region = _region_from_config(cfg)
         shim = HookShim(args.shim)
         n = 0
-        before, t0 = shim.snapshot(region), time.monotonic()
+        before, t0 = _snapshot_or_empty(shim, region), time.monotonic()
         while args.count == 0 or n < args.count:
             time.sleep(args.period)
-            after, t1 = shim.snapshot(region), time.monotonic()
+            after, t1 = _snapshot_or_empty(shim, region), time.monotonic()
             unlimited = [v.uuid for v in after.vgpus if v.uuid and not 0 < v.cores < 100]
             report = build_report(before, after, t1 - t0, _nvml_utilisation(unlimited) if unlimited else None)
             if args.output == "json":

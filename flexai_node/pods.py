@@ -43,7 +43,8 @@ class BoundPod:
     created: datetime
     bound: datetime | None  # PodScheduled's transition time: when the Binding was written
     resource_version: int | None
-    terminal: bool  # finished or being deleted: the kubelet will not admit it
+    terminal: bool  # finished (Succeeded/Failed): holds nothing
+    deleting: bool  # being deleted: still holds its slices until gone, but is never admitted
     seen_by_kubelet: bool  # it reported container statuses: its admission is over
 
     @property
@@ -103,7 +104,8 @@ class BoundPod:
             created=_time(meta.get("creationTimestamp")) or _EPOCH,
             bound=_bind_time(status),
             resource_version=_int(meta.get("resourceVersion")),
-            terminal=phase in ("Succeeded", "Failed") or bool(meta.get("deletionTimestamp")),
+            terminal=phase in ("Succeeded", "Failed"),
+            deleting=bool(meta.get("deletionTimestamp")),
             seen_by_kubelet=_seen_by_kubelet(status),
         )
 

@@ -10,21 +10,21 @@ free GPU capacity that class m cannot use is the node's fragmentation for m:
 - m cannot run on n at all (host CPU or memory short, fewer cards with room than it
   needs, no card of an allowed model): F_n(m) = all free capacity of n;
 - otherwise: F_n(m) = free capacity of the cards whose free part is less than m's
-  per-card demand, min(d_m, 100).
+  per-card demand (whole cards: cards not wholly free).
 
 F_n(M) = sum_m p_m F_n(m). FGD puts a task on the node, and the card, where F_n(M)
 grows least: a step along the steepest descent of cluster fragmentation.
 
-``fragmentation`` (ours) keeps that measure with three changes, each aimed at what
-the published metric counts, GPU capacity left unallocated:
+``fragmentation`` (ours) keeps the measure and adds what the published metric (GPU
+capacity left unallocated) shows FGD missing on this trace:
 
-1. classes are weighted by their GPU demand, not their count: an 8-card task that
-   fails strands 8 GPUs, a 10% share strands a tenth of one;
-2. a host whose CPU or memory runs out strands its free GPUs: the host-short part is
-   measured against the *expected* host request of the class, so the score depends
-   on the node and the pod's GPU shape only (the extender caches it per node version);
-3. among nodes of equal growth, the one with the least free capacity left wins
-   (best fit), so empty nodes stay empty for the large tasks.
+1. hosts run out of CPU before their GPUs: FGD asks only whether *one* more task of
+   each class fits the host, so CPU-only tasks can eat a host whose cards still look
+   usable. Ours adds the free GPU the remaining CPU cannot feed at the workload's
+   CPU-per-GPU ratio (that halves the GPUs stranded by CPU on the default trace);
+2. classes weigh by count x GPU demand (a failed 8-card task strands 8 GPUs);
+3. among equal growth, the node (and the card) with the least free capacity left
+   wins: best fit, so empty nodes stay empty for large tasks.
 
 Two optional abilities extend ``policies.Policy`` (kube-scheduler style: small,
 separate interfaces): ``WorkloadAware`` (take the target workload) and ``HostAware``
@@ -104,19 +104,6 @@ class Workload:
             for c in self.classes
         )
 
-    def gpu_shapes(self) -> Workload:
-        """Host requests folded into per-shape means (for scores that ignore the pod's host request)."""
-        acc: dict[tuple[int, int, frozenset[str]], list[float]] = {}
-        for c in self.classes:
-            a = acc.setdefault((c.vgpus, c.cores, c.models), [0.0, 0.0, 0.0])
-            a[0] += c.weight
-            a[1] += c.weight * c.cpu_milli
-            a[2] += c.weight * c.memory_mib
-        return Workload.of(
-            TaskClass(v, cores, w, round(cpu / w), round(mem / w), models)
-            for (v, cores, models), (w, cpu, mem) in acc.items()
-        )
-
 
 # A generic prior for the extender, where no trace says what is coming: whole cards
 # (1, 2, 4, 8) and shares of common sizes, equally likely. The simulator replaces it
@@ -135,12 +122,15 @@ class WorkloadAware(Protocol):
 class HostAware(Protocol):
     """A policy whose node score also reads the node's host CPU and memory.
 
-    ``pod_host_dependent``: the score reads the pod's own host request. When False,
-    callers may cache scores per pod GPU shape (the extender's fit-cache key) and pass
-    any request; the policy plans with its workload's expected request instead.
+    ``pod_host_dependent``: the score reads the pod's own host request (callers that
+    cache scores per GPU shape must then key them by the request too).
+    ``request_lowers_score``: a larger host request never raises the score, so a score
+    computed with an empty request bounds the real one from above (flexai_sched.sim
+    shortlists nodes with that).
     """
 
     pod_host_dependent: bool
+    request_lowers_score: bool
 
     def host_node_score(
         self,
@@ -210,52 +200,28 @@ def _class_fragment(m: TaskClass, cards: Sequence[Card], frees: list[int], whole
     return sum(f for f, k in zip(frees, ok, strict=True) if f < m.cores or not k)
 
 
-def card_fragment_growth(free_before: int, free_after: int, workload: Workload) -> float:
-    """How much one card's expected fragment grows when its free part shrinks (card level of FGD)."""
-    return _card_fragment(free_after, workload) - _card_fragment(free_before, workload)
-
-
-def _card_fragment(free: int, workload: Workload) -> float:
-    return sum(m.weight * free for m in workload.classes if free < min(m.cores, FULL_CORES))
-
-
 # ---- the policies ----
 
 
 class Fgd:
-    """FGD as published: least growth of F_n(M) with the target workload weighted by
-    task count, host CPU and memory in the "cannot run" case, cards chosen the same way."""
+    """FGD as published: least growth of F_n(M), the target workload weighted by task
+    count, host CPU in the "cannot run" case; cards chosen the same way."""
 
     name = "fgd"
     pod_host_dependent = True
+    request_lowers_score = True  # less host left: fewer classes fit, F_n(M) only grows
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self.use_workload(workload)
 
     def use_workload(self, workload: Workload) -> None:
-        import os
-        if os.environ.get("FGD_W") == "demand":
-            workload = workload.by_gpu_demand()
-        if os.environ.get("FGD_SHAPES") == "1":
-            workload = workload.gpu_shapes()
-        self._tie = float(os.environ.get("FGD_TIE", "0"))
-        self._strand = float(os.environ.get("FGD_STRAND", "0"))
-        gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes) or 1.0
-        self._r = sum(c.weight * c.cpu_milli for c in workload.classes) / gpu
-        self.workload = workload
-        self._card_memo: dict[tuple[int, int], float] = {}
+        self._m = _Measure(workload, strand=0.0, tie=0.0)
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
-        free = card_free(card, used)
-        key = (free, cores)
-        cost = self._card_memo.get(key)
-        if cost is None:
-            cost = card_fragment_growth(free, max(0, free - cores), self.workload)
-            self._card_memo[key] = cost
-        return cost
+        return self._m.card_cost(card, used, cores)
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        return node_fragmentation(cards, before, self.workload) - node_fragmentation(cards, after, self.workload)
+        return self._m.score(cards, before, after, None, 0)
 
     def host_node_score(
         self,
@@ -266,101 +232,44 @@ class Fgd:
         pod_cpu_milli: int,
         pod_memory_mib: int,
     ) -> float:
-        import os
-        if os.environ.get("FGD_EXPECTED") == "1":
-            took = sum(card_free(c, u) for c, u in zip(cards, before)) - sum(card_free(c, u) for c, u in zip(cards, after))
-            pod_cpu_milli = round(self._r * took) if took else 17600
-            pod_memory_mib = 0
-        host_after = host.plus(pod_cpu_milli, pod_memory_mib)
-        left = sum(card_free(c, u) for c, u in zip(cards, after)) if self._tie else 0
-        strand = 0.0
-        if self._strand:
-            fb = sum(card_free(c, u) for c, u in zip(cards, before))
-            fa = sum(card_free(c, u) for c, u in zip(cards, after))
-            strand = max(0.0, fb - max(0, host.cpu_free) / self._r) - max(0.0, fa - max(0, host_after.cpu_free) / self._r)
-        return node_fragmentation(cards, before, self.workload, host) - node_fragmentation(
-            cards, after, self.workload, host_after
-        ) - self._tie * left + self._strand * strand
+        return self._m.score(cards, before, after, host, pod_cpu_milli)
 
 
 class Fragmentation:
-    """Ours: FGD's measure, weighted by GPU demand, plus the GPUs a short host strands.
+    """Ours: FGD's measure weighted by GPU demand, plus the GPUs a short host strands.
 
-    Phi_n = sum_m p_m F_n(m)                       (FGD's measure, classes weighted by
-                                                    count x GPU demand)
+    Phi_n = sum_m p_m F_n(m)                          (p_m: count x GPU demand)
           + STRAND x max(0, free_n - cpu_free_n / r)  (free GPU the host CPU cannot feed)
 
-    where r is the workload's CPU per percent of GPU. FGD asks only whether *one* more
-    task of each class fits the host, so a host can be eaten by CPU-only tasks while
-    it still looks fine; the second term counts what the remaining CPU can feed in
-    total. The score is Phi before - Phi after (the pod's own CPU taken from the host),
-    then the least free GPU left among equal growth (best fit). With no host
-    information (``node_score``, the extender today) only the cards count.
-
-    Evaluated as sums over the workload's GPU shapes: per shape, whether it fits the
-    cards and what it leaves, times the weight of its classes whose CPU fits the host
-    (a prefix sum over the classes sorted by CPU); card summaries are memoised.
+    with r the workload's CPU per percent of GPU. The score is Phi before - Phi after
+    (the pod's CPU taken from the host), minus TIE x the free GPU left (best fit among
+    equal growth). Without host information (``node_score``: what the extender can
+    pass today) only the cards count: the host terms drop out.
     """
 
     name = "fragmentation"
     pod_host_dependent = True
-    # A larger host request never raises the score (so a score computed without the
-    # request bounds it from above; flexai_sched.sim relies on that).
-    request_lowers_score = True
-    STRAND = 1.0
+    request_lowers_score = True  # both terms only grow as the host's CPU shrinks
+    # Weight of stranded GPU against fragmented GPU: both are capacity nobody can use;
+    # 2 also counts that a stranded host keeps its GPUs stranded for every later task
+    # (1 to 5 tried on seeds 42-45: 2 and up are equal, 1 is 0.1 point worse).
+    STRAND = 2.0
+    # Best-fit tie-break: far below a percent of a card of growth.
     TIE = 1e-6
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self.use_workload(workload)
 
     def use_workload(self, workload: Workload) -> None:
-        weighted = workload.by_gpu_demand()
-        groups: dict[tuple[int, int, frozenset[str]], list[tuple[int, float]]] = {}
-        for c in weighted.classes:
-            groups.setdefault((c.vgpus, c.cores, c.models), []).append((c.cpu_milli, c.weight))
-        self._shapes = tuple(groups)
-        self._cpus: list[list[int]] = []
-        self._prefix: list[list[float]] = []
-        for shape in self._shapes:
-            rows = sorted(groups[shape])
-            self._cpus.append([cpu for cpu, _ in rows])
-            acc, prefix = 0.0, [0.0]
-            for _, w in rows:
-                acc += w
-                prefix.append(acc)
-            self._prefix.append(prefix)
         gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
-        self._cpu_per_pct = sum(c.weight * c.cpu_milli for c in workload.classes) / gpu if gpu else 0.0
-        self._cards: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...]]] = {}
-        self._card_costs: dict[tuple[int, int], float] = {}
-        self._scores: dict[int, tuple[object, object, float]] = {}
-
-    # ---- Policy ----
+        cpu_per_pct = sum(c.weight * c.cpu_milli for c in workload.classes) / gpu if gpu else 0.0
+        self._m = _Measure(workload.by_gpu_demand(), self.STRAND, self.TIE, cpu_per_pct)
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
-        free = card_free(card, used)
-        key = (free, cores)
-        cost = self._card_costs.get(key)
-        if cost is None:
-            after = max(0, free - cores)
-            cost = self._card_waste(after) - self._card_waste(free) + self.TIE * free  # fullest first among equals
-            self._card_costs[key] = cost
-        return cost
+        return self._m.card_cost(card, used, cores)
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        # The extender scores every node for every pod, and a node's usage tuples are the
-        # same objects until it changes: remember scores by identity (holding the objects,
-        # so an id is never reused while its entry lives).
-        hit = self._scores.get(id(after))
-        if hit is not None and hit[0] is after and hit[1] is before:
-            return hit[2]
-        total_b, shapes_b = self._summary(cards, before)
-        total_a, shapes_a = self._summary(cards, after)
-        score = self._phi(total_b, shapes_b, None) - self._phi(total_a, shapes_a, None) - self.TIE * total_a
-        if len(self._scores) > 200_000:
-            self._scores.clear()
-        self._scores[id(after)] = (after, before, score)
-        return score
+        return self._m.score(cards, before, after, None, 0)
 
     def host_node_score(
         self,
@@ -371,28 +280,74 @@ class Fragmentation:
         pod_cpu_milli: int,
         pod_memory_mib: int,
     ) -> float:
+        return self._m.score(cards, before, after, host, pod_cpu_milli)
+
+
+class _Measure:
+    """F_n(M) (plus the stranding term) evaluated fast, for both policies.
+
+    Per GPU shape g of the workload: does one task fit the cards, and how much free
+    capacity could it use (``keeps``); the classes of g whose CPU fits the host add
+    their weight (a prefix sum over g's classes sorted by CPU). Then
+    F_n(M) = free - sum_g fits_g x keeps_g x P_g(cpu_free), the same number as
+    ``node_fragmentation`` with host memory left to the filter. Card summaries are
+    memoised by content: nodes repeat the same few states.
+    """
+
+    def __init__(self, workload: Workload, strand: float, tie: float, cpu_per_pct: float = 0.0) -> None:
+        self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
+        groups: dict[tuple[int, int, frozenset[str]], list[tuple[int, float]]] = {}
+        for c in workload.classes:
+            groups.setdefault((c.vgpus, c.cores, c.models), []).append((c.cpu_milli, c.weight))
+        self.shapes = tuple(groups)
+        self.cpus: list[list[int]] = []
+        self.prefix: list[list[float]] = []
+        for shape in self.shapes:
+            rows = sorted(groups[shape])
+            self.cpus.append([cpu for cpu, _ in rows])
+            acc, prefix = 0.0, [0.0]
+            for _, w in rows:
+                acc += w
+                prefix.append(acc)
+            self.prefix.append(prefix)
+        self._cards: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...]]] = {}
+        self._card_costs: dict[tuple[int, int], float] = {}
+
+    def card_cost(self, card: Card, used: CardUsage, cores: int) -> float:
+        free = card_free(card, used)
+        key = (free, cores)
+        cost = self._card_costs.get(key)
+        if cost is None:
+            after = max(0, free - cores)
+            cost = self._card_waste(after) - self._card_waste(free) + self.tie * free  # fullest first among equals
+            self._card_costs[key] = cost
+        return cost
+
+    def score(
+        self,
+        cards: Sequence[Card],
+        before: Sequence[CardUsage],
+        after: Sequence[CardUsage],
+        host: Host | None,
+        pod_cpu: int,
+    ) -> float:
         total_b, shapes_b = self._summary(cards, before)
         total_a, shapes_a = self._summary(cards, after)
-        phi_b = self._phi(total_b, shapes_b, host.cpu_free)
-        phi_a = self._phi(total_a, shapes_a, host.cpu_free - pod_cpu_milli)
-        return phi_b - phi_a - self.TIE * total_a
-
-    # ---- arithmetic ----
+        cpu_b = None if host is None else host.cpu_free
+        cpu_a = None if host is None else host.cpu_free - pod_cpu
+        return self._phi(total_b, shapes_b, cpu_b) - self._phi(total_a, shapes_a, cpu_a) - self.tie * total_a
 
     def _phi(self, total: int, shapes: tuple[tuple[int, int], ...], cpu_free: int | None) -> float:
         if total == 0:
             return 0.0
         usable = 0.0
         for g, (fits, keeps) in enumerate(shapes):
-            if not fits:
-                continue
-            if cpu_free is None:
-                usable += keeps * self._prefix[g][-1]
-            else:
-                usable += keeps * self._prefix[g][bisect_right(self._cpus[g], cpu_free)]
+            if fits:
+                prefix = self.prefix[g]
+                usable += keeps * (prefix[-1] if cpu_free is None else prefix[bisect_right(self.cpus[g], cpu_free)])
         phi = total - usable
-        if cpu_free is not None and self._cpu_per_pct:
-            phi += self.STRAND * max(0.0, total - max(0, cpu_free) / self._cpu_per_pct)
+        if cpu_free is not None and self.strand and self.cpu_per_pct:
+            phi += self.strand * max(0.0, total - max(0, cpu_free) / self.cpu_per_pct)
         return phi
 
     def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> tuple[int, tuple[tuple[int, int], ...]]:
@@ -404,9 +359,8 @@ class Fragmentation:
         hit = self._cards.get(key)
         if hit is not None:
             return hit
-        total = sum(frees)
         out = []
-        for vgpus, cores, allowed in self._shapes:
+        for vgpus, cores, allowed in self.shapes:
             ok = [not allowed or m in allowed for m in models]
             if cores >= FULL_CORES:
                 fits = sum(1 for w, o in zip(whole, ok, strict=True) if w and o) >= vgpus
@@ -415,15 +369,16 @@ class Fragmentation:
                 fits = any(f >= cores and o for f, o in zip(frees, ok, strict=True))
                 keeps = sum(f for f, o in zip(frees, ok, strict=True) if f >= cores and o)
             out.append((int(fits), keeps))
-        hit = (total, tuple(out))
-        if len(self._cards) > 200_000:
+        hit = (sum(frees), tuple(out))
+        if len(self._cards) > 200_000:  # bounded: a long-lived extender sees many states
             self._cards.clear()
         self._cards[key] = hit
         return hit
 
     def _card_waste(self, free: int) -> float:
+        """One card's F for the whole workload: its free part, where a class cannot use it."""
         waste = 0.0
-        for g, (_vgpus, cores, _models) in enumerate(self._shapes):
-            usable = free if (free >= cores if cores < FULL_CORES else free == FULL_CORES) else 0
-            waste += self._prefix[g][-1] * (free - usable)
+        for g, (_vgpus, cores, _models) in enumerate(self.shapes):
+            usable = free >= cores if cores < FULL_CORES else free == FULL_CORES
+            waste += self.prefix[g][-1] * (0 if usable else free)
         return waste

@@ -22,7 +22,6 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -141,11 +140,6 @@ def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.UNAVAILABLE, f"flexai: cannot read this node's pods: {e}"
 
 
-@dataclass(frozen=True, slots=True)
-class _Registered:
-    kubelet_sock: tuple[int, int]  # (inode, ctime) of the kubelet.sock we registered with
-
-
 class PluginServer:
     """Serves ``service`` on ``plugin_dir/socket_name`` and keeps it registered."""
 
@@ -165,7 +159,7 @@ class PluginServer:
         self._every = watch_every_s
         self._workers = workers
         self._server: grpc.Server | None = None
-        self._registered: _Registered | None = None
+        self._registered_with: tuple[int, int] | None = None  # (inode, ctime) of that kubelet.sock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.registrations = 0  # successful Register calls (for tests and metrics)
@@ -191,11 +185,11 @@ class PluginServer:
         try:
             if self._server is None or not self.socket.exists():
                 self._serve()
-                self._registered = None  # a new socket needs a new registration
+                self._registered_with = None  # a new socket needs a new registration
             kubelet = _identity(self.plugin_dir / KUBELET_SOCKET)
-            if kubelet is not None and (self._registered is None or self._registered.kubelet_sock != kubelet):
+            if kubelet is not None and kubelet != self._registered_with:
                 self._register()
-                self._registered = _Registered(kubelet)
+                self._registered_with = kubelet
         except (grpc.RpcError, OSError, RuntimeError) as e:
             log.warning("device plugin: %s; retrying in %.1fs", _describe(e), self._every)
 

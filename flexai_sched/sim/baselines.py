@@ -38,6 +38,7 @@ class RandomFit:
 class BestFit:
     name = "bestfit"
     pod_host_dependent = True
+    request_lowers_score = False  # a larger request leaves less: a better fit
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         return card_free(card, used)
@@ -63,15 +64,24 @@ class GpuPacking:
     name = "gpupacking"
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
+        import os
+        if os.environ.get("GP_CARD") == "fullest":
+            return (0.0 if used.cores else 1.0) - used.cores / 1000
         return 0.0 if used.cores else 1.0
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
+        import os
         if before == after:
+            if os.environ.get("GP_CPU") == "active":
+                return 1.0 if any(b.cores for b in before) else 0.0
             return 0.0  # a task without GPUs: no tier, any node
+        fine = 0.0
+        if os.environ.get("GP_NODE") == "fullest":
+            fine = sum(a.cores for a in after) / (1000 * len(after))
         shares_occupied = any(b.cores and a.cores > b.cores for b, a in zip(before, after, strict=True))
         if shares_occupied:
-            return 2.0
-        return 1.0 if any(b.cores for b in before) else 0.0
+            return 2.0 + fine
+        return (1.0 if any(b.cores for b in before) else 0.0) + fine
 
 
 def _gpu_free_share(cards: Sequence[Card], usage: Sequence[CardUsage]) -> float:

@@ -5,9 +5,10 @@ The simulated kube-scheduler does what kube-scheduler plus our extender would:
 - NodeResourcesFit (kube-scheduler's part): the pod's CPU and memory requests fit the
   node's allocatable minus what its pods request;
 - the extender's filter and prioritize, through the same code the extender runs: the
-  fit is ``allocator.place`` with the card policy, cached per node version exactly as
-  ``Extender.fit`` keys it, and the score is the node policy's ``node_score`` of the
-  node's usage before and after (``host_node_score`` for ``HostAware`` policies);
+  fit is ``allocator.place`` with the card policy, cached per node version as
+  ``Extender.fit`` does, and the score is the node policy's ``node_score`` of the
+  node's usage before and after, or ``host_node_score`` for a ``HostAware`` policy
+  (``host_scores=False`` withholds the host, as the extender does today: it sees cards only);
 - the best score wins, equal scores are broken uniformly at random (as kube-scheduler's
   selectHost does); unscaled, so no two nodes tie by rounding;
 - the bind assumes the allocation in ``ClusterState`` (re-checked against the node's
@@ -69,7 +70,7 @@ class Cluster:
       only nodes whose bound reaches the best real score are scored with the request.
     """
 
-    def __init__(self, trace: Trace, policy_name: str, seed: int) -> None:
+    def __init__(self, trace: Trace, policy_name: str, seed: int, host_scores: bool = True) -> None:
         self.state = ClusterState()
         self.names = [n.name for n in trace.nodes]
         for n in trace.nodes:
@@ -83,7 +84,7 @@ class Cluster:
         self.policy: Policy = policies.get(policy_name)
         if isinstance(self.policy, WorkloadAware):
             self.policy.use_workload(target_workload(trace))
-        self._host_aware = isinstance(self.policy, HostAware)
+        self._host_aware = host_scores and isinstance(self.policy, HostAware)
         dependent = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
         self._bounded = dependent and bool(getattr(self.policy, "request_lowers_score", False))
         self._host_keyed = dependent and not self._bounded
@@ -122,13 +123,13 @@ class Cluster:
         return True
 
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
-        # Extender.fit's cache, same key, same lifetime (one node version).
+        # As Extender.fit: place() with the card policy, cached for one node version.
         key = (req.shape(), self.policy.name)
-        hit = node.fit_cache.get(key)
+        hit: Placement | NoFit | None = node.fit_cache.get(key)
         if hit is None:
             hit = place(node.cards, node.usage, req, self.policy)
             node.fit_cache[key] = hit
-        return hit  # type: ignore[no-any-return]
+        return hit
 
     def _host_fits(self, i: int, pod: TracePod) -> bool:
         h = self.hosts[i]
@@ -189,10 +190,15 @@ class Cluster:
 
 
 def replay(
-    trace: Trace, pods: Sequence[TracePod], policy_name: str, seed: int, tick: Callable[[], None] | None = None
+    trace: Trace,
+    pods: Sequence[TracePod],
+    policy_name: str,
+    seed: int,
+    host_scores: bool = True,
+    tick: Callable[[], None] | None = None,
 ) -> Curve:
     """Try every pod once, in order; the curve of arrived and allocated GPU after each."""
-    cluster = Cluster(trace, policy_name, seed)
+    cluster = Cluster(trace, policy_name, seed, host_scores)
     arrived, allocated = [], []
     a = b = 0
     for pod in pods:

@@ -1,7 +1,7 @@
 """What a set of replays shows: the table beside the published figures, a CSV of the curves, a PNG.
 
-Curves are sampled on a grid of arrived demand (``GRID_STEP`` % of capacity), enough to
-plot and small enough to keep in the repository.
+Curves are kept on a grid of arrived demand (``GRID_STEP`` % of capacity from
+``GRID_START``), enough to plot and small enough to keep in the repository.
 """
 
 from __future__ import annotations
@@ -15,17 +15,34 @@ from pathlib import Path
 from . import published
 from .replay import Curve
 
-GRID_STEP = 1.0
+GRID_START = 50.0
+GRID_STEP = 2.0
 GRID_END = 130.0
 
 
 @dataclass(frozen=True, slots=True)
 class Run:
+    """One replay, reduced to what is reported: the two published points and the curve on the grid."""
+
     variant: str
     policy: str
     seed: int
-    curve: Curve
+    unallocated_100: float
+    unallocated_130: float
+    allocated_on_grid: tuple[float, ...]
     seconds: float
+
+    @staticmethod
+    def of(variant: str, policy: str, seed: int, curve: Curve, seconds: float) -> Run:
+        return Run(
+            variant,
+            policy,
+            seed,
+            curve.unallocated_at(100),
+            curve.unallocated_at(130),
+            tuple(round(curve.allocated_pct_at(x), 3) for x in grid()),
+            seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +61,10 @@ class Row:
 
 def summarize(runs: Sequence[Run]) -> list[Row]:
     """One row per (variant, policy), in first-seen order: mean and spread over seeds."""
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.variant, r.policy), []).append(r)
     rows = []
-    for (variant, policy), rs in groups.items():
-        u100 = [r.curve.unallocated_at(100) for r in rs]
-        u130 = [r.curve.unallocated_at(130) for r in rs]
+    for (variant, policy), rs in _groups(runs).items():
+        u100 = [r.unallocated_100 for r in rs]
+        u130 = [r.unallocated_130 for r in rs]
         rows.append(
             Row(
                 variant,
@@ -87,19 +101,20 @@ def _fig(paper: float | None, ours: float) -> str:
 
 
 def write_csv(runs: Sequence[Run], path: Path) -> None:
-    """Long format: variant, policy, seed, arrived %, allocated % on the grid."""
+    """Per (variant, policy), on the grid: allocated GPU %, mean and range over seeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "policy", "seed", "arrived_pct", "allocated_pct"])
-        for r in runs:
-            for x in grid():
-                w.writerow([r.variant, r.policy, r.seed, f"{x:.1f}", f"{r.curve.allocated_pct_at(x):.3f}"])
+        w.writerow(["variant", "policy", "seeds", "arrived_pct", "allocated_pct_mean", "allocated_pct_min", "allocated_pct_max"])
+        for (variant, policy), rs in _groups(runs).items():
+            for k, x in enumerate(grid()):
+                ys = [r.allocated_on_grid[k] for r in rs]
+                w.writerow([variant, policy, len(rs), f"{x:.0f}", f"{statistics.fmean(ys):.3f}", f"{min(ys):.3f}", f"{max(ys):.3f}"])
 
 
 def grid() -> list[float]:
-    n = int(GRID_END / GRID_STEP)
-    return [GRID_STEP * (i + 1) for i in range(n)]
+    n = int((GRID_END - GRID_START) / GRID_STEP)
+    return [GRID_START + GRID_STEP * i for i in range(n + 1)]
 
 
 def write_png(runs: Sequence[Run], path: Path) -> None:
@@ -109,27 +124,37 @@ def write_png(runs: Sequence[Run], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = list(dict.fromkeys(r.variant for r in runs))
+    groups = _groups(runs)
+    variants = list(dict.fromkeys(v for v, _ in groups))
     cols = min(3, len(variants))
-    rows = (len(variants) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    nrows = (len(variants) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)
     xs = grid()
     for ax, variant in zip(axes.flat, variants, strict=False):
-        for policy in dict.fromkeys(r.policy for r in runs if r.variant == variant):
-            curves = [r.curve for r in runs if r.variant == variant and r.policy == policy]
-            ys = [statistics.fmean(c.allocated_pct_at(x) for c in curves) for x in xs]
-            ax.plot(xs, ys, label=f"{policy} ({100 - statistics.fmean(c.allocated_pct_at(100) for c in curves):.2f}%)")
-        ax.plot([0, 100, GRID_END], [0, 100, 100], color="grey", linestyle=":", linewidth=0.8, label="ideal")
-        ax.set_title(f"{variant}: unallocated @100% in legend")
+        for (v, policy), rs in groups.items():
+            if v != variant:
+                continue
+            ys = [statistics.fmean(r.allocated_on_grid[k] for r in rs) for k in range(len(xs))]
+            u100 = statistics.fmean(r.unallocated_100 for r in rs)
+            ax.plot(xs, ys, label=f"{policy}: {u100:.2f}% unallocated @100%")
+        ax.plot([GRID_START, 100, GRID_END], [GRID_START, 100, 100], color="grey", linestyle=":", linewidth=0.8)
+        ax.set_title(variant)
         ax.set_xlabel("arrived GPU demand (% of capacity)")
         ax.set_ylabel("allocated GPU (%)")
-        ax.set_xlim(60, GRID_END)
-        ax.set_ylim(60, 101)
+        ax.set_xlim(70, GRID_END)
+        ax.set_ylim(70, 100.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(variants) :]:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _groups(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.variant, r.policy), []).append(r)
+    return groups

@@ -103,12 +103,20 @@ def test_deleting_pods_frees_their_slices_for_new_pods(plane: ControlPlane, core
     victims = [n for n, c in held.items() if c == 1][:3] + [n for n, c in held.items() if c == 3][:2]
     delete_pods(core_api, victims)
     wait_until(lambda: not set(victims) & set(pods(core_api)), 30, "victims gone")
+    # The extender frees them from its watch (a moment after kube-scheduler's own informer saw
+    # the deletions: a newcomer tried in between is refused and waits for the next event).
+    wait_until(lambda: not set(victims) & _held(plane), 30, "the extender freed the victims' slices")
     create_many(core_api, [small(f"new{i:02}") for i in range(1, 5)], threads=2)
     got = wait_bound(core_api, [f"new{i:02}" for i in range(5)], 120)
     assert sorted(p.allocation.slices[0].card_index for n, p in got.items()
                   if n.startswith("new") and p.allocation) == [1, 1, 1, 3, 3]
     usage = assert_within_capacity(core_api, inventory)
     assert all(u.vgpus == 5 for u in usage.values())
+
+
+def _held(plane: ControlPlane) -> set[str]:
+    """Pods holding slices in the extender's view."""
+    return {a["name"] for a in extender_get(plane, "/v1/allocations")}  # type: ignore[attr-defined]
 
 
 def test_extender_killed_and_restarted_while_scheduling(plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:

@@ -3,13 +3,13 @@
 # build the hook with CMake (headers carried in .cuda/include: that machine has no
 # network), then memory, compute accuracy, two-process fairness and overhead.
 #
-#   tests/gpu/run_all.sh [phases]     phases: memory,compute,pair,overhead (default all)
+#   tests/gpu/run_all.sh [phases]     phases: memory,compute,overhead,pair (default all)
 # Results: $OUT/hook-results.json, $OUT/hook-summary.txt, $OUT/hook-log.txt
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hook-gpu-out}"
 mkdir -p "$OUT"
-PHASES="${1:-memory,compute,pair,overhead}"
+PHASES="${1:-memory,compute,overhead,pair}"
 INC="${FLEXAI_CUDA_INCLUDE_DIR:-$PWD/.cuda/include}"
 export PYTHONUNBUFFERED=1
 

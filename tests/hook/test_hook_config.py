@@ -35,7 +35,7 @@ def run_client(build: HookBuild, config: Path | None, *args: str) -> subprocess.
 def test_render_parse_round_trip() -> None:
     cfg = HookConfig(
         vgpus=(
-            VGPULimit(uuid="GPU-1234", memory_bytes=8 * GiB, cores=30, core_offset=10),
+            VGPULimit(uuid="GPU-1234", memory_bytes=8 * GiB, cores=30, core_offset=10, ref_clock_mhz=1755),
             VGPULimit(cuda_index=1, memory_bytes=0, cores=0, context_overhead_bytes=0),
         ),
         region_path="/run/flexai/region",

@@ -86,3 +86,8 @@ def test_shim_errors(hook_build: HookBuild, tmp_path: Path) -> None:
     (tmp_path / "junk").write_bytes(b"x" * 100000)
     with pytest.raises(ShimError, match="EINVAL"):
         shim.snapshot(tmp_path / "junk")
+
+
+def test_gpu_monitor_before_any_process(hook_build: HookBuild, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["-p", "0.05", "-o", "json", "--region", str(tmp_path / "none"), "--shim", str(hook_build.shim)]) == 0
+    assert json.loads(capsys.readouterr().out)["vgpus"] == []

@@ -9,7 +9,6 @@ does to the directory: wipes it and creates a new kubelet.sock.
 from __future__ import annotations
 
 import queue
-import shutil
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -53,8 +52,10 @@ class FakeKubelet(pb_grpc.RegistrationServicer):
             self._server = None
 
     def restart(self) -> None:
+        """As the kubelet: every file in the directory goes (our socket too), then a new kubelet.sock."""
         self.stop()
-        shutil.rmtree(self.dir)
+        for p in self.dir.iterdir():
+            p.unlink(missing_ok=True)
         self.start()
 
     def plugin(self, endpoint: str) -> pb_grpc.DevicePluginStub:

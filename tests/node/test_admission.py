@@ -147,8 +147,10 @@ def test_a_refused_pod_does_not_shadow_the_next() -> None:
         ([one("p1", "u1")], [2], set()),
         ([one("p1", "u1")], [1], {("u1", "main")}),
         ([dict(one("p1", "u1"), status={"phase": "Failed"})], [1], set()),
+        ([{**one("p1", "u1"), "metadata": {**one("p1", "u1")["metadata"], "deletionTimestamp": "2026-11-29T10:00:05Z"}}],
+         [1], set()),
     ],
-    ids=["no-pods", "size-mismatch", "already-admitted", "terminal"],
+    ids=["no-pods", "size-mismatch", "already-admitted", "terminal", "deleting"],
 )
 def test_no_candidate(pods: list[dict[str, Any]], counts: list[int], admitted: set[tuple[str, str]]) -> None:
     with pytest.raises(NoCandidate, match=r"no pod bound to this node waits for containers of \[\d\]"):

@@ -200,7 +200,8 @@ def test_flexai_node_cli_runs_the_agent(control_plane: ControlPlane, core_api: k
     proc = subprocess.Popen(
         [sys.executable, "-m", "flexai_node.cli", "--node-name", NODE, "--kubeconfig", str(control_plane.kubeconfig),
          "--inventory", f"file:{inventory}", "--device-plugin-dir", str(kubelet.dir),
-         "--state-dir", str(short_tmp / "state"), "--metrics-port", str(port), "--hook-library", "/hook.so"],
+         "--state-dir", str(short_tmp / "state"), "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
+         "--hook-library", "/hook.so", "--pod-resources-socket", ""],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -27,7 +27,12 @@ def pods() -> list[BoundPod]:
         bound_pod("q", "u2", [container("main", 1, 10, 2)],
                   [slice_on(B, "setup", 50, 8192, init=True), slice_on(B, "main", 10, 2048)],
                   init_containers=[container("setup", 1, 50, 8)]),
-        # Finished pods hold nothing.
+        # Deleting pods still hold theirs (containers run through the grace period) ...
+        dict(bound_pod("leaving", "u4", [container("main", 1, 5, 1)], [slice_on(B, "main", 5, 1024)]),
+             metadata={"namespace": "default", "name": "leaving", "uid": "u4",
+                       "deletionTimestamp": "2026-11-29T10:00:00Z",
+                       "annotations": bound_pod("leaving", "u4", [], [slice_on(B, "main", 5, 1024)])["metadata"]["annotations"]}),
+        # ... finished pods hold nothing.
         dict(bound_pod("done", "u3", [container("main", 1, 100, 1)], [slice_on(A, "main", 100, 1024)]),
              status={"phase": "Succeeded"}),
     ]
@@ -42,13 +47,14 @@ def decode(text: str) -> dict[int, dict[str, object]]:
 
 
 def test_annotation_carries_allocations_and_memory_used_by_others() -> None:
-    readings = [CardReading(A, 40, 15000), CardReading(B, 0, 6144 + 8192 + 500)]
+    readings = [CardReading(A, 40, 15000), CardReading(B, 0, 6144 + 8192 + 1024 + 500)]
     text = node_annotation(readings, pods(), T0)
     cards = decode(text)
     # A: 20+30 cores, 4096+6144 MiB held; NVML says 15000 used -> 15000-10240 by others.
     assert (cards[0]["allocatedCores"], cards[0]["allocatedMiB"], cards[0]["usedOutsideMiB"]) == (50, 10240, 4760)
-    # B: p holds 30/6144; q's peak is its init phase 50/8192 (not 60/10240); others 500.
-    assert (cards[1]["allocatedCores"], cards[1]["allocatedMiB"], cards[1]["usedOutsideMiB"]) == (80, 14336, 500)
+    # B: p holds 30/6144; q's peak is its init phase 50/8192 (not 60/10240); leaving 5/1024;
+    # others 500.
+    assert (cards[1]["allocatedCores"], cards[1]["allocatedMiB"], cards[1]["usedOutsideMiB"]) == (85, 15360, 500)
     # The scheduler's own decoder reads it back (the one format), heartbeat in UTC.
     inv = ann.decode_inventory("gpu-1", text)
     assert inv.heartbeat == T0 and [c.used_outside_mib for c in inv.cards] == [4760, 500]

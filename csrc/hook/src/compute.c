@@ -24,7 +24,14 @@
  *
  * Queued work is bounded: at most MAX_OUTSTANDING markers (~0.5 ms of GPU work
  * each, N adapted from the measured time per launch) may be unfinished, so a
- * throttled process cannot queue seconds of work while its window is open.
+ * throttled process cannot queue seconds of work while its window is open,
+ * yet the CPU may still run a few ms ahead of the GPU as frameworks expect.
+ *
+ * Optional clock normalisation: a power-capped card runs faster when it idles
+ * part of the time, so a c% time share yields more than c% of the full-load
+ * throughput. With `ref_clock_mhz` (the SM clock the card sustains at full
+ * load) in the config, the pacer reads the SM clock through NVML once per
+ * window (never on the launch path) and busy time is scaled by clock/ref.
  *
  * Threads and invariants:
  *   - the pacer thread only reads the clock and stores the gate word
@@ -39,6 +46,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -46,7 +54,7 @@
 #include "internal.h"
 
 #define RING 16              /* marker events per vGPU */
-#define MAX_OUTSTANDING 2    /* unfinished markers allowed before the launcher waits */
+#define MAX_OUTSTANDING 8    /* unfinished markers allowed before the launcher waits (~4 ms) */
 #define MARKER_NS 500000ull  /* aim: one marker per 0.5 ms of GPU work */
 #define MAX_MARKER_EVERY 4096
 /* Integral gain 1/2: the error of window k is known only after window k+1
@@ -71,6 +79,8 @@ struct pace {
     _Atomic uint64_t next_open_ns;  /* wall-clock time the gate opens next */
     uint64_t period_ns, offset_ns, target_ns;
     int limited;
+    _Atomic uint32_t clock_mhz;     /* SM clock the pacer read at the last close; 0 = unknown */
+    uint32_t ref_clock_mhz;         /* from the config; 0 = no normalisation */
     /* --- slow path, under lock ------------------------------------------- */
     pthread_mutex_t lock;
     int events_ok;                  /* event pool created in this context */
@@ -84,11 +94,13 @@ struct pace {
     int have_end;                   /* the END of that window was recorded */
     uint64_t busy_ns;               /* elapsed(START, newest retired marker) */
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
-    uint64_t windows, markers;
+    uint64_t windows, markers, timeouts, busy_max;
+    _Atomic uint64_t skipped, idle;
     /* --- pacer-private --------------------------------------------------- */
     uint64_t cur_period;
     uint64_t close_ns;
-    int open;
+    int open, open_prev;
+    int slot;
 };
 
 int flexai_compute_on = 1; /* cleared on first use if nothing is limited */
@@ -119,7 +131,55 @@ static void sleep_ns(uint64_t ns)
     nanosleep(&ts, NULL);
 }
 
+/* ---- $FLEXAI_TRACE: a ring of slow-path events, written out at exit ------ */
+
+#define TRACE_LEN 4096
+static struct trace_rec {
+    uint64_t t_ns;
+    uint64_t value;
+    int64_t lead_ns;
+    uint32_t count;
+    char what; /* S start, E end, F finish (value = busy ns), W wait timeout */
+} g_trace[TRACE_LEN];
+static _Atomic uint32_t g_trace_n;
+static int g_trace_on;
+
+static void trace(struct pace *p, char what, uint64_t value)
+{
+    if (!g_trace_on)
+        return;
+    uint32_t i = atomic_fetch_add(&g_trace_n, 1) % TRACE_LEN;
+    g_trace[i] = (struct trace_rec){now_ns(), value, atomic_load(&p->lead_ns), (uint32_t)p->count, what};
+}
+
+static void dump_trace(void)
+{
+    const char *path = getenv("FLEXAI_TRACE");
+    if (!g_trace_on || path == NULL)
+        return;
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return;
+    uint32_t n = atomic_load(&g_trace_n), first = n > TRACE_LEN ? n - TRACE_LEN : 0;
+    for (uint32_t i = first; i < n; i++) {
+        struct trace_rec *r = &g_trace[i % TRACE_LEN];
+        fprintf(f, "%llu %c %llu lead=%lld count=%u\n", (unsigned long long)(r->t_ns / 1000), r->what,
+                (unsigned long long)r->value, (long long)r->lead_ns / 1000, r->count);
+    }
+    fclose(f);
+}
+
 /* ---- pacer thread ------------------------------------------------------ */
+
+/* lead += delta, but never below -target: unused time is credit for at most
+ * one window, so an idle process cannot bank a long burst. */
+static void steer(struct pace *p, int64_t delta)
+{
+    int64_t v = atomic_fetch_add(&p->lead_ns, delta) + delta;
+    if (v < -(int64_t)p->target_ns)
+        atomic_store(&p->lead_ns, -(int64_t)p->target_ns);
+}
+
 
 /* Advance one vGPU's gate to time `now`; returns the next time it changes. */
 static uint64_t pace_step(struct pace *p, uint64_t now)
@@ -128,6 +188,13 @@ static uint64_t pace_step(struct pace *p, uint64_t now)
     uint64_t k = rel / p->period_ns;
     uint64_t open_at = k * p->period_ns + p->offset_ns - p->period_ns;
     if (k != p->cur_period) {
+        /* The window that just ended was open but nobody launched in it:
+         * unused share is credit (steer() caps it at one window). */
+        if (p->open_prev && atomic_load(&p->seen_gate) != ((p->cur_period << 1) | 1) &&
+            p->cur_period + 1 == k) {
+            steer(p, -(int64_t)p->target_ns / GAIN_DIV);
+            atomic_fetch_add(&p->idle, 1);
+        }
         p->cur_period = k;
         int64_t window = (int64_t)p->target_ns - atomic_load(&p->lead_ns);
         if (window > (int64_t)p->period_ns)
@@ -136,14 +203,20 @@ static uint64_t pace_step(struct pace *p, uint64_t now)
             /* Still repaying an overspend: this window stays shut and counts as
              * delivering nothing (integral: lead += GAIN * (0 - target)). */
             atomic_fetch_sub(&p->lead_ns, (int64_t)p->target_ns / GAIN_DIV);
+            atomic_fetch_add(&p->skipped, 1);
             p->open = 0;
+            p->open_prev = 0;
         } else {
             p->open = 1;
+            p->open_prev = 1;
             p->close_ns = open_at + (uint64_t)window;
         }
     }
-    if (p->open && now >= p->close_ns)
+    if (p->open && now >= p->close_ns) {
         p->open = 0;
+        if (p->ref_clock_mhz != 0) /* our work is still running: its clock */
+            atomic_store(&p->clock_mhz, flexai_nvml_sm_clock(p->slot));
+    }
     atomic_store(&p->next_open_ns, open_at + p->period_ns);
     atomic_store_explicit(&p->gate, (k << 1) | (uint64_t)p->open, memory_order_release);
     return p->open ? p->close_ns : open_at + p->period_ns;
@@ -205,6 +278,8 @@ static void reset_state(void)
         if (i >= c->ndev || c->dev[i].cores == 0 || c->dev[i].cores >= 100)
             continue;
         p->limited = 1;
+        p->slot = i;
+        p->ref_clock_mhz = c->dev[i].ref_clock_mhz;
         p->period_ns = c->period_ns;
         p->target_ns = c->period_ns * c->dev[i].cores / 100;
         p->offset_ns = c->period_ns * c->dev[i].core_offset / 100;
@@ -218,12 +293,17 @@ static void report(void)
     for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
         struct pace *p = &g_pace[i];
         if (p->limited)
-            flexai_log("compute vGPU %d: target %llu us per %llu us, %llu windows, %llu markers, "
-                       "lead %lld us, marker every %u launches", i,
+            flexai_log("compute vGPU %d: target %llu us per %llu us, %llu windows (%llu skipped, "
+                       "%llu idle), %llu markers, %llu wait timeouts, max busy %llu us, lead %lld us, "
+                       "marker every %u launches, clock %u/%u MHz", i,
                        (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
-                       (unsigned long long)p->windows, (unsigned long long)p->markers,
-                       (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every));
+                       (unsigned long long)p->windows, (unsigned long long)atomic_load(&p->skipped),
+                       (unsigned long long)atomic_load(&p->idle), (unsigned long long)p->markers,
+                       (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
+                       (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every),
+                       atomic_load(&p->clock_mhz), p->ref_clock_mhz);
     }
+    dump_trace();
 }
 
 static void in_child(void)
@@ -250,7 +330,8 @@ static void init(void)
         n == 1)
         g_single_slot = flexai_slot_of_device(0);
     pthread_atfork(NULL, NULL, in_child);
-    if (getenv("FLEXAI_DEBUG") != NULL)
+    g_trace_on = getenv("FLEXAI_TRACE") != NULL;
+    if (getenv("FLEXAI_DEBUG") != NULL || g_trace_on)
         atexit(report);
 }
 
@@ -321,8 +402,11 @@ static void retire(struct pace *p, int block)
         struct marker *m = &p->ring[p->head];
         if (block) {
             block = 0;
-            if (!wait_event(m->ev))
+            if (!wait_event(m->ev)) {
+                p->timeouts++;
+                trace(p, 'W', (uint64_t)p->count);
                 break;
+            }
         } else if (flexai_driver()->event_query(m->ev) != CUDA_SUCCESS) {
             break;
         }
@@ -363,7 +447,11 @@ static void add_marker(struct pace *p, CUstream s, int flags)
     p->markers++;
     p->pending_launches = 0;
     p->count++;
-    while (p->count > MAX_OUTSTANDING) {
+    /* Up to ~half a window of work queued (2..MAX_OUTSTANDING markers): a
+     * short window must not be overrun by its own queue. */
+    uint64_t max_out = p->target_ns / (2 * MARKER_NS);
+    max_out = max_out < 2 ? 2 : max_out > MAX_OUTSTANDING ? MAX_OUTSTANDING : max_out;
+    while ((uint64_t)p->count > max_out) {
         int before = p->count;
         retire(p, 1);
         if (p->count == before)
@@ -371,36 +459,36 @@ static void add_marker(struct pace *p, CUstream s, int flags)
     }
 }
 
-/* lead += delta, but never below -target: unused time is credit for at most
- * one window, so an idle process cannot bank a long burst. */
-static void steer(struct pace *p, int64_t delta)
+/* The window that START began is over: book what it delivered. After an END
+ * (the program hit the closed gate) the GPU drains during the gap, so waiting
+ * for the last markers costs nothing and makes the figure exact. From one
+ * open window straight into the next there was no gap: take what is done and
+ * do not stall the queue (work still queued is left uncounted: a little
+ * credit, never a stall). */
+static void finish_window(struct pace *p, int slot)
 {
-    int64_t v = atomic_fetch_add(&p->lead_ns, delta) + delta;
-    if (v < -(int64_t)p->target_ns)
-        atomic_store(&p->lead_ns, -(int64_t)p->target_ns);
-}
-
-/* The window that START began is over: book what it delivered. `idle` more
- * windows went by without a launch: each delivered nothing (credit). */
-static void finish_window(struct pace *p, int slot, uint64_t idle)
-{
-    if (idle > 0)
-        steer(p, -(int64_t)(idle > 4 ? 4 : idle) * (int64_t)p->target_ns / GAIN_DIV);
     if (!p->in_window)
         return;
-    /* By now the GPU has normally drained; if not, we overspent: wait. */
-    while (p->count > 0) {
+    while (p->have_end && p->count > 0) {
         int before = p->count;
         retire(p, 1);
         if (p->count == before)
             break;
     }
-    flexai_region_add_busy(slot, p->busy_ns);
+    retire(p, 0);
+    uint64_t busy = p->busy_ns;
+    uint32_t clock = atomic_load(&p->clock_mhz);
+    if (p->ref_clock_mhz != 0 && clock != 0) /* work done at a boosted clock counts for more */
+        busy = busy * clock / p->ref_clock_mhz;
+    flexai_region_add_busy(slot, busy);
     p->windows++;
-    /* Integral control on every window: over the limit shortens the next ones,
-     * under it (a program that did not use its window) lengthens them up to
-     * one window of credit, so bursty work under its share is not delayed. */
-    steer(p, ((int64_t)p->busy_ns - (int64_t)p->target_ns) / GAIN_DIV);
+    if (busy > p->busy_max)
+        p->busy_max = busy;
+    trace(p, 'F', busy);
+    /* Integral control on every window: over the target shortens the next
+     * ones, under it (a program that did not use its window) lengthens them,
+     * up to one window of credit. */
+    steer(p, ((int64_t)busy - (int64_t)p->target_ns) / GAIN_DIV);
     p->in_window = 0;
     p->have_end = 0;
     p->busy_ns = 0;
@@ -423,6 +511,7 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
             if (p->in_window && !p->have_end && ensure_events(p)) {
                 add_marker(p, s, flags);
                 p->have_end = 1;
+                trace(p, 'E', (uint64_t)p->count);
             }
             pthread_mutex_unlock(&p->lock);
             uint64_t t = atomic_load(&p->next_open_ns), now = now_ns();
@@ -433,11 +522,11 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
             pthread_mutex_lock(&p->lock);
             continue;
         }
-        uint64_t prev = atomic_load(&p->seen_gate) >> 1, now_k = g >> 1;
-        finish_window(p, slot, (prev != (UINT64_MAX >> 1) && now_k > prev + 1) ? now_k - prev - 1 : 0);
+        finish_window(p, slot);
         if (ensure_events(p) && record(p->start_ev, s, flags)) {
             p->in_window = 1;
             p->last_done = NULL;
+            trace(p, 'S', g >> 1);
         }
         atomic_store(&p->seen_gate, g);
         break;

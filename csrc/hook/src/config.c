@@ -125,6 +125,13 @@ static void set_device_field(struct flexai_config *c, int line, const char *key,
             v = 0;
         }
         d->core_offset = (uint32_t)v;
+    } else if (strcmp(field, "ref_clock_mhz") == 0) {
+        if (parse_u64(val, &v) != 0 || v > 10000) {
+            flexai_log("config line %d: %s: '%s' is not a clock in MHz; no clock normalisation",
+                       line, key, val);
+            v = 0;
+        }
+        d->ref_clock_mhz = (uint32_t)v;
     } else {
         flexai_log("config line %d: unknown field '%s'; ignored", line, key);
     }

@@ -48,6 +48,7 @@ struct flexai_dev_config {
     uint64_t context_overhead;  /* charged once per process that opens a context */
     uint32_t cores;             /* 1..99 = limited; 0 or 100 = unlimited */
     uint32_t core_offset;       /* 0..99 */
+    uint32_t ref_clock_mhz;     /* SM clock at full load; 0 = measure time, not work */
 };
 
 struct flexai_config {
@@ -151,5 +152,8 @@ void *flexai_hook_by_name(const char *name);
 
 /* ---- nvml.c ------------------------------------------------------------ */
 void *flexai_nvml_hook_by_name(const char *name);
+/* Current SM clock (MHz) of vGPU `slot`'s card through NVML, 0 if unknown.
+ * Called by the pacer thread only, never on the launch path. */
+uint32_t flexai_nvml_sm_clock(int slot);
 
 #endif

@@ -28,11 +28,18 @@ typedef struct {
 typedef nvmlReturn_t (*mem_fn)(nvmlDevice_t, nvmlMemory_t *);
 typedef nvmlReturn_t (*mem_v2_fn)(nvmlDevice_t, nvmlMemory_v2_t *);
 typedef nvmlReturn_t (*uuid_fn)(nvmlDevice_t, char *, unsigned int);
+typedef nvmlReturn_t (*init_fn)(void);
+typedef nvmlReturn_t (*by_uuid_fn)(const char *, nvmlDevice_t *);
+typedef nvmlReturn_t (*clock_fn)(nvmlDevice_t, int, unsigned int *);
+#define NVML_CLOCK_SM 1
 
 static struct {
     mem_fn mem;
     mem_v2_fn mem_v2;
     uuid_fn uuid;
+    init_fn init;
+    by_uuid_fn by_uuid;
+    clock_fn clock;
 } g_nvml;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -47,6 +54,29 @@ static void resolve(void)
     g_nvml.mem = (mem_fn)flexai_real_dlsym(lib, "nvmlDeviceGetMemoryInfo");
     g_nvml.mem_v2 = (mem_v2_fn)flexai_real_dlsym(lib, "nvmlDeviceGetMemoryInfo_v2");
     g_nvml.uuid = (uuid_fn)flexai_real_dlsym(lib, "nvmlDeviceGetUUID");
+    g_nvml.init = (init_fn)flexai_real_dlsym(lib, "nvmlInit_v2");
+    g_nvml.by_uuid = (by_uuid_fn)flexai_real_dlsym(lib, "nvmlDeviceGetHandleByUUID");
+    g_nvml.clock = (clock_fn)flexai_real_dlsym(lib, "nvmlDeviceGetClockInfo");
+}
+
+uint32_t flexai_nvml_sm_clock(int slot)
+{
+    static nvmlDevice_t handles[FLEXAI_MAX_DEVICES];
+    static int tried[FLEXAI_MAX_DEVICES];
+    pthread_once(&g_once, resolve);
+    if (slot < 0 || slot >= FLEXAI_MAX_DEVICES || g_nvml.clock == NULL)
+        return 0;
+    if (!tried[slot]) { /* only the pacer thread gets here: no race */
+        tried[slot] = 1;
+        const char *uuid = flexai_config()->dev[slot].uuid;
+        if (uuid[0] == '\0' || g_nvml.init == NULL || g_nvml.by_uuid == NULL || g_nvml.init() != 0 ||
+            g_nvml.by_uuid(uuid, &handles[slot]) != 0)
+            flexai_log("ref_clock_mhz needs NVML and the vGPU's uuid; no clock normalisation");
+    }
+    unsigned int mhz = 0;
+    if (handles[slot] == NULL || g_nvml.clock(handles[slot], NVML_CLOCK_SM, &mhz) != 0)
+        return 0;
+    return mhz;
 }
 
 /* Slot of an NVML device, by its UUID; -1 if not a limited vGPU. */

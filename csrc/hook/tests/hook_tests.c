@@ -492,6 +492,8 @@ static void t_compute(const char *pct, const char *graph)
     config("period_ms=50\ndevice.0.cuda_index=0\ndevice.0.cores=%d\n", cores);
     open_ctx(0);
     busy_fraction(1000, 0.3, 0); /* settle */
+    if (getenv("TEST_IDLE_MS") != NULL) /* idle between warm-up and measurement, like bench/hook_gpu.py's pair */
+        usleep((useconds_t)atoi(getenv("TEST_IDLE_MS")) * 1000);
     double f = busy_fraction(1000, 2.0, graph != NULL && strcmp(graph, "graph") == 0);
     printf("cores=%d delivered=%.1f%%\n", cores, f * 100);
     CHECK(f * 100 > cores - 6 && f * 100 < cores + 6, "delivered %.1f%% for %d%%", f * 100, cores);
@@ -520,6 +522,8 @@ static void t_pair(void)
             setenv("FLEXAI_VGPU_CONFIG", g_cfg, 1);
             open_ctx(0);
             busy_fraction(1000, 0.3, 0);
+            if (getenv("TEST_IDLE_MS") != NULL)
+                usleep((useconds_t)atoi(getenv("TEST_IDLE_MS")) * 1000 * (unsigned)(2 - i));
             double b = busy_fraction(1000, 2.0, 0);
             if (write(fd[i][1], &b, sizeof b) != sizeof b)
                 _exit(1);
