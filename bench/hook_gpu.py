@@ -148,7 +148,6 @@ def phase_memory() -> None:
 def phase_compute() -> None:
     res: dict[str, Any] = {}
     res["matmul_nohook"] = measured("matmul", hook=False)
-    res["matmul_hook_noconfig"] = measured("matmul")
     res["graph_nohook"] = measured("graph", hook=False)
     base_m, base_g = res["matmul_nohook"].get("tflops", 0), res["graph_nohook"].get("tflops", 0)
     ref = int(res["matmul_nohook"].get("sm_clock_median", 0))  # the card's full-load clock
@@ -156,6 +155,8 @@ def phase_compute() -> None:
     for pct in (10, 20, 30, 50, 70, 90):
         for kind, base in (("matmul", base_m), ("graph", base_g)):
             for label, clock in (("time", 0), ("work", ref)):
+                if kind == "graph" and label == "time" and not FULL:
+                    continue
                 r = measured(kind, conf=config(f"{kind}{pct}{label}", cores=pct, ref_clock_mhz=clock))
                 r["relative"] = round(r.get("tflops", 0) / base, 4) if base else None
                 res[f"{kind}_{pct}_{label}"] = r
@@ -208,7 +209,8 @@ def run_pair(name: str, ref: int) -> dict[str, Any]:
 def phase_pair() -> None:
     ref = int(RESULTS.get("ref_clock_mhz", 0))
     RESULTS["pair_work"] = run_pair("pairw", ref)
-    RESULTS["pair_time"] = run_pair("pairt", 0)
+    if FULL:
+        RESULTS["pair_time"] = run_pair("pairt", 0)
 
 
 def phase_overhead() -> None:
@@ -217,7 +219,7 @@ def phase_overhead() -> None:
     ref = int(RESULTS.get("ref_clock_mhz", 0))
     tiny = {"nohook": ({}, False), "hook_noconfig": ({}, True), "hook_memlimit": (memcfg, True),
             "hook_cores90": (dict(cores=90, **memcfg), True)}
-    for rep in range(3):  # interleaved: host noise hits every configuration alike
+    for rep in range(3 if FULL else 2):  # interleaved: host noise hits every configuration alike
         for name, (limits, hook) in tiny.items():
             conf = config(f"tiny-{name}", **limits) if limits else None
             res.setdefault(f"tiny_{name}", []).append(child("tiny", conf=conf, hook=hook).get("launches_per_s"))
@@ -268,7 +270,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hook-bench"))
     ap.add_argument("--phases", default="memory,compute,overhead,pair")
+    ap.add_argument("--quick", action="store_true", help="fewer variants (graphs in work mode only, 2 reps)")
     args = ap.parse_args()
+    global FULL
+    FULL = not args.quick
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     global UUID
@@ -291,6 +296,7 @@ def main() -> None:
 
 
 UUID = ""
+FULL = True
 
 if __name__ == "__main__":
     main()

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__, views
 from .backend import Backend
@@ -65,12 +66,7 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     app.state.extender = extender
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY:
-            return JSONResponse({"detail": f"body of {length} bytes exceeds {MAX_BODY}"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
 
     # ---- extender verbs (sync handlers run in the thread pool; bind may block on the API) ----
 
@@ -162,6 +158,27 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class BodyLimit:
+    """Refuses bodies over ``limit`` bytes with 413 before they are read.
+
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware re-streams every response,
+    which costs more than the filter itself on large node lists.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    reply = JSONResponse({"detail": f"body of {int(value)} bytes exceeds {self.limit}"}, status_code=413)
+                    await reply(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def _json(body: object) -> Response:

@@ -11,8 +11,8 @@ import yaml
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    node_policy: str = "binpack"
-    card_policy: str = "binpack"
+    node_policy: str = "fragmentation"  # flexai_sched.fragmentation; see bench/results/trace-replay.md
+    card_policy: str = "fragmentation"
     granularity: int = 5  # vgpu-cores must be a multiple of this
     max_vgpus_per_card: int = 5  # caps what node inventories advertise
     heartbeat_ttl_s: float = 60.0  # a node silent for longer gets no new pods

@@ -283,6 +283,10 @@ class Fragmentation:
         return self._m.score(cards, before, after, host, pod_cpu_milli)
 
 
+# Free percent of a node, and per workload GPU shape: (fits, free it could use).
+Summary = tuple[int, tuple[tuple[int, int], ...]]
+
+
 class _Measure:
     """F_n(M) (plus the stranding term) evaluated fast, for both policies.
 
@@ -290,8 +294,12 @@ class _Measure:
     capacity could it use (``keeps``); the classes of g whose CPU fits the host add
     their weight (a prefix sum over g's classes sorted by CPU). Then
     F_n(M) = free - sum_g fits_g x keeps_g x P_g(cpu_free), the same number as
-    ``node_fragmentation`` with host memory left to the filter. Card summaries are
-    memoised by content: nodes repeat the same few states.
+    ``node_fragmentation`` with host memory left to the filter.
+
+    Memos, all bounded: card summaries by content (nodes repeat a few states), and by
+    the identity of the usage tuple (the scheduler hands the same tuple objects until a
+    node changes; an entry holds its tuple, so its id cannot be reused meanwhile); phi
+    by (summary, free CPU), summaries being one object per content.
     """
 
     def __init__(self, workload: Workload, strand: float, tie: float, cpu_per_pct: float = 0.0) -> None:
@@ -310,7 +318,9 @@ class _Measure:
                 acc += w
                 prefix.append(acc)
             self.prefix.append(prefix)
-        self._cards: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...]]] = {}
+        self._cards: dict[tuple[object, ...], Summary] = {}
+        self._by_id: dict[tuple[int, int], tuple[object, object, Summary]] = {}
+        self._phis: dict[tuple[int, int | None], float] = {}
         self._card_costs: dict[tuple[int, int], float] = {}
 
     def card_cost(self, card: Card, used: CardUsage, cores: int) -> float:
@@ -331,13 +341,23 @@ class _Measure:
         host: Host | None,
         pod_cpu: int,
     ) -> float:
-        total_b, shapes_b = self._summary(cards, before)
-        total_a, shapes_a = self._summary(cards, after)
+        sum_b = self._summary(cards, before)
+        sum_a = self._summary(cards, after)
         cpu_b = None if host is None else host.cpu_free
         cpu_a = None if host is None else host.cpu_free - pod_cpu
-        return self._phi(total_b, shapes_b, cpu_b) - self._phi(total_a, shapes_a, cpu_a) - self.tie * total_a
+        return self._phi(sum_b, cpu_b) - self._phi(sum_a, cpu_a) - self.tie * sum_a[0]
 
-    def _phi(self, total: int, shapes: tuple[tuple[int, int], ...], cpu_free: int | None) -> float:
+    def _phi(self, summary: Summary, cpu_free: int | None) -> float:
+        key = (id(summary), cpu_free)
+        phi = self._phis.get(key)
+        if phi is None:
+            if len(self._phis) > 500_000:
+                self._phis.clear()
+            phi = self._phis[key] = self._phi_of(summary, cpu_free)
+        return phi
+
+    def _phi_of(self, summary: Summary, cpu_free: int | None) -> float:
+        total, shapes = summary
         if total == 0:
             return 0.0
         usable = 0.0
@@ -350,8 +370,19 @@ class _Measure:
             phi += self.strand * max(0.0, total - max(0, cpu_free) / self.cpu_per_pct)
         return phi
 
-    def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> tuple[int, tuple[tuple[int, int], ...]]:
+    def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
         """Free percent, and per shape: does one task fit the cards, and how much free it could use."""
+        ident = (id(cards), id(usage))
+        seen = self._by_id.get(ident)
+        if seen is not None and seen[0] is cards and seen[1] is usage:
+            return seen[2]
+        summary = self._summary_of(cards, usage)
+        if len(self._by_id) > 200_000:  # bounded: a long-lived extender sees many states
+            self._by_id.clear()
+        self._by_id[ident] = (cards, usage, summary)
+        return summary
+
+    def _summary_of(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
         frees = tuple(card_free(c, u) for c, u in zip(cards, usage, strict=True))
         whole = tuple(_whole_free(c, u) for c, u in zip(cards, usage, strict=True))
         models = tuple(c.model for c in cards)
@@ -370,8 +401,11 @@ class _Measure:
                 keeps = sum(f for f, o in zip(frees, ok, strict=True) if f >= cores and o)
             out.append((int(fits), keeps))
         hit = (sum(frees), tuple(out))
-        if len(self._cards) > 200_000:  # bounded: a long-lived extender sees many states
+        if len(self._cards) > 200_000:
+            # Phi entries are keyed by summary ids: they go with the summaries.
             self._cards.clear()
+            self._by_id.clear()
+            self._phis.clear()
         self._cards[key] = hit
         return hit
 

@@ -7,8 +7,9 @@ restarted extender rebuilds the same state:
   annotation missing or malformed -> ``state.remove_node`` (the reason is logged once);
 - a Pod bound to a node (``spec.nodeName``) carrying ``annotations.POD_ALLOCATION`` and not
   Succeeded/Failed -> ``state.observe``; deleted, finished, or bound without the
-  annotation -> ``state.release``. Events of pods not yet bound change nothing: an
-  ASSUMED allocation belongs to a bind in flight, which confirms or forgets it.
+  annotation -> ``state.release``. Pods not yet bound change nothing (the pod watch
+  selects bound pods only): an ASSUMED allocation belongs to a bind in flight, which
+  confirms or forgets it.
 
 Watches (one thread per kind)::
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -112,6 +114,8 @@ class KubeBackend:
     ) -> None:
         if not kubeconfig and not in_cluster:
             raise ValueError("KubeBackend: give a kubeconfig or in_cluster=True")
+        if kubeconfig and not in_cluster and not os.path.isfile(kubeconfig):
+            raise ValueError(f"kubeconfig {kubeconfig}: no such file")  # the CLI's clean error, not a crash later
         self._kubeconfig = kubeconfig
         self._in_cluster = in_cluster
         self._sync_timeout = sync_timeout_s

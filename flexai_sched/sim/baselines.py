@@ -9,7 +9,8 @@ Re-derived from the paper's description (section 6.1), not from its simulator:
   of its free CPU and GPU shares (equal weights); on the node, the fullest card that fits.
 - GPU-packing: first a node where the task shares an already-occupied card, then a
   node already running GPU tasks (an idle card of an active node), then an idle node;
-  equal within a tier. On the node, occupied cards first.
+  equal within a tier; a task without GPUs has no tier (any node). On the node,
+  occupied cards first.
 
 They exist to check the harness against the published numbers, and stay available
 to the extender by name.
@@ -64,24 +65,15 @@ class GpuPacking:
     name = "gpupacking"
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
-        import os
-        if os.environ.get("GP_CARD") == "fullest":
-            return (0.0 if used.cores else 1.0) - used.cores / 1000
         return 0.0 if used.cores else 1.0
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        import os
         if before == after:
-            if os.environ.get("GP_CPU") == "active":
-                return 1.0 if any(b.cores for b in before) else 0.0
-            return 0.0  # a task without GPUs: no tier, any node
-        fine = 0.0
-        if os.environ.get("GP_NODE") == "fullest":
-            fine = sum(a.cores for a in after) / (1000 * len(after))
+            return 0.0  # a task without GPUs has no tier: any node
         shares_occupied = any(b.cores and a.cores > b.cores for b, a in zip(before, after, strict=True))
         if shares_occupied:
-            return 2.0 + fine
-        return (1.0 if any(b.cores for b in before) else 0.0) + fine
+            return 2.0
+        return 1.0 if any(b.cores for b in before) else 0.0
 
 
 def _gpu_free_share(cards: Sequence[Card], usage: Sequence[CardUsage]) -> float:

@@ -76,11 +76,6 @@ class Cluster:
         for n in trace.nodes:
             self.state.upsert_node(n.inventory())
         self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in trace.nodes]
-        # Nodes alike in everything but name share scores (see ``_exact``).
-        kinds: dict[tuple[object, ...], int] = {}
-        self._kind = [
-            kinds.setdefault((n.model, n.gpus, n.cpu_milli, n.memory_mib), len(kinds)) for n in trace.nodes
-        ]
         self.policy: Policy = policies.get(policy_name)
         if isinstance(self.policy, WorkloadAware):
             self.policy.use_workload(target_workload(trace))
@@ -92,6 +87,8 @@ class Cluster:
         self._rng = random.Random(seed)
         self._log: list[int] = []  # node index per change, read by the boards
         self._boards: dict[Any, Board] = {}
+        # Pod shapes -> small ints for the fit cache, as the extender interns them.
+        self._shape_ids: dict[tuple[object, ...], int] = {}
         self._uid = 0
 
     def request(self, pod: TracePod) -> PodRequest:
@@ -104,38 +101,40 @@ class Cluster:
         key: Any = (req.containers_shape(), req.selector)
         if self._host_keyed:
             key = (key, pod.cpu_milli, pod.memory_mib)
+        shape = self._shape_ids.setdefault(req.shape(), len(self._shape_ids))
         board = self._boards.get(key)
         if board is None:
             cpu, mem = (pod.cpu_milli, pod.memory_mib) if self._host_keyed else (0, 0)
-            board = self._boards[key] = Board(self._scorer(req, cpu, mem))
+            board = self._boards[key] = Board(self._scorer(req, shape, cpu, mem))
         board.refresh(self._log, len(self.names))
-        passes = lambda n: self._host_fits(n, pod)  # noqa: E731
+        hosts, cpu, mem = self.hosts, pod.cpu_milli, pod.memory_mib
+
+        def passes(n: int) -> bool:  # NodeResourcesFit
+            h = hosts[n]
+            return cpu <= h.cpu_milli - h.cpu_used and mem <= h.memory_mib - h.memory_used
+
         if self._bounded:
-            i = board.choose_bounded(self._exact(req, pod), passes, self._rng)
+            i = board.choose_bounded(self._exact(req, shape, pod), passes, self._rng)
         else:
             i = board.choose(passes, self._rng)
         if i is None:
             return False
         if req.wants_gpu:
-            self._bind(i, req)
+            self._bind(i, req, shape)
         self.hosts[i] = self.hosts[i].plus(pod.cpu_milli, pod.memory_mib)
         self._log.append(i)
         return True
 
-    def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
+    def fit(self, node: NodeState, req: PodRequest, shape: int) -> Placement | NoFit:
         # As Extender.fit: place() with the card policy, cached for one node version.
-        key = (req.shape(), self.policy.name)
+        key = shape
         hit: Placement | NoFit | None = node.fit_cache.get(key)
         if hit is None:
             hit = place(node.cards, node.usage, req, self.policy)
             node.fit_cache[key] = hit
         return hit
 
-    def _host_fits(self, i: int, pod: TracePod) -> bool:
-        h = self.hosts[i]
-        return pod.cpu_milli <= h.cpu_free and pod.memory_mib <= h.memory_free
-
-    def _scorer(self, req: PodRequest, cpu: int, mem: int) -> Callable[[int], float | None]:
+    def _scorer(self, req: PodRequest, shape: int, cpu: int, mem: int) -> Callable[[int], float | None]:
         """Node index -> the policy's score for this pod type (None: the cards do not fit)."""
         policy, names, hosts, state = self.policy, self.names, self.hosts, self.state
         gpu = req.wants_gpu
@@ -145,7 +144,7 @@ class Cluster:
             node = state.node(names[i])
             assert node is not None
             if gpu:
-                fit = self.fit(node, req)
+                fit = self.fit(node, req, shape)
                 if isinstance(fit, NoFit):
                     return None
                 after: Sequence[Any] = fit.usage_after
@@ -159,29 +158,21 @@ class Cluster:
 
         return score
 
-    def _exact(self, req: PodRequest, pod: TracePod) -> Callable[[int], float]:
-        """The score with the pod's own host request; alike nodes in alike states share it."""
-        scorer = self._scorer(req, pod.cpu_milli, pod.memory_mib)
-        seen: dict[tuple[object, ...], float] = {}
+    def _exact(self, req: PodRequest, shape: int, pod: TracePod) -> Callable[[int], float]:
+        """The score with the pod's own host request."""
+        scorer = self._scorer(req, shape, pod.cpu_milli, pod.memory_mib)
 
         def exact(i: int) -> float:
-            node = self.state.node(self.names[i])
-            assert node is not None
-            h = self.hosts[i]
-            key = (self._kind[i], node.usage, h.cpu_used, h.memory_used)
-            s = seen.get(key)
-            if s is None:
-                got = scorer(i)
-                assert got is not None  # on the board, so the cards fit
-                s = seen[key] = got
+            s = scorer(i)
+            assert s is not None  # on the board, so the cards fit
             return s
 
         return exact
 
-    def _bind(self, i: int, req: PodRequest) -> None:
+    def _bind(self, i: int, req: PodRequest, shape: int) -> None:
         node = self.state.node(self.names[i])
         assert node is not None
-        fit = self.fit(node, req)
+        fit = self.fit(node, req, shape)
         assert isinstance(fit, Placement)
         alloc = Allocation.build(req.namespace, req.name, req.uid, node.name, fit.slices)
         version = node.version

@@ -88,13 +88,12 @@ class Rendered:
 
     def container(self, kind: str, name: str, init: bool = False) -> Obj:
         spec = self.one(kind)["spec"]["template"]["spec"]
-        found = [c for c in spec["initContainers" if init else "containers"] if c["name"] == name]
+        found: list[Obj] = [c for c in spec["initContainers" if init else "containers"] if c["name"] == name]
         assert len(found) == 1, f"{kind} container {name}"
         return found[0]
 
     def service_account(self, component: str) -> str:
-        name: str = self.one("ServiceAccount", f"-{component}")["metadata"]["name"]
-        return name
+        return str(self.one("ServiceAccount", f"-{component}")["metadata"]["name"])
 
     def rbac(self) -> list[Obj]:
         """ServiceAccounts, Roles and bindings: what the RBAC test creates for real."""

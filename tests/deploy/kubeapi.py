@@ -22,7 +22,7 @@ class Objects:
     """Create rendered manifests through the dynamic client (any kind, by apiVersion)."""
 
     def __init__(self, api: k8s.ApiClient) -> None:
-        self._dyn = dynamic.DynamicClient(api)
+        self._dyn = dynamic.DynamicClient(api)  # type: ignore[no-untyped-call]
 
     def _resource(self, obj: Obj) -> Any:
         return self._dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -69,8 +69,8 @@ def mint_token(core: k8s.CoreV1Api, namespace: str, account: str,
     req = k8s.AuthenticationV1TokenRequest(
         spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600, bound_object_ref=ref))
     resp = core.create_namespaced_service_account_token(account, namespace, req)
-    token: str = resp.status.token
-    return token
+    assert resp.status is not None and resp.status.token
+    return str(resp.status.token)
 
 
 def token_kubeconfig(plane: ControlPlane, token: str, path: Path) -> Path:
@@ -96,6 +96,15 @@ def client_for(plane: ControlPlane, token: str) -> k8s.ApiClient:
     cfg.api_key = {"authorization": token}
     cfg.api_key_prefix = {"authorization": "Bearer"}
     return k8s.ApiClient(cfg)
+
+
+def close(api: k8s.ApiClient) -> None:
+    api.close()  # type: ignore[no-untyped-call]  # the client's own method is untyped
+
+
+def name_of(obj: k8s.V1Pod) -> str:
+    assert obj.metadata is not None and obj.metadata.name is not None
+    return str(obj.metadata.name)
 
 
 def status_of(call: Any) -> int:

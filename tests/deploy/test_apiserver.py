@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.e2e.controlplane import ControlPlane
 
 from .chart import TLS_VALUES, Helm
-from .kubeapi import Objects, ensure_namespace
+from .kubeapi import Objects, close, ensure_namespace
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def objects(control_plane: ControlPlane) -> Iterator[Objects]:
     api = control_plane.api_client()
     ensure_namespace(k8s.CoreV1Api(api), NAMESPACE)  # dry runs still need the namespace to exist
     yield Objects(api)
-    api.close()
+    close(api)
 
 
 @pytest.mark.parametrize("values", [{}, TLS_VALUES], ids=["defaults", "tls"])

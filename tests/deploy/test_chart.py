@@ -140,4 +140,6 @@ def test_every_container_has_requests_and_probes(helm: Helm) -> None:
             assert c["resources"]["requests"], f"{kind}/{c['name']}: no requests"
             assert "livenessProbe" in c and "readinessProbe" in c, f"{kind}/{c['name']}: no probes"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
-            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            # the agent's root stays writable for the NVIDIA runtime hook's ld.so.cache
+            assert c["securityContext"]["readOnlyRootFilesystem"] is (c["name"] != "agent")
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]

@@ -15,7 +15,7 @@ from tests.e2e.controlplane import ControlPlane, wait_until
 
 from .chart import TLS_VALUES, Helm
 from .conftest import Procs
-from .kubeapi import ensure_namespace
+from .kubeapi import close, ensure_namespace
 from .scheduler import healthy, start_kube_scheduler, with_kubeconfig
 
 pytestmark = pytest.mark.e2e
@@ -24,9 +24,10 @@ NAMESPACE = "flexai-ks"
 
 
 def _holder(coord: k8s.CoordinationV1Api, name: str) -> str | None:
-    leases = {item.metadata.name: item for item in coord.list_namespaced_lease(NAMESPACE).items}
-    lease = leases.get(name)
-    return lease.spec.holder_identity if lease is not None and lease.spec is not None else None
+    for lease in coord.list_namespaced_lease(NAMESPACE).items:
+        if lease.metadata is not None and lease.metadata.name == name and lease.spec is not None:
+            return str(lease.spec.holder_identity) if lease.spec.holder_identity else None
+    return None
 
 
 @pytest.mark.parametrize("values", [{}, TLS_VALUES], ids=["defaults", "tls"])
@@ -50,10 +51,11 @@ def test_real_kube_scheduler_runs_the_rendered_config(helm: Helm, control_plane:
         lease = cfg["leaderElection"]["resourceName"]
         holder = wait_until(lambda: _holder(k8s.CoordinationV1Api(api), lease), 60, f"lease {lease}")
         assert holder
-        assert healthy(port, "/readyz")
+        # the paths the Deployment's probes use
+        assert healthy(port, "/readyz") and healthy(port, "/livez")
     finally:
         procs.stop()
-        api.close()
+        close(api)
 
 
 def _unknown_field(cfg: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ Who runs as whom (tokens from the TokenRequest API, kubeconfigs without certific
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from tests.e2e.controlplane import LOOPBACK, ControlPlane, free_port, http_ok, m
 
 from .chart import Helm, Rendered
 from .conftest import Procs
-from .kubeapi import Objects, client_for, ensure_namespace, mint_token, status_of, token_kubeconfig
+from .kubeapi import Objects, client_for, close, ensure_namespace, mint_token, name_of, status_of, token_kubeconfig
 from .scheduler import healthy, start_kube_scheduler, with_kubeconfig
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +104,7 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
         yield Cluster(control_plane, rendered, port, work, tokens)
     finally:
         for pod in core.list_namespaced_pod(NS).items:
-            core.delete_namespaced_pod(pod.metadata.name, NS, grace_period_seconds=0)
+            core.delete_namespaced_pod(name_of(pod), NS, grace_period_seconds=0)
         for name in (NODE, OTHER_NODE):
             try:
                 core.delete_node(name)
@@ -111,12 +112,15 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
                 if e.status != 404:
                     raise
         objects.delete_all(created)
-        api.close()
+        close(api)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _inventory(core: k8s.CoreV1Api, node: str) -> dict[str, Any] | None:
-    text = (core.read_node(node).metadata.annotations or {}).get(ann.NODE_INVENTORY)
-    return json.loads(text) if text else None
+    meta = core.read_node(node).metadata
+    text = ((meta.annotations if meta else None) or {}).get(ann.NODE_INVENTORY)
+    doc: dict[str, Any] | None = json.loads(text) if text else None
+    return doc
 
 
 def _forbidden_lines(*logs: str) -> list[str]:
@@ -164,13 +168,14 @@ def test_real_components_schedule_a_vgpu_pod_under_the_charts_accounts(cluster: 
 
         # 4. A vGPU pod asking for the chart's scheduler: bound by the extender, with its allocation.
         pod = _fake_pod("vgpu-pod", scheduler_name=cfg["profiles"][0]["schedulerName"])
+        assert pod.spec is not None
         pod.spec.containers[0].resources = k8s.V1ResourceRequirements(
             limits={res.VGPU_NUMBER: "1", res.VGPU_CORES: "30", res.VGPU_MEMORY: "10"})
         admin.create_namespaced_pod(NS, pod)
 
         def bound() -> k8s.V1Pod | None:
-            p = admin.read_namespaced_pod("vgpu-pod", NS)
-            return p if p.spec.node_name else None
+            p: k8s.V1Pod = admin.read_namespaced_pod("vgpu-pod", NS)
+            return p if p.spec is not None and p.spec.node_name else None
         placed = wait_until(bound, 90, "vgpu-pod bound")
         assert placed.spec.node_name == NODE
         alloc = ann.decode_allocation(NS, "vgpu-pod", placed.metadata.uid,
@@ -246,7 +251,7 @@ def test_what_each_account_may_do(cluster: Cluster, who: str, call: str, status:
     try:
         assert status_of(lambda: CALLS[call](k8s.CoreV1Api(api))) == status
     finally:
-        api.close()
+        close(api)
 
 
 def _agent_patch(cluster: Cluster, token: str, node: str, meta: dict[str, Any],
@@ -255,7 +260,7 @@ def _agent_patch(cluster: Cluster, token: str, node: str, meta: dict[str, Any],
     try:
         return status_of(lambda: _patch_node(node, meta, spec)(k8s.CoreV1Api(api)))
     finally:
-        api.close()
+        close(api)
 
 
 def test_agent_writes_only_its_own_nodes_vgpu_annotations(cluster: Cluster) -> None:

@@ -16,7 +16,7 @@ from flexai_sched.requests import parse_pod
 from tests.e2e.controlplane import ControlPlane
 
 from .chart import CHART
-from .kubeapi import Objects, ensure_namespace
+from .kubeapi import Objects, close, ensure_namespace
 
 pytestmark = pytest.mark.e2e
 
@@ -45,4 +45,4 @@ def test_readme_example_is_accepted_and_asks_for_a_vgpu(control_plane: ControlPl
         for doc in (deployment, service):
             objects.create(doc, dry_run=True)
     finally:
-        api.close()
+        close(api)

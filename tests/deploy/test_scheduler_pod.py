@@ -22,7 +22,7 @@ from tests.e2e.helpers_kube import cards, gpu_node, pod_body, vgpu_limits
 
 from .chart import Helm
 from .conftest import Procs
-from .kubeapi import ensure_namespace
+from .kubeapi import ensure_namespace, name_of
 from .scheduler import healthy, start_kube_scheduler, with_kubeconfig
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ def gpu_node_ready(control_plane: ControlPlane) -> Iterator[k8s.CoreV1Api]:
     gpu_node(core, NODE, cards(2))
     yield core
     for pod in core.list_namespaced_pod(NS).items:
-        core.delete_namespaced_pod(pod.metadata.name, NS, grace_period_seconds=0)
+        core.delete_namespaced_pod(name_of(pod), NS, grace_period_seconds=0)
     core.delete_node(NODE)
     core.api_client.close()
 
@@ -90,8 +90,10 @@ def test_scheduler_pod_schedules_through_its_extender(helm: Helm, control_plane:
     name = f"vgpu-{'https' if tls else 'http'}"
     core.create_namespaced_pod(NS, pod_body(name, {"main": vgpu_limits(1, 50, 8)},
                                             scheduler=cfg["profiles"][0]["schedulerName"]))
-    pod = wait_until(lambda: (p := core.read_namespaced_pod(name, NS)).spec.node_name and p, 90,
-                     f"{name} bound")
+    def bound() -> k8s.V1Pod | None:
+        p: k8s.V1Pod = core.read_namespaced_pod(name, NS)
+        return p if p.spec is not None and p.spec.node_name else None
+    pod = wait_until(bound, 90, f"{name} bound")
     assert pod.spec.node_name == NODE
     assert ann.POD_ALLOCATION in pod.metadata.annotations  # bound by the extender, not the default binder
 

@@ -57,6 +57,8 @@
 #define MAX_OUTSTANDING 8    /* unfinished markers allowed before the launcher waits (~4 ms) */
 #define MARKER_NS 500000ull  /* aim: one marker per 0.5 ms of GPU work */
 #define MAX_MARKER_EVERY 4096
+#define MAX_QUEUED_NS 4000000ull /* at most ~4 ms of GPU work queued by a limited process */
+#define CLOCK_ELASTICITY_PCT 70  /* see book(): measured on an H200, bf16 matmul */
 /* Integral gain 1/2: the error of window k is known only after window k+1
  * opened, and with that one period of delay a gain of 1 would oscillate
  * (poles on the unit circle); 1/2 settles in a few periods. */
@@ -74,6 +76,7 @@ struct pace {
     _Atomic uint64_t seen_gate;     /* gate value whose window START was recorded */
     _Atomic uint32_t since_marker;  /* launches since the last marker */
     _Atomic uint32_t marker_every;  /* N */
+    _Atomic uint32_t poke;          /* a marker was just recorded: check for idleness */
     /* --- pacer <-> launchers --------------------------------------------- */
     _Atomic int64_t lead_ns;        /* integral term: window = target - lead */
     _Atomic uint64_t next_open_ns;  /* wall-clock time the gate opens next */
@@ -85,14 +88,17 @@ struct pace {
     pthread_mutex_t lock;
     int events_ok;                  /* event pool created in this context */
     CUevent pool[RING];
-    CUevent start_ev;
+    CUevent seg_ev;                 /* where the current busy segment began */
     struct marker ring[RING];
     int head, count;                /* outstanding markers, oldest at head */
     CUevent last_done;              /* most recent retired marker (for N) */
     uint32_t pending_launches;      /* launches since the last recorded marker */
-    int in_window;                  /* a START was recorded for seen_gate */
+    int in_window;                  /* a segment is open (since a START) */
     int have_end;                   /* the END of that window was recorded */
-    uint64_t busy_ns;               /* elapsed(START, newest retired marker) */
+    uint64_t seg_ns;                /* elapsed(seg_ev, newest retired marker) */
+    uint64_t closed_ns;             /* busy of the earlier segments since START */
+    uint64_t booked_ns;             /* part of closed_ns + seg_ns already booked */
+    uint64_t per_marker_ns;         /* GPU time between markers, smoothed */
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
     uint64_t windows, markers, timeouts, busy_max;
     _Atomic uint64_t skipped, idle;
@@ -365,7 +371,7 @@ static int ensure_events(struct pace *p)
     for (int i = 0; i < RING; i++)
         if (d->event_create(&p->pool[i], CU_EVENT_DEFAULT) != CUDA_SUCCESS)
             return 0;
-    if (d->event_create(&p->start_ev, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+    if (d->event_create(&p->seg_ev, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
         return 0;
     p->events_ok = 1;
     return 1;
@@ -410,19 +416,34 @@ static void retire(struct pace *p, int block)
         } else if (flexai_driver()->event_query(m->ev) != CUDA_SUCCESS) {
             break;
         }
-        if (p->in_window) {
-            uint64_t b = elapsed_ns(p->start_ev, m->ev);
-            if (b > p->busy_ns)
-                p->busy_ns = b;
+        if (p->in_window) { /* markers older than seg_ev give 0 */
+            uint64_t b = elapsed_ns(p->seg_ev, m->ev);
+            if (b > p->seg_ns)
+                p->seg_ns = b;
         }
         if (p->last_done != NULL && m->launches > 0) {
-            uint64_t per = elapsed_ns(p->last_done, m->ev) / m->launches;
+            uint64_t gap = elapsed_ns(p->last_done, m->ev);
+            p->per_marker_ns = (3 * p->per_marker_ns + gap) / 4;
+            uint64_t per = gap / m->launches;
             uint64_t n = per > 0 ? MARKER_NS / per : MAX_MARKER_EVERY;
             atomic_store(&p->marker_every, (uint32_t)(n < 1 ? 1 : n > MAX_MARKER_EVERY ? MAX_MARKER_EVERY : n));
         }
         p->last_done = m->ev;
         p->head = (p->head + 1) % RING;
         p->count--;
+    }
+}
+
+/* Start a new busy segment here, before the launch about to happen. Called
+ * only when everything we queued has completed, i.e. the GPU is idle (for
+ * us) now: the idle time since must not count as busy. */
+static void new_segment(struct pace *p, CUstream s, int flags)
+{
+    if (record(p->seg_ev, s, flags)) {
+        p->closed_ns += p->seg_ns;
+        p->seg_ns = 0;
+        p->last_done = NULL;
+        p->pending_launches = 0;
     }
 }
 
@@ -447,9 +468,11 @@ static void add_marker(struct pace *p, CUstream s, int flags)
     p->markers++;
     p->pending_launches = 0;
     p->count++;
-    /* Up to ~half a window of work queued (2..MAX_OUTSTANDING markers): a
-     * short window must not be overrun by its own queue. */
-    uint64_t max_out = p->target_ns / (2 * MARKER_NS);
+    /* At most ~4 ms of work queued (and at most half a window): enough for
+     * the CPU to run ahead, little to spill past a window's close. */
+    uint64_t per = p->per_marker_ns ? p->per_marker_ns : MARKER_NS;
+    uint64_t budget = p->target_ns / 2 < MAX_QUEUED_NS ? p->target_ns / 2 : MAX_QUEUED_NS;
+    uint64_t max_out = budget / per;
     max_out = max_out < 2 ? 2 : max_out > MAX_OUTSTANDING ? MAX_OUTSTANDING : max_out;
     while ((uint64_t)p->count > max_out) {
         int before = p->count;
@@ -459,39 +482,46 @@ static void add_marker(struct pace *p, CUstream s, int flags)
     }
 }
 
-/* The window that START began is over: book what it delivered. After an END
- * (the program hit the closed gate) the GPU drains during the gap, so waiting
- * for the last markers costs nothing and makes the figure exact. From one
- * open window straight into the next there was no gap: take what is done and
- * do not stall the queue (work still queued is left uncounted: a little
- * credit, never a stall). */
-static void finish_window(struct pace *p, int slot)
+/* Book the busy time measured since the last booking to this period: usage
+ * for gpu-monitor, and the integral controller (over the target shortens the
+ * next windows, under it lengthens them, up to one window of credit). */
+static void book(struct pace *p, int slot)
 {
-    if (!p->in_window)
-        return;
-    while (p->have_end && p->count > 0) {
-        int before = p->count;
-        retire(p, 1);
-        if (p->count == before)
-            break;
-    }
-    retire(p, 0);
-    uint64_t busy = p->busy_ns;
+    uint64_t total = p->closed_ns + p->seg_ns;
+    uint64_t busy = total > p->booked_ns ? total - p->booked_ns : 0;
+    p->booked_ns = total;
     uint32_t clock = atomic_load(&p->clock_mhz);
-    if (p->ref_clock_mhz != 0 && clock != 0) /* work done at a boosted clock counts for more */
-        busy = busy * clock / p->ref_clock_mhz;
+    if (p->ref_clock_mhz != 0 && clock != 0) {
+        /* Work done at a boosted clock counts for more: CLOCK_ELASTICITY of
+         * the clock gain shows up as matmul throughput on an H200. */
+        int64_t gain = (int64_t)CLOCK_ELASTICITY_PCT * ((int64_t)clock - p->ref_clock_mhz) / p->ref_clock_mhz;
+        busy = busy * (uint64_t)(100 + (gain < -50 ? -50 : gain)) / 100;
+    }
     flexai_region_add_busy(slot, busy);
     p->windows++;
     if (busy > p->busy_max)
         p->busy_max = busy;
     trace(p, 'F', busy);
-    /* Integral control on every window: over the target shortens the next
-     * ones, under it (a program that did not use its window) lengthens them,
-     * up to one window of credit. */
     steer(p, ((int64_t)busy - (int64_t)p->target_ns) / GAIN_DIV);
+}
+
+/* The program hit the closed gate (END) and is now past it: the GPU drained
+ * during the gap, so waiting for the last markers costs nothing and makes the
+ * window's figure exact. */
+static void finish_window(struct pace *p, int slot)
+{
+    if (!p->in_window)
+        return;
+    while (p->count > 0) {
+        int before = p->count;
+        retire(p, 1);
+        if (p->count == before)
+            break;
+    }
+    book(p, slot);
     p->in_window = 0;
     p->have_end = 0;
-    p->busy_ns = 0;
+    p->seg_ns = p->closed_ns = p->booked_ns = 0;
 }
 
 static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
@@ -522,14 +552,42 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
             pthread_mutex_lock(&p->lock);
             continue;
         }
-        finish_window(p, slot);
-        if (ensure_events(p) && record(p->start_ev, s, flags)) {
-            p->in_window = 1;
-            p->last_done = NULL;
-            trace(p, 'S', g >> 1);
+        if (p->in_window && !p->have_end) {
+            /* Open straight into open: the segment goes on (nothing drained,
+             * nothing to wait for); book what completed in the last period. */
+            retire(p, 0);
+            book(p, slot);
+            if (p->count == 0 && atomic_load(&p->since_marker) == 0)
+                new_segment(p, s, flags); /* idle since: restart at this launch */
+        } else {
+            finish_window(p, slot);
+            if (ensure_events(p) && record(p->seg_ev, s, flags)) {
+                p->in_window = 1;
+                p->last_done = NULL;
+                trace(p, 'S', g >> 1);
+            }
         }
         atomic_store(&p->seen_gate, g);
         break;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* First launch after a marker: if that marker (the newest thing we queued)
+ * already completed, the GPU ran dry before this launch; the busy segment
+ * ends there and a new one starts here, so the idle gap is not counted. A
+ * program that keeps its queue full never gets here with the marker done. */
+static void idle_check(struct pace *p, CUstream s, int flags)
+{
+    pthread_mutex_lock(&p->lock);
+    if (atomic_exchange(&p->poke, 0) && p->in_window && p->count > 0 &&
+        atomic_load(&p->since_marker) == 0 && !capturing(s, flags)) {
+        struct marker *newest = &p->ring[(p->head + p->count - 1) % RING];
+        if (flexai_driver()->event_query(newest->ev) == CUDA_SUCCESS) {
+            retire(p, 0);
+            if (p->count == 0)
+                new_segment(p, s, flags);
+        }
     }
     pthread_mutex_unlock(&p->lock);
 }
@@ -554,6 +612,8 @@ void flexai_compute_before_launch(CUstream stream, int flags)
     struct pace *p = pace_for_launch(&slot);
     if (p == NULL)
         return;
+    if (FLEXAI_UNLIKELY(atomic_load_explicit(&p->poke, memory_order_relaxed)))
+        idle_check(p, stream, flags);
     uint64_t g = atomic_load_explicit(&p->gate, memory_order_acquire);
     if (FLEXAI_UNLIKELY(g != atomic_load_explicit(&p->seen_gate, memory_order_relaxed)))
         gate_slow(p, slot, stream, flags);
@@ -576,6 +636,7 @@ void flexai_compute_after_launch(CUstream stream, int flags)
     if (!capturing(stream, flags)) {
         p->pending_launches += launches;
         add_marker(p, stream, flags);
+        atomic_store(&p->poke, 1); /* at the next launch: did the GPU run dry meanwhile? */
     }
     pthread_mutex_unlock(&p->lock);
 }

@@ -1,0 +1,119 @@
+"""The policies' arithmetic, worked out by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flexai_sched.fragmentation import (
+    Fgd,
+    Fragmentation,
+    Host,
+    HostAware,
+    TaskClass,
+    Workload,
+    WorkloadAware,
+    node_fragmentation,
+)
+from flexai_sched.model import Card, CardUsage
+
+CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
+
+
+def used(*cores: int) -> tuple[CardUsage, ...]:
+    return tuple(CardUsage(c, c * 100, 1 if c else 0) for c in cores)
+
+
+# Workload: half the tasks take 50% of a card, half a whole card; 8 / 12 cores.
+HALF_WHOLE = Workload.of([TaskClass(1, 50, 1.0, cpu_milli=8000), TaskClass(1, 100, 1.0, cpu_milli=12000)])
+
+
+@pytest.mark.parametrize(
+    ("usage", "host", "expected"),
+    [
+        # Empty node: both classes fit, nothing is a fragment.
+        ((0, 0), None, 0.0),
+        # One card 70% used: 30 free < 50 (half) and not whole (whole): 0.5*30 + 0.5*30.
+        ((70, 0), None, 30.0),
+        # One card 30% used: 70 >= 50 fits the half class; not whole for the whole class: 0.5*70.
+        ((30, 0), None, 35.0),
+        # Both cards 70% used: the half class cannot run (all 60 free), nor the whole one.
+        ((70, 70), None, 60.0),
+        # Empty node, 10 cores free: the whole class (12 cores) cannot run: 0.5 * 200.
+        ((0, 0), Host(10000, 1 << 20), 100.0),
+        # Empty node, 7 cores free: neither class runs: all 200 free is fragment.
+        ((0, 0), Host(7000, 1 << 20), 200.0),
+    ],
+    ids=["empty", "small-hole", "big-hole", "no-room", "cpu-short-whole", "cpu-short-all"],
+)
+def test_node_fragmentation(usage: tuple[int, int], host: Host | None, expected: float) -> None:
+    assert node_fragmentation(CARDS, used(*usage), HALF_WHOLE, host) == pytest.approx(expected)
+
+
+def test_fgd_prefers_the_placement_that_fragments_least() -> None:
+    fgd = Fgd(HALF_WHOLE)
+    # A half task on an empty node: card 0 -> 50 used. F before 0, after 0.5*50 (not whole) = 25.
+    assert fgd.node_score(CARDS, used(0, 0), used(50, 0)) == pytest.approx(-25.0)
+    # On a node with a 50%-used card, completing it: F before 25, after 0: growth -25.
+    assert fgd.node_score(CARDS, used(50, 0), used(100, 0)) == pytest.approx(25.0)
+    # Card level: filling the half-used card costs less than opening an empty one.
+    card = CARDS[0]
+    assert fgd.card_cost(card, CardUsage(50, 0, 1), 50, 0) < fgd.card_cost(card, CardUsage(), 50, 0)
+
+
+def test_fast_measure_equals_the_definition() -> None:
+    # Fgd's fast evaluation (prefix sums over classes by CPU) against node_fragmentation.
+    rng = random.Random(7)
+    classes = [TaskClass(rng.choice([1, 1, 2]), rng.choice([20, 35, 50, 100]), rng.random(), cpu_milli=rng.randrange(0, 20000, 1000)) for _ in range(12)]
+    w = Workload.of(c if c.cores == 100 or c.vgpus == 1 else TaskClass(1, c.cores, c.weight, c.cpu_milli) for c in classes)
+    fgd = Fgd(w)
+    cards = tuple(Card(i, f"u{i}", "G2", 32768, 100) for i in range(4))
+    for _ in range(200):
+        before = used(*(rng.choice([0, 0, 30, 50, 65, 100]) for _ in cards))
+        after = used(*(min(100, b.cores + rng.choice([0, 20, 50])) for b in before))
+        host = Host(40000, 1 << 20, rng.randrange(0, 40000, 500))
+        cpu = rng.randrange(0, 8000, 500)
+        want = node_fragmentation(cards, before, w, host) - node_fragmentation(cards, after, w, host.plus(cpu, 0))
+        assert fgd.host_node_score(cards, before, after, host, cpu, 0) == pytest.approx(want)
+
+
+def test_fragmentation_counts_gpus_a_short_host_strands() -> None:
+    ours = Fragmentation(HALF_WHOLE)
+    # r = CPU per percent of GPU = (0.5*8000 + 0.5*12000) / (0.5*50 + 0.5*100) = 133.3 milli.
+    # A CPU-only task of 16 cores on an empty 2-card node with 24 cores: FGD's classes
+    # still fit the 8 cores left (the half class), but 8 cores feed only 60% of GPU:
+    # stranded before max(0, 200 - 24000/133.3) = 20, after 200 - 60 = 140.
+    host = Host(24000, 1 << 20)
+    stranded_growth = 2.0 * (140 - 20)  # STRAND = 2
+    # FGD part (weights by GPU demand: half 1/3, whole 2/3): before 0; after the whole
+    # class cannot run (8 < 12 cores): 2/3 * 200.
+    fgd_growth = 2 / 3 * 200
+    tie = Fragmentation.TIE * 200
+    score = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 16000, 0)
+    assert score == pytest.approx(-(stranded_growth + fgd_growth) - tie)
+    # The same task on a node whose cards are all taken costs nothing.
+    assert ours.host_node_score(CARDS, used(100, 100), used(100, 100), host, 16000, 0) == 0.0
+
+
+def test_fragmentation_best_fit_breaks_ties() -> None:
+    ours = Fragmentation(HALF_WHOLE)
+    # A whole card on an empty node or on a node with one whole card left: same growth
+    # (0: whole cards stay whole), but the fuller node keeps less free: it wins.
+    emptier = ours.node_score(CARDS, used(0, 0), used(100, 0))
+    fuller = ours.node_score(CARDS, used(100, 0), used(100, 100))
+    assert fuller > emptier
+    assert fuller - emptier == pytest.approx(Fragmentation.TIE * 100)
+
+
+def test_policies_declare_their_abilities() -> None:
+    for policy in (Fgd(), Fragmentation()):
+        assert isinstance(policy, WorkloadAware) and isinstance(policy, HostAware)
+        assert policy.request_lowers_score
+
+
+def test_workload_weights() -> None:
+    w = HALF_WHOLE.by_gpu_demand()
+    weights = {(c.vgpus, c.cores): round(c.weight, 6) for c in w.classes}
+    # count x GPU demand: 1 x 50 and 1 x 100 -> 1/3 and 2/3.
+    assert weights == {(1, 50): round(1 / 3, 6), (1, 100): round(2 / 3, 6)}
