@@ -30,13 +30,20 @@ def _holder(coord: k8s.CoordinationV1Api, name: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("values", [{}, TLS_VALUES], ids=["defaults", "tls"])
+GPU_MODELS = {"policy": {"gpuModels": ["NVIDIA-H200", "A100"]}}
+
+
+@pytest.mark.parametrize("values", [{}, TLS_VALUES, GPU_MODELS], ids=["defaults", "tls", "gpu-models"])
 def test_real_kube_scheduler_runs_the_rendered_config(helm: Helm, control_plane: ControlPlane,
                                                       procs: Procs, bin_dir: Any,
                                                       values: dict[str, object]) -> None:
     rendered = helm.template(values, namespace=NAMESPACE, release="ks")
     cfg = rendered.scheduler_config
-    if values:
+    if values is GPU_MODELS:
+        fit = cfg["profiles"][0]["pluginConfig"][0]
+        assert fit["name"] == "NodeResourcesFit"
+        assert fit["args"]["ignoredResources"] == ["huawei.com/vgpu-type.NVIDIA-H200", "huawei.com/vgpu-type.A100"]
+    if values is TLS_VALUES:
         # The CA file the TLS block names must exist for kube-scheduler to build its client.
         ca = procs.log_dir / "ca.crt"
         assert control_plane.pki is not None
