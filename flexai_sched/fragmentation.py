@@ -302,7 +302,8 @@ class _Measure:
     by (summary, free CPU), summaries being one object per content.
     """
 
-    USABLE = 0
+    R_SCALE = 1.0
+    TIE_CPU = 0.0
 
     def __init__(self, workload: Workload, strand: float, tie: float, cpu_per_pct: float = 0.0) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
@@ -347,7 +348,10 @@ class _Measure:
         sum_a = self._summary(cards, after)
         cpu_b = None if host is None else host.cpu_free
         cpu_a = None if host is None else host.cpu_free - pod_cpu
-        return self._phi(sum_b, cpu_b) - self._phi(sum_a, cpu_a) - self.tie * sum_a[0]
+        left = sum_a[0]
+        if self.TIE_CPU and cpu_a is not None and self.cpu_per_pct:
+            left += self.TIE_CPU * max(0, cpu_a) / self.cpu_per_pct
+        return self._phi(sum_b, cpu_b) - self._phi(sum_a, cpu_a) - self.tie * left
 
     def _phi(self, summary: Summary, cpu_free: int | None) -> float:
         key = (id(summary), cpu_free)
@@ -363,16 +367,13 @@ class _Measure:
         if total == 0:
             return 0.0
         usable = 0.0
-        by_cards = 0.0  # what the cards alone would let the workload use
         for g, (fits, keeps) in enumerate(shapes):
             if fits:
                 prefix = self.prefix[g]
-                by_cards += keeps * prefix[-1]
                 usable += keeps * (prefix[-1] if cpu_free is None else prefix[bisect_right(self.cpus[g], cpu_free)])
         phi = total - usable
         if cpu_free is not None and self.strand and self.cpu_per_pct:
-            base = by_cards if self.USABLE else total
-            phi += self.strand * max(0.0, base - max(0, cpu_free) / self.cpu_per_pct)
+            phi += self.strand * max(0.0, total - max(0, cpu_free) / (self.cpu_per_pct * self.R_SCALE))
         return phi
 
     def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
