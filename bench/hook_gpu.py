@@ -137,7 +137,7 @@ def save(out: Path) -> None:
 
 def phase_memory() -> None:
     limit = 16 * GiB
-    res = {}
+    res: dict[str, Any] = {}
     for mode, env in [("default", {}), ("expandable_segments", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
                       ("cudaMallocAsync", {"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"})]:
         res[mode] = child("fill", conf=config(f"mem-{mode}", memory_bytes=limit), env=env)
@@ -195,7 +195,7 @@ def run_pair(name: str, ref: int) -> dict[str, Any]:
         outs.append(out)
     mon_out = [m.communicate(timeout=60)[0] for m in mons]
     sampler.stop.set()
-    a, b = outs[0].get("tflops", 0), outs[1].get("tflops", 0)
+    a, b = float(outs[0].get("tflops", 0)), float(outs[1].get("tflops", 0))
     traces = {}
     for x in ("a", "b"):
         f = TMP / f"{name}-{x}.trace"

@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +33,8 @@ def wait_until(t: float | None) -> None:
             time.sleep(0.001)
 
 
-def timed_loop(step, seconds: float, per_step_flop: float, start_at: float | None) -> dict[str, float]:
+def timed_loop(step: Callable[[], object], seconds: float, per_step_flop: float,
+               start_at: float | None) -> dict[str, object]:
     for _ in range(10):  # warm-up: kernels chosen, clocks up, hook's first windows settled
         step()
     torch.cuda.synchronize()

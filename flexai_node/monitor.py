@@ -104,7 +104,7 @@ def _region_from_config(path: str) -> str:
 def _nvml_utilisation(uuids: Sequence[str]) -> dict[str, float]:
     """Card utilisation per UUID from NVML; empty when NVML is absent (the one place its errors end)."""
     try:
-        import pynvml  # type: ignore[import-untyped]
+        import pynvml
 
         pynvml.nvmlInit()
     except Exception:

@@ -53,6 +53,7 @@ def main() -> None:
         fn = ctypes.c_void_p()
         status = ctypes.c_int()
         check(cuda.cuGetProcAddress_v2(b"cuMemAlloc", ctypes.byref(fn), 13000, ctypes.c_uint64(0), ctypes.byref(status)), "gpa")
+        assert fn.value is not None
         alloc = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)(fn.value)
         first = alloc(ctypes.byref(ptr), mib * MiB)
         second = alloc(ctypes.byref(ptr), mib * MiB)

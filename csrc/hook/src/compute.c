@@ -9,37 +9,48 @@
  * container take turns instead of time-slicing, and each gets exactly its
  * window whether it is alone on the card or not.
  *
- * What a window delivers is MEASURED, not guessed from NVML samples: the
- * launching thread records CUDA events ("markers") into its own stream: START
- * before the first launch of a window, END before it first blocks on a closed
- * gate, and every N launches in between. elapsed(START, END) is the GPU time
- * the window really used, including work that ran past the close. The error
- * against the target c%*P feeds an integral controller ("lead") that shortens
- * or lengthens the next window, so the delivered total over any run is the
- * target times the number of periods, plus at most one period's spill. An
- * overspend larger than a window (one huge kernel or graph) makes whole
- * windows stay shut until it is repaid. Unused windows are credit (capped at
- * one window): a program that stays under its share is rarely held at all,
- * while two greedy ones have no credit and take turns exactly.
+ * What a window delivers is MEASURED, not guessed from NVML samples. The
+ * launching thread records CUDA events into its own stream: START before the
+ * first launch of a window, a marker every N launches (N adapted so markers
+ * are ~0.5 ms of GPU work apart), and END before it first blocks on a closed
+ * gate. Busy time is elapsed(segment start, newest completed marker), summed
+ * over "segments": a segment ends when the stream is found idle (cuStreamQuery,
+ * checked once after each marker and at each new period, never per launch),
+ * so the program's own idle gaps never count as busy. After an END the GPU
+ * drains during the closed part anyway, so the window's figure is exact,
+ * including work that ran past the close.
  *
- * Queued work is bounded: at most MAX_OUTSTANDING markers (~0.5 ms of GPU work
- * each, N adapted from the measured time per launch) may be unfinished, so a
- * throttled process cannot queue seconds of work while its window is open,
- * yet the CPU may still run a few ms ahead of the GPU as frameworks expect.
+ * The error against the target (c% of P) feeds an integral controller
+ * ("lead") that shortens or lengthens the next windows, so the total
+ * delivered over any run is the target times the number of periods, give or
+ * take one period's spill. An overspend larger than a window (one huge kernel
+ * or graph) keeps whole windows shut until repaid. Unused time is credit,
+ * capped at one window: a program under its share is rarely held at all,
+ * while two greedy ones have no credit and take turns exactly. No booking
+ * may exceed the wall time since the last one (a guard, not the mechanism).
+ *
+ * Queued work is bounded (at most ~4 ms, and half a window, of markers may be
+ * unfinished), so a throttled process cannot queue seconds of work while its
+ * window is open, yet the CPU may still run ahead of the GPU as frameworks
+ * expect.
  *
  * Optional clock normalisation: a power-capped card runs faster when it idles
  * part of the time, so a c% time share yields more than c% of the full-load
- * throughput. With `ref_clock_mhz` (the SM clock the card sustains at full
- * load) in the config, the pacer reads the SM clock through NVML once per
- * window (never on the launch path) and busy time is scaled by clock/ref.
+ * throughput (measured on an H200: 30% of the time gave 35% of the work).
+ * With `ref_clock_mhz` (the SM clock the card sustains at full load) in the
+ * config, the pacer reads the SM clock through NVML at each close (never on
+ * the launch path) and busy time is weighted by 1 + 0.7 * (clock/ref - 1):
+ * 0.7 is the share of a clock gain that shows up as bf16 matmul throughput on
+ * the H200, measured (bench/results/hook-h200.md).
  *
  * Threads and invariants:
  *   - the pacer thread only reads the clock and stores the gate word
  *     ((period << 1) | open); it never calls CUDA;
- *   - the launch path costs one atomic load of the gate and one fetch-add of a
- *     launch counter in the common case: no lock, syscall, clock read or NVML
- *     call. Everything else (events, sleeping) is the slow path, taken once
- *     per N launches, once per window, or when the gate is shut;
+ *   - the launch path costs two atomic loads (gate, idle-check flag) and one
+ *     fetch-add of a launch counter in the common case: no lock, syscall,
+ *     clock read or NVML call. Everything else (events, stream queries,
+ *     sleeping) is the slow path, taken once or twice per N launches, once
+ *     per window, or when the gate is shut;
  *   - launches into a stream that is being captured into a graph are never
  *     delayed nor marked (they do not run); the graph is held when launched.
  */
@@ -99,6 +110,7 @@ struct pace {
     uint64_t closed_ns;             /* busy of the earlier segments since START */
     uint64_t booked_ns;             /* part of closed_ns + seg_ns already booked */
     uint64_t per_marker_ns;         /* GPU time between markers, smoothed */
+    uint64_t last_book_ns;          /* wall clock of the last book() */
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
     uint64_t windows, markers, timeouts, busy_max;
     _Atomic uint64_t skipped, idle;
@@ -109,11 +121,11 @@ struct pace {
     int slot;
 };
 
-int flexai_compute_on = 1; /* cleared on first use if nothing is limited */
+_Atomic int flexai_compute_on = 1; /* cleared on first use if nothing is limited */
 
 static struct pace g_pace[FLEXAI_MAX_DEVICES];
 static int g_single_slot = -1;   /* the only slot this process can launch on, if any */
-static int g_pacer_running;
+static _Atomic int g_pacer_running;
 static pthread_mutex_t g_start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -324,7 +336,7 @@ static void init(void)
 {
     const struct flexai_config *c = flexai_config();
     if (!c->compute_limited) {
-        flexai_compute_on = 0;
+        atomic_store_explicit(&flexai_compute_on, 0, memory_order_relaxed);
         return;
     }
     reset_state();
@@ -351,6 +363,15 @@ static int capturing(CUstream s, int flags)
                      ? d->stream_is_capturing_ptsz(s, &st)
                      : (d->stream_is_capturing ? d->stream_is_capturing(s, &st) : CUDA_SUCCESS);
     return r != CUDA_SUCCESS || st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+/* 1 if everything queued on `s` has completed: the GPU is idle for us now. */
+static int stream_idle(CUstream s, int flags)
+{
+    const struct flexai_driver *d = flexai_driver();
+    CUresult r = (flags & FLEXAI_LAUNCH_PTSZ) && d->stream_query_ptsz ? d->stream_query_ptsz(s)
+                 : d->stream_query ? d->stream_query(s) : CUDA_ERROR_NOT_READY;
+    return r == CUDA_SUCCESS;
 }
 
 static int record(CUevent ev, CUstream s, int flags)
@@ -490,6 +511,12 @@ static void book(struct pace *p, int slot)
     uint64_t total = p->closed_ns + p->seg_ns;
     uint64_t busy = total > p->booked_ns ? total - p->booked_ns : 0;
     p->booked_ns = total;
+    /* Never more GPU time than wall time since the last booking: a guard
+     * against any idle gap the segments failed to exclude. */
+    uint64_t now = now_ns(), wall = p->last_book_ns ? now - p->last_book_ns : p->period_ns;
+    p->last_book_ns = now;
+    if (busy > wall)
+        busy = wall;
     uint32_t clock = atomic_load(&p->clock_mhz);
     if (p->ref_clock_mhz != 0 && clock != 0) {
         /* Work done at a boosted clock counts for more: CLOCK_ELASTICITY of
@@ -557,8 +584,11 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
              * nothing to wait for); book what completed in the last period. */
             retire(p, 0);
             book(p, slot);
-            if (p->count == 0 && atomic_load(&p->since_marker) == 0)
-                new_segment(p, s, flags); /* idle since: restart at this launch */
+            if (stream_idle(s, flags)) { /* idle since: restart at this launch */
+                retire(p, 0);
+                if (p->count == 0)
+                    new_segment(p, s, flags);
+            }
         } else {
             finish_window(p, slot);
             if (ensure_events(p) && record(p->seg_ev, s, flags)) {
@@ -573,21 +603,17 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
     pthread_mutex_unlock(&p->lock);
 }
 
-/* First launch after a marker: if that marker (the newest thing we queued)
- * already completed, the GPU ran dry before this launch; the busy segment
+/* First launch after a marker: if the stream has run dry (everything we
+ * queued completed), the GPU sat idle before this launch; the busy segment
  * ends there and a new one starts here, so the idle gap is not counted. A
- * program that keeps its queue full never gets here with the marker done. */
+ * program that keeps its queue full never finds the stream idle. */
 static void idle_check(struct pace *p, CUstream s, int flags)
 {
     pthread_mutex_lock(&p->lock);
-    if (atomic_exchange(&p->poke, 0) && p->in_window && p->count > 0 &&
-        atomic_load(&p->since_marker) == 0 && !capturing(s, flags)) {
-        struct marker *newest = &p->ring[(p->head + p->count - 1) % RING];
-        if (flexai_driver()->event_query(newest->ev) == CUDA_SUCCESS) {
-            retire(p, 0);
-            if (p->count == 0)
-                new_segment(p, s, flags);
-        }
+    if (atomic_exchange(&p->poke, 0) && p->in_window && !capturing(s, flags) && stream_idle(s, flags)) {
+        retire(p, 0);
+        if (p->count == 0)
+            new_segment(p, s, flags);
     }
     pthread_mutex_unlock(&p->lock);
 }
@@ -606,7 +632,7 @@ static inline struct pace *pace_for_launch(int *slot)
 void flexai_compute_before_launch(CUstream stream, int flags)
 {
     pthread_once(&g_once, init);
-    if (!flexai_compute_on)
+    if (!atomic_load_explicit(&flexai_compute_on, memory_order_relaxed))
         return;
     int slot;
     struct pace *p = pace_for_launch(&slot);
@@ -621,7 +647,7 @@ void flexai_compute_before_launch(CUstream stream, int flags)
 
 void flexai_compute_after_launch(CUstream stream, int flags)
 {
-    if (!flexai_compute_on)
+    if (!atomic_load_explicit(&flexai_compute_on, memory_order_relaxed))
         return;
     int slot;
     struct pace *p = pace_for_launch(&slot);

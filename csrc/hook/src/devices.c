@@ -6,7 +6,7 @@
  * once each (the driver's UUID query is not free) and cached in an atomic
  * array, so later lookups are one load.
  * Invariant: a cached answer never changes during the life of the process
- * (a fork child starts over: the driver is re-initialised there anyway).
+ * (a fork child keeps it: it sees the same devices under the same names).
  */
 #include <stdio.h>
 #include <string.h>
@@ -75,10 +75,4 @@ int flexai_slot_of_current(void)
     if (d->ctx_get_device == NULL || d->ctx_get_device(&dev) != CUDA_SUCCESS)
         return -1;
     return flexai_slot_of_device(dev);
-}
-
-void flexai_devices_reset(void)
-{
-    for (int i = 0; i < MAX_ORDINALS; i++)
-        atomic_store(&g_map[i], 0);
 }

@@ -282,12 +282,13 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
 
 /* ---- launches: one load when nothing is limited -------------------------- */
 
+#define COMPUTE_ON() atomic_load_explicit(&flexai_compute_on, memory_order_relaxed)
 #define LAUNCH_BODY(name, stream, flags, ...)                                     \
     do {                                                                          \
-        if (flexai_compute_on)                                                    \
+        if (COMPUTE_ON())                                                         \
             flexai_compute_before_launch((stream), (flags));                      \
         CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
-        if (flexai_compute_on && r_ == CUDA_SUCCESS)                              \
+        if (COMPUTE_ON() && r_ == CUDA_SUCCESS)                                   \
             flexai_compute_after_launch((stream), (flags));                       \
         return r_;                                                                \
     } while (0)

@@ -12,6 +12,7 @@
  *   memory.c    counts every allocation and free against the slot's limit
  *   compute.c   holds kernel launches to the slot's share of the card's time
  *   intercept.c the exported cu* functions: thin wrappers over memory.c / compute.c
+ *               (hooks.h is the one list of them, with their PFN typedefs)
  *   procaddr.c  dlsym and cuGetProcAddress: hand out the hook's functions
  *   nvml.c      NVML memory getters show the slice
  *   api.c       the flexai_* C API read by Python through ctypes
@@ -109,6 +110,8 @@ struct flexai_driver {
     PFN_cuEventDestroy_v4000 event_destroy;
     PFN_cuStreamIsCapturing_v10000 stream_is_capturing;
     PFN_cuStreamIsCapturing_v10000_ptsz stream_is_capturing_ptsz;
+    PFN_cuStreamQuery_v2000 stream_query;
+    PFN_cuStreamQuery_v7000_ptsz stream_query_ptsz;
 };
 /* Resolved on first call; members may be NULL if the driver lacks them. */
 const struct flexai_driver *flexai_driver(void);
@@ -120,8 +123,6 @@ int flexai_slot_of_device(CUdevice dev);
 int flexai_slot_of_current(void);
 /* vGPU slot for a GPU UUID string "GPU-..."; -1 = not configured. */
 int flexai_slot_of_uuid(const char *uuid);
-/* Forget cached mappings (fork child). */
-void flexai_devices_reset(void);
 
 /* ---- memory.c ---------------------------------------------------------- */
 enum flexai_mem_kind { FLEXAI_MEM_PTR = 1, FLEXAI_MEM_HANDLE, FLEXAI_MEM_ARRAY, FLEXAI_MEM_MIPMAP };
@@ -135,11 +136,10 @@ void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key);
 void flexai_mem_context_opened(CUdevice dev);
 /* Virtualised getters. */
 void flexai_mem_info(int slot, size_t *free_b, size_t *total_b);
-void flexai_mem_reset_after_fork(void);
 
 /* ---- compute.c --------------------------------------------------------- */
 /* 1 when some vGPU has a core limit: the launch wrappers check this first. */
-extern int flexai_compute_on;
+extern _Atomic int flexai_compute_on;
 /* Called before / after every real launch; `is_graph` for cuGraphLaunch. */
 enum { FLEXAI_LAUNCH_KERNEL = 0, FLEXAI_LAUNCH_GRAPH = 1, FLEXAI_LAUNCH_PTSZ = 2 };
 void flexai_compute_before_launch(CUstream stream, int flags);

@@ -152,8 +152,3 @@ void flexai_mem_info(int slot, size_t *free_b, size_t *total_b)
         *free_b = (size_t)avail;
     *total_b = (size_t)total;
 }
-
-void flexai_mem_reset_after_fork(void)
-{
-    reset_in_child();
-}

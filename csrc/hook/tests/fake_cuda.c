@@ -57,6 +57,9 @@ static __thread struct fctx *t_ctx;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct alloc *g_allocs;
 static int g_inited;
+/* Tests flip this to pretend every stream is being captured into a graph:
+ * launches then only record (no time passes on the fake card). */
+static _Atomic int g_capturing;
 
 static uint64_t now_ns(void)
 {
@@ -353,7 +356,18 @@ API CUresult cuStreamCreate(CUstream *s, unsigned int f)
 }
 API CUresult cuStreamDestroy_v2(CUstream s) { free(s); return CUDA_SUCCESS; }
 API CUresult cuStreamSynchronize(CUstream s) { sleep_until(atomic_load(&stream_of(s)->last_end)); return CUDA_SUCCESS; }
-API CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *st) { (void)s; *st = CU_STREAM_CAPTURE_STATUS_NONE; return CUDA_SUCCESS; }
+API CUresult cuStreamQuery(CUstream s)
+{
+    return now_ns() >= atomic_load(&stream_of(s)->last_end) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+API CUresult cuStreamQuery_ptsz(CUstream s) { return cuStreamQuery(s); }
+API void fakecuda_set_capturing(int on) { atomic_store(&g_capturing, on); }
+API CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *st)
+{
+    (void)s;
+    *st = atomic_load(&g_capturing) ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
 API CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus *st) { return cuStreamIsCapturing(s, st); }
 API CUresult cuCtxSynchronize(void)
 {
@@ -364,6 +378,8 @@ API CUresult cuCtxSynchronize(void)
 
 static void run_for(struct fstream *s, uint64_t dur)
 {
+    if (atomic_load(&g_capturing))
+        return; /* captured, not run */
     int p = phys_of(s->dev);
     if (p < 0)
         p = 0;
@@ -421,8 +437,12 @@ API CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { return cuGraphLaunc
 
 API CUresult cuEventCreate(CUevent *e, unsigned int f) { (void)f; *e = calloc(1, sizeof(struct fevent)); return CUDA_SUCCESS; }
 API CUresult cuEventDestroy_v2(CUevent e) { free(e); return CUDA_SUCCESS; }
+static _Atomic int g_records_in_capture;
+API int fakecuda_records_in_capture(void) { return atomic_load(&g_records_in_capture); }
 API CUresult cuEventRecord(CUevent e, CUstream s)
 {
+    if (atomic_load(&g_capturing))
+        atomic_fetch_add(&g_records_in_capture, 1);
     struct fevent *x = (struct fevent *)e;
     uint64_t n = now_ns(), le = atomic_load(&stream_of(s)->last_end);
     x->ts = le > n ? le : n;
