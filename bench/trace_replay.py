@@ -41,27 +41,38 @@ def main() -> int:
     ap.add_argument("--other-seeds", default="42-44", help="seeds of the other variants")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--from", dest="load", type=Path, help="re-report saved runs")
+    ap.add_argument("--merge", action="store_true", help="replay --policies only; keep the other saved runs")
     args = ap.parse_args()
     started = time.perf_counter()
     if args.load:
-        runs = [report.Run(**{**r, "allocated_on_grid": tuple(r["allocated_on_grid"])}) for r in json.loads(args.load.read_text())]
-        wall = float("nan")
+        runs = _load(args.load)
+        wall = 0.0
     else:
         jobs = cli.plan(args.trace, "default", args.policies, args.seeds)
         jobs += cli.plan(args.trace, ",".join(v for v in VARIANTS if v != "default"), args.policies, args.other_seeds)
         runs = list(cli._progress(cli.execute(jobs, args.jobs), len(jobs), True))
         wall = time.perf_counter() - started
+        if args.merge:
+            fresh = {r.policy for r in runs}
+            kept = [r for r in _load(OUT / "trace-replay-runs.json") if r.policy not in fresh]
+            runs = kept + runs
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "trace-replay-runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs]))
+    order = {p: i for i, p in enumerate(POLICIES.split(","))}
+    variants = {v: i for i, v in enumerate(VARIANTS)}
+    runs.sort(key=lambda r: (variants[r.variant], order.get(r.policy, len(order)), r.seed))
     rows = report.summarize(runs)
     report.write_csv(runs, OUT / "trace-replay.csv")
     report.write_png(runs, OUT / "trace-replay.png")
     command = " ".join(["python", "bench/trace_replay.py", *sys.argv[1:]])
+    if args.load:
+        how = "rendered from saved runs"
+    else:
+        how = f"wall {wall:.0f} s with {args.jobs} processes" + ("; other policies kept from saved runs" if args.merge else "")
     text = [
         "# Trace replay: unallocated GPU % on the Alibaba GPU trace (cluster-trace-gpu-v2023)",
         "",
-        f"Command: `{command}` (machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"wall {wall:.0f} s with {args.jobs} processes).",
+        f"Command: `{command}` ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; {how}).",
         "Seeds: default trace 42-51 (the published method); other variants as in the seeds column.",
         "Published figures: the FGD paper's simulator results (mean of 10 seeds), see the trace README.",
         "`replay s` adds up the replays' own times (CPU seconds of one process each).",
@@ -76,6 +87,10 @@ def main() -> int:
     (OUT / "trace-replay.md").write_text("\n".join(text))
     print("\n".join(text))
     return 0
+
+
+def _load(path: Path) -> list[report.Run]:
+    return [report.Run(**{**r, "allocated_on_grid": tuple(r["allocated_on_grid"])}) for r in json.loads(path.read_text())]
 
 
 if __name__ == "__main__":

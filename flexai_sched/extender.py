@@ -17,12 +17,14 @@ from . import policies
 from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError
 from .config import Settings
-from .model import Allocation, CardUsage, PodRequest
+from .model import Allocation, PodRequest
 from .requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
 
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 _NO_FIT = float("-inf")  # cached score of a node the pod does not fit
+# One NoFit object per distinct (reason, resolvable): caches share them.
+_INTERNED: dict[tuple[str, bool], NoFit] = {}
 PENDING_CACHE = 10_000
 MAX_SHAPES = 100_000
 
@@ -93,24 +95,37 @@ class Extender:
             if hb is None or hb < cutoff:
                 out.unresolvable[name] = _stale(hb)
                 continue
-            fit = node.fit_cache.get(key)
-            if fit is None:
-                fit = self.fit(node, req)
-            if isinstance(fit, NoFit):
-                (out.failed if fit.resolvable else out.unresolvable)[name] = fit.reason
-            else:
+            verdict = node.fit_cache.get(key)
+            if verdict is None:
+                verdict = self._verdict(node, req, key)
+            if verdict is True:
                 out.fits.append(name)
+            else:
+                (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
         return out
 
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
-        """Placement of ``req`` on ``node`` with the pod's card policy, cached per node version."""
-        policy = self._policy(req.card_policy, self._card_policy)
-        key = self._key(req)
-        hit: Placement | NoFit | None = node.fit_cache.get(key)
-        if hit is None:
-            hit = place(node.cards, node.usage, req, policy)
-            node.fit_cache[key] = hit
-        return hit
+        """Where ``req`` goes on ``node`` now, with the pod's card policy (never cached)."""
+        return place(node.cards, node.usage, req, self._policy(req.card_policy, self._card_policy))
+
+    def _verdict(self, node: NodeState, req: PodRequest, key: int) -> Any:
+        """Fill the node's cache for this pod shape: True or a NoFit at ``key``, the score at ``-key``.
+
+        Only these small values are cached, not placements: a cluster of 5,000 nodes and
+        dozens of shapes would otherwise hold millions of objects for the GC to walk.
+        """
+        got = self.fit(node, req)
+        if isinstance(got, Placement):
+            policy = self._policy(req.node_policy, self._node_policy)
+            node.fit_cache[-key] = policy.node_score(node.cards, node.usage, got.usage_after)
+            node.fit_cache[key] = True
+            return True
+        if len(_INTERNED) > MAX_SHAPES:
+            _INTERNED.clear()
+        verdict = _INTERNED.setdefault((got.reason, got.resolvable), got)
+        node.fit_cache[key] = verdict
+        node.fit_cache[-key] = _NO_FIT
+        return verdict
 
     # ---- prioritize ----
 
@@ -121,8 +136,7 @@ class Extender:
             return [(n, 0) for n in node_names]
         if not req.wants_gpu:
             return [(n, 0) for n in node_names]
-        policy = self._policy(req.node_policy, self._node_policy)
-        key = -self._key(req)  # negative ids: scores, positive: placements
+        key = -self._key(req)  # negative ids: scores, positive: fit verdicts
         raw: dict[str, float] = {}
         nodes = self.state.nodes_by_name()
         for name in node_names:
@@ -131,13 +145,18 @@ class Extender:
                 continue
             score = node.fit_cache.get(key)
             if score is None:
-                fit = self.fit(node, req)
-                score = policy.node_score(node.cards, node.usage, fit.usage_after) if isinstance(fit, Placement) else _NO_FIT
-                node.fit_cache[key] = score
+                self._verdict(node, req, -key)
+                score = node.fit_cache[key]
             if score != _NO_FIT:
                 raw[name] = score
-        lo, hi = (min(raw.values()), max(raw.values())) if raw else (0.0, 0.0)
-        return [(n, _scale(raw.get(n), lo, hi)) for n in node_names]
+        if not raw:
+            return [(n, 0) for n in node_names]
+        lo, hi = min(raw.values()), max(raw.values())
+        if hi - lo < 1e-12:  # all equal: all best
+            return [(n, MAX_SCORE if n in raw else 0) for n in node_names]
+        # Best node 10, worst fitting node 0; nodes that do not fit get 0.
+        k = MAX_SCORE / (hi - lo)
+        return [(n, round((raw[n] - lo) * k) if n in raw else 0) for n in node_names]
 
     # ---- bind ----
 
@@ -241,15 +260,13 @@ class Extender:
 
     def _cluster_wide_reason(self, req: PodRequest) -> str:
         """Reasons no node of the cluster could ever satisfy, stated once for all nodes."""
-        nodes = self.state.nodes()
-        if not nodes:
+        most, have = self.state.inventory_facts()
+        if not most:
             return ""
-        most = max(len(n.cards) for n in nodes)
         for c in (*req.containers, *req.init_containers):
             if c.vgpus > most:
                 return f'container "{c.name}": asks for {c.vgpus} vGPUs but the largest node has {most} cards'
         if req.selector.models:
-            have = {card.model for n in nodes for card in n.cards}
             if not req.selector.models & have:
                 return (
                     f"no node has a card of model {', '.join(sorted(req.selector.models))} "
@@ -262,16 +279,3 @@ def _stale(hb: datetime | None) -> str:
     if hb is None:
         return "node inventory has no heartbeat"
     return f"node agent heartbeat is stale (last {hb.isoformat()}, older than the TTL)"
-
-
-def _scale(value: float | None, lo: float, hi: float) -> int:
-    """Map raw policy scores onto 0..10, best node 10; nodes that do not fit get 0."""
-    if value is None:
-        return 0
-    if hi - lo < 1e-12:
-        return MAX_SCORE
-    return round((value - lo) / (hi - lo) * MAX_SCORE)
-
-
-def card_usage_view(node: NodeState) -> list[tuple[int, CardUsage]]:
-    return [(c.index, u) for c, u in zip(node.cards, node.usage, strict=True)]

@@ -208,17 +208,24 @@ def _class_fragment(m: TaskClass, cards: Sequence[Card], frees: list[int], whole
 
 class Fgd:
     """FGD as published: least growth of F_n(M), the target workload weighted by task
-    count, host CPU in the "cannot run" case; cards chosen the same way."""
+    count, host CPU in the "cannot run" case; cards chosen the same way.
+
+    The paper leaves equal growth open. Broken at random (kube-scheduler's own way),
+    tasks spread and this FGD lands 1-6 points above its published figures (19.6 vs
+    13.4 on gpushare100); broken by best fit (``TIE``, as ours), it lands within about
+    one point. The comparison uses the stronger one.
+    """
 
     name = "fgd"
     pod_host_dependent = True
     request_lowers_score = True  # less host left: fewer classes fit, F_n(M) only grows
+    TIE = 1e-6
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self.use_workload(workload)
 
     def use_workload(self, workload: Workload) -> None:
-        self._m = _Measure(workload, strand=0.0, tie=0.0)
+        self._m = _Measure(workload, strand=0.0, tie=self.TIE)
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         return self._m.card_cost(card, used, cores)

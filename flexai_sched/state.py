@@ -70,6 +70,7 @@ class ClusterState:
         self._states: dict[str, AllocState] = {}
         self._node_locks: dict[str, threading.Lock] = {}
         self._versions = 0
+        self._facts: tuple[int, frozenset[str]] | None = None  # cached inventory_facts()
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -100,6 +101,16 @@ class ClusterState:
                 return a
         return None
 
+    def inventory_facts(self) -> tuple[int, frozenset[str]]:
+        """(most cards on any node, every card model): cached until an inventory changes."""
+        facts = self._facts
+        if facts is None:
+            nodes = list(self._nodes.values())
+            facts = (max((len(n.cards) for n in nodes), default=0),
+                     frozenset(c.model for n in nodes for c in n.cards))
+            self._facts = facts
+        return facts
+
     def __len__(self) -> int:
         return len(self._nodes)
 
@@ -117,11 +128,13 @@ class ClusterState:
                 if old.inventory != inventory:
                     self._nodes[inventory.name] = replace(old, inventory=inventory)
                 return
+            self._facts = None
             self._rebuild(inventory)
 
     def remove_node(self, name: str) -> None:
         with self._mu:
             self._nodes.pop(name, None)
+            self._facts = None
 
     # ---- allocations ----
 

@@ -40,8 +40,8 @@ A100 = cards(2, "NVIDIA A100", 40, prefix="A100")
 
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    # Default policies: binpack for nodes and cards; heartbeat TTL 60 s.
-    with extender_running(control_plane) as p:
+    # Binpack for nodes and cards (the arithmetic below is binpack's); heartbeat TTL 60 s.
+    with extender_running(control_plane, "--node-policy", "binpack", "--card-policy", "binpack") as p:
         yield p
 
 

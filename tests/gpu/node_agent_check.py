@@ -36,17 +36,18 @@ from flexai_node.nvml import NvmlInventory  # noqa: E402
 GIB = 1 << 30
 PROBE = r"""
 import json, sys, torch
+mode = sys.argv[1]
 free, total = torch.cuda.mem_get_info(0)
-out = {"device": torch.cuda.get_device_name(0), "free": free, "total": total}
+out = {"device": torch.cuda.get_device_name(0), "free": free, "total": total, "held_bytes": 0}
 held, step = [], 256 << 20
 try:
-    while True:
+    while mode != "look":
         held.append(torch.empty(step, dtype=torch.uint8, device="cuda"))
 except torch.OutOfMemoryError as e:
     out["oom"] = type(e).__name__
 out["held_bytes"] = len(held) * step
 print(json.dumps(out), flush=True)
-if len(sys.argv) > 1:   # hold the memory until told to go (the parent reads the region)
+if mode == "hold":   # keep the memory until told to go (the parent reads the region)
     sys.stdin.readline()
 """
 
@@ -165,7 +166,7 @@ def remove(made: list[Path]) -> None:
 
 
 def probe(env: dict[str, str], hold: bool = False) -> tuple[dict[str, Any], subprocess.Popen[str]]:
-    args = [sys.executable, "-c", PROBE] + (["hold"] if hold else [])
+    args = [sys.executable, "-c", PROBE, "hold" if hold else "look"]
     p = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     line = p.stdout.readline()
@@ -214,8 +215,8 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
     lines += [
         "| process | mem_get_info total | free | allocated before OOM | OOM raised |",
         "|---|---|---|---|---|",
-        f"| control (no hook) | {control['total'] / GIB:.2f} GiB | {control['free'] / GIB:.2f} GiB | "
-        f"{control['held_bytes'] / GIB:.2f} GiB | {control.get('oom', 'no')} |",
+        f"| control (no hook; looks only) | {control['total'] / GIB:.2f} GiB | {control['free'] / GIB:.2f} GiB | "
+        "- | - |",
         f"| with the Allocate response ({args.slice_gib} GiB slice) | {sliced['total'] / GIB:.2f} GiB | "
         f"{sliced['free'] / GIB:.2f} GiB | {sliced['held_bytes'] / GIB:.2f} GiB | {sliced.get('oom', 'no')} |",
         "", "stderr of the sliced process (the hook's messages), last lines:", "", "```", *hook_log, "```", "",

@@ -53,10 +53,12 @@ def test_node_fragmentation(usage: tuple[int, int], host: Host | None, expected:
 
 def test_fgd_prefers_the_placement_that_fragments_least() -> None:
     fgd = Fgd(HALF_WHOLE)
-    # A half task on an empty node: card 0 -> 50 used. F before 0, after 0.5*50 (not whole) = 25.
-    assert fgd.node_score(CARDS, used(0, 0), used(50, 0)) == pytest.approx(-25.0)
+    tie = Fgd.TIE
+    # A half task on an empty node: card 0 -> 50 used. F before 0, after 0.5*50 (not whole) = 25;
+    # the best-fit tie-break takes TIE x the 150 left.
+    assert fgd.node_score(CARDS, used(0, 0), used(50, 0)) == pytest.approx(-25.0 - tie * 150)
     # On a node with a 50%-used card, completing it: F before 25, after 0: growth -25.
-    assert fgd.node_score(CARDS, used(50, 0), used(100, 0)) == pytest.approx(25.0)
+    assert fgd.node_score(CARDS, used(50, 0), used(100, 0)) == pytest.approx(25.0 - tie * 100)
     # Card level: filling the half-used card costs less than opening an empty one.
     card = CARDS[0]
     assert fgd.card_cost(card, CardUsage(50, 0, 1), 50, 0) < fgd.card_cost(card, CardUsage(), 50, 0)
@@ -75,6 +77,7 @@ def test_fast_measure_equals_the_definition() -> None:
         host = Host(40000, 1 << 20, rng.randrange(0, 40000, 500))
         cpu = rng.randrange(0, 8000, 500)
         want = node_fragmentation(cards, before, w, host) - node_fragmentation(cards, after, w, host.plus(cpu, 0))
+        want -= Fgd.TIE * sum(100 - u.cores for u in after)  # best fit among equals
         assert fgd.host_node_score(cards, before, after, host, cpu, 0) == pytest.approx(want)
 
 
