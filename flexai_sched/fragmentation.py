@@ -206,26 +206,11 @@ def _class_fragment(m: TaskClass, cards: Sequence[Card], frees: list[int], whole
 # ---- the policies ----
 
 
-class Fgd:
-    """FGD as published: least growth of F_n(M), the target workload weighted by task
-    count, host CPU in the "cannot run" case; cards chosen the same way.
+class _Measured:
+    """A policy that is one ``_Measure``: subclasses only say how to build it."""
 
-    The paper leaves equal growth open. Broken at random (kube-scheduler's own way),
-    tasks spread and this FGD lands 1-6 points above its published figures (19.6 vs
-    13.4 on gpushare100); broken by best fit (``TIE``, as ours), it lands within about
-    one point. The comparison uses the stronger one.
-    """
-
-    name = "fgd"
     pod_host_dependent = True
-    request_lowers_score = True  # less host left: fewer classes fit, F_n(M) only grows
-    TIE = 1e-6
-
-    def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
-        self.use_workload(workload)
-
-    def use_workload(self, workload: Workload) -> None:
-        self._m = _Measure(workload, strand=0.0, tie=self.TIE)
+    _m: _Measure
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         return self._m.card_cost(card, used, cores)
@@ -245,7 +230,29 @@ class Fgd:
         return self._m.score(cards, before, after, host, pod_cpu_milli)
 
 
-class Fragmentation:
+class Fgd(_Measured):
+    """FGD as published: least growth of F_n(M), the target workload weighted by task
+    count, host CPU in the "cannot run" case; cards chosen the same way.
+
+    The paper leaves equal growth open. Broken at random (kube-scheduler's own way),
+    tasks spread and this FGD lands 1-6 points above its published figures (19.6 vs
+    13.4 on gpushare100); broken by best fit (``TIE``, as ours), it lands within about
+    one point. The comparison uses the stronger one.
+    """
+
+    name = "fgd"
+    request_lowers_score = True  # less host left: fewer classes fit, F_n(M) only grows
+    TIE = 1e-6
+
+    def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
+        self.use_workload(workload)
+
+    def use_workload(self, workload: Workload) -> None:
+        self._m = _Measure(workload, strand=0.0, tie=self.TIE)
+
+
+
+class Fragmentation(_Measured):
     """Ours: FGD's measure weighted by GPU demand, plus the GPUs a short host strands.
 
     Phi_n = sum_m p_m F_n(m)                          (p_m: count x GPU demand)
@@ -258,7 +265,6 @@ class Fragmentation:
     """
 
     name = "fragmentation"
-    pod_host_dependent = True
     request_lowers_score = True  # both terms only grow as the host's CPU shrinks
     # Weight of stranded GPU against fragmented GPU: both are capacity nobody can use;
     # 2 also counts that a stranded host keeps its GPUs stranded for every later task.
@@ -277,22 +283,6 @@ class Fragmentation:
         cpu_per_pct = sum(c.weight * c.cpu_milli for c in workload.classes) / gpu if gpu else 0.0
         self._m = _Measure(workload.by_gpu_demand(), self.STRAND, self.TIE, cpu_per_pct)
 
-    def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
-        return self._m.card_cost(card, used, cores)
-
-    def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        return self._m.score(cards, before, after, None, 0)
-
-    def host_node_score(
-        self,
-        cards: Sequence[Card],
-        before: Sequence[CardUsage],
-        after: Sequence[CardUsage],
-        host: Host,
-        pod_cpu_milli: int,
-        pod_memory_mib: int,
-    ) -> float:
-        return self._m.score(cards, before, after, host, pod_cpu_milli)
 
 
 # Free percent of a node, and per workload GPU shape: (fits, free it could use).
