@@ -566,9 +566,18 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
             break; /* another thread already opened this window */
         if ((g & 1) == 0) {
             if (p->in_window && !p->have_end && ensure_events(p)) {
-                add_marker(p, s, flags);
+                retire(p, 0);
+                if (p->count == 0 && stream_idle(s, flags)) {
+                    /* Everything we queued completed before this launch: the
+                     * program sat idle (a barrier, a sleep) and the busy
+                     * segment ended at its last marker. An END recorded now
+                     * would count that whole gap as busy. */
+                    trace(p, 'I', 0);
+                } else {
+                    add_marker(p, s, flags);
+                    trace(p, 'E', (uint64_t)p->count);
+                }
                 p->have_end = 1;
-                trace(p, 'E', (uint64_t)p->count);
             }
             pthread_mutex_unlock(&p->lock);
             uint64_t t = atomic_load(&p->next_open_ns), now = now_ns();
@@ -594,6 +603,10 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
             if (ensure_events(p) && record(p->seg_ev, s, flags)) {
                 p->in_window = 1;
                 p->last_done = NULL;
+                /* The next launch checks whether the stream ran dry after
+                 * this one, as after a marker: an idle gap early in a window
+                 * must not count either. */
+                atomic_store(&p->poke, 1);
                 trace(p, 'S', g >> 1);
             }
         }

@@ -488,14 +488,34 @@ static double busy_fraction(unsigned us, double secs, int graph)
     return (double)n * us / 1e6 / (now_s() - t0);
 }
 
+/* Sleep until `pct`% into the current (or next) 50 ms wall-clock period. */
+static void sleep_to_phase(int pct)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long period_us = 50000, into = (ts.tv_nsec / 1000) % period_us, target = period_us * pct / 100;
+    usleep((useconds_t)((target - into + period_us) % period_us));
+}
+
 static void t_compute(const char *pct, const char *graph)
 {
     int cores = atoi(pct);
     config("period_ms=50\ndevice.0.cuda_index=0\ndevice.0.cores=%d\n", cores);
     open_ctx(0);
     busy_fraction(1000, 0.3, 0); /* settle */
-    if (getenv("TEST_IDLE_MS") != NULL) /* idle between warm-up and measurement, like bench/hook_gpu.py's pair */
+    if (getenv("TEST_IDLE_MS") != NULL) {
+        /* Like bench/hook_gpu.py's pair on the H200: short kernels (so markers
+         * come every few launches), ONE launch early in an open window, the
+         * program idle (a barrier), back while the window is shut. An END
+         * marker recorded then would span the idle gap and starve the program
+         * for seconds. Periods sit on the wall clock; the window is the first
+         * `cores`% of each. */
+        busy_fraction(100, 0.3, 0);
+        sleep_to_phase(cores / 4);
+        cuLaunchKernel(fakecuda_kernel(100), 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
         usleep((useconds_t)atoi(getenv("TEST_IDLE_MS")) * 1000);
+        sleep_to_phase(cores + (100 - cores) / 2);
+    }
     double f = busy_fraction(1000, 2.0, graph != NULL && strcmp(graph, "graph") == 0);
     printf("cores=%d delivered=%.1f%%\n", cores, f * 100);
     /* Loose on purpose: on a loaded 2-core CI machine the test thread itself
