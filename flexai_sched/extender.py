@@ -137,26 +137,27 @@ class Extender:
         if not req.wants_gpu:
             return [(n, 0) for n in node_names]
         key = -self._key(req)  # negative ids: scores, positive: fit verdicts
-        raw: dict[str, float] = {}
         nodes = self.state.nodes_by_name()
+        scores: list[float] = []
         for name in node_names:
             node = nodes.get(name)
             if node is None:
+                scores.append(_NO_FIT)
                 continue
             score = node.fit_cache.get(key)
             if score is None:
                 self._verdict(node, req, -key)
                 score = node.fit_cache[key]
-            if score != _NO_FIT:
-                raw[name] = score
-        if not raw:
+            scores.append(score)
+        fitting = [x for x in scores if x != _NO_FIT]
+        if not fitting:
             return [(n, 0) for n in node_names]
-        lo, hi = min(raw.values()), max(raw.values())
+        lo, hi = min(fitting), max(fitting)
         if hi - lo < 1e-12:  # all equal: all best
-            return [(n, MAX_SCORE if n in raw else 0) for n in node_names]
+            return [(n, 0 if x == _NO_FIT else MAX_SCORE) for n, x in zip(node_names, scores, strict=True)]
         # Best node 10, worst fitting node 0; nodes that do not fit get 0.
         k = MAX_SCORE / (hi - lo)
-        return [(n, round((raw[n] - lo) * k) if n in raw else 0) for n in node_names]
+        return [(n, 0 if x == _NO_FIT else round((x - lo) * k)) for n, x in zip(node_names, scores, strict=True)]
 
     # ---- bind ----
 
