@@ -271,7 +271,11 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hook-bench"))
     ap.add_argument("--phases", default="memory,compute,overhead,pair")
     ap.add_argument("--quick", action="store_true", help="fewer variants (graphs in work mode only, 2 reps)")
+    ap.add_argument("--ref-clock", type=int, default=0,
+                    help="full-load SM clock (MHz) for phases run without the compute phase that measures it")
     args = ap.parse_args()
+    if args.ref_clock:
+        RESULTS["ref_clock_mhz"] = args.ref_clock
     global FULL
     FULL = not args.quick
     out = Path(args.out)
