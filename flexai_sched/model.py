@@ -5,7 +5,6 @@ Units: cores are percent of one card (0-100); memory is MiB.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -76,13 +75,6 @@ class ContainerRequest:
         return card.memory_mib - card.used_outside_mib if self.memory_mib is None else self.memory_mib
 
 
-class Phase(enum.Enum):
-    """When a container holds its slices: init containers one at a time, then the app."""
-
-    INIT = "init"
-    APP = "app"
-
-
 @dataclass(frozen=True, slots=True)
 class PodRequest:
     namespace: str
@@ -101,10 +93,6 @@ class PodRequest:
     @property
     def wants_gpu(self) -> bool:
         return any(c.vgpus for c in self.containers) or any(c.vgpus for c in self.init_containers)
-
-    @property
-    def max_vgpus(self) -> int:
-        return max((c.vgpus for c in (*self.containers, *self.init_containers)), default=0)
 
     def shape(self) -> tuple[object, ...]:
         """A hashable key: two pods with equal shapes fit the same nodes the same way."""

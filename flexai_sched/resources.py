@@ -22,8 +22,3 @@ VGPU_TYPE_PREFIX: Final = "huawei.com/vgpu-type."
 MEMORY_NAMES: Final = (VGPU_MEMORY, VGPU_MEMORY_ALT)
 # Every name the extender manages; kube-scheduler is told to ignore them (extender.yaml).
 MANAGED: Final = (VGPU_NUMBER, VGPU_CORES, VGPU_MEMORY, VGPU_MEMORY_ALT)
-
-
-def is_vgpu_resource(name: str) -> bool:
-    """True for any resource this project interprets (including model selectors)."""
-    return name in MANAGED or name.startswith(VGPU_TYPE_PREFIX)

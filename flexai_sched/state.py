@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -43,7 +42,8 @@ class NodeState:
     usage: tuple[CardUsage, ...]
     version: int = 0
     pods: dict[str, Allocation] = field(default_factory=dict)
-    # (pod shape, policy name) -> placement or NoFit; valid for this version only.
+    # Interned pod-shape id -> True or NoFit (fit), -id -> node score; see Extender._verdict.
+    # Valid for this node's allocations and cards; heartbeats keep it.
     fit_cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
@@ -94,12 +94,6 @@ class ClusterState:
 
     def state_of(self, key: str) -> AllocState | None:
         return self._states.get(key)
-
-    def allocation_by_uid(self, uid: str) -> Allocation | None:
-        for a in list(self._allocs.values()):
-            if a.uid == uid:
-                return a
-        return None
 
     def inventory_facts(self) -> tuple[int, frozenset[str]]:
         """(most cards on any node, every card model): cached until an inventory changes."""
@@ -191,8 +185,9 @@ class ClusterState:
             self._drop(key)
             return True
 
-    def keys(self) -> Iterator[str]:
-        return iter(list(self._allocs))
+    def keys(self) -> list[str]:
+        """Keys (namespace/name) of every allocation, assumed or bound."""
+        return list(self._allocs)
 
     # ---- internals (hold self._mu) ----
 

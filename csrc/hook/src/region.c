@@ -106,6 +106,19 @@ static uint64_t proc_start_time(pid_t pid)
     return 0;
 }
 
+/* Give a process slot's charges back to the devices and free the slot
+ * (a swept dead process, or this one at exit). Saturating: never underflows. */
+static void free_slot(struct flexai_region *r, struct region_proc *p)
+{
+    for (int d = 0; d < FLEXAI_MAX_DEVICES; d++) {
+        uint64_t m = atomic_exchange(&p->memory_used[d], 0);
+        sat_sub(&r->dev[d].memory_used, m);
+        atomic_store(&p->busy_ns[d], 0);
+    }
+    atomic_store(&p->start_time, 0);
+    atomic_store(&p->pid, 0);
+}
+
 static int pid_alive(pid_t pid, uint64_t start_time)
 {
     if (kill(pid, 0) != 0 && errno == ESRCH)
@@ -128,13 +141,7 @@ int flexai_region_sweep(struct flexai_region *r)
             continue;
         if (!atomic_compare_exchange_strong(&p->pid, &pid, -pid))
             continue; /* another sweeper won */
-        for (int d = 0; d < FLEXAI_MAX_DEVICES; d++) {
-            uint64_t m = atomic_exchange(&p->memory_used[d], 0);
-            sat_sub(&r->dev[d].memory_used, m);
-            atomic_store(&p->busy_ns[d], 0);
-        }
-        atomic_store(&p->start_time, 0);
-        atomic_store(&p->pid, 0);
+        free_slot(r, p);
         swept++;
     }
     return swept;
@@ -247,13 +254,7 @@ static void release_self(void)
     if (r == NULL || g_proc < 0)
         return;
     struct region_proc *p = &r->proc[g_proc];
-    for (int d = 0; d < FLEXAI_MAX_DEVICES; d++) {
-        uint64_t m = atomic_exchange(&p->memory_used[d], 0);
-        sat_sub(&r->dev[d].memory_used, m);
-        atomic_store(&p->busy_ns[d], 0);
-    }
-    atomic_store(&p->start_time, 0);
-    atomic_store(&p->pid, 0);
+    free_slot(r, p);
     g_proc = -1;
     g_exiting = 1; /* frees during exit must not claim a new slot */
 }
