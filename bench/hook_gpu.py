@@ -1,10 +1,12 @@
 """Proof of the CUDA hook on a real GPU (issue 4): memory, compute accuracy, overhead.
 
     FLEXAI_HOOK_LIB=build/hook-gpu/libflexai_hook.so FLEXAI_SHIM_LIBRARY=build/hook-gpu/libflexai_shim.so \
-        python bench/hook_gpu.py --out $OUT [--phases memory,compute,pair,overhead]
+        python bench/hook_gpu.py --out $OUT [--phases memory,compute,pair,launch_ab,tiny,transformer]
 
 Each measurement is a child process (bench/hook_workload.py) under LD_PRELOAD of the hook
-with a config written by flexai_node.hook_config, or without the hook for baselines.
+with a config written by flexai_node.hook_config, or without the hook for baselines. Overhead
+runs every configuration once per round, rounds rotated, children pinned to GPU-local CPUs;
+launch_ab compares the driver and the hook in one process (csrc/hook/bench/launch_ab.c).
 Writes <out>/hook-results.json (every figure) and prints a summary table last.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +50,28 @@ def config(name: str, **limit: Any) -> Path:
     return path
 
 
+def gpu_local_cpus(count: int = 4) -> list[int]:
+    """`count` CPUs of the GPU's NUMA node (all of them if sysfs does not say)."""
+    try:
+        bus = subprocess.run(["nvidia-smi", "--query-gpu=pci.bus_id", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.split()
+    except OSError:
+        bus = []
+    cpus: list[int] = []
+    if bus:
+        # nvidia-smi prints 00000000:19:00.0; sysfs names it 0000:19:00.0.
+        f = Path("/sys/bus/pci/devices") / bus[0].lower()[-12:] / "local_cpulist"
+        if f.exists():
+            for part in f.read_text().strip().split(","):
+                lo, _, hi = part.partition("-")
+                cpus.extend(range(int(lo), int(hi or lo) + 1))
+    allowed = sorted(os.sched_getaffinity(0))
+    picked = [c for c in cpus if c in allowed] or allowed
+    return picked[1:count + 1] if len(picked) > count else picked  # leave the first to the system
+
+
 def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, env: dict[str, str] | None = None,
-          timeout: float = 120) -> dict[str, Any]:
+          timeout: float = 120, cpus: list[int] | None = None) -> dict[str, Any]:
     e = dict(os.environ)
     e.pop("LD_PRELOAD", None)
     e.pop("FLEXAI_VGPU_CONFIG", None)
@@ -61,7 +84,7 @@ def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, en
     t0 = time.time()
     try:
         r = subprocess.run([sys.executable, WORKLOAD, kind, *args], env=e, capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout}s"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -152,14 +175,22 @@ def phase_compute() -> None:
     base_m, base_g = res["matmul_nohook"].get("tflops", 0), res["graph_nohook"].get("tflops", 0)
     ref = int(res["matmul_nohook"].get("sm_clock_median", 0))  # the card's full-load clock
     RESULTS["ref_clock_mhz"] = ref
-    for pct in (10, 20, 30, 50, 70, 90):
+    for pct in LIMITS:
         for kind, base in (("matmul", base_m), ("graph", base_g)):
+            if kind not in KINDS:
+                continue
             for label, clock in (("time", 0), ("work", ref)):
-                if kind == "graph" and label == "time" and not FULL:
+                if label not in MODES or (kind == "graph" and label == "time" and not FULL):
                     continue
-                r = measured(kind, conf=config(f"{kind}{pct}{label}", cores=pct, ref_clock_mhz=clock))
+                trace = TMP / f"{kind}{pct}{label}.trace"
+                r = measured(kind, "--seconds", str(SECONDS), env={"FLEXAI_TRACE": str(trace)},
+                             conf=config(f"{kind}{pct}{label}", cores=pct, ref_clock_mhz=clock))
+                r["trace_tail"] = trace.read_text().splitlines()[-400:] if trace.exists() else []
                 r["relative"] = round(r.get("tflops", 0) / base, 4) if base else None
                 res[f"{kind}_{pct}_{label}"] = r
+    RESULTS["compute"] = res
+    if "matmul" not in KINDS:
+        return
     # Utilisation over time, 1 s samples, as gpu-monitor and NVML see a 30% vGPU.
     conf = config("solo30", cores=30, ref_clock_mhz=ref)
     sampler = NvmlSampler()
@@ -213,30 +244,80 @@ def phase_pair() -> None:
         RESULTS["pair_time"] = run_pair("pairt", 0)
 
 
-def phase_overhead() -> None:
-    res: dict[str, Any] = {}
+def rounds_of(configs: dict[str, tuple[tuple[str, ...], dict[str, Any], bool]], kind: str, key: str,
+              rounds: int) -> dict[str, Any]:
+    """Each config once per round, in an order rotated every round (no config always first or
+    last), every child pinned to the same GPU-local CPUs. Per config: the values, their median,
+    and the median over rounds of value / the round's no-hook value (paired: a round's drift
+    hits both)."""
+    cpus = gpu_local_cpus()
+    names = list(configs)
+    vals: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            args, limits, hook = configs[name]
+            conf = config(f"{kind}-{name}", **limits) if limits else None
+            out = child(kind, *args, conf=conf, hook=hook, cpus=cpus)
+            vals[name].append(float(out.get(key) or "nan"))
+    res: dict[str, Any] = {"cpus": cpus, "rounds": rounds}
+    base = names[0]
+    for name in names:
+        v = vals[name]
+        pairs = sorted(x / b for x, b in zip(v, vals[base], strict=True) if b == b and x == x)
+        res[name] = {"values": [round(x, 3) for x in v], "median": statistics.median(v),
+                     "paired_ratio_median": round(statistics.median(pairs), 4) if pairs else None,
+                     "paired_ratio_range": [round(pairs[0], 4), round(pairs[-1], 4)] if pairs else None}
+    return res
+
+
+def phase_tiny() -> None:
+    """Launch rate of tiny PyTorch kernels, hook vs none, many pinned rounds (higher is better)."""
+    memcfg = dict(memory_bytes=64 * GiB)
+    configs = {"nohook": ((), {}, False), "hook_noconfig": ((), {}, True), "hook_memlimit": ((), memcfg, True),
+               "hook_cores90": ((), dict(cores=90, **memcfg), True)}
+    RESULTS["overhead_tiny"] = rounds_of(configs, "tiny", "launches_per_s", 8 if FULL else 6)
+
+
+def phase_transformer() -> None:
+    """Training step time (lower is better): alone unlimited, and ~50% busy under a 70% limit."""
     memcfg = dict(memory_bytes=64 * GiB)
     ref = int(RESULTS.get("ref_clock_mhz", 0))
-    tiny = {"nohook": ({}, False), "hook_noconfig": ({}, True), "hook_memlimit": (memcfg, True),
-            "hook_cores90": (dict(cores=90, **memcfg), True)}
-    for rep in range(3 if FULL else 2):  # interleaved: host noise hits every configuration alike
-        for name, (limits, hook) in tiny.items():
-            conf = config(f"tiny-{name}", **limits) if limits else None
-            res.setdefault(f"tiny_{name}", []).append(child("tiny", conf=conf, hook=hook).get("launches_per_s"))
-    res["tf_nohook"] = child("transformer", hook=False)
-    res["tf_hook_noconfig"] = child("transformer")
-    res["tf_hook_memlimit"] = child("transformer", conf=config("tf-mem", **memcfg))
-    # A workload that stays under its limit: about 50% busy (sleeps one step time per step), limit 70%.
-    res["tf_duty_nohook"] = child("transformer", "--duty", "1.0", hook=False)
-    res["tf_duty_hook_cores70"] = child("transformer", "--duty", "1.0",
-                                        conf=config("tf-70", cores=70, ref_clock_mhz=ref, **memcfg))
-    RESULTS["overhead"] = res
+    steps = ("--steps", "40")
+    full = {"nohook": (steps, {}, False), "hook_noconfig": (steps, {}, True),
+            "hook_memlimit": (steps, memcfg, True)}
+    RESULTS["overhead_transformer"] = rounds_of(full, "transformer", "step_ms_median", 8 if FULL else 6)
+    # Sleeping one step time after each step keeps it ~50% busy: under its 70% limit.
+    duty = ("--steps", "40", "--duty", "1.0")
+    under = {"nohook": (duty, {}, False), "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, **memcfg), True)}
+    RESULTS["overhead_transformer_under_limit"] = rounds_of(under, "transformer", "step_ms_median",
+                                                            8 if FULL else 6)
+
+
+def phase_launch_ab() -> None:
+    """The hook's cost per launch in one process (csrc/hook/bench/launch_ab.c): driver vs hook."""
+    exe = str(Path(HOOK).parent / "hook_launch_ab")
+    cpus = gpu_local_cpus()
+    memcfg = dict(memory_bytes=64 * GiB)
+    res: dict[str, Any] = {"cpus": cpus}
+    # gap 0: launches back to back (the GPU's queue sets the pace); gap 5 us: a framework's
+    # per-launch work, the GPU well under the 90% limit.
+    for name, limits, gap in (("noconfig", {}, 0), ("memlimit", memcfg, 0), ("cores90", dict(cores=90, **memcfg), 0),
+                              ("noconfig_gap5us", {}, 5000), ("cores90_gap5us", dict(cores=90, **memcfg), 5000)):
+        e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FLEXAI_VGPU_CONFIG")}
+        if limits:
+            e["FLEXAI_VGPU_CONFIG"] = str(config(f"ab-{name}", **limits))
+        r = subprocess.run([exe, HOOK, "20000", "60", str(gap)], env=e, capture_output=True,
+                           text=True, timeout=200, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        res[name] = json.loads(lines[-1]) if lines else {"error": f"rc={r.returncode}", "stderr": r.stderr[-400:]}
+    RESULTS["launch_ab"] = res
 
 
 def summary() -> str:
     rows = []
     m = RESULTS.get("memory", {})
-    for mode in ("default", "expandable_segments", "cudaMallocAsync"):
+    for mode in ("default", "expandable_segments", "cudaMallocAsync") if m else ():
         r = m.get(mode, {})
         rows.append(f"memory {mode:20s} err={r.get('error')} allocated={r.get('allocated_mib')}MiB "
                     f"mem_get_info={r.get('mem_get_info_before_mib')} smi='{r.get('nvidia_smi')}' nvml={r.get('nvml')}")
@@ -246,7 +327,7 @@ def summary() -> str:
                     f"(clock {c.get('matmul_nohook', {}).get('sm_clock_median')}), hook no config "
                     f"{c.get('matmul_hook_noconfig', {}).get('tflops', 0):.1f}, graph base "
                     f"{c.get('graph_nohook', {}).get('tflops', 0):.1f}; ref clock {RESULTS.get('ref_clock_mhz')}")
-        for pct in (10, 20, 30, 50, 70, 90):
+        for pct in LIMITS:
             cells = []
             for kind in ("matmul", "graph"):
                 for label in ("time", "work"):
@@ -259,21 +340,37 @@ def summary() -> str:
         if p:
             rows.append(f"{key}: 30% {p['a_30'].get('tflops', 0):.1f} / 70% {p['b_70'].get('tflops', 0):.1f} TFLOP/s, "
                         f"ratio {p['ratio']} (3:7 = 0.4286)")
-    o = RESULTS.get("overhead", {})
-    for k, v in o.items():
-        val = v if isinstance(v, list) else (v.get("launches_per_s") or v.get("step_ms_median"))
-        rows.append(f"overhead {k:22s} {val}")
+    for key in ("overhead_tiny", "overhead_transformer", "overhead_transformer_under_limit"):
+        for name, v in RESULTS.get(key, {}).items():
+            if isinstance(v, dict):
+                rows.append(f"{key} {name:14s} median {v['median']:.2f} paired ratio {v['paired_ratio_median']} "
+                            f"range {v['paired_ratio_range']} values {v['values']}")
+    for name, v in RESULTS.get("launch_ab", {}).items():
+        if isinstance(v, dict):
+            rows.append(f"launch_ab {name:16s} {json.dumps(v)}")
     return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hook-bench"))
-    ap.add_argument("--phases", default="memory,compute,overhead,pair")
+    ap.add_argument("--phases", default="memory,compute,pair,overhead",
+                    help="comma-separated: memory, compute, pair, launch_ab, tiny, transformer "
+                         "(overhead = the last three)")
     ap.add_argument("--quick", action="store_true", help="fewer variants (graphs in work mode only, 2 reps)")
     ap.add_argument("--ref-clock", type=int, default=0,
                     help="full-load SM clock (MHz) for phases run without the compute phase that measures it")
+    ap.add_argument("--kinds", default="matmul,graph", help="compute phase: workloads")
+    ap.add_argument("--limits", default="10,20,30,50,70,90", help="compute phase: core limits, percent")
+    ap.add_argument("--modes", default="time,work",
+                    help="compute phase: time (share of time) and/or work (share of throughput, ref_clock_mhz)")
+    ap.add_argument("--seconds", type=float, default=2.5, help="compute phase: timed part of each run")
     args = ap.parse_args()
+    global KINDS, LIMITS, MODES, SECONDS
+    MODES = tuple(args.modes.split(","))
+    SECONDS = args.seconds
+    KINDS = tuple(args.kinds.split(","))
+    LIMITS = tuple(int(x) for x in args.limits.split(","))
     if args.ref_clock:
         RESULTS["ref_clock_mhz"] = args.ref_clock
     global FULL
@@ -285,8 +382,10 @@ def main() -> None:
     RESULTS["gpu_uuid"] = UUID
     RESULTS["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                             "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    phases = {"memory": phase_memory, "compute": phase_compute, "pair": phase_pair, "overhead": phase_overhead}
-    for name in args.phases.split(","):
+    phases = {"memory": phase_memory, "compute": phase_compute, "pair": phase_pair, "launch_ab": phase_launch_ab,
+              "tiny": phase_tiny, "transformer": phase_transformer}
+    wanted = args.phases.replace("overhead", "launch_ab,tiny,transformer").split(",")
+    for name in wanted:
         t0 = time.time()
         try:
             phases[name]()
@@ -301,6 +400,10 @@ def main() -> None:
 
 UUID = ""
 FULL = True
+KINDS: tuple[str, ...] = ("matmul", "graph")
+LIMITS: tuple[int, ...] = (10, 20, 30, 50, 70, 90)
+MODES: tuple[str, ...] = ("time", "work")
+SECONDS = 2.5
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,8 @@ class AgentSettings:
     report_every_s: float = 30.0
     poll_every_s: float = 5.0
     prune_every_s: float = 30.0
+    # The SM clock (MHz) this node's cards sustain at full load; 0 = hold a share of time.
+    ref_clock_mhz: int = 0
 
 
 class NodeAgent:
@@ -70,7 +72,7 @@ class NodeAgent:
         self._inventory = inventory
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         workdirs = Workdirs(settings.state_dir / "containers")
-        hook = HookConfigFiles(workdirs.root, settings.hook_library)
+        hook = HookConfigFiles(workdirs.root, settings.hook_library, settings.ref_clock_mhz)
         if usage is None and shim is not None:
             usage = RegionUsageReader(lambda uid, c: hook.region_file(workdirs.path(uid, c)), shim)
         self._usage = usage

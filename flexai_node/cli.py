@@ -54,12 +54,17 @@ def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
                         "empty to go without (env FLEXAI_POD_RESOURCES_SOCKET)")
     p.add_argument("--report-every", type=float, default=float(e.get("FLEXAI_REPORT_EVERY", "30")),
                    help="seconds between heartbeats of the node annotation")
+    p.add_argument("--ref-clock-mhz", type=int, default=int(e.get("FLEXAI_REF_CLOCK_MHZ", "0")),
+                   help="SM clock the cards sustain at full load: the hook then holds a share of "
+                        "throughput, not of time (0: of time; see csrc/hook/README.md)")
     p.add_argument("--log-level", default=e.get("FLEXAI_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("the node name is required: --node-name or FLEXAI_NODE_NAME")
     if args.max_vgpus_per_card < 1:
         p.error("--max-vgpus-per-card must be at least 1")
+    if not 0 <= args.ref_clock_mhz <= 10000:
+        p.error(f"--ref-clock-mhz must be 0..10000 MHz, not {args.ref_clock_mhz}")
     if args.inventory != "nvml" and not args.inventory.startswith("file:"):
         p.error(f"--inventory must be nvml or file:PATH, not {args.inventory!r}")
     return args
@@ -95,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node=args.node_name,
         state_dir=args.state_dir,
         hook_library=args.hook_library,
+        ref_clock_mhz=args.ref_clock_mhz,
         plugin_dir=args.device_plugin_dir,
         metrics_port=args.metrics_port or None,
         metrics_address=args.metrics_address,

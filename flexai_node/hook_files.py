@@ -38,10 +38,12 @@ MIB = 1 << 20
 
 
 class HookConfigFiles:
-    def __init__(self, root: Path, library: Path) -> None:
-        """``root``: the per-container directories' parent; ``library``: the hook on the host."""
+    def __init__(self, root: Path, library: Path, ref_clock_mhz: int = 0) -> None:
+        """``root``: the per-container directories' parent; ``library``: the hook on the host;
+        ``ref_clock_mhz``: the cards' full-load SM clock, for limits in throughput (0: in time)."""
         self._root = root
         self._library = library
+        self._ref_clock_mhz = ref_clock_mhz
 
     def prepare(self, host_dir: Path, slices: tuple[Slice, ...]) -> tuple[dict[str, str], tuple[MountSpec, ...]]:
         taken = self._windows(exclude=host_dir)
@@ -54,7 +56,8 @@ class HookConfigFiles:
                     log.warning("no free %d%% compute window on %s for %s: sharing by time-slicing",
                                 s.cores, s.card_uuid, host_dir)
                 offset = free or 0
-            vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores, core_offset=offset))
+            vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores,
+                                      core_offset=offset, ref_clock_mhz=self._ref_clock_mhz if 0 < s.cores < 100 else 0))
         region = host_dir / REGION_DIR
         region.mkdir(parents=True, exist_ok=True)
         # Containers run as any user: every one of them must be able to create the region.

@@ -3,14 +3,15 @@
 # build the hook with CMake (headers carried in .cuda/include: that machine has no
 # network), then memory, compute accuracy, two-process fairness and overhead.
 #
-#   tests/gpu/run_all.sh [phases] [--quick]   phases: memory,compute,overhead,pair (default all)
+#   tests/gpu/run_all.sh [phases] [bench/hook_gpu.py options, e.g. --quick]
+#   phases: memory,compute,pair,launch_ab,tiny,transformer (overhead = the last three; default all)
 # Results: $OUT/hook-results.json, $OUT/hook-summary.txt, $OUT/hook-log.txt
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hook-gpu-out}"
 mkdir -p "$OUT"
-PHASES="${1:-memory,compute,overhead,pair}"
-EXTRA="${2:-}"   # e.g. --quick
+PHASES="${1:-memory,compute,pair,overhead}"
+shift || true   # the rest goes to bench/hook_gpu.py, e.g. --quick --kinds graph --limits 50,70
 INC="${FLEXAI_CUDA_INCLUDE_DIR:-$PWD/.cuda/include}"
 export PYTHONUNBUFFERED=1
 
@@ -26,5 +27,5 @@ export PYTHONUNBUFFERED=1
   test -f build/hook-gpu/libflexai_hook.so || { echo "build failed"; exit 1; }
   FLEXAI_HOOK_LIB="$PWD/build/hook-gpu/libflexai_hook.so" \
   FLEXAI_SHIM_LIBRARY="$PWD/build/hook-gpu/libflexai_shim.so" \
-    python3 bench/hook_gpu.py --out "$OUT" --phases "$PHASES" $EXTRA
+    python3 bench/hook_gpu.py --out "$OUT" --phases "$PHASES" "$@"
 } 2>&1 | tee "$OUT/hook-log.txt"

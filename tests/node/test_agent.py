@@ -114,6 +114,9 @@ def test_cli_flags_and_env() -> None:
         parse_args([], env={})
     with pytest.raises(SystemExit):
         parse_args(["--node-name", "n", "--inventory", "dcgm"], env={})
+    assert parse_args([], env={"NODE_NAME": "n", "FLEXAI_REF_CLOCK_MHZ": "1485"}).ref_clock_mhz == 1485
+    with pytest.raises(SystemExit):
+        parse_args(["--node-name", "n", "--ref-clock-mhz", "-5"], env={})
 
 
 def test_card_health_flows_to_the_plugin(tmp_path: Path) -> None:

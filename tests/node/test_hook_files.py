@@ -64,3 +64,12 @@ def test_files_env_and_mounts(tmp_path: Path) -> None:
     ]
     assert (d / "region").stat().st_mode & 0o777 == 0o777  # any container user creates the region
     assert files.region_file(d) == d / "region" / "region"
+
+
+def test_ref_clock_goes_to_limited_vgpus_only(tmp_path: Path) -> None:
+    files = HookConfigFiles(tmp_path, Path("/hook.so"), ref_clock_mhz=1485)
+    d = tmp_path / "uid" / "main"
+    d.mkdir(parents=True)
+    files.prepare(d, (slice_on(A, "main", 25, 2048), slice_on(B, "main", 100, 4096)))
+    config = hook_config.parse((d / "vgpu.conf").read_text())
+    assert [(v.cores, v.ref_clock_mhz) for v in config.vgpus] == [(25, 1485), (100, 0)]

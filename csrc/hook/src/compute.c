@@ -39,9 +39,10 @@
  * throughput (measured on an H200: 30% of the time gave 35% of the work).
  * With `ref_clock_mhz` (the SM clock the card sustains at full load) in the
  * config, the pacer reads the SM clock through NVML at each close (never on
- * the launch path) and busy time is weighted by 1 + 0.7 * (clock/ref - 1):
- * 0.7 is the share of a clock gain that shows up as bf16 matmul throughput on
- * the H200, measured (bench/results/hook-h200.md).
+ * the launch path) and busy time is weighted by 1 + 0.85 * (clock/ref - 1):
+ * 0.85 is the share of a clock gain that shows up as throughput on the H200,
+ * between bf16 matmul launched from Python (0.7) and the same matmuls
+ * replayed as a CUDA graph (~1.0), measured (bench/results/hook-h200.md).
  *
  * Threads and invariants:
  *   - the pacer thread only reads the clock and stores the gate word
@@ -69,12 +70,15 @@
 #define MARKER_NS 500000ull  /* aim: one marker per 0.5 ms of GPU work */
 #define MAX_MARKER_EVERY 4096
 #define MAX_QUEUED_NS 4000000ull /* at most ~4 ms of GPU work queued by a limited process */
-#define CLOCK_ELASTICITY_PCT 70  /* see book(): measured on an H200, bf16 matmul */
+#define CLOCK_ELASTICITY_PCT 85  /* see book(): measured on an H200, matmul and graphs */
 /* Integral gain 1/2: the error of window k is known only after window k+1
  * opened, and with that one period of delay a gain of 1 would oscillate
  * (poles on the unit circle); 1/2 settles in a few periods. */
 #define GAIN_DIV 2
 #define WAIT_LIMIT_NS 2000000000ull /* never wait longer than this on one event */
+/* All markers done and no event recorded for this long: the GPU ran dry,
+ * whatever cuStreamQuery says (see ran_dry()). */
+#define QUIET_NS (2 * MAX_QUEUED_NS)
 
 struct marker {
     CUevent ev;
@@ -111,6 +115,7 @@ struct pace {
     uint64_t booked_ns;             /* part of closed_ns + seg_ns already booked */
     uint64_t per_marker_ns;         /* GPU time between markers, smoothed */
     uint64_t last_book_ns;          /* wall clock of the last book() */
+    uint64_t mark_ns;               /* wall clock of the last START or marker */
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
     uint64_t windows, markers, timeouts, busy_max;
     _Atomic uint64_t skipped, idle;
@@ -157,7 +162,8 @@ static struct trace_rec {
     uint64_t value;
     int64_t lead_ns;
     uint32_t count;
-    char what; /* S start, E end, F finish (value = busy ns), W wait timeout */
+    char what; /* S start, E end, I idle at the gate, N new segment, W wait timeout,
+                  B busy measured (ns), C clock (MHz), F busy booked (ns) */
 } g_trace[TRACE_LEN];
 static _Atomic uint32_t g_trace_n;
 static int g_trace_on;
@@ -374,6 +380,20 @@ static int stream_idle(CUstream s, int flags)
     return r == CUDA_SUCCESS;
 }
 
+/* Call after retire(p, 0). 1 if the GPU has run out of our work: every marker
+ * completed, and the launches after the newest one (fewer than N, so at most
+ * ~0.5 ms of work) are done too: none were made, or the stream says so, or
+ * nothing was recorded for QUIET_NS. The last test does not trust
+ * cuStreamQuery alone: on an H200, a process back from a 6 s barrier found its
+ * stream "not ready" (work outside our launches, e.g. a library's memset) and
+ * an END across the gap booked 7 s as busy. */
+static int ran_dry(struct pace *p, CUstream s, int flags)
+{
+    if (p->count != 0)
+        return 0;
+    return atomic_load(&p->since_marker) == 0 || now_ns() - p->mark_ns > QUIET_NS || stream_idle(s, flags);
+}
+
 static int record(CUevent ev, CUstream s, int flags)
 {
     const struct flexai_driver *d = flexai_driver();
@@ -461,6 +481,8 @@ static void retire(struct pace *p, int block)
 static void new_segment(struct pace *p, CUstream s, int flags)
 {
     if (record(p->seg_ev, s, flags)) {
+        trace(p, 'N', p->seg_ns);
+        p->mark_ns = now_ns();
         p->closed_ns += p->seg_ns;
         p->seg_ns = 0;
         p->last_done = NULL;
@@ -486,6 +508,7 @@ static void add_marker(struct pace *p, CUstream s, int flags)
     if (!record(m->ev, s, flags))
         return;
     m->launches = p->pending_launches;
+    p->mark_ns = now_ns();
     p->markers++;
     p->pending_launches = 0;
     p->count++;
@@ -518,9 +541,11 @@ static void book(struct pace *p, int slot)
     if (busy > wall)
         busy = wall;
     uint32_t clock = atomic_load(&p->clock_mhz);
+    trace(p, 'B', busy);
+    trace(p, 'C', clock);
     if (p->ref_clock_mhz != 0 && clock != 0) {
         /* Work done at a boosted clock counts for more: CLOCK_ELASTICITY of
-         * the clock gain shows up as matmul throughput on an H200. */
+         * the clock gain shows up as throughput on an H200. */
         int64_t gain = (int64_t)CLOCK_ELASTICITY_PCT * ((int64_t)clock - p->ref_clock_mhz) / p->ref_clock_mhz;
         busy = busy * (uint64_t)(100 + (gain < -50 ? -50 : gain)) / 100;
     }
@@ -567,7 +592,7 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
         if ((g & 1) == 0) {
             if (p->in_window && !p->have_end && ensure_events(p)) {
                 retire(p, 0);
-                if (p->count == 0 && stream_idle(s, flags)) {
+                if (ran_dry(p, s, flags)) {
                     /* Everything we queued completed before this launch: the
                      * program sat idle (a barrier, a sleep) and the busy
                      * segment ended at its last marker. An END recorded now
@@ -593,15 +618,14 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
              * nothing to wait for); book what completed in the last period. */
             retire(p, 0);
             book(p, slot);
-            if (stream_idle(s, flags)) { /* idle since: restart at this launch */
-                retire(p, 0);
-                if (p->count == 0)
-                    new_segment(p, s, flags);
-            }
+            if (ran_dry(p, s, flags)) /* idle since: restart at this launch */
+                new_segment(p, s, flags);
         } else {
             finish_window(p, slot);
             if (ensure_events(p) && record(p->seg_ev, s, flags)) {
                 p->in_window = 1;
+                p->mark_ns = now_ns();
+                atomic_store(&p->since_marker, 0); /* those were covered by the END */
                 p->last_done = NULL;
                 /* The next launch checks whether the stream ran dry after
                  * this one, as after a marker: an idle gap early in a window
@@ -616,16 +640,16 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
     pthread_mutex_unlock(&p->lock);
 }
 
-/* First launch after a marker: if the stream has run dry (everything we
- * queued completed), the GPU sat idle before this launch; the busy segment
- * ends there and a new one starts here, so the idle gap is not counted. A
- * program that keeps its queue full never finds the stream idle. */
+/* First launch after a marker: if the GPU has run dry (everything we queued
+ * completed), it sat idle before this launch; the busy segment ends there and
+ * a new one starts here, so the idle gap is not counted. A program that keeps
+ * its queue full has a marker outstanding: one event query, nothing more. */
 static void idle_check(struct pace *p, CUstream s, int flags)
 {
     pthread_mutex_lock(&p->lock);
-    if (atomic_exchange(&p->poke, 0) && p->in_window && !capturing(s, flags) && stream_idle(s, flags)) {
+    if (atomic_exchange(&p->poke, 0) && p->in_window && p->events_ok && !capturing(s, flags)) {
         retire(p, 0);
-        if (p->count == 0)
+        if (ran_dry(p, s, flags))
             new_segment(p, s, flags);
     }
     pthread_mutex_unlock(&p->lock);

@@ -356,8 +356,15 @@ API CUresult cuStreamCreate(CUstream *s, unsigned int f)
 }
 API CUresult cuStreamDestroy_v2(CUstream s) { free(s); return CUDA_SUCCESS; }
 API CUresult cuStreamSynchronize(CUstream s) { sleep_until(atomic_load(&stream_of(s)->last_end)); return CUDA_SUCCESS; }
+/* $FAKECUDA_STREAM_BUSY: streams always answer "not ready", as a real one
+ * does while work outside the hooked launches (a library's memset) runs. */
 API CUresult cuStreamQuery(CUstream s)
 {
+    static int busy = -1;
+    if (busy < 0)
+        busy = getenv("FAKECUDA_STREAM_BUSY") != NULL;
+    if (busy)
+        return CUDA_ERROR_NOT_READY;
     return now_ns() >= atomic_load(&stream_of(s)->last_end) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 API CUresult cuStreamQuery_ptsz(CUstream s) { return cuStreamQuery(s); }
@@ -401,6 +408,21 @@ API CUgraphExec fakecuda_graph(unsigned int us) { return (CUgraphExec)(uintptr_t
 API uint64_t fakecuda_used(int phys) { return atomic_load(&g_used[phys]); }
 API uint64_t fakecuda_launches(void) { return atomic_load(&g_launches); }
 static uint64_t dur_of(const void *h) { return ((uint64_t)(uintptr_t)h >> 4) * 1000ull; }
+/* Modules (the launch bench loads PTX): every function is a kernel of
+ * $FAKECUDA_KERNEL_US microseconds (default 0). */
+API CUresult cuModuleLoadData(CUmodule *m, const void *image)
+{
+    (void)image;
+    *m = (CUmodule)(uintptr_t)0x10;
+    return CUDA_SUCCESS;
+}
+API CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
+{
+    (void)m; (void)name;
+    const char *us = getenv("FAKECUDA_KERNEL_US");
+    *f = fakecuda_kernel(us != NULL ? (unsigned int)atoi(us) : 0);
+    return CUDA_SUCCESS;
+}
 
 API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                             unsigned int by, unsigned int bz, unsigned int sh, CUstream s, void **pa, void **ex)
