@@ -1,16 +1,15 @@
 """The published baselines of the FGD paper, as policies: ``random``, ``bestfit``, ``gpupacking``.
 
-Re-derived from the paper's description (section 6.1), not from its simulator:
+Scored as the paper's simulator (hkust-adsl/kubernetes-scheduler-simulator,
+pkg/simulator/plugin/*_score.go, open_gpu_share.go) scores them; the formulas are
+re-implemented here, not its code:
 
-- Random-fit: any node that fits, uniformly (the simulator breaks equal scores at
-  random, so a constant score is exactly that); a pseudo-random card among those
-  with room.
-- Best-fit: the node with the least resources left after the task, as a weighted sum
-  of its free CPU and GPU shares (equal weights); on the node, the fullest card that fits.
-- GPU-packing: first a node where the task shares an already-occupied card, then a
-  node already running GPU tasks (an idle card of an active node), then an idle node;
-  equal within a tier; a task without GPUs has no tier (any node). On the node,
-  occupied cards first.
+- Random-fit: a node drawn uniformly among those that fit (its PreScore draw:
+  ``random_ties``); a pseudo-random card among those with room.
+- Best-fit: least resources left, against fixed maxima (see ``BestFit``); on the
+  node, the fullest card that fits ("best" GPU selection).
+- GPU-packing: integer tiers (see ``GpuPacking``); a task without GPUs scores 0
+  everywhere. On the node, the fullest card that fits.
 
 They exist to check the harness against the published numbers, and stay available
 to the extender by name.
@@ -27,6 +26,7 @@ from ..model import FULL_CORES, Card, CardUsage
 
 class RandomFit:
     name = "random"
+    random_ties = True  # every node scores alike: the simulator draws one at random
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         # Deterministic stand-in for a coin: the choice must repeat for a given seed.
@@ -37,15 +37,24 @@ class RandomFit:
 
 
 class BestFit:
+    """Least resources left after the task: 0.5 x CPU left / 128 cores + 0.5 x GPU left / 8 GPUs.
+
+    As the simulator scores it: against fixed maxima (its ``MaxSpecCpu``/``MaxSpecGpu``),
+    not the node's own capacity, so small nodes fill first; the score is an integer
+    0-100 (kube-scheduler scores are), and equal integers tie (broken at random).
+    """
+
     name = "bestfit"
     pod_host_dependent = True
     request_lowers_score = False  # a larger request leaves less: a better fit
+    MAX_CPU_MILLI = 128_000
+    MAX_GPU_PCT = 8 * FULL_CORES
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         return card_free(card, used)
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        return -_gpu_free_share(cards, after)
+        return float(int(100 * (1 - 0.5 * _gpu_free(cards, after) / self.MAX_GPU_PCT)))
 
     def host_node_score(
         self,
@@ -56,27 +65,42 @@ class BestFit:
         pod_cpu_milli: int,
         pod_memory_mib: int,
     ) -> float:
-        host_after = host.plus(pod_cpu_milli, pod_memory_mib)
-        cpu_left = host_after.cpu_free / host_after.cpu_milli if host_after.cpu_milli else 0.0
-        return -(cpu_left + _gpu_free_share(cards, after))
+        cpu_left = host.cpu_free - pod_cpu_milli
+        left = 0.5 * cpu_left / self.MAX_CPU_MILLI + 0.5 * _gpu_free(cards, after) / self.MAX_GPU_PCT
+        return float(int(100 * (1 - left)))
 
 
 class GpuPacking:
+    """Tiers, as the simulator scores them (integers; equal ones tie, broken at random):
+
+    - the task shares a card already in use: 100 - (percent that card had free) // 10,
+      at least 50 (the fullest card first, in steps of 10%);
+    - it needs idle cards of a node already in use: 50 - idle cards taken, at least 33;
+    - the node is idle: 33 - its card count (small idle nodes first, big ones kept);
+    - a task without GPUs: 0 everywhere (any node).
+    On the node, the fullest card the slice fits (best fit).
+    """
+
     name = "gpupacking"
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
-        return 0.0 if used.cores else 1.0
+        return card_free(card, used)
 
     def node_score(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
         if before == after:
-            return 0.0  # a task without GPUs has no tier: any node
-        shares_occupied = any(b.cores and a.cores > b.cores for b, a in zip(before, after, strict=True))
-        if shares_occupied:
-            return 2.0
-        return 1.0 if any(b.cores for b in before) else 0.0
+            return 0.0
+        if all(_idle(c, b) for c, b in zip(cards, before, strict=True)):
+            return float(33 - len(cards))
+        taken = [(c, b) for c, b, a in zip(cards, before, after, strict=True) if a != b]
+        shared = [card_free(c, b) for c, b in taken if not _idle(c, b)]
+        if shared:
+            return float(max(50, 100 - sum(shared) // 10))
+        return float(max(33, 50 - len(taken)))
 
 
-def _gpu_free_share(cards: Sequence[Card], usage: Sequence[CardUsage]) -> float:
-    if not cards:
-        return 0.0
-    return sum(card_free(c, u) for c, u in zip(cards, usage, strict=True)) / (FULL_CORES * len(cards))
+def _idle(card: Card, used: CardUsage) -> bool:
+    return used.vgpus == 0 and used.cores == 0
+
+
+def _gpu_free(cards: Sequence[Card], usage: Sequence[CardUsage]) -> int:
+    return sum(card_free(c, u) for c, u in zip(cards, usage, strict=True))

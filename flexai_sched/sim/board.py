@@ -5,14 +5,22 @@ kube-scheduler scores every feasible node and picks one of the best at random. W
 does not need to: a node's score for a pod type changes only when the node changes,
 and one node changes per pod. A board keeps each node's last score for its type and,
 on each use, re-scores only the nodes changed since (read from the cluster's change
-log). The choice is the same as a full scan: uniform among the best-scored nodes that
-also pass the pod's own filter.
+log). The choice is the same as a full scan: among the best-scored nodes that also
+pass the pod's own filter, the first in node order, as the FGD paper's simulator picks
+(it names nodes with a random prefix per seed, so ``replay`` shuffles the node order
+per seed); or, with ``random_ties``, one uniformly at random (kube-scheduler's own
+``selectHost``, and how the simulator's Random-fit draws).
+
+When board scores only bound the real ones (``choose_bounded``), the real score of a
+node for one pod type is kept in a ``Memo`` until that node changes: consecutive pods
+of a type walk mostly the same unchanged nodes.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+from bisect import bisect_left, insort
 from collections.abc import Callable
 
 # Rejection sampling inside a tie before scanning it: cheap when most nodes pass.
@@ -20,12 +28,12 @@ _TRIES = 8
 
 
 class Board:
-    def __init__(self, evaluate: Callable[[int], float | None]) -> None:
+    def __init__(self, evaluate: Callable[[int], float | None], random_ties: bool = False) -> None:
         self._evaluate = evaluate
+        self._random_ties = random_ties
         self._seen = 0  # position in the change log already applied
         self._score: dict[int, float] = {}
-        self._buckets: dict[float, list[int]] = {}
-        self._pos: dict[int, int] = {}  # node -> index in its bucket
+        self._buckets: dict[float, list[int]] = {}  # score -> its nodes, in node order
         self._heap: list[float] = []  # negated scores, lazily cleaned
         self._in_heap: set[float] = set()
 
@@ -42,14 +50,14 @@ class Board:
                 self._add(n, s)
 
     def choose(self, passes: Callable[[int], bool], rng: random.Random) -> int | None:
-        """A uniformly random node among the best-scored ones that pass; None if none does."""
+        """The first (or a random) node among the best-scored ones that pass; None if none does."""
         skipped: list[float] = []
         chosen = None
         while self._heap:
             s = -self._heap[0]
             bucket = self._buckets.get(s)
             if bucket:
-                chosen = _pick(bucket, passes, rng)
+                chosen = _pick(bucket, passes, rng) if self._random_ties else _first(bucket, passes)
                 if chosen is not None:
                     break
                 skipped.append(heapq.heappop(self._heap))
@@ -67,11 +75,14 @@ class Board:
 
         Walks the buckets from the top, scoring passing nodes with ``exact``, until the
         next bound is below the best real score found: no node further down can beat or
-        tie it.
+        tie it. Without ``random_ties`` it stops sooner, at the first node whose real
+        score reaches its bound: the rest of its bucket (later in node order) and every
+        lower bucket can at most tie it, and ties go to the first.
         """
         skipped: list[float] = []
         best = float("-inf")
         tied: list[int] = []
+        first = not self._random_ties
         while self._heap:
             s = -self._heap[0]
             bucket = self._buckets.get(s)
@@ -81,6 +92,7 @@ class Board:
                 continue
             if s < best:
                 break
+            reached = False
             for n in bucket:
                 if passes(n):
                     e = exact(n)
@@ -88,19 +100,24 @@ class Board:
                         best, tied = e, [n]
                     elif e == best:
                         tied.append(n)
+                    if first and e == s:
+                        reached = True
+                        break
+            if reached:
+                break
             skipped.append(heapq.heappop(self._heap))
         for neg in skipped:
             heapq.heappush(self._heap, neg)
-        return tied[rng.randrange(len(tied))] if tied else None
+        if not tied:
+            return None
+        return tied[rng.randrange(len(tied))] if self._random_ties else min(tied)
 
     def score(self, node: int) -> float | None:
         return self._score.get(node)
 
     def _add(self, n: int, s: float) -> None:
         self._score[n] = s
-        bucket = self._buckets.setdefault(s, [])
-        self._pos[n] = len(bucket)
-        bucket.append(n)
+        insort(self._buckets.setdefault(s, []), n)
         if s not in self._in_heap:
             self._in_heap.add(s)
             heapq.heappush(self._heap, -s)
@@ -110,11 +127,42 @@ class Board:
         if s is None:
             return
         bucket = self._buckets[s]
-        i = self._pos.pop(n)
-        last = bucket.pop()
-        if last != n:
-            bucket[i] = last
-            self._pos[last] = i
+        del bucket[bisect_left(bucket, n)]
+
+
+class Memo:
+    """One pod type's real scores by node, each kept until its node changes (read from
+    the cluster's change log, as boards do): the same numbers ``score`` gives, computed
+    once per node state."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._score: dict[int, float] = {}
+
+    def refresh(self, log: list[int]) -> None:
+        if self._score:
+            for n in set(log[self._seen :]):
+                self._score.pop(n, None)
+        self._seen = len(log)
+
+    def wrap(self, score: Callable[[int], float]) -> Callable[[int], float]:
+        """``score``, memoized; call ``refresh`` first."""
+        known = self._score
+
+        def cached(n: int) -> float:
+            s = known.get(n)
+            if s is None:
+                s = known[n] = score(n)
+            return s
+
+        return cached
+
+
+def _first(bucket: list[int], passes: Callable[[int], bool]) -> int | None:
+    for n in bucket:
+        if passes(n):
+            return n
+    return None
 
 
 def _pick(bucket: list[int], passes: Callable[[int], bool], rng: random.Random) -> int | None:

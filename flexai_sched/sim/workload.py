@@ -33,11 +33,11 @@ def arrivals(trace: Trace, seed: int, until: float = UNTIL) -> list[TracePod]:
 
 
 def target_workload(trace: Trace) -> Workload:
-    """The trace's GPU task classes weighted by how often they occur (as the paper does)."""
+    """The trace's task classes weighted by how often they occur (as the paper does),
+    tasks without GPUs included (FGD counts them; ``Workload`` keeps them apart)."""
     counts = Counter(
         (p.num_gpu, FULL_CORES if p.gpu_milli >= 1000 else p.cores, p.cpu_milli, p.memory_mib, p.gpu_spec)
         for p in trace.pods
-        if p.num_gpu
     )
     return Workload.of(
         TaskClass(n, cores, float(k), cpu, mem, spec) for (n, cores, cpu, mem, spec), k in counts.items()

@@ -17,29 +17,36 @@ def used(*cores: int) -> tuple[CardUsage, ...]:
 
 
 @pytest.mark.parametrize(
-    ("before", "after", "tier"),
+    ("before", "after", "score"),
     [
-        ((30, 0), (80, 0), 2.0),  # shares a card already in use
-        ((100, 0), (100, 50), 1.0),  # an idle card of an active node
-        ((0, 0), (50, 0), 0.0),  # an idle node
+        ((30, 0), (80, 0), 93.0),  # shares a card in use: 100 - 70% free // 10
+        ((95, 0), (100, 0), 100.0),  # the fuller the shared card, the higher
+        ((100, 0), (100, 50), 49.0),  # one idle card of an active node: 50 - 1
+        ((0, 0), (50, 0), 31.0),  # an idle node: 33 - its 2 cards
         ((30, 0), (30, 0), 0.0),  # no GPU asked: no tier
     ],
-    ids=["occupied-card", "active-node", "idle-node", "cpu-only"],
+    ids=["occupied-card", "fuller-card", "active-node", "idle-node", "cpu-only"],
 )
-def test_gpu_packing_tiers(before: tuple[int, int], after: tuple[int, int], tier: float) -> None:
-    assert GpuPacking().node_score(CARDS, used(*before), used(*after)) == tier
+def test_gpu_packing_tiers(before: tuple[int, int], after: tuple[int, int], score: float) -> None:
+    assert GpuPacking().node_score(CARDS, used(*before), used(*after)) == score
 
 
-def test_gpu_packing_prefers_occupied_cards() -> None:
+def test_gpu_packing_keeps_big_idle_nodes_and_fills_the_fullest_card() -> None:
     g = GpuPacking()
-    assert g.card_cost(CARDS[0], CardUsage(30, 0, 1), 20, 0) < g.card_cost(CARDS[0], CardUsage(), 20, 0)
+    eight = tuple(Card(i, f"e{i}", "G2", 32768, 100) for i in range(8))
+    idle8 = g.node_score(eight, used(*[0] * 8), used(50, *[0] * 7))
+    idle2 = g.node_score(CARDS, used(0, 0), used(50, 0))
+    assert idle2 > idle8 == 25.0  # a small idle node before a big one
+    assert g.card_cost(CARDS[0], CardUsage(70, 0, 1), 20, 0) < g.card_cost(CARDS[0], CardUsage(30, 0, 1), 20, 0)
 
 
-def test_best_fit_weighs_cpu_and_gpu_left() -> None:
+def test_best_fit_weighs_cpu_and_gpu_left_against_fixed_maxima() -> None:
     b = BestFit()
     host = Host(32000, 1 << 20)
-    # After: GPU free (100 + 50) / 200 = 0.75; CPU left (32 - 8) / 32 = 0.75: score -1.5.
-    assert b.host_node_score(CARDS, used(0, 0), used(0, 50), host, 8000, 0) == pytest.approx(-1.5)
+    # After: GPU free 150% of 800% max; CPU left 24 of 128 cores: 100 x (1 - 0.5 x (150/800 + 24/128)) = 81.25.
+    assert b.host_node_score(CARDS, used(0, 0), used(0, 50), host, 8000, 0) == 81.0
+    # An integer: within one point, nodes tie.
+    assert b.host_node_score(CARDS, used(0, 0), used(0, 51), host, 8000, 0) == 81.0
     # The fullest card that fits comes first.
     assert b.card_cost(CARDS[0], CardUsage(70, 0, 1), 20, 0) < b.card_cost(CARDS[0], CardUsage(10, 0, 1), 20, 0)
 

@@ -1,15 +1,16 @@
-"""The shortlist picks what a full scan would: the best passing node, ties uniformly."""
+"""The shortlist picks what a full scan would: the best passing node; ties to the first in
+node order, or uniformly with ``random_ties``."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 
-from flexai_sched.sim.board import Board
+from flexai_sched.sim.board import Board, Memo
 
 
-def board(scores: dict[int, float | None]) -> Board:
-    b = Board(lambda n: scores[n])
+def board(scores: dict[int, float | None], random_ties: bool = False) -> Board:
+    b = Board(lambda n: scores[n], random_ties)
     b.refresh([], len(scores))
     return b
 
@@ -23,8 +24,19 @@ def test_best_passing_node_wins() -> None:
     assert b.choose(lambda n: True, rng) == 1  # skipped levels are restored
 
 
-def test_ties_are_uniform() -> None:
+def test_ties_go_to_the_first_passing_node_in_order() -> None:
     b = board({n: 1.0 for n in range(4)} | {4: 0.5})
+    rng = random.Random(3)
+    assert {b.choose(lambda n: n != 0, rng) for _ in range(50)} == {1}
+    scores: dict[int, float | None] = {0: 1.0, 1: 1.0, 2: 1.0}
+    b = board(scores)
+    scores[0] = 0.5  # node 0 changes and leaves the tie: the next in order takes it
+    b.refresh([0], 3)
+    assert b.choose(lambda n: True, rng) == 1
+
+
+def test_random_ties_are_uniform() -> None:
+    b = board({n: 1.0 for n in range(4)} | {4: 0.5}, random_ties=True)
     rng = random.Random(3)
     picks = Counter(b.choose(lambda n: n != 0, rng) for _ in range(3000))
     assert set(picks) == {1, 2, 3}
@@ -54,3 +66,62 @@ def test_bounded_choice_finds_the_best_real_score() -> None:
 
     assert b.choose_bounded(exact, lambda n: True, random.Random(0)) == 2
     assert 3 not in looked
+
+
+def test_bounded_choice_stops_where_a_real_score_reaches_its_bound() -> None:
+    # Bounds 5, 5, 5, 4; real 3, 5, 5, 4. Node 1 reaches its bound: node 2 (later in
+    # order) and node 3 (lower bound) can at most tie it, so neither is scored.
+    b = board({0: 5.0, 1: 5.0, 2: 5.0, 3: 4.0})
+    real = {0: 3.0, 1: 5.0, 2: 5.0, 3: 4.0}
+    looked: list[int] = []
+
+    def exact(n: int) -> float:
+        looked.append(n)
+        return real[n]
+
+    assert b.choose_bounded(exact, lambda n: True, random.Random(0)) == 1
+    assert looked == [0, 1]
+    # Drawn at random, every tied node must be seen.
+    b = board({0: 5.0, 1: 5.0, 2: 5.0, 3: 4.0}, random_ties=True)
+    looked.clear()
+    assert b.choose_bounded(exact, lambda n: True, random.Random(0)) in {1, 2}
+    assert sorted(looked) == [0, 1, 2]
+
+
+def test_bounded_choice_equals_a_full_scan() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        size = rng.randrange(1, 12)
+        bound = {n: float(rng.randrange(6)) for n in range(size)}
+        real = {n: bound[n] - rng.choice((0.0, 0.0, 1.0, 2.0, 0.5)) for n in range(size)}
+        ok = {n for n in range(size) if rng.random() < 0.8}
+        b = board(dict(bound))
+        best = max((real[n] for n in ok), default=None)
+        expected = min((n for n in ok if real[n] == best), default=None)
+        assert b.choose_bounded(real.__getitem__, ok.__contains__, rng) == expected
+        assert b.choose(ok.__contains__, rng) == min(
+            (n for n in ok if bound[n] == max(bound[m] for m in ok)), default=None
+        )
+
+
+def test_memo_rescores_only_changed_nodes() -> None:
+    scores = {0: 1.0, 1: 2.0, 2: 3.0}
+    calls: list[int] = []
+
+    def score(n: int) -> float:
+        calls.append(n)
+        return scores[n]
+
+    memo, log = Memo(), [2]
+    memo.refresh(log)
+    f = memo.wrap(score)
+    assert [f(0), f(1), f(0)] == [1.0, 2.0, 1.0]
+    assert calls == [0, 1]
+    scores[1] = 7.0
+    log += [1, 1]  # node 1 changed (twice) since
+    memo.refresh(log)
+    f = memo.wrap(score)
+    assert [f(0), f(1), f(1)] == [1.0, 7.0, 7.0]
+    assert calls == [0, 1, 1]
+    memo.refresh(log)  # nothing new in the log: everything kept
+    assert memo.wrap(score)(1) == 7.0 and calls == [0, 1, 1]

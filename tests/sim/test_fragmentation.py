@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -51,24 +52,45 @@ def test_node_fragmentation(usage: tuple[int, int], host: Host | None, expected:
     assert node_fragmentation(CARDS, used(*usage), HALF_WHOLE, host) == pytest.approx(expected)
 
 
-def test_fgd_prefers_the_placement_that_fragments_least() -> None:
+def test_fgd_scores_as_kube_scheduler_integers() -> None:
     fgd = Fgd(HALF_WHOLE)
-    tie = Fgd.TIE
-    # A half task on an empty node: card 0 -> 50 used. F before 0, after 0.5*50 (not whole) = 25;
-    # the best-fit tie-break takes TIE x the 150 left.
-    assert fgd.node_score(CARDS, used(0, 0), used(50, 0)) == pytest.approx(-25.0 - tie * 150)
-    # On a node with a 50%-used card, completing it: F before 25, after 0: growth -25.
-    assert fgd.node_score(CARDS, used(50, 0), used(100, 0)) == pytest.approx(25.0 - tie * 100)
+    # A half task on an empty node: F before 0, after 0.5 x 50 = 25% of a card:
+    # int(100 x sigmoid(-0.25 GPU)) = 43.
+    assert fgd.node_score(CARDS, used(0, 0), used(50, 0)) == 43.0
+    # Completing a half-used card: F 25 -> 0: int(100 x sigmoid(0.25)) = 56.
+    assert fgd.node_score(CARDS, used(50, 0), used(100, 0)) == 56.0
+    # Growths within a few percent of a card round to the same score: a tie.
+    w = Workload.of([TaskClass(1, 50, 1.0), TaskClass(1, 45, 1.0)])
+    close = Fgd(w)
+    assert close.node_score(CARDS, used(0, 0), used(47, 0)) == close.node_score(CARDS, used(0, 0), used(49, 0))
     # Card level: filling the half-used card costs less than opening an empty one.
     card = CARDS[0]
     assert fgd.card_cost(card, CardUsage(50, 0, 1), 50, 0) < fgd.card_cost(card, CardUsage(), 50, 0)
+
+
+def test_fgd_target_is_the_typical_pods() -> None:
+    # 60 tasks of a half card, 30 whole cards, 6 without GPUs, 4 of a 10% share:
+    # 95% is reached with the first three; the 10% share is left out, weights renormalized.
+    w = Workload.of(
+        [TaskClass(1, 50, 60.0, 4000, 1000), TaskClass(1, 100, 30.0, 8000, 2000), TaskClass(0, 0, 6.0, 2000),
+         TaskClass(1, 10, 4.0, 1000)]
+    )
+    t = w.typical(Fgd.POPULAR)
+    assert {(c.vgpus, c.cores): round(c.weight, 4) for c in t.classes} == {(1, 50): 0.625, (1, 100): 0.3125}
+    assert t.cpu_weight == pytest.approx(0.0625)
+    assert all(c.memory_mib == 0 for c in t.classes)  # told apart by CPU and GPU only
+    # Tasks without GPUs find all free GPU a fragment: on an empty 2-card node,
+    # F = 0.0625 x 200 + the half class's 0 + the whole class's 0.
+    assert node_fragmentation(CARDS, used(0, 0), t) == pytest.approx(12.5)
 
 
 def test_fast_measure_equals_the_definition() -> None:
     # Fgd's fast evaluation (prefix sums over classes by CPU) against node_fragmentation.
     rng = random.Random(7)
     classes = [TaskClass(rng.choice([1, 1, 2]), rng.choice([20, 35, 50, 100]), rng.random(), cpu_milli=rng.randrange(0, 20000, 1000)) for _ in range(12)]
-    w = Workload.of(c if c.cores == 100 or c.vgpus == 1 else TaskClass(1, c.cores, c.weight, c.cpu_milli) for c in classes)
+    classes.append(TaskClass(0, 0, 0.5, cpu_milli=3000))
+    w = Workload.of(c if c.cores == 100 or c.vgpus <= 1 else TaskClass(1, c.cores, c.weight, c.cpu_milli) for c in classes)
+    typical = w.typical(Fgd.POPULAR)
     fgd = Fgd(w)
     cards = tuple(Card(i, f"u{i}", "G2", 32768, 100) for i in range(4))
     for _ in range(200):
@@ -76,9 +98,12 @@ def test_fast_measure_equals_the_definition() -> None:
         after = used(*(min(100, b.cores + rng.choice([0, 20, 50])) for b in before))
         host = Host(40000, 1 << 20, rng.randrange(0, 40000, 500))
         cpu = rng.randrange(0, 8000, 500)
-        want = node_fragmentation(cards, before, w, host) - node_fragmentation(cards, after, w, host.plus(cpu, 0))
-        want -= Fgd.TIE * sum(100 - u.cores for u in after)  # best fit among equals
-        assert fgd.host_node_score(cards, before, after, host, cpu, 0) == pytest.approx(want)
+        growth = node_fragmentation(cards, before, typical, host) - node_fragmentation(
+            cards, after, typical, host.plus(cpu, 0)
+        )
+        want = 100 / (1 + math.exp(-growth / 100))
+        got = fgd.host_node_score(cards, before, after, host, cpu, 0)
+        assert got == int(want) or abs(want - round(want)) < 1e-9  # equal but at a rounding edge
 
 
 def test_fragmentation_counts_gpus_a_short_host_strands() -> None:
@@ -120,3 +145,20 @@ def test_workload_weights() -> None:
     weights = {(c.vgpus, c.cores): round(c.weight, 6) for c in w.classes}
     # count x GPU demand: 1 x 50 and 1 x 100 -> 1/3 and 2/3.
     assert weights == {(1, 50): round(1 / 3, 6), (1, 100): round(2 / 3, 6)}
+
+
+def test_fragmentation_feeds_tasks_without_gpus_from_the_host_cpu_too() -> None:
+    # With tasks without GPUs in the workload, r (CPU per percent of GPU) grows: a host
+    # must keep more CPU per free GPU, so eating its CPU strands more.
+    with_cpu_tasks = Workload.of([*HALF_WHOLE.classes, TaskClass(0, 0, 1.0, cpu_milli=20000)])
+    # 48 cores, 2 free cards, a 4-core task. GPU tasks only: r = 133 milli, 44 cores feed
+    # 330% > 200%: nothing stranded. With the CPU-only class (weights 1/4, 1/4, 1/2):
+    # r = 15000 / 37.5 = 400 milli, stranded 200 - 120 = 80 before, 200 - 110 = 90 after: 2 x 10.
+    host = Host(48000, 1 << 20)
+    plain = Fragmentation(HALF_WHOLE).host_node_score(CARDS, used(0, 0), used(0, 0), host, 4000, 0)
+    fed = Fragmentation(with_cpu_tasks).host_node_score(CARDS, used(0, 0), used(0, 0), host, 4000, 0)
+    assert plain == pytest.approx(0.0, abs=1e-3)
+    assert fed == pytest.approx(-20.0, abs=1e-3)
+    # Cards all taken: nothing to strand either way.
+    full = Fragmentation(with_cpu_tasks).host_node_score(CARDS, used(100, 100), used(100, 100), host, 4000, 0)
+    assert full == 0.0
