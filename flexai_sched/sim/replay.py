@@ -14,8 +14,9 @@ The simulated kube-scheduler does what kube-scheduler plus our extender would:
   per seed, and ties go to one node consistently: GPU-packing lands within about half a
   point of its published figures so, 2.5 points worse with uniformly random ties); a
   policy with ``random_ties`` (Random-fit, whose simulator plugin draws a node at
-  random) gets a uniform draw among them. Scores are not rescaled, so no two nodes
-  tie by rounding unless the policy rounds them itself;
+  random) gets a uniform draw among them; a ``Seeded`` policy's own draws (Random-fit's
+  card for each share) are seeded per replay too. Scores are not rescaled, so no two
+  nodes tie by rounding unless the policy rounds them itself;
 - the bind assumes the allocation in ``ClusterState`` (re-checked against the node's
   version, as ``Extender.bind`` does) and confirms it; no pod ever leaves.
 
@@ -37,6 +38,7 @@ from ..fragmentation import Host, HostAware, WorkloadAware
 from ..model import Allocation, PodRequest
 from ..policies import Policy
 from ..state import ClusterState, NodeState
+from .baselines import Seeded
 from .board import Board, Memo
 from .trace import Trace, TracePod, request, smallest_card_mib
 from .workload import target_workload
@@ -87,6 +89,8 @@ class Cluster:
         self.policy: Policy = policies.get(policy_name)
         if isinstance(self.policy, WorkloadAware):
             self.policy.use_workload(target_workload(trace))
+        if isinstance(self.policy, Seeded):
+            self.policy.use_seed(seed)  # Random-fit's card draws repeat per seed
         self._host_aware = host_scores and isinstance(self.policy, HostAware)
         dependent = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
         self._bounded = dependent and bool(getattr(self.policy, "request_lowers_score", False))
