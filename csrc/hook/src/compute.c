@@ -14,9 +14,10 @@
  * first launch of a window, a marker every N launches (N adapted so markers
  * are ~0.5 ms of GPU work apart), and END before it first blocks on a closed
  * gate. Busy time is elapsed(segment start, newest completed marker), summed
- * over "segments": a segment ends when the stream is found idle (cuStreamQuery,
- * checked once after each marker and at each new period, never per launch),
- * so the program's own idle gaps never count as busy. After an END the GPU
+ * over "segments": a segment ends when the GPU is found to have run out of
+ * our work (all markers completed: ran_dry(), checked once after each marker,
+ * at each new period and at a shut gate, never per launch), so the program's
+ * own idle gaps never count as busy. After an END the GPU
  * drains during the closed part anyway, so the window's figure is exact,
  * including work that ran past the close.
  *
@@ -625,7 +626,7 @@ static void gate_slow(struct pace *p, int slot, CUstream s, int flags)
             if (ensure_events(p) && record(p->seg_ev, s, flags)) {
                 p->in_window = 1;
                 p->mark_ns = now_ns();
-                atomic_store(&p->since_marker, 0); /* those were covered by the END */
+                atomic_store(&p->since_marker, 0); /* earlier launches: last window's */
                 p->last_done = NULL;
                 /* The next launch checks whether the stream ran dry after
                  * this one, as after a marker: an idle gap early in a window
