@@ -1,6 +1,7 @@
 """Trace replay bench: every trace variant x policy, beside the FGD paper's figures.
 
-Writes bench/results/trace-replay.md (table, command, timings), trace-replay.csv
+Writes bench/results/trace-replay.md (table, command, timings; the hand-written analysis after
+the table is kept), trace-replay.csv
 (allocated GPU % against arrived demand, mean and range over seeds), trace-replay.png
 and trace-replay-runs.json (every replay's numbers, for --from).
 
@@ -84,7 +85,11 @@ def main() -> int:
         "plot: `bench/results/trace-replay.png`.",
         "",
     ]
-    (OUT / "trace-replay.md").write_text("\n".join(text))
+    md = OUT / "trace-replay.md"
+    # The analysis below the table is written by hand (from its first "## " heading on): kept.
+    old = md.read_text() if md.exists() else ""
+    kept = old[old.index("\n## ") + 1 :] if "\n## " in old else ""
+    md.write_text("\n".join(text) + ("\n" + kept if kept else ""))
     print("\n".join(text))
     return 0
 
