@@ -17,7 +17,7 @@ from flexai_sched.fragmentation import (
     WorkloadAware,
     node_fragmentation,
 )
-from flexai_sched.model import Card, CardUsage
+from flexai_sched.model import FULL_CORES, Card, CardUsage
 
 CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
 
@@ -162,3 +162,16 @@ def test_fragmentation_feeds_tasks_without_gpus_from_the_host_cpu_too() -> None:
     # Cards all taken: nothing to strand either way.
     full = Fragmentation(with_cpu_tasks).host_node_score(CARDS, used(100, 100), used(100, 100), host, 4000, 0)
     assert full == 0.0
+
+
+def test_leftover_table_expects_holes_a_frequent_share_fits_to_be_filled() -> None:
+    # Shares of 47 (frequent) and 32: a 53 hole takes a 47 and keeps 6; a 21 hole (47+32)
+    # fits nothing and keeps all of it.
+    from flexai_sched.fragmentation import leftover_table
+
+    w = Workload.of([TaskClass(1, 47, 3.0), TaskClass(1, 32, 1.0), TaskClass(1, FULL_CORES, 4.0)])
+    e = leftover_table(w, 0.1)
+    assert e[0] == 0.0 and e[21] == 21.0 and e[31] == 31.0  # below the smallest share
+    assert e[47] < e[46] / 2  # a 47 fills it exactly; a 46 hole only takes a 32 (14 left)
+    assert e[53] < e[21]  # why a 47 goes beside a 47 rather than beside a 32
+    assert all(0.0 <= e[f] <= f + 1e-9 for f in range(101))
