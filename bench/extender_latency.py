@@ -7,7 +7,10 @@ the service uses, then sends kube-scheduler-shaped filter and prioritize calls
 tenth pod so the per-node fit cache is invalidated as in a live cluster. The first pod
 of each shape (cold cache) is timed and reported separately.
 
-    .venv/bin/python bench/extender_latency.py [--nodes 5000] [--calls 400]
+With ``--hosts`` every node has a host (128 CPUs, 2 TiB) and every pod asks 4 CPUs per
+vGPU, so prioritize scores with the host (the Kubernetes backend's path, ``host_cache``).
+
+    .venv/bin/python bench/extender_latency.py [--nodes 5000] [--calls 400] [--hosts]
 """
 
 from __future__ import annotations
@@ -28,16 +31,22 @@ SHAPES = [  # (vgpus, cores, memory GiB): a mix like the seed's users send
 ]
 
 
+HOSTS = False  # --hosts (set in both processes: serve gets it as an argument)
+
+
 def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, object]:
     n, cores, mem = shape
-    lim = {"huawei.com/vgpu-number": str(n), "huawei.com/vgpu-cores": str(cores)}
+    lim: dict[str, str] = {"cpu": str(4 * n)} if HOSTS else {}
+    lim |= {"huawei.com/vgpu-number": str(n), "huawei.com/vgpu-cores": str(cores)}
     if mem is not None:
         lim["huawei.com/vgpu-memory-1Gi"] = str(mem)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "bench", "uid": f"uid-{name}"},
             "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": lim}}]}}
 
 
-def serve(port: int, nodes: int, ready: mp.synchronize.Event) -> None:
+def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = False) -> None:
+    global HOSTS
+    HOSTS = hosts
     import uvicorn
 
     from flexai_sched import demo
@@ -52,6 +61,9 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event) -> None:
     state = ClusterState()
     backend = MemoryBackend(inv)
     backend.start(state)
+    if hosts:
+        for n in inv:
+            state.set_host_capacity(n.name, 128_000, 2 * 1024 * 1024)
     ext = Extender(state, backend, Settings())
     rng = random.Random(7)
     names = [n.name for n in inv]
@@ -82,9 +94,12 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--port", type=int, default=18931)
+    ap.add_argument("--hosts", action="store_true", help="nodes with host CPU/memory; pods ask for CPU")
     args = ap.parse_args()
+    global HOSTS
+    HOSTS = args.hosts
     ready = mp.get_context("spawn").Event()
-    proc = mp.get_context("spawn").Process(target=serve, args=(args.port, args.nodes, ready), daemon=True)
+    proc = mp.get_context("spawn").Process(target=serve, args=(args.port, args.nodes, ready, args.hosts), daemon=True)
     t0 = time.time()
     proc.start()
     ready.wait(600)

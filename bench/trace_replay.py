@@ -77,7 +77,7 @@ def main() -> int:
         "Seeds: default trace 42-51 (the published method); other variants as in the seeds column.",
         "Published figures: the FGD paper's simulator results (mean of 10 seeds), see the trace README.",
         "`replay s` adds up the replays' own times (CPU seconds of one process each).",
-        "`NAME:cards`: the policy sees the cards only (no host CPU/memory), as the extender can today.",
+        "`NAME:cards`: the policy sees the cards only (no host CPU/memory), as the extender does for a node whose host it does not know.",
         "",
         report.table(rows),
         "",

@@ -5,10 +5,12 @@ Layout (pure core first, edges last):
 - ``resources``   resource names and how a pod's containers ask for vGPUs
 - ``annotations`` annotation keys and their versioned encodings (node inventory, pod allocation)
 - ``model``       plain typed values: cards, nodes, requests, slices, allocations
-- ``requests``    pod JSON -> validated ``PodRequest`` (clear errors naming the field)
+- ``requests``    pod JSON -> validated ``PodRequest`` (clear errors naming the field), incl. its
+                  CPU/memory requests (the one place quantity strings are parsed)
 - ``policies``    binpack / spread / fragmentation-aware choices of node and card
 - ``allocator``   does a pod fit a node, and on which cards (pure arithmetic)
-- ``state``       the cluster as the scheduler believes it: assume, confirm, forget
+- ``state``       the cluster as the scheduler believes it: assume, confirm, forget; each node's
+                  host (allocatable CPU/memory, what bound pods request)
 - ``backend``     where state comes from and where binds go (in-memory, Kubernetes)
 - ``extender``    filter / prioritize / bind / preempt decisions on top of ``state``
 - ``app``         FastAPI edge: the kube-scheduler wire format, REST views, metrics

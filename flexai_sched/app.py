@@ -8,6 +8,7 @@ field; nothing becomes a 500.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -45,6 +46,20 @@ log = logging.getLogger("flexai_sched")
 MAX_BODY = 64 << 20  # a 5,000-node NodeList is ~30 MiB; anything past this is refused
 
 
+async def _learn_workload(extender: Extender) -> None:
+    """Every ``workload_refresh_s``: the policy's target workload from the bound pods."""
+    settings = extender.settings
+    while True:
+        await asyncio.sleep(settings.workload_refresh_s)
+        try:
+            n = await run_in_threadpool(extender.learn_workload, settings.workload_min_pods)
+        except Exception:  # never let a bad pod end the loop
+            log.exception("learning the target workload failed; keeping the previous one")
+            continue
+        if n:
+            log.info("target workload learned from %d bound pods", n)
+
+
 def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     state: ClusterState = extender.state
     backend: Backend = extender.backend
@@ -58,9 +73,12 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
         # collection never walks it in the middle of a filter call.
         gc.collect()
         gc.freeze()
+        learner = asyncio.create_task(_learn_workload(extender)) if extender.settings.workload_refresh_s else None
         try:
             yield
         finally:
+            if learner is not None:
+                learner.cancel()
             if start_backend:
                 await run_in_threadpool(backend.stop)
 

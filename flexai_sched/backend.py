@@ -97,7 +97,9 @@ class MemoryBackend:
         with self._mu:
             pod = self._pods.pop(key, None)
         if pod is not None and self._state is not None:
-            self._state.release(key, (pod.get("metadata") or {}).get("uid"))
+            uid = (pod.get("metadata") or {}).get("uid")
+            self._state.release(key, uid)
+            self._state.drop_pod_host(key, uid)
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._mu:

@@ -23,6 +23,10 @@ class Settings:
     kubeconfig: str | None = None
     in_cluster: bool = False
     demo_inventory: str | None = None  # YAML/JSON file of demo nodes; None = built-in demo
+    # Learn the policy's target workload from the bound pods this often (0: keep the built-in
+    # prior), once at least this many are bound: Extender.learn_workload.
+    workload_refresh_s: float = 300.0
+    workload_min_pods: int = 100
 
     def validate(self) -> Settings:
         from . import policies
@@ -37,6 +41,10 @@ class Settings:
             problems.append(f"max_vgpus_per_card={self.max_vgpus_per_card}: must be at least 1")
         if self.heartbeat_ttl_s <= 0:
             problems.append(f"heartbeat_ttl_s={self.heartbeat_ttl_s}: must be positive")
+        if self.workload_refresh_s < 0:
+            problems.append(f"workload_refresh_s={self.workload_refresh_s}: must be 0 (off) or positive")
+        if self.workload_min_pods < 1:
+            problems.append(f"workload_min_pods={self.workload_min_pods}: must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             problems.append("tls_cert and tls_key: give both or neither")
         if problems:

@@ -2,6 +2,21 @@
 
 Pure decisions except ``bind``, which hands the chosen allocation to the backend (the
 only write). Handlers in ``app`` parse the wire format, call these, and serialise.
+
+Scores: a ``fragmentation.HostAware`` node policy (the default, ``fragmentation``) scores
+a node with its host too (allocatable CPU/memory and what bound pods request, from
+``NodeState.host``) and the pod's own host request, as the trace replay does; a node
+whose host is unknown (no capacity reported, e.g. the in-memory demo) is scored on its
+cards only. Filter checks the cards only: kube-scheduler's NodeResourcesFit checks CPU
+and memory.
+
+Caches, per node (``NodeState``), keyed by small interned ids:
+
+- ``fit_cache``: GPU shape id -> True or a NoFit, -id -> the cards-only score; reset when
+  the node's cards or allocations change;
+- ``host_cache``: (GPU shape, pod host request) id -> the host-aware score; reset when
+  the node's cards, allocations or host usage change (``ClusterState`` gives the node a
+  new one).
 """
 
 from __future__ import annotations
@@ -11,12 +26,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from . import policies
 from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError
 from .config import Settings
+from .fragmentation import HostAware, TaskClass, Workload, WorkloadAware
 from .model import Allocation, PodRequest
 from .requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
@@ -54,6 +70,7 @@ class Extender:
         # Pod shapes -> small ints: fit-cache lookups then hash an int, not nested tuples.
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._next_shape_id = 0
+        self._host_aware: dict[type, bool] = {}  # policy class -> isinstance(HostAware), asked once
 
     # ---- parsing ----
 
@@ -85,6 +102,8 @@ class Extender:
             return out
         cutoff = self._heartbeat_cutoff()
         key = self._key(req)  # computed once: the hot loop below only looks up
+        policy = self._policy(req.node_policy, self._node_policy)
+        hkey = self._host_key(req, key, policy)
         nodes = self.state.nodes_by_name()
         for name in node_names:
             node = nodes.get(name)
@@ -97,7 +116,7 @@ class Extender:
                 continue
             verdict = node.fit_cache.get(key)
             if verdict is None:
-                verdict = self._verdict(node, req, key)
+                verdict = self._verdict(node, req, key, hkey, policy)
             if verdict is True:
                 out.fits.append(name)
             else:
@@ -108,16 +127,23 @@ class Extender:
         """Where ``req`` goes on ``node`` now, with the pod's card policy (never cached)."""
         return place(node.cards, node.usage, req, self._policy(req.card_policy, self._card_policy))
 
-    def _verdict(self, node: NodeState, req: PodRequest, key: int) -> Any:
-        """Fill the node's cache for this pod shape: True or a NoFit at ``key``, the score at ``-key``.
+    def _verdict(self, node: NodeState, req: PodRequest, key: int, hkey: int, policy: policies.Policy) -> Any:
+        """Fill the node's caches for this pod shape: True or a NoFit at ``fit_cache[key]``, and
+        the score: with the host at ``host_cache[hkey]`` (``hkey`` non-zero: a host-aware
+        policy) when the node's host is known, else cards only at ``fit_cache[-key]``.
 
         Only these small values are cached, not placements: a cluster of 5,000 nodes and
         dozens of shapes would otherwise hold millions of objects for the GC to walk.
         """
         got = self.fit(node, req)
         if isinstance(got, Placement):
-            policy = self._policy(req.node_policy, self._node_policy)
-            node.fit_cache[-key] = policy.node_score(node.cards, node.usage, got.usage_after)
+            host = node.host  # one NodeState: its host and host_cache belong together
+            if hkey and host is not None:
+                node.host_cache[hkey] = cast(HostAware, policy).host_node_score(
+                    node.cards, node.usage, got.usage_after, host, req.cpu_milli, req.memory_mib
+                )
+            else:
+                node.fit_cache[-key] = policy.node_score(node.cards, node.usage, got.usage_after)
             node.fit_cache[key] = True
             return True
         if len(_INTERNED) > MAX_SHAPES:
@@ -136,7 +162,10 @@ class Extender:
             return [(n, 0) for n in node_names]
         if not req.wants_gpu:
             return [(n, 0) for n in node_names]
-        key = -self._key(req)  # negative ids: scores, positive: fit verdicts
+        fkey = self._key(req)
+        key = -fkey  # negative ids: scores, positive: fit verdicts
+        policy = self._policy(req.node_policy, self._node_policy)
+        hkey = self._host_key(req, fkey, policy)
         nodes = self.state.nodes_by_name()
         scores: list[float] = []
         for name in node_names:
@@ -144,10 +173,20 @@ class Extender:
             if node is None:
                 scores.append(_NO_FIT)
                 continue
-            score = node.fit_cache.get(key)
-            if score is None:
-                self._verdict(node, req, -key)
-                score = node.fit_cache[key]
+            if hkey and node.host is not None:
+                score = node.host_cache.get(hkey)
+                if score is None:
+                    verdict = node.fit_cache.get(fkey)
+                    if verdict is None or verdict is True:
+                        self._verdict(node, req, fkey, hkey, policy)
+                        score = node.host_cache[hkey]
+                    else:
+                        score = node.host_cache[hkey] = _NO_FIT
+            else:
+                score = node.fit_cache.get(key)
+                if score is None:
+                    self._verdict(node, req, fkey, hkey, policy)
+                    score = node.fit_cache[key]
             scores.append(score)
         fitting = [x for x in scores if x != _NO_FIT]
         if not fitting:
@@ -193,6 +232,8 @@ class Extender:
             self.state.forget(key, uid)
             raise
         self.state.confirm(key)
+        # The pod's host request counts at once (the backend's watch re-states it, idempotent).
+        self.state.set_pod_host(key, node_name, req.cpu_milli, req.memory_mib, uid)
         return alloc
 
     # ---- preempt ----
@@ -242,9 +283,44 @@ class Extender:
         except RequestError as e:
             raise BindError(f"pod {namespace}/{name}: invalid vGPU request: {e}") from None
 
+    # ---- the target workload ----
+
+    def learn_workload(self, min_pods: int) -> int:
+        """Aim a workload-aware policy at the pods bound now, as FGD takes its target workload
+        from history: one task class per pod, by its GPU shape (app containers' vGPUs, the
+        largest share) and host request; pods without GPUs too. With fewer than ``min_pods``
+        the built-in prior stays. Every cached score goes with the old workload (the next
+        call per shape is cold). Returns how many pods it learned from (0: nothing changed).
+
+        Why: the replay's gain over FGD comes from each class's CPU per GPU (bench/results/
+        trace-replay.md); the built-in prior asks for no CPU, so host scores would equal the
+        cards-only ones.
+        """
+        requests = self.state.pod_requests()
+        aware = [p for p in {id(p): p for p in (self._node_policy, self._card_policy)}.values()
+                 if isinstance(p, WorkloadAware)]
+        if len(requests) < max(1, min_pods) or not aware:
+            return 0
+        classes = []
+        for key, (cpu, mem) in requests.items():
+            alloc = self.state.allocation(key)
+            app = [s for s in alloc.slices if not s.init] if alloc is not None else []
+            cores = max((s.cores for s in app), default=0)
+            classes.append(TaskClass(len(app), cores, 1.0, cpu, mem))
+        workload = Workload.of(classes)
+        if not workload.classes:
+            return 0  # no GPU pods yet: nothing to aim at
+        for policy in aware:
+            policy.use_workload(workload)
+        self.state.drop_scores()
+        return len(requests)
+
     def _key(self, req: PodRequest) -> int:
         """A small int naming (pod shape, card policy, node policy); stable for this process."""
-        shape = (req.shape(), self.settings.card_policy, self.settings.node_policy)
+        return self._intern((req.shape(), self.settings.card_policy, self.settings.node_policy))
+
+    def _intern(self, shape: tuple[object, ...]) -> int:
+        """A small positive int per distinct ``shape``; ids are never reused."""
         got = self._shape_ids.get(shape)
         if got is None:
             if len(self._shape_ids) >= MAX_SHAPES:
@@ -252,6 +328,18 @@ class Extender:
             self._next_shape_id += 1
             got = self._shape_ids.setdefault(shape, self._next_shape_id)
         return got
+
+    def _host_key(self, req: PodRequest, key: int, policy: policies.Policy) -> int:
+        """0 if ``policy`` scores cards only; else a small int naming (shape ``key``, the pod's
+        host request where the policy reads it), for ``NodeState.host_cache``."""
+        aware = self._host_aware.get(type(policy))
+        if aware is None:
+            aware = self._host_aware[type(policy)] = isinstance(policy, HostAware)
+        if not aware:
+            return 0
+        if getattr(policy, "pod_host_dependent", True):
+            return self._intern(("host", key, req.cpu_milli, req.memory_mib))
+        return self._intern(("host", key))
 
     def _policy(self, override: str | None, default: policies.Policy) -> policies.Policy:
         return policies.get(override) if override else default

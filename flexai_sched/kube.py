@@ -18,6 +18,15 @@ Watches (one thread per kind)::
       |   from the list are removed     |  again from the last resourceVersion <-+
       +---- 410 Gone: relist <----------+  other error: back off, watch again
 
+Host resources (what ``fragmentation``'s score reads beside the cards), for every node
+and every bound pod, GPU or not:
+
+- a Node's ``status.allocatable`` cpu/memory -> ``state.set_host_capacity`` (with or
+  without an inventory); deleted or gone from a relist -> ``state.drop_host_capacity``;
+- a bound Pod's effective CPU/memory requests (``requests.host_request``, the same
+  parsing as the extender's) -> ``state.set_pod_host``; deleted, Succeeded/Failed, or
+  gone from a relist -> ``state.drop_pod_host``.
+
 Pods are listed before nodes are first applied, so a node never appears with less
 usage than it has (an unknown node fits nothing: a partial state can refuse pods,
 never over-commit a card).
@@ -55,6 +64,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from . import annotations as ann
 from .backend import CommitError
 from .model import Allocation
+from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib
 from .state import AllocState, ClusterState
 
 log = logging.getLogger("flexai_sched.kube")
@@ -249,12 +259,16 @@ class KubeBackend:
             self._node_event("ADDED", node)
         for gone in {n.name for n in self._st().nodes()} - listed:
             self._forget_node(gone, "not in the node list (deleted)")
+        for gone in set(self._st().host_capacity_nodes()) - listed:
+            self._st().drop_host_capacity(gone)
 
     def _node_event(self, kind: str, node: Obj) -> None:
         name = _name(node)
         if kind == "DELETED":
             self._forget_node(name, "deleted")
+            self._st().drop_host_capacity(name)
             return
+        self._host_capacity(name, node)
         text = (node["metadata"].get("annotations") or {}).get(ann.NODE_INVENTORY)
         if text is None:
             self._leave_out(name, f"has no {ann.NODE_INVENTORY} annotation")
@@ -267,6 +281,19 @@ class KubeBackend:
         if self._node_problems.pop(name, None) is not None:
             log.info("node %s: inventory readable again", name)
         self._st().upsert_node(inventory)
+
+    def _host_capacity(self, name: str, node: Obj) -> None:
+        """The node's allocatable CPU and memory; unknown (cards-only scores) if unreadable."""
+        alloc = (node.get("status") or {}).get("allocatable") or {}
+        try:
+            cpu = parse_cpu_milli(alloc.get("cpu"), "status.allocatable.cpu")
+            mem = parse_memory_mib(alloc.get("memory"), "status.allocatable.memory", round_up=False)
+        except ValueError as e:
+            if alloc:  # a node still registering has none yet: not worth a warning
+                log.warning("node %s: host capacity unknown: %s", name, e)
+            self._st().drop_host_capacity(name)
+            return
+        self._st().set_host_capacity(name, cpu, mem)
 
     def _forget_node(self, name: str, reason: str) -> None:
         self._node_problems.pop(name, None)
@@ -289,17 +316,22 @@ class KubeBackend:
         releasing it would free a slice that is in use.
         """
         before = {(a.key, a.uid) for a, st in self._st().allocations() if st is AllocState.BOUND}
-        return lambda items: self._replace_pods(items, before)
+        hosts_before = set(self._st().pod_hosts())  # a bind counting a pod after this is newer too
+        return lambda items: self._replace_pods(items, before, hosts_before)
 
-    def _replace_pods(self, items: list[Obj], bound_before: set[tuple[str, str]]) -> None:
-        """Apply a full list; release what was BOUND before the list and is absent from it."""
+    def _replace_pods(
+        self, items: list[Obj], bound_before: set[tuple[str, str]], hosts_before: set[tuple[str, str]]
+    ) -> None:
+        """Apply a full list; release what was BOUND (or counted on a host) before the list and is absent from it."""
         listed = set()
         for pod in items:
             meta = pod["metadata"]
-            listed.add((f"{meta.get('namespace')}/{meta.get('name')}", str(meta.get("uid") or "")))
+            listed.add((f"{meta.get('namespace') or 'default'}/{meta.get('name')}", str(meta.get("uid") or "")))
             self._pod_event("ADDED", pod)
         for key, uid in bound_before - listed:
             self._st().release(key, uid)
+        for key, uid in hosts_before - listed:
+            self._st().drop_pod_host(key, uid)
 
     def _pod_event(self, kind: str, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
@@ -311,7 +343,15 @@ class KubeBackend:
         phase = (pod.get("status") or {}).get("phase")
         if kind == "DELETED" or phase in FINISHED_PHASES:
             state.release(key, uid)
+            state.drop_pod_host(key, uid)
             return
+        try:
+            cpu, mem = host_request(pod)
+        except RequestError as e:  # the apiserver validated it: should not happen
+            log.warning("pod %s: host requests not counted: %s", key, e)
+            state.drop_pod_host(key, uid)
+        else:
+            state.set_pod_host(key, spec["nodeName"], cpu, mem, uid)
         text = (meta.get("annotations") or {}).get(ann.POD_ALLOCATION)
         if text is None:
             state.release(key, uid)  # bound by someone else, or its annotation was removed

@@ -85,6 +85,10 @@ class PodRequest:
     selector: CardSelector = CardSelector()
     node_policy: str | None = None
     card_policy: str | None = None
+    # What the pod asks of the node's host, as kube-scheduler counts it (effective requests:
+    # init containers' peak, sidecars, overhead); not part of ``shape``.
+    cpu_milli: int = 0
+    memory_mib: int = 0
 
     @property
     def key(self) -> str:

@@ -8,15 +8,26 @@ Rules (the seed's semantics):
 - cores 100: an exclusive card; cores 0: no compute limit, never on a card already at 100%.
 - cores are 0-100 in multiples of ``granularity`` (5 by default).
 
+Beside the vGPUs, the pod's host request (``host_request``): its effective CPU and memory
+requests as kube-scheduler computes them (the larger of the app containers' sum and each
+init container's peak, restartable init containers counted with the app, plus the pod's
+overhead). Quantity strings are parsed here and only here (``parse_cpu_milli``,
+``parse_memory_mib``; the format is Kubernetes' ``resource.Quantity``, read by a small
+parser of our own so the core imports no Kubernetes library: the tests check it against
+the official client's ``parse_quantity``); the Kubernetes backend uses the same functions
+for bound pods and node allocatable.
+
 Errors name the container, the resource and the rule; all of a pod's errors are reported
 at once. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from . import annotations as ann
@@ -70,6 +81,7 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
     )
     node_policy = _policy(annotations, ann.NODE_POLICY, rules, errors)
     card_policy = _policy(annotations, ann.CARD_POLICY, rules, errors)
+    cpu_milli, memory_mib = _host_request(spec, errors)
     if errors:
         raise RequestError(errors)
     return PodRequest(
@@ -81,7 +93,131 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
         selector=selector,
         node_policy=node_policy,
         card_policy=card_policy,
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
     )
+
+
+# ---- host requests (CPU, memory) ----
+
+_MIB = Decimal(1024 * 1024)
+
+
+def parse_cpu_milli(value: object, where: str) -> int:
+    """A CPU quantity ("500m", "2", 1.5) in millicores, rounded up as Kubernetes does."""
+    return math.ceil(_quantity(value, where) * 1000)
+
+
+def parse_memory_mib(value: object, where: str, round_up: bool = True) -> int:
+    """A memory quantity ("512Mi", "1G", "1073741824") in MiB: requests round up, capacities down."""
+    mib = _quantity(value, where) / _MIB
+    return math.ceil(mib) if round_up else math.floor(mib)
+
+
+def host_request(pod: Mapping[str, Any]) -> tuple[int, int]:
+    """The pod's effective (CPU millicores, memory MiB) requests; raises ``RequestError``."""
+    spec = _or_empty(pod.get("spec")) if isinstance(pod, Mapping) else None
+    if not isinstance(spec, Mapping):
+        raise RequestError(["pod: spec must be an object"])
+    errors: list[str] = []
+    got = _host_request(spec, errors)
+    if errors:
+        raise RequestError(errors)
+    return got
+
+
+# resource.Quantity: a decimal number, then a binary (Ki..Ei) or decimal (n..E) suffix, or
+# an exponent ("1e3"; "1E" alone is exa).
+_QUANTITY = re.compile(
+    r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"  # the number
+    r"(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?"  # a suffix or an exponent
+)
+_SCALE = {
+    None: Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
+    "P": Decimal("1e15"), "E": Decimal("1e18"),
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50), "Ei": Decimal(2**60),
+}
+
+
+def _quantity(value: object, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{where}={value!r}: must be a quantity (e.g. 500m, 2, 512Mi)")
+    m = _QUANTITY.fullmatch(str(value).strip())
+    if m is None:
+        raise ValueError(f"{where}={value!r}: not a quantity (e.g. 500m, 2, 512Mi)")
+    number, suffix, exponent = m.groups()
+    q = Decimal(number) * (_SCALE[suffix] if exponent is None else Decimal(10) ** int(exponent))
+    if q < 0:
+        raise ValueError(f"{where}={value!r}: must be a non-negative quantity")
+    return q
+
+
+def _host_request(spec: Mapping[str, Any], errors: list[str]) -> tuple[int, int]:
+    """kube-scheduler's computePodResourceRequest for CPU and memory (errors appended)."""
+
+    def requests_of(c: object, where: str) -> tuple[int, int]:
+        if not isinstance(c, Mapping):
+            return 0, 0  # reported by the vGPU parsing
+        resources = _or_empty(c.get("resources"))
+        if not isinstance(resources, Mapping):
+            return 0, 0
+        requests = _or_empty(resources.get("requests"))
+        limits = _or_empty(resources.get("limits"))
+        if not isinstance(requests, Mapping) or not isinstance(limits, Mapping):
+            return 0, 0
+        out = [0, 0]
+        for i, (key, parse) in enumerate((("cpu", parse_cpu_milli), ("memory", parse_memory_mib))):
+            # The apiserver defaults a missing request to the limit.
+            field_, value = ("requests", requests[key]) if key in requests else ("limits", limits.get(key))
+            if value is None:
+                continue
+            try:
+                out[i] = parse(value, f"{where}: resources.{field_}.{key}")
+            except ValueError as e:
+                errors.append(str(e))
+        return out[0], out[1]
+
+    def named(c: object, kind: str, i: int) -> str:
+        name = c.get("name") if isinstance(c, Mapping) else None
+        return f'{kind} "{name or f"#{i}"}"'
+
+    containers = spec.get("containers")
+    inits = spec.get("initContainers")
+    cpu = mem = 0
+    for i, c in enumerate(containers if isinstance(containers, list) else []):
+        dc, dm = requests_of(c, named(c, "container", i))
+        cpu, mem = cpu + dc, mem + dm
+    init_cpu = init_mem = side_cpu = side_mem = 0
+    for i, c in enumerate(inits if isinstance(inits, list) else []):
+        dc, dm = requests_of(c, named(c, "init container", i))
+        if isinstance(c, Mapping) and c.get("restartPolicy") == "Always":
+            # A sidecar runs beside the app and beside every init container after it.
+            cpu, mem = cpu + dc, mem + dm
+            side_cpu, side_mem = side_cpu + dc, side_mem + dm
+            dc, dm = side_cpu, side_mem
+        else:
+            dc, dm = dc + side_cpu, dm + side_mem
+        init_cpu, init_mem = max(init_cpu, dc), max(init_mem, dm)
+    cpu, mem = max(cpu, init_cpu), max(mem, init_mem)
+    overhead = _or_empty(spec.get("overhead"))
+    if isinstance(overhead, Mapping):
+        for key, parse in (("cpu", parse_cpu_milli), ("memory", parse_memory_mib)):
+            if overhead.get(key) is None:
+                continue
+            try:
+                n = parse(overhead[key], f"pod: spec.overhead.{key}")
+            except ValueError as e:
+                errors.append(str(e))
+                continue
+            if key == "cpu":
+                cpu += n
+            else:
+                mem += n
+    else:
+        errors.append("pod: spec.overhead must be an object")
+    return cpu, mem
 
 
 def _policy(annotations: Mapping[str, Any], key: str, rules: RequestRules, errors: list[str]) -> str | None:

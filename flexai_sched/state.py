@@ -14,6 +14,14 @@ so two concurrent binds can never over-commit a card. ``forget`` and ``release``
 idempotent. A node's usage is recomputed from its allocations on every change (no
 incremental counters that could drift), and every change bumps the node's version,
 which keys the per-node fit cache.
+
+Beside the cards, the node's host (``fragmentation.Host``): its allocatable CPU and
+memory (``set_host_capacity``) and what every bound pod asks of it, GPU pods or not
+(``set_pod_host`` / ``drop_pod_host``, idempotent, a pod counted once). Host usage is
+also summed afresh on every change. A host change keeps the version and the fit cache
+(cards unchanged: fit verdicts and card scores stay valid, and a bind decided on the
+cards is still valid) and gives the node a new, empty ``host_cache`` (scores that read
+the host). ``NodeState.host`` is None while the node's capacity is unknown.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from .fragmentation import Host
 from .model import Allocation, Card, CardUsage, NodeInventory
 
 
@@ -43,8 +52,12 @@ class NodeState:
     version: int = 0
     pods: dict[str, Allocation] = field(default_factory=dict)
     # Interned pod-shape id -> True or NoFit (fit), -id -> node score; see Extender._verdict.
-    # Valid for this node's allocations and cards; heartbeats keep it.
+    # Valid for this node's allocations and cards; heartbeats and host changes keep it.
     fit_cache: dict[Any, Any] = field(default_factory=dict)
+    # Allocatable CPU/memory and what bound pods request; None: capacity unknown.
+    host: Host | None = None
+    # Interned (shape, host request) id -> score read with ``host``; new with every host change.
+    host_cache: dict[int, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -70,6 +83,10 @@ class ClusterState:
         self._states: dict[str, AllocState] = {}
         self._node_locks: dict[str, threading.Lock] = {}
         self._versions = 0
+        # Host resources, by node name (known before or without the node's inventory).
+        self._host_caps: dict[str, tuple[int, int]] = {}  # node -> (cpu milli, memory MiB)
+        self._pod_hosts: dict[str, tuple[str, str, int, int]] = {}  # pod key -> (node, uid, cpu, mem)
+        self._host_pods: dict[str, dict[str, tuple[int, int]]] = {}  # node -> pod key -> (cpu, mem)
         self._facts: tuple[int, frozenset[str]] | None = None  # cached inventory_facts()
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
@@ -129,6 +146,79 @@ class ClusterState:
         with self._mu:
             self._nodes.pop(name, None)
             self._facts = None
+
+    # ---- host resources ----
+
+    def set_host_capacity(self, node: str, cpu_milli: int, memory_mib: int) -> None:
+        """The node's allocatable CPU (millicores) and memory (MiB). Idempotent."""
+        cap = (max(0, int(cpu_milli)), max(0, int(memory_mib)))
+        with self._mu:
+            if self._host_caps.get(node) == cap:
+                return
+            self._host_caps[node] = cap
+            self._refresh_host(node)
+
+    def drop_host_capacity(self, node: str) -> None:
+        """The node is gone: its host becomes unknown. Idempotent."""
+        with self._mu:
+            if self._host_caps.pop(node, None) is not None:
+                self._refresh_host(node)
+
+    def set_pod_host(self, pod_key: str, node: str, cpu_milli: int, memory_mib: int, uid: str = "") -> None:
+        """A pod bound to ``node`` requests this much of its host; replaces what it asked before."""
+        entry = (node, uid, max(0, int(cpu_milli)), max(0, int(memory_mib)))
+        with self._mu:
+            old = self._pod_hosts.get(pod_key)
+            if old == entry:
+                return
+            self._pod_hosts[pod_key] = entry
+            if old is not None:
+                self._host_pods.get(old[0], {}).pop(pod_key, None)
+            self._host_pods.setdefault(node, {})[pod_key] = (entry[2], entry[3])
+            if old is not None and old[0] != node:
+                self._refresh_host(old[0])
+            self._refresh_host(node)
+
+    def drop_pod_host(self, pod_key: str, uid: str | None = None) -> bool:
+        """The pod is gone or finished: its requests leave its host. Idempotent; with ``uid``,
+        only that incarnation of the pod (a recreated one keeps its requests)."""
+        with self._mu:
+            old = self._pod_hosts.get(pod_key)
+            if old is None or (uid and old[1] and old[1] != uid):
+                return False
+            del self._pod_hosts[pod_key]
+            pods = self._host_pods.get(old[0], {})
+            pods.pop(pod_key, None)
+            if not pods:
+                self._host_pods.pop(old[0], None)
+            self._refresh_host(old[0])
+            return True
+
+    def pod_hosts(self) -> list[tuple[str, str]]:
+        """(pod key, uid) of every pod counted on a host."""
+        with self._mu:
+            return [(k, v[1]) for k, v in self._pod_hosts.items()]
+
+    def pod_requests(self) -> dict[str, tuple[int, int]]:
+        """Pod key -> (CPU millicores, memory MiB) of every pod counted on a host."""
+        with self._mu:
+            return {k: (v[2], v[3]) for k, v in self._pod_hosts.items()}
+
+    def drop_scores(self) -> None:
+        """Every node's cached verdicts and scores go (the policy's workload changed)."""
+        with self._mu:
+            for name, node in list(self._nodes.items()):
+                self._nodes[name] = replace(node, fit_cache={}, host_cache={})
+
+    def host_capacity_nodes(self) -> list[str]:
+        """Names of the nodes whose host capacity is known (with an inventory or not)."""
+        with self._mu:
+            return list(self._host_caps)
+
+    def host_of(self, node: str) -> Host | None:
+        """The node's host now, whether or not it has an inventory; None if capacity unknown."""
+        with self._mu:
+            return self._host(node)
 
     # ---- allocations ----
 
@@ -207,6 +297,22 @@ class ClusterState:
         if node is not None:
             self._rebuild(node.inventory)
 
+    def _host(self, name: str) -> Host | None:
+        cap = self._host_caps.get(name)
+        if cap is None:
+            return None
+        pods = self._host_pods.get(name, {}).values()
+        return Host(cap[0], cap[1], sum(c for c, _ in pods), sum(m for _, m in pods))
+
+    def _refresh_host(self, name: str) -> None:
+        """The node's host moved: same cards, version and fit cache; a new host cache."""
+        node = self._nodes.get(name)
+        if node is None:
+            return
+        host = self._host(name)
+        if host != node.host:
+            self._nodes[name] = replace(node, host=host, host_cache={})
+
     def _rebuild(self, inventory: NodeInventory) -> None:
         pods = dict(self._by_node.get(inventory.name, {}))
         by_index = {c.index: pos for pos, c in enumerate(inventory.cards)}
@@ -217,4 +323,6 @@ class ClusterState:
                 if pos is not None:  # a card that vanished from the inventory holds nothing
                     usage[pos] = usage[pos].plus(held)
         self._versions += 1
-        self._nodes[inventory.name] = NodeState(inventory, tuple(usage), self._versions, pods)
+        self._nodes[inventory.name] = NodeState(
+            inventory, tuple(usage), self._versions, pods, host=self._host(inventory.name)
+        )

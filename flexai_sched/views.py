@@ -38,6 +38,17 @@ class CardView(BaseModel):
     slices: list[SliceView]
 
 
+class HostView(BaseModel):
+    """The node's host as the scheduler counts it: allocatable, and what bound pods request."""
+
+    cpu_milli_allocatable: int
+    cpu_milli_requested: int
+    cpu_milli_free: int
+    memory_mib_allocatable: int
+    memory_mib_requested: int
+    memory_mib_free: int
+
+
 class NodeSummary(BaseModel):
     name: str
     heartbeat: datetime | None
@@ -47,6 +58,7 @@ class NodeSummary(BaseModel):
     cores_allocated_pct: float
     memory_allocated_pct: float
     pods: int
+    host: HostView | None = None  # None: the node's allocatable CPU/memory is not known (scores read cards only)
 
 
 class NodeDetail(NodeSummary):
@@ -75,6 +87,14 @@ def node_summary(node: NodeState) -> NodeSummary:
         cores_allocated_pct=round(100 * sum(u.cores for u in node.usage) / total_cores, 2),
         memory_allocated_pct=round(100 * sum(u.memory_mib for u in node.usage) / total_mem, 2),
         pods=len(node.pods),
+        host=None if node.host is None else HostView(
+            cpu_milli_allocatable=node.host.cpu_milli,
+            cpu_milli_requested=node.host.cpu_used,
+            cpu_milli_free=node.host.cpu_free,
+            memory_mib_allocatable=node.host.memory_mib,
+            memory_mib_requested=node.host.memory_used,
+            memory_mib_free=node.host.memory_free,
+        ),
     )
 
 

@@ -8,7 +8,8 @@ The simulated kube-scheduler does what kube-scheduler plus our extender would:
   fit is ``allocator.place`` with the card policy, cached per node version as
   ``Extender.fit`` does, and the score is the node policy's ``node_score`` of the
   node's usage before and after, or ``host_node_score`` for a ``HostAware`` policy
-  (``host_scores=False`` withholds the host, as the extender does today: it sees cards only);
+  (``host_scores=False`` withholds the host, as the extender does for a node whose host it
+  does not know);
 - the best score wins; equal scores go to the first node in a node order shuffled per
   seed, as in the FGD paper's simulator (it prefixes node names with a random number
   per seed, and ties go to one node consistently: GPU-packing lands within about half a
@@ -70,9 +71,9 @@ class Cluster:
 
     How a pod type's board is keyed follows what the policy's score reads:
 
-    - cards only: the pod's GPU shape (as the extender's fit cache is keyed);
+    - cards only: the pod's GPU shape (as the extender's ``fit_cache`` is keyed);
     - the host, and the pod's own host request (``pod_host_dependent``): shape and
-      request; unless a larger request never raises the score (``request_lowers_score``),
+      request (as the extender's ``host_cache`` is keyed); unless a larger request never raises the score (``request_lowers_score``),
       then the board holds scores for an empty request, which bound the real ones, and
       only nodes whose bound reaches the best real score are scored with the request.
     """

@@ -18,12 +18,13 @@ from kubernetes import client as k8s
 
 from flexai_sched import annotations as ann
 from flexai_sched.backend import CommitError
+from flexai_sched.fragmentation import Host
 from flexai_sched.kube import KubeBackend
 from flexai_sched.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
 
 from .controlplane import ControlPlane, wait_until
-from .helpers_kube import NS, cards, gpu_node, pods, set_inventory, vgpu_pod
+from .helpers_kube import NS, cards, gpu_node, pod_body, pods, set_inventory, vgpu_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -256,3 +257,24 @@ def test_a_relist_releases_pods_deleted_while_no_watch_ran(
     finally:
         faults.resume.set()
         b.stop()
+
+
+def test_host_capacity_and_every_bound_pods_requests_are_counted(backend: KubeBackend, state: ClusterState,
+                                                                 core_api: k8s.CoreV1Api) -> None:
+    gpu_node(core_api, "g1", H200)  # kwok: 32 CPUs, 256 GiB allocatable
+    wait_state("capacity", lambda: state.host_of("g1") == Host(32000, 256 * 1024))
+    for name, cpu in (("cpu-a", "1"), ("cpu-b", "250m")):
+        body = pod_body(name, {"main": {"cpu": cpu, "memory": "1Gi"}}, scheduler=NOBODY)
+        core_api.create_namespaced_pod(NS, body)
+        core_api.create_namespaced_pod_binding(name, NS, {  # type: ignore[arg-type]
+            "metadata": {"name": name}, "target": {"kind": "Node", "name": "g1"}}, _preload_content=False)
+    wait_state("both pods counted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 1250, 2048))
+    node = state.node("g1")
+    assert node is not None and node.host == Host(32000, 256 * 1024, 1250, 2048)
+    body = core_api.read_namespaced_pod_status("cpu-a", NS)
+    assert body.status is not None
+    body.status.phase = "Succeeded"
+    core_api.replace_namespaced_pod_status("cpu-a", NS, body)
+    wait_state("a finished", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 250, 1024))
+    core_api.delete_namespaced_pod("cpu-b", NS, grace_period_seconds=0)
+    wait_state("b deleted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 0, 0))

@@ -21,6 +21,7 @@ from .helpers_kube import (
     NS,
     assert_within_capacity,
     cards,
+    extender_get,
     extender_running,
     failed_scheduling_messages,
     gpu_node,
@@ -159,3 +160,25 @@ def test_a_node_with_a_stale_heartbeat_gets_no_new_pods(plane: ControlPlane, cor
     assert pods(core_api)[waiting].node == "stale"
     assert_within_capacity(core_api, {"fresh": one, "stale": one})
 
+
+
+def test_the_extender_counts_every_bound_pods_host_requests(plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    # kwok nodes allocate 32 CPUs and 256 GiB; a pod without GPUs counts on its host too.
+    gpu_node(core_api, "c1", H200)
+    body = pod_body("cpu-only", {"main": {"cpu": "1500m", "memory": "2Gi"}})
+    assert body.spec is not None
+    body.spec.node_selector = {"kubernetes.io/hostname": "c1"}
+    core_api.create_namespaced_pod(NS, body)
+    wait_bound(core_api, ["cpu-only"], 30)
+
+    def host() -> dict[str, int]:
+        got = extender_get(plane, "/v1/nodes/c1")
+        assert isinstance(got, dict)
+        return got["host"]  # type: ignore[no-any-return]
+
+    wait_until(lambda: host()["cpu_milli_requested"] == 1500, 15, "the pod's CPU counted on c1's host")
+    assert host() == {"cpu_milli_allocatable": 32000, "cpu_milli_requested": 1500, "cpu_milli_free": 30500,
+                      "memory_mib_allocatable": 256 * 1024, "memory_mib_requested": 2048,
+                      "memory_mib_free": 254 * 1024}
+    core_api.delete_namespaced_pod("cpu-only", NS, grace_period_seconds=0)
+    wait_until(lambda: host()["cpu_milli_requested"] == 0, 15, "the deleted pod's CPU left c1's host")

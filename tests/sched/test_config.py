@@ -25,6 +25,8 @@ def test_file_then_flags(tmp_path: Path) -> None:
         ("colour: blue\n", "unknown setting 'colour'"),
         ("tls_cert: /x\n", "tls_cert and tls_key: give both or neither"),
         ("max_vgpus_per_card: 0\n", "max_vgpus_per_card=0: must be at least 1"),
+        ("workload_refresh_s: -1\n", r"workload_refresh_s=-1: must be 0 \(off\) or positive"),
+        ("workload_min_pods: 0\n", "workload_min_pods=0: must be at least 1"),
         ("- a\n", "must be a mapping"),
     ],
 )

@@ -7,7 +7,7 @@ import pytest
 from flexai_sched import annotations as ann
 from flexai_sched import resources as res
 from flexai_sched.model import FULL_CORES
-from flexai_sched.requests import RequestError, RequestRules, parse_pod
+from flexai_sched.requests import RequestError, RequestRules, _quantity, parse_pod
 
 from .fixtures import limits, pod
 
@@ -116,3 +116,98 @@ def test_malformed_pods_are_request_errors_not_crashes(body: object) -> None:
 
 def test_pod_without_vgpu_resources_wants_no_gpu() -> None:
     assert not parse_pod(pod("p", {"cpu": "1"})).wants_gpu
+
+
+# ---- host requests: CPU and memory as kube-scheduler counts them ----
+
+
+def _c(name: str, cpu: str | None = None, mem: str | None = None, gpu: bool = False, where: str = "requests",
+       restart: str | None = None) -> dict[str, object]:
+    r: dict[str, object] = {}
+    if cpu is not None:
+        r["cpu"] = cpu
+    if mem is not None:
+        r["memory"] = mem
+    resources: dict[str, object] = {where: r}
+    if gpu:
+        resources["limits"] = {**(r if where == "limits" else {}), **limits(1, cores=20)}
+    c: dict[str, object] = {"name": name, "image": "x", "resources": resources}
+    if restart:
+        c["restartPolicy"] = restart
+    return c
+
+
+def test_host_request_sums_app_containers_in_millicores_and_mib() -> None:
+    req = parse_pod(pod("p", _c("a", "500m", "1Gi", gpu=True), _c("b", "1.5", "512Mi")))
+    assert (req.cpu_milli, req.memory_mib) == (2000, 1536)
+
+
+def test_host_request_defaults_to_limits_rounds_up_and_is_not_part_of_the_shape() -> None:
+    req = parse_pod(pod("p", _c("a", "250m", "1G", where="limits", gpu=True)))
+    assert (req.cpu_milli, req.memory_mib) == (250, 954)  # 10^9 bytes = 953.67 MiB, rounded up
+    assert req.shape() == parse_pod(pod("q", limits(1, cores=20))).shape()
+    assert (parse_pod(pod("r", limits(1))).cpu_milli, parse_pod(pod("r", limits(1))).memory_mib) == (0, 0)
+
+
+def test_host_request_init_containers_peak_sidecars_and_overhead() -> None:
+    p = pod("p", _c("app", "1", "1Gi", gpu=True), init=(_c("big", "4", "512Mi"), _c("small", "100m", "8Gi")))
+    req = parse_pod(p)
+    assert (req.cpu_milli, req.memory_mib) == (4000, 8192)  # per resource: max(app sum, each init's)
+    # A sidecar (restartable init) runs with the app and with every init container after it.
+    p = pod("p", _c("app", "1", "1Gi", gpu=True),
+            init=(_c("side", "500m", "256Mi", restart="Always"), _c("big", "3", "100Mi")))
+    req = parse_pod(p)
+    assert (req.cpu_milli, req.memory_mib) == (3500, 1280)  # init: 3 + 0.5; memory: 1024 + 256
+    p["spec"]["overhead"] = {"cpu": "250m", "memory": "64Mi"}
+    req = parse_pod(p)
+    assert (req.cpu_milli, req.memory_mib) == (3750, 1344)
+
+
+@pytest.mark.parametrize(
+    ("container", "overhead", "message"),
+    [
+        pytest.param(_c("app", cpu="lots", gpu=True), None,
+                     "container \"app\": resources.requests.cpu='lots': not a quantity", id="cpu-not-a-quantity"),
+        pytest.param(_c("app", mem="-1Gi", gpu=True), None,
+                     "container \"app\": resources.requests.memory='-1Gi': must be a non-negative quantity",
+                     id="memory-negative"),
+        pytest.param(_c("app", cpu="2x", where="limits", gpu=True), None,
+                     "container \"app\": resources.limits.cpu='2x'", id="limit-named-when-it-is-the-request"),
+        pytest.param(_c("app", gpu=True), {"memory": "1ki"}, "pod: spec.overhead.memory='1ki'", id="overhead"),
+    ],
+)
+def test_malformed_host_quantities_name_the_field(container: dict[str, object], overhead: object, message: str) -> None:
+    p = pod("p", container)
+    if overhead is not None:
+        p["spec"]["overhead"] = overhead
+    with pytest.raises(RequestError) as e:
+        parse_pod(p)
+    assert message in str(e.value)
+
+
+def test_host_request_helper_is_the_one_the_backend_uses_for_pods_without_gpus() -> None:
+    from flexai_sched.requests import host_request, parse_cpu_milli, parse_memory_mib
+
+    assert host_request(pod("cpu-only", _c("a", "2", "4Gi"))) == (2000, 4096)
+    assert parse_cpu_milli("64", "cpu") == 64000
+    assert parse_memory_mib("1049000Ki", "memory", round_up=False) == 1024  # capacity rounds down
+    with pytest.raises(RequestError, match="init container \"i\": resources.requests.cpu"):
+        host_request(pod("bad", _c("a"), init=(_c("i", cpu="?"),)))
+
+
+QUANTITIES = ["500m", "2", "1.5", ".5", "1Ki", "512Mi", "1.25Gi", "1G", "1e3", "1E3", "1E", "100n", "3u", "12k",
+              "7910m", "32Gi", "1073741824", "1e-3", "5Ei", "2P", 1, 2.5]
+
+
+@pytest.mark.parametrize("value", QUANTITIES)
+def test_quantities_read_as_kubernetes_reads_them(value: object) -> None:
+    # Our parser keeps the core free of the Kubernetes client; the client is the reference.
+    from kubernetes.utils.quantity import parse_quantity
+
+    assert _quantity(value, "x") == parse_quantity(value)
+
+
+@pytest.mark.parametrize("value", ["lots", "1.2.3", "", "1Kb", "--1", "1 Gi", "-1", True, None, [1]])
+def test_bad_quantities_name_the_field(value: object) -> None:
+    with pytest.raises(ValueError, match="resources.requests.cpu"):
+        _quantity(value, "resources.requests.cpu")

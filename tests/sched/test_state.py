@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from flexai_sched.fragmentation import Host
 from flexai_sched.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState, Conflict
 
@@ -107,3 +108,103 @@ def test_concurrent_assumes_on_one_node_never_overcommit(state: ClusterState) ->
         t.join()
     assert len(wins) == 3
     assert state.node("n1").usage[0].cores == 90  # type: ignore[union-attr]
+
+
+# ---- host resources ----
+
+
+def host(state: ClusterState, name: str = "n1") -> Host | None:
+    n = state.node(name)
+    assert n is not None
+    return n.host
+
+
+def test_host_is_unknown_until_capacity_is_set_and_counts_pods_bound_before(state: ClusterState) -> None:
+    state.set_pod_host("ns/cpu", "n1", 1500, 2048, "u1")  # a pod without GPUs counts too
+    assert host(state) is None
+    state.set_host_capacity("n1", 64000, 512 * 1024)
+    assert host(state) == Host(64000, 512 * 1024, 1500, 2048)
+    assert state.host_of("n1") == host(state)
+
+
+def test_pod_host_replace_drop_idempotent_and_never_double_counted(state: ClusterState) -> None:
+    state.set_host_capacity("n1", 8000, 16384)
+    state.set_pod_host("ns/a", "n1", 1000, 1024, "ua")
+    state.set_pod_host("ns/a", "n1", 1000, 1024, "ua")  # repeated watch event
+    state.set_pod_host("ns/b", "n1", 500, 256, "ub")
+    assert host(state) == Host(8000, 16384, 1500, 1280)
+    state.set_pod_host("ns/a", "n1", 2000, 100, "ua")  # re-set replaces, not adds
+    assert host(state) == Host(8000, 16384, 2500, 356)
+    assert not state.drop_pod_host("ns/a", uid="an-older-pod")  # a recreated pod keeps its requests
+    assert state.drop_pod_host("ns/a", "ua")
+    assert not state.drop_pod_host("ns/a", "ua")
+    assert state.drop_pod_host("ns/b")
+    assert not state.drop_pod_host("ns/never")
+    assert host(state) == Host(8000, 16384, 0, 0)
+    state.set_pod_host("ns/c", "n1", -5, -1)  # never negative
+    assert host(state) == Host(8000, 16384, 0, 0)
+    assert state.pod_hosts() == [("ns/c", "")]
+
+
+def test_a_pod_moving_nodes_leaves_the_first(state: ClusterState) -> None:
+    state.upsert_node(node("n2", cards=1))
+    state.set_host_capacity("n1", 8000, 8000)
+    state.set_host_capacity("n2", 8000, 8000)
+    state.set_pod_host("ns/a", "n1", 1000, 1000)
+    state.set_pod_host("ns/a", "n2", 1000, 1000)
+    assert host(state, "n1") == Host(8000, 8000, 0, 0)
+    assert host(state, "n2") == Host(8000, 8000, 1000, 1000)
+
+
+def test_host_changes_keep_version_and_fit_cache_but_reset_the_host_cache(state: ClusterState) -> None:
+    state.set_host_capacity("n1", 8000, 8000)
+    before = state.node("n1")
+    assert before is not None
+    before.fit_cache[1] = True
+    before.host_cache[2] = 1.0
+    state.set_pod_host("ns/a", "n1", 1000, 0)
+    after = state.node("n1")
+    assert after is not None and after is not before
+    assert after.version == before.version and after.fit_cache is before.fit_cache and after.usage is before.usage
+    assert after.host_cache == {}
+    state.set_pod_host("ns/a", "n1", 1000, 0)  # no change: the same state, caches kept
+    assert state.node("n1") is after
+    state.set_host_capacity("n1", 8000, 8000)
+    assert state.node("n1") is after
+    # A card change rebuilds the node: both caches go, the host stays.
+    after.host_cache[2] = 1.0
+    state.observe(alloc("g"))
+    rebuilt = state.node("n1")
+    assert rebuilt is not None and rebuilt.host_cache == {} and rebuilt.fit_cache == {}
+    assert rebuilt.host == Host(8000, 8000, 1000, 0)
+    # A heartbeat keeps everything.
+    rebuilt.host_cache[3] = 2.0
+    state.upsert_node(node("n1", cards=2))
+    hb = state.node("n1")
+    assert hb is not None and hb.host_cache == {3: 2.0} and hb.host == rebuilt.host
+
+
+def test_dropping_capacity_makes_the_host_unknown(state: ClusterState) -> None:
+    state.set_host_capacity("n1", 8000, 8000)
+    state.drop_host_capacity("n1")
+    state.drop_host_capacity("n1")
+    assert host(state) is None
+    assert state.host_capacity_nodes() == []
+
+
+def test_concurrent_host_updates_add_up(state: ClusterState) -> None:
+    state.set_host_capacity("n1", 10**6, 10**6)
+
+    def worker(i: int) -> None:
+        for j in range(50):
+            state.set_pod_host(f"ns/p{i}-{j}", "n1", 10, 1)
+            state.set_pod_host(f"ns/p{i}-{j}", "n1", 20, 2)  # replace
+        for j in range(0, 50, 2):
+            state.drop_pod_host(f"ns/p{i}-{j}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert host(state) == Host(10**6, 10**6, 8 * 25 * 20, 8 * 25 * 2)

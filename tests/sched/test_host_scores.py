@@ -1,0 +1,124 @@
+"""Prioritize with the node's host (CPU, memory) for a host-aware policy, and its caches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flexai_sched import policies
+from flexai_sched.app import create_app
+from flexai_sched.backend import MemoryBackend
+from flexai_sched.config import Settings
+from flexai_sched.extender import Extender
+from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
+from flexai_sched.state import ClusterState
+
+from .fixtures import limits, node, pod
+
+CPU = 64_000  # each node's allocatable millicores
+# A target workload whose tasks ask for CPU (8 cores per GPU), as the trace replay gives it.
+CPU_WORKLOAD = Workload.of([TaskClass(1, 100, 1.0, 8000), TaskClass(1, 50, 1.0, 4000), TaskClass(2, 100, 1.0, 16000)])
+
+
+def gpu_pod(name: str, cpu: str = "1") -> dict[str, Any]:
+    return pod(name, {"name": "m", "image": "x",
+                      "resources": {"limits": limits(1, cores=50, memory_gib=1), "requests": {"cpu": cpu}}})
+
+
+def make(policy: str = "fragmentation", hosts: bool = True) -> tuple[Extender, ClusterState]:
+    state = ClusterState()
+    backend = MemoryBackend([node("a"), node("b")], heartbeat_every=None)
+    ext = Extender(state, backend, Settings(node_policy=policy))
+    backend.start(state)
+    if hosts:
+        for n in ("a", "b"):
+            state.set_host_capacity(n, CPU, 1024 * 1024)
+    return ext, state
+
+
+def ranks(ext: Extender, p: dict[str, Any]) -> dict[str, int]:
+    return dict(ext.prioritize(p, ["a", "b"]))
+
+
+@pytest.fixture
+def cpu_aware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fragmentation`` planning for a workload that asks for CPU (the default prior asks none)."""
+    monkeypatch.setitem(policies._REGISTRY, "fragmentation", lambda: Fragmentation(CPU_WORKLOAD))
+
+
+def test_default_fragmentation_ranks_a_host_the_pod_would_overcommit_below_an_identical_node() -> None:
+    ext, state = make()
+    p = gpu_pod("p", cpu="4")
+    assert ranks(ext, p) == {"a": 10, "b": 10}  # identical nodes
+    state.set_pod_host("ns/cpu-hog", "b", CPU - 2000, 0)  # 2 cores left on b's host
+    assert ranks(ext, p) == {"a": 10, "b": 0}
+    state.drop_pod_host("ns/cpu-hog")
+    assert ranks(ext, p) == {"a": 10, "b": 10}  # the cached score went with the host change
+
+
+def test_a_pod_that_would_strand_a_hosts_gpus_goes_to_the_node_with_cpu_to_spare(cpu_aware: None) -> None:
+    ext, state = make()
+    p = gpu_pod("p", cpu="1")
+    state.set_pod_host("ns/cpu-only", "b", 56_000, 0)  # a CPU-only pod: 8 cores left for 8 free GPUs
+    assert ranks(ext, p) == {"a": 10, "b": 0}
+    # The host usage moves to a: the cached scores follow (no stale score on either node).
+    state.set_pod_host("ns/cpu-only", "a", 56_000, 0)
+    assert ranks(ext, p) == {"a": 0, "b": 10}
+
+
+def test_scores_are_cached_per_host_request_and_filter_fills_them(cpu_aware: None) -> None:
+    ext, state = make()
+    state.set_pod_host("ns/cpu-only", "b", 56_000, 0)
+    assert ext.filter(gpu_pod("p"), ["a", "b"]).fits == ["a", "b"]
+    b = state.node("b")
+    assert b is not None and len(b.host_cache) == 1  # filter scored with the host on its way
+    small, big = ranks(ext, gpu_pod("p", cpu="1")), ranks(ext, gpu_pod("q", cpu="7"))
+    assert len(b.host_cache) == 2  # same GPU shape, another host request: its own entry
+    assert small == {"a": 10, "b": 0} and big == {"a": 10, "b": 0}
+    raw = {n: state.node(n).host_cache for n in ("a", "b")}  # type: ignore[union-attr]
+    assert raw["b"] != raw["a"] and len(set(raw["b"].values())) == 2  # the request changes b's score
+
+
+def test_unknown_hosts_and_cards_only_policies_score_as_before() -> None:
+    p = gpu_pod("p", cpu="4")
+    for policy, hosts in (("fragmentation", False), ("binpack", True)):
+        ext, state = make(policy, hosts)
+        state.set_pod_host("ns/cpu-hog", "b", CPU - 2000, 0)
+        assert ranks(ext, p) == {"a": 10, "b": 10}
+        assert all(not state.node(n).host_cache for n in ("a", "b"))  # type: ignore[union-attr]
+
+
+def test_bind_counts_the_pods_host_request_and_views_show_the_host() -> None:
+    state = ClusterState()
+    backend = MemoryBackend([node("a")], heartbeat_every=None)
+    ext = Extender(state, backend, Settings())
+    p = gpu_pod("p", cpu="1500m")
+    backend.create_pod(p)
+    with TestClient(create_app(ext)) as client:
+        state.set_host_capacity("a", CPU, 2048)
+        assert client.post("/bind", json={"PodName": "p", "PodNamespace": "default", "PodUID": "uid-p",
+                                          "Node": "a"}).json() == {"Error": ""}
+        host = client.get("/v1/nodes/a").json()["host"]
+        assert host == {"cpu_milli_allocatable": CPU, "cpu_milli_requested": 1500, "cpu_milli_free": CPU - 1500,
+                        "memory_mib_allocatable": 2048, "memory_mib_requested": 0, "memory_mib_free": 2048}
+        backend.delete_pod("default", "p")
+        assert client.get("/v1/nodes").json()[0]["host"]["cpu_milli_requested"] == 0
+
+
+def test_learned_workload_turns_on_the_host_terms() -> None:
+    """With the built-in prior (no CPU per class) a CPU-short host ranks like any other; once
+    the target workload is learned from bound pods that ask 8 cores per GPU, it ranks lower."""
+    ext, state = make()
+    p = gpu_pod("p", cpu="1")
+    state.set_pod_host("ns/cpu-only", "b", 56_000, 0)  # 8 cores left on b for 8 free GPUs
+    assert ranks(ext, p) == {"a": 10, "b": 10}
+    assert ext.learn_workload(min_pods=5) == 0  # one pod bound: the prior stays
+    for i in range(4):  # GPU pods with 8 cores per GPU, bound on a
+        q = gpu_pod(f"g{i}", cpu="4")
+        assert ext.filter(q, ["a"]).fits == ["a"]
+        ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], "a")
+    assert ext.learn_workload(min_pods=5) == 5
+    assert all(not n.fit_cache and not n.host_cache for n in state.nodes())  # old scores went
+    assert ranks(ext, p) == {"a": 10, "b": 0}
