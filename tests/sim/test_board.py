@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 from flexai_sched.sim.board import Board, Memo
 
@@ -53,17 +54,22 @@ def test_changed_nodes_are_rescored() -> None:
     assert b.choose(lambda n: True, random.Random(0)) == 0
 
 
-def test_bounded_choice_finds_the_best_real_score() -> None:
-    # Bounds 9, 8, 7; real scores 1, 6, 7: node 2 wins although its bound is lowest,
-    # and the walk stops there (bound 7 >= best 7, nothing lower can tie).
-    b = board({0: 9.0, 1: 8.0, 2: 7.0, 3: 2.0})
-    real = {0: 1.0, 1: 6.0, 2: 7.0, 3: 2.0}
+def recorded(real: dict[int, float]) -> tuple[Callable[[int], float], list[int]]:
+    """An exact-score function over ``real`` and the list of nodes it was asked for."""
     looked: list[int] = []
 
     def exact(n: int) -> float:
         looked.append(n)
         return real[n]
 
+    return exact, looked
+
+
+def test_bounded_choice_finds_the_best_real_score() -> None:
+    # Bounds 9, 8, 7; real scores 1, 6, 7: node 2 wins although its bound is lowest,
+    # and the walk stops there (bound 7 >= best 7, nothing lower can tie).
+    b = board({0: 9.0, 1: 8.0, 2: 7.0, 3: 2.0})
+    exact, looked = recorded({0: 1.0, 1: 6.0, 2: 7.0, 3: 2.0})
     assert b.choose_bounded(exact, lambda n: True, random.Random(0)) == 2
     assert 3 not in looked
 
@@ -73,12 +79,7 @@ def test_bounded_choice_stops_where_a_real_score_reaches_its_bound() -> None:
     # order) and node 3 (lower bound) can at most tie it, so neither is scored.
     b = board({0: 5.0, 1: 5.0, 2: 5.0, 3: 4.0})
     real = {0: 3.0, 1: 5.0, 2: 5.0, 3: 4.0}
-    looked: list[int] = []
-
-    def exact(n: int) -> float:
-        looked.append(n)
-        return real[n]
-
+    exact, looked = recorded(real)
     assert b.choose_bounded(exact, lambda n: True, random.Random(0)) == 1
     assert looked == [0, 1]
     # Drawn at random, every tied node must be seen.
