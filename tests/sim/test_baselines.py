@@ -43,6 +43,31 @@ def test_gpu_packing_keeps_big_idle_nodes_and_fills_the_fullest_card() -> None:
     assert g.card_cost(CARDS[0], CardUsage(70, 0, 1), 20, 0) < g.card_cost(CARDS[0], CardUsage(30, 0, 1), 20, 0)
 
 
+def test_gpu_packing_picks_the_card_and_tier_as_the_simulator() -> None:
+    # The simulator's own unit-test node (gpu_packing_score_test.go): 4 cards with 200, 1000,
+    # 1000 and 500 milli left. Its Score takes the cards with the least left that fit (stable
+    # order, lowest index first) and Open-Gpu-Share's Reserve ("best", the default -gpusel the
+    # GpuPacking experiment runs with) binds the same card; whole cards take idle ones.
+    g = GpuPacking()
+    four = tuple(Card(i, f"f{i}", "T4", 16384, 100) for i in range(4))
+    before = (CardUsage(80, 13107, 1), CardUsage(), CardUsage(), CardUsage(50, 8192, 1))
+
+    def placed(vgpus: int, cores: int, memory_mib: int | None) -> tuple[list[int], float]:
+        pod = PodRequest("t", "p", "u", (ContainerRequest("main", vgpus, cores, memory_mib),))
+        got = place(four, before, pod, g)
+        assert isinstance(got, Placement)
+        return sorted(s.card_index for s in got.slices), g.node_score(four, before, got.usage_after)
+
+    assert placed(2, 100, None) == ([1, 2], 48.0)  # two idle cards of a used node: 50 - 2 (theirs: 48)
+    assert placed(1, 20, 3276) == ([0], 98.0)  # the fullest card it fits: 100 - 20% // 10
+    assert placed(1, 30, 4915) == ([3], 95.0)  # 20% left is too little: the 50% card
+    assert placed(1, 60, 9830) == ([1], 49.0)  # no used card fits: the first idle one, 50 - 1
+    idle = (CardUsage(),) * 4
+    assert g.node_score(four, idle, (CardUsage(100, 16384, 1), CardUsage(100, 16384, 1), *idle[2:])) == 29.0
+    # No GPU asked: 0 on every node, busy or idle (the tie rule places the pod).
+    assert g.node_score(four, before, before) == g.node_score(four, idle, idle) == 0.0
+
+
 def test_best_fit_weighs_cpu_and_gpu_left_against_fixed_maxima() -> None:
     b = BestFit()
     host = Host(32000, 1 << 20)
