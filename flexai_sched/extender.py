@@ -64,6 +64,9 @@ class Extender:
         self.rules = RequestRules(granularity=settings.granularity, policies=frozenset(policies.names()))
         self._node_policy = policies.get(settings.node_policy)
         self._card_policy = policies.get(settings.card_policy)
+        # Policies pods name in their annotations, one object each: a policy keeps memos
+        # (and a learned workload), which a fresh object per call would throw away.
+        self._overrides: dict[str, policies.Policy] = {}
         # Pods seen by filter, by UID: bind gets only names, so it reuses the parsed request.
         self._pending: OrderedDict[str, PodRequest] = OrderedDict()
         self._pending_mu = threading.Lock()
@@ -297,8 +300,8 @@ class Extender:
         cards-only ones.
         """
         requests = self.state.pod_requests()
-        aware = [p for p in {id(p): p for p in (self._node_policy, self._card_policy)}.values()
-                 if isinstance(p, WorkloadAware)]
+        every = (self._node_policy, self._card_policy, *list(self._overrides.values()))
+        aware = [p for p in {id(p): p for p in every}.values() if isinstance(p, WorkloadAware)]
         if len(requests) < max(1, min_pods) or not aware:
             return 0
         classes = []
@@ -342,7 +345,12 @@ class Extender:
         return self._intern(("host", key))
 
     def _policy(self, override: str | None, default: policies.Policy) -> policies.Policy:
-        return policies.get(override) if override else default
+        if not override:
+            return default
+        got = self._overrides.get(override)
+        if got is None:
+            got = self._overrides.setdefault(override, policies.get(override))
+        return got
 
     def _heartbeat_cutoff(self) -> datetime:
         return datetime.now(UTC) - timedelta(seconds=self.settings.heartbeat_ttl_s)

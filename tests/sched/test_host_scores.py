@@ -122,3 +122,17 @@ def test_learned_workload_turns_on_the_host_terms() -> None:
     assert ext.learn_workload(min_pods=5) == 5
     assert all(not n.fit_cache and not n.host_cache for n in state.nodes())  # old scores went
     assert ranks(ext, p) == {"a": 10, "b": 0}
+
+
+def test_a_policy_named_by_pods_is_one_object_that_learns_too() -> None:
+    """A policy a pod names in its annotation keeps its memos and learned workload across calls."""
+    ext, state = make(policy="binpack")
+    first = ext._policy("fragmentation", ext._node_policy)
+    assert ext._policy("fragmentation", ext._node_policy) is first
+    for i in range(3):
+        q = gpu_pod(f"g{i}", cpu="4")
+        assert ext.filter(q, ["a"]).fits == ["a"]
+        ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], "a")
+    before = first._m  # type: ignore[attr-defined]
+    assert ext.learn_workload(min_pods=3) == 3
+    assert first._m is not before  # type: ignore[attr-defined]
