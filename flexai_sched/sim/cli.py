@@ -6,7 +6,10 @@
 
 A policy written ``NAME:cards`` is scored without host CPU and memory (what the
 extender does for a node whose host it does not know); plain ``NAME`` gets them where
-the policy reads them, as the extender does on the Kubernetes backend.
+the policy reads them, as the extender does on the Kubernetes backend. ``NAME:learned``
+starts from the policy's built-in prior and learns the workload from the pods it placed
+(``workload.LEARN_FIRST``, ``LEARN_EVERY``), as the extender learns it from bound pods;
+plain ``NAME`` plans for the trace's workload from the start, as the paper does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .workload import SEEDS, arrivals
 # The trace sits beside the repository (CI lays shared/ there too).
 DEFAULT_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "alibaba-gpu-v2023"
 CARDS_ONLY = ":cards"
+LEARNED = ":learned"  # the workload learned from placed pods, as the extender does
 
 Job = tuple[str, str, str, int]  # trace folder, variant, policy spec, seed
 
@@ -43,7 +47,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--policies",
         default=Settings().node_policy,
-        help=f"comma-separated, NAME or NAME{CARDS_ONLY} ({', '.join(policies.names())}; default: the service's)",
+        help=f"comma-separated, NAME, NAME{CARDS_ONLY} or NAME{LEARNED} ({', '.join(policies.names())}; "
+        "default: the service's)",
     )
     p.add_argument("--seeds", default=f"{SEEDS[0]}-{SEEDS[-1]}", help="e.g. 42-51 or 42,43 (default 42-51)")
     p.add_argument("--out", type=Path, help="write trace-replay.csv and trace-replay.png into this folder")
@@ -88,7 +93,7 @@ def plan(folder: Path, variants: str, names: str, seeds: str) -> list[Job]:
         load(folder, v)  # a missing or broken file fails before any replay
     specs = _split(names)
     for spec in specs:
-        policies.get(spec.removesuffix(CARDS_ONLY))
+        policies.get(spec.removesuffix(CARDS_ONLY).removesuffix(LEARNED))
     return [(str(folder), v, spec, s) for v in vs for spec in specs for s in _seeds(seeds)]
 
 
@@ -96,7 +101,9 @@ def one(job: Job) -> report.Run:
     folder, variant, spec, seed = job
     trace = _trace(folder, variant)
     started = time.perf_counter()
-    curve = replay(trace, arrivals(trace, seed), spec.removesuffix(CARDS_ONLY), seed, not spec.endswith(CARDS_ONLY))
+    name = spec.removesuffix(CARDS_ONLY).removesuffix(LEARNED)
+    curve = replay(trace, arrivals(trace, seed), name, seed, not spec.endswith(CARDS_ONLY),
+                   learned=spec.endswith(LEARNED))
     return report.Run.of(variant, spec, seed, curve, time.perf_counter() - started)
 
 

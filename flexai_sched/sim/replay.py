@@ -42,7 +42,7 @@ from ..state import ClusterState, NodeState
 from .baselines import Seeded
 from .board import Board, Memo
 from .trace import Trace, TracePod, request, smallest_card_mib
-from .workload import target_workload
+from .workload import LEARN_EVERY, LEARN_FIRST, target_workload, workload_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,9 @@ class Cluster:
       only nodes whose bound reaches the best real score are scored with the request.
     """
 
-    def __init__(self, trace: Trace, policy_name: str, seed: int, host_scores: bool = True) -> None:
+    def __init__(
+        self, trace: Trace, policy_name: str, seed: int, host_scores: bool = True, learned: bool = False
+    ) -> None:
         self.state = ClusterState()
         self._rng = random.Random(seed)
         nodes = list(trace.nodes)
@@ -88,8 +90,8 @@ class Cluster:
             self.state.upsert_node(n.inventory())
         self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in nodes]
         self.policy: Policy = policies.get(policy_name)
-        if isinstance(self.policy, WorkloadAware):
-            self.policy.use_workload(target_workload(trace))
+        if isinstance(self.policy, WorkloadAware) and not learned:
+            self.policy.use_workload(target_workload(trace))  # ``learned``: the prior until ``learn``
         if isinstance(self.policy, Seeded):
             self.policy.use_seed(seed)  # Random-fit's card draws repeat per seed
         self._host_aware = host_scores and isinstance(self.policy, HostAware)
@@ -138,6 +140,15 @@ class Cluster:
         self.hosts[i] = self.hosts[i].plus(pod.cpu_milli, pod.memory_mib)
         self._log.append(i)
         return True
+
+    def learn(self, placed: Sequence[TracePod]) -> None:
+        """Plan for the workload of the pods placed so far, as ``Extender.learn_workload``
+        does from bound pods; every cached score and placement goes with the old one."""
+        if isinstance(self.policy, WorkloadAware):
+            self.policy.use_workload(workload_of(placed, models=False))
+            self.state.drop_scores()
+            self._boards.clear()
+            self._memos.clear()
 
     def fit(self, node: NodeState, req: PodRequest, shape: int) -> Placement | NoFit:
         # As Extender.fit: place() with the card policy, cached for one node version.
@@ -206,15 +217,24 @@ def replay(
     seed: int,
     host_scores: bool = True,
     tick: Callable[[], None] | None = None,
+    learned: bool = False,
 ) -> Curve:
-    """Try every pod once, in order; the curve of arrived and allocated GPU after each."""
-    cluster = Cluster(trace, policy_name, seed, host_scores)
+    """Try every pod once, in order; the curve of arrived and allocated GPU after each.
+
+    ``learned``: the policy starts from its built-in prior and learns the workload from the
+    pods placed (``LEARN_FIRST``, then every ``LEARN_EVERY``), as the extender does.
+    """
+    cluster = Cluster(trace, policy_name, seed, host_scores, learned)
     arrived, allocated = [], []
+    placed: list[TracePod] = []
     a = b = 0
     for pod in pods:
         a += pod.gpu_demand_milli
         if cluster.schedule(pod):
             b += pod.gpu_demand_milli
+            placed.append(pod)
+            if learned and (len(placed) == LEARN_FIRST or len(placed) % LEARN_EVERY == 0):
+                cluster.learn(placed)
         arrived.append(a)
         allocated.append(b)
         if tick is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 
 from ..fragmentation import TaskClass, Workload
 from ..model import FULL_CORES
@@ -16,6 +17,11 @@ from .trace import Trace, TracePod
 
 SEEDS = tuple(range(42, 52))
 UNTIL = 1.3
+# ``:learned`` replays (what the extender does, Extender.learn_workload): the built-in
+# prior until this many pods are placed, then the placed pods' workload, relearned every
+# LEARN_EVERY placements.
+LEARN_FIRST = 100
+LEARN_EVERY = 1000
 
 
 def arrivals(trace: Trace, seed: int, until: float = UNTIL) -> list[TracePod]:
@@ -35,9 +41,16 @@ def arrivals(trace: Trace, seed: int, until: float = UNTIL) -> list[TracePod]:
 def target_workload(trace: Trace) -> Workload:
     """The trace's task classes weighted by how often they occur (as the paper does),
     tasks without GPUs included (FGD counts them; ``Workload`` keeps them apart)."""
+    return workload_of(trace.pods)
+
+
+def workload_of(pods: Iterable[TracePod], models: bool = True) -> Workload:
+    """Task classes of ``pods`` by count; ``models=False`` drops the GPU-model constraint,
+    as the extender learns it from allocations (which do not record the pod's selector)."""
     counts = Counter(
-        (p.num_gpu, FULL_CORES if p.gpu_milli >= 1000 else p.cores, p.cpu_milli, p.memory_mib, p.gpu_spec)
-        for p in trace.pods
+        (p.num_gpu, FULL_CORES if p.gpu_milli >= 1000 else p.cores, p.cpu_milli, p.memory_mib,
+         p.gpu_spec if models else frozenset())
+        for p in pods
     )
     return Workload.of(
         TaskClass(n, cores, float(k), cpu, mem, spec) for (n, cores, cpu, mem, spec), k in counts.items()

@@ -135,3 +135,32 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
     monkeypatch.setattr(board.Memo, "wrap", lambda self, score: score)
     assert placements() == memoized
     assert sum(1 for ok, _ in memoized if ok) > 10
+
+
+def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
+    """``learned``: the built-in prior first; then the placed pods' workload (no GPU-model
+    constraint, as the extender learns it), every cached score and placement dropped."""
+    from flexai_sched.fragmentation import DEFAULT_WORKLOAD, Fragmentation
+
+    t = trace.load(write_trace(tmp_path, ["n0,64000,262144,2,T4", "n1,64000,262144,2,T4"], []))
+    cluster = sim.Cluster(t, "fragmentation", 42, learned=True)
+    prior = Fragmentation(DEFAULT_WORKLOAD)._m.shapes  # type: ignore[attr-defined]
+    assert cluster.policy._m.shapes == prior  # type: ignore[attr-defined]
+    placed = [pod("a", 470, cpu=8000, spec=frozenset({"T4"})), pod("b", 320, cpu=4000)]
+    for p in placed:
+        assert cluster.schedule(p)
+    assert any(n.fit_cache for n in cluster.state.nodes())
+    cluster.learn(placed)
+    assert sorted(cluster.policy._m.shapes) == [(1, 32, frozenset()), (1, 47, frozenset())]  # type: ignore[attr-defined]
+    assert not any(n.fit_cache for n in cluster.state.nodes())
+    assert cluster.schedule(pod("c", 470))  # scoring works again from empty caches
+
+
+def test_learned_replay_learns_at_the_documented_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = trace.load(write_trace(tmp_path, ["n0,640000,2621440,8,T4"], []))
+    seen: list[int] = []
+    monkeypatch.setattr(sim, "LEARN_FIRST", 3)
+    monkeypatch.setattr(sim, "LEARN_EVERY", 4)
+    monkeypatch.setattr(sim.Cluster, "learn", lambda self, placed: seen.append(len(placed)))
+    sim.replay(t, [pod(f"p{i}", 100) for i in range(9)], "fragmentation", 42, learned=True)
+    assert seen == [3, 4, 8]
