@@ -181,10 +181,8 @@ class Extender:
                 if score is None:
                     verdict = node.fit_cache.get(fkey)
                     if verdict is None or verdict is True:
-                        self._verdict(node, req, fkey, hkey, policy)
-                        score = node.host_cache[hkey]
-                    else:
-                        score = node.host_cache[hkey] = _NO_FIT
+                        self._verdict(node, req, fkey, hkey, policy)  # scores a fit only
+                    score = node.host_cache.setdefault(hkey, _NO_FIT)
             else:
                 score = node.fit_cache.get(key)
                 if score is None:

@@ -136,3 +136,12 @@ def test_a_policy_named_by_pods_is_one_object_that_learns_too() -> None:
     before = first._m  # type: ignore[attr-defined]
     assert ext.learn_workload(min_pods=3) == 3
     assert first._m is not before  # type: ignore[attr-defined]
+
+
+def test_prioritize_without_a_prior_filter_scores_a_node_that_no_longer_fits() -> None:
+    # A bind between filter and prioritize empties the node's caches; if the pod no longer
+    # fits, prioritize must say so (0), not fail looking for a score that was never made.
+    ext, _ = make()
+    too_big = pod("big", {"name": "m", "image": "x",
+                          "resources": {"limits": limits(9, cores=50, memory_gib=1), "requests": {"cpu": "1"}}})
+    assert ranks(ext, too_big) == {"a": 0, "b": 0}
