@@ -5,8 +5,9 @@
 
 Each measurement is a child process (bench/hook_workload.py) under LD_PRELOAD of the hook
 with a config written by flexai_node.hook_config, or without the hook for baselines. Overhead
-runs every configuration once per round, rounds rotated, children pinned to GPU-local CPUs;
-launch_ab compares the driver and the hook in one process (csrc/hook/bench/launch_ab.c).
+keeps long-lived processes per configuration, pinned to GPU-local CPUs, that take turns
+running blocks (interleaved()); launch_ab compares the driver and the hook in one process
+(csrc/hook/bench/launch_ab.c).
 Writes <out>/hook-results.json (every figure) and prints a summary table last.
 """
 
@@ -39,8 +40,8 @@ RESULTS: dict[str, Any] = {}
 
 def gpu_uuid() -> str:
     return subprocess.run(
-        ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
+        ["nvidia-smi", "-i", str(GPU), "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True,
+        check=True).stdout.split()[0]
 
 
 def config(name: str, **limit: Any) -> Path:
@@ -53,7 +54,7 @@ def config(name: str, **limit: Any) -> Path:
 def gpu_local_cpus(count: int = 4) -> list[int]:
     """`count` CPUs of the GPU's NUMA node (all of them if sysfs does not say)."""
     try:
-        bus = subprocess.run(["nvidia-smi", "--query-gpu=pci.bus_id", "--format=csv,noheader"],
+        bus = subprocess.run(["nvidia-smi", "-i", str(GPU), "--query-gpu=pci.bus_id", "--format=csv,noheader"],
                              capture_output=True, text=True).stdout.split()
     except OSError:
         bus = []
@@ -114,9 +115,10 @@ def monitor(region: Path, samples: int) -> subprocess.Popen[str]:
 class NvmlSampler(threading.Thread):
     """Card utilisation and SM clock (NVML), as nvidia-smi would show them, every `interval` s."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, index: int | None = None) -> None:
         super().__init__(daemon=True)
         self.interval = interval
+        self.index = GPU if index is None else index  # NVML's index of the card
         self.samples: list[tuple[float, int, int]] = []  # (unix time, util %, SM MHz)
         self.stop = threading.Event()
 
@@ -124,7 +126,7 @@ class NvmlSampler(threading.Thread):
         import pynvml
 
         pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        h = pynvml.nvmlDeviceGetHandleByIndex(self.index)
         while not self.stop.wait(self.interval):
             self.samples.append((round(time.time(), 2), pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
                                  pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)))
@@ -244,54 +246,109 @@ def phase_pair() -> None:
         RESULTS["pair_time"] = run_pair("pairt", 0)
 
 
-def rounds_of(configs: dict[str, tuple[tuple[str, ...], dict[str, Any], bool]], kind: str, key: str,
-              rounds: int) -> dict[str, Any]:
-    """Each config once per round, in an order rotated every round (no config always first or
-    last), every child pinned to the same GPU-local CPUs. Per config: the values, their median,
-    and the median over rounds of value / the round's no-hook value (paired: a round's drift
-    hits both)."""
+class Worker:
+    """One long-lived bench/hook_workload.py serve process: builds its workload once, then runs a
+    block each time it is asked."""
+
+    def __init__(self, serve: str, args: tuple[str, ...], limits: dict[str, Any], hook: bool, name: str,
+                 cpus: list[int]) -> None:
+        e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FLEXAI_VGPU_CONFIG")}
+        if hook:
+            e["LD_PRELOAD"] = HOOK
+            if limits:
+                e.update(container_env(str(config(name, **limits)), HOOK))
+        self.proc = subprocess.Popen([sys.executable, WORKLOAD, "serve", "--serve", serve, *args], env=e,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return dict(json.loads(line))
+        raise RuntimeError(f"worker {self.proc.pid} ended (rc {self.proc.wait()})")
+
+    def block(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("block\n")
+        self.proc.stdin.flush()
+        return float(self.read()["value"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def interleaved(configs: dict[str, tuple[tuple[str, ...], dict[str, Any], bool]], serve: str, rounds: int,
+                per_config: int = 2) -> dict[str, Any]:
+    """Hook against no hook with the noise of process placement and time taken out.
+
+    `per_config` long-lived processes per configuration, all pinned to the same GPU-local CPUs,
+    take turns: every round each runs one block (~0.2-0.4 s), in an order rotated every round.
+    A configuration's figure in a round is the mean of its processes' blocks, divided by the
+    round's no-hook figure (the first configuration): drift over time hits both sides of the
+    ratio. Reported: the median of those ratios and a bootstrap 95% interval of their mean, and
+    each process's own median (what one process-level comparison would have seen)."""
+    import random
+
     cpus = gpu_local_cpus()
     names = list(configs)
-    vals: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            args, limits, hook = configs[name]
-            conf = config(f"{kind}-{name}", **limits) if limits else None
-            out = child(kind, *args, conf=conf, hook=hook, cpus=cpus)
-            vals[name].append(float(out.get(key) or "nan"))
-    res: dict[str, Any] = {"cpus": cpus, "rounds": rounds}
-    base = names[0]
-    for name in names:
-        v = vals[name]
-        pairs = sorted(x / b for x, b in zip(v, vals[base], strict=True) if b == b and x == x)
-        res[name] = {"values": [round(x, 3) for x in v], "median": statistics.median(v),
-                     "paired_ratio_median": round(statistics.median(pairs), 4) if pairs else None,
-                     "paired_ratio_range": [round(pairs[0], 4), round(pairs[-1], 4)] if pairs else None}
+    workers = {n: [Worker(serve, *configs[n], name=f"{serve}-{n}-{i}", cpus=cpus) for i in range(per_config)]
+               for n in names}
+    try:
+        for ws in workers.values():
+            for w in ws:
+                w.read()  # ready: built and warmed up
+        flat = [(n, i) for n in names for i in range(per_config)]
+        vals: dict[tuple[str, int], list[float]] = {key: [] for key in flat}
+        for r in range(rounds):
+            k = r % len(flat)
+            for n, i in flat[k:] + flat[:k]:
+                vals[(n, i)].append(workers[n][i].block())
+    finally:
+        for ws in workers.values():
+            for w in ws:
+                w.close()
+    per_round = {n: [statistics.mean(vals[(n, i)][r] for i in range(per_config)) for r in range(rounds)]
+                 for n in names}
+    base = per_round[names[0]]
+    rng = random.Random(0)
+    res: dict[str, Any] = {"cpus": cpus, "rounds": rounds, "processes_per_config": per_config}
+    for n in names:
+        ratios = [x / b for x, b in zip(per_round[n], base, strict=True)]
+        means = sorted(statistics.mean(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+        res[n] = {"median": round(statistics.median(per_round[n]), 3),
+                  "ratio_median": round(statistics.median(ratios), 4),
+                  "ratio_mean": round(statistics.mean(ratios), 4),
+                  "ratio_mean_ci95": [round(means[50], 4), round(means[1949], 4)],
+                  "process_medians": [round(statistics.median(vals[(n, i)]), 3) for i in range(per_config)]}
     return res
 
 
 def phase_tiny() -> None:
-    """Launch rate of tiny PyTorch kernels, hook vs none, many pinned rounds (higher is better)."""
+    """Launch rate of tiny PyTorch kernels, hook vs none (higher is better)."""
     memcfg = dict(memory_bytes=64 * GiB)
     configs = {"nohook": ((), {}, False), "hook_noconfig": ((), {}, True), "hook_memlimit": ((), memcfg, True),
                "hook_cores90": ((), dict(cores=90, **memcfg), True)}
-    RESULTS["overhead_tiny"] = rounds_of(configs, "tiny", "launches_per_s", 8 if FULL else 6)
+    RESULTS["overhead_tiny"] = interleaved(configs, "tiny", 40 if FULL else 30)
 
 
 def phase_transformer() -> None:
     """Training step time (lower is better): alone unlimited, and ~50% busy under a 70% limit."""
     memcfg = dict(memory_bytes=64 * GiB)
     ref = int(RESULTS.get("ref_clock_mhz", 0))
-    steps = ("--steps", "40")
+    steps = ("--steps", "8")
     full = {"nohook": (steps, {}, False), "hook_noconfig": (steps, {}, True),
             "hook_memlimit": (steps, memcfg, True)}
-    RESULTS["overhead_transformer"] = rounds_of(full, "transformer", "step_ms_median", 8 if FULL else 6)
+    RESULTS["overhead_transformer"] = interleaved(full, "transformer", 30 if FULL else 24)
     # Sleeping one step time after each step keeps it ~50% busy: under its 70% limit.
-    duty = ("--steps", "40", "--duty", "1.0")
+    duty = ("--steps", "8", "--duty", "1.0")
     under = {"nohook": (duty, {}, False), "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, **memcfg), True)}
-    RESULTS["overhead_transformer_under_limit"] = rounds_of(under, "transformer", "step_ms_median",
-                                                            8 if FULL else 6)
+    RESULTS["overhead_transformer_under_limit"] = interleaved(under, "transformer", 30 if FULL else 24)
 
 
 def phase_launch_ab() -> None:
@@ -343,8 +400,9 @@ def summary() -> str:
     for key in ("overhead_tiny", "overhead_transformer", "overhead_transformer_under_limit"):
         for name, v in RESULTS.get(key, {}).items():
             if isinstance(v, dict):
-                rows.append(f"{key} {name:14s} median {v['median']:.2f} paired ratio {v['paired_ratio_median']} "
-                            f"range {v['paired_ratio_range']} values {v['values']}")
+                rows.append(f"{key} {name:14s} median {v['median']:.2f} ratio to no hook: median "
+                            f"{v['ratio_median']} mean {v['ratio_mean']} (95% {v['ratio_mean_ci95']}); "
+                            f"per process {v['process_medians']}")
     for name, v in RESULTS.get("launch_ab", {}).items():
         if isinstance(v, dict):
             rows.append(f"launch_ab {name:16s} {json.dumps(v)}")
@@ -365,7 +423,11 @@ def main() -> None:
     ap.add_argument("--modes", default="time,work",
                     help="compute phase: time (share of time) and/or work (share of throughput, ref_clock_mhz)")
     ap.add_argument("--seconds", type=float, default=2.5, help="compute phase: timed part of each run")
+    ap.add_argument("--gpu", type=int, default=0, help="the card to use (nvidia-smi's index)")
     args = ap.parse_args()
+    global GPU
+    GPU = args.gpu
+    os.environ.update(CUDA_VISIBLE_DEVICES=str(GPU), CUDA_DEVICE_ORDER="PCI_BUS_ID")  # children see only it
     global KINDS, LIMITS, MODES, SECONDS
     MODES = tuple(args.modes.split(","))
     SECONDS = args.seconds
@@ -380,7 +442,7 @@ def main() -> None:
     global UUID
     UUID = gpu_uuid()
     RESULTS["gpu_uuid"] = UUID
-    RESULTS["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+    RESULTS["nvidia_smi"] = subprocess.run(["nvidia-smi", "-i", str(GPU), "--query-gpu=name,driver_version,memory.total",
                                             "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     phases = {"memory": phase_memory, "compute": phase_compute, "pair": phase_pair, "launch_ab": phase_launch_ab,
               "tiny": phase_tiny, "transformer": phase_transformer}
@@ -399,6 +461,7 @@ def main() -> None:
 
 
 UUID = ""
+GPU = 0
 FULL = True
 KINDS: tuple[str, ...] = ("matmul", "graph")
 LIMITS: tuple[int, ...] = (10, 20, 30, 50, 70, 90)

@@ -3,12 +3,13 @@
     python bench/hook_workload.py <kind> [--seconds S] [--start-at T] ...
 
 Prints one JSON line with its measurement. Kinds:
-  matmul       bf16 4096^3 matrix products in a loop: TFLOP/s over --seconds (sync every 64)
+  matmul       bf16 4096^3 matrix products in a loop: TFLOP/s over --seconds (sync every 256)
   graph        the same 20 products captured in a CUDA graph, replayed
   fill         allocate --chunk-mib tensors until torch.cuda.OutOfMemoryError
   tiny         launch rate of one-element kernels (median of --blocks x --launches)
   transformer  training step time of an 8-layer encoder built in code (no downloads),
                with --duty D sleeping D x step time after each step
+  serve        --serve tiny|transformer: one block per line on stdin (hook_gpu.py interleaved())
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -59,20 +61,23 @@ def timed_loop(step: Callable[[], object], seconds: float, per_step_flop: float,
 
 
 def matmul(args: argparse.Namespace) -> dict[str, object]:
-    a = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
-    c = torch.empty_like(a)
+    a, b, c = matmul_operands()
 
     def step() -> None:
         torch.matmul(a, b, out=c)
 
-    return timed_loop(step, args.seconds, FLOP, args.start_at, 64)  # 64 x 0.2 ms
+    return timed_loop(step, args.seconds, FLOP, args.start_at, 256)  # 256 x 0.2 ms
 
 
-def graph(args: argparse.Namespace) -> dict[str, object]:
+def matmul_operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """a, b and an output for bf16 N x N products, on the current device."""
     a = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
-    c = torch.empty_like(a)
+    return a, torch.randn(N, N, device="cuda", dtype=torch.bfloat16), torch.empty_like(a)
+
+
+def captured_matmuls(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: int = 20,
+                     capture_error_mode: str = "global") -> torch.cuda.CUDAGraph:
+    """`n` products c = a @ b captured in one CUDA graph (warmed up on a side stream first)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -80,9 +85,14 @@ def graph(args: argparse.Namespace) -> dict[str, object]:
             torch.matmul(a, b, out=c)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(20):
+    with torch.cuda.graph(g, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
+        for _ in range(n):
             torch.matmul(a, b, out=c)
+    return g
+
+
+def graph(args: argparse.Namespace) -> dict[str, object]:
+    g = captured_matmuls(*matmul_operands())
     return timed_loop(g.replay, args.seconds, 20 * FLOP, args.start_at, 8)  # 8 x 4 ms
 
 
@@ -128,20 +138,30 @@ def fill(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def tiny(args: argparse.Namespace) -> dict[str, object]:
+def tiny_block(launches: int) -> Callable[[], float]:
+    """A block of `launches` one-element kernels; returns launches per second."""
     x = torch.zeros(1, device="cuda")
-    rates = []
-    for _ in range(args.blocks + 1):  # the first block warms up, and is dropped
+
+    def block() -> float:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(args.launches):
+        for _ in range(launches):
             x.add_(1)
         torch.cuda.synchronize()
-        rates.append(args.launches / (time.perf_counter() - t0))
-    return {"launches_per_s": statistics.median(rates[1:]), "all": rates[1:]}
+        return launches / (time.perf_counter() - t0)
+
+    return block
 
 
-def transformer(args: argparse.Namespace) -> dict[str, object]:
+def tiny(args: argparse.Namespace) -> dict[str, object]:
+    block = tiny_block(args.launches)
+    rates = [block() for _ in range(args.blocks + 1)][1:]  # the first block warms up, and is dropped
+    return {"launches_per_s": statistics.median(rates), "all": rates}
+
+
+def transformer_block(steps: int, duty: float) -> Callable[[], float]:
+    """`steps` training steps of an 8-layer encoder (d 1024, 16 heads, batch 16 x 512, bf16
+    autocast, AdamW), sleeping `duty` x step time after each; returns the median step in ms."""
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(d_model=1024, nhead=16, dim_feedforward=4096, batch_first=True)
     model = torch.nn.TransformerEncoder(layer, num_layers=8).cuda()
@@ -158,21 +178,45 @@ def transformer(args: argparse.Namespace) -> dict[str, object]:
     for _ in range(5):
         step()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        if args.duty > 0:
-            time.sleep(dt * args.duty)
-    return {"step_ms_median": statistics.median(times) * 1e3, "step_ms_mean": statistics.mean(times) * 1e3}
+
+    def block() -> float:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            if duty > 0:
+                time.sleep(dt * duty)
+        return statistics.median(times) * 1e3
+
+    return block
+
+
+def transformer(args: argparse.Namespace) -> dict[str, object]:
+    median = transformer_block(args.steps, args.duty)()
+    return {"step_ms_median": median}
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Build the workload once, then run one block per line read from stdin and print its
+    figure: bench/hook_gpu.py's interleaved() keeps such processes per configuration and
+    lets them take turns, so hook and no hook are compared seconds apart, in
+    processes that stay put (on the H200 VM, a figure differed by up to 40% between
+    processes started one after another)."""
+    block = tiny_block(args.launches) if args.serve == "tiny" else transformer_block(args.steps, args.duty)
+    block()  # warm-up
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    for line in iter(sys.stdin.readline, ""):
+        print(json.dumps({"value": block(), "cmd": line.strip()}), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["matmul", "graph", "fill", "tiny", "transformer"])
+    ap.add_argument("kind", choices=["matmul", "graph", "fill", "tiny", "transformer", "serve"])
+    ap.add_argument("--serve", choices=["tiny", "transformer"], default="tiny",
+                    help="with kind serve: the workload whose blocks stdin asks for")
     ap.add_argument("--seconds", type=float, default=2.5)
     ap.add_argument("--start-at", type=float, default=None)
     ap.add_argument("--chunk-mib", type=int, default=256)
@@ -182,6 +226,9 @@ def main() -> None:
     ap.add_argument("--duty", type=float, default=0.0)
     args = ap.parse_args()
     torch.cuda.init()
+    if args.kind == "serve":
+        serve(args)
+        return
     result = globals()[args.kind](args)
     print(json.dumps({"kind": args.kind, "pid": os.getpid(), **result}), flush=True)
 

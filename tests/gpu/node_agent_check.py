@@ -1,17 +1,17 @@
 """The node agent on a real GPU (run on the device machine, never in CI).
 
     python3 tests/gpu/node_agent_check.py --hook build/hook/libflexai_hook.so \
-        [--shim build/hook/libflexai_shim.so] [--slice-gib 8] [--out report.md] [--symlink-mounts]
+        [--shim build/hook/libflexai_shim.so] [--slice-gib 8] [--cards 1] [--out report.md] [--symlink-mounts]
 
 1. Inventory: ``NvmlInventory`` against ``nvidia-smi --query-gpu=uuid,name,memory.total``.
 2. Device plugin: the real plugin server on a unix socket, registered with the fake
-   kubelet of tests/node, advertising the real cards; a pod with a one-vGPU allocation
-   (``--slice-gib`` of card 0) is admitted through a gRPC Allocate.
+   kubelet of tests/node, advertising the real cards; a pod with one vGPU
+   (``--slice-gib``) on each of the first ``--cards`` cards is admitted through a gRPC Allocate.
 3. The Allocate response applied by hand to a PyTorch process: its env, each mount as a
    symlink from its container path to its host path (no container runtime here), and
    ``NVIDIA_VISIBLE_DEVICES`` as ``CUDA_VISIBLE_DEVICES`` (what the NVIDIA runtime would
-   expose). The process must see the slice in ``torch.cuda.mem_get_info`` and get
-   ``OutOfMemoryError`` past it; a control process without the response sees the card.
+   expose). The process must see the slice on every device in ``torch.cuda.mem_get_info`` and
+   get ``OutOfMemoryError`` past it; a control process without the response sees the cards.
 4. While it holds memory, the agent's region reader (``hook_shim``) reports its use.
 
 Exit status 0 only if every check passed. Needs no Kubernetes; gRPC if importable.
@@ -32,20 +32,25 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from flexai_node.nvml import NvmlInventory  # noqa: E402
+from tests.gpu.report import finish_report  # noqa: E402
 
 GIB = 1 << 30
 PROBE = r"""
 import json, sys, torch
 mode = sys.argv[1]
-free, total = torch.cuda.mem_get_info(0)
-out = {"device": torch.cuda.get_device_name(0), "free": free, "total": total, "held_bytes": 0}
-held, step = [], 256 << 20
-try:
-    while mode != "look":
-        held.append(torch.empty(step, dtype=torch.uint8, device="cuda"))
-except torch.OutOfMemoryError as e:
-    out["oom"] = type(e).__name__
-out["held_bytes"] = len(held) * step
+out, held, step = [], [], 256 << 20
+for d in range(torch.cuda.device_count()):
+    free, total = torch.cuda.mem_get_info(d)
+    one = {"device": torch.cuda.get_device_name(d), "free": free, "total": total, "held_bytes": 0}
+    n = 0
+    try:
+        while mode != "look":
+            held.append(torch.empty(step, dtype=torch.uint8, device=f"cuda:{d}"))
+            n += 1
+    except torch.OutOfMemoryError as e:
+        one["oom"] = type(e).__name__
+    one["held_bytes"] = n * step
+    out.append(one)
 print(json.dumps(out), flush=True)
 if mode == "hold":   # keep the memory until told to go (the parent reads the region)
     sys.stdin.readline()
@@ -76,8 +81,10 @@ def check_inventory(lines: list[str]) -> bool:
     return ok
 
 
-def allocate(hook: Path, slice_gib: int, state: Path, lines: list[str]) -> tuple[dict[str, str], list[Any], Path]:
-    """The grant for a one-vGPU pod, through gRPC when grpc is importable."""
+def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
+             lines: list[str]) -> tuple[dict[str, str], list[Any], Path]:
+    """The grant for a pod with one vGPU on each of the first ``ncards`` cards, through gRPC when
+    grpc is importable."""
     from flexai_node.admitter import NodeAdmitter
     from flexai_node.grant import GrantBuilder
     from flexai_node.hook_files import HookConfigFiles
@@ -89,8 +96,8 @@ def allocate(hook: Path, slice_gib: int, state: Path, lines: list[str]) -> tuple
     cards = [r.card for r in inv.read()]
     inv.close()
     api = FakeNodeApi()
-    api.add(bound_pod("torch", "uid-torch", [container("main", 1, memory_gib=slice_gib)],
-                      [slice_on(cards[0], "main", 0, slice_gib * 1024)]))
+    api.add(bound_pod("torch", "uid-torch", [container("main", ncards, memory_gib=slice_gib)],
+                      [slice_on(cards[i], "main", 0, slice_gib * 1024) for i in range(ncards)]))
     workdirs = Workdirs(state / "containers")
     admitter = NodeAdmitter("gpu-1", api, Ledger(state / "ledger.json"), workdirs,
                             GrantBuilder(HookConfigFiles(workdirs.root, hook)))
@@ -101,7 +108,7 @@ def allocate(hook: Path, slice_gib: int, state: Path, lines: list[str]) -> tuple
         from tests.node.fake_kubelet import FakeKubelet
     except (ImportError, RuntimeError) as e:  # no grpc, or an older one than the stubs need
         lines.append(f"gRPC not available ({e}); Allocate called in-process\n")
-        grant = admitter.allocate([["dev-0"]])[0]
+        grant = admitter.allocate([[f"dev-{i}" for i in range(ncards)]])[0]
         return dict(grant.envs), [(m.container_path, m.host_path, m.read_only) for m in grant.mounts], workdirs.root
     kubelet = FakeKubelet(state / "dp")
     kubelet.start()
@@ -115,7 +122,8 @@ def allocate(hook: Path, slice_gib: int, state: Path, lines: list[str]) -> tuple
                   f"ListAndWatch: {len(devices)} devices, {sum(h == 'Healthy' for h in devices.values())} healthy", ""]
         stub = kubelet.plugin(reg.endpoint)
         resp = stub.Allocate(pb.AllocateRequest(container_requests=[
-            pb.ContainerAllocateRequest(devices_ids=[device_id(cards[0].uuid, 0)])]), timeout=30)
+            pb.ContainerAllocateRequest(devices_ids=[device_id(cards[i].uuid, 0) for i in range(ncards)])]),
+            timeout=30)
         c = resp.container_responses[0]
         return dict(c.envs), [(m.container_path, m.host_path, m.read_only) for m in c.mounts], workdirs.root
     finally:
@@ -176,7 +184,7 @@ def probe(env: dict[str, str], hold: bool = False) -> tuple[dict[str, Any], subp
 
 
 def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
-    envs, mounts, root = allocate(args.hook.resolve(), args.slice_gib, tmp, lines)
+    envs, mounts, root = allocate(args.hook.resolve(), args.slice_gib, args.cards, tmp, lines)
     lines += ["## 3. Allocate response applied by hand to PyTorch", "", "```",
               *(f"env   {k}={v}" for k, v in sorted(envs.items())),
               *(f"mount {c} <- {h} ({'ro' if ro else 'rw'})" for c, h, ro in mounts), "```", ""]
@@ -199,8 +207,11 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
                 files = HookConfigFiles(root, args.hook)
                 reader = RegionUsageReader(lambda uid, c: files.region_file(root / uid / c), HookShim(args.shim))
                 usage = reader.read("uid-torch", "main")
-                usage_line = f"region reader while the probe holds {sliced['held_bytes'] >> 20} MiB: {usage}"
-                ok &= any(u.memory_used_mib >= sliced["held_bytes"] >> 20 for u in usage.values())
+                usage_line = (f"region reader while the probe holds "
+                              f"{[d['held_bytes'] >> 20 for d in sliced]} MiB: {usage}")
+                used = sorted(u.memory_used_mib for u in usage.values())
+                ok &= len(used) == len(sliced) and all(
+                    u >= h for u, h in zip(used, sorted(d["held_bytes"] >> 20 for d in sliced)))
         finally:
             assert child.stdin is not None and child.stderr is not None
             child.stdin.write("go\n")
@@ -210,18 +221,18 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
     finally:
         remove(made)
     slice_bytes = args.slice_gib * GIB
-    ok &= bool(sliced["total"] <= slice_bytes and sliced.get("oom") == "OutOfMemoryError")
-    ok &= bool(sliced["held_bytes"] <= slice_bytes and control["total"] > slice_bytes)
-    lines += [
-        "| process | mem_get_info total | free | allocated before OOM | OOM raised |",
-        "|---|---|---|---|---|",
-        f"| control (no hook; looks only) | {control['total'] / GIB:.2f} GiB | {control['free'] / GIB:.2f} GiB | "
-        "- | - |",
-        f"| with the Allocate response ({args.slice_gib} GiB slice) | {sliced['total'] / GIB:.2f} GiB | "
-        f"{sliced['free'] / GIB:.2f} GiB | {sliced['held_bytes'] / GIB:.2f} GiB | {sliced.get('oom', 'no')} |",
-        "", "stderr of the sliced process (the hook's messages), last lines:", "", "```", *hook_log, "```", "",
-        f"## 4. Metrics\n\n{usage_line}", "",
-    ]
+    ok &= len(sliced) == len(control) == args.cards
+    lines += ["| process | device | mem_get_info total | free | allocated before OOM | OOM raised |",
+              "|---|---|---|---|---|---|"]
+    for d, (c, s) in enumerate(zip(control, sliced)):
+        ok &= bool(s["total"] <= slice_bytes and s.get("oom") == "OutOfMemoryError")
+        ok &= bool(slice_bytes - GIB <= s["held_bytes"] <= slice_bytes and c["total"] > slice_bytes)
+        lines += [f"| control (no hook; looks only) | {d} | {c['total'] / GIB:.2f} GiB | {c['free'] / GIB:.2f} GiB "
+                  "| - | - |",
+                  f"| with the Allocate response ({args.slice_gib} GiB slice) | {d} | {s['total'] / GIB:.2f} GiB | "
+                  f"{s['free'] / GIB:.2f} GiB | {s['held_bytes'] / GIB:.2f} GiB | {s.get('oom', 'no')} |"]
+    lines += ["", "stderr of the sliced process (the hook's messages), last lines:", "", "```", *hook_log, "```", "",
+              f"## 4. Metrics\n\n{usage_line}", ""]
     return ok
 
 
@@ -230,6 +241,7 @@ def main() -> int:
     ap.add_argument("--hook", type=Path, required=True)
     ap.add_argument("--shim", type=Path)
     ap.add_argument("--slice-gib", type=int, default=8)
+    ap.add_argument("--cards", type=int, default=1, help="vGPUs in the pod, one on each of the first N cards")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--symlink-mounts", action="store_true",
                     help="make each mount a symlink at its container path (scratch machines only)")
@@ -242,12 +254,7 @@ def main() -> int:
         except Exception as e:  # report what happened, whatever it was: this is the one GPU run
             lines += [f"**check failed: {type(e).__name__}: {e}**", ""]
             ok = False
-    lines += [f"**Result: {'PASS' if ok else 'FAIL'}**", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0 if ok else 1
+    return finish_report(lines, ok, args.out)
 
 
 if __name__ == "__main__":

@@ -30,23 +30,33 @@
  * while two greedy ones have no credit and take turns exactly. No booking
  * may exceed the wall time since the last one (a guard, not the mechanism).
  *
- * Queued work is bounded (at most ~4 ms, and half a window, of markers may be
- * unfinished), so a throttled process cannot queue seconds of work while its
- * window is open, yet the CPU may still run ahead of the GPU as frameworks
- * expect.
+ * Queued work is bounded (at most ~4 ms, half a window, and the time left
+ * until the close, of markers may be unfinished), so a throttled process
+ * cannot queue seconds of work while its window is open, nor much past its
+ * close into a neighbour's window, yet the CPU may still run ahead of the
+ * GPU as frameworks expect.
  *
- * Optional clock normalisation: a power-capped card runs faster when it idles
- * part of the time, so a c% time share yields more than c% of the full-load
- * throughput (measured on an H200: 30% of the time gave 35% of the work).
- * With `ref_clock_mhz` (the SM clock the card sustains at full load) in the
- * config, the pacer reads the SM clock through NVML at each close (never on
- * the launch path) and busy time is weighted by 1 + 0.85 * (clock/ref - 1):
- * 0.85 is the share of a clock gain that shows up as throughput on the H200,
- * between bf16 matmul launched from Python (0.7) and the same matmuls
- * replayed as a CUDA graph (~1.0), measured (bench/results/hook-h200.md).
+ * Optional throughput normalisation: a power-capped card runs faster when it
+ * idles part of the time, so a c% time share yields more than c% of the
+ * full-load throughput (H200: 30% of the time gave 35% of the work). With
+ * `ref_clock_mhz` (the SM clock the card sustains at full load) in the
+ * config, busy time is weighted by the speed-up the card's duty allows:
+ *
+ *     1 + E * (top clock / ref - 1) * min(1, (1 - duty) / (1 - KNEE))
+ *
+ * duty = our own measured busy fraction, or NVML's utilisation of the whole
+ * card where that is 10 points higher (a card kept full by two tenants gains
+ * nothing: their 3:7 stays 3:7), top clock = NVML's maximum SM clock. E and
+ * KNEE were fitted on H200s (bench/results/hook-h200.md, runs 13-17, two
+ * hosts): the speed per busy second of bf16 matmuls launched from Python and
+ * of the same matmuls replayed as CUDA graphs follows this curve within ~2%,
+ * alike for both. The NVML SM clock itself is no guide: under 90% limits it
+ * read 1734 MHz under matmuls and 1604 under graphs that ran at nearly the
+ * same speed per busy second (1.09 and 1.08 of full load). The pacer reads
+ * NVML once per window, never on the launch path.
  *
  * Threads and invariants:
- *   - the pacer thread only reads the clock and stores the gate word
+ *   - the pacer thread only reads NVML and stores the gate word
  *     ((period << 1) | open); it never calls CUDA;
  *   - the launch path costs two atomic loads (gate, idle-check flag) and one
  *     fetch-add of a launch counter in the common case: no lock, syscall,
@@ -71,7 +81,9 @@
 #define MARKER_NS 500000ull  /* aim: one marker per 0.5 ms of GPU work */
 #define MAX_MARKER_EVERY 4096
 #define MAX_QUEUED_NS 4000000ull /* at most ~4 ms of GPU work queued by a limited process */
-#define CLOCK_ELASTICITY_PCT 85  /* see book(): measured on an H200, matmul and graphs */
+#define SPEEDUP_E_PCT 70   /* E: share of the clock headroom that shows as speed (see top) */
+#define SPEEDUP_KNEE_PCT 55 /* KNEE: full speed-up up to this duty */
+#define CARD_MARGIN_PM 100  /* NVML's card utilisation counts only this far above ours */
 /* Integral gain 1/2: the error of window k is known only after window k+1
  * opened, and with that one period of delay a gain of 1 would oscillate
  * (poles on the unit circle); 1/2 settles in a few periods. */
@@ -96,9 +108,11 @@ struct pace {
     /* --- pacer <-> launchers --------------------------------------------- */
     _Atomic int64_t lead_ns;        /* integral term: window = target - lead */
     _Atomic uint64_t next_open_ns;  /* wall-clock time the gate opens next */
+    _Atomic uint64_t close_at_ns;   /* wall-clock time the open window closes */
     uint64_t period_ns, offset_ns, target_ns;
     int limited;
-    _Atomic uint32_t clock_mhz;     /* SM clock the pacer read at the last close; 0 = unknown */
+    _Atomic uint32_t top_mhz;       /* the card's top SM clock; 0 = unknown */
+    _Atomic int card_busy_pct;      /* NVML's utilisation of the card at the last close; -1 = unknown */
     uint32_t ref_clock_mhz;         /* from the config; 0 = no normalisation */
     /* --- slow path, under lock ------------------------------------------- */
     pthread_mutex_t lock;
@@ -117,6 +131,7 @@ struct pace {
     uint64_t per_marker_ns;         /* GPU time between markers, smoothed */
     uint64_t last_book_ns;          /* wall clock of the last book() */
     uint64_t mark_ns;               /* wall clock of the last START or marker */
+    uint32_t duty_pm;               /* our busy fraction, per mille, smoothed over ~4 bookings */
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
     uint64_t windows, markers, timeouts, busy_max;
     _Atomic uint64_t skipped, idle;
@@ -164,7 +179,8 @@ static struct trace_rec {
     int64_t lead_ns;
     uint32_t count;
     char what; /* S start, E end, I idle at the gate, N new segment, W wait timeout,
-                  B busy measured (ns), C clock (MHz), F busy booked (ns) */
+                  B busy measured (ns), D duty (per mille), C speed-up (per mille),
+                  F busy booked (ns) */
 } g_trace[TRACE_LEN];
 static _Atomic uint32_t g_trace_n;
 static int g_trace_on;
@@ -192,6 +208,18 @@ static void dump_trace(void)
                 (unsigned long long)r->value, (long long)r->lead_ns / 1000, r->count);
     }
     fclose(f);
+}
+
+/* With $FLEXAI_DEBUG: the first failures of the driver calls the pacing makes
+ * itself, and of launches, on stderr (a capture that a call of ours would
+ * invalidate shows here first). */
+static int g_debug;
+static _Atomic int g_errors_told;
+
+void flexai_compute_note_error(const char *what, CUresult r)
+{
+    if (g_debug && atomic_fetch_add(&g_errors_told, 1) < 8)
+        flexai_log("%s returned CUDA error %d", what, (int)r);
 }
 
 /* ---- pacer thread ------------------------------------------------------ */
@@ -235,12 +263,16 @@ static uint64_t pace_step(struct pace *p, uint64_t now)
             p->open = 1;
             p->open_prev = 1;
             p->close_ns = open_at + (uint64_t)window;
+            atomic_store(&p->close_at_ns, p->close_ns);
         }
     }
     if (p->open && now >= p->close_ns) {
         p->open = 0;
-        if (p->ref_clock_mhz != 0) /* our work is still running: its clock */
-            atomic_store(&p->clock_mhz, flexai_nvml_sm_clock(p->slot));
+        if (p->ref_clock_mhz != 0) {
+            if (atomic_load(&p->top_mhz) == 0)
+                atomic_store(&p->top_mhz, flexai_nvml_max_sm_clock(p->slot));
+            atomic_store(&p->card_busy_pct, flexai_nvml_card_busy_pct(p->slot));
+        }
     }
     atomic_store(&p->next_open_ns, open_at + p->period_ns);
     atomic_store_explicit(&p->gate, (k << 1) | (uint64_t)p->open, memory_order_release);
@@ -305,6 +337,7 @@ static void reset_state(void)
         p->limited = 1;
         p->slot = i;
         p->ref_clock_mhz = c->dev[i].ref_clock_mhz;
+        atomic_store(&p->card_busy_pct, -1);
         p->period_ns = c->period_ns;
         p->target_ns = c->period_ns * c->dev[i].cores / 100;
         p->offset_ns = c->period_ns * c->dev[i].core_offset / 100;
@@ -320,13 +353,13 @@ static void report(void)
         if (p->limited)
             flexai_log("compute vGPU %d: target %llu us per %llu us, %llu windows (%llu skipped, "
                        "%llu idle), %llu markers, %llu wait timeouts, max busy %llu us, lead %lld us, "
-                       "marker every %u launches, clock %u/%u MHz", i,
+                       "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz", i,
                        (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
                        (unsigned long long)p->windows, (unsigned long long)atomic_load(&p->skipped),
                        (unsigned long long)atomic_load(&p->idle), (unsigned long long)p->markers,
                        (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
                        (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every),
-                       atomic_load(&p->clock_mhz), p->ref_clock_mhz);
+                       p->duty_pm, atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz);
     }
     dump_trace();
 }
@@ -342,6 +375,7 @@ static void in_child(void)
 static void init(void)
 {
     const struct flexai_config *c = flexai_config();
+    g_debug = getenv("FLEXAI_DEBUG") != NULL;
     if (!c->compute_limited) {
         atomic_store_explicit(&flexai_compute_on, 0, memory_order_relaxed);
         return;
@@ -369,6 +403,8 @@ static int capturing(CUstream s, int flags)
     CUresult r = (flags & FLEXAI_LAUNCH_PTSZ) && d->stream_is_capturing_ptsz
                      ? d->stream_is_capturing_ptsz(s, &st)
                      : (d->stream_is_capturing ? d->stream_is_capturing(s, &st) : CUDA_SUCCESS);
+    if (r != CUDA_SUCCESS)
+        flexai_compute_note_error("cuStreamIsCapturing", r);
     return r != CUDA_SUCCESS || st != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
@@ -399,6 +435,8 @@ static int record(CUevent ev, CUstream s, int flags)
 {
     const struct flexai_driver *d = flexai_driver();
     CUresult r = (flags & FLEXAI_LAUNCH_PTSZ) ? d->event_record_ptsz(ev, s) : d->event_record(ev, s);
+    if (r != CUDA_SUCCESS)
+        flexai_compute_note_error("cuEventRecord", r);
     return r == CUDA_SUCCESS;
 }
 
@@ -517,6 +555,13 @@ static void add_marker(struct pace *p, CUstream s, int flags)
      * the CPU to run ahead, little to spill past a window's close. */
     uint64_t per = p->per_marker_ns ? p->per_marker_ns : MARKER_NS;
     uint64_t budget = p->target_ns / 2 < MAX_QUEUED_NS ? p->target_ns / 2 : MAX_QUEUED_NS;
+    /* Nor past the close: what is queued then runs in the next tenant's
+     * window, and that tenant books it as its own busy time (H200, 30/70
+     * pair with 4 ms of spill allowed: 0.38 of the other's throughput
+     * instead of 3:7). */
+    uint64_t close = atomic_load(&p->close_at_ns);
+    if (close > p->mark_ns && close - p->mark_ns < budget)
+        budget = close - p->mark_ns;
     uint64_t max_out = budget / per;
     max_out = max_out < 2 ? 2 : max_out > MAX_OUTSTANDING ? MAX_OUTSTANDING : max_out;
     while ((uint64_t)p->count > max_out) {
@@ -525,6 +570,27 @@ static void add_marker(struct pace *p, CUstream s, int flags)
         if (p->count == before)
             break; /* waited too long: give up rather than hang the program */
     }
+}
+
+/* Per mille: how much more a busy ns of ours delivers than one at full load
+ * (see the top of the file); 1000 without ref_clock_mhz or NVML. */
+static uint64_t speedup_pm(struct pace *p, uint64_t busy, uint64_t wall)
+{
+    uint64_t d = wall ? busy * 1000 / wall : 1000;
+    p->duty_pm = (uint32_t)((3 * (uint64_t)p->duty_pm + (d > 1000 ? 1000 : d)) / 4);
+    uint32_t top = atomic_load(&p->top_mhz);
+    if (p->ref_clock_mhz == 0 || top <= p->ref_clock_mhz)
+        return 1000;
+    /* NVML reads a card a few points busier than it is (a sample period with
+     * any kernel in it counts); beyond that margin, others are using it. */
+    int card = atomic_load(&p->card_busy_pct);
+    uint64_t duty = card * 10 > (int)p->duty_pm + CARD_MARGIN_PM ? (uint64_t)card * 10 : p->duty_pm;
+    uint64_t room = (uint64_t)SPEEDUP_E_PCT * 10 * (top - p->ref_clock_mhz) / p->ref_clock_mhz;
+    uint64_t scale = (1000 - duty) * 1000 / (1000 - SPEEDUP_KNEE_PCT * 10);
+    uint64_t pm = 1000 + room * (scale > 1000 ? 1000 : scale) / 1000;
+    trace(p, 'D', duty);
+    trace(p, 'C', pm);
+    return pm;
 }
 
 /* Book the busy time measured since the last booking to this period: usage
@@ -541,15 +607,8 @@ static void book(struct pace *p, int slot)
     p->last_book_ns = now;
     if (busy > wall)
         busy = wall;
-    uint32_t clock = atomic_load(&p->clock_mhz);
     trace(p, 'B', busy);
-    trace(p, 'C', clock);
-    if (p->ref_clock_mhz != 0 && clock != 0) {
-        /* Work done at a boosted clock counts for more: CLOCK_ELASTICITY of
-         * the clock gain shows up as throughput on an H200. */
-        int64_t gain = (int64_t)CLOCK_ELASTICITY_PCT * ((int64_t)clock - p->ref_clock_mhz) / p->ref_clock_mhz;
-        busy = busy * (uint64_t)(100 + (gain < -50 ? -50 : gain)) / 100;
-    }
+    busy = busy * speedup_pm(p, busy, wall) / 1000;
     flexai_region_add_busy(slot, busy);
     p->windows++;
     if (busy > p->busy_max)

@@ -72,7 +72,10 @@ int flexai_slot_of_current(void)
 {
     const struct flexai_driver *d = flexai_driver();
     CUdevice dev;
-    if (d->ctx_get_device == NULL || d->ctx_get_device(&dev) != CUDA_SUCCESS)
+    CUresult r = d->ctx_get_device != NULL ? d->ctx_get_device(&dev) : CUDA_ERROR_NOT_SUPPORTED;
+    if (r != CUDA_SUCCESS) {
+        flexai_compute_note_error("cuCtxGetDevice", r);
         return -1;
+    }
     return flexai_slot_of_device(dev);
 }

@@ -290,6 +290,8 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
         CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
         if (COMPUTE_ON() && r_ == CUDA_SUCCESS)                                   \
             flexai_compute_after_launch((stream), (flags));                       \
+        else if (r_ != CUDA_SUCCESS)                                              \
+            flexai_compute_note_error(#name, r_);                                 \
         return r_;                                                                \
     } while (0)
 

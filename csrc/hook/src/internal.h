@@ -144,6 +144,8 @@ extern _Atomic int flexai_compute_on;
 enum { FLEXAI_LAUNCH_KERNEL = 0, FLEXAI_LAUNCH_GRAPH = 1, FLEXAI_LAUNCH_PTSZ = 2 };
 void flexai_compute_before_launch(CUstream stream, int flags);
 void flexai_compute_after_launch(CUstream stream, int flags);
+/* With $FLEXAI_DEBUG: log (a few) failed driver calls of the hook's own and failed launches. */
+void flexai_compute_note_error(const char *what, CUresult r);
 void flexai_compute_reset_after_fork(void);
 
 /* ---- procaddr.c -------------------------------------------------------- */
@@ -152,8 +154,10 @@ void *flexai_hook_by_name(const char *name);
 
 /* ---- nvml.c ------------------------------------------------------------ */
 void *flexai_nvml_hook_by_name(const char *name);
-/* Current SM clock (MHz) of vGPU `slot`'s card through NVML, 0 if unknown.
- * Called by the pacer thread only, never on the launch path. */
-uint32_t flexai_nvml_sm_clock(int slot);
+/* vGPU `slot`'s card through NVML: its top SM clock (MHz, 0 if unknown) and
+ * its utilisation (percent, -1 if unknown). Pacer thread only, never on the
+ * launch path. */
+uint32_t flexai_nvml_max_sm_clock(int slot);
+int flexai_nvml_card_busy_pct(int slot);
 
 #endif

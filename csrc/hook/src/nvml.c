@@ -2,9 +2,12 @@
  * nvml.c: NVML's memory getters show the slice, so nvidia-smi and pynvml in
  * the container print the vGPU's quota and usage, not the whole card.
  *
- * NVML has no PFN typedef header in the CUDA runtime wheel; the two structs
- * and three signatures below follow NVML's public documentation (nvml.h,
- * unchanged since NVML 11 for these). Real functions come from the real
+ * Also the card's top SM clock and its utilisation, for the compute pacer's
+ * throughput normalisation (compute.c), read by the pacer thread only.
+ *
+ * NVML has no PFN typedef header in the CUDA runtime wheel; the structs and
+ * signatures below follow NVML's public documentation (nvml.h, unchanged
+ * since NVML 11 for these). Real functions come from the real
  * libnvidia-ml.so.1 ($FLEXAI_REAL_LIBNVML overrides the name).
  */
 #define _GNU_SOURCE
@@ -31,6 +34,10 @@ typedef nvmlReturn_t (*uuid_fn)(nvmlDevice_t, char *, unsigned int);
 typedef nvmlReturn_t (*init_fn)(void);
 typedef nvmlReturn_t (*by_uuid_fn)(const char *, nvmlDevice_t *);
 typedef nvmlReturn_t (*clock_fn)(nvmlDevice_t, int, unsigned int *);
+typedef struct {
+    unsigned int gpu, memory; /* percent of the last sample period with a kernel / memory busy */
+} nvmlUtilization_t;
+typedef nvmlReturn_t (*util_fn)(nvmlDevice_t, nvmlUtilization_t *);
 #define NVML_CLOCK_SM 1
 
 static struct {
@@ -39,7 +46,8 @@ static struct {
     uuid_fn uuid;
     init_fn init;
     by_uuid_fn by_uuid;
-    clock_fn clock;
+    clock_fn max_clock;
+    util_fn util;
 } g_nvml;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -56,27 +64,44 @@ static void resolve(void)
     g_nvml.uuid = (uuid_fn)flexai_real_dlsym(lib, "nvmlDeviceGetUUID");
     g_nvml.init = (init_fn)flexai_real_dlsym(lib, "nvmlInit_v2");
     g_nvml.by_uuid = (by_uuid_fn)flexai_real_dlsym(lib, "nvmlDeviceGetHandleByUUID");
-    g_nvml.clock = (clock_fn)flexai_real_dlsym(lib, "nvmlDeviceGetClockInfo");
+    g_nvml.max_clock = (clock_fn)flexai_real_dlsym(lib, "nvmlDeviceGetMaxClockInfo");
+    g_nvml.util = (util_fn)flexai_real_dlsym(lib, "nvmlDeviceGetUtilizationRates");
 }
 
-uint32_t flexai_nvml_sm_clock(int slot)
+/* The NVML handle of a vGPU's card (pacer thread only: no race), NULL if none. */
+static nvmlDevice_t handle_of(int slot)
 {
     static nvmlDevice_t handles[FLEXAI_MAX_DEVICES];
     static int tried[FLEXAI_MAX_DEVICES];
     pthread_once(&g_once, resolve);
-    if (slot < 0 || slot >= FLEXAI_MAX_DEVICES || g_nvml.clock == NULL)
-        return 0;
-    if (!tried[slot]) { /* only the pacer thread gets here: no race */
+    if (slot < 0 || slot >= FLEXAI_MAX_DEVICES)
+        return NULL;
+    if (!tried[slot]) {
         tried[slot] = 1;
         const char *uuid = flexai_config()->dev[slot].uuid;
         if (uuid[0] == '\0' || g_nvml.init == NULL || g_nvml.by_uuid == NULL || g_nvml.init() != 0 ||
             g_nvml.by_uuid(uuid, &handles[slot]) != 0)
-            flexai_log("ref_clock_mhz needs NVML and the vGPU's uuid; no clock normalisation");
+            flexai_log("ref_clock_mhz needs NVML and the vGPU's uuid; no throughput normalisation");
     }
+    return handles[slot];
+}
+
+uint32_t flexai_nvml_max_sm_clock(int slot)
+{
+    nvmlDevice_t h = handle_of(slot);
     unsigned int mhz = 0;
-    if (handles[slot] == NULL || g_nvml.clock(handles[slot], NVML_CLOCK_SM, &mhz) != 0)
+    if (h == NULL || g_nvml.max_clock == NULL || g_nvml.max_clock(h, NVML_CLOCK_SM, &mhz) != 0)
         return 0;
     return mhz;
+}
+
+int flexai_nvml_card_busy_pct(int slot)
+{
+    nvmlDevice_t h = handle_of(slot);
+    nvmlUtilization_t u = {0, 0};
+    if (h == NULL || g_nvml.util == NULL || g_nvml.util(h, &u) != 0)
+        return -1;
+    return u.gpu > 100 ? 100 : (int)u.gpu;
 }
 
 /* Slot of an NVML device, by its UUID; -1 if not a limited vGPU. */

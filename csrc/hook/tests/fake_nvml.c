@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define API __attribute__((visibility("default")))
 
@@ -60,5 +61,40 @@ API int nvmlDeviceGetMemoryInfo_v2(void *dev, nvmlMemory_v2_t *m)
     m->reserved = 0;
     m->used = 1ull << 30;
     m->free = m->total - m->used;
+    return 0;
+}
+
+/* For ref_clock_mhz: the top SM clock (FAKECUDA_SM_MAX_CLOCK MHz) and the
+ * card's utilisation (FAKECUDA_UTIL percent); "not supported" when unset. */
+API int nvmlDeviceGetHandleByUUID(const char *uuid, void **dev)
+{
+    for (int i = 0; i < ndev(); i++) {
+        char mine[96];
+        nvmlDeviceGetUUID((void *)(uintptr_t)(i + 1), mine, sizeof mine);
+        if (strcmp(mine, uuid) == 0) {
+            *dev = (void *)(uintptr_t)(i + 1);
+            return 0;
+        }
+    }
+    return 6; /* NVML_ERROR_NOT_FOUND */
+}
+API int nvmlDeviceGetMaxClockInfo(void *dev, int type, unsigned int *mhz)
+{
+    (void)dev;
+    const char *c = getenv("FAKECUDA_SM_MAX_CLOCK");
+    if (c == NULL || type != 1 /* NVML_CLOCK_SM */)
+        return 3; /* NVML_ERROR_NOT_SUPPORTED */
+    *mhz = (unsigned int)atoi(c);
+    return 0;
+}
+typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+API int nvmlDeviceGetUtilizationRates(void *dev, nvmlUtilization_t *u)
+{
+    (void)dev;
+    const char *c = getenv("FAKECUDA_UTIL");
+    if (c == NULL)
+        return 3;
+    u->gpu = (unsigned int)atoi(c);
+    u->memory = 0;
     return 0;
 }
