@@ -334,7 +334,7 @@ def phase_tiny() -> None:
     memcfg = dict(memory_bytes=64 * GiB)
     configs = {"nohook": ((), {}, False), "hook_noconfig": ((), {}, True), "hook_memlimit": ((), memcfg, True),
                "hook_cores90": ((), dict(cores=90, **memcfg), True)}
-    RESULTS["overhead_tiny"] = interleaved(configs, "tiny", 40 if FULL else 30)
+    RESULTS["overhead_tiny"] = interleaved(configs, "tiny", 40 if FULL else 30, PROCS)
 
 
 def phase_transformer() -> None:
@@ -344,11 +344,11 @@ def phase_transformer() -> None:
     steps = ("--steps", "8")
     full = {"nohook": (steps, {}, False), "hook_noconfig": (steps, {}, True),
             "hook_memlimit": (steps, memcfg, True)}
-    RESULTS["overhead_transformer"] = interleaved(full, "transformer", 30 if FULL else 24)
+    RESULTS["overhead_transformer"] = interleaved(full, "transformer", 30 if FULL else 24, PROCS)
     # Sleeping one step time after each step keeps it ~50% busy: under its 70% limit.
     duty = ("--steps", "8", "--duty", "1.0")
     under = {"nohook": (duty, {}, False), "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, **memcfg), True)}
-    RESULTS["overhead_transformer_under_limit"] = interleaved(under, "transformer", 30 if FULL else 24)
+    RESULTS["overhead_transformer_under_limit"] = interleaved(under, "transformer", 30 if FULL else 24, PROCS)
 
 
 def phase_launch_ab() -> None:
@@ -424,9 +424,13 @@ def main() -> None:
                     help="compute phase: time (share of time) and/or work (share of throughput, ref_clock_mhz)")
     ap.add_argument("--seconds", type=float, default=2.5, help="compute phase: timed part of each run")
     ap.add_argument("--gpu", type=int, default=0, help="the card to use (nvidia-smi's index)")
+    ap.add_argument("--procs", type=int, default=2,
+                    help="overhead phases: long-lived processes per configuration (each keeps its own speed "
+                         "for life: the process effect shrinks only as 1/sqrt(procs))")
     args = ap.parse_args()
-    global GPU
+    global GPU, PROCS
     GPU = args.gpu
+    PROCS = args.procs
     os.environ.update(CUDA_VISIBLE_DEVICES=str(GPU), CUDA_DEVICE_ORDER="PCI_BUS_ID")  # children see only it
     global KINDS, LIMITS, MODES, SECONDS
     MODES = tuple(args.modes.split(","))
@@ -462,6 +466,7 @@ def main() -> None:
 
 UUID = ""
 GPU = 0
+PROCS = 2
 FULL = True
 KINDS: tuple[str, ...] = ("matmul", "graph")
 LIMITS: tuple[int, ...] = (10, 20, 30, 50, 70, 90)
