@@ -77,7 +77,11 @@ def matmul_operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def captured_matmuls(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: int = 20,
                      capture_error_mode: str = "global") -> torch.cuda.CUDAGraph:
-    """`n` products c = a @ b captured in one CUDA graph (warmed up on a side stream first)."""
+    """`n` products c = a @ b captured in one CUDA graph, warmed up on and captured in a side
+    stream of the current device. Not torch.cuda.graph's default capture stream: PyTorch
+    makes that once per process, on the device current at the first capture, so a capture on
+    a second card would use the first card's stream ("operation not permitted when stream is
+    capturing"; pytorch/pytorch#87794)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -85,7 +89,7 @@ def captured_matmuls(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: int =
             torch.matmul(a, b, out=c)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
+    with torch.cuda.graph(g, stream=s, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
         for _ in range(n):
             torch.matmul(a, b, out=c)
     return g
