@@ -102,8 +102,11 @@ def graph(args: argparse.Namespace) -> dict[str, object]:
 
 def fill(args: argparse.Namespace) -> dict[str, object]:
     free0, total0 = torch.cuda.mem_get_info()
+    # nvidia-smi and NVML number cards their own way: name this process's card by UUID.
+    uuid = str(torch.cuda.get_device_properties(0).uuid)
+    uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
     # What the context really costs on the card (NVML's per-process view is not virtualised).
-    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+    apps = subprocess.run(["nvidia-smi", "-i", uuid, "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
                           capture_output=True, text=True).stdout.strip()
     held, allocated = [], 0
     chunk = args.chunk_mib << 20
@@ -116,7 +119,7 @@ def fill(args: argparse.Namespace) -> dict[str, object]:
         err = type(e).__name__
     free1, total1 = torch.cuda.mem_get_info()
     smi = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.total,memory.used,memory.free", "--format=csv,noheader"],
+        ["nvidia-smi", "-i", uuid, "--query-gpu=memory.total,memory.used,memory.free", "--format=csv,noheader"],
         capture_output=True, text=True,
     ).stdout.strip()
     nvml = {}
@@ -124,7 +127,7 @@ def fill(args: argparse.Namespace) -> dict[str, object]:
         import pynvml
 
         pynvml.nvmlInit()
-        m = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        m = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByUUID(uuid))
         nvml = {"total_mib": m.total >> 20, "used_mib": m.used >> 20, "free_mib": m.free >> 20}
         pynvml.nvmlShutdown()
     except Exception as e:  # report, don't fail the measurement
