@@ -1,0 +1,72 @@
+"""What fails, and what is left, when a replay reaches 100% arrived GPU demand.
+
+    python bench/trace_failures.py [--variant default] [--policy fragmentation] [--seeds 42-44]
+
+Replays the trace as `flexai-sched sim` does (same arrivals, same Cluster) up to 100% of the
+cluster's GPU arrived, then prints per pod class (cards x share) the pods that failed and the
+GPU they asked, as a percent of the cluster, and what is free at that point: whole cards, and
+partly used cards by their free part. At 100% arrived the failed demand equals the free GPU
+(what arrived and was placed fills capacity minus what is free), so this splits the published
+metric into what failed and where the free capacity sits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from flexai_sched.sim.replay import Cluster  # noqa: E402
+from flexai_sched.sim.trace import load  # noqa: E402
+from flexai_sched.sim.workload import arrivals  # noqa: E402
+
+TRACE = REPO.parent / "shared" / "traces" / "alibaba-gpu-v2023"
+
+
+def one(variant: str, policy: str, seed: int) -> None:
+    trace = load(TRACE, variant)
+    cluster = Cluster(trace, policy, seed)
+    cap = trace.gpu_capacity_milli
+    arrived = 0
+    failed: collections.Counter[tuple[int, int]] = collections.Counter()
+    placed: collections.Counter[tuple[int, int]] = collections.Counter()
+    for pod in arrivals(trace, seed):
+        arrived += pod.gpu_demand_milli
+        if arrived > cap:
+            break
+        (placed if cluster.schedule(pod) else failed)[(pod.num_gpu, pod.gpu_milli)] += 1
+    lost = sum(n * g * k for (n, g), k in failed.items())
+    print(f"{variant} / {policy} / seed {seed}: failed GPU {100 * lost / cap:.2f}% of the cluster")
+    for (n, g), k in sorted(failed.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[1])[:8]:
+        print(f"  {n} x {g / 10:.0f}%: {k} failed ({100 * n * g * k / cap:.2f}%), {placed[(n, g)]} placed")
+    whole, holes = 0, collections.Counter[int]()
+    for node in cluster.state.nodes():
+        for card, used in zip(node.cards, node.usage, strict=True):
+            if used.vgpus == 0 and used.cores == 0:
+                whole += 1
+            elif used.cores < 100:
+                holes[100 - used.cores] += 1
+    hole_pct = sum(f * k for f, k in holes.items()) / (cap / 1000)
+    top = ", ".join(f"{f}%: {k}" for f, k in holes.most_common(6))
+    print(f"  free then: {whole} whole cards; partly used cards with room {hole_pct:.2f}% of the cluster "
+          f"(most common free parts: {top})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", default="default")
+    ap.add_argument("--policy", default="fragmentation")
+    ap.add_argument("--seeds", default="42-44")
+    args = ap.parse_args()
+    lo, _, hi = args.seeds.partition("-")
+    for seed in range(int(lo), int(hi or lo) + 1):
+        one(args.variant, args.policy, seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
