@@ -23,6 +23,11 @@ class CommitError(Exception):
     """Writing the allocation or the Binding failed; nothing of it counts."""
 
 
+class CommitUnknown(CommitError):
+    """The write may yet land: no answer (timeout, reset, 5xx) and the pod did not show it
+    bound when read back. Its slice must stay reserved until the cluster says either way."""
+
+
 class Backend(Protocol):
     def start(self, state: ClusterState) -> None:
         """Fill ``state`` and keep it current until ``stop``."""
@@ -54,6 +59,10 @@ class MemoryBackend:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fail_next_commit: str | None = None  # tests: make the next commit fail with this message
+        # Tests: the next commit gets no answer (CommitUnknown with this message); its write
+        # lands only when ``deliver_late`` is called, as a late Binding would show in a watch.
+        self.lose_next_reply: str | None = None
+        self._late: list[Allocation] = []
 
     def start(self, state: ClusterState) -> None:
         self._state = state
@@ -110,6 +119,21 @@ class MemoryBackend:
         if self.fail_next_commit:
             msg, self.fail_next_commit = self.fail_next_commit, None
             raise CommitError(msg)
+        if self.lose_next_reply:
+            msg, self.lose_next_reply = self.lose_next_reply, None
+            self._late.append(alloc)
+            raise CommitUnknown(msg)
+        self._write(alloc)
+
+    def deliver_late(self) -> None:
+        """Tests: the writes whose answers were lost land now, and the state hears of them."""
+        late, self._late = self._late, []
+        for alloc in late:
+            self._write(alloc)
+            if self._state is not None:
+                self._state.observe(alloc)
+
+    def _write(self, alloc: Allocation) -> None:
         with self._mu:
             pod = self._pods.get(alloc.key)
             if pod is None:

@@ -27,6 +27,9 @@ class Settings:
     # prior), once at least this many are bound: Extender.learn_workload.
     workload_refresh_s: float = 300.0
     workload_min_pods: int = 100
+    # A bind that got no answer and whose pod does not show it bound keeps its slice reserved
+    # this long (unless the pod shows bound sooner): the Binding may still land.
+    bind_hold_s: float = 120.0
 
     def validate(self) -> Settings:
         from . import policies
@@ -43,6 +46,8 @@ class Settings:
             problems.append(f"heartbeat_ttl_s={self.heartbeat_ttl_s}: must be positive")
         if self.workload_refresh_s < 0:
             problems.append(f"workload_refresh_s={self.workload_refresh_s}: must be 0 (off) or positive")
+        if self.bind_hold_s <= 0:
+            problems.append(f"bind_hold_s={self.bind_hold_s}: must be positive")
         if self.workload_min_pods < 1:
             problems.append(f"workload_min_pods={self.workload_min_pods}: must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -22,6 +22,7 @@ Caches, per node (``NodeState``), keyed by small interned ids:
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any, cast
 
 from . import policies
 from .allocator import NoFit, Placement, place
-from .backend import Backend, CommitError
+from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .fragmentation import HostAware, TaskClass, Workload, WorkloadAware
 from .model import Allocation, PodRequest
@@ -74,6 +75,12 @@ class Extender:
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._next_shape_id = 0
         self._host_aware: dict[type, bool] = {}  # policy class -> isinstance(HostAware), asked once
+        # Binds whose outcome is unknown (CommitUnknown): key -> (uid, deadline). Their slices
+        # stay ASSUMED until the watch shows the pod bound or ``bind_hold_s`` pass: a Binding
+        # that lands late must not find its cards given to another pod meanwhile.
+        self._held: dict[str, tuple[str, float]] = {}
+        self._held_mu = threading.Lock()
+        self.clock = time.monotonic  # tests move time on
 
     # ---- parsing ----
 
@@ -90,6 +97,7 @@ class Extender:
     # ---- filter ----
 
     def filter(self, pod: Mapping[str, Any], node_names: Sequence[str]) -> FilterOutcome:
+        self.expire_holds()
         out = FilterOutcome()
         try:
             req = self.parse(pod)
@@ -204,6 +212,7 @@ class Extender:
     def bind(self, namespace: str, name: str, uid: str, node_name: str) -> Allocation:
         """Choose cards on ``node_name``, assume, then commit through the backend."""
         key = f"{namespace}/{name}"
+        self.expire_holds()
         existing = self.state.allocation(key)
         if existing is not None and existing.uid == uid:
             if existing.node == node_name and self.state.state_of(key) is AllocState.BOUND:
@@ -226,6 +235,11 @@ class Extender:
                 raise BindError(str(e)) from None
         try:
             self.backend.commit(alloc)
+        except CommitUnknown as e:
+            with self._held_mu:
+                self._held[key] = (uid, self.clock() + self.settings.bind_hold_s)
+            raise BindError(f"pod {key}: {e}; its slice stays reserved until the pod shows bound "
+                            f"or {self.settings.bind_hold_s:.0f}s pass") from None
         except CommitError as e:
             self.state.forget(key, uid)
             raise BindError(f"pod {key}: {e}") from None
@@ -236,6 +250,20 @@ class Extender:
         # The pod's host request counts at once (the backend's watch re-states it, idempotent).
         self.state.set_pod_host(key, node_name, req.cpu_milli, req.memory_mib, uid)
         return alloc
+
+    def expire_holds(self) -> None:
+        """End the holds the cluster has answered (the pod shows bound: BOUND now) and those
+        past their deadline (the Binding never landed: the slice is free again)."""
+        if not self._held:
+            return
+        now = self.clock()
+        with self._held_mu:
+            done = [(k, uid) for k, (uid, until) in self._held.items()
+                    if until <= now or self.state.state_of(k) is not AllocState.ASSUMED]
+            for k, _ in done:
+                del self._held[k]
+        for k, uid in done:
+            self.state.forget(k, uid)  # drops only what is still ASSUMED
 
     # ---- preempt ----
 

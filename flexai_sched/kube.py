@@ -35,7 +35,9 @@ Commit is ONE write: ``POST pods/{name}/binding`` whose metadata carries the pod
 (a precondition: a recreated pod of the same name is refused) and the allocation
 annotation, which the apiserver sets together with ``spec.nodeName``. It refuses a pod
 already bound or being deleted. So there is never a half-written allocation: either
-the pod is bound with its annotation, or nothing changed. (The client's
+the pod is bound with its annotation, or nothing changed. Without an answer (timeout,
+reset, 5xx) the pod is read back: bound as asked is success; otherwise ``CommitUnknown``,
+and the extender keeps the slice reserved (the request may still land). (The client's
 ``create_namespaced_binding`` posts to the legacy ``/bindings`` endpoint, which drops
 the UID; and the Status the apiserver answers with cannot be read as a V1Binding: we
 post to the pod's subresource and read the raw response.)
@@ -62,7 +64,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from . import annotations as ann
-from .backend import CommitError
+from .backend import CommitError, CommitUnknown
 from .model import Allocation
 from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib
 from .state import AllocState, ClusterState
@@ -198,11 +200,12 @@ class KubeBackend:
         except ApiError as e:
             if e.status is not None and e.status < 500:
                 raise CommitError(str(e)) from None  # refused: nothing was written
-            # Timeout, reset or 5xx: the Binding may have landed. The pod says which.
+            # Timeout, reset or 5xx: the Binding may have landed. The pod says which, or that
+            # it has not yet: a request still in the apiserver can land after this read.
             if self._bound_as(alloc, encoded):
                 log.info("bind %s: %s, but the pod shows it bound as asked", alloc.key, e)
                 return
-            raise CommitError(str(e)) from None
+            raise CommitUnknown(f"{e}; the pod does not show it bound (yet)") from None
 
     # ---- calls ----
 

@@ -17,7 +17,7 @@ import urllib3
 from kubernetes import client as k8s
 
 from flexai_sched import annotations as ann
-from flexai_sched.backend import CommitError
+from flexai_sched.backend import CommitError, CommitUnknown
 from flexai_sched.fragmentation import Host
 from flexai_sched.kube import KubeBackend
 from flexai_sched.model import Allocation, CardUsage, Slice
@@ -98,6 +98,43 @@ def test_commit_refuses_a_pod_bound_elsewhere_and_writes_nothing(
     p = pods(core_api)["p"]
     assert p.node == "g2" and p.allocation is None
     assert state.allocation("default/p") is None
+
+
+def test_commit_without_an_answer_is_unknown_not_refused(backend: KubeBackend, state: ClusterState,
+                                                       core_api: k8s.CoreV1Api,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Binding's answer is lost (a read timeout injected in the client, before sending);
+    the pod, read back from the real apiserver, is not bound: the outcome is unknown, which
+    the extender must treat differently from a refusal (it keeps the slice reserved)."""
+    gpu_node(core_api, "g1", H200)
+    uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
+
+    def no_answer(*args: Any, **kwargs: Any) -> Any:
+        raise urllib3.exceptions.ReadTimeoutError(None, "/binding", "read timed out")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend._core(), "create_namespaced_pod_binding", no_answer)
+    with pytest.raises(CommitUnknown, match="does not show it bound"):
+        backend.commit(alloc_for("p", uid))
+    assert pods(core_api)["p"].node is None
+
+
+def test_commit_whose_answer_is_lost_but_landed_counts_as_done(backend: KubeBackend, state: ClusterState,
+                                                               core_api: k8s.CoreV1Api,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Binding lands but its answer is lost: the read-back shows the pod bound as asked."""
+    gpu_node(core_api, "g1", H200)
+    uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
+    api = backend._core()
+    real = api.create_namespaced_pod_binding
+
+    def lands_then_times_out(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs).release_conn()
+        raise urllib3.exceptions.ReadTimeoutError(None, "/binding", "read timed out")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api, "create_namespaced_pod_binding", lands_then_times_out)
+    a = alloc_for("p", uid)
+    backend.commit(a)  # no exception: the pod says it is done
+    assert pods(core_api)["p"].allocation == a
 
 
 def test_finished_and_deleted_pods_free_their_slices(backend: KubeBackend, state: ClusterState,

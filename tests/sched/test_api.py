@@ -13,7 +13,7 @@ from flexai_sched.app import create_app
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
-from flexai_sched.state import ClusterState
+from flexai_sched.state import AllocState, ClusterState
 
 from .fixtures import limits, node, pod
 
@@ -160,6 +160,55 @@ def test_failed_commit_leaves_nothing_allocated(env: Any) -> None:
     assert state.allocation("default/p") is None
     assert sum(u.cores for u in state.node("big").usage) == 0
     assert "flexai_bind_failures_total" in client.get("/metrics").text
+
+
+@pytest.fixture
+def held() -> Iterator[tuple[TestClient, MemoryBackend, ClusterState, Extender, list[float]]]:
+    """The env above with its extender and a clock the test moves (bind_hold_s 5)."""
+    state = ClusterState()
+    backend = MemoryBackend([node("small", 2)], heartbeat_every=None)
+    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack", bind_hold_s=5))
+    now = [1000.0]
+    ext.clock = lambda: now[0]
+    with TestClient(create_app(ext)) as client:
+        yield client, backend, state, ext, now
+
+
+def fits_two_whole_cards(client: TestClient) -> bool:
+    body = client.post("/filter", json=cache_args(pod("q", limits(2, cores=100)), ["small"])).json()
+    return bool(body["NodeNames"] == ["small"])
+
+
+def test_unanswered_bind_keeps_its_slice_until_the_pod_shows_bound(held: Any) -> None:
+    client, backend, state, _, _ = held
+    backend.lose_next_reply = "read timed out"
+    err = bind(client, backend, "a", "small", limits(1, cores=100))
+    assert "read timed out" in err and "stays reserved" in err
+    # The Binding may still land: its card is not offered to anyone else.
+    assert state.state_of("default/a") is AllocState.ASSUMED
+    assert not fits_two_whole_cards(client)
+    again = {"PodName": "a", "PodNamespace": "default", "PodUID": "uid-a", "Node": "small"}
+    assert "already in progress" in client.post("/bind", json=again).json()["Error"]
+    backend.deliver_late()  # it landed; the watch says so
+    assert state.state_of("default/a") is AllocState.BOUND
+    assert client.post("/bind", json=again).json()["Error"] == ""  # kube-scheduler's retry: done
+    assert not fits_two_whole_cards(client)
+    assert sum(u.cores for u in state.node("small").usage) == 100
+
+
+def test_unanswered_bind_that_never_lands_is_released_after_the_hold(held: Any) -> None:
+    client, backend, state, _, now = held
+    backend.lose_next_reply = "connection reset"
+    assert "stays reserved" in bind(client, backend, "a", "small", limits(1, cores=100))
+    now[0] += 4.9
+    assert not fits_two_whole_cards(client)
+    now[0] += 0.2  # past bind_hold_s: the Binding never landed, the card is free again
+    assert fits_two_whole_cards(client)
+    assert state.allocation("default/a") is None
+    # The pod can be bound afresh.
+    again = {"PodName": "a", "PodNamespace": "default", "PodUID": "uid-a", "Node": "small"}
+    assert client.post("/bind", json=again).json()["Error"] == ""
+    assert state.state_of("default/a") is AllocState.BOUND
 
 
 def test_preempt_keeps_only_nodes_where_the_victims_free_a_fitting_slice(env: Any) -> None:
