@@ -20,15 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flexai_sched.sim.cli import DEFAULT_TRACE  # noqa: E402
 from flexai_sched.sim.replay import Cluster  # noqa: E402
 from flexai_sched.sim.trace import load  # noqa: E402
 from flexai_sched.sim.workload import arrivals  # noqa: E402
 
-TRACE = REPO.parent / "shared" / "traces" / "alibaba-gpu-v2023"
-
 
 def one(variant: str, policy: str, seed: int) -> None:
-    trace = load(TRACE, variant)
+    trace = load(DEFAULT_TRACE, variant)
     cluster = Cluster(trace, policy, seed)
     cap = trace.gpu_capacity_milli
     arrived = 0

@@ -248,6 +248,12 @@ class _Measured:
     pod_host_dependent = True
     _m: _Measure
 
+    def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
+        self.use_workload(workload)
+
+    def use_workload(self, workload: Workload) -> None:
+        raise NotImplementedError
+
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         return self._m.card_cost(card, used, cores)
 
@@ -283,9 +289,6 @@ class Fgd(_Measured):
     name = "fgd"
     request_lowers_score = True  # less host left: fewer classes fit, F_n(M) only grows
     POPULAR = 0.95
-
-    def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
-        self.use_workload(workload)
 
     def use_workload(self, workload: Workload) -> None:
         typical = workload.typical(self.POPULAR)
@@ -328,9 +331,6 @@ class Fragmentation(_Measured):
     # weights by demand^0.5 or count (4.11/4.12): all within seed noise or worse.
     LEFTOVER = 1.0
     MU = 0.1
-
-    def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
-        self.use_workload(workload)
 
     def use_workload(self, workload: Workload) -> None:
         gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)

@@ -19,9 +19,7 @@ export PYTHONUNBUFFERED=1
       && export PYTHONPATH=/tmp/site
   fi
   B=build/hook-gpu
-  cmake -S csrc/hook -B $B -DFLEXAI_CUDA_INCLUDE_DIR="$PWD/.cuda/include" -DFLEXAI_HOOK_TESTS=OFF \
-        -DFLEXAI_WERROR=ON -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build $B -j 16 2>&1 | grep -Ei "warning|error"
-  test -f $B/libflexai_hook.so || { echo "build failed"; exit 1; }
+  tests/gpu/build_hook.sh || exit 1
   if [[ ",$PARTS," == *,agent,* ]]; then
     python3 tests/gpu/node_agent_check.py --hook $B/libflexai_hook.so --shim $B/libflexai_shim.so \
         --slice-gib 8 --cards 2 --symlink-mounts --out "$OUT/node-agent-2gpu.md" | tail -40

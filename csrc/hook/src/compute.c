@@ -574,10 +574,8 @@ static void add_marker(struct pace *p, CUstream s, int flags)
 
 /* Per mille: how much more a busy ns of ours delivers than one at full load
  * (see the top of the file); 1000 without ref_clock_mhz or NVML. */
-static uint64_t speedup_pm(struct pace *p, uint64_t busy, uint64_t wall)
+static uint64_t speedup_pm(struct pace *p)
 {
-    uint64_t d = wall ? busy * 1000 / wall : 1000;
-    p->duty_pm = (uint32_t)((3 * (uint64_t)p->duty_pm + (d > 1000 ? 1000 : d)) / 4);
     uint32_t top = atomic_load(&p->top_mhz);
     if (p->ref_clock_mhz == 0 || top <= p->ref_clock_mhz)
         return 1000;
@@ -608,7 +606,9 @@ static void book(struct pace *p, int slot)
     if (busy > wall)
         busy = wall;
     trace(p, 'B', busy);
-    busy = busy * speedup_pm(p, busy, wall) / 1000;
+    /* Our busy fraction, smoothed over ~4 bookings (busy <= wall: at most 1000). */
+    p->duty_pm = (uint32_t)((3 * (uint64_t)p->duty_pm + (wall ? busy * 1000 / wall : 1000)) / 4);
+    busy = busy * speedup_pm(p) / 1000;
     flexai_region_add_busy(slot, busy);
     p->windows++;
     if (busy > p->busy_max)

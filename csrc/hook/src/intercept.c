@@ -288,10 +288,10 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
         if (COMPUTE_ON())                                                         \
             flexai_compute_before_launch((stream), (flags));                      \
         CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
-        if (COMPUTE_ON() && r_ == CUDA_SUCCESS)                                   \
-            flexai_compute_after_launch((stream), (flags));                       \
-        else if (r_ != CUDA_SUCCESS)                                              \
+        if (r_ != CUDA_SUCCESS)                                                   \
             flexai_compute_note_error(#name, r_);                                 \
+        else if (COMPUTE_ON())                                                    \
+            flexai_compute_after_launch((stream), (flags));                       \
         return r_;                                                                \
     } while (0)
 
