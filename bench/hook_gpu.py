@@ -1,7 +1,7 @@
 """Proof of the CUDA hook on a real GPU (issue 4): memory, compute accuracy, overhead.
 
     FLEXAI_HOOK_LIB=build/hook-gpu/libflexai_hook.so FLEXAI_SHIM_LIBRARY=build/hook-gpu/libflexai_shim.so \
-        python bench/hook_gpu.py --out $OUT [--phases memory,compute,pair,launch_ab,tiny,transformer]
+        python bench/hook_gpu.py --out $OUT [--phases memory,compute,pair,launch_ab,tiny,transformer,transformer_under]
 
 Each measurement is a child process (bench/hook_workload.py) under LD_PRELOAD of the hook
 with a config written by flexai_node.hook_config, or without the hook for baselines. Overhead
@@ -246,20 +246,39 @@ def phase_pair() -> None:
         RESULTS["pair_time"] = run_pair("pairt", 0)
 
 
+def no_aslr() -> None:
+    """In the child before exec: no address-space randomisation (personality
+    ADDR_NO_RANDOMIZE), so every worker gets the same layout and the same cache aliasing."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).personality(0x0040000)
+
+
 class Worker:
     """One long-lived bench/hook_workload.py serve process: builds its workload once, then runs a
-    block each time it is asked."""
+    block each time it is asked. It starts on any CPU (start-up is the slow part) and is pinned
+    once ready."""
 
     def __init__(self, serve: str, args: tuple[str, ...], limits: dict[str, Any], hook: bool, name: str,
-                 cpus: list[int]) -> None:
+                 fixed_layout: bool) -> None:
         e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FLEXAI_VGPU_CONFIG")}
         if hook:
             e["LD_PRELOAD"] = HOOK
             if limits:
                 e.update(container_env(str(config(name, **limits)), HOOK))
+        if fixed_layout:
+            e["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every worker
         self.proc = subprocess.Popen([sys.executable, WORKLOAD, "serve", "--serve", serve, *args], env=e,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+                                     text=True, preexec_fn=no_aslr if fixed_layout else None)
+
+    def pin(self, cpus: list[int]) -> None:
+        """The main thread (it launches) alone on the first CPU, the rest on the others."""
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cpus[:1] if int(tid) == self.proc.pid or len(cpus) == 1 else cpus[1:])
+            except OSError:  # a thread that just ended
+                pass
 
     def read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -283,72 +302,110 @@ class Worker:
             self.proc.kill()
 
 
-def interleaved(configs: dict[str, tuple[tuple[str, ...], dict[str, Any], bool]], serve: str, rounds: int,
-                per_config: int = 2) -> dict[str, Any]:
-    """Hook against no hook with the noise of process placement and time taken out.
+Configs = dict[str, tuple[tuple[str, ...], dict[str, Any], bool]]  # name: (workload args, limits, hook)
 
-    `per_config` long-lived processes per configuration, all pinned to the same GPU-local CPUs,
-    take turns: every round each runs one block (~0.2-0.4 s), in an order rotated every round.
-    A configuration's figure in a round is the mean of its processes' blocks, divided by the
-    round's no-hook figure (the first configuration): drift over time hits both sides of the
-    ratio. Reported: the median of those ratios and a bootstrap 95% interval of their mean, and
-    each process's own median (what one process-level comparison would have seen)."""
-    import random
 
+Wave = tuple[dict[str, list[list[float]]], dict[str, list[float]]]
+
+
+def wave(configs: Configs, serve: str, per_config: int, rounds: int, tag: str) -> Wave:
+    """`per_config` live workers per configuration take turns, one block each per round, in an
+    order rotated every round. Returns per configuration each worker's blocks divided by its
+    round's mean over the first configuration's workers (time drift hits both sides of a
+    ratio alike), and each worker's median raw figure."""
     cpus = gpu_local_cpus()
     names = list(configs)
-    workers = {n: [Worker(serve, *configs[n], name=f"{serve}-{n}-{i}", cpus=cpus) for i in range(per_config)]
-               for n in names}
+    workers = {n: [Worker(serve, *configs[n], name=f"{serve}-{n}-{tag}-{i}", fixed_layout=FIXED_LAYOUT)
+                   for i in range(per_config)] for n in names}
     try:
         for ws in workers.values():
             for w in ws:
                 w.read()  # ready: built and warmed up
+                w.pin(cpus)
         flat = [(n, i) for n in names for i in range(per_config)]
-        vals: dict[tuple[str, int], list[float]] = {key: [] for key in flat}
+        raw: dict[tuple[str, int], list[float]] = {key: [] for key in flat}
         for r in range(rounds):
-            k = r % len(flat)
+            k = (r * 7) % len(flat)
             for n, i in flat[k:] + flat[:k]:
-                vals[(n, i)].append(workers[n][i].block())
+                raw[(n, i)].append(workers[n][i].block())
     finally:
         for ws in workers.values():
             for w in ws:
                 w.close()
-    per_round = {n: [statistics.mean(vals[(n, i)][r] for i in range(per_config)) for r in range(rounds)]
-                 for n in names}
-    base = per_round[names[0]]
+    ref = [statistics.mean(raw[(names[0], i)][r] for i in range(per_config)) for r in range(rounds)]
+    relative = {n: [[v / b for v, b in zip(raw[(n, i)], ref, strict=True)] for i in range(per_config)] for n in names}
+    return relative, {n: [statistics.median(raw[(n, i)]) for i in range(per_config)] for n in names}
+
+
+def interleaved(configs: Configs, serve: str, procs: int = 2) -> dict[str, Any]:
+    """Hook against no hook, with time drift and the process effect taken into account.
+
+    A process keeps its own speed for life (on the H200 VM two processes of one configuration
+    differed by 4-17%), so the unit of comparison is the process: `procs` processes per
+    configuration, run in waves of at most WAVE per configuration (GPU memory). A process's
+    figure is the median of its blocks relative to its rounds' first configuration; a
+    configuration's ratio is the mean of its processes' figures over that of the first
+    configuration's, with a bootstrap 95% interval resampling processes on both sides. A
+    second no-hook configuration (an A/A test) shows what the method calls a difference
+    when there is none."""
+    import random
+
+    configs = {n: c for n, c in configs.items() if not CONFIGS or n in CONFIGS or n == "nohook"}
+    names = list(configs)
+    per_proc: dict[str, list[float]] = {n: [] for n in names}
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    left, w = procs, 0
+    while left > 0:
+        k = min(WAVE, left)
+        relative, raw = wave(configs, serve, k, ROUNDS, f"w{w}")
+        for n in names:
+            per_proc[n] += [statistics.median(vals) for vals in relative[n]]
+            medians[n] += raw[n]
+        left, w = left - k, w + 1
     rng = random.Random(0)
-    res: dict[str, Any] = {"cpus": cpus, "rounds": rounds, "processes_per_config": per_config}
+    base = per_proc[names[0]]
+    res: dict[str, Any] = {"cpus": gpu_local_cpus(), "rounds_per_wave": ROUNDS, "processes_per_config": procs,
+                           "wave": WAVE, "fixed_layout": FIXED_LAYOUT}
     for n in names:
-        ratios = [x / b for x, b in zip(per_round[n], base, strict=True)]
-        means = sorted(statistics.mean(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
-        res[n] = {"median": round(statistics.median(per_round[n]), 3),
-                  "ratio_median": round(statistics.median(ratios), 4),
-                  "ratio_mean": round(statistics.mean(ratios), 4),
-                  "ratio_mean_ci95": [round(means[50], 4), round(means[1949], 4)],
-                  "process_medians": [round(statistics.median(vals[(n, i)]), 3) for i in range(per_config)]}
+        mine = per_proc[n]
+        boot = sorted(statistics.mean(rng.choices(mine, k=len(mine))) / statistics.mean(rng.choices(base, k=len(base)))
+                      for _ in range(4000))
+        res[n] = {"median": round(statistics.median(medians[n]), 3),
+                  "ratio_mean": round(statistics.mean(mine) / statistics.mean(base), 4),
+                  "ratio_mean_ci95": [round(boot[100], 4), round(boot[3899], 4)],
+                  "process_sd": round(statistics.stdev(mine), 4) if len(mine) > 1 else 0.0,
+                  "process_medians": [round(x, 3) for x in medians[n]]}
     return res
 
 
 def phase_tiny() -> None:
     """Launch rate of tiny PyTorch kernels, hook vs none (higher is better)."""
     memcfg = dict(memory_bytes=64 * GiB)
-    configs = {"nohook": ((), {}, False), "hook_noconfig": ((), {}, True), "hook_memlimit": ((), memcfg, True),
-               "hook_cores90": ((), dict(cores=90, **memcfg), True)}
-    RESULTS["overhead_tiny"] = interleaved(configs, "tiny", 40 if FULL else 30, PROCS)
+    blocks = ("--launches", "10000")
+    configs: Configs = {"nohook": (blocks, {}, False), "nohook_again": (blocks, {}, False),
+                        "hook_noconfig": (blocks, {}, True), "hook_cores90": (blocks, dict(cores=90, **memcfg), True)}
+    if FULL:
+        configs["hook_memlimit"] = (blocks, memcfg, True)
+    RESULTS["overhead_tiny"] = interleaved(configs, "tiny", PROCS)
 
 
 def phase_transformer() -> None:
-    """Training step time (lower is better): alone unlimited, and ~50% busy under a 70% limit."""
-    memcfg = dict(memory_bytes=64 * GiB)
-    ref = int(RESULTS.get("ref_clock_mhz", 0))
+    """Training step time alone and unlimited (lower is better)."""
     steps = ("--steps", "8")
-    full = {"nohook": (steps, {}, False), "hook_noconfig": (steps, {}, True),
-            "hook_memlimit": (steps, memcfg, True)}
-    RESULTS["overhead_transformer"] = interleaved(full, "transformer", 30 if FULL else 24, PROCS)
-    # Sleeping one step time after each step keeps it ~50% busy: under its 70% limit.
+    configs: Configs = {"nohook": (steps, {}, False), "nohook_again": (steps, {}, False),
+                        "hook_noconfig": (steps, {}, True)}
+    if FULL:
+        configs["hook_memlimit"] = (steps, dict(memory_bytes=64 * GiB), True)
+    RESULTS["overhead_transformer"] = interleaved(configs, "transformer", PROCS)
+
+
+def phase_transformer_under() -> None:
+    """Step time ~50% busy (sleeping one step time after each step) under a 70% limit."""
+    ref = int(RESULTS.get("ref_clock_mhz", 0))
     duty = ("--steps", "8", "--duty", "1.0")
-    under = {"nohook": (duty, {}, False), "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, **memcfg), True)}
-    RESULTS["overhead_transformer_under_limit"] = interleaved(under, "transformer", 30 if FULL else 24, PROCS)
+    configs: Configs = {"nohook": (duty, {}, False),
+                        "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, memory_bytes=64 * GiB), True)}
+    RESULTS["overhead_transformer_under_limit"] = interleaved(configs, "transformer", PROCS)
 
 
 def phase_launch_ab() -> None:
@@ -400,8 +457,8 @@ def summary() -> str:
     for key in ("overhead_tiny", "overhead_transformer", "overhead_transformer_under_limit"):
         for name, v in RESULTS.get(key, {}).items():
             if isinstance(v, dict):
-                rows.append(f"{key} {name:14s} median {v['median']:.2f} ratio to no hook: median "
-                            f"{v['ratio_median']} mean {v['ratio_mean']} (95% {v['ratio_mean_ci95']}); "
+                rows.append(f"{key} {name:14s} median {v['median']:.2f} ratio to no hook {v['ratio_mean']} "
+                            f"(95% {v['ratio_mean_ci95']}), process sd {v['process_sd']}; "
                             f"per process {v['process_medians']}")
     for name, v in RESULTS.get("launch_ab", {}).items():
         if isinstance(v, dict):
@@ -413,8 +470,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hook-bench"))
     ap.add_argument("--phases", default="memory,compute,pair,overhead",
-                    help="comma-separated: memory, compute, pair, launch_ab, tiny, transformer "
-                         "(overhead = the last three)")
+                    help="comma-separated: memory, compute, pair, launch_ab, tiny, transformer, "
+                         "transformer_under (overhead = the last four)")
     ap.add_argument("--quick", action="store_true", help="fewer variants (graphs in work mode only, 2 reps)")
     ap.add_argument("--ref-clock", type=int, default=0,
                     help="full-load SM clock (MHz) for phases run without the compute phase that measures it")
@@ -427,10 +484,20 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2,
                     help="overhead phases: long-lived processes per configuration (each keeps its own speed "
                          "for life: the process effect shrinks only as 1/sqrt(procs))")
+    ap.add_argument("--rounds", type=int, default=8, help="overhead phases: blocks per process")
+    ap.add_argument("--configs", default="",
+                    help="overhead phases: only these configurations (comma-separated; nohook always runs)")
+    ap.add_argument("--wave", type=int, default=8, help="overhead phases: processes per configuration alive at once")
+    ap.add_argument("--random-layout", action="store_true",
+                    help="overhead phases: keep address-space and hash randomisation (default: fixed in every worker)")
     args = ap.parse_args()
-    global GPU, PROCS
+    global GPU, PROCS, WAVE, FIXED_LAYOUT, ROUNDS, CONFIGS
+    ROUNDS = args.rounds
+    CONFIGS = tuple(c for c in args.configs.split(",") if c)
     GPU = args.gpu
     PROCS = args.procs
+    WAVE = args.wave
+    FIXED_LAYOUT = not args.random_layout
     os.environ.update(CUDA_VISIBLE_DEVICES=str(GPU), CUDA_DEVICE_ORDER="PCI_BUS_ID")  # children see only it
     global KINDS, LIMITS, MODES, SECONDS
     MODES = tuple(args.modes.split(","))
@@ -449,8 +516,8 @@ def main() -> None:
     RESULTS["nvidia_smi"] = subprocess.run(["nvidia-smi", "-i", str(GPU), "--query-gpu=name,driver_version,memory.total",
                                             "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     phases = {"memory": phase_memory, "compute": phase_compute, "pair": phase_pair, "launch_ab": phase_launch_ab,
-              "tiny": phase_tiny, "transformer": phase_transformer}
-    wanted = args.phases.replace("overhead", "launch_ab,tiny,transformer").split(",")
+              "tiny": phase_tiny, "transformer": phase_transformer, "transformer_under": phase_transformer_under}
+    wanted = args.phases.replace("overhead", "launch_ab,tiny,transformer,transformer_under").split(",")
     for name in wanted:
         t0 = time.time()
         try:
@@ -467,6 +534,10 @@ def main() -> None:
 UUID = ""
 GPU = 0
 PROCS = 2
+WAVE = 8
+ROUNDS = 8
+CONFIGS: tuple[str, ...] = ()
+FIXED_LAYOUT = True
 FULL = True
 KINDS: tuple[str, ...] = ("matmul", "graph")
 LIMITS: tuple[int, ...] = (10, 20, 30, 50, 70, 90)

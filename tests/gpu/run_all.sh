@@ -4,7 +4,7 @@
 # network), then memory, compute accuracy, two-process fairness and overhead.
 #
 #   tests/gpu/run_all.sh [phases] [bench/hook_gpu.py options, e.g. --quick]
-#   phases: memory,compute,pair,launch_ab,tiny,transformer (overhead = the last three; default all)
+#   phases: memory,compute,pair,launch_ab,tiny,transformer,transformer_under (overhead = the last four; default all)
 # Results: $OUT/hook-results.json, $OUT/hook-summary.txt, $OUT/hook-log.txt
 set -uo pipefail
 cd "$(dirname "$0")/../.."
