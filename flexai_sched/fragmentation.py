@@ -341,8 +341,8 @@ class Fragmentation(_Measured):
     # a 32 go into a 45% hole (13 left) rather than a 35% one (3 left) elsewhere. Replaying
     # the same placed shares card by card over the whole cluster (no nodes) left 0.08-0.12
     # points less (seeds 42, 45). Seeds 42-45: 10: 4.05, 100: 4.04, 1000: 4.05 (4.07
-    # without); seeds 42-44 of the variants with 1000: gpushare40/60/80 -0.07/-0.14/-0.32,
-    # gpushare100 -0.15, cpu200/250 -0.03/-0.06, cpu100 -0.01, cpu050 +0.05.
+    # without); seeds 42-51 with 1000: default -0.04, gpushare40/60/80/100
+    # -0.10/-0.14/-0.30/-0.15, cpu100/200/250 -0.01/-0.03/-0.01, cpu050 +0.02.
     CARD = 1000.0
 
     def use_workload(self, workload: Workload) -> None:
