@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flexai_node.hook_config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
+from flexai_node.hook_config import ENV_CONFIG, HookConfig, VGPULimit, container_env, write_config  # noqa: E402
 
 WORKLOAD = str(REPO / "bench" / "hook_workload.py")
 HOOK = os.environ.get("FLEXAI_HOOK_LIB", str(REPO / "build" / "hook" / "libflexai_hook.so"))
@@ -71,16 +71,20 @@ def gpu_local_cpus(count: int = 4) -> list[int]:
     return picked[1:count + 1] if len(picked) > count else picked  # leave the first to the system
 
 
+def workload_env(hook: bool, conf: Path | None = None) -> dict[str, str]:
+    """This environment without any hook of ours; with ``hook``, the hook preloaded and
+    pointed at ``conf`` (None: loaded without a config)."""
+    e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", ENV_CONFIG)}
+    if hook:
+        e.update(container_env(str(conf), HOOK) if conf is not None else {"LD_PRELOAD": HOOK})
+    return e
+
+
 def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, env: dict[str, str] | None = None,
           timeout: float = 120, cpus: list[int] | None = None) -> dict[str, Any]:
-    e = dict(os.environ)
-    e.pop("LD_PRELOAD", None)
-    e.pop("FLEXAI_VGPU_CONFIG", None)
+    e = workload_env(hook, conf)
     if hook:
-        e["LD_PRELOAD"] = HOOK
         e["FLEXAI_DEBUG"] = "1"  # the hook prints its lookup and window statistics at exit
-        if conf is not None:
-            e.update(container_env(str(conf), HOOK))
     e.update(env or {})
     t0 = time.time()
     try:
@@ -97,8 +101,7 @@ def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, en
 
 
 def popen_child(kind: str, *args: str, conf: Path, trace: str) -> subprocess.Popen[str]:
-    e = dict(os.environ)
-    e.update(container_env(str(conf), HOOK))
+    e = workload_env(True, conf)
     e.update(FLEXAI_DEBUG="1", FLEXAI_TRACE=trace)
     return subprocess.Popen([sys.executable, WORKLOAD, kind, *args], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -261,11 +264,7 @@ class Worker:
 
     def __init__(self, serve: str, args: tuple[str, ...], limits: dict[str, Any], hook: bool, name: str,
                  fixed_layout: bool) -> None:
-        e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FLEXAI_VGPU_CONFIG")}
-        if hook:
-            e["LD_PRELOAD"] = HOOK
-            if limits:
-                e.update(container_env(str(config(name, **limits)), HOOK))
+        e = workload_env(hook, config(name, **limits) if hook and limits else None)
         if fixed_layout:
             e["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every worker
         self.proc = subprocess.Popen([sys.executable, WORKLOAD, "serve", "--serve", serve, *args], env=e,
@@ -418,9 +417,9 @@ def phase_launch_ab() -> None:
     # per-launch work, the GPU well under the 90% limit.
     for name, limits, gap in (("noconfig", {}, 0), ("memlimit", memcfg, 0), ("cores90", dict(cores=90, **memcfg), 0),
                               ("noconfig_gap5us", {}, 5000), ("cores90_gap5us", dict(cores=90, **memcfg), 5000)):
-        e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FLEXAI_VGPU_CONFIG")}
+        e = workload_env(False)  # launch_ab dlopens the hook itself
         if limits:
-            e["FLEXAI_VGPU_CONFIG"] = str(config(f"ab-{name}", **limits))
+            e[ENV_CONFIG] = str(config(f"ab-{name}", **limits))
         r = subprocess.run([exe, HOOK, "20000", "60", str(gap)], env=e, capture_output=True,
                            text=True, timeout=200, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
