@@ -179,3 +179,9 @@ def extender_running(plane: ControlPlane, *args: str,
     finally:
         plane.kill_extender()
         plane.restart_scheduler(with_extender=False)
+
+
+def set_phase(core_api: k8s.CoreV1Api, name: str, phase: str) -> None:
+    """The pod's status.phase, as its kubelet would write it. A merge patch, not read-modify-
+    replace: KWOK updates bound pods' status meanwhile, and a replace then gets 409 Conflict."""
+    core_api.patch_namespaced_pod_status(name, NS, {"status": {"phase": phase}})

@@ -24,7 +24,7 @@ from flexai_sched.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
 
 from .controlplane import ControlPlane, wait_until
-from .helpers_kube import NS, cards, gpu_node, pod_body, pods, set_inventory, vgpu_pod
+from .helpers_kube import NS, cards, gpu_node, pod_body, pods, set_inventory, set_phase, vgpu_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -146,10 +146,7 @@ def test_finished_and_deleted_pods_free_their_slices(backend: KubeBackend, state
     backend.commit(alloc_for("b", uid_b, card=1))
     wait_state("both counted", lambda: len(list(state.keys())) == 2)
     # a: Succeeded (its containers ended) frees card 0 at once.
-    body = core_api.read_namespaced_pod_status("a", NS)
-    assert body.status is not None
-    body.status.phase = "Succeeded"
-    core_api.replace_namespaced_pod_status("a", NS, body)
+    set_phase(core_api, "a", "Succeeded")
     wait_state("a released", lambda: state.allocation("default/a") is None)
     # b: deleted frees card 1.
     core_api.delete_namespaced_pod("b", NS, grace_period_seconds=0)
@@ -202,10 +199,7 @@ def test_a_new_backend_rebuilds_the_same_state(backend: KubeBackend, state: Clus
         made.append(a)
     # A finished pod and an unbound one must not count after the restart either.
     vgpu_pod(core_api, "pending", 1, 30, 4, scheduler=NOBODY)
-    body = core_api.read_namespaced_pod_status("p3", NS)
-    assert body.status is not None
-    body.status.phase = "Failed"
-    core_api.replace_namespaced_pod_status("p3", NS, body)
+    set_phase(core_api, "p3", "Failed")
     fresh = ClusterState()
     again = KubeBackend(kubeconfig=str(control_plane.kubeconfig))
     again.start(fresh)
@@ -308,10 +302,7 @@ def test_host_capacity_and_every_bound_pods_requests_are_counted(backend: KubeBa
     wait_state("both pods counted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 1250, 2048))
     node = state.node("g1")
     assert node is not None and node.host == Host(32000, 256 * 1024, 1250, 2048)
-    body = core_api.read_namespaced_pod_status("cpu-a", NS)
-    assert body.status is not None
-    body.status.phase = "Succeeded"
-    core_api.replace_namespaced_pod_status("cpu-a", NS, body)
+    set_phase(core_api, "cpu-a", "Succeeded")
     wait_state("a finished", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 250, 1024))
     core_api.delete_namespaced_pod("cpu-b", NS, grace_period_seconds=0)
     wait_state("b deleted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 0, 0))
