@@ -282,6 +282,10 @@ class ClusterState:
     # ---- internals (hold self._mu) ----
 
     def _put(self, alloc: Allocation, st: AllocState) -> None:
+        if alloc.key in self._allocs:
+            # A new pod under an old name (the API server keeps names unique, so the old
+            # pod is gone): its slices go with it, from whichever node held them.
+            self._drop(alloc.key)
         self._allocs[alloc.key] = alloc
         self._states[alloc.key] = st
         self._by_node.setdefault(alloc.node, {})[alloc.key] = alloc

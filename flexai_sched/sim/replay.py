@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import policies
@@ -108,8 +108,11 @@ class Cluster:
         self._uid = 0
 
     def request(self, pod: TracePod) -> PodRequest:
+        # Every arrival is a pod of its own: a trace pod drawn twice must not share a name,
+        # or the second would replace the first in the state (a new pod under an old name).
         self._uid += 1
-        return request(pod, f"uid-{self._uid}", smallest_card_mib(pod.gpu_spec, self._models))
+        req = request(pod, f"uid-{self._uid}", smallest_card_mib(pod.gpu_spec, self._models))
+        return replace(req, name=f"{pod.name}-{self._uid}")
 
     def schedule(self, pod: TracePod) -> bool:
         """Place ``pod`` (bind it) or say it fails."""

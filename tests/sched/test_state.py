@@ -57,6 +57,20 @@ def test_release_checks_uid_so_a_recreated_pod_keeps_its_slice(state: ClusterSta
     assert state.allocation("ns/a") is not None
 
 
+def test_a_new_pod_under_an_old_name_frees_the_old_pods_slice_on_its_node() -> None:
+    s = ClusterState()
+    s.upsert_node(node("n1", cards=2))
+    s.upsert_node(node("n2", cards=2))
+    s.assume(alloc("a", uid="old"), lambda n: True)
+    moved = Allocation.build("ns", "a", "new", "n2", (Slice("m", 1, "GPU-n2-1", 40, 200),))
+    s.assume(moved, lambda n: True)
+    assert s.node("n1").usage[0] == CardUsage()  # type: ignore[union-attr]
+    assert s.node("n2").usage[1] == CardUsage(40, 200, 1)  # type: ignore[union-attr]
+    assert not s.release("ns/a", uid="old")
+    assert s.release("ns/a", uid="new")
+    assert s.node("n2").usage[1] == CardUsage()  # type: ignore[union-attr]
+
+
 def test_observe_replaces_without_double_counting(state: ClusterState) -> None:
     state.assume(alloc("a"), lambda n: True)
     state.observe(alloc("a"))

@@ -59,6 +59,15 @@ def test_whole_cards_stay_on_one_node(tmp_path: Path) -> None:
     assert curve.allocated == (1000, 2000, 2000)
 
 
+def test_a_trace_pod_drawn_twice_is_two_pods(tmp_path: Path) -> None:
+    # Sampling with replacement draws the same trace pod more than once. One 2-card node:
+    # three copies of a 60% share fit two cards, not three (the third would over-commit).
+    t = trace.load(write_trace(tmp_path, ["n0,8000,32768,2,T4"], []))
+    same = pod("p", 600)
+    curve = sim.replay(t, [same, same, same], "binpack", 42)
+    assert curve.allocated == (600, 1200, 1200)
+
+
 def test_cpu_only_pods_take_host_resources_only(tiny: Path) -> None:
     t = trace.load(tiny)
     cluster = sim.Cluster(t, "fragmentation", 42)
