@@ -26,8 +26,10 @@ capacity left unallocated) shows FGD missing on this trace:
    drop from 1.7-1.8% of the cluster (FGD) to 0.44% (measured before item 2): the main
    gain over FGD;
 2. a shared card fills over many arrivals: ours adds the hole each shared card is
-   expected to keep at the end (``leftover_table``), so a 47% share goes beside
-   another 47 (6% left) rather than beside a 32 (21% that almost nothing fits);
+   expected to keep at the end (``flexai_sched.leftover``, learned by replaying the
+   workload on cards alone), and a share takes the card where that expectation grows
+   least, so a 47% share goes beside another 47 (6% left) rather than beside a 32 (21%
+   that almost nothing fits);
 3. classes weigh by count x GPU demand (a failed 8-card task strands 8 GPUs; neutral
    on the default trace, kept because the metric counts GPUs, not tasks);
 4. among equal growth, the node (and the card) with the least free capacity left
@@ -46,6 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .leftover import leftover_table
 from .model import FULL_CORES, Card, CardUsage
 
 
@@ -306,14 +309,17 @@ class Fragmentation(_Measured):
     The score is Phi before - Phi after (the pod's CPU taken from the host), minus TIE x
     the free GPU left (best fit among equal growth). Without host information
     (``node_score``: what the extender uses for a node whose host capacity it does not
-    know) only the cards count: the host terms drop out. E (``leftover_table``) also
-    steers the card choice: a share goes where the hole it leaves is likely to be filled
-    (47 beside 47, not beside 32). Default trace, seeds 42-51: 4.17 -> 4.08.
+    know) only the cards count: the host terms drop out.
 
     A share (part of one card) also weighs the node by the card it would take there:
-    the node score adds - CARD x the card's ``card_cost``, so shares pack as a greedy
-    over every card of the cluster would, and Phi only chooses among nodes offering
-    equally good cards. Default trace, seeds 42-51: 4.08 -> 4.04.
+    the node score adds - CARD x the card's ``card_cost``, E[after] - E[before] (an idle
+    card: E[before] = 0), so shares pack as a greedy over every card of the cluster
+    would, and Phi only chooses among nodes offering equally good cards.
+
+    Default trace, seeds 42-51 (unallocated @100%): 4.17 (stranding, CPU-only tasks in
+    r) -> 4.08 (E from a closed form) -> 4.04 (card term) -> 4.09 once the harness
+    stopped freeing a slice when a trace pod was drawn twice (f71aaa0) -> 3.97 (E
+    learned by replay, ``flexai_sched.leftover``; the card cost E alone).
     """
 
     name = "fragmentation"
@@ -326,27 +332,26 @@ class Fragmentation(_Measured):
     STRAND = 2.0
     # Best-fit tie-break: far below a percent of a card of growth.
     TIE = 1e-6
-    # Weight of the expected leftover of shared cards (``leftover_table``) beside the
-    # measure, and the rate (per share arriving) at which a hole stops waiting for one.
-    # Seeds 42-45 of the default trace: without it 4.18; LEFTOVER 0.5/1/2/3 at MU 0.3:
-    # 4.09/4.09; at MU 0.1: 1: 4.07, 1.5: 4.09, 2: 4.09, 3: 4.08; MU 0.03/0.05/0.2/1 at 1:
-    # 4.09/4.10/4.09/4.14. Tried and dropped: a hole waiting for its best single size
-    # (4.10-4.17); rates by GPU demand instead of count (4.09); the stranding term counting
-    # only free GPU expected to be used (4.16-4.40); then STRAND 1.5/3 (4.05/4.09) and class
-    # weights by demand^0.5 or count (4.11/4.12): all within seed noise or worse.
+    # Weight of the shared cards' expected leftover E beside the measure. History (the
+    # numbers up to the learned E were measured before the duplicate-name fix, ~0.05 low):
+    # seeds 42-45, without it 4.18, with E in closed form (each hole filled by the first
+    # share that fits, at the shares' rates, until it stops waiting at a rate MU) 4.07
+    # (LEFTOVER 0.5-3 and MU 0.03-1: 4.07-4.14). With that form, after the fix, on seeds
+    # 100-105: LEFTOVER 0.5-2, MU 0.05-0.4, STRAND 1.5-3: 3.99-4.06 around 4.00 (flat);
+    # MU rising as the cluster fills: 4.01. Learned E: 3.87; learned E beside FGD's
+    # one-task-fits card waste 3.92. Also tried and dropped: a hole waiting for its best
+    # single size (4.10-4.17); rates by GPU demand (4.09); the stranding term counting
+    # only free GPU expected to be used (4.16-4.40); class weights by demand^0.5 or count.
     LEFTOVER = 1.0
-    MU = 0.1
     # Weight of the card a share takes (``card_cost``) in the node score. Phi judges the
     # node as a whole (whole cards kept for multi-card tasks, host CPU); for shares it let
     # a 32 go into a 45% hole (13 left) rather than a 35% one (3 left) elsewhere. Replaying
     # the same placed shares card by card over the whole cluster (no nodes) left 0.08-0.12
     # points less (seeds 42, 45). Seeds 42-45: 10: 4.05, 100: 4.04, 1000: 4.05 (4.07
-    # without); seeds 42-51 with 1000: default -0.04, gpushare40/60/80/100
-    # -0.10/-0.14/-0.30/-0.15, cpu100/200/250 -0.01/-0.03/-0.01, cpu050 +0.02.
-    # Tried and dropped beside it: the Sum-of-Squares rule of online bin packing over the
-    # cluster's histogram of card gaps (Csirik et al., JACM 2006), alone 5.70 on seeds 42-45
-    # (it keeps mid-size gaps open; the trace does not pack perfectly), as an extra term or
-    # a tie-break 4.04-4.23 (4.05 without), on seeds 42-51 4.05 at best.
+    # without). Tried and dropped beside it: the Sum-of-Squares rule of online bin packing
+    # over the cluster's histogram of card gaps (Csirik et al., JACM 2006), alone 5.70 on
+    # seeds 42-45 (it keeps mid-size gaps open; the trace does not pack perfectly), as an
+    # extra term or a tie-break 4.04-4.23 (4.05 without).
     CARD = 1000.0
 
     def use_workload(self, workload: Workload) -> None:
@@ -361,38 +366,10 @@ class Fragmentation(_Measured):
             self.STRAND,
             self.TIE,
             cpu / gpu if gpu else 0.0,
-            leftover=leftover_table(workload, self.MU) if self.LEFTOVER else (),
+            leftover=leftover_table(tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)),
             leftover_weight=self.LEFTOVER,
             card_weight=self.CARD,
         )
-
-
-def leftover_table(workload: Workload, mu: float) -> tuple[float, ...]:
-    """E[f], f = 0..100: how much of a shared card's free part f is expected to stay unused.
-
-    FGD's measure asks whether one task of a class fits a card; a shared card is filled
-    over many arrivals, and what matters is what is left at the end (on the default trace
-    47+32 leaves 21 that almost nothing fits, 47+47 only 6). The model: shares arrive at
-    the trace's rates (by count); the first that fits the hole takes it and the rest waits
-    again; at rate ``mu`` (per share arriving) the hole stops waiting (the cluster fills
-    up) and what is left is lost: E[f] = (mu f + sum_{s<=f} r_s E[f-s]) / (mu + sum r_s).
-    """
-    rates: dict[int, float] = {}
-    for c in workload.classes:
-        if c.vgpus == 1 and 0 < c.cores < FULL_CORES:
-            rates[c.cores] = rates.get(c.cores, 0.0) + c.weight
-    total = sum(rates.values()) or 1.0
-    sizes = sorted((s, r / total) for s, r in rates.items())
-    table = [0.0] * (FULL_CORES + 1)
-    for f in range(1, FULL_CORES + 1):
-        num, den = mu * f, mu
-        for s, r in sizes:
-            if s > f:
-                break
-            num += r * table[f - s]
-            den += r
-        table[f] = num / den if den else float(f)
-    return tuple(table)
 
 
 # Free percent of a node, and per workload GPU shape: (fits, free it could use).
@@ -456,9 +433,14 @@ class _Measure:
         cost = self._card_costs.get(key)
         if cost is None:
             after = max(0, free - cores)
-            cost = self._card_waste(after) - self._card_waste(free) + self.tie * free  # fullest first among equals
-            if cores < FULL_CORES:
-                cost += self.leftover_weight * (self.leftover[after] - (0.0 if whole else self.leftover[free]))
+            if self.leftover_weight and cores < FULL_CORES:
+                # The learned table already knows which shares fill which hole, and how
+                # often: FGD's one-task-fits test beside it only blurred that (seeds 100-105
+                # of the default trace: 3.92 with it, 3.86 without).
+                cost = self.leftover_weight * (self.leftover[after] - (0.0 if whole else self.leftover[free]))
+            else:
+                cost = self._card_waste(after) - self._card_waste(free)
+            cost += self.tie * free  # fullest first among equals
             self._card_costs[key] = cost
         return cost
 

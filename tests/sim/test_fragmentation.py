@@ -164,41 +164,29 @@ def test_fragmentation_feeds_tasks_without_gpus_from_the_host_cpu_too() -> None:
     assert full == 0.0
 
 
-def test_leftover_table_expects_holes_a_frequent_share_fits_to_be_filled() -> None:
-    # Shares of 47 (frequent) and 32: a 53 hole takes a 47 and keeps 6; a 21 hole (47+32)
-    # fits nothing and keeps all of it.
-    from flexai_sched.fragmentation import leftover_table
-
-    w = Workload.of([TaskClass(1, 47, 3.0), TaskClass(1, 32, 1.0), TaskClass(1, FULL_CORES, 4.0)])
-    e = leftover_table(w, 0.1)
-    assert e[0] == 0.0 and e[21] == 21.0 and e[31] == 31.0  # below the smallest share
-    assert e[47] < e[46] / 2  # a 47 fills it exactly; a 46 hole only takes a 32 (14 left)
-    assert e[53] < e[21]  # why a 47 goes beside a 47 rather than beside a 32
-    assert all(0.0 <= e[f] <= f + 1e-9 for f in range(101))
-
-
 def test_fragmentation_puts_a_share_on_the_best_card_of_the_cluster() -> None:
     # Shares of 47 and 32 (4 cores each), 12% shares (2 cores), whole cards (8 cores).
     w = Workload.of([TaskClass(1, 47, 3.0, cpu_milli=4000), TaskClass(1, 32, 1.0, cpu_milli=4000),
                      TaskClass(1, 12, 0.5, cpu_milli=2000), TaskClass(1, FULL_CORES, 4.0, cpu_milli=8000)])
-    # A 32% share: node a has a card with exactly 32 free but little CPU left (6 cores);
-    # node b a card with 35 free and 14 cores. The node measure alone prefers b (its CPU
-    # loss strands less); the card term sends the share where it leaves no hole.
-    nodes = {"a": (used(47, 68), Host(32000, 1 << 20, 26000)), "b": (used(55, 65), Host(32000, 1 << 20, 18000))}
+    # A 47% share: node a has a card with a 47 on it (53 free) and an idle card, and 6 cores
+    # left; node b a card with a 32 on it (68 free) beside a full one, and 14 cores. The
+    # node measure alone puts it beside the 32 on b (21 left, that only a 12 fits; more CPU
+    # to spare); the card term beside the 47 on a (6 left).
+    nodes = {"a": (used(47, 0), Host(32000, 1 << 20, 26000)), "b": (used(32, 100), Host(32000, 1 << 20, 18000))}
 
     def place(policy: Fragmentation) -> tuple[str, int]:
         options = []
         for name, (usage, host) in nodes.items():
-            card = min((i for i in range(2) if usage[i].cores + 32 <= FULL_CORES),
-                       key=lambda i: policy.card_cost(CARDS[i], usage[i], 32, 0))
-            after = tuple(u.plus(CardUsage(32, 0, 1)) if i == card else u for i, u in enumerate(usage))
+            card = min((i for i in range(2) if usage[i].cores + 47 <= FULL_CORES),
+                       key=lambda i: policy.card_cost(CARDS[i], usage[i], 47, 0))
+            after = tuple(u.plus(CardUsage(47, 0, 1)) if i == card else u for i, u in enumerate(usage))
             options.append((policy.host_node_score(CARDS, usage, after, host, 4000, 0), name, card))
         _, name, card = max(options)
         return name, card
 
-    assert place(Fragmentation(w)) == ("a", 1)
+    assert place(Fragmentation(w)) == ("a", 0)
 
     class NodeMeasureOnly(Fragmentation):
         CARD = 0.0
 
-    assert place(NodeMeasureOnly(w)) == ("b", 1)  # what the card term changes
+    assert place(NodeMeasureOnly(w)) == ("b", 0)  # what the card term changes

@@ -1,0 +1,56 @@
+"""The learned table of what a shared card's hole keeps at the end (flexai_sched.leftover)."""
+
+from __future__ import annotations
+
+from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
+from flexai_sched.leftover import _learn, leftover_table
+from flexai_sched.model import FULL_CORES, Card, CardUsage
+
+# Shares of 47 (frequent) and 32, and whole cards: (cards, percent, weight).
+PAIRS = ((1, 47, 3.0), (1, 32, 1.0), (1, FULL_CORES, 4.0))
+
+
+def test_holes_no_share_fits_keep_everything_and_exact_fits_keep_little() -> None:
+    e = leftover_table(PAIRS)
+    assert e[0] == 0.0 and e[FULL_CORES] == 0.0  # a full card; an idle card is no hole
+    assert all(e[h] == h for h in range(32))  # below the smallest share: nothing fills it
+    assert all(0.0 <= e[h] <= h for h in range(FULL_CORES))
+    # A 47 beside a 47 leaves 6; the card with a 47 (53 free) is expected to end near that,
+    # far below a card with 47 + 32 (21 free, which nothing fits).
+    assert e[53] < 10.0 < e[21] == 21.0
+
+
+def test_holes_compete_for_the_few_shares_that_fit_them() -> None:
+    # Ten 81% shares per 16% share: most 19% holes never get one, although a 16 fits each.
+    e = leftover_table(((1, 81, 10.0), (1, 16, 1.0), (1, FULL_CORES, 10.0)))
+    assert e[19] > 15.0
+
+
+def test_the_table_is_the_same_for_the_same_tasks() -> None:
+    first = leftover_table(PAIRS)
+    _learn.cache_clear()
+    assert leftover_table(PAIRS) == first
+    # in another order, split in two classes, scaled: the same tasks
+    assert leftover_table(((1, FULL_CORES, 8.0), (1, 32, 1.0), (1, 47, 5.0), (1, 32, 1.0), (1, 47, 1.0))) == first
+
+
+def test_without_shares_no_hole_forms() -> None:
+    e = leftover_table(((1, FULL_CORES, 1.0), (8, FULL_CORES, 1.0)))
+    assert e[:FULL_CORES] == tuple(float(h) for h in range(FULL_CORES)) and e[FULL_CORES] == 0.0
+
+
+def test_a_share_goes_where_the_expected_hole_grows_least() -> None:
+    policy = Fragmentation(Workload.of(TaskClass(n, cores, w) for n, cores, w in PAIRS))
+    card = Card(0, "u0", "T4", 16384, 100)
+
+    def cost(used_cores: int) -> float:
+        used = CardUsage(used_cores, 0, 1) if used_cores else CardUsage()
+        return policy.card_cost(card, used, 47, 0)
+
+    # The cost is E[after] - E[before] (an idle card: E[before] = 0), so beside a 47 (6 left,
+    # for good) wins over an idle card (53 left, expected to end near 6 after a 47 comes)
+    # and over a card with a 32 (21 left for good).
+    e = leftover_table(PAIRS)
+    assert abs(cost(0) - e[53]) < 1e-3  # the tie-break adds 1e-6 per free percent
+    assert abs(cost(32) - (e[21] - e[68])) < 1e-3
+    assert cost(47) < min(cost(0), cost(32))
