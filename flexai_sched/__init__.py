@@ -8,6 +8,9 @@ Layout (pure core first, edges last):
 - ``requests``    pod JSON -> validated ``PodRequest`` (clear errors naming the field), incl. its
                   CPU/memory requests (the one place quantity strings are parsed)
 - ``policies``    binpack / spread / fragmentation-aware choices of node and card
+- ``fragmentation`` the fragmentation-aware policies (FGD's measure; ours, the default)
+- ``leftover``    what a shared card's hole is expected to keep, learned by replaying the
+                  workload on cards alone (ours uses it to choose cards)
 - ``allocator``   does a pod fit a node, and on which cards (pure arithmetic)
 - ``state``       the cluster as the scheduler believes it: assume, confirm, forget; each node's
                   host (allocatable CPU/memory, what bound pods request)

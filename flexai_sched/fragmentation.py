@@ -317,9 +317,9 @@ class Fragmentation(_Measured):
     would, and Phi only chooses among nodes offering equally good cards.
 
     Default trace, seeds 42-51 (unallocated @100%): 4.17 (stranding, CPU-only tasks in
-    r) -> 4.08 (E from a closed form) -> 4.04 (card term) -> 4.09 once the harness
-    stopped freeing a slice when a trace pod was drawn twice (f71aaa0) -> 3.97 (E
-    learned by replay, ``flexai_sched.leftover``; the card cost E alone).
+    r) -> 4.08 (E from a closed form) -> 4.04 (card term) -> ~4.09 once the harness
+    stopped freeing a slice when a trace pod was drawn twice (f71aaa0) -> 3.92 (E
+    learned by replay, ``flexai_sched.leftover``; the card cost E alone: 3.92 ± 0.09).
     """
 
     name = "fragmentation"
