@@ -75,8 +75,9 @@ def _learn(draws: tuple[Draw, ...]) -> tuple[float, ...]:
 
 
 def _arrivals(rng: random.Random, draws: Sequence[Draw]) -> list[int]:
-    """One replay's GPU tasks: a share as its percent, n whole cards as -n."""
-    kinds = [-n if cores >= FULL_CORES else cores for n, cores, _ in draws]
+    """One replay's GPU tasks: a share as its percent (a task of n shares as n of them), n
+    whole cards as -n."""
+    kinds = [[-n] if cores >= FULL_CORES else [cores] * n for n, cores, _ in draws]
     demand = [n * cores for n, cores, _ in draws]
     weights = [w for _, _, w in draws]
     out: list[int] = []
@@ -86,7 +87,7 @@ def _arrivals(rng: random.Random, draws: Sequence[Draw]) -> list[int]:
             if total + demand[i] > target:
                 return out
             total += demand[i]
-            out.append(kinds[i])
+            out.extend(kinds[i])
 
 
 def _replay(tasks: Sequence[int], table: Sequence[float], sums: list[float], counts: list[int]) -> None:

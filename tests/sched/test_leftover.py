@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
-from flexai_sched.leftover import _learn, leftover_table
+from flexai_sched.leftover import CARDS, _arrivals, _learn, leftover_table
 from flexai_sched.model import FULL_CORES, Card, CardUsage
 
 # Shares of 47 (frequent) and 32, and whole cards: (cards, percent, weight).
@@ -54,3 +56,9 @@ def test_a_share_goes_where_the_expected_hole_grows_least() -> None:
     assert abs(cost(0) - e[53]) < 1e-3  # the tie-break adds 1e-6 per free percent
     assert abs(cost(32) - (e[21] - e[68])) < 1e-3
     assert cost(47) < min(cost(0), cost(32))
+
+
+def test_a_task_of_two_shares_arrives_as_two_shares() -> None:
+    tasks = _arrivals(random.Random(0), ((2, 30, 1.0),))
+    assert set(tasks) == {30} and len(tasks) % 2 == 0
+    assert CARDS * FULL_CORES - 60 < sum(tasks) <= CARDS * FULL_CORES  # demand up to capacity
