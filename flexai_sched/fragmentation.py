@@ -338,10 +338,11 @@ class Fragmentation(_Measured):
     # share that fits, at the shares' rates, until it stops waiting at a rate MU) 4.07
     # (LEFTOVER 0.5-3 and MU 0.03-1: 4.07-4.14). With that form, after the fix, on seeds
     # 100-105: LEFTOVER 0.5-2, MU 0.05-0.4, STRAND 1.5-3: 3.99-4.06 around 4.00 (flat);
-    # MU rising as the cluster fills: 4.01. Learned E: 3.87; learned E beside FGD's
-    # one-task-fits card waste 3.92. Also tried and dropped: a hole waiting for its best
-    # single size (4.10-4.17); rates by GPU demand (4.09); the stranding term counting
-    # only free GPU expected to be used (4.16-4.40); class weights by demand^0.5 or count.
+    # MU rising as the cluster fills: 4.01. Learned E alone: 3.86 (3.87 with a table from
+    # fewer replays); beside FGD's one-task-fits card waste: 3.92. Also tried and dropped:
+    # a hole waiting for its best single size (4.10-4.17); rates by GPU demand (4.09); the
+    # stranding term counting only free GPU expected to be used (4.16-4.40); class weights
+    # by demand^0.5 or count.
     LEFTOVER = 1.0
     # Weight of the card a share takes (``card_cost``) in the node score. Phi judges the
     # node as a whole (whole cards kept for multi-card tasks, host CPU); for shares it let
