@@ -31,10 +31,12 @@ from typing import Final
 from .model import FULL_CORES
 
 # The replayed cluster: large enough that holes compete as in a real one, small enough to
-# learn in half a second. Chosen on the card-only replay of the trace's own arrivals for
-# seeds 1000-1029 (unallocated at 100% arrived; not the reported seeds 42-51): 1,000 cards,
-# 12 rounds of 20 replays 3.81; 16 of 40 3.78; 2,000 cards 3.80; 500 cards 3.80. The fixed
-# seed alone moves it by 0.03 (3.78-3.82 over four seeds).
+# learn in half a second. `bench/leftover_settings.py --table-seeds 4` (the trace's own
+# arrivals for seeds 1000-1029, not the reported 42-51, placed on its 6,212 cards with the
+# table alone; unallocated at 100% arrived, over four seeds of the table's own draws):
+# 1,000 cards x 16 rounds x 40 replays 3.79-3.83; 12 x 20 3.80-3.83; 2,000 cards 3.78-3.80;
+# 500 cards 3.80-3.84. All alike; on real replays (seeds 100-105) 1,000 x 16 x 40 gave 3.86
+# and 2,000 x 12 x 20 3.86.
 CARDS: Final = 1000
 ROUNDS: Final = 16
 REPLAYS: Final = 40
@@ -53,35 +55,39 @@ def leftover_table(draws: Iterable[Draw]) -> tuple[float, ...]:
         if n > 0 and 0 < cores <= FULL_CORES and w > 0:
             merged[(n, cores)] = merged.get((n, cores), 0.0) + w
     total = sum(merged.values())
-    return _learn(tuple((n, cores, round(w / total, 12)) for (n, cores), w in sorted(merged.items())))
+    return learn(tuple((n, cores, round(w / total, 12)) for (n, cores), w in sorted(merged.items())))
 
 
 @lru_cache(maxsize=32)
-def _learn(draws: tuple[Draw, ...]) -> tuple[float, ...]:
+def learn(
+    draws: tuple[Draw, ...], cards: int = CARDS, rounds: int = ROUNDS, replays: int = REPLAYS, seed: int = 0
+) -> tuple[float, ...]:
+    """``leftover_table`` for draws already merged and normalized, with the replayed cluster's
+    settings open (bench/leftover_settings.py compares them)."""
     table = [float(h) for h in range(FULL_CORES + 1)]
     table[FULL_CORES] = 0.0
-    if not any(cores < FULL_CORES for _, cores, _ in draws):
+    if not any(c < FULL_CORES for _, c, _ in draws):
         return tuple(table)  # no shares: no hole ever forms
-    rng = random.Random(0)
-    for _ in range(ROUNDS):
+    rng = random.Random(seed)
+    for _ in range(rounds):
         sums = [0.0] * (FULL_CORES + 1)
         counts = [0] * (FULL_CORES + 1)
-        for _ in range(REPLAYS):
-            _replay(_arrivals(rng, draws), table, sums, counts)
+        for _ in range(replays):
+            replay_cards(_arrivals(rng, draws, cards), table, cards, sums, counts)
         for h in range(1, FULL_CORES):
             if counts[h] >= MIN_SEEN:
                 table[h] = (table[h] + sums[h] / counts[h]) / 2
     return tuple(table)
 
 
-def _arrivals(rng: random.Random, draws: Sequence[Draw]) -> list[int]:
+def _arrivals(rng: random.Random, draws: Sequence[Draw], cards: int = CARDS) -> list[int]:
     """One replay's GPU tasks: a share as its percent (a task of n shares as n of them), n
     whole cards as -n."""
     kinds = [[-n] if cores >= FULL_CORES else [cores] * n for n, cores, _ in draws]
     demand = [n * cores for n, cores, _ in draws]
     weights = [w for _, _, w in draws]
     out: list[int] = []
-    total, target = 0, CARDS * FULL_CORES
+    total, target = 0, cards * FULL_CORES
     while True:
         for i in rng.choices(range(len(draws)), weights, k=256):
             if total + demand[i] > target:
@@ -90,9 +96,13 @@ def _arrivals(rng: random.Random, draws: Sequence[Draw]) -> list[int]:
             out.extend(kinds[i])
 
 
-def _replay(tasks: Sequence[int], table: Sequence[float], sums: list[float], counts: list[int]) -> None:
-    """Place ``tasks`` with ``table``; add each opened card's final hole to every hole it had."""
-    idle = CARDS
+def replay_cards(
+    tasks: Sequence[int], table: Sequence[float], cards: int, sums: list[float], counts: list[int]
+) -> int:
+    """Place ``tasks`` (a share as its percent, n whole cards as -n) on ``cards`` idle cards
+    with ``table``; add each opened card's final hole to ``sums``/``counts`` of every hole it
+    had. Returns the free capacity left, in percent of one card."""
+    idle = cards
     open_count = [0] * FULL_CORES  # open cards by free part (0: full)
     cards_by_free: dict[int, list[int]] = {}
     frees: list[int] = []  # free parts with an open card, ascending
@@ -133,3 +143,4 @@ def _replay(tasks: Sequence[int], table: Sequence[float], sums: list[float], cou
         for h in seen:
             sums[h] += final[card]
             counts[h] += 1
+    return idle * FULL_CORES + sum(final)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
-from flexai_sched.leftover import CARDS, _arrivals, _learn, leftover_table
+from flexai_sched.leftover import CARDS, _arrivals, leftover_table, learn, replay_cards
 from flexai_sched.model import FULL_CORES, Card, CardUsage
 
 # Shares of 47 (frequent) and 32, and whole cards: (cards, percent, weight).
@@ -30,7 +30,7 @@ def test_holes_compete_for_the_few_shares_that_fit_them() -> None:
 
 def test_the_table_is_the_same_for_the_same_tasks() -> None:
     first = leftover_table(PAIRS)
-    _learn.cache_clear()
+    learn.cache_clear()
     assert leftover_table(PAIRS) == first
     # in another order, split in two classes, scaled: the same tasks
     assert leftover_table(((1, FULL_CORES, 8.0), (1, 32, 1.0), (1, 47, 5.0), (1, 32, 1.0), (1, 47, 1.0))) == first
@@ -62,3 +62,14 @@ def test_a_task_of_two_shares_arrives_as_two_shares() -> None:
     tasks = _arrivals(random.Random(0), ((2, 30, 1.0),))
     assert set(tasks) == {30} and len(tasks) % 2 == 0
     assert CARDS * FULL_CORES - 60 < sum(tasks) <= CARDS * FULL_CORES  # demand up to capacity
+
+
+def test_the_card_only_replay_places_and_counts_what_is_left() -> None:
+    # Two cards: 60, 40 (beside the 60: an exact fit), 50 (opens the second), one whole
+    # card (none idle: dropped), 30 (beside the 50). Left: 20 on the second card.
+    table = [float(h) for h in range(FULL_CORES + 1)]
+    table[FULL_CORES] = 0.0
+    sums, counts = [0.0] * (FULL_CORES + 1), [0] * (FULL_CORES + 1)
+    assert replay_cards([60, 40, 50, -1, 30], table, 2, sums, counts) == 20
+    assert counts[40] == 1 and sums[40] == 0.0  # the first card had 40 free, ended full
+    assert counts[50] == 1 and sums[50] == 20.0
