@@ -58,11 +58,7 @@ def main() -> int:
     cards = trace.gpu_capacity_milli // 1000
     runs = {s: tasks_until_full(arrivals(trace, s), trace.gpu_capacity_milli) for s in seeds}
     workload = target_workload(trace)
-    merged: dict[tuple[int, int], float] = {}
-    for c in workload.classes:
-        merged[(c.vgpus, c.cores)] = merged.get((c.vgpus, c.cores), 0.0) + c.weight
-    total = sum(merged.values())
-    draws = tuple((n, cores, round(w / total, 12)) for (n, cores), w in sorted(merged.items()))
+    draws = leftover.normalized((c.vgpus, c.cores, c.weight) for c in workload.classes)
     print(f"{args.variant}: {cards} cards, seeds {args.seeds}, card-only replay, unallocated @100% arrived")
     print("| cards | rounds | replays | table seed | learn s | unallocated % |")
     print("|---|---|---|---|---|---|")

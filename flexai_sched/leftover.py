@@ -50,19 +50,24 @@ def leftover_table(draws: Iterable[Draw]) -> tuple[float, ...]:
     """E[h] for h = 0..100 (E[100] = 0: an idle card is no hole). ``draws``: the workload's GPU
     tasks; tasks without GPUs change nothing on the cards and may be left out. The same
     tasks in any order, split or scaled, give the same table."""
+    return learn(normalized(draws))
+
+
+def normalized(draws: Iterable[Draw]) -> tuple[Draw, ...]:
+    """GPU tasks merged by shape, sorted, weights summing to 1: ``learn``'s cache key."""
     merged: dict[tuple[int, int], float] = {}
     for n, cores, w in draws:
         if n > 0 and 0 < cores <= FULL_CORES and w > 0:
             merged[(n, cores)] = merged.get((n, cores), 0.0) + w
     total = sum(merged.values())
-    return learn(tuple((n, cores, round(w / total, 12)) for (n, cores), w in sorted(merged.items())))
+    return tuple((n, cores, round(w / total, 12)) for (n, cores), w in sorted(merged.items()))
 
 
 @lru_cache(maxsize=32)
 def learn(
     draws: tuple[Draw, ...], cards: int = CARDS, rounds: int = ROUNDS, replays: int = REPLAYS, seed: int = 0
 ) -> tuple[float, ...]:
-    """``leftover_table`` for draws already merged and normalized, with the replayed cluster's
+    """``leftover_table`` for ``normalized`` draws, with the replayed cluster's
     settings open (bench/leftover_settings.py compares them)."""
     table = [float(h) for h in range(FULL_CORES + 1)]
     table[FULL_CORES] = 0.0
