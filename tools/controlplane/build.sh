@@ -13,6 +13,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${FLEXAI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flexai}/controlplane
 bindir=$cache/bin
 mkdir -p "$bindir"
+# One build at a time: two checkouts building the same binary would race on its .tmp file.
+exec 9>"$cache/.lock"
+flock 9
 
 k8s_version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/kubernetes/go.mod")
 k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
