@@ -70,8 +70,8 @@ void flexai_config_parse(const char *text, const char *origin, struct flexai_con
 /* ---- region.c ---------------------------------------------------------- */
 struct flexai_region; /* opaque; layout in region.c */
 
-/* The region of this process (attached on first use). NULL only if the
- * config has no vGPU. */
+/* The region of this process (attached on first use). NULL if the config
+ * has no vGPU, or the region could not be opened (then CUDA is refused). */
 struct flexai_region *flexai_region_self(void);
 /* Try to add `bytes` to slot's usage; fails (returns 0) past the limit unless
  * `force`. On success the bytes are also booked to this process. */
@@ -80,8 +80,9 @@ int flexai_region_charge(int slot, uint64_t bytes, int force);
 void flexai_region_uncharge(int slot, uint64_t bytes);
 uint64_t flexai_region_used(int slot);
 void flexai_region_add_busy(int slot, uint64_t ns);
-/* Return memory of dead processes; returns how many were swept. */
-int flexai_region_sweep(struct flexai_region *r);
+/* Return the memory of processes that are gone (their slot lock is free);
+ * returns how many were swept. Not on any hot path: a syscall per slot. */
+int flexai_region_sweep(void);
 /* Open a region file for reading (api.c); fills a snapshot. */
 int flexai_region_read(const char *path, struct flexai_snapshot *out);
 

@@ -74,8 +74,7 @@ int flexai_mem_reserve(int slot, uint64_t bytes)
     if (flexai_region_charge(slot, bytes, 0))
         return 1;
     /* Over the limit: maybe a dead process still holds memory. */
-    struct flexai_region *r = flexai_region_self();
-    if (r != NULL && flexai_region_sweep(r) > 0 && flexai_region_charge(slot, bytes, 0))
+    if (flexai_region_sweep() > 0 && flexai_region_charge(slot, bytes, 0))
         return 1;
     return 0;
 }
