@@ -177,6 +177,9 @@ static void t_alloc_paths(void)
         CHECK(region_used(0) == 600 * MiB, "%s used %llu", k_paths[i].name, (unsigned long long)region_used(0));
         CHECK(k_paths[i].a(&b, 600 * MiB) == CUDA_ERROR_OUT_OF_MEMORY, "%s second must fail", k_paths[i].name);
         CHECK(fakecuda_used(0) == 600 * MiB, "%s: the failed call must not reach the driver", k_paths[i].name);
+        /* the refusal swept the region: our own (live) slot must have survived it */
+        CHECK(region_used(0) == 600 * MiB, "%s used after refusal %llu", k_paths[i].name,
+              (unsigned long long)region_used(0));
         CHECK_OK(k_paths[i].f(a));
         CHECK(region_used(0) == 0, "%s after free %llu", k_paths[i].name, (unsigned long long)region_used(0));
         CHECK(k_paths[i].a(&b, 600 * MiB) == CUDA_SUCCESS, "%s after free", k_paths[i].name);
@@ -340,6 +343,10 @@ static void t_threads(void)
         CHECK(r == NULL, "thread %d returned %p", i, r);
     }
     CHECK(region_used(0) == 0, "region after 64 threads: %llu", (unsigned long long)region_used(0));
+    struct flexai_snapshot *s = calloc(1, sizeof *s);
+    flexai_region_snapshot(g_region, s, sizeof *s);
+    CHECK(s->nprocs == 1 && s->procs[0].pid == getpid(), "64 threads, one process slot: %u", s->nprocs);
+    free(s);
     CHECK(fakecuda_used(0) == 0, "driver after 64 threads: %llu", (unsigned long long)fakecuda_used(0));
 }
 
@@ -366,6 +373,85 @@ static void t_fork(void)
     CHECK(region_used(0) == 500 * MiB, "parent keeps its 500 MiB: %llu", (unsigned long long)region_used(0));
     CHECK_OK(cuMemFree(p));
     CHECK(region_used(0) == 0, "after free");
+}
+
+/* Liveness is a lock on the slot held by an open file description of the
+ * owner's own. A fork child that never uses CUDA must not keep its dead
+ * parent's slot alive (it drops its copy of the parent's description); a
+ * child that does gets its own slot, freed when it dies while the parent
+ * keeps its charges. */
+static void t_fork_lock(void)
+{
+    config("device.0.cuda_index=0\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=0\n", GiB);
+    int fd[2];
+    CHECK(pipe(fd) == 0, "pipe");
+    pid_t parent = fork();
+    if (parent == 0) {
+        open_ctx(0);
+        CUdeviceptr p;
+        if (cuMemAlloc(&p, 500 * MiB) != CUDA_SUCCESS)
+            _exit(1);
+        pid_t idle = fork();
+        if (idle == 0) { /* inherits the mapping and descriptors, never uses CUDA */
+            sleep(30);
+            _exit(0);
+        }
+        pid_t user = fork();
+        if (user == 0) { /* uses CUDA: its own slot, killed holding 300 MiB */
+            CUdeviceptr q;
+            if (cuMemAlloc(&q, 300 * MiB) != CUDA_SUCCESS)
+                _exit(1);
+            raise(SIGKILL);
+        }
+        waitpid(user, NULL, 0);
+        if (region_used(0) != 500 * MiB) /* the parent's read reports the dead child freed */
+            _exit(1);
+        if (cuMemAlloc(&p, 500 * MiB) != CUDA_SUCCESS) /* 500 + 500: only if the child is swept */
+            _exit(1);
+        if (write(fd[1], &idle, sizeof idle) != sizeof idle)
+            _exit(1);
+        raise(SIGKILL); /* dies holding 1000 MiB while `idle` lives on */
+    }
+    pid_t idle = 0;
+    CHECK(read(fd[0], &idle, sizeof idle) == sizeof idle, "the parent reached its end");
+    int st;
+    waitpid(parent, &st, 0);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "parent status %d", st);
+    CHECK(idle > 0 && kill(idle, 0) == 0, "the idle child is alive");
+    CHECK(region_used(0) == 0, "the dead parent's 1000 MiB are free though its child lives: %llu",
+          (unsigned long long)region_used(0));
+    open_ctx(0);
+    CUdeviceptr p;
+    CHECK_OK(cuMemAlloc(&p, 1000 * MiB));
+    CHECK_OK(cuMemFree(p));
+    if (idle > 0) {
+        kill(idle, SIGKILL);
+        waitpid(idle, NULL, 0);
+    }
+}
+
+/* exec(): the pid lives on but the image that held the charges is gone, and
+ * so is its lock (O_CLOEXEC): the new image's attach frees them. */
+static void t_exec(void)
+{
+    config("device.0.cuda_index=0\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=0\n", GiB);
+    open_ctx(0);
+    CUdeviceptr p;
+    CHECK_OK(cuMemAlloc(&p, 600 * MiB));
+    CHECK(run_self("child_exec", "400") == 0, "after exec, 600 + 400 must fit again");
+    CHECK(region_used(0) == 600 * MiB, "only ours is left: %llu", (unsigned long long)region_used(0));
+    CHECK_OK(cuMemFree(p));
+}
+
+/* child_exec <MiB>: take MiB, then exec into `child_alloc <MiB>` (same pid). */
+static int child_exec(const char *mib)
+{
+    open_ctx(0);
+    CUdeviceptr p;
+    if (cuMemAlloc(&p, strtoull(mib, NULL, 10) * MiB) != CUDA_SUCCESS)
+        return 1;
+    execl(g_self, g_self, "child_alloc", mib, (char *)NULL);
+    return 127;
 }
 
 /* dlsym on libcuda and cuGetProcAddress hand out the hook's functions. */
@@ -684,6 +770,8 @@ int main(int argc, char **argv)
         return child_alloc(argv[2]);
     if (strcmp(c, "child_die") == 0)
         return child_die(argv[2]);
+    if (strcmp(c, "child_exec") == 0)
+        return child_exec(argv[2]);
     if (strcmp(c, "alloc_paths") == 0) t_alloc_paths();
     else if (strcmp(c, "getters") == 0) t_getters();
     else if (strcmp(c, "nvml") == 0) t_nvml();
@@ -691,6 +779,8 @@ int main(int argc, char **argv)
     else if (strcmp(c, "sweep") == 0) { tmpdir(); setenv("FLEXAI_TEST_DIR", g_dir, 1); t_sweep(); }
     else if (strcmp(c, "threads") == 0) t_threads();
     else if (strcmp(c, "fork") == 0) t_fork();
+    else if (strcmp(c, "fork_lock") == 0) t_fork_lock();
+    else if (strcmp(c, "exec") == 0) { tmpdir(); setenv("FLEXAI_TEST_DIR", g_dir, 1); t_exec(); }
     else if (strcmp(c, "lookup") == 0) t_lookup();
     else if (strcmp(c, "no_config") == 0) t_no_config();
     else if (strcmp(c, "visible") == 0) t_visible();
