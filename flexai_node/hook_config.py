@@ -93,8 +93,8 @@ class HookConfig:
             raise ValueError(f"{len(self.vgpus)} vGPUs: at most {MAX_VGPUS}")
         if not 5 <= self.period_ms <= 10000:
             raise ValueError(f"period_ms {self.period_ms}: expected 5..10000")
-        if "\n" in self.region_path or len(self.region_path) >= 512:
-            raise ValueError("region_path: one line, under 512 characters")
+        if "\n" in self.region_path or "#" in self.region_path or len(self.region_path) >= 512:
+            raise ValueError("region_path: one line without '#' (it starts a comment), under 512 characters")
 
 
 def render(config: HookConfig) -> str:
@@ -121,17 +121,21 @@ def render(config: HookConfig) -> str:
 
 
 def parse(text: str) -> HookConfig:
-    """Strict reader (the hook itself is lenient): raises ValueError naming the line."""
-    region, period = "", DEFAULT_PERIOD_MS
+    """Strict reader, as strict as the hook: raises ValueError naming the line.
+
+    ``#`` starts a comment anywhere on a line (so no value holds one), as in the hook.
+    """
+    region, period, version_seen = "", DEFAULT_PERIOD_MS, False
     fields: dict[int, dict[str, str]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = raw.partition("#")[0].strip()
+        if not line:
             continue
         key, sep, value = (s.strip() for s in line.partition("="))
         if not sep:
             raise ValueError(f"line {n}: expected key=value")
         if key == "version":
+            version_seen = True
             if value != str(CONFIG_VERSION):
                 raise ValueError(f"line {n}: version {value!r} is not {CONFIG_VERSION}")
         elif key == "region":
@@ -143,6 +147,8 @@ def parse(text: str) -> HookConfig:
             fields.setdefault(int(index), {})[name] = value
         else:
             raise ValueError(f"line {n}: unknown key {key!r}")
+    if not version_seen:
+        raise ValueError(f"no version line (expected version={CONFIG_VERSION})")
     vgpus = []
     for i in sorted(fields):
         f = fields[i]

@@ -43,6 +43,20 @@ def mem_info() -> tuple[int, int]:
 def main() -> None:
     action = sys.argv[1]
     mib = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    if action == "init_routes":  # cuInit reached directly, through cuGetProcAddress_v2, then a context
+        fn = ctypes.c_void_p()
+        status = ctypes.c_int()
+        check(cuda.cuGetProcAddress_v2(b"cuInit", ctypes.byref(fn), 13000, ctypes.c_uint64(0), ctypes.byref(status)), "gpa")
+        assert fn.value is not None
+        via_gpa = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint)(fn.value)(0)
+        direct = cuda.cuInit(0)
+        ctx, dev = ctypes.c_void_p(), ctypes.c_int()
+        retain = cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), ctypes.c_int(0))
+        count = ctypes.c_int()
+        print(json.dumps({"direct": direct, "gpa": via_gpa, "retain": retain,
+                          "device_get": cuda.cuDeviceGet(ctypes.byref(dev), 0),
+                          "device_count": cuda.cuDeviceGetCount(ctypes.byref(count))}))
+        return
     open_ctx()
     ptr = ctypes.c_uint64()
     if action == "alloc":  # allocate mib, report rc and what the getters say

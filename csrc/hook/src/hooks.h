@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #define FLEXAI_HOOKS(X)                                                                        \
+    X(cuInit, PFN_cuInit_v2000, "cuInit", 2000, 0)                                             \
     X(cuMemAlloc_v2, PFN_cuMemAlloc_v3020, "cuMemAlloc", 3020, 0)                              \
     X(cuMemAllocPitch_v2, PFN_cuMemAllocPitch_v3020, "cuMemAllocPitch", 3020, 0)               \
     X(cuMemAllocManaged, PFN_cuMemAllocManaged_v6000, "cuMemAllocManaged", 6000, 0)            \

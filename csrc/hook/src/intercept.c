@@ -4,7 +4,9 @@
  *
  * Invariants:
  *   - a wrapper never fails a call the driver would have accepted, except
- *     allocations past the limit (CUDA_ERROR_OUT_OF_MEMORY);
+ *     allocations past the limit (CUDA_ERROR_OUT_OF_MEMORY) and, when the
+ *     config is named but unusable or the region cannot be opened, cuInit and
+ *     context creation (CUDA_ERROR_NOT_PERMITTED: fail closed, no GPU);
  *   - with no config every wrapper is the real call plus one predictable
  *     branch (and dlsym / cuGetProcAddress hand out the real functions);
  *   - signatures are checked against cudaTypedefs.h's PFN typedefs below.
@@ -44,6 +46,24 @@ FLEXAI_HOOKS(FLEXAI_TYPEDEF)
 static int slot_now(void)
 {
     return flexai_config()->ndev == 0 ? -1 : flexai_slot_of_current();
+}
+
+/* May this process use the GPU? No when its config is named but unusable, or
+ * its limits cannot be shared (no region): running without them would hand
+ * the tenant the whole card. Checked at cuInit and context creation only. */
+static int gpu_allowed(void)
+{
+    const struct flexai_config *c = flexai_config();
+    if (c->closed)
+        return 0;
+    return c->ndev == 0 || flexai_region_self() != NULL;
+}
+
+FLEXAI_EXPORT CUresult cuInit(unsigned int Flags)
+{
+    if (!gpu_allowed())
+        return CUDA_ERROR_NOT_PERMITTED;
+    return CALL_REAL(cuInit, Flags);
 }
 
 /* ---- allocations --------------------------------------------------------- */
@@ -248,6 +268,8 @@ FLEXAI_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
 
 FLEXAI_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 {
+    if (!gpu_allowed())
+        return CUDA_ERROR_NOT_PERMITTED;
     CUresult r = CALL_REAL(cuDevicePrimaryCtxRetain, pctx, dev);
     if (r == CUDA_SUCCESS)
         flexai_mem_context_opened(dev);
@@ -256,6 +278,8 @@ FLEXAI_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 
 FLEXAI_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev)
 {
+    if (!gpu_allowed())
+        return CUDA_ERROR_NOT_PERMITTED;
     CUresult r = CALL_REAL(cuCtxCreate_v2, pctx, flags, dev);
     if (r == CUDA_SUCCESS)
         flexai_mem_context_opened(dev);
@@ -265,6 +289,8 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdev
 FLEXAI_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int numParams,
                                       unsigned int flags, CUdevice dev)
 {
+    if (!gpu_allowed())
+        return CUDA_ERROR_NOT_PERMITTED;
     CUresult r = CALL_REAL(cuCtxCreate_v3, pctx, paramsArray, numParams, flags, dev);
     if (r == CUDA_SUCCESS)
         flexai_mem_context_opened(dev);
@@ -274,6 +300,8 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *para
 FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags,
                                       CUdevice dev)
 {
+    if (!gpu_allowed())
+        return CUDA_ERROR_NOT_PERMITTED;
     CUresult r = CALL_REAL(cuCtxCreate_v4, pctx, params, flags, dev);
     if (r == CUDA_SUCCESS)
         flexai_mem_context_opened(dev);

@@ -54,6 +54,7 @@ struct flexai_dev_config {
 
 struct flexai_config {
     int ndev;                   /* 0 = no limits at all: the hook only passes calls through */
+    int closed;                 /* problems found: named but unusable, no GPU for this process */
     int memory_limited;         /* some vGPU has a memory limit */
     int compute_limited;        /* some vGPU has a core limit */
     uint64_t period_ns;
@@ -63,9 +64,12 @@ struct flexai_config {
 
 /* The config, read on first use from $FLEXAI_VGPU_CONFIG. Never NULL. */
 const struct flexai_config *flexai_config(void);
-/* Parse `text` (the file's content) into *out. Problems go to stderr, naming
- * line and field; the bad field falls back as README.md documents. */
-void flexai_config_parse(const char *text, const char *origin, struct flexai_config *out);
+/* Parse `text` (the file's content) into *out; returns the number of
+ * problems, each reported on stderr with `origin`, line and reason. Any
+ * problem sets out->closed and leaves no vGPU (the caller refuses CUDA). */
+int flexai_config_parse(const char *text, const char *origin, struct flexai_config *out);
+/* Read and parse the file at `path` (at most 16 KiB of text); as above. */
+int flexai_config_load(const char *path, struct flexai_config *out);
 
 /* ---- region.c ---------------------------------------------------------- */
 struct flexai_region; /* opaque; layout in region.c */

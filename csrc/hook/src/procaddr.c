@@ -16,7 +16,8 @@
  *      wrapper's and at most the headers' CUDA_VERSION, and the stream flavour
  *      matches: hand out the newest such wrapper;
  *   3. anything else (unknown names, newer versions) passes through untouched.
- * With no config nothing is swapped: the program gets the real driver.
+ * With no config nothing is swapped: the program gets the real driver. With
+ * an unusable one everything is, so every route to cuInit meets the refusal.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -26,9 +27,17 @@
 #include "hooks.h"
 #include "internal.h"
 
+/* Wrappers are handed out when there are limits, and when the config is
+ * unusable (so cuInit, however it is found, is the hook's and refuses). */
+static int hand_out_wrappers(void)
+{
+    const struct flexai_config *c = flexai_config();
+    return c->ndev > 0 || c->closed;
+}
+
 void *flexai_hook_by_name(const char *name)
 {
-    if (flexai_config()->ndev == 0)
+    if (!hand_out_wrappers())
         return NULL;
     for (int i = 0; i < FLEXAI_HOOK_COUNT; i++)
         if (strcmp(flexai_hooks[i].name, name) == 0)
@@ -48,7 +57,7 @@ static void report(void)
 void flexai_procaddr_swap(const char *symbol, void **pfn, int version, cuuint64_t flags)
 {
     static _Atomic int reported;
-    if (pfn == NULL || *pfn == NULL || symbol == NULL || flexai_config()->ndev == 0)
+    if (pfn == NULL || *pfn == NULL || symbol == NULL || !hand_out_wrappers())
         return;
     if (!atomic_exchange(&reported, 1) && getenv("FLEXAI_DEBUG") != NULL)
         atexit(report);

@@ -153,9 +153,18 @@ API CUresult cuInit(unsigned int flags)
 }
 
 API CUresult cuDriverGetVersion(int *v) { *v = 13000; return CUDA_SUCCESS; }
-API CUresult cuDeviceGetCount(int *n) { *n = g_nvis; return CUDA_SUCCESS; }
+/* Like the real driver, nothing about devices answers before cuInit. */
+API CUresult cuDeviceGetCount(int *n)
+{
+    if (!g_inited)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    *n = g_nvis;
+    return CUDA_SUCCESS;
+}
 API CUresult cuDeviceGet(CUdevice *d, int ordinal)
 {
+    if (!g_inited)
+        return CUDA_ERROR_NOT_INITIALIZED;
     if (ordinal < 0 || ordinal >= g_nvis)
         return CUDA_ERROR_INVALID_DEVICE;
     *d = ordinal;
