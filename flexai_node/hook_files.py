@@ -6,6 +6,7 @@ Per container, under its host directory::
                       must not raise its own limits)
     <dir>/region/     mounted read-write at CONTAINER_REGION_DIR; the hook's processes
                       share their accounting region there, the agent's metrics read it
+                      (the tenant writes there: nothing in it is trusted, see ``hostfs``)
 
 Compute windows: vGPUs on one card get windows that do not overlap
 (``hook_config.first_free_window``) given the configs already written for the other
@@ -24,6 +25,7 @@ from flexai_sched.model import Slice
 
 from . import hook_config as hc
 from .grant import MountSpec
+from .hostfs import chmod_dir, ensure_dir, read_file
 
 __all__ = ["CONFIG_NAME", "CONTAINER_CONFIG", "CONTAINER_REGION_DIR", "HookConfigFiles", "REGION_DIR"]
 
@@ -59,9 +61,9 @@ class HookConfigFiles:
             vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores,
                                       core_offset=offset, ref_clock_mhz=self._ref_clock_mhz if 0 < s.cores < 100 else 0))
         region = host_dir / REGION_DIR
-        region.mkdir(parents=True, exist_ok=True)
+        ensure_dir(region)
         # Containers run as any user: every one of them must be able to create the region.
-        region.chmod(0o777)
+        chmod_dir(region, 0o777)
         config = hc.HookConfig(vgpus=tuple(vgpus), region_path=f"{CONTAINER_REGION_DIR}/{REGION_NAME}")
         hc.write_config(host_dir / CONFIG_NAME, config)
         env = hc.container_env(CONTAINER_CONFIG, hc.DEFAULT_LIBRARY)
@@ -83,7 +85,7 @@ class HookConfigFiles:
             if path.parent == exclude:
                 continue
             try:
-                config = hc.parse(path.read_text())
+                config = hc.parse(read_file(path).decode())
             except (OSError, ValueError) as e:
                 log.warning("ignoring unreadable hook config %s: %s", path, e)
                 continue

@@ -61,7 +61,11 @@ assert ctypes.sizeof(_Device) == 128 and ctypes.sizeof(_Proc) == 264 and ctypes.
 
 
 class ShimError(Exception):
-    """The shim could not be loaded or could not read a region."""
+    """The shim could not be loaded or could not read a region (``errno`` when it said why)."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class HookShim:
         raw = _Snapshot()
         rc = int(self._lib.flexai_region_snapshot(os.fsencode(region_path), ctypes.byref(raw), ctypes.sizeof(raw)))
         if rc != 0:
-            raise ShimError(f"{region_path}: {errno.errorcode.get(-rc, rc)} ({os.strerror(-rc)})")
+            raise ShimError(f"{region_path}: {errno.errorcode.get(-rc, rc)} ({os.strerror(-rc)})", -rc)
         vgpus = tuple(
             VGPUUsage(
                 index=i,

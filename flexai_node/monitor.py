@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .hook_config import ENV_CONFIG
+from .hook_config import ENV_CONFIG, parse
 from .hook_shim import HookShim, RegionSnapshot, ShimError
 
 __all__ = ["build_report", "format_text", "main"]
@@ -94,11 +94,13 @@ def format_text(report: Sequence[Mapping[str, Any]]) -> str:
 
 def _region_from_config(path: str) -> str:
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.strip().partition("=")
-            if key.strip() == "region":
-                return value.strip()
-    raise ShimError(f"{path} names no region")
+        try:
+            region = parse(f.read()).region_path
+        except ValueError as e:
+            raise ShimError(f"{path}: {e}") from e
+    if not region:
+        raise ShimError(f"{path} names no region")
+    return region
 
 
 def _nvml_utilisation(uuids: Sequence[str]) -> dict[str, float]:
@@ -124,7 +126,7 @@ def _nvml_utilisation(uuids: Sequence[str]) -> dict[str, float]:
 
 def _snapshot_or_empty(shim: HookShim, region: str) -> RegionSnapshot:
     """No region file yet means no process of the container has used CUDA: nothing to show."""
-    if not os.path.exists(region):
+    if not os.path.lexists(region):
         return RegionSnapshot(vgpus=(), processes=())
     return shim.snapshot(region)
 

@@ -4,11 +4,14 @@ Memory in use is the region's own count (every live process of the container, co
 overhead included). Utilisation is the GPU time the hook measured between two reads,
 over the wall time between them; the hook measures only compute-limited vGPUs, so
 unlimited ones have none. A container that has not started a CUDA process yet has no
-region: no usage, not an error.
+region: no usage, not an error. The region file is the tenant's: the shim opens it
+without following links, only if it is a regular file, and reads it without writing;
+a region it refuses is logged (someone planted it) and shows no usage.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -48,12 +51,14 @@ class RegionUsageReader:
 
     def read(self, uid: str, container: str) -> dict[str, VgpuUsage]:
         path = self._region_file(uid, container)
-        if not path.exists():
+        if not os.path.lexists(path):
             return {}
         try:
             snap = self._shim.snapshot(path)
         except ShimError as e:
-            log.debug("region %s unreadable: %s", path, e)
+            refused = e.errno in (errno.ELOOP, errno.EPERM, errno.ENOTDIR)
+            log.log(logging.WARNING if refused else logging.DEBUG, "region %s %s: %s",
+                    path, "refused" if refused else "unreadable", e)
             return {}
         now = self._monotonic()
         out = {}

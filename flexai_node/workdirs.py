@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from .hostfs import ensure_dir
+
 __all__ = ["Workdirs"]
 
 # UIDs and container names are DNS-1123 labels; anything else must not become a path.
@@ -30,8 +32,10 @@ class Workdirs:
         return self.root / uid / container
 
     def create(self, uid: str, container: str) -> Path:
+        """The directory, made if missing; raises ``hostfs.UnsafePath`` if some component is a link
+        or it is not this agent's."""
         d = self.path(uid, container)
-        d.mkdir(parents=True, exist_ok=True)
+        ensure_dir(d)
         return d
 
     def pods(self) -> list[str]:
@@ -49,5 +53,7 @@ class Workdirs:
         live = set(live_uids)
         gone = [uid for uid in self.pods() if uid not in live]
         for uid in gone:
+            # The tree holds what tenants wrote (links included): on Linux rmtree works on
+            # descriptors and never follows a link out of it (shutil.rmtree.avoids_symlink_attacks).
             shutil.rmtree(self.root / uid, ignore_errors=True)
         return gone

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import stat
@@ -153,12 +154,19 @@ def two_containers(hook_build: HookBuild, tmp_path: Path, tenants: list[Tenant])
     return region_a, b / "region" / "region"
 
 
-def test_a_planted_symlink_is_not_followed(hook_build: HookBuild, two_containers: tuple[Path, Path]) -> None:
+def test_a_planted_symlink_is_not_followed(
+    hook_build: HookBuild, two_containers: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     region_a, region_b = two_containers
-    region_b.symlink_to(region_a)
+    region_b.symlink_to(region_a)  # B's tenant points its region at A's
     shim = HookShim(hook_build.shim)
     with pytest.raises(ShimError, match="ELOOP"):
         shim.snapshot(region_b)
+    with caplog.at_level(logging.WARNING):
+        assert RegionUsageReader(lambda uid, c: region_b, shim).read("uid-b", "main") == {}
+    assert f"region {region_b} refused" in caplog.text
+    region_b.unlink()
+    region_b.symlink_to(region_b.parent / "missing")  # a dangling one: no usage, no error
     assert RegionUsageReader(lambda uid, c: region_b, shim).read("uid-b", "main") == {}
 
 
