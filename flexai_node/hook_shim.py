@@ -60,6 +60,16 @@ class _Snapshot(ctypes.Structure):
 assert ctypes.sizeof(_Device) == 128 and ctypes.sizeof(_Proc) == 264 and ctypes.sizeof(_Snapshot) == 69648
 
 
+# What the shim's codes mean for a region (csrc/hook/include/flexai_hook.h).
+_REASONS = {
+    errno.ELOOP: "a symbolic link: not followed",
+    errno.ENOTDIR: "a symbolic link or non-directory on the way: not followed",
+    errno.EPERM: "not a regular file with one link: not opened",
+    errno.EINVAL: "not a hook region",
+    errno.EPROTO: "a region of another layout version (hook and shim from different builds)",
+}
+
+
 class ShimError(Exception):
     """The shim could not be loaded or could not read a region (``errno`` when it said why)."""
 
@@ -128,7 +138,8 @@ class HookShim:
         raw = _Snapshot()
         rc = int(self._lib.flexai_region_snapshot(os.fsencode(region_path), ctypes.byref(raw), ctypes.sizeof(raw)))
         if rc != 0:
-            raise ShimError(f"{region_path}: {errno.errorcode.get(-rc, rc)} ({os.strerror(-rc)})", -rc)
+            why = _REASONS.get(-rc, os.strerror(-rc))
+            raise ShimError(f"{region_path}: {errno.errorcode.get(-rc, rc)} ({why})", -rc)
         vgpus = tuple(
             VGPUUsage(
                 index=i,

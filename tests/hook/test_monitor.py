@@ -86,6 +86,11 @@ def test_shim_errors(hook_build: HookBuild, tmp_path: Path) -> None:
     (tmp_path / "junk").write_bytes(b"x" * 100000)
     with pytest.raises(ShimError, match="EINVAL"):
         shim.snapshot(tmp_path / "junk")
+    # A region of layout version 1 (pids judged by the reader): a hook of another build.
+    old = b"FLEXAIRG" + (1).to_bytes(4, "little") + (71448).to_bytes(4, "little")
+    (tmp_path / "v1").write_bytes(old.ljust(100000, b"\0"))
+    with pytest.raises(ShimError, match="EPROTO.*another layout version"):
+        shim.snapshot(tmp_path / "v1")
 
 
 def test_gpu_monitor_before_any_process(hook_build: HookBuild, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

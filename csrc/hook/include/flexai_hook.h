@@ -42,8 +42,8 @@ struct flexai_device_usage {
 };
 
 struct flexai_proc_usage {
-    int32_t pid;
-    uint32_t alive;                         /* 1 if the pid was alive when the snapshot was taken */
+    int32_t pid;                            /* in the tenant's PID namespace: shown, not trusted */
+    uint32_t alive;                         /* 1: only processes alive at the snapshot are listed */
     uint64_t memory_used[FLEXAI_MAX_DEVICES]; /* bytes per vGPU slot */
     uint64_t busy_ns[FLEXAI_MAX_DEVICES];     /* measured GPU time per vGPU slot, cumulative */
 };
@@ -62,10 +62,14 @@ int flexai_api_version(void);
 
 /*
  * Fill *out from the region file at `path`; `out_size` must be at least
- * sizeof(struct flexai_snapshot) of version 1. Dead processes found on the way
- * are swept (their memory returned) when the file is writable.
- * Returns 0, or a negative errno-style code (-ENOENT, -EINVAL bad magic or
- * version, -ENOSPC out_size too small).
+ * sizeof(struct flexai_snapshot) of version 1. The reader only reads: no
+ * symbolic link is followed anywhere in `path`, the file must be a regular
+ * file with one link, and it is mapped read-only. Processes found gone (their
+ * slot lock is free, see region.c) are left out and their memory is not
+ * counted in the vGPU totals; nothing is written back.
+ * Returns 0, or a negative errno-style code (-ENOENT; -ELOOP / -ENOTDIR a link
+ * on the way; -EPERM not a regular file, or hard-linked; -EINVAL not a region;
+ * -EPROTO a region of another layout version; -ENOSPC out_size too small).
  */
 int flexai_region_snapshot(const char *path, struct flexai_snapshot *out, size_t out_size);
 

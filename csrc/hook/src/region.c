@@ -537,9 +537,10 @@ int flexai_region_read(const char *path, struct flexai_snapshot *out)
     }
     const struct flexai_region *r = m;
     if (r->magic != REGION_MAGIC || r->version != REGION_VERSION) {
+        int rc = r->magic == REGION_MAGIC ? -EPROTO : -EINVAL; /* EPROTO: a hook of another build */
         munmap(m, sizeof *r);
         close(fd);
-        return -EINVAL;
+        return rc;
     }
 
     memset(out, 0, sizeof *out);
