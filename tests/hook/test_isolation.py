@@ -106,6 +106,12 @@ def test_readers_in_other_pid_namespaces_free_nothing(
         assert agent.read("uid", "main")[""].memory_used_mib == 700
     assert gpu_monitor(["-p", "0.01", "-o", "json", "--region", str(region), "--shim", str(hook_build.shim)]) == 0
     assert json.loads(capsys.readouterr().out)["vgpus"][0]["memory_used_mb"] == 700
+    # gpu-monitor in a namespace of its own, as `kubectl exec` into a sidecar would run it
+    monitor = subprocess.run(
+        [*UNSHARE, sys.executable, "-m", "flexai_node.monitor", "-p", "0.01", "-o", "json", "--region", str(region),
+         "--shim", str(hook_build.shim)], capture_output=True, text=True, timeout=60,
+    )
+    assert json.loads(monitor.stdout)["vgpus"][0]["processes"][0]["memory_mb"] == 700, monitor.stderr
     # A process of the container in a third namespace attaches (and sweeps) too: 700 + 700 > 1024.
     assert other_tenant_alloc(hook_build, conf, 700) == OOM
     assert other_tenant_alloc(hook_build, conf, 300) == 0
