@@ -131,6 +131,14 @@ def _snapshot_or_empty(shim: HookShim, region: str) -> RegionSnapshot:
     return shim.snapshot(region)
 
 
+def _own_view(region: str) -> str:
+    """The region's directory as this container resolves it (images link /var/run to /run): the
+    shim follows no link on its way, and in its own container gpu-monitor trusts its own paths.
+    The file itself is still opened without following a link."""
+    head, tail = os.path.split(region)
+    return os.path.join(os.path.realpath(head or "."), tail)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gpu-monitor", description="vGPU usage of this container")
     ap.add_argument("-p", "--period", type=float, default=1.0, help="seconds to measure usage over (default 1)")
@@ -146,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not cfg:
                 raise ShimError(f"no --region and no ${ENV_CONFIG}")
             region = _region_from_config(cfg)
+        region = _own_view(region)
         shim = HookShim(args.shim)
         n = 0
         before, t0 = _snapshot_or_empty(shim, region), time.monotonic()

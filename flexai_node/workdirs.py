@@ -23,7 +23,9 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
 class Workdirs:
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # The root is the agent's own setting (it may sit below a link such as /var/run -> /run):
+        # resolved once here; below it, where tenants' directories are, no link is ever followed.
+        self.root = root.resolve()
 
     def path(self, uid: str, container: str) -> Path:
         for part in (uid, container):

@@ -96,3 +96,12 @@ def test_shim_errors(hook_build: HookBuild, tmp_path: Path) -> None:
 def test_gpu_monitor_before_any_process(hook_build: HookBuild, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["-p", "0.05", "-o", "json", "--region", str(tmp_path / "none"), "--shim", str(hook_build.shim)]) == 0
     assert json.loads(capsys.readouterr().out)["vgpus"] == []
+
+
+def test_gpu_monitor_through_a_linked_directory_of_its_own(hook_build: HookBuild, holder, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Images link /var/run to /run: gpu-monitor resolves its own directories, the file itself is not followed."""
+    _, region, _ = holder
+    (tmp_path / "varrun").symlink_to(region.parent)
+    linked = tmp_path / "varrun" / region.name
+    assert main(["-p", "0.01", "-o", "json", "--region", str(linked), "--shim", str(hook_build.shim)]) == 0
+    assert json.loads(capsys.readouterr().out)["vgpus"][0]["memory_used_mb"] == 364
