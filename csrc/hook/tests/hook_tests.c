@@ -391,11 +391,21 @@ static void t_fork_lock(void)
         CUdeviceptr p;
         if (cuMemAlloc(&p, 500 * MiB) != CUDA_SUCCESS)
             _exit(1);
+        int ready[2];
+        if (pipe(ready) != 0)
+            _exit(1);
         pid_t idle = fork();
         if (idle == 0) { /* inherits the mapping and descriptors, never uses CUDA */
+            close(fd[1]);
+            char c = 1; /* fork() has returned: the atfork handlers have run */
+            if (write(ready[1], &c, 1) != 1)
+                _exit(1);
             sleep(30);
             _exit(0);
         }
+        char c;
+        if (read(ready[0], &c, 1) != 1)
+            _exit(1);
         pid_t user = fork();
         if (user == 0) { /* uses CUDA: its own slot, killed holding 300 MiB */
             CUdeviceptr q;
@@ -412,6 +422,7 @@ static void t_fork_lock(void)
             _exit(1);
         raise(SIGKILL); /* dies holding 1000 MiB while `idle` lives on */
     }
+    close(fd[1]); /* a parent that fails early closes the pipe: no hang */
     pid_t idle = 0;
     CHECK(read(fd[0], &idle, sizeof idle) == sizeof idle, "the parent reached its end");
     int st;
