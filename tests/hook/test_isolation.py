@@ -211,3 +211,30 @@ def test_a_region_that_is_not_a_regular_file_is_refused_without_blocking(
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert r.returncode == 3 and "EPERM" in r.stdout, r.stdout + r.stderr
     assert stat.S_IMODE(os.lstat(region).st_mode) in (0o600, 0o755)  # untouched
+
+
+def test_a_reader_survives_the_tenant_truncating_the_region(hook_build: HookBuild, tmp_path: Path) -> None:
+    """The tenant can truncate its region at any moment: the reader copies, it never maps (SIGBUS)."""
+    conf, region = slice_config(tmp_path)
+    r = subprocess.run([sys.executable, CLIENT, "alloc", "1"], env=hook_build.env(conf), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    size = region.stat().st_size
+    tenant = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys\nwhile True:\n os.truncate(sys.argv[1], 0); os.truncate(sys.argv[1], int(sys.argv[2]))",
+         str(region), str(size)]
+    )
+    code = (
+        "import sys, time; from flexai_node.hook_shim import HookShim, ShimError\n"
+        f"shim, end, ok = HookShim({str(hook_build.shim)!r}), time.monotonic() + 1.5, 0\n"
+        "while time.monotonic() < end:\n"
+        "    try: shim.snapshot(sys.argv[1]); ok += 1\n"
+        "    except ShimError: pass\n"
+        "print(ok)\n"
+    )
+    try:
+        reader = subprocess.run([sys.executable, "-c", code, str(region)], capture_output=True, text=True, timeout=60)
+    finally:
+        tenant.kill()
+        tenant.wait()
+    assert reader.returncode == 0, (reader.returncode, reader.stderr)

@@ -27,8 +27,10 @@
  *   - a claimer or sweeper takes the slot's lock (F_OFD_SETLK) before touching
  *     its pid or charges, so one slot is never claimed or freed twice; a
  *     sweeper that dies mid-way leaves the lock free and the next one finishes;
- *   - readers map read-only and test with F_OFD_GETLK: a dead slot is left out
- *     of what they report, its charges not counted; they write nothing.
+ *   - readers open the file read-only, copy it (pread: a mapping would SIGBUS
+ *     if the tenant truncated the file) and test with F_OFD_GETLK: a dead slot
+ *     is left out of what they report, its charges not counted; they write
+ *     nothing.
  *
  * Invariants:
  *   - dev.memory_used == sum of proc.memory_used over slots (up to bytes in
@@ -524,21 +526,25 @@ int flexai_region_read(const char *path, struct flexai_snapshot *out)
     int fd = open_region_readonly(path);
     if (fd < 0)
         return fd;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(struct flexai_region)) {
+    /* A copy, not a mapping: the tenant may truncate the file at any moment,
+     * and a mapping read past the end would kill the reader with SIGBUS. */
+    struct flexai_region *r = malloc(sizeof *r);
+    if (r == NULL) {
         close(fd);
-        return -EINVAL;
+        return -ENOMEM;
     }
-    void *m = mmap(NULL, sizeof(struct flexai_region), PROT_READ, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        return -e;
+    size_t got = 0;
+    while (got < sizeof *r) {
+        ssize_t n = pread(fd, (char *)r + got, sizeof *r - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
     }
-    const struct flexai_region *r = m;
-    if (r->magic != REGION_MAGIC || r->version != REGION_VERSION) {
-        int rc = r->magic == REGION_MAGIC ? -EPROTO : -EINVAL; /* EPROTO: a hook of another build */
-        munmap(m, sizeof *r);
+    if (got < sizeof *r || r->magic != REGION_MAGIC || r->version != REGION_VERSION) {
+        int rc = got == sizeof *r && r->magic == REGION_MAGIC ? -EPROTO : -EINVAL; /* EPROTO: another build */
+        free(r);
         close(fd);
         return rc;
     }
@@ -580,7 +586,7 @@ int flexai_region_read(const char *path, struct flexai_snapshot *out)
         o->core_offset = d->core_offset;
         o->cuda_index = d->cuda_index;
     }
-    munmap(m, sizeof *r);
+    free(r);
     close(fd);
     return 0;
 }
