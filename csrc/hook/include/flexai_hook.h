@@ -64,7 +64,8 @@ int flexai_api_version(void);
  * Fill *out from the region file at `path`; `out_size` must be at least
  * sizeof(struct flexai_snapshot) of version 1. The reader only reads: no
  * symbolic link is followed anywhere in `path`, the file must be a regular
- * file with one link, and it is mapped read-only. Processes found gone (their
+ * file with one link, and it is opened read-only and copied (never mapped: a
+ * tenant truncating it would SIGBUS a mapping). Processes found gone (their
  * slot lock is free, see region.c) are left out and their memory is not
  * counted in the vGPU totals; nothing is written back.
  * Returns 0, or a negative errno-style code (-ENOENT; -ELOOP / -ENOTDIR a link
