@@ -10,6 +10,7 @@ Layout (pure first, edges last; concepts of the scheduling core come from flexai
 - ``grant``       what a container gets (visible cards + the hook's files), as plain data
 - ``hook_files``  the hook's config and region directory per container (over ``hook_config``)
 - ``workdirs``    per-container host directories, removed with their pods
+- ``hostfs``      paths a tenant can reach: no link followed, type and owner checked
 - ``admitter``    Allocate's work: choose, grant, record, under one lock
 - ``reporter``    the node inventory annotation, on change and every 30 s
 - ``metrics``     Prometheus per card and per vGPU; ``regions`` reads vGPU usage (``hook_shim``)
