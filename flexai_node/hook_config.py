@@ -20,6 +20,7 @@ the card by time-slicing and their 3:7 becomes less exact; :func:`first_free_win
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ DEFAULT_LIBRARY = "/usr/local/flexai/lib/libflexai_hook.so"
 DEFAULT_PERIOD_MS = 50
 DEFAULT_CONTEXT_OVERHEAD = 512 << 20  # bytes a CUDA context costs that no allocation shows
 MAX_VGPUS = 16  # FLEXAI_MAX_DEVICES in csrc/hook/include/flexai_hook.h
+MAX_CONFIG_BYTES = 16383  # what the hook reads of the file
+_DIGITS = re.compile(r"[0-9]+")
+_DEVICE_KEY = re.compile(r"device\.([0-9]+)\.(.+)")
+_DEVICE_FIELDS = ("uuid", "cuda_index", "memory_bytes", "cores", "core_offset", "context_overhead_bytes", "ref_clock_mhz")
 
 
 @dataclass(frozen=True)
@@ -120,13 +125,21 @@ def render(config: HookConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(n: int, key: str, value: str) -> int:
+    if not _DIGITS.fullmatch(value):
+        raise ValueError(f"line {n}: {key}: {value!r} is not a number")
+    return int(value)
+
+
 def parse(text: str) -> HookConfig:
-    """Strict reader, as strict as the hook: raises ValueError naming the line.
+    """Strict reader, as strict as the hook (csrc/hook/src/config.c): raises ValueError naming the line.
 
     ``#`` starts a comment anywhere on a line (so no value holds one), as in the hook.
     """
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise ValueError(f"longer than {MAX_CONFIG_BYTES} bytes")
     region, period, version_seen = "", DEFAULT_PERIOD_MS, False
-    fields: dict[int, dict[str, str]] = {}
+    fields: dict[int, dict[str, tuple[int, str]]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.partition("#")[0].strip()
         if not line:
@@ -134,33 +147,41 @@ def parse(text: str) -> HookConfig:
         key, sep, value = (s.strip() for s in line.partition("="))
         if not sep:
             raise ValueError(f"line {n}: expected key=value")
+        device = _DEVICE_KEY.fullmatch(key)
         if key == "version":
             version_seen = True
             if value != str(CONFIG_VERSION):
                 raise ValueError(f"line {n}: version {value!r} is not {CONFIG_VERSION}")
         elif key == "region":
+            if not value:
+                raise ValueError(f"line {n}: region: empty path")
             region = value
         elif key == "period_ms":
-            period = int(value)
-        elif key.startswith("device."):
-            _, index, name = key.split(".", 2)
-            fields.setdefault(int(index), {})[name] = value
+            period = _number(n, key, value)
+        elif device is not None:
+            index, name = int(device[1]), device[2]
+            if index >= MAX_VGPUS or name not in _DEVICE_FIELDS:
+                raise ValueError(f"line {n}: {key}: index 0..{MAX_VGPUS - 1} and one of {', '.join(_DEVICE_FIELDS)}")
+            fields.setdefault(index, {})[name] = (n, value)
         else:
             raise ValueError(f"line {n}: unknown key {key!r}")
     if not version_seen:
         raise ValueError(f"no version line (expected version={CONFIG_VERSION})")
+    if sorted(fields) != list(range(len(fields))):
+        raise ValueError(f"devices {sorted(fields)}: expected device.0 .. device.{len(fields) - 1}")
     vgpus = []
     for i in sorted(fields):
-        f = fields[i]
+        f = {name: _number(line, f"device.{i}.{name}", v) if name != "uuid" else v
+             for name, (line, v) in fields[i].items()}
         vgpus.append(
             VGPULimit(
-                uuid=f.get("uuid"),
+                uuid=str(f["uuid"]) if "uuid" in f else None,
                 cuda_index=int(f["cuda_index"]) if "cuda_index" in f else None,
-                memory_bytes=int(f.get("memory_bytes", "0")),
-                cores=int(f.get("cores", "0")),
-                core_offset=int(f.get("core_offset", "0")),
-                context_overhead_bytes=int(f.get("context_overhead_bytes", str(DEFAULT_CONTEXT_OVERHEAD))),
-                ref_clock_mhz=int(f.get("ref_clock_mhz", "0")),
+                memory_bytes=int(f.get("memory_bytes", 0)),
+                cores=int(f.get("cores", 0)),
+                core_offset=int(f.get("core_offset", 0)),
+                context_overhead_bytes=int(f.get("context_overhead_bytes", DEFAULT_CONTEXT_OVERHEAD)),
+                ref_clock_mhz=int(f.get("ref_clock_mhz", 0)),
             )
         )
     return HookConfig(vgpus=tuple(vgpus), region_path=region, period_ms=period)

@@ -156,6 +156,8 @@ def test_malformed_config_gives_no_gpu(hook_build: HookBuild, tmp_path: Path, te
     checker = subprocess.run([str(hook_build.build_dir / "flexai_config_check"), str(conf)], capture_output=True,
                              text=True)
     assert checker.returncode == 1 and message in checker.stderr, checker.stderr
+    with pytest.raises(ValueError):  # the agent's parser refuses what the hook refuses
+        parse(text)
 
 
 def test_missing_config_file_gives_no_gpu(hook_build: HookBuild, tmp_path: Path) -> None:
