@@ -465,6 +465,20 @@ static int child_exec(const char *mib)
     return 127;
 }
 
+/* A config with one bad line fails closed: cuInit (called directly, the
+ * exported symbol) and context creation refuse, so no device is usable. */
+static void t_closed(void)
+{
+    config("device.0.cuda_index=0\ndevice.0.memory_bytes=1G\n");
+    CHECK(cuInit(0) == CUDA_ERROR_NOT_PERMITTED, "cuInit must refuse");
+    CUcontext c = NULL;
+    CHECK(cuDevicePrimaryCtxRetain(&c, 0) == CUDA_ERROR_NOT_PERMITTED, "no context");
+    int n = -1;
+    CHECK(cuDeviceGetCount(&n) != CUDA_SUCCESS, "no device is counted: %d", n);
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW);
+    CHECK(lib != NULL && dlsym(lib, "cuInit") == dlsym(RTLD_DEFAULT, "cuInit"), "dlsym hands out the refusal");
+}
+
 /* dlsym on libcuda and cuGetProcAddress hand out the hook's functions. */
 static void t_lookup(void)
 {
@@ -793,6 +807,7 @@ int main(int argc, char **argv)
     else if (strcmp(c, "fork_lock") == 0) t_fork_lock();
     else if (strcmp(c, "exec") == 0) { tmpdir(); setenv("FLEXAI_TEST_DIR", g_dir, 1); t_exec(); }
     else if (strcmp(c, "lookup") == 0) t_lookup();
+    else if (strcmp(c, "closed") == 0) t_closed();
     else if (strcmp(c, "no_config") == 0) t_no_config();
     else if (strcmp(c, "visible") == 0) t_visible();
     else if (strcmp(c, "visible_index") == 0) t_visible_index();
