@@ -210,15 +210,32 @@ class Extender:
     # ---- bind ----
 
     def bind(self, namespace: str, name: str, uid: str, node_name: str) -> Allocation:
-        """Choose cards on ``node_name``, assume, then commit through the backend."""
+        """Choose cards on ``node_name``, assume, then commit through the backend.
+
+        A bind never removes or replaces the allocation of a pod that is still there: a
+        replay (same UID, same node, already bound) is answered as done; any other bind
+        of a name the scheduler holds an allocation for reads the pod from the backend,
+        and goes on only if the name now belongs to another, unbound pod (the old one is
+        gone: the apiserver keeps names unique), whose allocation then replaces the old.
+        """
         key = f"{namespace}/{name}"
         self.expire_holds()
         existing = self.state.allocation(key)
-        if existing is not None and existing.uid == uid:
-            if existing.node == node_name and self.state.state_of(key) is AllocState.BOUND:
-                return existing  # a repeated bind of a pod already bound here
-            raise BindError(f"pod {key}: a bind to {existing.node} is already in progress")
-        req = self._request_for(namespace, name, uid)
+        pod: dict[str, Any] | None = None
+        if existing is not None:
+            if uid and existing.uid == uid:
+                if existing.node == node_name and self.state.state_of(key) is AllocState.BOUND:
+                    return existing  # a repeated bind of a pod already bound here
+                raise BindError(_held_by(key, existing, self.state.state_of(key)))
+            pod = self.backend.get_pod(namespace, name)
+            if pod is not None and _uid_of(pod) in ("", existing.uid):
+                raise BindError(_held_by(key, existing, self.state.state_of(key)))
+            pod = self._checked(pod, namespace, name, uid)
+            # The name is another pod's now: the old one's slices go, as its deletion would.
+            self.state.release(key, existing.uid)
+            self.state.drop_pod_host(key, existing.uid)
+        req = self._request_for(namespace, name, uid, pod)
+        uid = uid or req.uid  # a bind without a UID binds the pod the backend showed, and only it
         with self.state.node_lock(node_name):
             node = self.state.node(node_name)
             if node is None:
@@ -296,21 +313,32 @@ class Extender:
 
     # ---- helpers ----
 
-    def _request_for(self, namespace: str, name: str, uid: str) -> PodRequest:
-        with self._pending_mu:
-            req = self._pending.get(uid)
-        if req is not None and (req.namespace, req.name) == (namespace, name):
-            return req
-        pod = self.backend.get_pod(namespace, name)
+    def _request_for(self, namespace: str, name: str, uid: str, pod: dict[str, Any] | None = None) -> PodRequest:
         if pod is None:
-            raise BindError(f"pod {namespace}/{name}: not found")
-        got_uid = (pod.get("metadata") or {}).get("uid")
-        if uid and got_uid and got_uid != uid:
-            raise BindError(f"pod {namespace}/{name}: UID {got_uid} is not {uid} (pod was recreated)")
+            with self._pending_mu:
+                req = self._pending.get(uid) if uid else None
+            if req is not None and (req.namespace, req.name) == (namespace, name):
+                return req
+            pod = self._checked(self.backend.get_pod(namespace, name), namespace, name, uid)
         try:
             return self.parse(pod)
         except RequestError as e:
             raise BindError(f"pod {namespace}/{name}: invalid vGPU request: {e}") from None
+
+    @staticmethod
+    def _checked(pod: dict[str, Any] | None, namespace: str, name: str, uid: str) -> dict[str, Any]:
+        """``pod`` as the backend has it now, if a bind may go on: a BindError if it is gone,
+        is another pod than ``uid`` names, or is bound already."""
+        if pod is None:
+            raise BindError(f"pod {namespace}/{name}: not found")
+        got_uid = _uid_of(pod)
+        if uid and got_uid and got_uid != uid:
+            raise BindError(f"pod {namespace}/{name}: UID {got_uid} is not {uid} (pod was recreated)")
+        spec = pod.get("spec")
+        bound_to = spec.get("nodeName") if isinstance(spec, dict) else None
+        if bound_to:
+            raise BindError(f"pod {namespace}/{name}: already bound to {bound_to}")
+        return pod
 
     # ---- the target workload ----
 
@@ -396,6 +424,18 @@ class Extender:
                     f"(models in the cluster: {', '.join(sorted(have)) or 'none'})"
                 )
         return ""
+
+
+def _uid_of(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata")
+    uid = meta.get("uid") if isinstance(meta, Mapping) else None
+    return uid if isinstance(uid, str) else ""
+
+
+def _held_by(key: str, existing: Allocation, st: AllocState | None) -> str:
+    if st is AllocState.BOUND:
+        return f"pod {key}: already bound to {existing.node} (UID {existing.uid})"
+    return f"pod {key}: a bind to {existing.node} (UID {existing.uid}) is already in progress"
 
 
 def _stale(hb: datetime | None) -> str:

@@ -10,7 +10,8 @@ An allocation moves through these states (as kube-scheduler's cache does)::
                  (gone)  ----------------------------+
 
 ``assume`` re-checks the fit against the node's current usage under the node's lock,
-so two concurrent binds can never over-commit a card. ``forget`` and ``release`` are
+so two concurrent binds can never over-commit a card, and refuses a pod key that holds
+an allocation already (only the cluster, through ``observe``, replaces one). ``forget`` and ``release`` are
 idempotent. A node's usage is recomputed from its allocations on every change (no
 incremental counters that could drift), and every change bumps the node's version,
 which keys the per-node fit cache.
@@ -237,8 +238,10 @@ class ClusterState:
             if node is None:
                 raise Conflict(f"node {alloc.node}: unknown")
             existing = self._allocs.get(alloc.key)
-            if existing is not None and existing.uid == alloc.uid:
-                raise Conflict(f"pod {alloc.key}: already allocated on {existing.node}")
+            if existing is not None:
+                # Never a silent replacement: a new pod under an old name is bound only after
+                # the old one's allocation is released (the caller proved that pod gone).
+                raise Conflict(f"pod {alloc.key}: already allocated on {existing.node} (UID {existing.uid})")
             if not fits(node):
                 raise Conflict(f"node {alloc.node}: the slice no longer fits (another pod took it)")
             self._put(alloc, AllocState.ASSUMED)

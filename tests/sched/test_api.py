@@ -294,3 +294,78 @@ def test_health_ready_docs(env: Any) -> None:
     assert client.get("/readyz").json()["status"] == "ready"
     assert "/filter" in client.get("/openapi.json").json()["paths"]
     assert client.get("/v1/nodes/nope").status_code == 404
+
+
+# ---- a bind for a pod that is already bound (replays, forged or stale UIDs) ----
+
+
+def exclusive_cards_used(state: ClusterState, name: str) -> int:
+    return sum(1 for u in state.node(name).usage if u.cores >= 100)
+
+
+@pytest.mark.parametrize(
+    ("uid", "node_name"),
+    [
+        pytest.param("", "small", id="empty-uid-same-node"),
+        pytest.param("", "big", id="empty-uid-other-node"),
+        pytest.param("uid-forged", "small", id="other-uid-same-node"),
+        pytest.param("uid-forged", "big", id="other-uid-other-node"),
+    ],
+)
+def test_a_bind_for_a_bound_pod_never_removes_its_allocation(env: Any, uid: str, node_name: str) -> None:
+    client, backend, state = env
+    assert bind(client, backend, "a", "small", limits(1, cores=100)) == ""
+    before = client.get("/v1/pods/default/a").json()
+    replay = {"PodName": "a", "PodNamespace": "default", "PodUID": uid, "Node": node_name}
+    err = client.post("/bind", json=replay).json()["Error"]
+    assert "pod default/a" in err and "already bound to small" in err
+    # The allocation is still there, unchanged, and still counted.
+    assert client.get("/v1/pods/default/a").json() == before
+    assert exclusive_cards_used(state, "small") == 1
+    # Its card is not handed out again: only one of small's two cards is free.
+    assert "needs 2 cards with room" in bind(client, backend, "b", "small", limits(2, cores=100))
+    assert bind(client, backend, "c", "small", limits(1, cores=100)) == ""
+    assert exclusive_cards_used(state, "small") == 2
+    stored = backend.get_pod("default", "a")
+    assert stored is not None and stored["spec"]["nodeName"] == "small"
+
+
+def test_a_bind_with_another_uid_while_the_first_bind_is_held_keeps_the_hold(held: Any) -> None:
+    client, backend, state, _, _ = held
+    backend.lose_next_reply = "read timed out"
+    assert "stays reserved" in bind(client, backend, "a", "small", limits(1, cores=100))
+    for uid in ("", "uid-forged"):
+        replay = {"PodName": "a", "PodNamespace": "default", "PodUID": uid, "Node": "small"}
+        err = client.post("/bind", json=replay).json()["Error"]
+        assert "pod default/a" in err and "small" in err
+        assert state.state_of("default/a") is AllocState.ASSUMED
+        assert state.allocation("default/a").uid == "uid-a"
+    assert not fits_two_whole_cards(client)
+
+
+def test_a_new_pod_under_an_old_name_replaces_the_old_allocation_once_the_old_pod_is_gone(env: Any) -> None:
+    client, backend, state = env
+    assert bind(client, backend, "a", "small", limits(1, cores=100)) == ""
+    # The old pod is deleted and a new one made under its name; the scheduler has not heard
+    # of the deletion yet (its watch is late), but the apiserver shows the new pod, unbound.
+    backend.create_pod(pod("a", limits(2, cores=100), uid="uid-a2"))
+    r = client.post("/bind", json={"PodName": "a", "PodNamespace": "default", "PodUID": "uid-a2", "Node": "small"})
+    assert r.json() == {"Error": ""}
+    a = state.allocation("default/a")
+    assert a is not None and a.uid == "uid-a2" and len(a.slices) == 2
+    assert exclusive_cards_used(state, "small") == 2  # the old pod's card was freed, not double counted
+    # And a replay of the old UID now finds the new pod bound: refused, nothing moves.
+    old = {"PodName": "a", "PodNamespace": "default", "PodUID": "uid-a", "Node": "big"}
+    assert "already bound to small" in client.post("/bind", json=old).json()["Error"]
+    assert state.allocation("default/a").uid == "uid-a2"
+
+
+def test_a_bind_for_a_pod_the_apiserver_shows_bound_is_refused_before_any_write(env: Any) -> None:
+    client, backend, state = env
+    p = pod("a", limits(1, cores=100))
+    p["spec"]["nodeName"] = "small"  # bound by someone else; the scheduler has no record of it
+    backend.create_pod(p)
+    err = client.post("/bind", json={"PodName": "a", "PodNamespace": "default", "PodUID": "", "Node": "big"}).json()["Error"]
+    assert "pod default/a" in err and "already bound to small" in err
+    assert state.allocation("default/a") is None
+    assert exclusive_cards_used(state, "big") == 0

@@ -63,12 +63,21 @@ def test_a_new_pod_under_an_old_name_frees_the_old_pods_slice_on_its_node() -> N
     s.upsert_node(node("n2", cards=2))
     s.assume(alloc("a", uid="old"), lambda n: True)
     moved = Allocation.build("ns", "a", "new", "n2", (Slice("m", 1, "GPU-n2-1", 40, 200),))
-    s.assume(moved, lambda n: True)
+    s.observe(moved)  # the cluster shows the new pod bound
     assert s.node("n1").usage[0] == CardUsage()  # type: ignore[union-attr]
     assert s.node("n2").usage[1] == CardUsage(40, 200, 1)  # type: ignore[union-attr]
     assert not s.release("ns/a", uid="old")
     assert s.release("ns/a", uid="new")
     assert s.node("n2").usage[1] == CardUsage()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("uid", ["uid-a", "other"])
+def test_assume_never_replaces_an_allocation_under_the_same_key(state: ClusterState, uid: str) -> None:
+    state.observe(alloc("a", card=0))
+    with pytest.raises(Conflict, match="already allocated on n1"):
+        state.assume(alloc("a", card=1, uid=uid), lambda n: True)
+    assert state.allocation("ns/a") == alloc("a", card=0)
+    assert state.node("n1").usage[1] == CardUsage()  # type: ignore[union-attr]
 
 
 def test_observe_replaces_without_double_counting(state: ClusterState) -> None:
