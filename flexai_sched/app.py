@@ -2,8 +2,12 @@
 
 Handlers only parse, call ``Extender`` and serialise. A request the core rejects
 becomes a well-formed extender reply (kube-scheduler shows its reason in the pod's
-FailedScheduling event); a body that is not the wire format gets a 4xx naming the
-field; nothing becomes a 500.
+FailedScheduling event); a body that is not the wire format gets a 422 naming the
+field (never echoing what was sent); a body past ``max_body`` bytes, declared or
+streamed, gets a 413; nothing becomes a 500.
+
+Every verb parses its raw body with pydantic's JSON parser, which refuses what a
+well-formed client never sends: bytes that are not UTF-8 and lone surrogates.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, views
 from .backend import Backend
@@ -46,6 +50,31 @@ log = logging.getLogger("flexai_sched")
 MAX_BODY = 64 << 20  # a 5,000-node NodeList is ~30 MiB; anything past this is refused
 
 
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    """422: the fields that are not the wire format, and why."""
+
+    detail: list[FieldError]
+
+
+class Refused(BaseModel):
+    """404, 413, 503: why."""
+
+    detail: str
+
+
+_POSTED: dict[int | str, dict[str, Any]] = {
+    413: {"model": Refused, "description": "Body larger than the limit (declared or streamed)"},
+    422: {"model": Invalid, "description": "Body is not the wire format: each field and the reason"},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Refused, "description": "Not known to the scheduler"}}
+
+
 async def _learn_workload(extender: Extender) -> None:
     """Every ``workload_refresh_s``: the policy's target workload from the bound pods."""
     settings = extender.settings
@@ -60,7 +89,7 @@ async def _learn_workload(extender: Extender) -> None:
             log.info("target workload learned from %d bound pods", n)
 
 
-def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
+def create_app(extender: Extender, start_backend: bool = True, max_body: int = MAX_BODY) -> FastAPI:
     state: ClusterState = extender.state
     backend: Backend = extender.backend
     metrics = Metrics(state)
@@ -91,7 +120,8 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     app.state.extender = extender
     app.state.metrics = metrics
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
 
     # ---- extender verbs (sync handlers run in the thread pool; bind may block on the API) ----
 
@@ -100,7 +130,7 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     # event loop (no thread hop), and write plain dicts straight to JSON. The models still
     # document both shapes in /docs.
     @app.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_body_doc(ExtenderArgs),
-              tags=["extender"])
+              responses=_POSTED, tags=["extender"])
     async def filter_(request: Request) -> Response:
         args = _parse(ExtenderArgs, await request.body())
         with metrics.latency.labels("filter").time():
@@ -111,19 +141,24 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
                 reply["NodeNames"] = out.fits
             else:  # full-NodeList mode: kube-scheduler reads only Nodes
                 keep = set(out.fits)
-                items = [n for n in args.Nodes.items if (n.get("metadata") or {}).get("name") in keep]
+                items = [n for n in args.Nodes.items if n["metadata"]["name"] in keep]
                 reply["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
             return _json(reply)
 
     @app.post("/prioritize", response_model=list[HostPriority], openapi_extra=_body_doc(ExtenderArgs),
-              tags=["extender"])
+              responses=_POSTED, tags=["extender"])
     async def prioritize(request: Request) -> Response:
         args = _parse(ExtenderArgs, await request.body())
         with metrics.latency.labels("prioritize").time():
             return _json([{"Host": h, "Score": s} for h, s in extender.prioritize(args.Pod, args.node_names())])
 
-    @app.post("/bind", response_model=ExtenderBindingResult, tags=["extender"])
-    def bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
+    @app.post("/bind", response_model=ExtenderBindingResult, openapi_extra=_body_doc(ExtenderBindingArgs),
+              responses=_POSTED, tags=["extender"])
+    async def bind(request: Request) -> ExtenderBindingResult:
+        args = _parse(ExtenderBindingArgs, await request.body())
+        return await run_in_threadpool(bind_, args)  # may wait on the apiserver
+
+    def bind_(args: ExtenderBindingArgs) -> ExtenderBindingResult:
         with metrics.latency.labels("bind").time():
             try:
                 extender.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
@@ -138,8 +173,13 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
             metrics.binds.inc()
             return ExtenderBindingResult()
 
-    @app.post("/preempt", response_model=ExtenderPreemptionResult, tags=["extender"])
-    def preempt(args: ExtenderPreemptionArgs) -> ExtenderPreemptionResult:
+    @app.post("/preempt", response_model=ExtenderPreemptionResult, openapi_extra=_body_doc(ExtenderPreemptionArgs),
+              responses=_POSTED, tags=["extender"])
+    async def preempt(request: Request) -> ExtenderPreemptionResult:
+        args = _parse(ExtenderPreemptionArgs, await request.body())
+        return await run_in_threadpool(preempt_, args)
+
+    def preempt_(args: ExtenderPreemptionArgs) -> ExtenderPreemptionResult:
         with metrics.latency.labels("preempt").time():
             kept = extender.preempt(args.Pod, args.victims())
             return ExtenderPreemptionResult(
@@ -155,7 +195,7 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     def list_nodes() -> list[views.NodeSummary]:
         return [views.node_summary(n) for n in sorted(state.nodes(), key=lambda n: n.name)]
 
-    @app.get("/v1/nodes/{name}", response_model=views.NodeDetail, tags=["views"])
+    @app.get("/v1/nodes/{name}", response_model=views.NodeDetail, responses=_NOT_FOUND, tags=["views"])
     def get_node(name: str) -> views.NodeDetail:
         node = state.node(name)
         if node is None:
@@ -166,7 +206,8 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     def list_allocations() -> list[views.AllocationView]:
         return [views.allocation_view(a, st) for a, st in sorted(state.allocations(), key=lambda x: x[0].key)]
 
-    @app.get("/v1/pods/{namespace}/{name}", response_model=views.AllocationView, tags=["views"])
+    @app.get("/v1/pods/{namespace}/{name}", response_model=views.AllocationView, responses=_NOT_FOUND,
+             tags=["views"])
     def get_pod(namespace: str, name: str) -> views.AllocationView:
         key = f"{namespace}/{name}"
         a = state.allocation(key)
@@ -178,13 +219,13 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", responses={503: {"description": "Still syncing with the cluster"}}, tags=["operations"])
     def readyz() -> Response:
         if backend.ready():
             return JSONResponse({"status": "ready", "nodes": len(state)})
         return JSONResponse({"status": "syncing"}, status_code=503)
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     def metrics_() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -192,10 +233,13 @@ def create_app(extender: Extender, start_backend: bool = True) -> FastAPI:
 
 
 class BodyLimit:
-    """Refuses bodies over ``limit`` bytes with 413 before they are read.
+    """Refuses bodies over ``limit`` bytes with 413: at once when the declared length is
+    over, else as soon as the bytes received pass it (a chunked body declares none).
 
     A plain ASGI middleware: Starlette's BaseHTTPMiddleware re-streams every response,
-    which costs more than the filter itself on large node lists.
+    which costs more than the filter itself on large node lists. Past the limit the app
+    is told the client left (``http.disconnect``), so it stops reading, and whatever it
+    answers then is dropped: the 413 went first.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -203,13 +247,44 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    reply = JSONResponse({"detail": f"body of {int(value)} bytes exceeds {self.limit}"}, status_code=413)
-                    await reply(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send, f"body of {int(value)} bytes exceeds {self.limit}")
+                return
+        received = 0
+        refused = started = False
+
+        async def counted() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    if not started:
+                        await self._refuse(scope, receive, send, f"body exceeds {self.limit} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, guarded)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        # Connection: close, so the server stops reading the rest of the body.
+        reply = JSONResponse({"detail": why}, status_code=413, headers={"connection": "close"})
+        await reply(scope, receive, send)
 
 
 def _json(body: object) -> Response:
@@ -224,7 +299,31 @@ def _parse(model: type[_M], raw: bytes) -> _M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as e:
-        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+        errors = e.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**d, "loc": ("body", *d["loc"])} for d in errors]) from None
+
+
+MAX_ERRORS = 20  # a body with a million bad items gets the first few named, and a count
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field and the reason, never echoing the input: the input may be
+    huge, NaN, or not text at all, which FastAPI's own handler fails to encode (a 500)."""
+    errors = list(exc.errors())
+    detail: list[dict[str, Any]] = [
+        {"loc": [x if isinstance(x, int) else _printable(str(x)) for x in d.get("loc", ())],
+         "msg": _printable(str(d.get("msg", ""))), "type": _printable(str(d.get("type", "")))}
+        for d in errors[:MAX_ERRORS]
+    ]
+    if len(errors) > MAX_ERRORS:
+        detail.append({"loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more errors", "type": "too_many_errors"})
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _printable(text: str, most: int = 200) -> str:
+    """Valid UTF-8 (lone surrogates replaced), at most ``most`` characters."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:

@@ -2,23 +2,59 @@
 
 The Go types carry no json tags, so the field names are the capitalised Go names.
 Nested Kubernetes objects (Pod, Node) stay plain dicts: the core reads the few
-fields it needs. Unknown fields are ignored so newer schedulers keep working.
+fields it needs (the Pod is checked by ``requests.parse_pod``, which reports what is
+wrong with it as the verb's answer). A node or victim pod is checked here for what the
+handlers read of it, its ``metadata.name`` or ``metadata.uid``, and kept whole. Names
+in a bind are Kubernetes names (a bind passes them to the apiserver). Unknown fields
+are ignored so newer schedulers keep working.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import TypedDict
+
+# Kubernetes' DNS-1123 subdomain (pod and node names) and label (namespaces).
+_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Subdomain = Annotated[str, StringConstraints(max_length=253, pattern=_SUBDOMAIN)]
+Label = Annotated[str, StringConstraints(max_length=63, pattern=_LABEL)]
+Uid = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._-]*$")]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class _NodeMeta(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    name: str
+
+
+class NodeObject(TypedDict):
+    """A v1.Node, kept whole (filter answers with the objects it was sent)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    metadata: _NodeMeta
+
+
+class _PodMeta(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    uid: str
+
+
+class VictimPod(TypedDict):
+    """A v1.Pod proposed for eviction: only its UID is read."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    metadata: _PodMeta
+
+
 class NodeList(_Wire):
     model_config = ConfigDict(extra="allow")
-    items: list[dict[str, Any]] = Field(default_factory=list)
+    items: list[NodeObject] = Field(default_factory=list)
 
 
 class ExtenderArgs(_Wire):
@@ -32,7 +68,7 @@ class ExtenderArgs(_Wire):
         if self.NodeNames is not None:
             return self.NodeNames
         if self.Nodes is not None:
-            return [str((n.get("metadata") or {}).get("name", "")) for n in self.Nodes.items]
+            return [n["metadata"]["name"] for n in self.Nodes.items]
         return []
 
 
@@ -50,10 +86,10 @@ class HostPriority(_Wire):
 
 
 class ExtenderBindingArgs(_Wire):
-    PodName: str
-    PodNamespace: str
-    PodUID: str = ""
-    Node: str
+    PodName: Subdomain
+    PodNamespace: Label
+    PodUID: Uid = ""
+    Node: Subdomain
 
 
 class ExtenderBindingResult(_Wire):
@@ -70,7 +106,7 @@ class MetaVictims(_Wire):
 
 
 class Victims(_Wire):
-    Pods: list[dict[str, Any]] = Field(default_factory=list)
+    Pods: list[VictimPod] = Field(default_factory=list)
     NumPDBViolations: int = 0
 
 
@@ -85,7 +121,7 @@ class ExtenderPreemptionArgs(_Wire):
             return {n: ([p.UID for p in v.Pods], v.NumPDBViolations) for n, v in self.NodeNameToMetaVictims.items()}
         out: dict[str, tuple[list[str], int]] = {}
         for n, v in (self.NodeNameToVictims or {}).items():
-            out[n] = ([str((p.get("metadata") or {}).get("uid", "")) for p in v.Pods], v.NumPDBViolations)
+            out[n] = ([p["metadata"]["uid"] for p in v.Pods], v.NumPDBViolations)
         return out
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,8 +35,12 @@ from . import annotations as ann
 from . import resources as res
 from .model import FULL_CORES, CardSelector, ContainerRequest, PodRequest
 
-_WHOLE = re.compile(r"^\+?[0-9]+$")
+_WHOLE = re.compile(r"\+?[0-9]{1,18}")  # 18 digits: far above any real value, and exact as an int64
 MAX_VGPUS_PER_CONTAINER = 64  # far above any node; stops absurd values early
+MAX_QUANTITY_CHARS = 64  # a quantity string longer than this is refused before it is parsed
+# Quantities past these are refused: Kubernetes' own limit is about 2^63 milli-units.
+_MAX_QUANTITY = 2**63
+_MAX_EXPONENT = 30
 
 
 class RequestError(ValueError):
@@ -61,23 +66,28 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
     if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
         raise RequestError(["pod: metadata and spec must be objects"])
     errors: list[str] = []
+    namespace, name, uid = (_meta_text(meta, key, errors) for key in ("namespace", "name", "uid"))
     models: set[str] = set()
     containers = _containers(spec.get("containers"), "container", False, rules, errors, models)
     init_raw = spec.get("initContainers")
+    if init_raw is not None and not isinstance(init_raw, list):
+        errors.append("init containers: must be a list")
+        init_raw = None
     # Restartable init containers (sidecars) run beside the app, so they count as app containers.
     sidecars = [c for c in init_raw or [] if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"]
     plain_init = [c for c in init_raw or [] if not (isinstance(c, Mapping) and c.get("restartPolicy") == "Always")]
     containers += _containers(sidecars, "init container", False, rules, errors, models)
     init = _containers(plain_init, "init container", True, rules, errors, models)
 
-    annotations = meta.get("annotations") or {}
+    annotations = _or_empty(meta.get("annotations"))
     if not isinstance(annotations, Mapping):
+        errors.append("pod: metadata.annotations must be an object")
         annotations = {}
     selector = CardSelector(
-        models=frozenset(models) | ann.split_list(annotations.get(ann.GPU_MODELS)),
-        exclude_models=ann.split_list(annotations.get(ann.GPU_MODELS_EXCLUDE)),
-        uuids=ann.split_list(annotations.get(ann.GPU_UUIDS)),
-        exclude_uuids=ann.split_list(annotations.get(ann.GPU_UUIDS_EXCLUDE)),
+        models=frozenset(models) | ann.split_list(_annotation(annotations, ann.GPU_MODELS, errors)),
+        exclude_models=ann.split_list(_annotation(annotations, ann.GPU_MODELS_EXCLUDE, errors)),
+        uuids=ann.split_list(_annotation(annotations, ann.GPU_UUIDS, errors)),
+        exclude_uuids=ann.split_list(_annotation(annotations, ann.GPU_UUIDS_EXCLUDE, errors)),
     )
     node_policy = _policy(annotations, ann.NODE_POLICY, rules, errors)
     card_policy = _policy(annotations, ann.CARD_POLICY, rules, errors)
@@ -85,9 +95,9 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
     if errors:
         raise RequestError(errors)
     return PodRequest(
-        namespace=str(meta.get("namespace") or "default"),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
+        namespace=namespace or "default",
+        name=name,
+        uid=uid,
         containers=tuple(containers),
         init_containers=tuple(init),
         selector=selector,
@@ -143,14 +153,24 @@ _SCALE = {
 
 def _quantity(value: object, where: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{where}={value!r}: must be a quantity (e.g. 500m, 2, 512Mi)")
-    m = _QUANTITY.fullmatch(str(value).strip())
+        raise ValueError(f"{where}={_show(value)}: must be a quantity (e.g. 500m, 2, 512Mi)")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise ValueError(f"{where}={_show(value)}: out of range (at most 2^63)")
+    text = str(value).strip()
+    if len(text) > MAX_QUANTITY_CHARS:
+        raise ValueError(f"{where}={_show(value)}: longer than {MAX_QUANTITY_CHARS} characters")
+    m = _QUANTITY.fullmatch(text)
     if m is None:
-        raise ValueError(f"{where}={value!r}: not a quantity (e.g. 500m, 2, 512Mi)")
+        raise ValueError(f"{where}={_show(value)}: not a quantity (e.g. 500m, 2, 512Mi)")
     number, suffix, exponent = m.groups()
+    # Bounded before any arithmetic: 10**1000000 would take the process's time and memory.
+    if exponent is not None and abs(int(exponent)) > _MAX_EXPONENT:
+        raise ValueError(f"{where}={_show(value)}: out of range (exponent beyond +-{_MAX_EXPONENT})")
     q = Decimal(number) * (_SCALE[suffix] if exponent is None else Decimal(10) ** int(exponent))
     if q < 0:
-        raise ValueError(f"{where}={value!r}: must be a non-negative quantity")
+        raise ValueError(f"{where}={_show(value)}: must be a non-negative quantity")
+    if q > _MAX_QUANTITY:
+        raise ValueError(f"{where}={_show(value)}: out of range (at most 2^63)")
     return q
 
 
@@ -180,8 +200,7 @@ def _host_request(spec: Mapping[str, Any], errors: list[str]) -> tuple[int, int]
         return out[0], out[1]
 
     def named(c: object, kind: str, i: int) -> str:
-        name = c.get("name") if isinstance(c, Mapping) else None
-        return f'{kind} "{name or f"#{i}"}"'
+        return f'{kind} "{_container_name(c, i)}"'
 
     containers = spec.get("containers")
     inits = spec.get("initContainers")
@@ -221,13 +240,36 @@ def _host_request(spec: Mapping[str, Any], errors: list[str]) -> tuple[int, int]
 
 
 def _policy(annotations: Mapping[str, Any], key: str, rules: RequestRules, errors: list[str]) -> str | None:
-    value = annotations.get(key)
+    value = _annotation(annotations, key, errors)
     if value is None:
         return None
     if value not in rules.policies:
-        errors.append(f"annotation {key}={value!r}: must be one of {', '.join(sorted(rules.policies))}")
+        errors.append(f"annotation {key}={_show(value)}: must be one of {', '.join(sorted(rules.policies))}")
         return None
-    return str(value)
+    return value
+
+
+def _annotation(annotations: Mapping[str, Any], key: str, errors: list[str]) -> str | None:
+    """The annotation's value; None if absent or not a string (reported)."""
+    value = annotations.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    errors.append(f"annotation {key}: must be a string, got {_kind(value)}")
+    return None
+
+
+def _meta_text(meta: Mapping[str, Any], key: str, errors: list[str]) -> str:
+    value = meta.get(key)
+    if value is None or isinstance(value, str):
+        return value or ""
+    errors.append(f"pod: metadata.{key} must be a string, got {_kind(value)}")
+    return ""
+
+
+def _container_name(c: object, i: int) -> str:
+    """The container's name, or its position where it has none (or not a string)."""
+    name = c.get("name") if isinstance(c, Mapping) else None
+    return name if isinstance(name, str) and name else f"#{i}"
 
 
 def _containers(
@@ -243,7 +285,10 @@ def _containers(
         if not isinstance(c, Mapping):
             errors.append(f"{kind} #{i}: must be an object")
             continue
-        name = str(c.get("name") or f"#{i}")
+        if not isinstance(c.get("name"), (str, type(None))):
+            errors.append(f"{kind} #{i}: name must be a string, got {_kind(c.get('name'))}")
+            continue
+        name = _container_name(c, i)
         req = _container(f'{kind} "{name}"', name, _or_empty(c.get("resources")), init, rules, errors, models)
         if req is not None:
             out.append(req)
@@ -321,10 +366,33 @@ def _container(
 def _whole(where: str, key: str, value: object, errors: list[str]) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not _WHOLE.match(str(value)):
-        errors.append(f"{where}: {key}={value!r}: must be a whole non-negative number")
-        return None
-    return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
+        return value
+    if isinstance(value, str) and len(value) <= 19 and _WHOLE.fullmatch(value):
+        return int(value)
+    errors.append(f"{where}: {key}={_show(value)}: must be a whole non-negative number of at most 18 digits")
+    return None
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 40
+
+
+def _show(value: object) -> str:
+    """A short rendering of a value the pod carried, for error messages: never all of a long
+    string, and never a number too long for Python to print."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        return _SHOW.repr(value)
+    except ValueError:  # an integer past the int -> str limit, inside a container
+        return f"<{_kind(value)}>"
+
+
+def _kind(value: object) -> str:
+    """The JSON kind of a value, for error messages."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _or_empty(value: Any) -> Any:
