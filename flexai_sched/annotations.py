@@ -108,7 +108,7 @@ def decode_inventory(node_name: str, text: str) -> NodeInventory:
                 max_vgpus=_positive(item.get("maxVgpus", 5), where, "maxVgpus"),
                 healthy=bool(item.get("healthy", True)),
                 numa=numa if isinstance(numa, int) else None,
-                used_outside_mib=max(0, int(item.get("usedOutsideMiB", 0) or 0)),
+                used_outside_mib=_count(item.get("usedOutsideMiB"), where, "usedOutsideMiB"),
             )
         )
     indexes = [c.index for c in cards]
@@ -168,8 +168,8 @@ def split_list(value: str | None) -> frozenset[str]:
 def _load(key: str, text: str) -> dict[str, Any]:
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise EncodingError(f"{key}: not valid JSON ({e})") from None
+    except (ValueError, TypeError, RecursionError) as e:  # ValueError: also a number too long to read
+        raise EncodingError(f"{key}: not valid JSON ({str(e)[:200]})") from None
     if not isinstance(doc, dict):
         raise EncodingError(f"{key}: must be a JSON object")
     v = doc.get("v")
@@ -190,3 +190,12 @@ def _positive(value: object, where: str, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise EncodingError(f"{where}: field {name!r} must be a positive integer, got {value!r}")
     return value
+
+
+def _count(value: object, where: str, name: str) -> int:
+    """A non-negative integer field that may be absent (0)."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EncodingError(f"{where}: field {name!r} must be a non-negative integer, got {type(value).__name__}")
+    return max(0, value)

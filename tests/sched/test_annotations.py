@@ -44,6 +44,12 @@ def test_allocation_round_trip_and_peak_usage() -> None:
         ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1},{"index":0,"uuid":"h","model":"m","memoryMiB":1}]}',
          "duplicate card index"),
         ('{"v":1,"heartbeat":"yesterday","cards":[]}', "heartbeat: not an ISO-8601 time"),
+        ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1,"usedOutsideMiB":"abc"}]}',
+         "cards[0]: field 'usedOutsideMiB' must be a non-negative integer, got str"),
+        ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1,"usedOutsideMiB":[1]}]}',
+         "field 'usedOutsideMiB' must be a non-negative integer, got list"),
+        ('{"v":1,"cards":[' + "1" * 5000 + "]}", "vgpu.flexai.io/inventory: not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "vgpu.flexai.io/inventory: not valid JSON"),
     ],
 )
 def test_bad_inventory(text: str, message: str) -> None:
