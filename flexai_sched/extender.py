@@ -44,6 +44,9 @@ _NO_FIT = float("-inf")  # cached score of a node the pod does not fit
 _INTERNED: dict[tuple[str, bool], NoFit] = {}
 PENDING_CACHE = 10_000
 MAX_SHAPES = 100_000
+# A reason is repeated for every node of a filter reply: a pod whose annotations make it
+# long (up to 256 KiB) must not make the reply thousands of times longer.
+MAX_REASON = 500
 
 
 @dataclass(slots=True)
@@ -102,14 +105,14 @@ class Extender:
         try:
             req = self.parse(pod)
         except RequestError as e:
-            out.unresolvable = dict.fromkeys(node_names, f"invalid vGPU request: {e}")
+            out.unresolvable = dict.fromkeys(node_names, _short(f"invalid vGPU request: {e}"))
             return out
         if not req.wants_gpu:
             out.fits = list(node_names)
             return out
         cluster_reason = self._cluster_wide_reason(req)
         if cluster_reason:
-            out.unresolvable = dict.fromkeys(node_names, cluster_reason)
+            out.unresolvable = dict.fromkeys(node_names, _short(cluster_reason))
             return out
         cutoff = self._heartbeat_cutoff()
         key = self._key(req)  # computed once: the hot loop below only looks up
@@ -159,6 +162,8 @@ class Extender:
             return True
         if len(_INTERNED) > MAX_SHAPES:
             _INTERNED.clear()
+        if len(got.reason) > MAX_REASON:
+            got = NoFit(_short(got.reason), got.resolvable)
         verdict = _INTERNED.setdefault((got.reason, got.resolvable), got)
         node.fit_cache[key] = verdict
         node.fit_cache[-key] = _NO_FIT
@@ -436,6 +441,10 @@ def _held_by(key: str, existing: Allocation, st: AllocState | None) -> str:
     if st is AllocState.BOUND:
         return f"pod {key}: already bound to {existing.node} (UID {existing.uid})"
     return f"pod {key}: a bind to {existing.node} (UID {existing.uid}) is already in progress"
+
+
+def _short(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 
 
 def _stale(hb: datetime | None) -> str:

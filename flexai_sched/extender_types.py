@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorFunctionWrapHandler, WrapValidator
 from typing_extensions import TypedDict
 
 # Kubernetes' DNS-1123 subdomain (pod and node names) and label (namespaces).
@@ -22,6 +22,21 @@ _LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Subdomain = Annotated[str, StringConstraints(max_length=253, pattern=_SUBDOMAIN)]
 Label = Annotated[str, StringConstraints(max_length=63, pattern=_LABEL)]
 Uid = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._-]*$")]
+
+
+# Each bad item of a list or a map costs pydantic an error object (~400 bytes): a 64 MiB
+# body could ask for gigabytes. Lists stop at their first bad item; maps are bounded in
+# size before their values are read.
+MAX_NODES = 100_000
+
+
+def _at_most(limit: int) -> WrapValidator:
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, dict) and len(value) > limit:
+            raise ValueError(f"at most {limit} nodes, got {len(value)}")
+        return handler(value)
+
+    return WrapValidator(check)
 
 
 class _Wire(BaseModel):
@@ -54,7 +69,7 @@ class VictimPod(TypedDict):
 
 class NodeList(_Wire):
     model_config = ConfigDict(extra="allow")
-    items: list[NodeObject] = Field(default_factory=list)
+    items: list[NodeObject] = Field(default_factory=list, fail_fast=True)
 
 
 class ExtenderArgs(_Wire):
@@ -62,7 +77,7 @@ class ExtenderArgs(_Wire):
 
     Pod: dict[str, Any]
     Nodes: NodeList | None = None  # set when nodeCacheCapable is false
-    NodeNames: list[str] | None = None  # set when nodeCacheCapable is true
+    NodeNames: list[str] | None = Field(None, fail_fast=True)  # set when nodeCacheCapable is true
 
     def node_names(self) -> list[str]:
         if self.NodeNames is not None:
@@ -101,19 +116,19 @@ class MetaPod(_Wire):
 
 
 class MetaVictims(_Wire):
-    Pods: list[MetaPod] = Field(default_factory=list)
+    Pods: list[MetaPod] = Field(default_factory=list, fail_fast=True)
     NumPDBViolations: int = 0
 
 
 class Victims(_Wire):
-    Pods: list[VictimPod] = Field(default_factory=list)
+    Pods: list[VictimPod] = Field(default_factory=list, fail_fast=True)
     NumPDBViolations: int = 0
 
 
 class ExtenderPreemptionArgs(_Wire):
     Pod: dict[str, Any]
-    NodeNameToVictims: dict[str, Victims] | None = None
-    NodeNameToMetaVictims: dict[str, MetaVictims] | None = None
+    NodeNameToVictims: Annotated[dict[str, Victims], _at_most(MAX_NODES)] | None = None
+    NodeNameToMetaVictims: Annotated[dict[str, MetaVictims], _at_most(MAX_NODES)] | None = None
 
     def victims(self) -> dict[str, tuple[list[str], int]]:
         """Node -> (victim UIDs, PDB violations), whichever form the scheduler sent."""

@@ -37,6 +37,7 @@ from .model import FULL_CORES, CardSelector, ContainerRequest, PodRequest
 
 _WHOLE = re.compile(r"\+?[0-9]{1,18}")  # 18 digits: far above any real value, and exact as an int64
 MAX_VGPUS_PER_CONTAINER = 64  # far above any node; stops absurd values early
+MESSAGE_CHARS = 400  # a pod with a thousand bad containers: the first reasons that fit, and a count
 MAX_QUANTITY_CHARS = 64  # a quantity string longer than this is refused before it is parsed
 # Quantities past these are refused: Kubernetes' own limit is about 2^63 milli-units.
 _MAX_QUANTITY = 2**63
@@ -47,7 +48,12 @@ class RequestError(ValueError):
     """The pod's vGPU request is invalid; ``reasons`` lists every problem found."""
 
     def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons))
+        n, length = 1, len(reasons[0]) if reasons else 0
+        while n < len(reasons) and length + 2 + len(reasons[n]) <= MESSAGE_CHARS:
+            length += 2 + len(reasons[n])
+            n += 1
+        more = f"; and {len(reasons) - n} more" if n < len(reasons) else ""
+        super().__init__("; ".join(reasons[:n]) + more)
         self.reasons = reasons
 
 

@@ -18,6 +18,8 @@ from kubernetes import client as k8s
 
 from flexai_sched import annotations as ann
 from flexai_sched.backend import CommitError, CommitUnknown
+from flexai_sched.config import Settings
+from flexai_sched.extender import BindError, Extender
 from flexai_sched.fragmentation import Host
 from flexai_sched.kube import KubeBackend
 from flexai_sched.model import Allocation, CardUsage, Slice
@@ -306,3 +308,75 @@ def test_host_capacity_and_every_bound_pods_requests_are_counted(backend: KubeBa
     wait_state("a finished", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 250, 1024))
     core_api.delete_namespaced_pod("cpu-b", NS, grace_period_seconds=0)
     wait_state("b deleted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 0, 0))
+
+
+# ---- the extender's bind on this backend: a bound pod keeps its allocation ----
+
+
+def test_a_bind_for_a_bound_pod_never_replaces_its_allocation(backend: KubeBackend, state: ClusterState,
+                                                              core_api: k8s.CoreV1Api) -> None:
+    """Replays with an empty or another UID, to its node or another: each is refused naming
+    the pod and its node; the apiserver's pod and the scheduler's record stay as they were,
+    and the card it holds exclusively is not handed out again."""
+    gpu_node(core_api, "g1", H200)
+    gpu_node(core_api, "g2", H200)
+    wait_state("nodes known", lambda: state.node("g1") is not None and state.node("g2") is not None)
+    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
+    uid = vgpu_pod(core_api, "p", 1, 100, scheduler=NOBODY)
+    bound = ext.bind(NS, "p", uid, "g1")
+    wait_state("bound seen", lambda: state.state_of("default/p") is AllocState.BOUND)
+    for replay_uid in ("", "0b5a1c4e-0000-4000-8000-000000000000"):
+        for node in ("g1", "g2"):
+            with pytest.raises(BindError, match="pod default/p: already bound to g1"):
+                ext.bind(NS, "p", replay_uid, node)
+            assert state.allocation("default/p") == bound
+            p = pods(core_api)["p"]
+            assert (p.node, p.allocation) == ("g1", bound)
+    # The other card of g1 is free, the held one is not: a two-card exclusive pod cannot land.
+    uid_q = vgpu_pod(core_api, "q", 2, 100, scheduler=NOBODY)
+    with pytest.raises(BindError, match="needs 2 cards with room"):
+        ext.bind(NS, "q", uid_q, "g1")
+    node = state.node("g1")
+    assert node is not None and [u.cores for u in node.usage] == [100, 0]
+
+
+def test_a_bind_for_a_pod_the_apiserver_shows_bound_elsewhere_is_refused(
+        backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
+    """Bound by someone else (the scheduler holds no allocation for it): refused from the
+    pod as read back, before anything is assumed or written."""
+    gpu_node(core_api, "g1", H200)
+    gpu_node(core_api, "g2", H200)
+    wait_state("nodes known", lambda: state.node("g1") is not None)
+    uid = vgpu_pod(core_api, "p", 1, 100, scheduler=NOBODY)
+    core_api.create_namespaced_pod_binding("p", NS, {  # type: ignore[arg-type]
+        "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "g2"}}, _preload_content=False)
+    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
+    for replay_uid in ("", uid):
+        with pytest.raises(BindError, match="pod default/p: already bound to g2"):
+            ext.bind(NS, "p", replay_uid, "g1")
+    assert state.allocation("default/p") is None
+    p = pods(core_api)["p"]
+    assert (p.node, p.allocation) == ("g2", None)
+
+
+def test_a_new_pod_under_an_old_name_is_bound_once_the_old_one_is_gone(
+        backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
+    """The replacement is told from a replay by the apiserver: the name now belongs to an
+    unbound pod of another UID. It binds at once, whether or not the watch has shown the
+    old pod's deletion yet, and the old pod's card is free for it."""
+    gpu_node(core_api, "g1", cards(1))
+    wait_state("node known", lambda: state.node("g1") is not None)
+    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
+    old_uid = vgpu_pod(core_api, "p", 1, 100, scheduler=NOBODY)
+    ext.bind(NS, "p", old_uid, "g1")
+    core_api.delete_namespaced_pod("p", NS, grace_period_seconds=0)
+    wait_until(lambda: "p" not in pods(core_api), 15, "pod deleted")
+    new_uid = vgpu_pod(core_api, "p", 1, 100, scheduler=NOBODY)
+    got = ext.bind(NS, "p", new_uid, "g1")  # the only card: free only if the old pod's went
+    assert got.uid == new_uid
+    p = pods(core_api)["p"]
+    assert (p.uid, p.node, p.allocation) == (new_uid, "g1", got)
+    wait_state("new pod counted", lambda: state.state_of("default/p") is AllocState.BOUND)
+    assert state.allocation("default/p") == got
+    node = state.node("g1")
+    assert node is not None and node.usage[0].cores == 100

@@ -139,3 +139,15 @@ def test_a_declared_length_past_the_limit_is_refused_before_the_body(server: tup
                      f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode())
         head = sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 413"), head[:100]
+
+
+def test_a_few_mib_of_bad_items_do_not_cost_the_server_gigabytes(server: tuple[int, int]) -> None:
+    """4 million bad node names (8 MiB): one error, not four million (1.6 GB of them)."""
+    port, pid = server
+    before = peak_rss_mib(pid)
+    raw = b'{"Pod": {}, "NodeNames": [' + b",".join([b"1"] * 4_000_000) + b"]}"
+    r = httpx.post(f"http://127.0.0.1:{port}/filter", content=raw, headers={"content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "NodeNames", 0]
+    grew = peak_rss_mib(pid) - before
+    assert grew < 400, f"peak RSS grew {grew:.0f} MiB"

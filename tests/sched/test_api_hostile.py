@@ -169,7 +169,7 @@ def test_a_hostile_pod_gets_the_verbs_neutral_answer(client: TestClient, verb: s
                      "Nodes.items.0.metadata.name", id="node-name-int"),
         pytest.param("/prioritize", {"Pod": good_pod(), "Nodes": {"items": [{"kind": "Node", "metadata": None},
                                                                             {"metadata": [1]}]}},
-                     "Nodes.items.1.metadata", id="node-metadata-list"),
+                     "Nodes.items.0.metadata", id="node-metadata-null-then-list"),
         pytest.param("/preempt", {"Pod": good_pod(), "NodeNameToVictims": {"big": {"Pods": [{"metadata": 5}]}}},
                      "NodeNameToVictims.big.Pods.0.metadata", id="victim-metadata-int"),
         pytest.param("/preempt", {"Pod": good_pod(), "NodeNameToVictims": {"big": {"Pods": [{"metadata": None}]}}},
@@ -307,3 +307,69 @@ def test_any_part_of_a_valid_body_replaced_by_any_json_is_never_a_5xx(client: Te
 @given(raw=st.one_of(st.binary(max_size=200), _json.map(dumps)))
 def test_any_bytes_are_never_a_5xx(client: TestClient, verb: str, raw: bytes) -> None:
     _check(post(client, verb, raw))
+
+
+# ---- amplification: what one body may cost the server, and how long the reply gets ----
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        pytest.param("/filter", b'{"Pod": {}, "NodeNames": [' + b",".join([b"1"] * 1_000_000) + b"]}",
+                     id="a-million-bad-node-names"),
+        pytest.param("/filter", b'{"Pod": {}, "Nodes": {"items": [' + b",".join([b"{}"] * 500_000) + b"]}}",
+                     id="half-a-million-nameless-nodes"),
+        pytest.param("/preempt", b'{"Pod": {}, "NodeNameToMetaVictims": {'
+                     + b",".join(b'"n%d": 1' % i for i in range(300_000)) + b"}}", id="300k-bad-victim-nodes"),
+        pytest.param("/preempt", b'{"Pod": {}, "NodeNameToVictims": {"n": {"Pods": ['
+                     + b",".join([b'{"metadata": {}}'] * 300_000) + b"]}}}", id="300k-victims-without-uid"),
+    ],
+)
+def test_a_body_of_many_bad_items_costs_one_error_not_one_per_item(client: TestClient, path: str, raw: bytes) -> None:
+    """Each error is an object of its own (~400 bytes): a million would cost the server
+    gigabytes from a body of a few MiB. Lists stop at their first bad item; a map of
+    victims is refused past 100,000 nodes before its values are read."""
+    r = post(client, path, raw)
+    assert r.status_code == 422
+    assert len(r.json()["detail"]) <= 21 and len(r.content) < 4000
+
+
+def test_a_map_of_victims_past_the_node_bound_is_refused_naming_it(client: TestClient) -> None:
+    raw = b'{"Pod": {}, "NodeNameToMetaVictims": {' + b",".join(
+        b'"n%d": {"Pods": []}' % i for i in range(100_001)) + b"}}"
+    detail = post(client, "/preempt", raw).json()["detail"]
+    assert detail[0]["loc"] == ["body", "NodeNameToMetaVictims"]
+    assert "at most 100000 nodes, got 100001" in detail[0]["msg"]
+
+
+LONG_MODELS = ",".join(f"model-{i:06d}" for i in range(20_000))  # ~260 KiB, as an annotation may be
+
+
+@pytest.mark.parametrize(
+    "p",
+    [
+        pytest.param(pod("p", limits(1, cores=50), annotations={"vgpu.flexai.io/gpu-models": LONG_MODELS}),
+                     id="models-nobody-has"),
+        # 8 whole cards: big has 8, one of them half held: "needs 8 cards with room for ... model A|B|...".
+        pytest.param(pod("p", limits(8, cores=100),
+                         annotations={"vgpu.flexai.io/gpu-models": "NVIDIA H200," + LONG_MODELS}),
+                     id="models-and-no-room"),
+        pytest.param(pod("p", *[limits(1, cores=130)] * 2000), id="two-thousand-bad-containers"),
+        pytest.param(pod("p", {"name": "c" * 300_000, "resources": {"limits": limits(9, cores=50)}}),
+                     id="a-300k-container-name"),
+    ],
+)
+def test_a_reason_is_never_long_however_long_the_pod_makes_it(client: TestClient, p: dict[str, Any]) -> None:
+    """kube-scheduler gets a reason per node: 5,000 nodes times a 260 KiB reason would be
+    a 1.3 GB reply. Every reason is at most 500 characters."""
+    r = post(client, "/filter", {"Pod": p, "Nodes": None, "NodeNames": NODES})
+    assert r.status_code == 200
+    reasons = {**r.json()["FailedNodes"], **r.json()["FailedAndUnresolvableNodes"]}
+    assert reasons and all(len(x) <= 500 for x in reasons.values()), {k: len(x) for k, x in reasons.items()}
+
+
+def test_two_thousand_bad_containers_are_counted_not_listed(client: TestClient) -> None:
+    reason = unresolvable(client, pod("p", *[limits(1, cores=130)] * 2000))["big"]
+    shown = reason.count("huawei.com/vgpu-cores=130: must be at most 100")
+    assert shown >= 1 and reason.endswith(f"; and {2000 - shown} more"), reason
+    assert len(reason) <= 500
