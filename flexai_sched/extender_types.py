@@ -117,12 +117,12 @@ class MetaPod(_Wire):
 
 class MetaVictims(_Wire):
     Pods: list[MetaPod] = Field(default_factory=list, fail_fast=True)
-    NumPDBViolations: int = 0
+    NumPDBViolations: int = Field(0, ge=0, le=2**31 - 1)  # an int32 in kube-scheduler
 
 
 class Victims(_Wire):
     Pods: list[VictimPod] = Field(default_factory=list, fail_fast=True)
-    NumPDBViolations: int = 0
+    NumPDBViolations: int = Field(0, ge=0, le=2**31 - 1)  # an int32 in kube-scheduler
 
 
 class ExtenderPreemptionArgs(_Wire):

@@ -204,6 +204,9 @@ def test_a_hostile_pod_gets_the_verbs_neutral_answer(client: TestClient, verb: s
                      id="filter-lone-surrogate"),
         pytest.param("/preempt", b'{"Pod": {}, "NodeNameToMetaVictims": {"\\udc80": {"Pods": [{"UID": 5}]}}}',
                      "body", id="preempt-lone-surrogate-key"),
+        pytest.param("/preempt", {"Pod": good_pod(), "NodeNameToMetaVictims": {"big": {"Pods": [{"UID": "x"}],
+                                                                                  "NumPDBViolations": BIG_INT}}},
+                     "NodeNameToMetaVictims.big.NumPDBViolations", id="preempt-pdb-violations-past-int32"),
         pytest.param("/filter", b'[1, 2]', "body", id="filter-array"),
         pytest.param("/bind", b'', "body", id="bind-empty"),
         pytest.param("/preempt", b'{"Pod": {}, "NodeNameToVictims": {"n": 5}}', "NodeNameToVictims.n",
@@ -280,7 +283,7 @@ def _bodies() -> dict[str, Any]:
 
 
 BODIES = _bodies()
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -303,7 +306,7 @@ def test_any_part_of_a_valid_body_replaced_by_any_json_is_never_a_5xx(client: Te
 
 
 @pytest.mark.parametrize("verb", sorted(BODIES))
-@FUZZ
+@settings(FUZZ, max_examples=150)
 @given(raw=st.one_of(st.binary(max_size=200), _json.map(dumps)))
 def test_any_bytes_are_never_a_5xx(client: TestClient, verb: str, raw: bytes) -> None:
     _check(post(client, verb, raw))
