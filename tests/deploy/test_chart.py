@@ -143,3 +143,21 @@ def test_every_container_has_requests_and_probes(helm: Helm) -> None:
             # the agent's root stays writable for the NVIDIA runtime hook's ld.so.cache
             assert c["securityContext"]["readOnlyRootFilesystem"] is (c["name"] != "agent")
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS.values()), ids=list(VALUE_SETS))
+def test_the_extender_verbs_are_reachable_from_its_pod_only(helm: Helm, values: dict[str, object]) -> None:
+    """The extender does not authenticate its callers: only kube-scheduler, beside it in the
+    pod, reaches the verbs (it listens on loopback); the Service exposes the views proxy,
+    which passes GET (and HEAD) of the views, metrics and health, and nothing else."""
+    r = helm.template(values)
+    ext = r.container("Deployment", "extender")
+    assert arg_value(ext["args"], "--host") == "127.0.0.1"
+    assert not ext.get("ports") or all("hostPort" not in p for p in ext["ports"])
+    assert r.one("Deployment")["spec"]["template"]["spec"].get("hostNetwork") is not True
+    exposed = {p["targetPort"] for p in r.one("Service", "-scheduler")["spec"]["ports"]}
+    assert exposed == {"http-views", "https-sched"}
+    conf = next(iter(r.one("ConfigMap", "-views")["data"].values()))
+    proxied = [line.strip() for line in conf.splitlines() if line.strip().startswith("location")]
+    assert proxied == ["location ~ ^/(v1/|metrics$|healthz$|readyz$) {", "location / { return 404; }"]
+    assert "limit_except GET { deny all; }" in conf
