@@ -232,6 +232,18 @@ def test_views_answer_404_for_odd_names(client: TestClient) -> None:
         assert r.status_code == 404 and r.json()["detail"], path
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
+def test_every_path_and_method_answers_below_500(client: TestClient, method: str) -> None:
+    """Everything served (the verbs, views, metrics, health, docs) and some that is not,
+    with every method and a body that is not JSON: never a 5xx."""
+    paths = sorted({getattr(r, "path", "") for r in client.app.routes} - {""})
+    paths = [p.replace("{namespace}", "ns").replace("{name}", "x") for p in paths]
+    assert {"/filter", "/prioritize", "/bind", "/preempt", "/metrics", "/v1/nodes"} <= set(paths)
+    for path in [*paths, "/", "/nope", "/v1", "/filter/x", "/%ff", "/v1/pods/a/b/c"]:
+        r = client.request(method, path, content=b"\xff\x00{[", headers={"content-type": "application/json"})
+        assert r.status_code < 500, (method, path, r.status_code, r.text[:200])
+
+
 # ---- hypothesis: valid bodies with one part replaced by anything JSON can say ----
 
 _scalars = st.one_of(
