@@ -123,7 +123,7 @@ def create_app(extender: Extender, start_backend: bool = True, max_body: int = M
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
 
-    # ---- extender verbs (sync handlers run in the thread pool; bind may block on the API) ----
+    # ---- extender verbs (every body parsed by _parse; bind and preempt then run in the thread pool) ----
 
     # filter and prioritize carry thousands of node names per call and are pure CPU work of
     # a millisecond or two: they parse the body with pydantic's Rust JSON parser, run on the
