@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, views
+from . import __version__, dashboard, views
 from .backend import Backend
 from .extender import BindError, Extender
 from .extender_types import (
@@ -214,6 +214,8 @@ def create_app(extender: Extender, start_backend: bool = True, max_body: int = M
         if a is None:
             raise HTTPException(404, f"pod {key}: has no vGPU allocation")
         return views.allocation_view(a, state.state_of(key))
+
+    app.include_router(dashboard.router(extender))  # the web page at / and /v1/explain
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

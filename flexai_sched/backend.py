@@ -50,10 +50,16 @@ class MemoryBackend:
     so demo nodes never go stale; tests pass ``heartbeat_every=None`` to control time.
     """
 
-    def __init__(self, nodes: Iterable[NodeInventory] = (), heartbeat_every: float | None = 10.0) -> None:
+    def __init__(self, nodes: Iterable[NodeInventory] = (), heartbeat_every: float | None = 10.0,
+                 running: Iterable[tuple[Mapping[str, Any], Allocation]] = ()) -> None:
         self._mu = threading.Lock()
         self._nodes = {n.name: n for n in nodes}
         self._pods: dict[str, dict[str, Any]] = {}
+        # Pods already bound when the cluster starts (the demo's): observed on start, as a
+        # restarted extender finds bound pods' allocations.
+        self._running = list(running)
+        for pod, _ in self._running:
+            self.create_pod(pod)
         self._state: ClusterState | None = None
         self._every = heartbeat_every
         self._stop = threading.Event()
@@ -63,10 +69,14 @@ class MemoryBackend:
         # lands only when ``deliver_late`` is called, as a late Binding would show in a watch.
         self.lose_next_reply: str | None = None
         self._late: list[Allocation] = []
+        self.waiting: list[dict[str, Any]] = []  # the demo's pods that wait to be scheduled
 
     def start(self, state: ClusterState) -> None:
         self._state = state
         self.heartbeat()
+        for _, alloc in self._running:
+            state.observe(alloc)
+            state.set_pod_host(alloc.key, alloc.node, 0, 0, alloc.uid)
         if self._every:
             self._thread = threading.Thread(target=self._beat, name="demo-heartbeat", daemon=True)
             self._thread.start()

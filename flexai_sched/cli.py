@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     state = ClusterState(max_vgpus_per_card=settings.max_vgpus_per_card)
-    app = create_app(Extender(state, backend, settings))
+    extender = Extender(state, backend, settings)
+    if isinstance(backend, MemoryBackend):
+        for pod in backend.waiting:
+            extender.parse(pod)  # the demo's waiting pods, as filter would have seen them
+    app = create_app(extender)
     uvicorn.run(
         app,
         host=settings.host,
@@ -79,12 +83,13 @@ def make_backend(settings: config.Settings) -> Backend:
         from .kube import KubeBackend  # the kubernetes client is only imported when used
 
         return KubeBackend(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster)
-    nodes = (
-        demo.load_file(settings.demo_inventory, settings.max_vgpus_per_card)
-        if settings.demo_inventory
-        else demo.inventory(max_vgpus=settings.max_vgpus_per_card)
-    )
-    return MemoryBackend(nodes)
+    doc = demo.read_file(settings.demo_inventory) if settings.demo_inventory else demo.BUILTIN
+    nodes = demo.inventory(doc, settings.max_vgpus_per_card)
+    backend = MemoryBackend(nodes, running=demo.pods(doc, nodes))
+    backend.waiting = demo.waiting(doc)
+    for pod in backend.waiting:
+        backend.create_pod(pod)
+    return backend
 
 
 def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

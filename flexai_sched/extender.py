@@ -33,7 +33,7 @@ from . import policies
 from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
-from .fragmentation import HostAware, TaskClass, Workload, WorkloadAware
+from .fragmentation import DEFAULT_WORKLOAD, HostAware, TaskClass, Workload, WorkloadAware
 from .model import Allocation, PodRequest
 from .requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
@@ -84,6 +84,7 @@ class Extender:
         self._held: dict[str, tuple[str, float]] = {}
         self._held_mu = threading.Lock()
         self.clock = time.monotonic  # tests move time on
+        self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
 
     # ---- parsing ----
 
@@ -97,16 +98,33 @@ class Extender:
                     self._pending.popitem(last=False)
         return req
 
+    def pending(self) -> list[PodRequest]:
+        """Pods filter has seen (most recent last) that hold no allocation: those waiting, or gone."""
+        with self._pending_mu:
+            seen = list(self._pending.values())
+        return [r for r in seen if self.state.allocation(r.key) is None]
+
+    def heartbeat_cutoff(self) -> datetime:
+        """Nodes whose agent last reported before this get no new pods."""
+        return self._heartbeat_cutoff()
+
+    def card_policy(self, req: PodRequest) -> policies.Policy:
+        """The card policy ``req`` is placed with (its annotation's, or the default)."""
+        return self._policy(req.card_policy, self._card_policy)
+
     # ---- filter ----
 
     def filter(self, pod: Mapping[str, Any], node_names: Sequence[str]) -> FilterOutcome:
         self.expire_holds()
-        out = FilterOutcome()
         try:
             req = self.parse(pod)
         except RequestError as e:
-            out.unresolvable = dict.fromkeys(node_names, _short(f"invalid vGPU request: {e}"))
-            return out
+            return invalid_outcome(e, node_names)
+        return self.filter_request(req, node_names)
+
+    def filter_request(self, req: PodRequest, node_names: Sequence[str]) -> FilterOutcome:
+        """``filter`` of a parsed pod: the one place a node's reason is decided (explain reads it too)."""
+        out = FilterOutcome()
         if not req.wants_gpu:
             out.fits = list(node_names)
             return out
@@ -374,6 +392,7 @@ class Extender:
             return 0  # no GPU pods yet: nothing to aim at
         for policy in aware:
             policy.use_workload(workload)
+        self.workload = workload
         self.state.drop_scores()
         return len(requests)
 
@@ -445,6 +464,11 @@ def _held_by(key: str, existing: Allocation, st: AllocState | None) -> str:
 
 def _short(reason: str) -> str:
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+
+
+def invalid_outcome(error: RequestError, node_names: Sequence[str]) -> FilterOutcome:
+    """What filter answers for a pod whose vGPU request is invalid: that reason on every node."""
+    return FilterOutcome(unresolvable=dict.fromkeys(node_names, _short(f"invalid vGPU request: {error}")))
 
 
 def _stale(hb: datetime | None) -> str:
