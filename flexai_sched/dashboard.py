@@ -56,9 +56,10 @@ class _Entry:
 class Feed:
     """The page's view of ``ClusterState``, kept per node and rebuilt only where it changed."""
 
-    def __init__(self, extender: Extender, min_interval: float = 1.0) -> None:
+    min_interval = 1.0  # seconds between two scans of the state, however many pages poll
+
+    def __init__(self, extender: Extender) -> None:
         self.extender = extender
-        self.min_interval = min_interval
         self._mu = threading.Lock()
         self._serial = 0
         self._nodes: dict[str, _Entry] = {}
