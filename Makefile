@@ -22,6 +22,7 @@ controlplane:
 	tools/controlplane/build.sh
 
 test: $(BIN)/.installed controlplane
+	tools/browser/setup.sh
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
