@@ -53,13 +53,15 @@ class Capacity:
     memory_mib_free: int = 0
     memory_mib_stranded: int = 0
 
-    def plus(self, o: Capacity) -> Capacity:
-        return Capacity(*(a + b for a, b in zip(self._values(), o._values(), strict=True)))
-
-    def _values(self) -> tuple[int, ...]:
-        return (self.cards, self.unhealthy_cards, self.cores_total, self.cores_allocated, self.cores_free,
-                self.cores_stranded, self.memory_mib_total, self.memory_mib_allocated, self.memory_mib_free,
-                self.memory_mib_stranded)
+    @staticmethod
+    def sum(parts: Iterable[Capacity]) -> Capacity:
+        totals = [0] * 10
+        for p in parts:
+            for i, v in enumerate((p.cards, p.unhealthy_cards, p.cores_total, p.cores_allocated, p.cores_free,
+                                   p.cores_stranded, p.memory_mib_total, p.memory_mib_allocated, p.memory_mib_free,
+                                   p.memory_mib_stranded)):
+                totals[i] += v
+        return Capacity(*totals)
 
 
 def typical_shapes(workload: Workload) -> list[Shape]:
@@ -75,6 +77,22 @@ def pending_shapes(requests: Iterable[PodRequest]) -> list[Shape]:
             if c.vgpus:
                 out[Shape(c.vgpus, c.cores, c.memory_mib, r.selector)] = None
     return list(out)
+
+
+def essential(shapes: Iterable[Shape]) -> list[Shape]:
+    """``shapes`` less those another one covers: a shape that asks for no more vGPUs, cores or
+    memory per card, on any card the other may use, fits wherever the other fits, so the
+    other never makes a card usable that it does not. Same verdicts, fewer checks."""
+    uniq = list(dict.fromkeys(shapes))
+
+    def covers(t: Shape, s: Shape) -> bool:
+        same_memory_kind = (t.memory_mib is None) == (s.memory_mib is None)  # in proportion: by cores
+        return (t != s and t.vgpus <= s.vgpus and t.cores <= s.cores and same_memory_kind
+                and (t.memory_mib or 0) <= (s.memory_mib or 0) and (t.selector.empty or t.selector == s.selector))
+
+    # Two distinct shapes never cover each other (that would make them equal), so one pass keeps
+    # exactly the uncovered ones.
+    return [s for s in uniq if not any(covers(t, s) for t in uniq)]
 
 
 def node_capacity(cards: Sequence[Card], usage: Sequence[CardUsage], shapes: Sequence[Shape],

@@ -57,6 +57,7 @@ class Feed:
     """The page's view of ``ClusterState``, kept per node and rebuilt only where it changed."""
 
     min_interval = 1.0  # seconds between two scans of the state, however many pages poll
+    pending_interval = 5.0  # seconds between two looks at the pods waiting (up to 10,000)
 
     def __init__(self, extender: Extender) -> None:
         self.extender = extender
@@ -68,6 +69,8 @@ class Feed:
         self._shapes: tuple[Shape, ...] = ()
         self._shapes_gen = 0
         self._pending: list[dict[str, Any]] = []
+        self._waiting = 0
+        self._waited = float("-inf")
         self._summary = b"{}"
 
     def payload(self, since: int) -> bytes:
@@ -91,11 +94,16 @@ class Feed:
             return
         self._scanned = now
         ext = self.extender
-        waiting = ext.pending()
-        shapes = tuple(capacity.pending_shapes(waiting) + capacity.typical_shapes(ext.workload))
-        if shapes != self._shapes:
-            self._shapes, self._shapes_gen = shapes, self._shapes_gen + 1
-        self._pending = [{"pod": r.key, "uid": r.uid, "shape": _shape_text(r)} for r in waiting[-PENDING_SHOWN:]][::-1]
+        dirty = False
+        if now - self._waited >= self.pending_interval:
+            self._waited = now
+            waiting = ext.pending()
+            shapes = tuple(capacity.essential(capacity.pending_shapes(waiting) + capacity.typical_shapes(ext.workload)))
+            if shapes != self._shapes:
+                self._shapes, self._shapes_gen, dirty = shapes, self._shapes_gen + 1, True
+            self._waiting = len(waiting)
+            self._pending = [{"pod": r.key, "uid": r.uid, "shape": _shape_text(r)}
+                             for r in waiting[-PENDING_SHOWN:]][::-1]
         cutoff = ext.heartbeat_cutoff()
         live = ext.state.nodes_by_name()
         bumped = False
@@ -108,6 +116,7 @@ class Feed:
                 self._nodes[name] = _Entry(node.version, node.heartbeat, self._serial, self._serial, _node_json(node),
                                            self._capacity(node, stale), self._shapes_gen, stale)
                 self._gone.pop(name, None)
+                dirty = True
                 continue
             if e.heartbeat != node.heartbeat:
                 if not bumped:
@@ -115,17 +124,19 @@ class Feed:
                 e.heartbeat, e.beat_serial = node.heartbeat, self._serial
             if e.shapes != self._shapes_gen or e.stale != stale:
                 e.capacity, e.shapes, e.stale = self._capacity(node, stale), self._shapes_gen, stale
-        for name in [n for n in self._nodes if n not in live]:
-            if not bumped:
-                self._serial, bumped = self._serial + 1, True
-            del self._nodes[name]
-            self._gone[name] = self._serial
-        total = Capacity()
-        for e in self._nodes.values():
-            total = total.plus(e.capacity)
-        self._summary = to_json({
-            "nodes": len(self._nodes), "stale_nodes": sum(e.stale for e in self._nodes.values()),
-            "pending": len(waiting), "shapes": len(shapes), **_capacity_json(total)})
+                dirty = True
+        if len(self._nodes) != len(live):
+            for name in [n for n in self._nodes if n not in live]:
+                if not bumped:
+                    self._serial, bumped = self._serial + 1, True
+                del self._nodes[name]
+                self._gone[name] = self._serial
+            dirty = True
+        if dirty:  # the totals are summed again only when a node's numbers moved
+            total = Capacity.sum(e.capacity for e in self._nodes.values())
+            self._summary = to_json({
+                "nodes": len(self._nodes), "stale_nodes": sum(e.stale for e in self._nodes.values()),
+                "pending": self._waiting, "shapes": len(self._shapes), **_capacity_json(total)})
 
     def _capacity(self, node: NodeState, stale: bool) -> Capacity:
         return capacity.node_capacity(node.cards, node.usage, self._shapes, stranding=not stale)

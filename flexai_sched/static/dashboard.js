@@ -60,7 +60,7 @@
       maxCards = Math.max(maxCards, n.cards.length);
       for (const c of n.cards) {
         maxMib = Math.max(maxMib, c.mib); facets.model.add(c.model);
-        for (const s of c.slices) facets.ns.add(s.ns);
+        for (const s of c.slices) { facets.ns.add(s.ns); s.key = (s.ns + "/" + s.pod).toLowerCase(); }
       }
     }
     fillSelect($("f-ns"), [...facets.ns].sort());
@@ -81,7 +81,7 @@
     return { ns: $("f-ns").value, node: $("f-node").value, model: $("f-model").value,
              pod: $("f-pod").value.trim().toLowerCase(), problems: $("f-problems").checked };
   }
-  const sliceHit = (s, f) => (!f.ns || s.ns === f.ns) && (!f.pod || (s.ns + "/" + s.pod).toLowerCase().includes(f.pod));
+  const sliceHit = (s, f) => (!f.ns || s.ns === f.ns) && (!f.pod || s.key.includes(f.pod));
 
   function matches(n, f) {
     if (f.node && n.name !== f.node) return false;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from flexai_sched.cli import make_backend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
 from flexai_sched.fragmentation import DEFAULT_WORKLOAD
-from flexai_sched.model import Card, CardUsage
+from flexai_sched.model import Card, CardSelector, CardUsage
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod
@@ -29,6 +30,7 @@ GIB = 1024
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, MemoryBackend, ClusterState, Extender]]:
     monkeypatch.setattr(dashboard.Feed, "min_interval", 0.0)  # every request sees the state as it is
+    monkeypatch.setattr(dashboard.Feed, "pending_interval", 0.0)
     state = ClusterState()
     backend = MemoryBackend([node("a", 2), node("b", 2)], heartbeat_every=None)
     ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
@@ -126,6 +128,24 @@ def test_a_multi_card_shape_needs_enough_cards_on_the_node() -> None:
     # Only 2-card shapes: one free card is not enough, so it is stranded.
     assert capacity.node_capacity(cards, usage, [Shape(2, 100)]).cores_stranded == 100
     assert capacity.node_capacity(cards, usage, [Shape(2, 100), Shape(1, 100)]).cores_stranded == 0
+
+
+def test_essential_shapes_strand_exactly_what_all_shapes_strand() -> None:
+    rng = random.Random(5)
+    models = ["NVIDIA H200", "Tesla T4"]
+    for _ in range(300):
+        cards = [Card(i, f"G{i}", rng.choice(models), rng.choice([16, 80]) * GIB, rng.choice([2, 5])) for i in range(4)]
+        usage = []
+        for c in cards:
+            v = rng.randint(0, c.max_vgpus)
+            usage.append(CardUsage(rng.choice([0, 5, 30, 55, 90, 100]) if v else 0, rng.randint(0, c.memory_mib) if v else 0, v))
+        shapes = [Shape(rng.choice([1, 1, 2, 3]), rng.choice([0, 5, 10, 25, 50, 100]),
+                        rng.choice([None, GIB, 8 * GIB, 40 * GIB]),
+                        rng.choice([CardSelector(), CardSelector(models=frozenset({rng.choice(models)}))]))
+                  for _ in range(rng.randint(1, 6))]
+        kept = capacity.essential(shapes)
+        assert len(kept) <= len(set(shapes))
+        assert capacity.node_capacity(cards, usage, kept) == capacity.node_capacity(cards, usage, shapes)
 
 
 def test_typical_shapes_come_from_the_planned_workload() -> None:
