@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -199,8 +200,10 @@ def router(extender: Extender) -> APIRouter:
 def read_pod(raw: bytes) -> dict[str, Any]:
     """A pod manifest from YAML or JSON; 422 naming what is wrong."""
     try:
-        doc = yaml.safe_load(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        text = raw.decode("utf-8")
+        # JSON first: a JSON document YAML would refuse (tabs between tokens) is still a pod.
+        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
         raise HTTPException(422, f"body: not a YAML or JSON document: {e}") from None
     if not isinstance(doc, dict):
         raise HTTPException(422, "body: must be a pod manifest (a mapping with metadata and spec)")

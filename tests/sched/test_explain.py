@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,8 +68,9 @@ def test_explain_gives_the_filters_reasons_node_by_node(env: Any, p: dict[str, A
     got = client.post("/v1/explain", json=p).json()
     assert explained_reasons(got) == filter_reasons(client, p)
     assert "old" in explained_reasons(got)  # the stale node, as filter says
-    # YAML is the same pod
+    # YAML is the same pod, and JSON with tabs (not YAML) too
     assert client.post("/v1/explain", content=yaml.safe_dump(p)).json()["nodes"] == got["nodes"]
+    assert client.post("/v1/explain", content=json.dumps(p, indent="\t")).json()["nodes"] == got["nodes"]
 
 
 def test_the_closest_card_names_what_is_missing() -> None:
@@ -198,6 +200,7 @@ def test_explain_by_name(env: Any) -> None:
     pytest.param(b"metadata: {name: x}\n", "spec: must be a mapping", id="no-spec"),
     pytest.param(b"metadata: {}\nspec: {}\n", "metadata.name: must be a non-empty string", id="no-name"),
     pytest.param(b"\xff\xfe", "body: not a YAML or JSON document", id="not-utf8"),
+    pytest.param(b'{"metadata": {"name": "x"}, "spec": ', "body: not a YAML or JSON document", id="cut-json"),
 ])
 def test_a_bad_manifest_gets_a_4xx_naming_the_field(env: Any, body: bytes, message: str) -> None:
     client, _, _ = env
