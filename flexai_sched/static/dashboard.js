@@ -141,9 +141,9 @@
       (stale ? `, stale: heartbeat ${ago(age(n.hb))}` : "") + (bad ? `, ${bad} unhealthy card(s)` : "");
     el.setAttribute("aria-label", label);
     const per = (width - 6 * maxCards) / maxCards;
-    let html = `<div class="who"><b title="${esc(n.name)}">${esc(n.name)}</b>` +
+    let html = `<div class="who"><div class="name"><b title="${esc(n.name)}">${esc(n.name)}</b>` +
       (stale ? `<span class="badge stale">stale</span>` : "") + (bad ? `<span class="badge bad">${bad} unhealthy</span>` : "") +
-      `<small class="hb">heartbeat ${esc(ago(age(n.hb)))}</small><small>${n.cards.length} × ${esc(n.cards[0] ? n.cards[0].model : "no cards")}</small></div><div class="cards">`;
+      `</div><small class="hb">heartbeat ${esc(ago(age(n.hb)))}</small><small>${n.cards.length} × ${esc(n.cards[0] ? n.cards[0].model : "no cards")}</small></div><div class="cards">`;
     for (const c of n.cards) html += drawCard(n, c, Math.max(40, per * c.mib / maxMib), f);
     el.innerHTML = html + "</div>";
     return el;

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from kubernetes import client as k8s
 from playwright.sync_api import Browser
+
+from flexai_sched.model import Card
 
 from ..dashboard.browser import (
     api,
@@ -25,7 +28,7 @@ from ..dashboard.browser import (
     screenshot,
 )
 from .controlplane import ControlPlane, wait_until
-from .helpers_kube import NS, cards, extender_running, failed_scheduling_messages, gpu_node, vgpu_pod, wait_bound
+from .helpers_kube import GIB, NS, cards, extender_running, failed_scheduling_messages, gpu_node, vgpu_pod, wait_bound
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +49,19 @@ def test_the_page_follows_the_cluster(plane: ControlPlane, core_api: k8s.CoreV1A
     base = plane.extender_url
     gpu_node(core_api, "h1", cards(2, "NVIDIA H200", 80))
     gpu_node(core_api, "a1", cards(4, "NVIDIA A100", 40, prefix="A100"))
+    # An agent silent for 10 minutes (TTL 60 s), one of its cards unhealthy.
+    sick = (Card(0, "OLD-0", "NVIDIA H200", 80 * GIB, healthy=False), Card(1, "OLD-1", "NVIDIA H200", 80 * GIB))
+    gpu_node(core_api, "old", sick, heartbeat=datetime.now(UTC) - timedelta(minutes=10))
     vgpu_pod(core_api, "first", number=1, cores=50, memory_gib=20)
     wait_bound(core_api, ["first"], 30)
     wait_until(lambda: api(base, "/v1/pods/default/first"), 15, "the extender's view of the bound pod")
+    wait_until(lambda: len(api(base, "/v1/nodes")) == 3, 15, "the extender's view of the three nodes")
     page = open_page(browser, base)
-    assert sorted(assert_page_matches_api(page, base)) == ["a1", "h1"]
+    assert sorted(assert_page_matches_api(page, base)) == ["a1", "h1", "old"]
+    old = page.locator('.row[data-node="old"]')
+    assert "stale" in (old.get_attribute("class") or "") and "min ago" in old.locator(".hb").inner_text()
+    assert old.locator(".badge.bad").inner_text() == "1 unhealthy"
+    assert old.locator('.card[data-card="0"]').get_attribute("class") == "card unhealthy"
 
     # kube-scheduler binds another pod: it shows on the open page.
     vgpu_pod(core_api, "second", number=2, cores=30, memory_gib=8)
@@ -70,8 +81,8 @@ def test_the_page_follows_the_cluster(plane: ControlPlane, core_api: k8s.CoreV1A
     page.locator("#explain details summary").click()
     shown = explained_on_page(page)
     pod = core_api.api_client.sanitize_for_serialization(core_api.read_namespaced_pod("too-big", NS))
-    assert shown == filter_reasons(base, pod, ["a1", "h1"])
-    assert set(shown) == {"a1", "h1"}
+    assert shown == filter_reasons(base, pod, ["a1", "h1", "old"])
+    assert set(shown) == {"a1", "h1", "old"} and "heartbeat is stale" in shown["old"]
     # kube-scheduler formats the event with the reasons inside a printf format, so "80% cores"
     # arrives as "80%!c(MISSING)ores"; undo that before comparing.
     events = re.sub(r"%!(\w)\(MISSING\)", r"% \1", " ".join(failed_scheduling_messages(core_api, "too-big")))
