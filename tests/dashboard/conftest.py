@@ -16,8 +16,10 @@ from ..e2e.controlplane import free_port, http_ok
 from .browser import chromium
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module scope: Playwright's sync API runs an event loop on this thread while it lives, and
+    # a second one (tests/e2e/test_dashboard_page.py) refuses to start beside it.
     with chromium() as b:
         yield b
 
