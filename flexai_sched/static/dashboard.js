@@ -10,6 +10,7 @@
   let order = [];            // names after the filters, sorted
   let serial = 0, skew = 0, ttl = 60, paused = false, selected = null, summary = {}, pending = [];
   let maxMib = 1, maxCards = 1, lastOk = 0, firstDone = false;
+  let mark = null; // the explained pod's closest card: {node, card}, outlined on the map
   const facets = { ns: new Set(), model: new Set() };
   const view = $("viewport"), spacer = $("spacer");
 
@@ -107,7 +108,7 @@
     const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
     const last = Math.min(order.length - 1, Math.ceil((top + h) / ROW) + OVERSCAN);
     for (const [i, el] of rows) if (i < first || i > last) { el.remove(); rows.delete(i); }
-    const f = filters(), fkey = JSON.stringify(f);
+    const f = filters(), fkey = JSON.stringify([f, mark]);
     const width = Math.max(200, (view.clientWidth || 900) - 200);
     for (let i = first; i <= last; i++) {
       const n = nodes.get(order[i]);
@@ -165,7 +166,8 @@
     if (c.out) mem += `<span class="out" title="${esc(gib(c.out) + " used outside our slices")}" style="width:${100 * c.out / c.mib}%"></span>`;
     const cap = c.ok ? `${freeCores}% ${g(freeMib)} free` : "UNHEALTHY";
     const label = `card ${c.i} ${c.model}${c.ok ? "" : " (unhealthy)"}: ${c.slices.length} slice(s), ${freeCores}% cores and ${gib(freeMib)} free of ${gib(c.mib)}`;
-    return `<div class="card${c.ok ? "" : " unhealthy"}" style="width:${w.toFixed(1)}px" data-card="${c.i}" data-cores-free="${freeCores}" ` +
+    const near = mark && mark.node === n.name && mark.card === c.i;
+    return `<div class="card${c.ok ? "" : " unhealthy"}${near ? " closest" : ""}" style="width:${w.toFixed(1)}px" data-card="${c.i}" data-cores-free="${freeCores}" ` +
       `data-mib-free="${freeMib}" title="${esc(label)}" aria-label="${esc(label)}">` +
       `<div class="bar" aria-hidden="true">${cores}</div><div class="bar" aria-hidden="true">${mem}</div>` +
       `<div class="cap" aria-hidden="true">#${c.i} ${esc(cap)}</div></div>`;
@@ -180,7 +182,7 @@
       ["Memory allocated", pct(s.memory_mib_allocated, s.memory_mib_total), `${gib(s.memory_mib_allocated)} of ${gib(s.memory_mib_total)}`],
       ["Stranded cores", `${(s.cores_stranded / 100).toFixed(2)} cards`, `${pct(s.cores_stranded, s.cores_free)} of free cores`, s.cores_stranded],
       ["Stranded memory", gib(s.memory_mib_stranded), `${pct(s.memory_mib_stranded, s.memory_mib_free)} of free memory`, s.memory_mib_stranded],
-      ["Waiting pods", `${s.pending}`, `stranded: free capacity no waiting or typical shape (${s.shapes}) can use`],
+      ["Waiting pods", `${s.pending}`, "stranded: free capacity no waiting or typical pod shape can use"],
     ];
     $("totals").innerHTML = items.map(([k, v, sub, warn]) =>
       `<div class="${warn ? "warn" : ""}" data-key="${esc(k)}"><dt>${esc(k)}</dt><dd>${esc(v)} <small>${esc(sub)}</small></dd></div>`).join("");
@@ -224,6 +226,8 @@
       const d = await r.json();
       if (!r.ok) { out.innerHTML = `<p class="err">${esc(typeof d.detail === "string" ? d.detail : JSON.stringify(d.detail))}</p>`; return; }
       out.innerHTML = drawExplain(d);
+      mark = d.closest ? { node: d.closest.node, card: d.closest.card } : null;
+      paint();
     } catch (e) { out.innerHTML = `<p class="err">${esc(e.message)}</p>`; }
   }
 
@@ -240,7 +244,8 @@
     }
     if (d.closest) {
       const g = d.closest;
-      html += `<p class="closest"><b>Closest card:</b> ${esc(g.node)} card ${g.card} (${esc(g.model)}), for container "${esc(g.container)}": missing ${esc(g.missing.join("; "))}.</p>`;
+      html += `<p class="closest"><b>Closest card:</b> ${esc(g.node)} card ${g.card} (${esc(g.model)}), for container "${esc(g.container)}": missing ${esc(g.missing.join("; "))}. ` +
+        `<button type="button" data-show="${esc(g.node)}" data-card="${g.card}">Show on the map</button></p>`;
     }
     if (d.plan) {
       html += `<p><b>Plan (${d.plan.moves.length} move${d.plan.moves.length === 1 ? "" : "s"}):</b></p><ol class="plan">` +
@@ -302,6 +307,14 @@
   });
   $("why-yaml").addEventListener("submit", () => {
     explain("/v1/explain", { method: "POST", headers: { "content-type": "application/yaml" }, body: $("w-yaml").value });
+  });
+  $("explain").addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-show]");
+    if (!b) return;
+    $("f-node").value = b.dataset.show;
+    refilter();
+    select(b.dataset.show);
+    focusRow(0);
   });
   $("waiting").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-name]");

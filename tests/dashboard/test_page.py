@@ -62,7 +62,13 @@ def test_why_pending_gives_the_filters_reasons(browser: Browser, demo_url: str) 
     assert explained_on_page(page) == filter_reasons(demo_url, waiting, names)
     plan = page.locator("#explain .plan").inner_text()
     assert "move alice/notebook from gpu-h200-a" in plan and "then research/finetune-70b fits on gpu-h200-a" in plan
+    # The closest card is outlined on the map; "Show on the map" brings its node alone into view.
+    page.click("#explain button[data-show]")
+    page.wait_for_function("document.querySelectorAll('.row[data-node]').length === 1")
+    assert page.locator(".card.closest").evaluate("(c) => [c.closest('.row').dataset.node, +c.dataset.card]") == ["gpu-h200-a", 2]
+    page.wait_for_selector("#detail h2:has-text('gpu-h200-a')")
     screenshot(page, "demo-why-pending")
+    page.select_option("#f-node", "")
     # A manifest typed in: too much memory for a T4, whole cards elsewhere taken or not.
     manifest = ("apiVersion: v1\nkind: Pod\nmetadata: {name: big, namespace: default}\nspec:\n  containers:\n"
                 "  - name: main\n    resources:\n      limits: {huawei.com/vgpu-number: '1', huawei.com/vgpu-cores: '50',"
