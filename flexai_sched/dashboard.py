@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
@@ -40,6 +41,22 @@ _FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 MAX_POD_BYTES = 1 << 20  # a pod manifest; anything larger is not one
 PENDING_SHOWN = 100
 GZIP_FROM = 32 << 10
+
+
+class Problem(BaseModel):
+    """A 4xx: why."""
+
+    detail: str
+
+
+_EXPLAIN_GET: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such pod"},
+    424: {"model": Problem, "description": "The cluster did not answer when the pod was read"},
+}
+_EXPLAIN_POST: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "Body larger than a pod manifest"},
+    422: {"model": Problem, "description": "Body is not a pod manifest: the field and the reason"},
+}
 
 
 @dataclass(slots=True)
@@ -167,7 +184,7 @@ def router(extender: Extender) -> APIRouter:
             return Response(body, media_type="application/json", headers={"content-encoding": "gzip", "vary": "accept-encoding"})
         return Response(body, media_type="application/json", headers={"vary": "accept-encoding"})
 
-    @r.get("/v1/explain/{namespace}/{name}", tags=["views"])
+    @r.get("/v1/explain/{namespace}/{name}", responses=_EXPLAIN_GET, tags=["views"])
     def explain_pod(namespace: str, name: str) -> JSONResponse:
         """Why the pod is pending: per node the filter's reason, the closest card, a plan of moves."""
         key = f"{namespace}/{name}"
@@ -184,7 +201,7 @@ def router(extender: Extender) -> APIRouter:
             raise HTTPException(404, f"pod {key}: not found")
         return JSONResponse(explain_json(extender, pod))
 
-    @r.post("/v1/explain", tags=["views"], openapi_extra={"requestBody": {"required": True, "content": {
+    @r.post("/v1/explain", responses=_EXPLAIN_POST, tags=["views"], openapi_extra={"requestBody": {"required": True, "content": {
         "application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}}})
     async def explain_posted(request: Request) -> JSONResponse:
         """Why this pod (a manifest, YAML or JSON) would be pending, as if it were submitted now."""
