@@ -142,7 +142,8 @@ def _choose(
 
 
 def _describe(c: ContainerRequest, selector: CardSelector) -> str:
-    parts = [f"{c.cores}% cores" if c.cores < FULL_CORES else "a whole card"]
+    # "percent", not "%": kube-scheduler puts reasons into a printf format ("80%!c(MISSING)ores").
+    parts = [f"{c.cores} percent of a card's cores" if c.cores < FULL_CORES else "a whole card"]
     parts.append("all memory" if c.memory_mib is None else f"{c.memory_mib} MiB")
     if selector.models:
         parts.append("model " + "|".join(sorted(selector.models)))
