@@ -74,6 +74,39 @@ int flexai_api_version(void);
  */
 int flexai_region_snapshot(const char *path, struct flexai_snapshot *out, size_t out_size);
 
+/*
+ * Calibration (the node agent, once per card while the card is idle): the SM
+ * clock the card sustains under full tensor-core load, which the hook needs
+ * as `ref_clock_mhz` to hold a share of throughput rather than of time.
+ * flexai_calibrate() runs a burst of `burst_ms` milliseconds of matrix
+ * instructions on the card with this `uuid` through the driver API and reads
+ * NVML's SM clock every ~10 ms; sm_clock_mhz is the median over the burst's
+ * second half (the power controller has settled by then).
+ */
+#define FLEXAI_CALIBRATION_MMA 1 /* bf16 mma.sync (sm_80 and newer) */
+#define FLEXAI_CALIBRATION_FMA 2 /* fp32 fma, where the matrix kernel does not load */
+
+struct flexai_calibration {
+    uint32_t version;          /* FLEXAI_API_VERSION */
+    uint32_t sm_clock_mhz;     /* median SM clock, second half of the burst */
+    uint32_t max_sm_clock_mhz; /* NVML's maximum SM clock of the card */
+    uint32_t samples;          /* clock samples in the median */
+    uint32_t busy_pct_before;  /* NVML utilisation of the card before the burst */
+    uint32_t kernel;           /* FLEXAI_CALIBRATION_MMA or _FMA */
+    uint32_t power_mw;         /* median power draw over the same samples, 0 if unknown */
+    uint32_t power_limit_mw;   /* enforced power limit, 0 if unknown */
+    uint64_t burst_ns;         /* how long the burst ran */
+};
+
+/*
+ * Returns 0, or -ENODEV (no card with this uuid), -EBUSY (the card is in use:
+ * utilisation above `max_busy_pct` or compute processes on it; nothing was
+ * run), -ENOSYS (no CUDA driver or NVML), -EIO (a driver or NVML call
+ * failed), -EINVAL / -ENOSPC (bad arguments, `out_size` too small).
+ */
+int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t max_busy_pct, struct flexai_calibration *out,
+                     size_t out_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -425,6 +425,14 @@ API CUresult cuModuleLoadData(CUmodule *m, const void *image)
     *m = (CUmodule)(uintptr_t)0x10;
     return CUDA_SUCCESS;
 }
+API CUresult cuModuleUnload(CUmodule m) { (void)m; return CUDA_SUCCESS; }
+API CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
+{
+    if (phys_of(d) < 0)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *v = a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT ? 4 : 0;
+    return CUDA_SUCCESS;
+}
 API CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
 {
     (void)m; (void)name;

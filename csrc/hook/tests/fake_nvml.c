@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define API __attribute__((visibility("default")))
 
@@ -97,4 +98,58 @@ API int nvmlDeviceGetUtilizationRates(void *dev, nvmlUtilization_t *u)
     u->gpu = (unsigned int)atoi(c);
     u->memory = 0;
     return 0;
+}
+
+/* For calibration: the current SM clock (FAKECUDA_SM_CLOCK MHz), compute
+ * processes on the card (FAKECUDA_PROCS), power draw and limit
+ * (FAKECUDA_POWER_MW, FAKECUDA_POWER_LIMIT_MW); "not supported" when unset. */
+static int env_value(const char *name, unsigned int *out)
+{
+    const char *c = getenv(name);
+    if (c == NULL)
+        return 3;
+    *out = (unsigned int)atoi(c);
+    return 0;
+}
+/* With FAKECUDA_SM_CLOCK_BOOST=MHz,MS: the clock reads MHz for the first MS
+ * ms after the first read (a card at its top clock until the power
+ * controller reacts), FAKECUDA_SM_CLOCK after. */
+API int nvmlDeviceGetClockInfo(void *dev, int type, unsigned int *mhz)
+{
+    (void)dev;
+    static struct timespec first;
+    const char *boost = getenv("FAKECUDA_SM_CLOCK_BOOST");
+    if (type != 1)
+        return 3;
+    if (boost != NULL) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (first.tv_sec == 0 && first.tv_nsec == 0)
+            first = now;
+        double ms = (double)(now.tv_sec - first.tv_sec) * 1e3 + (double)(now.tv_nsec - first.tv_nsec) / 1e6;
+        unsigned int b_mhz = 0, b_ms = 0;
+        if (sscanf(boost, "%u,%u", &b_mhz, &b_ms) == 2 && ms < b_ms) {
+            *mhz = b_mhz;
+            return 0;
+        }
+    }
+    return env_value("FAKECUDA_SM_CLOCK", mhz);
+}
+API int nvmlDeviceGetComputeRunningProcesses_v3(void *dev, unsigned int *count, void *infos)
+{
+    (void)dev; (void)infos;
+    unsigned int n = 0;
+    env_value("FAKECUDA_PROCS", &n);
+    if (n > *count) {
+        *count = n;
+        return 7; /* NVML_ERROR_INSUFFICIENT_SIZE */
+    }
+    *count = n;
+    return 0;
+}
+API int nvmlDeviceGetPowerUsage(void *dev, unsigned int *mw) { (void)dev; return env_value("FAKECUDA_POWER_MW", mw); }
+API int nvmlDeviceGetEnforcedPowerLimit(void *dev, unsigned int *mw)
+{
+    (void)dev;
+    return env_value("FAKECUDA_POWER_LIMIT_MW", mw);
 }

@@ -9,6 +9,7 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -31,6 +32,7 @@ uint64_t fakecuda_used(int phys);
 void fakecuda_set_capturing(int on);
 int fakecuda_records_in_capture(void);
 void fakecuda_uuid_string(int phys, char *out, int len);
+uint64_t fakecuda_launches(void);
 /* shim API (the hook library exports nothing of it; tests link the shim) */
 
 static int g_fail;
@@ -777,6 +779,70 @@ static void t_pair(void)
     CHECK(b[0] + b[1] > 0.85, "the card stays busy: %.2f", b[0] + b[1]);
 }
 
+/* Calibration (shim API, run by the node agent) on the fake card: the median
+ * clock of the burst's second half, and every refusal. */
+static void t_calibrate(void)
+{
+    char uuid[64];
+    fakecuda_uuid_string(0, uuid, sizeof uuid);
+    struct flexai_calibration cal;
+    setenv("FAKECUDA_KERNEL_US", "2000", 1);
+    setenv("FAKECUDA_SM_MAX_CLOCK", "1980", 1);
+    setenv("FAKECUDA_SM_CLOCK", "1455", 1);
+    /* The first 150 ms at the top clock: the median must not see them. */
+    setenv("FAKECUDA_SM_CLOCK_BOOST", "1980,150", 1);
+    setenv("FAKECUDA_POWER_MW", "699000", 1);
+    setenv("FAKECUDA_POWER_LIMIT_MW", "700000", 1);
+    uint64_t before = fakecuda_launches();
+    int rc = flexai_calibrate(uuid, 600, 10, &cal, sizeof cal);
+    CHECK(rc == 0, "rc %d", rc);
+    printf("calibration: %u MHz (top %u), %u samples, kernel %u, %.0f ms, %u mW of %u\n", cal.sm_clock_mhz,
+           cal.max_sm_clock_mhz, cal.samples, cal.kernel, (double)cal.burst_ns / 1e6, cal.power_mw,
+           cal.power_limit_mw);
+    CHECK(cal.version == FLEXAI_API_VERSION, "version %u", cal.version);
+    CHECK(cal.sm_clock_mhz == 1455, "clock %u", cal.sm_clock_mhz);
+    CHECK(cal.max_sm_clock_mhz == 1980, "top %u", cal.max_sm_clock_mhz);
+    CHECK(cal.samples >= 50, "samples %u (one per 2 ms launch over 300 ms)", cal.samples);
+    CHECK(cal.kernel == FLEXAI_CALIBRATION_MMA, "kernel %u", cal.kernel);
+    CHECK(cal.burst_ns >= 600000000ull && cal.burst_ns < 2000000000ull, "burst %llu ns",
+          (unsigned long long)cal.burst_ns);
+    CHECK(cal.power_mw == 699000 && cal.power_limit_mw == 700000, "power %u / %u", cal.power_mw, cal.power_limit_mw);
+    CHECK(fakecuda_launches() - before >= 250, "launches %llu", (unsigned long long)(fakecuda_launches() - before));
+
+    /* A card in use is left alone: nothing launched. */
+    setenv("FAKECUDA_UTIL", "40", 1);
+    before = fakecuda_launches();
+    CHECK((rc = flexai_calibrate(uuid, 100, 10, &cal, sizeof cal)) == -EBUSY, "busy card: rc %d", rc);
+    CHECK(cal.busy_pct_before == 40, "busy %u", cal.busy_pct_before);
+    unsetenv("FAKECUDA_UTIL");
+    setenv("FAKECUDA_PROCS", "1", 1);
+    CHECK((rc = flexai_calibrate(uuid, 100, 10, &cal, sizeof cal)) == -EBUSY, "a process on it: rc %d", rc);
+    CHECK(fakecuda_launches() == before, "launched on a busy card");
+    unsetenv("FAKECUDA_PROCS");
+
+    CHECK((rc = flexai_calibrate("GPU-00000000-0000-0000-0000-000000000000", 100, 10, &cal, sizeof cal)) == -ENODEV,
+          "unknown card: rc %d", rc);
+    CHECK((rc = flexai_calibrate(uuid, 0, 10, &cal, sizeof cal)) == -EINVAL, "0 ms: rc %d", rc);
+    CHECK((rc = flexai_calibrate(NULL, 100, 10, &cal, sizeof cal)) == -EINVAL, "no uuid: rc %d", rc);
+    CHECK((rc = flexai_calibrate(uuid, 100, 10, &cal, 8)) == -ENOSPC, "small struct: rc %d", rc);
+    /* No clock from NVML: no figure, an error rather than 0 MHz. */
+    unsetenv("FAKECUDA_SM_CLOCK");
+    unsetenv("FAKECUDA_SM_CLOCK_BOOST");
+    CHECK((rc = flexai_calibrate(uuid, 100, 10, &cal, sizeof cal)) == -EIO, "no clock: rc %d", rc);
+}
+
+/* Without NVML the agent gets -ENOSYS (in a process of its own: NVML, once
+ * loaded, stays). */
+static void t_calibrate_no_nvml(void)
+{
+    char uuid[64];
+    fakecuda_uuid_string(0, uuid, sizeof uuid);
+    struct flexai_calibration cal;
+    setenv("FLEXAI_REAL_LIBNVML", "/nonexistent/libnvidia-ml.so.1", 1);
+    int rc = flexai_calibrate(uuid, 100, 10, &cal, sizeof cal);
+    CHECK(rc == -ENOSYS, "rc %d", rc);
+}
+
 int main(int argc, char **argv)
 {
     g_self = argv[0];
@@ -816,6 +882,8 @@ int main(int argc, char **argv)
     else if (strcmp(c, "duty") == 0) t_duty();
     else if (strcmp(c, "capture") == 0) t_capture();
     else if (strcmp(c, "launch_rate") == 0) t_launch_rate();
+    else if (strcmp(c, "calibrate") == 0) t_calibrate();
+    else if (strcmp(c, "calibrate_no_nvml") == 0) t_calibrate_no_nvml();
     else {
         fprintf(stderr, "unknown case %s\n", c);
         return 2;

@@ -1,0 +1,368 @@
+/*
+ * calibrate.c: measure the SM clock a card sustains under full load, for the
+ * node agent (flexai_calibrate() in flexai_hook.h; built into the shim only).
+ *
+ * Why: a power-capped card clocks down under a long full load and runs at its
+ * top clock when it idles part of the time, so a share of its time is more
+ * than that share of its full-load throughput. The hook corrects for that
+ * (compute.c, speedup_pm) given the full-load clock as `ref_clock_mhz`; this
+ * file finds that clock on the card itself, so no figure is set by hand per
+ * card model.
+ *
+ * How: a burst of back-to-back launches of a kernel that keeps every SM's
+ * tensor cores busy (bf16 mma.sync, PTX JIT-compiled by the driver; an fp32
+ * fma kernel where the card has no such instruction), with NVML's SM clock
+ * read after each launch (~10 ms apart). The power controller needs a moment
+ * to settle, so the figure is the median over the second half of the burst.
+ *
+ * Invariants: refuses (-EBUSY) and runs nothing when the card is in use, so
+ * it never slows a tenant down nor measures a clock that a tenant set; leaves
+ * no context behind (the primary context is released); never aborts.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* Eight independent accumulators per warp keep the tensor pipes full. */
+static const char k_mma_ptx[] =
+    ".version 7.0\n.target sm_80\n.address_size 64\n"
+    ".visible .entry flexai_burn(.param .u64 out, .param .u32 iters)\n{\n"
+    ".reg .b32 a<4>, b<2>;\n.reg .f32 d<32>;\n.reg .u32 i, n, t, w;\n.reg .u64 o, off;\n.reg .pred p;\n"
+    "mov.u32 t, %tid.x;\nmov.b32 a0, 0x3c003c00;\nxor.b32 a1, a0, t;\nmov.b32 a2, 0x3c013c01;\n"
+    "mov.b32 a3, 0x3c023c02;\nmov.b32 b0, 0x3c003c00;\nmov.b32 b1, 0x3c033c03;\n"
+#define Z4(a, b, c, e) "mov.f32 d" #a ", 0f00000000;\nmov.f32 d" #b ", 0f00000000;\n" \
+                       "mov.f32 d" #c ", 0f00000000;\nmov.f32 d" #e ", 0f00000000;\n"
+    Z4(0, 1, 2, 3) Z4(4, 5, 6, 7) Z4(8, 9, 10, 11) Z4(12, 13, 14, 15)
+    Z4(16, 17, 18, 19) Z4(20, 21, 22, 23) Z4(24, 25, 26, 27) Z4(28, 29, 30, 31)
+    "ld.param.u32 n, [iters];\nmov.u32 i, 0;\nLOOP:\n"
+#define MMA(a, b, c, e) "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {d" #a ",d" #b ",d" #c ",d" #e \
+                        "}, {a0,a1,a2,a3}, {b0,b1}, {d" #a ",d" #b ",d" #c ",d" #e "};\n"
+    MMA(0, 1, 2, 3) MMA(4, 5, 6, 7) MMA(8, 9, 10, 11) MMA(12, 13, 14, 15)
+    MMA(16, 17, 18, 19) MMA(20, 21, 22, 23) MMA(24, 25, 26, 27) MMA(28, 29, 30, 31)
+    "add.u32 i, i, 1;\nsetp.lt.u32 p, i, n;\n@p bra LOOP;\n"
+    "add.f32 d0, d0, d4;\nadd.f32 d0, d0, d8;\nadd.f32 d0, d0, d12;\nadd.f32 d0, d0, d16;\n"
+    "add.f32 d0, d0, d20;\nadd.f32 d0, d0, d24;\nadd.f32 d0, d0, d28;\nadd.f32 d0, d0, d1;\n"
+    "mov.u32 t, %ctaid.x;\nmov.u32 i, %ntid.x;\nmov.u32 w, %tid.x;\nmad.lo.u32 t, t, i, w;\n"
+    "mul.wide.u32 off, t, 4;\nld.param.u64 o, [out];\nadd.u64 o, o, off;\nst.global.f32 [o], d0;\nret;\n}\n";
+
+static const char k_fma_ptx[] =
+    ".version 7.0\n.target sm_50\n.address_size 64\n"
+    ".visible .entry flexai_burn(.param .u64 out, .param .u32 iters)\n{\n"
+    ".reg .f32 x<8>;\n.reg .u32 i, n, t, w;\n.reg .u64 o, off;\n.reg .pred p;\n"
+    "mov.u32 t, %tid.x;\ncvt.rn.f32.u32 x0, t;\nmul.f32 x0, x0, 0f3A800000;\n"
+    "add.f32 x1, x0, 0f3F800000;\nadd.f32 x2, x0, 0f40000000;\nadd.f32 x3, x0, 0f40400000;\n"
+    "add.f32 x4, x0, 0f40800000;\nadd.f32 x5, x0, 0f40A00000;\nadd.f32 x6, x0, 0f40C00000;\n"
+    "add.f32 x7, x0, 0f40E00000;\nld.param.u32 n, [iters];\nmov.u32 i, 0;\nLOOP:\n"
+#define FMA(k) "fma.rn.f32 x" #k ", x" #k ", 0f3F7FFFEF, 0f3A800000;\n"
+    FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6) FMA(7)
+    "add.u32 i, i, 1;\nsetp.lt.u32 p, i, n;\n@p bra LOOP;\n"
+    "add.f32 x0, x0, x1;\nadd.f32 x0, x0, x2;\nadd.f32 x0, x0, x3;\nadd.f32 x0, x0, x4;\n"
+    "add.f32 x0, x0, x5;\nadd.f32 x0, x0, x6;\nadd.f32 x0, x0, x7;\n"
+    "mov.u32 t, %ctaid.x;\nmov.u32 i, %ntid.x;\nmov.u32 w, %tid.x;\nmad.lo.u32 t, t, i, w;\n"
+    "mul.wide.u32 off, t, 4;\nld.param.u64 o, [out];\nadd.u64 o, o, off;\nst.global.f32 [o], x0;\nret;\n}\n";
+
+#define BLOCK 256
+#define BLOCKS_PER_SM 4
+#define LAUNCH_NS 10000000ull /* one launch: ~10 ms of work, one NVML read each */
+#define PROBE_ITERS 1024u
+#define MAX_SAMPLES 4096
+
+typedef int nvmlReturn_t;
+typedef struct nvmlDevice_st *nvmlDevice_t;
+typedef struct {
+    unsigned int gpu, memory;
+} nvml_util_t;
+#define NVML_CLOCK_SM 1
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+
+struct nvml {
+    nvmlReturn_t (*init)(void);
+    nvmlReturn_t (*by_uuid)(const char *, nvmlDevice_t *);
+    nvmlReturn_t (*clock)(nvmlDevice_t, int, unsigned int *);
+    nvmlReturn_t (*max_clock)(nvmlDevice_t, int, unsigned int *);
+    nvmlReturn_t (*util)(nvmlDevice_t, nvml_util_t *);
+    nvmlReturn_t (*procs)(nvmlDevice_t, unsigned int *, void *);
+    nvmlReturn_t (*power)(nvmlDevice_t, unsigned int *);
+    nvmlReturn_t (*power_limit)(nvmlDevice_t, unsigned int *);
+};
+
+struct cuda {
+    PFN_cuInit_v2000 init;
+    PFN_cuDeviceGetCount_v2000 count;
+    PFN_cuDeviceGet_v2000 get;
+    PFN_cuDeviceGetUuid_v11040 uuid;
+    PFN_cuDeviceGetAttribute_v2000 attr;
+    PFN_cuDevicePrimaryCtxRetain_v7000 retain;
+    PFN_cuDevicePrimaryCtxRelease_v11000 release;
+    PFN_cuCtxSetCurrent_v4000 set_current;
+    PFN_cuCtxSynchronize_v2000 sync;
+    PFN_cuModuleLoadData_v2000 load;
+    PFN_cuModuleGetFunction_v2000 function;
+    PFN_cuModuleUnload_v2000 unload;
+    PFN_cuMemAlloc_v3020 alloc;
+    PFN_cuMemFree_v3020 free;
+    PFN_cuLaunchKernel_v4000 launch;
+    PFN_cuEventCreate_v2000 event_create;
+    PFN_cuEventRecord_v2000 event_record;
+    PFN_cuEventSynchronize_v2000 event_sync;
+    PFN_cuEventElapsedTime_v2000 event_elapsed;
+    PFN_cuEventDestroy_v4000 event_destroy;
+};
+
+static uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void *open_lib(const char *env, const char *fallback)
+{
+    const char *name = getenv(env);
+    return dlopen(name != NULL && *name != '\0' ? name : fallback, RTLD_NOW | RTLD_LOCAL);
+}
+
+/* dlsym into a function pointer of any type; 1 if found. */
+static int sym(void *lib, const char *name, void *dst)
+{
+    void *f = dlsym(lib, name);
+    memcpy(dst, &f, sizeof f);
+    return f != NULL;
+}
+#define SYM(lib, dst, name) sym(lib, name, &(dst))
+
+static int load_nvml(struct nvml *n)
+{
+    void *lib = open_lib("FLEXAI_REAL_LIBNVML", "libnvidia-ml.so.1");
+    if (lib == NULL)
+        return 0;
+    /* The optional ones (processes, power) may be missing: checked at use. */
+    SYM(lib, n->procs, "nvmlDeviceGetComputeRunningProcesses_v3");
+    SYM(lib, n->power, "nvmlDeviceGetPowerUsage");
+    SYM(lib, n->power_limit, "nvmlDeviceGetEnforcedPowerLimit");
+    return SYM(lib, n->init, "nvmlInit_v2") && SYM(lib, n->by_uuid, "nvmlDeviceGetHandleByUUID") &&
+           SYM(lib, n->clock, "nvmlDeviceGetClockInfo") && SYM(lib, n->max_clock, "nvmlDeviceGetMaxClockInfo") &&
+           SYM(lib, n->util, "nvmlDeviceGetUtilizationRates");
+}
+
+static int load_cuda(struct cuda *c)
+{
+    void *lib = open_lib("FLEXAI_REAL_LIBCUDA", "libcuda.so.1");
+    if (lib == NULL)
+        return 0;
+    return SYM(lib, c->init, "cuInit") && SYM(lib, c->count, "cuDeviceGetCount") && SYM(lib, c->get, "cuDeviceGet") &&
+           SYM(lib, c->uuid, "cuDeviceGetUuid_v2") && SYM(lib, c->attr, "cuDeviceGetAttribute") &&
+           SYM(lib, c->retain, "cuDevicePrimaryCtxRetain") && SYM(lib, c->release, "cuDevicePrimaryCtxRelease_v2") &&
+           SYM(lib, c->set_current, "cuCtxSetCurrent") && SYM(lib, c->sync, "cuCtxSynchronize") &&
+           SYM(lib, c->load, "cuModuleLoadData") && SYM(lib, c->function, "cuModuleGetFunction") &&
+           SYM(lib, c->unload, "cuModuleUnload") && SYM(lib, c->alloc, "cuMemAlloc_v2") &&
+           SYM(lib, c->free, "cuMemFree_v2") && SYM(lib, c->launch, "cuLaunchKernel") &&
+           SYM(lib, c->event_create, "cuEventCreate") && SYM(lib, c->event_record, "cuEventRecord") &&
+           SYM(lib, c->event_sync, "cuEventSynchronize") && (SYM(lib, c->event_elapsed, "cuEventElapsedTime_v2") || SYM(lib, c->event_elapsed, "cuEventElapsedTime")) &&
+           SYM(lib, c->event_destroy, "cuEventDestroy_v2");
+}
+
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" of a CUDA device. */
+static void uuid_string(const CUuuid *u, char *out, size_t len)
+{
+    const unsigned char *b = (const unsigned char *)u->bytes;
+    snprintf(out, len, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+static int find_device(const struct cuda *c, const char *uuid, CUdevice *out)
+{
+    int n = 0;
+    if (c->count(&n) != CUDA_SUCCESS)
+        return -EIO;
+    for (int i = 0; i < n; i++) {
+        CUdevice d;
+        CUuuid u;
+        char s[FLEXAI_UUID_LEN];
+        if (c->get(&d, i) != CUDA_SUCCESS || c->uuid(&u, d) != CUDA_SUCCESS)
+            return -EIO;
+        uuid_string(&u, s, sizeof s);
+        if (strcasecmp(s, uuid) == 0) {
+            *out = d;
+            return 0;
+        }
+    }
+    return -ENODEV;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static uint32_t median(uint32_t *v, uint32_t n)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof *v, cmp_u32);
+    return v[n / 2];
+}
+
+struct burst {
+    CUfunction fn;
+    CUdeviceptr out;
+    unsigned int blocks;
+    unsigned int iters;
+};
+
+static CUresult launch(const struct cuda *c, struct burst *b)
+{
+    void *args[] = {&b->out, &b->iters};
+    return c->launch(b->fn, b->blocks, 1, 1, BLOCK, 1, 1, 0, NULL, args, NULL);
+}
+
+/* Scale `iters` so one launch is about LAUNCH_NS of work (one timed probe). */
+static int size_launch(const struct cuda *c, struct burst *b, CUevent e0, CUevent e1)
+{
+    float ms = 0;
+    b->iters = PROBE_ITERS;
+    if (c->event_record(e0, NULL) != CUDA_SUCCESS || launch(c, b) != CUDA_SUCCESS ||
+        c->event_record(e1, NULL) != CUDA_SUCCESS || c->event_sync(e1) != CUDA_SUCCESS ||
+        c->event_elapsed(&ms, e0, e1) != CUDA_SUCCESS)
+        return -EIO;
+    double scale = ms > 0.001f ? (double)LAUNCH_NS / ((double)ms * 1e6) : 1.0;
+    double iters = PROBE_ITERS * (scale < 1 ? 1 : scale);
+    b->iters = iters > 1e9 ? 1000000000u : (unsigned int)iters;
+    return 0;
+}
+
+/* The burst itself: one launch always queued behind the running one, the
+ * clock read as each completes. */
+static int run_burst(const struct cuda *c, const struct nvml *n, nvmlDevice_t h, struct burst *b, uint32_t burst_ms,
+                     struct flexai_calibration *out)
+{
+    CUevent ev[2] = {NULL, NULL};
+    if (c->event_create(&ev[0], CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
+        c->event_create(&ev[1], CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+        return -EIO;
+    int rc = size_launch(c, b, ev[0], ev[1]);
+    uint32_t clocks[MAX_SAMPLES], power[MAX_SAMPLES];
+    uint64_t t[MAX_SAMPLES];
+    uint32_t ns = 0, np = 0;
+    uint64_t t0 = mono_ns(), end = t0 + (uint64_t)burst_ms * 1000000ull;
+    if (rc == 0 && (launch(c, b) != CUDA_SUCCESS || c->event_record(ev[0], NULL) != CUDA_SUCCESS))
+        rc = -EIO;
+    for (int k = 1; rc == 0 && mono_ns() < end && ns < MAX_SAMPLES; k ^= 1) {
+        if (launch(c, b) != CUDA_SUCCESS || c->event_record(ev[k], NULL) != CUDA_SUCCESS ||
+            c->event_sync(ev[k ^ 1]) != CUDA_SUCCESS) {
+            rc = -EIO;
+            break;
+        }
+        unsigned int mhz = 0, mw = 0;
+        if (n->clock(h, NVML_CLOCK_SM, &mhz) == 0) {
+            t[ns] = mono_ns();
+            clocks[ns++] = mhz;
+        }
+        if (n->power != NULL && n->power(h, &mw) == 0 && mono_ns() - t0 >= (end - t0) / 2)
+            power[np++] = mw;
+    }
+    c->sync();
+    out->burst_ns = mono_ns() - t0;
+    c->event_destroy(ev[0]);
+    c->event_destroy(ev[1]);
+    if (rc != 0)
+        return rc;
+    /* The second half: samples taken after the burst's midpoint. */
+    uint64_t mid = t0 + (mono_ns() - t0) / 2;
+    uint32_t first = 0;
+    while (first < ns && t[first] < mid)
+        first++;
+    if (ns - first == 0)
+        return -EIO;
+    out->samples = ns - first;
+    out->sm_clock_mhz = median(clocks + first, ns - first);
+    out->power_mw = median(power, np);
+    return 0;
+}
+
+/* Load the matrix kernel, else the fma one; allocate the output. */
+static int prepare(const struct cuda *c, CUdevice dev, CUmodule *mod, struct burst *b, uint32_t *kernel)
+{
+    int sms = 0;
+    if (c->attr(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev) != CUDA_SUCCESS || sms <= 0)
+        sms = 1;
+    b->blocks = (unsigned int)sms * BLOCKS_PER_SM;
+    *kernel = FLEXAI_CALIBRATION_MMA;
+    if (c->load(mod, k_mma_ptx) != CUDA_SUCCESS) {
+        *kernel = FLEXAI_CALIBRATION_FMA;
+        if (c->load(mod, k_fma_ptx) != CUDA_SUCCESS)
+            return -EIO;
+    }
+    if (c->function(&b->fn, *mod, "flexai_burn") != CUDA_SUCCESS ||
+        c->alloc(&b->out, (size_t)b->blocks * BLOCK * sizeof(float)) != CUDA_SUCCESS)
+        return -EIO;
+    return 0;
+}
+
+/* Busy: NVML's utilisation above the bound, or any compute process on it. */
+static int card_busy(const struct nvml *n, nvmlDevice_t h, uint32_t max_busy_pct, uint32_t *busy_pct)
+{
+    nvml_util_t u = {0, 0};
+    if (n->util(h, &u) == 0) {
+        *busy_pct = u.gpu;
+        if (u.gpu > max_busy_pct)
+            return 1;
+    }
+    unsigned int count = 0;
+    return n->procs != NULL && n->procs(h, &count, NULL) == NVML_ERROR_INSUFFICIENT_SIZE;
+}
+
+FLEXAI_EXPORT int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t max_busy_pct,
+                                   struct flexai_calibration *out, size_t out_size)
+{
+    if (uuid == NULL || out == NULL || burst_ms == 0 || burst_ms > 60000)
+        return -EINVAL;
+    if (out_size < sizeof *out)
+        return -ENOSPC;
+    memset(out, 0, sizeof *out);
+    out->version = FLEXAI_API_VERSION;
+    struct nvml n = {0};
+    struct cuda c = {0};
+    if (!load_nvml(&n) || !load_cuda(&c))
+        return -ENOSYS;
+    nvmlDevice_t h;
+    if (n.init() != 0)
+        return -ENOSYS;
+    if (n.by_uuid(uuid, &h) != 0)
+        return -ENODEV;
+    unsigned int top = 0, limit = 0;
+    if (n.max_clock(h, NVML_CLOCK_SM, &top) == 0)
+        out->max_sm_clock_mhz = top;
+    if (n.power_limit != NULL && n.power_limit(h, &limit) == 0)
+        out->power_limit_mw = limit;
+    if (card_busy(&n, h, max_busy_pct, &out->busy_pct_before))
+        return -EBUSY;
+    CUdevice dev;
+    CUcontext ctx = NULL;
+    if (c.init(0) != CUDA_SUCCESS)
+        return -ENOSYS;
+    int rc = find_device(&c, uuid, &dev);
+    if (rc != 0)
+        return rc;
+    if (c.retain(&ctx, dev) != CUDA_SUCCESS || c.set_current(ctx) != CUDA_SUCCESS)
+        return -EIO;
+    CUmodule mod = NULL;
+    struct burst b = {0};
+    rc = prepare(&c, dev, &mod, &b, &out->kernel);
+    if (rc == 0)
+        rc = run_burst(&c, &n, h, &b, burst_ms, out);
+    if (b.out != 0)
+        c.free(b.out);
+    if (mod != NULL)
+        c.unload(mod);
+    c.set_current(NULL);
+    c.release(dev);
+    return rc;
+}
