@@ -20,6 +20,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .admitter import NodeAdmitter
+from .calibration import CACHE_NAME, RefClocks, parse_mode
 from .deviceplugin.kubelet_pods import DEFAULT_SOCKET as POD_RESOURCES_SOCKET
 from .deviceplugin.kubelet_pods import PodResourcesClient
 from .deviceplugin.server import DEFAULT_DIR, DevicePluginService, PluginServer
@@ -52,8 +53,10 @@ class AgentSettings:
     report_every_s: float = 30.0
     poll_every_s: float = 5.0
     prune_every_s: float = 30.0
-    # The SM clock (MHz) this node's cards sustain at full load; 0 = hold a share of time.
-    ref_clock_mhz: int = 0
+    # The SM clock (MHz) this node's cards sustain at full load, for limits in throughput:
+    # "auto" measures each card (calibration.py), a number is one clock for all, 0 or "off"
+    # holds shares of time.
+    ref_clock_mhz: int | str = 0
 
 
 class NodeAgent:
@@ -72,7 +75,9 @@ class NodeAgent:
         self._inventory = inventory
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         workdirs = Workdirs(settings.state_dir / "containers")
-        hook = HookConfigFiles(workdirs.root, settings.hook_library, settings.ref_clock_mhz)
+        self.ref_clocks = RefClocks(parse_mode(str(settings.ref_clock_mhz)), settings.state_dir / CACHE_NAME,
+                                    shim.calibrate if shim is not None else None)
+        hook = HookConfigFiles(workdirs.root, settings.hook_library, self.ref_clocks.get)
         if usage is None and shim is not None:
             usage = RegionUsageReader(lambda uid, c: hook.region_file(workdirs.path(uid, c)), shim)
         self._usage = usage
@@ -96,6 +101,8 @@ class NodeAgent:
 
     def start(self) -> None:
         self._last = self._read_cards()
+        # Before the device plugin serves: no container has been given these cards yet.
+        self.ref_clocks.calibrate_missing(r.card.uuid for r in self._last)
         self.plugin.service.set_cards([r.card for r in self._last])
         try:
             seeded = self.admitter.seed(self.admitter.bound_pods())
@@ -121,6 +128,7 @@ class NodeAgent:
 
     def tick(self) -> None:
         readings = self._read_cards()
+        self.ref_clocks.calibrate_missing(r.card.uuid for r in readings)
         self.plugin.service.set_cards([r.card for r in readings])
         try:
             pods = tuple(self.admitter.bound_pods())

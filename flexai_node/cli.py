@@ -19,6 +19,7 @@ from .deviceplugin.kubelet_pods import DEFAULT_SOCKET as POD_RESOURCES_SOCKET
 from .deviceplugin.server import DEFAULT_DIR
 from .inventory import FileInventory, InventoryError, InventorySource
 from .hook_config import DEFAULT_LIBRARY
+from .calibration import parse_mode
 from .hook_shim import HookShim, ShimError
 from .kube import KubeError, KubeNodeApi
 
@@ -54,17 +55,20 @@ def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
                         "empty to go without (env FLEXAI_POD_RESOURCES_SOCKET)")
     p.add_argument("--report-every", type=float, default=float(e.get("FLEXAI_REPORT_EVERY", "30")),
                    help="seconds between heartbeats of the node annotation")
-    p.add_argument("--ref-clock-mhz", type=int, default=int(e.get("FLEXAI_REF_CLOCK_MHZ", "0")),
-                   help="SM clock the cards sustain at full load: the hook then holds a share of "
-                        "throughput, not of time (0: of time; see csrc/hook/README.md)")
+    p.add_argument("--ref-clock-mhz", default=e.get("FLEXAI_REF_CLOCK_MHZ", "auto"),
+                   help="SM clock the cards sustain at full load, for core limits in throughput rather than "
+                        "time: auto (default: measured on each idle card, cached in the state directory), "
+                        "off (or 0: shares of time) or MHz for every card (env FLEXAI_REF_CLOCK_MHZ)")
     p.add_argument("--log-level", default=e.get("FLEXAI_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("the node name is required: --node-name or FLEXAI_NODE_NAME")
     if args.max_vgpus_per_card < 1:
         p.error("--max-vgpus-per-card must be at least 1")
-    if not 0 <= args.ref_clock_mhz <= 10000:
-        p.error(f"--ref-clock-mhz must be 0..10000 MHz, not {args.ref_clock_mhz}")
+    try:
+        args.ref_clock_mhz = parse_mode(args.ref_clock_mhz)
+    except ValueError as e:
+        p.error(f"--ref-clock-mhz: {e}")
     if args.inventory != "nvml" and not args.inventory.startswith("file:"):
         p.error(f"--inventory must be nvml or file:PATH, not {args.inventory!r}")
     return args

@@ -18,7 +18,7 @@ Called under the admitter's lock, so two admissions never take the same window.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flexai_sched.model import Slice
@@ -40,12 +40,18 @@ MIB = 1 << 20
 
 
 class HookConfigFiles:
-    def __init__(self, root: Path, library: Path, ref_clock_mhz: int = 0) -> None:
+    def __init__(self, root: Path, library: Path, ref_clock_mhz: int | Callable[[str], int] = 0) -> None:
         """``root``: the per-container directories' parent; ``library``: the hook on the host;
-        ``ref_clock_mhz``: the cards' full-load SM clock, for limits in throughput (0: in time)."""
+        ``ref_clock_mhz``: a card's full-load SM clock, for limits in throughput (0: in time),
+        one for all cards or per card UUID (``calibration.RefClocks.get``)."""
         self._root = root
         self._library = library
-        self._ref_clock_mhz = ref_clock_mhz
+        self._ref_clock: Callable[[str], int]
+        if callable(ref_clock_mhz):
+            self._ref_clock = ref_clock_mhz
+        else:
+            mhz = ref_clock_mhz
+            self._ref_clock = lambda _uuid: mhz
 
     def prepare(self, host_dir: Path, slices: tuple[Slice, ...]) -> tuple[dict[str, str], tuple[MountSpec, ...]]:
         taken = self._windows(exclude=host_dir)
@@ -59,7 +65,8 @@ class HookConfigFiles:
                                 s.cores, s.card_uuid, host_dir)
                 offset = free or 0
             vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores,
-                                      core_offset=offset, ref_clock_mhz=self._ref_clock_mhz if 0 < s.cores < 100 else 0))
+                                      core_offset=offset,
+                                      ref_clock_mhz=self._ref_clock(s.card_uuid) if 0 < s.cores < 100 else 0))
         region = host_dir / REGION_DIR
         ensure_dir(region)
         # Containers run as any user: every one of them must be able to create the region.

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HookShim", "ProcessUsage", "RegionSnapshot", "ShimError", "VGPUUsage", "find_shim"]
+__all__ = ["Calibration", "CalibrationError", "HookShim", "ProcessUsage", "RegionSnapshot", "ShimError", "VGPUUsage",
+           "find_shim"]
 
 API_VERSION = 1
 MAX_DEVICES = 16
@@ -57,6 +58,21 @@ class _Snapshot(ctypes.Structure):
     ]
 
 
+class _Calibration(ctypes.Structure):
+    _fields_ = [
+        ("version", ctypes.c_uint32),
+        ("sm_clock_mhz", ctypes.c_uint32),
+        ("max_sm_clock_mhz", ctypes.c_uint32),
+        ("samples", ctypes.c_uint32),
+        ("busy_pct_before", ctypes.c_uint32),
+        ("kernel", ctypes.c_uint32),
+        ("power_mw", ctypes.c_uint32),
+        ("power_limit_mw", ctypes.c_uint32),
+        ("burst_ns", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(_Calibration) == 40
 assert ctypes.sizeof(_Device) == 128 and ctypes.sizeof(_Proc) == 264 and ctypes.sizeof(_Snapshot) == 69648
 
 
@@ -76,6 +92,27 @@ class ShimError(Exception):
     def __init__(self, message: str, errno_: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno_
+
+
+class CalibrationError(ShimError):
+    """A card could not be calibrated; ``busy`` when it was in use (try again when idle)."""
+
+    def __init__(self, message: str, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``flexai_calibrate()`` measured on one card (csrc/hook/include/flexai_hook.h)."""
+
+    sm_clock_mhz: int  # median SM clock over the second half of a full-load burst
+    max_sm_clock_mhz: int
+    samples: int
+    kernel: str  # "mma" (tensor cores) or "fma"
+    power_mw: int
+    power_limit_mw: int
+    burst_ms: float
 
 
 @dataclass(frozen=True)
@@ -130,9 +167,30 @@ class HookShim:
         self._lib.flexai_api_version.restype = ctypes.c_int
         self._lib.flexai_region_snapshot.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Snapshot), ctypes.c_size_t]
         self._lib.flexai_region_snapshot.restype = ctypes.c_int
+        self._calibrate = getattr(self._lib, "flexai_calibrate", None)  # a shim older than calibration: None
+        if self._calibrate is not None:
+            self._calibrate.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                        ctypes.POINTER(_Calibration), ctypes.c_size_t]
+            self._calibrate.restype = ctypes.c_int
         version = int(self._lib.flexai_api_version())
         if version != API_VERSION:
             raise ShimError(f"{path} speaks API version {version}, this module {API_VERSION}")
+
+    def calibrate(self, uuid: str, burst_ms: int = 4000, max_busy_pct: int = 5) -> Calibration:
+        """Run the full-load burst on card ``uuid`` (seconds of work: call while it is idle).
+
+        Raises CalibrationError, with ``busy`` set when the card was in use and nothing ran."""
+        if self._calibrate is None:
+            raise CalibrationError("this libflexai_shim.so has no flexai_calibrate")
+        raw = _Calibration()
+        rc = int(self._calibrate(uuid.encode(), burst_ms, max_busy_pct, ctypes.byref(raw), ctypes.sizeof(raw)))
+        if rc != 0:
+            name = errno.errorcode.get(-rc, str(rc))
+            raise CalibrationError(f"calibrating {uuid}: {name} ({os.strerror(-rc)})", busy=rc == -errno.EBUSY)
+        return Calibration(sm_clock_mhz=int(raw.sm_clock_mhz), max_sm_clock_mhz=int(raw.max_sm_clock_mhz),
+                           samples=int(raw.samples), kernel="mma" if raw.kernel == 1 else "fma",
+                           power_mw=int(raw.power_mw), power_limit_mw=int(raw.power_limit_mw),
+                           burst_ms=round(raw.burst_ns / 1e6, 1))
 
     def snapshot(self, region_path: str | os.PathLike[str]) -> RegionSnapshot:
         raw = _Snapshot()

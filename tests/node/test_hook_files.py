@@ -73,3 +73,14 @@ def test_ref_clock_goes_to_limited_vgpus_only(tmp_path: Path) -> None:
     files.prepare(d, (slice_on(A, "main", 25, 2048), slice_on(B, "main", 100, 4096)))
     config = hook_config.parse((d / "vgpu.conf").read_text())
     assert [(v.cores, v.ref_clock_mhz) for v in config.vgpus] == [(25, 1485), (100, 0)]
+
+
+def test_ref_clock_per_card(tmp_path: Path) -> None:
+    """The agent's measured clocks (calibration.RefClocks.get): each card its own; unknown = 0."""
+    clocks = {A.uuid: 1455}
+    files = HookConfigFiles(tmp_path, Path("/hook.so"), ref_clock_mhz=lambda uuid: clocks.get(uuid, 0))
+    d = tmp_path / "uid" / "main"
+    d.mkdir(parents=True)
+    files.prepare(d, (slice_on(A, "main", 30, 2048), slice_on(B, "main", 40, 4096)))
+    config = hook_config.parse((d / "vgpu.conf").read_text())
+    assert [(v.uuid, v.ref_clock_mhz) for v in config.vgpus] == [(A.uuid, 1455), (B.uuid, 0)]
