@@ -266,13 +266,21 @@ FLEXAI_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
 
 /* ---- contexts: charge their overhead once per process and vGPU ----------- */
 
+#define CONTEXT_RESERVE(dev)                                          \
+    int ctx_charge_ = flexai_mem_context_reserve(dev);                \
+    if (ctx_charge_ == FLEXAI_CTX_REFUSED)                            \
+        return CUDA_ERROR_OUT_OF_MEMORY
+#define CONTEXT_SETTLE(dev, r)                                        \
+    if ((r) != CUDA_SUCCESS && ctx_charge_ == FLEXAI_CTX_CHARGED)     \
+        flexai_mem_context_unreserve(dev)
+
 FLEXAI_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 {
     if (!gpu_allowed())
         return CUDA_ERROR_NOT_PERMITTED;
+    CONTEXT_RESERVE(dev);
     CUresult r = CALL_REAL(cuDevicePrimaryCtxRetain, pctx, dev);
-    if (r == CUDA_SUCCESS)
-        flexai_mem_context_opened(dev);
+    CONTEXT_SETTLE(dev, r);
     return r;
 }
 
@@ -280,9 +288,9 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdev
 {
     if (!gpu_allowed())
         return CUDA_ERROR_NOT_PERMITTED;
+    CONTEXT_RESERVE(dev);
     CUresult r = CALL_REAL(cuCtxCreate_v2, pctx, flags, dev);
-    if (r == CUDA_SUCCESS)
-        flexai_mem_context_opened(dev);
+    CONTEXT_SETTLE(dev, r);
     return r;
 }
 
@@ -291,9 +299,9 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *para
 {
     if (!gpu_allowed())
         return CUDA_ERROR_NOT_PERMITTED;
+    CONTEXT_RESERVE(dev);
     CUresult r = CALL_REAL(cuCtxCreate_v3, pctx, paramsArray, numParams, flags, dev);
-    if (r == CUDA_SUCCESS)
-        flexai_mem_context_opened(dev);
+    CONTEXT_SETTLE(dev, r);
     return r;
 }
 
@@ -302,9 +310,9 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
 {
     if (!gpu_allowed())
         return CUDA_ERROR_NOT_PERMITTED;
+    CONTEXT_RESERVE(dev);
     CUresult r = CALL_REAL(cuCtxCreate_v4, pctx, params, flags, dev);
-    if (r == CUDA_SUCCESS)
-        flexai_mem_context_opened(dev);
+    CONTEXT_SETTLE(dev, r);
     return r;
 }
 

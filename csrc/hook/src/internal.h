@@ -138,7 +138,16 @@ void flexai_mem_commit(int slot, enum flexai_mem_kind kind, uint64_t key, uint64
 /* On free: forget (kind,key) and give its bytes back. */
 void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key);
 /* Charge the context overhead of `dev` once per process. */
-void flexai_mem_context_opened(CUdevice dev);
+/* Before a context opens on `dev`: charge its overhead once per process and
+ * vGPU. FLEXAI_CTX_REFUSED: no room in the slice (the caller returns
+ * CUDA_ERROR_OUT_OF_MEMORY); FLEXAI_CTX_CHARGED: charged now, so undo with
+ * flexai_mem_context_unreserve() if the driver then fails; FLEXAI_CTX_FREE:
+ * nothing to charge. */
+#define FLEXAI_CTX_REFUSED 0
+#define FLEXAI_CTX_CHARGED 1
+#define FLEXAI_CTX_FREE 2
+int flexai_mem_context_reserve(CUdevice dev);
+void flexai_mem_context_unreserve(CUdevice dev);
 /* Virtualised getters. */
 void flexai_mem_info(int slot, size_t *free_b, size_t *total_b);
 

@@ -124,17 +124,33 @@ void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key)
     }
 }
 
-void flexai_mem_context_opened(CUdevice dev)
+int flexai_mem_context_reserve(CUdevice dev)
+{
+    int slot = flexai_slot_of_device(dev);
+    if (slot < 0 || slot >= 32)
+        return FLEXAI_CTX_FREE;
+    uint32_t bit = 1u << slot;
+    if (atomic_fetch_or(&g_ctx_charged, bit) & bit)
+        return FLEXAI_CTX_FREE;
+    /* Charged before the driver opens it, like an allocation: a context costs
+     * real memory, so past the limit it is refused (a 4th DataLoader worker
+     * that touches CUDA in a full slice gets CUDA_ERROR_OUT_OF_MEMORY instead
+     * of taking card memory outside the slice). Returned with the rest of the
+     * process's memory when the process ends. */
+    if (!flexai_region_charge(slot, flexai_config()->dev[slot].context_overhead, 0)) {
+        atomic_fetch_and(&g_ctx_charged, ~bit);
+        return FLEXAI_CTX_REFUSED;
+    }
+    return FLEXAI_CTX_CHARGED;
+}
+
+void flexai_mem_context_unreserve(CUdevice dev)
 {
     int slot = flexai_slot_of_device(dev);
     if (slot < 0 || slot >= 32)
         return;
-    uint32_t bit = 1u << slot;
-    if (atomic_fetch_or(&g_ctx_charged, bit) & bit)
-        return;
-    /* A context must open even at the limit: charge it unconditionally. It is
-     * returned with the rest of the process's memory when the process ends. */
-    flexai_region_charge(slot, flexai_config()->dev[slot].context_overhead, 1);
+    atomic_fetch_and(&g_ctx_charged, ~(1u << slot));
+    flexai_region_uncharge(slot, flexai_config()->dev[slot].context_overhead);
 }
 
 void flexai_mem_info(int slot, size_t *free_b, size_t *total_b)

@@ -779,6 +779,39 @@ static void t_pair(void)
     CHECK(b[0] + b[1] > 0.85, "the card stays busy: %.2f", b[0] + b[1]);
 }
 
+/* A context costs memory: in a slice without room for it, opening one is
+ * refused with CUDA_ERROR_OUT_OF_MEMORY and nothing stays charged (H100,
+ * issue 23: the 4th DataLoader worker took its context outside a full slice);
+ * with room, it is charged once. */
+static void t_context_refused(void)
+{
+    config("device.0.cuda_index=0\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=%llu\n", 512 * MiB,
+           768 * MiB);
+    CUdevice d;
+    CUcontext c = NULL;
+    CHECK_OK(cuInit(0));
+    CHECK_OK(cuDeviceGet(&d, 0));
+    CUresult r = cuDevicePrimaryCtxRetain(&c, d);
+    CHECK(r == CUDA_ERROR_OUT_OF_MEMORY, "retain in a full slice: %d", (int)r);
+    CHECK(region_used(0) == 0, "charged after a refusal: %llu", (unsigned long long)region_used(0));
+    CUctxCreateParams params = {0};
+    r = cuCtxCreate_v4(&c, &params, 0, d);
+    CHECK(r == CUDA_ERROR_OUT_OF_MEMORY, "create in a full slice: %d", (int)r);
+    CHECK(region_used(0) == 0, "charged after a refusal: %llu", (unsigned long long)region_used(0));
+}
+
+static void t_context_charged_once(void)
+{
+    config("device.0.cuda_index=0\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=%llu\n", GiB,
+           768 * MiB);
+    open_ctx(0);
+    CUdevice d;
+    CUcontext c = NULL;
+    CHECK_OK(cuDeviceGet(&d, 0));
+    CHECK_OK(cuDevicePrimaryCtxRetain(&c, d)); /* a second retain: no second charge, no refusal */
+    CHECK(region_used(0) == 768 * MiB, "used %llu", (unsigned long long)region_used(0));
+}
+
 /* Calibration (shim API, run by the node agent) on the fake card: the median
  * clock of the burst's second half, and every refusal. */
 static void t_calibrate(void)
@@ -883,6 +916,8 @@ int main(int argc, char **argv)
     else if (strcmp(c, "capture") == 0) t_capture();
     else if (strcmp(c, "launch_rate") == 0) t_launch_rate();
     else if (strcmp(c, "calibrate") == 0) t_calibrate();
+    else if (strcmp(c, "context_refused") == 0) t_context_refused();
+    else if (strcmp(c, "context_charged_once") == 0) t_context_charged_once();
     else if (strcmp(c, "calibrate_no_nvml") == 0) t_calibrate_no_nvml();
     else {
         fprintf(stderr, "unknown case %s\n", c);
