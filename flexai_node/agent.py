@@ -77,7 +77,7 @@ class NodeAgent:
         workdirs = Workdirs(settings.state_dir / "containers")
         self.ref_clocks = RefClocks(parse_mode(str(settings.ref_clock_mhz)), settings.state_dir / CACHE_NAME,
                                     shim.calibrate if shim is not None else None)
-        hook = HookConfigFiles(workdirs.root, settings.hook_library, self.ref_clocks.get)
+        hook = HookConfigFiles(workdirs.root, settings.hook_library, self.ref_clocks.figures)
         if usage is None and shim is not None:
             usage = RegionUsageReader(lambda uid, c: hook.region_file(workdirs.path(uid, c)), shim)
         self._usage = usage

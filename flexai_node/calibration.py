@@ -1,16 +1,16 @@
-"""Each card's full-load SM clock, the hook's ``ref_clock_mhz``: measured by the agent, cached per card.
+"""Each card's figures for limits in throughput (hook_config.CardFigures): measured by the agent, cached per card.
 
 A power-capped card runs faster when it idles part of the time, so a vGPU held to c% of the
 card's time gets more than c% of the card's full-load throughput. The hook corrects for that
-given the clock the card sustains under full load (csrc/hook/README.md, "Compute"). That clock
-differs between card models and between cards of one model, so the agent measures it on each
-card itself (``HookShim.calibrate``: a few seconds of tensor-core work, only while the card is
-idle) and keeps the figure in a JSON file under its state directory, keyed by card UUID, so a
-restarted agent does not measure again.
+(csrc/hook/README.md, "Compute") given the card's speed-up curve by duty, its idle power and its
+full-load clock. Those differ between card models and between cards of one model, so the agent
+measures them on each card itself (``HookShim.calibrate``: about 10 s of tensor-core work, only
+while the card is idle) and keeps them in a JSON file under its state directory, keyed by card
+UUID, so a restarted agent does not measure again.
 
     clocks = RefClocks.parse("auto", state_dir / "ref-clocks.json", shim.calibrate)
     clocks.calibrate_missing(uuids)     # at start, and again in later ticks for busy cards
-    clocks.get(uuid)                    # MHz for the hook config; 0 = share of time
+    clocks.figures(uuid)                # for the hook config; CardFigures() = share of time
 
 Modes (``--ref-clock-mhz``): ``auto`` (the default) measures; ``off`` (or 0) keeps shares of
 time; a number is one clock for every card (the old setting).
@@ -27,15 +27,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hook_config import SPEEDUP_POINTS, CardFigures
 from .hook_shim import Calibration, CalibrationError
 
-__all__ = ["CACHE_NAME", "RETRY_S", "RefClocks", "parse_mode"]
+__all__ = ["CACHE_NAME", "RETRY_S", "RefClocks", "figures_of", "parse_mode"]
 
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "ref-clocks.json"
 RETRY_S = 300.0  # a card that was busy is tried again after this long
 MIN_MHZ, MAX_MHZ = 100, 10000
+MAX_POWER_MW = 10_000_000
 
 Measure = Callable[[str], Calibration]
 
@@ -71,7 +73,7 @@ class RefClocks:
         self._cache = cache
         self._measure = measure
         self._clock = clock
-        self._mhz: dict[str, int] = self._load() if mode == "auto" else {}
+        self._cards: dict[str, CardFigures] = self._load() if mode == "auto" else {}
         self._tried: dict[str, _Attempt] = {}
 
     @classmethod
@@ -83,12 +85,13 @@ class RefClocks:
         return self._mode
 
     def get(self, uuid: str) -> int:
-        if isinstance(self._mode, int):
-            return self._mode
-        return self._mhz.get(uuid, 0)
+        """The full-load clock the config gets for this card (0: share of time)."""
+        return self.figures(uuid).ref_clock_mhz
 
-    def figures(self) -> dict[str, int]:
-        return dict(self._mhz)
+    def figures(self, uuid: str) -> CardFigures:
+        if isinstance(self._mode, int):
+            return CardFigures(ref_clock_mhz=self._mode)
+        return self._cards.get(uuid, CardFigures())
 
     def calibrate_missing(self, uuids: Iterable[str]) -> dict[str, int]:
         """Measure every card of ``uuids`` without a figure (auto mode); a busy card is tried
@@ -98,7 +101,7 @@ class RefClocks:
             return {}
         new: dict[str, int] = {}
         for uuid in uuids:
-            if uuid in self._mhz:
+            if uuid in self._cards:
                 continue
             last = self._tried.get(uuid)
             if last is not None and (not last.busy or self._clock() - last.at < RETRY_S):
@@ -115,16 +118,19 @@ class RefClocks:
                 log.warning("card %s: implausible full-load clock %d MHz; its vGPUs get shares of time",
                             uuid, cal.sm_clock_mhz)
                 continue
-            log.info("card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W)", uuid,
-                     cal.sm_clock_mhz, cal.max_sm_clock_mhz, cal.samples, cal.kernel, cal.power_mw / 1e3,
-                     cal.power_limit_mw / 1e3)
-            self._mhz[uuid] = new[uuid] = cal.sm_clock_mhz
+            fig = figures_of(cal)
+            log.info("card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W, idle %.1f W); "
+                     "speed-up by duty 10-90%%: %s", uuid, cal.sm_clock_mhz, cal.max_sm_clock_mhz, cal.samples,
+                     cal.kernel, cal.power_mw / 1e3, cal.power_limit_mw / 1e3, cal.idle_power_mw / 1e3,
+                     fig.speedup_pm or "not measured")
+            self._cards[uuid] = fig
+            new[uuid] = fig.ref_clock_mhz
         if new:
             self._save()
         return new
 
-    def _load(self) -> dict[str, int]:
-        """The cache; anything unreadable or out of range is dropped (measured again)."""
+    def _load(self) -> dict[str, CardFigures]:
+        """The cache; a card whose entry is unreadable or out of range is measured again."""
         if self._cache is None or not self._cache.exists():
             return {}
         try:
@@ -135,14 +141,24 @@ class RefClocks:
         cards = raw.get("cards", {}) if isinstance(raw, dict) else {}
         if not isinstance(cards, dict):
             return {}
-        return {u: int(v["sm_clock_mhz"]) for u, v in cards.items()
-                if isinstance(u, str) and isinstance(v, dict) and isinstance(v.get("sm_clock_mhz"), int)
-                and MIN_MHZ <= v["sm_clock_mhz"] <= MAX_MHZ}
+        out: dict[str, CardFigures] = {}
+        for u, v in cards.items():
+            try:
+                fig = CardFigures(ref_clock_mhz=v["sm_clock_mhz"], speedup_pm=tuple(v.get("speedup_pm", ())),
+                                  idle_power_mw=v.get("idle_power_mw", 0))
+            except (TypeError, KeyError, AttributeError):
+                continue
+            if (isinstance(u, str) and isinstance(fig.ref_clock_mhz, int) and MIN_MHZ <= fig.ref_clock_mhz <= MAX_MHZ
+                    and _curve_ok(fig.speedup_pm) and isinstance(fig.idle_power_mw, int)
+                    and 0 <= fig.idle_power_mw <= MAX_POWER_MW):
+                out[u] = fig
+        return out
 
     def _save(self) -> None:
         if self._cache is None:
             return
-        body = {"cards": {u: {"sm_clock_mhz": m} for u, m in sorted(self._mhz.items())}}
+        body = {"cards": {u: {"sm_clock_mhz": f.ref_clock_mhz, "speedup_pm": list(f.speedup_pm),
+                              "idle_power_mw": f.idle_power_mw} for u, f in sorted(self._cards.items())}}
         self._cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._cache.parent, prefix=".ref-clocks-", suffix=".tmp")
         try:
@@ -152,3 +168,18 @@ class RefClocks:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _curve_ok(curve: tuple[int, ...]) -> bool:
+    return curve == () or (len(curve) == SPEEDUP_POINTS and all(isinstance(v, int) and 1000 <= v <= 3000
+                                                                 for v in curve))
+
+
+def figures_of(cal: Calibration) -> CardFigures:
+    """The config's figures from a calibration: the curve clamped to 1000..3000 per mille (a
+    point measured a little under 1000 is noise: no speed-up), dropped if a point is missing."""
+    curve = tuple(min(3000, max(1000, v)) for v in cal.speedup_pm)
+    if len(curve) != SPEEDUP_POINTS or any(v == 0 for v in cal.speedup_pm):
+        curve = ()
+    idle = cal.idle_power_mw if 0 < cal.idle_power_mw <= MAX_POWER_MW else 0
+    return CardFigures(ref_clock_mhz=cal.sm_clock_mhz, speedup_pm=curve, idle_power_mw=idle)

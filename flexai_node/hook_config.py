@@ -28,6 +28,7 @@ from pathlib import Path
 
 __all__ = [
     "CONFIG_VERSION",
+    "CardFigures",
     "DEFAULT_CONTEXT_OVERHEAD",
     "DEFAULT_LIBRARY",
     "DEFAULT_PERIOD_MS",
@@ -51,7 +52,21 @@ MAX_VGPUS = 16  # FLEXAI_MAX_DEVICES in csrc/hook/include/flexai_hook.h
 MAX_CONFIG_BYTES = 16383  # what the hook reads of the file
 _DIGITS = re.compile(r"[0-9]+")
 _DEVICE_KEY = re.compile(r"device\.([0-9]+)\.(.+)")
-_DEVICE_FIELDS = ("uuid", "cuda_index", "memory_bytes", "cores", "core_offset", "context_overhead_bytes", "ref_clock_mhz")
+_DEVICE_FIELDS = ("uuid", "cuda_index", "memory_bytes", "cores", "core_offset", "context_overhead_bytes", "ref_clock_mhz",
+                  "speedup_pm", "idle_power_mw")
+
+
+SPEEDUP_POINTS = 5  # duties 10, 30, 50, 70, 90%
+
+
+@dataclass(frozen=True)
+class CardFigures:
+    """What the agent measured on a card (calibration.py) for limits in throughput: its full-load
+    SM clock, its speed-up curve by duty (per mille; () = not measured) and its idle power (mW)."""
+
+    ref_clock_mhz: int = 0
+    speedup_pm: tuple[int, ...] = ()
+    idle_power_mw: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,10 @@ class VGPULimit:
     # SM clock (MHz) the card sustains at full load; set, the hook holds the vGPU to a share of the
     # card's full-load throughput instead of a share of its time (needs uuid; see csrc/hook/README.md).
     ref_clock_mhz: int = 0
+    # The card's measured speed per busy second at 10/30/50/70/90% duty over full load (per mille,
+    # 1000..3000) and idle power (mW): the hook then uses these instead of ref_clock_mhz.
+    speedup_pm: tuple[int, ...] = ()
+    idle_power_mw: int = 0
 
     def __post_init__(self) -> None:
         if self.uuid is None and self.cuda_index is None:
@@ -83,6 +102,11 @@ class VGPULimit:
             raise ValueError(f"core_offset {self.core_offset}: expected 0..99")
         if not 0 <= self.ref_clock_mhz <= 10000:
             raise ValueError(f"ref_clock_mhz {self.ref_clock_mhz}: expected 0..10000")
+        if self.speedup_pm and (len(self.speedup_pm) != SPEEDUP_POINTS
+                                or not all(1000 <= v <= 3000 for v in self.speedup_pm)):
+            raise ValueError(f"speedup_pm {self.speedup_pm}: expected {SPEEDUP_POINTS} values 1000..3000")
+        if not 0 <= self.idle_power_mw <= 10_000_000:
+            raise ValueError(f"idle_power_mw {self.idle_power_mw}: expected 0..10000000")
 
 
 @dataclass(frozen=True)
@@ -122,7 +146,15 @@ def render(config: HookConfig) -> str:
         ]
         if v.ref_clock_mhz:
             lines.append(f"{p}ref_clock_mhz={v.ref_clock_mhz}")
+        if v.speedup_pm:
+            lines.append(f"{p}speedup_pm={','.join(str(x) for x in v.speedup_pm)}")
+        if v.idle_power_mw:
+            lines.append(f"{p}idle_power_mw={v.idle_power_mw}")
     return "\n".join(lines) + "\n"
+
+
+def _speedup(value: object) -> tuple[int, ...]:
+    return tuple(int(x) for x in str(value).split(",")) if value else ()
 
 
 def _number(n: int, key: str, value: str) -> int:
@@ -171,8 +203,13 @@ def parse(text: str) -> HookConfig:
         raise ValueError(f"devices {sorted(fields)}: expected device.0 .. device.{len(fields) - 1}")
     vgpus = []
     for i in sorted(fields):
-        f = {name: _number(line, f"device.{i}.{name}", v) if name != "uuid" else v
+        f = {name: _number(line, f"device.{i}.{name}", v) if name not in ("uuid", "speedup_pm") else v
              for name, (line, v) in fields[i].items()}
+        if "speedup_pm" in f:
+            line = fields[i]["speedup_pm"][0]
+            if not re.fullmatch(r"\d+(,\d+){%d}" % (SPEEDUP_POINTS - 1), str(f["speedup_pm"])):
+                raise ValueError(f"line {line}: device.{i}.speedup_pm: {f['speedup_pm']!r} is not "
+                                 f"{SPEEDUP_POINTS} comma-separated numbers")
         vgpus.append(
             VGPULimit(
                 uuid=str(f["uuid"]) if "uuid" in f else None,
@@ -182,6 +219,8 @@ def parse(text: str) -> HookConfig:
                 core_offset=int(f.get("core_offset", 0)),
                 context_overhead_bytes=int(f.get("context_overhead_bytes", DEFAULT_CONTEXT_OVERHEAD)),
                 ref_clock_mhz=int(f.get("ref_clock_mhz", 0)),
+                speedup_pm=_speedup(f.get("speedup_pm", "")),
+                idle_power_mw=int(f.get("idle_power_mw", 0)),
             )
         )
     return HookConfig(vgpus=tuple(vgpus), region_path=region, period_ms=period)

@@ -40,18 +40,18 @@ MIB = 1 << 20
 
 
 class HookConfigFiles:
-    def __init__(self, root: Path, library: Path, ref_clock_mhz: int | Callable[[str], int] = 0) -> None:
+    def __init__(self, root: Path, library: Path, ref_clock_mhz: int | Callable[[str], hc.CardFigures] = 0) -> None:
         """``root``: the per-container directories' parent; ``library``: the hook on the host;
         ``ref_clock_mhz``: a card's full-load SM clock, for limits in throughput (0: in time),
-        one for all cards or per card UUID (``calibration.RefClocks.get``)."""
+        one for all cards, or per card UUID what the agent measured (``calibration.RefClocks.figures``)."""
         self._root = root
         self._library = library
-        self._ref_clock: Callable[[str], int]
+        self._figures: Callable[[str], hc.CardFigures]
         if callable(ref_clock_mhz):
-            self._ref_clock = ref_clock_mhz
+            self._figures = ref_clock_mhz
         else:
-            mhz = ref_clock_mhz
-            self._ref_clock = lambda _uuid: mhz
+            fixed = hc.CardFigures(ref_clock_mhz=ref_clock_mhz)
+            self._figures = lambda _uuid: fixed
 
     def prepare(self, host_dir: Path, slices: tuple[Slice, ...]) -> tuple[dict[str, str], tuple[MountSpec, ...]]:
         taken = self._windows(exclude=host_dir)
@@ -64,9 +64,10 @@ class HookConfigFiles:
                     log.warning("no free %d%% compute window on %s for %s: sharing by time-slicing",
                                 s.cores, s.card_uuid, host_dir)
                 offset = free or 0
+            fig = self._figures(s.card_uuid) if 0 < s.cores < 100 else hc.CardFigures()
             vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores,
-                                      core_offset=offset,
-                                      ref_clock_mhz=self._ref_clock(s.card_uuid) if 0 < s.cores < 100 else 0))
+                                      core_offset=offset, ref_clock_mhz=fig.ref_clock_mhz,
+                                      speedup_pm=fig.speedup_pm, idle_power_mw=fig.idle_power_mw))
         region = host_dir / REGION_DIR
         ensure_dir(region)
         # Containers run as any user: every one of them must be able to create the region.

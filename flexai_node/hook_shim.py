@@ -69,10 +69,14 @@ class _Calibration(ctypes.Structure):
         ("power_mw", ctypes.c_uint32),
         ("power_limit_mw", ctypes.c_uint32),
         ("burst_ns", ctypes.c_uint64),
+        ("procs_before", ctypes.c_uint32),
+        ("idle_power_mw", ctypes.c_uint32),
+        ("speedup_pm", ctypes.c_uint32 * 5),
+        ("reserved", ctypes.c_uint32),
     ]
 
 
-assert ctypes.sizeof(_Calibration) == 40
+assert ctypes.sizeof(_Calibration) == 72
 assert ctypes.sizeof(_Device) == 128 and ctypes.sizeof(_Proc) == 264 and ctypes.sizeof(_Snapshot) == 69648
 
 
@@ -113,6 +117,8 @@ class Calibration:
     power_mw: int
     power_limit_mw: int
     burst_ms: float
+    idle_power_mw: int = 0  # the card idle, before the burst
+    speedup_pm: tuple[int, ...] = ()  # speed per busy second at 10/30/50/70/90% duty over full load
 
 
 @dataclass(frozen=True)
@@ -186,11 +192,14 @@ class HookShim:
         rc = int(self._calibrate(uuid.encode(), burst_ms, max_busy_pct, ctypes.byref(raw), ctypes.sizeof(raw)))
         if rc != 0:
             name = errno.errorcode.get(-rc, str(rc))
-            raise CalibrationError(f"calibrating {uuid}: {name} ({os.strerror(-rc)})", busy=rc == -errno.EBUSY)
+            why = (f": {raw.busy_pct_before}% busy, {raw.procs_before} compute processes"
+                   if rc == -errno.EBUSY else "")
+            raise CalibrationError(f"calibrating {uuid}: {name} ({os.strerror(-rc)}){why}", busy=rc == -errno.EBUSY)
         return Calibration(sm_clock_mhz=int(raw.sm_clock_mhz), max_sm_clock_mhz=int(raw.max_sm_clock_mhz),
                            samples=int(raw.samples), kernel="mma" if raw.kernel == 1 else "fma",
                            power_mw=int(raw.power_mw), power_limit_mw=int(raw.power_limit_mw),
-                           burst_ms=round(raw.burst_ns / 1e6, 1))
+                           burst_ms=round(raw.burst_ns / 1e6, 1), idle_power_mw=int(raw.idle_power_mw),
+                           speedup_pm=tuple(int(v) for v in raw.speedup_pm))
 
     def snapshot(self, region_path: str | os.PathLike[str]) -> RegionSnapshot:
         raw = _Snapshot()

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.calibration import RETRY_S, RefClocks, parse_mode
+from flexai_node.calibration import RETRY_S, RefClocks, figures_of, parse_mode
+from flexai_node.hook_config import CardFigures
 from flexai_node.hook_shim import Calibration, CalibrationError
 
 A, B = "GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-000000000000"
 
 
-def cal(mhz: int) -> Calibration:
+CURVE = (1210, 1160, 1140, 1110, 1040)
+
+
+def cal(mhz: int, curve: tuple[int, ...] = CURVE, idle: int = 120000) -> Calibration:
     return Calibration(sm_clock_mhz=mhz, max_sm_clock_mhz=1980, samples=200, kernel="mma", power_mw=699000,
-                       power_limit_mw=700000, burst_ms=4000.0)
+                       power_limit_mw=700000, burst_ms=4000.0, idle_power_mw=idle, speedup_pm=curve)
 
 
 class FakeCards:
@@ -53,12 +57,14 @@ def test_auto_measures_each_card_once_and_caches(tmp_path: Path) -> None:
     assert clocks.calibrate_missing([A, B]) == {A: 1455, B: 1755}
     assert (clocks.get(A), clocks.get(B)) == (1455, 1755)
     assert clocks.calibrate_missing([A, B]) == {} and cards.calls == [A, B]
-    assert json.loads(cache.read_text()) == {"cards": {A: {"sm_clock_mhz": 1455}, B: {"sm_clock_mhz": 1755}}}
+    assert clocks.figures(A) == CardFigures(1455, CURVE, 120000)
+    assert json.loads(cache.read_text())["cards"][B] == {"sm_clock_mhz": 1755, "speedup_pm": list(CURVE),
+                                                         "idle_power_mw": 120000}
     # A restarted agent reads the cache and measures nothing.
     again = FakeCards({})
     restarted = RefClocks("auto", cache, again)
     assert restarted.calibrate_missing([A, B]) == {} and again.calls == []
-    assert restarted.get(B) == 1755
+    assert restarted.get(B) == 1755 and restarted.figures(B) == CardFigures(1755, CURVE, 120000)
 
 
 def test_busy_card_is_tried_again_later(tmp_path: Path) -> None:
@@ -94,8 +100,12 @@ def test_off_and_fixed_measure_nothing(tmp_path: Path, mode: str | int, expect: 
 
 
 @pytest.mark.parametrize("text", ["not json", '{"cards": []}', '{"cards": {"GPU-a": {"sm_clock_mhz": 99999}}}',
-                                  '{"cards": {"GPU-a": {"sm_clock_mhz": "1455"}}}', "[1, 2]"],
-                         ids=["garbage", "list", "out-of-range", "string", "top-list"])
+                                  '{"cards": {"GPU-a": {"sm_clock_mhz": "1455"}}}', "[1, 2]",
+                                  '{"cards": {"GPU-a": {"sm_clock_mhz": 1455, "speedup_pm": [1200, 900, 1, 2, 3]}}}',
+                                  '{"cards": {"GPU-a": {"sm_clock_mhz": 1455, "idle_power_mw": -4}}}',
+                                  '{"cards": {"GPU-a": 7}}'],
+                         ids=["garbage", "list", "out-of-range", "string", "top-list", "bad-curve", "bad-power",
+                              "not-a-dict"])
 def test_bad_cache_is_measured_again(tmp_path: Path, text: str) -> None:
     cache = tmp_path / "c.json"
     cache.write_text(text)
@@ -103,3 +113,17 @@ def test_bad_cache_is_measured_again(tmp_path: Path, text: str) -> None:
     clocks = RefClocks("auto", cache, cards)
     assert clocks.get("GPU-a") == 0
     assert clocks.calibrate_missing(["GPU-a"]) == {"GPU-a": 1455}
+
+
+@pytest.mark.parametrize("curve,expect", [
+    ((1210, 1160, 1140, 1110, 1040), (1210, 1160, 1140, 1110, 1040)),
+    ((1210, 1160, 1140, 1010, 995), (1210, 1160, 1140, 1010, 1000)),  # a little under 1000: noise, no speed-up
+    ((1210, 0, 1140, 1110, 1040), ()),  # a point not measured: no curve (the hook falls back to the clock)
+    ((), ()),
+], ids=["measured", "clamped", "missing-point", "none"])
+def test_figures_of_a_calibration(curve: tuple[int, ...], expect: tuple[int, ...]) -> None:
+    assert figures_of(cal(1455, curve)) == CardFigures(1455, expect, 120000)
+
+
+def test_fixed_mode_writes_the_clock_only(tmp_path: Path) -> None:
+    assert RefClocks(1485, tmp_path / "c.json").figures(A) == CardFigures(ref_clock_mhz=1485)

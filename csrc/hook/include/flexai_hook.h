@@ -81,7 +81,9 @@ int flexai_region_snapshot(const char *path, struct flexai_snapshot *out, size_t
  * flexai_calibrate() runs a burst of `burst_ms` milliseconds of matrix
  * instructions on the card with this `uuid` through the driver API and reads
  * NVML's SM clock every ~10 ms; sm_clock_mhz is the median over the burst's
- * second half (the power controller has settled by then).
+ * second half (the power controller has settled by then). Then the same
+ * kernel at 90, 70, 50, 30 and 10% duty (~1.2 s each) gives speedup_pm, the
+ * hook's measured speed-up curve (about 6 s more).
  */
 #define FLEXAI_CALIBRATION_MMA 1 /* bf16 mma.sync (sm_80 and newer) */
 #define FLEXAI_CALIBRATION_FMA 2 /* fp32 fma, where the matrix kernel does not load */
@@ -96,6 +98,12 @@ struct flexai_calibration {
     uint32_t power_mw;         /* median power draw over the same samples, 0 if unknown */
     uint32_t power_limit_mw;   /* enforced power limit, 0 if unknown */
     uint64_t burst_ns;         /* how long the burst ran */
+    uint32_t procs_before;     /* compute processes on the card before (other than the caller) */
+    uint32_t idle_power_mw;    /* NVML power before the burst, the card idle; 0 if unknown */
+    /* The same kernel run for a part of every 50 ms (10, 30, 50, 70, 90%) right after
+     * the burst: its speed per busy second over its speed at full load, per mille. */
+    uint32_t speedup_pm[5];
+    uint32_t reserved;
 };
 
 /*

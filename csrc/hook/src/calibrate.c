@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -114,6 +115,23 @@ struct cuda {
     PFN_cuEventElapsedTime_v2000 event_elapsed;
     PFN_cuEventDestroy_v4000 event_destroy;
 };
+
+static uint64_t mono_ns(void);
+
+static void sleep_ms(unsigned int ms)
+{
+    struct timespec t = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+static void sleep_until_ns(uint64_t t)
+{
+    uint64_t now = mono_ns();
+    if (t > now) {
+        struct timespec d = {.tv_sec = (time_t)((t - now) / 1000000000ull), .tv_nsec = (long)((t - now) % 1000000000ull)};
+        nanosleep(&d, NULL);
+    }
+}
 
 static uint64_t mono_ns(void)
 {
@@ -287,6 +305,94 @@ static int run_burst(const struct cuda *c, const struct nvml *n, nvmlDevice_t h,
     return 0;
 }
 
+#define CURVE_PERIOD_NS 50000000ull /* the hook's default period */
+#define CURVE_STEP_NS 1200000000ull  /* per duty; the second half is measured */
+#define CURVE_BATCH 10
+
+/* GPU time of one launch, median over the second half of `ns` of batches of
+ * CURVE_BATCH back-to-back launches (no idle time: full load). */
+static int full_load_per_launch(const struct cuda *c, struct burst *b, CUevent e0, CUevent e1, uint64_t ns, double *out)
+{
+    double v[256];
+    int n = 0;
+    uint64_t t0 = mono_ns(), half = t0 + ns / 2;
+    while (mono_ns() - t0 < ns && n < 256) {
+        float ms = 0;
+        if (c->event_record(e0, NULL) != CUDA_SUCCESS)
+            return -EIO;
+        for (int i = 0; i < CURVE_BATCH; i++)
+            if (launch(c, b) != CUDA_SUCCESS)
+                return -EIO;
+        if (c->event_record(e1, NULL) != CUDA_SUCCESS || c->event_sync(e1) != CUDA_SUCCESS ||
+            c->event_elapsed(&ms, e0, e1) != CUDA_SUCCESS)
+            return -EIO;
+        if (mono_ns() >= half)
+            v[n++] = (double)ms / CURVE_BATCH;
+    }
+    if (n == 0)
+        return -EIO;
+    uint32_t us[256];
+    for (int i = 0; i < n; i++)
+        us[i] = (uint32_t)(v[i] * 1000.0 * 1000.0); /* ns */
+    *out = (double)median(us, (uint32_t)n);
+    return 0;
+}
+
+/* The kernel busy `pct`% of every period: GPU time of one launch (ns),
+ * median over the periods of the second half. */
+static int paced_per_launch(const struct cuda *c, struct burst *b, CUevent e0, CUevent e1, uint32_t pct,
+                            double full_ns, double *out)
+{
+    uint32_t v[64];
+    uint32_t n = 0;
+    unsigned int per = (unsigned int)((double)CURVE_PERIOD_NS * pct / 100.0 / full_ns + 0.5);
+    if (per == 0)
+        per = 1;
+    uint64_t t0 = mono_ns();
+    for (uint64_t start = t0; start - t0 < CURVE_STEP_NS && n < 64; start += CURVE_PERIOD_NS) {
+        float ms = 0;
+        sleep_until_ns(start);
+        if (c->event_record(e0, NULL) != CUDA_SUCCESS)
+            return -EIO;
+        for (unsigned int i = 0; i < per; i++)
+            if (launch(c, b) != CUDA_SUCCESS)
+                return -EIO;
+        if (c->event_record(e1, NULL) != CUDA_SUCCESS || c->event_sync(e1) != CUDA_SUCCESS ||
+            c->event_elapsed(&ms, e0, e1) != CUDA_SUCCESS)
+            return -EIO;
+        if (start - t0 >= CURVE_STEP_NS / 2)
+            v[n++] = (uint32_t)((double)ms * 1e6 / per);
+    }
+    if (n == 0)
+        return -EIO;
+    *out = (double)median(v, n);
+    return 0;
+}
+
+/* speedup_pm: after the full-load burst, shorter launches (~2 ms) at full
+ * load, then at 90, 70, 50, 30 and 10% of every 50 ms. */
+static int measure_curve(const struct cuda *c, struct burst *b, struct flexai_calibration *out)
+{
+    static const uint32_t duties[5] = {10, 30, 50, 70, 90};
+    CUevent e0 = NULL, e1 = NULL;
+    if (c->event_create(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS || c->event_create(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+        return -EIO;
+    unsigned int iters = b->iters;
+    b->iters = iters / 5 > 0 ? iters / 5 : 1;
+    double full = 0;
+    int rc = full_load_per_launch(c, b, e0, e1, 800000000ull, &full);
+    for (int i = 4; rc == 0 && i >= 0; i--) {
+        double t = 0;
+        rc = paced_per_launch(c, b, e0, e1, duties[i], full, &t);
+        if (rc == 0)
+            out->speedup_pm[i] = t > 0 ? (uint32_t)(1000.0 * full / t + 0.5) : 0;
+    }
+    b->iters = iters;
+    c->event_destroy(e0);
+    c->event_destroy(e1);
+    return rc;
+}
+
 /* Load the matrix kernel, else the fma one; allocate the output. */
 static int prepare(const struct cuda *c, CUdevice dev, CUmodule *mod, struct burst *b, uint32_t *kernel)
 {
@@ -306,17 +412,34 @@ static int prepare(const struct cuda *c, CUdevice dev, CUmodule *mod, struct bur
     return 0;
 }
 
-/* Busy: NVML's utilisation above the bound, or any compute process on it. */
-static int card_busy(const struct nvml *n, nvmlDevice_t h, uint32_t max_busy_pct, uint32_t *busy_pct)
+/* Busy: NVML's utilisation above the bound in every one of 5 samples (one
+ * high sample right after the card was touched is not a tenant), or a compute
+ * process other than ours on it. */
+static int card_busy(const struct nvml *n, nvmlDevice_t h, uint32_t max_busy_pct, struct flexai_calibration *out)
 {
-    nvml_util_t u = {0, 0};
-    if (n->util(h, &u) == 0) {
-        *busy_pct = u.gpu;
-        if (u.gpu > max_busy_pct)
-            return 1;
+    uint32_t low = UINT32_MAX;
+    for (int i = 0; i < 5; i++) {
+        nvml_util_t u = {0, 0};
+        if (n->util(h, &u) == 0 && u.gpu < low)
+            low = u.gpu;
+        if (i < 4)
+            sleep_ms(60);
     }
-    unsigned int count = 0;
-    return n->procs != NULL && n->procs(h, &count, NULL) == NVML_ERROR_INSUFFICIENT_SIZE;
+    out->busy_pct_before = low == UINT32_MAX ? 0 : low;
+    if (n->procs != NULL) {
+        struct {
+            unsigned int pid;
+            unsigned long long used;
+            unsigned int gi, ci;
+        } info[64];
+        unsigned int count = 64;
+        if (n->procs(h, &count, info) == 0)
+            for (unsigned int i = 0; i < count && i < 64; i++)
+                out->procs_before += info[i].pid != (unsigned int)getpid();
+        else
+            out->procs_before = 0; /* unknown: utilisation decides */
+    }
+    return (low != UINT32_MAX && low > max_busy_pct) || out->procs_before > 0;
 }
 
 FLEXAI_EXPORT int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t max_busy_pct,
@@ -342,8 +465,11 @@ FLEXAI_EXPORT int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t
         out->max_sm_clock_mhz = top;
     if (n.power_limit != NULL && n.power_limit(h, &limit) == 0)
         out->power_limit_mw = limit;
-    if (card_busy(&n, h, max_busy_pct, &out->busy_pct_before))
+    if (card_busy(&n, h, max_busy_pct, out))
         return -EBUSY;
+    unsigned int idle_mw = 0;
+    if (n.power != NULL && n.power(h, &idle_mw) == 0)
+        out->idle_power_mw = idle_mw;
     CUdevice dev;
     CUcontext ctx = NULL;
     if (c.init(0) != CUDA_SUCCESS)
@@ -358,6 +484,8 @@ FLEXAI_EXPORT int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t
     rc = prepare(&c, dev, &mod, &b, &out->kernel);
     if (rc == 0)
         rc = run_burst(&c, &n, h, &b, burst_ms, out);
+    if (rc == 0)
+        rc = measure_curve(&c, &b, out);
     if (b.out != 0)
         c.free(b.out);
     if (mod != NULL)

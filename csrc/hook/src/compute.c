@@ -55,6 +55,16 @@
  * same speed per busy second (1.09 and 1.08 of full load). The pacer reads
  * NVML once per window, never on the launch path.
  *
+ * Measured instead of fitted (issue 23): the node agent calibrates each card
+ * (calibrate.c) and passes `speedup_pm`, the speed per busy second of a
+ * clock-bound kernel at 10/30/50/70/90% duty over full load, and
+ * `idle_power_mw`. Then the weight is 1 + E * (curve(duty) - 1) * gate, where
+ * the gate (power_gate_pm) is 1 for work that would be held back by the
+ * card's power limit at full load and 0 for work that would not (memory-bound
+ * loops run at the top clock even unlimited: H100, an elementwise loop drew
+ * 470 W of 700 at 1980 MHz), judged from the power the card draws while we
+ * are busy. Without those figures, the ref_clock_mhz formula above.
+ *
  * Threads and invariants:
  *   - the pacer thread only reads NVML and stores the gate word
  *     ((period << 1) | open); it never calls CUDA;
@@ -84,6 +94,7 @@
 #define SPEEDUP_E_PCT 70   /* E: share of the clock headroom that shows as speed (see top) */
 #define SPEEDUP_KNEE_PCT 55 /* KNEE: full speed-up up to this duty */
 #define CARD_MARGIN_PM 100  /* NVML's card utilisation counts only this far above ours */
+#define GATE_FROM_PCT 85    /* busy power (% of the limit) from which the speed-up starts to count */
 /* Integral gain 1/2: the error of window k is known only after window k+1
  * opened, and with that one period of delay a gain of 1 would oscillate
  * (poles on the unit circle); 1/2 settles in a few periods. */
@@ -114,6 +125,11 @@ struct pace {
     _Atomic uint32_t top_mhz;       /* the card's top SM clock; 0 = unknown */
     _Atomic int card_busy_pct;      /* NVML's utilisation of the card at the last close; -1 = unknown */
     uint32_t ref_clock_mhz;         /* from the config; 0 = no normalisation */
+    uint16_t curve_pm[FLEXAI_SPEEDUP_POINTS]; /* the card's measured speed-up by duty; [0] = 0: none */
+    uint32_t idle_power_mw;         /* the card's idle power (calibration); 0 = unknown */
+    _Atomic uint32_t power_mw;      /* NVML's average power at the last close; 0 = unknown */
+    _Atomic uint32_t power_cap_mw;  /* the card's enforced power limit; 0 = unknown */
+    _Atomic uint32_t gate_pm;       /* the last power gate, for $FLEXAI_DEBUG */
     /* --- slow path, under lock ------------------------------------------- */
     pthread_mutex_t lock;
     int events_ok;                  /* event pool created in this context */
@@ -180,7 +196,7 @@ static struct trace_rec {
     uint32_t count;
     char what; /* S start, E end, I idle at the gate, N new segment, W wait timeout,
                   B busy measured (ns), D duty (per mille), C speed-up (per mille),
-                  F busy booked (ns) */
+                  F busy booked (ns), P busy power estimate (W) */
 } g_trace[TRACE_LEN];
 static _Atomic uint32_t g_trace_n;
 static int g_trace_on;
@@ -268,10 +284,15 @@ static uint64_t pace_step(struct pace *p, uint64_t now)
     }
     if (p->open && now >= p->close_ns) {
         p->open = 0;
-        if (p->ref_clock_mhz != 0) {
+        if (p->ref_clock_mhz != 0 || p->curve_pm[0] != 0) {
             if (atomic_load(&p->top_mhz) == 0)
                 atomic_store(&p->top_mhz, flexai_nvml_max_sm_clock(p->slot));
             atomic_store(&p->card_busy_pct, flexai_nvml_card_busy_pct(p->slot));
+            if (p->curve_pm[0] != 0 && p->idle_power_mw != 0) {
+                if (atomic_load(&p->power_cap_mw) == 0)
+                    atomic_store(&p->power_cap_mw, flexai_nvml_power_mw(p->slot, 1));
+                atomic_store(&p->power_mw, flexai_nvml_power_mw(p->slot, 0));
+            }
         }
     }
     atomic_store(&p->next_open_ns, open_at + p->period_ns);
@@ -337,6 +358,9 @@ static void reset_state(void)
         p->limited = 1;
         p->slot = i;
         p->ref_clock_mhz = c->dev[i].ref_clock_mhz;
+        memcpy(p->curve_pm, c->dev[i].speedup_pm, sizeof p->curve_pm);
+        p->idle_power_mw = c->dev[i].idle_power_mw;
+        atomic_store(&p->gate_pm, 1000);
         atomic_store(&p->card_busy_pct, -1);
         p->period_ns = c->period_ns;
         p->target_ns = c->period_ns * c->dev[i].cores / 100;
@@ -353,13 +377,15 @@ static void report(void)
         if (p->limited)
             flexai_log("compute vGPU %d: target %llu us per %llu us, %llu windows (%llu skipped, "
                        "%llu idle), %llu markers, %llu wait timeouts, max busy %llu us, lead %lld us, "
-                       "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz", i,
+                       "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz, power %u mW of %u, "
+                       "power gate %u/1000", i,
                        (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
                        (unsigned long long)p->windows, (unsigned long long)atomic_load(&p->skipped),
                        (unsigned long long)atomic_load(&p->idle), (unsigned long long)p->markers,
                        (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
                        (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every),
-                       p->duty_pm, atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz);
+                       p->duty_pm, atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz,
+                       atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), atomic_load(&p->gate_pm));
     }
     dump_trace();
 }
@@ -572,20 +598,65 @@ static void add_marker(struct pace *p, CUstream s, int flags)
     }
 }
 
+/* Per mille, 0..1000: how far this workload would be held back by the card's
+ * power limit at full load, judged by the power it draws while busy. The card
+ * slows down at full load only for work that would draw more than its limit
+ * (bf16 matmuls on an H100: ~960 W estimated at the top clock against 700;
+ * an elementwise loop: ~480 W, and it ran at the top clock unlimited), so only
+ * such work runs faster per busy second when it idles. Busy power comes from
+ * NVML's average power and our duty: idle + (average - idle) / duty. 1000
+ * without the figures. */
+static uint64_t power_gate_pm(struct pace *p, uint64_t duty)
+{
+    uint64_t avg = atomic_load(&p->power_mw), cap = atomic_load(&p->power_cap_mw), idle = p->idle_power_mw;
+    if (avg == 0 || cap == 0 || idle == 0 || idle >= cap)
+        return 1000;
+    uint64_t d = duty < 50 ? 50 : duty;
+    uint64_t busy = idle + (avg > idle ? (avg - idle) * 1000 / d : 0);
+    uint64_t lo = cap * GATE_FROM_PCT / 100;
+    uint64_t gate = busy <= lo ? 0 : busy >= cap ? 1000 : (busy - lo) * 1000 / (cap - lo);
+    trace(p, 'P', busy / 1000);
+    atomic_store(&p->gate_pm, (uint32_t)gate);
+    return gate;
+}
+
+/* The card's measured speed-up at `duty` (per mille of duty), interpolated
+ * between its points at 10, 30, 50, 70 and 90%, and 1000 at full duty. */
+static uint64_t curve_at(const uint16_t *curve, uint64_t duty)
+{
+    static const uint64_t at[FLEXAI_SPEEDUP_POINTS + 1] = {100, 300, 500, 700, 900, 1000};
+    if (duty <= at[0])
+        return curve[0];
+    for (int i = 0; i < FLEXAI_SPEEDUP_POINTS; i++) {
+        int64_t y0 = curve[i], y1 = i + 1 < FLEXAI_SPEEDUP_POINTS ? curve[i + 1] : 1000;
+        if (duty <= at[i + 1])
+            return (uint64_t)(y0 + (y1 - y0) * (int64_t)(duty - at[i]) / (int64_t)(at[i + 1] - at[i]));
+    }
+    return 1000;
+}
+
 /* Per mille: how much more a busy ns of ours delivers than one at full load
- * (see the top of the file); 1000 without ref_clock_mhz or NVML. */
+ * (see the top of the file); 1000 without the card's figures or NVML. */
 static uint64_t speedup_pm(struct pace *p)
 {
     uint32_t top = atomic_load(&p->top_mhz);
-    if (p->ref_clock_mhz == 0 || top <= p->ref_clock_mhz)
+    if (p->curve_pm[0] == 0 && (p->ref_clock_mhz == 0 || top <= p->ref_clock_mhz))
         return 1000;
     /* NVML reads a card a few points busier than it is (a sample period with
      * any kernel in it counts); beyond that margin, others are using it. */
     int card = atomic_load(&p->card_busy_pct);
     uint64_t duty = card * 10 > (int)p->duty_pm + CARD_MARGIN_PM ? (uint64_t)card * 10 : p->duty_pm;
-    uint64_t room = (uint64_t)SPEEDUP_E_PCT * 10 * (top - p->ref_clock_mhz) / p->ref_clock_mhz;
-    uint64_t scale = (1000 - duty) * 1000 / (1000 - SPEEDUP_KNEE_PCT * 10);
-    uint64_t pm = 1000 + room * (scale > 1000 ? 1000 : scale) / 1000;
+    uint64_t pm;
+    if (p->curve_pm[0] != 0) {
+        /* The calibration kernel's speed follows the clock fully; a matmul
+         * shows E of a clock gain as speed. */
+        uint64_t c = curve_at(p->curve_pm, duty);
+        pm = 1000 + (c > 1000 ? (c - 1000) * SPEEDUP_E_PCT / 100 * power_gate_pm(p, duty) / 1000 : 0);
+    } else {
+        uint64_t room = (uint64_t)SPEEDUP_E_PCT * 10 * (top - p->ref_clock_mhz) / p->ref_clock_mhz;
+        uint64_t scale = (1000 - duty) * 1000 / (1000 - SPEEDUP_KNEE_PCT * 10);
+        pm = 1000 + room * (scale > 1000 ? 1000 : scale) / 1000;
+    }
     trace(p, 'D', duty);
     trace(p, 'C', pm);
     return pm;

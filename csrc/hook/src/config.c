@@ -138,9 +138,41 @@ static void set_device_field(struct flexai_config *c, const char *origin, int li
             bad(c, origin, line, "%s: '%s' is not a clock in MHz 0..10000", key, val);
         else
             d->ref_clock_mhz = (uint32_t)v;
+    } else if (strcmp(field, "speedup_pm") == 0) {
+        if (flexai_config_parse_speedup(val, d->speedup_pm) != 0) {
+            bad(c, origin, line, "%s: '%s' is not %d per-mille speeds 1000..3000", key, val, FLEXAI_SPEEDUP_POINTS);
+            memset(d->speedup_pm, 0, sizeof d->speedup_pm);
+        }
+    } else if (strcmp(field, "idle_power_mw") == 0) {
+        if (parse_u64(val, &v) != 0 || v > 10000000)
+            bad(c, origin, line, "%s: '%s' is not a power in mW 0..10000000", key, val);
+        else
+            d->idle_power_mw = (uint32_t)v;
     } else {
         bad(c, origin, line, "unknown field '%s'", key);
     }
+}
+
+int flexai_config_parse_speedup(const char *val, uint16_t out[FLEXAI_SPEEDUP_POINTS])
+{
+    const char *p = val;
+    for (int i = 0; i < FLEXAI_SPEEDUP_POINTS; i++) {
+        char *end;
+        if (*p < '0' || *p > '9')
+            return -1;
+        errno = 0;
+        unsigned long v = strtoul(p, &end, 10);
+        if (errno != 0 || v < 1000 || v > 3000)
+            return -1;
+        out[i] = (uint16_t)v;
+        p = end;
+        if (i + 1 < FLEXAI_SPEEDUP_POINTS) {
+            if (*p != ',')
+                return -1;
+            p++;
+        }
+    }
+    return *p == '\0' ? 0 : -1;
 }
 
 int flexai_config_parse(const char *text, const char *origin, struct flexai_config *c)

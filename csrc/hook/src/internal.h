@@ -42,6 +42,8 @@ void flexai_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define FLEXAI_DEFAULT_PERIOD_MS 50
 #define FLEXAI_DEFAULT_CONTEXT_OVERHEAD (512ull << 20) /* bytes, per process and vGPU */
 
+#define FLEXAI_SPEEDUP_POINTS 5 /* duties 10, 30, 50, 70, 90% */
+
 struct flexai_dev_config {
     char uuid[FLEXAI_UUID_LEN]; /* match by UUID when set ...        */
     int cuda_index;             /* ... else by this process's ordinal (-1 = unset) */
@@ -50,6 +52,11 @@ struct flexai_dev_config {
     uint32_t cores;             /* 1..99 = limited; 0 or 100 = unlimited */
     uint32_t core_offset;       /* 0..99 */
     uint32_t ref_clock_mhz;     /* SM clock at full load; 0 = measure time, not work */
+    /* Measured by the agent's calibration (compute.c, speedup_pm): the card's speed per busy
+     * second at 10/30/50/70/90% duty over its speed at full load, per mille (0: unknown);
+     * its power when idle (mW; 0: unknown). */
+    uint16_t speedup_pm[FLEXAI_SPEEDUP_POINTS];
+    uint32_t idle_power_mw;
 };
 
 struct flexai_config {
@@ -64,6 +71,8 @@ struct flexai_config {
 
 /* The config, read on first use from $FLEXAI_VGPU_CONFIG. Never NULL. */
 const struct flexai_config *flexai_config(void);
+/* "1210,1160,1140,1110,1040" -> out; 0, or -1 if not 5 values 1000..3000. */
+int flexai_config_parse_speedup(const char *val, uint16_t out[FLEXAI_SPEEDUP_POINTS]);
 /* Parse `text` (the file's content) into *out; returns the number of
  * problems, each reported on stderr with `origin`, line and reason. Any
  * problem sets out->closed and leaves no vGPU (the caller refuses CUDA). */
@@ -173,5 +182,7 @@ void *flexai_nvml_hook_by_name(const char *name);
  * launch path. */
 uint32_t flexai_nvml_max_sm_clock(int slot);
 int flexai_nvml_card_busy_pct(int slot);
+/* The card's power draw (NVML's average), or with `limit` its enforced power limit; mW, 0 = unknown. */
+uint32_t flexai_nvml_power_mw(int slot, int limit);
 
 #endif

@@ -38,6 +38,7 @@ typedef struct {
     unsigned int gpu, memory; /* percent of the last sample period with a kernel / memory busy */
 } nvmlUtilization_t;
 typedef nvmlReturn_t (*util_fn)(nvmlDevice_t, nvmlUtilization_t *);
+typedef nvmlReturn_t (*power_fn)(nvmlDevice_t, unsigned int *);
 #define NVML_CLOCK_SM 1
 
 static struct {
@@ -48,6 +49,7 @@ static struct {
     by_uuid_fn by_uuid;
     clock_fn max_clock;
     util_fn util;
+    power_fn power, power_limit;
 } g_nvml;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -66,6 +68,8 @@ static void resolve(void)
     g_nvml.by_uuid = (by_uuid_fn)flexai_real_dlsym(lib, "nvmlDeviceGetHandleByUUID");
     g_nvml.max_clock = (clock_fn)flexai_real_dlsym(lib, "nvmlDeviceGetMaxClockInfo");
     g_nvml.util = (util_fn)flexai_real_dlsym(lib, "nvmlDeviceGetUtilizationRates");
+    g_nvml.power = (power_fn)flexai_real_dlsym(lib, "nvmlDeviceGetPowerUsage");
+    g_nvml.power_limit = (power_fn)flexai_real_dlsym(lib, "nvmlDeviceGetEnforcedPowerLimit");
 }
 
 /* The NVML handle of a vGPU's card (pacer thread only: no race), NULL if none. */
@@ -81,7 +85,7 @@ static nvmlDevice_t handle_of(int slot)
         const char *uuid = flexai_config()->dev[slot].uuid;
         if (uuid[0] == '\0' || g_nvml.init == NULL || g_nvml.by_uuid == NULL || g_nvml.init() != 0 ||
             g_nvml.by_uuid(uuid, &handles[slot]) != 0)
-            flexai_log("ref_clock_mhz needs NVML and the vGPU's uuid; no throughput normalisation");
+            flexai_log("throughput normalisation needs NVML and the vGPU's uuid; none");
     }
     return handles[slot];
 }
@@ -102,6 +106,16 @@ int flexai_nvml_card_busy_pct(int slot)
     if (h == NULL || g_nvml.util == NULL || g_nvml.util(h, &u) != 0)
         return -1;
     return u.gpu > 100 ? 100 : (int)u.gpu;
+}
+
+uint32_t flexai_nvml_power_mw(int slot, int limit)
+{
+    nvmlDevice_t h = handle_of(slot);
+    power_fn f = limit ? g_nvml.power_limit : g_nvml.power;
+    unsigned int mw = 0;
+    if (h == NULL || f == NULL || f(h, &mw) != 0)
+        return 0;
+    return mw;
 }
 
 /* Slot of an NVML device, by its UUID; -1 if not a limited vGPU. */

@@ -135,15 +135,18 @@ API int nvmlDeviceGetClockInfo(void *dev, int type, unsigned int *mhz)
     }
     return env_value("FAKECUDA_SM_CLOCK", mhz);
 }
+typedef struct { unsigned int pid; unsigned long long used; unsigned int gi, ci; } proc_info_t;
 API int nvmlDeviceGetComputeRunningProcesses_v3(void *dev, unsigned int *count, void *infos)
 {
-    (void)dev; (void)infos;
+    (void)dev;
     unsigned int n = 0;
     env_value("FAKECUDA_PROCS", &n);
     if (n > *count) {
         *count = n;
         return 7; /* NVML_ERROR_INSUFFICIENT_SIZE */
     }
+    for (unsigned int i = 0; i < n; i++)
+        ((proc_info_t *)infos)[i] = (proc_info_t){.pid = 4242 + i, .used = 1u << 30};
     *count = n;
     return 0;
 }

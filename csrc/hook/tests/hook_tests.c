@@ -636,7 +636,19 @@ static void t_compute(const char *pct, const char *graph)
     const char *top = getenv("FAKECUDA_SM_MAX_CLOCK");
     const char *card = getenv("FAKECUDA_UTIL");
     double weight = 1.0, expect = cores;
-    if (ref != NULL) {
+    const char *curve = getenv("TEST_SPEEDUP");
+    if (curve != NULL) {
+        /* The agent's calibration figures: a flat measured curve and, with
+         * TEST_IDLE_POWER, the power gate; TEST_WEIGHT is what each busy ms
+         * should book as (1 + 0.7 x (curve - 1) x gate). */
+        char uuid[64];
+        fakecuda_uuid_string(0, uuid, sizeof uuid);
+        const char *idle = getenv("TEST_IDLE_POWER");
+        config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.speedup_pm=%s\n"
+               "device.0.idle_power_mw=%s\n", uuid, cores, curve, idle ? idle : "0");
+        weight = atof(getenv("TEST_WEIGHT"));
+        expect = cores / weight;
+    } else if (ref != NULL) {
         char uuid[64];
         fakecuda_uuid_string(0, uuid, sizeof uuid);
         config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.ref_clock_mhz=%s\n", uuid, cores,
@@ -841,6 +853,11 @@ static void t_calibrate(void)
           (unsigned long long)cal.burst_ns);
     CHECK(cal.power_mw == 699000 && cal.power_limit_mw == 700000, "power %u / %u", cal.power_mw, cal.power_limit_mw);
     CHECK(fakecuda_launches() - before >= 250, "launches %llu", (unsigned long long)(fakecuda_launches() - before));
+    /* The fake kernel takes the same time at any duty: a flat curve. */
+    for (int i = 0; i < 5; i++)
+        CHECK(cal.speedup_pm[i] >= 950 && cal.speedup_pm[i] <= 1050, "speedup[%d] %u", i, cal.speedup_pm[i]);
+    CHECK(cal.idle_power_mw == 699000 && cal.procs_before == 0, "idle %u mW, %u processes", cal.idle_power_mw,
+          cal.procs_before);
 
     /* A card in use is left alone: nothing launched. */
     setenv("FAKECUDA_UTIL", "40", 1);
