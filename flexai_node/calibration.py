@@ -30,7 +30,7 @@ from pathlib import Path
 from .hook_config import SPEEDUP_POINTS, CardFigures
 from .hook_shim import Calibration, CalibrationError
 
-__all__ = ["CACHE_NAME", "RETRY_S", "RefClocks", "figures_of", "parse_mode"]
+__all__ = ["CACHE_NAME", "RETRY_S", "RefClocks", "figures_of", "parse_mode", "power_capped"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ CACHE_NAME = "ref-clocks.json"
 RETRY_S = 300.0  # a card that was busy is tried again after this long
 MIN_MHZ, MAX_MHZ = 100, 10000
 MAX_POWER_MW = 10_000_000
+CAPPED_BELOW_PCT = 98  # a burst median under 98% of the top clock: the power limit held it back
 
 Measure = Callable[[str], Calibration]
 
@@ -113,12 +114,16 @@ class RefClocks:
                 log.log(logging.INFO if e.busy else logging.WARNING, "%s%s", e,
                         "; trying again when it is idle" if e.busy else "; its vGPUs get shares of time")
                 continue
-            if not MIN_MHZ <= cal.sm_clock_mhz <= MAX_MHZ:
+            if not MIN_MHZ <= cal.sm_clock_mhz <= MAX_MHZ and power_capped(cal):
                 self._tried[uuid] = _Attempt(self._clock(), False)
                 log.warning("card %s: implausible full-load clock %d MHz; its vGPUs get shares of time",
                             uuid, cal.sm_clock_mhz)
                 continue
             fig = figures_of(cal)
+            if not power_capped(cal):
+                log.warning("card %s: the calibration burst ran at the top clock (%d MHz, %.1f of %.1f W): the power "
+                            "limit was not reached, so there is no full-load figure; its core limits stay shares "
+                            "of time", uuid, cal.sm_clock_mhz, cal.power_mw / 1e3, cal.power_limit_mw / 1e3)
             log.info("card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W, idle %.1f W); "
                      "speed-up by duty 10-90%%: %s", uuid, cal.sm_clock_mhz, cal.max_sm_clock_mhz, cal.samples,
                      cal.kernel, cal.power_mw / 1e3, cal.power_limit_mw / 1e3, cal.idle_power_mw / 1e3,
@@ -148,7 +153,8 @@ class RefClocks:
                                   idle_power_mw=v.get("idle_power_mw", 0))
             except (TypeError, KeyError, AttributeError):
                 continue
-            if (isinstance(u, str) and isinstance(fig.ref_clock_mhz, int) and MIN_MHZ <= fig.ref_clock_mhz <= MAX_MHZ
+            if (isinstance(u, str) and isinstance(fig.ref_clock_mhz, int)
+                    and (fig.ref_clock_mhz == 0 or MIN_MHZ <= fig.ref_clock_mhz <= MAX_MHZ)
                     and _curve_ok(fig.speedup_pm) and isinstance(fig.idle_power_mw, int)
                     and 0 <= fig.idle_power_mw <= MAX_POWER_MW):
                 out[u] = fig
@@ -175,11 +181,21 @@ def _curve_ok(curve: tuple[int, ...]) -> bool:
                                                                  for v in curve))
 
 
+def power_capped(cal: Calibration) -> bool:
+    """Did the burst reach the card's power limit, i.e. hold a clock under the top one? If not,
+    its curve and clock say nothing about work that the limit holds back (H100: the burst drew
+    597 W of 700 at the top clock, where cuBLAS matmuls are held at ~1455 MHz)."""
+    return cal.max_sm_clock_mhz == 0 or cal.sm_clock_mhz * 100 < cal.max_sm_clock_mhz * CAPPED_BELOW_PCT
+
+
 def figures_of(cal: Calibration) -> CardFigures:
     """The config's figures from a calibration: the curve clamped to 1000..3000 per mille (a
-    point measured a little under 1000 is noise: no speed-up), dropped if a point is missing."""
+    point measured a little under 1000 is noise: no speed-up), dropped if a point is missing;
+    nothing but the idle power when the burst was not held back by the power limit."""
+    idle = cal.idle_power_mw if 0 < cal.idle_power_mw <= MAX_POWER_MW else 0
+    if not power_capped(cal):
+        return CardFigures(idle_power_mw=idle)
     curve = tuple(min(3000, max(1000, v)) for v in cal.speedup_pm)
     if len(curve) != SPEEDUP_POINTS or any(v == 0 for v in cal.speedup_pm):
         curve = ()
-    idle = cal.idle_power_mw if 0 < cal.idle_power_mw <= MAX_POWER_MW else 0
     return CardFigures(ref_clock_mhz=cal.sm_clock_mhz, speedup_pm=curve, idle_power_mw=idle)

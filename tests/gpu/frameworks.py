@@ -274,6 +274,9 @@ def phase_frameworks(a: argparse.Namespace) -> None:
     for kind in a.fw_kinds.split(","):
         t = 400 if kind == "llama" else 180
         baseline(kind, a, timeout=t)
+        if kind == "llama":  # a second unlimited process: how much one process differs from the next
+            R["base_llama_again"] = child(kind, "--seconds", str(a.seconds), hook=False, timeout=t,
+                                          env={"TORCHINDUCTOR_CACHE_DIR": str(TMP / "inductor")})
         for pct in a.fw_limits:
             res[f"{kind}_{pct}"] = limited(kind, pct, a, timeout=t)
             save(OUTDIR)
@@ -371,7 +374,9 @@ def verdicts() -> list[str]:
             ok = ok and v is not None and abs(v - pct) <= 3
         if cells:
             base = R.get(f"base_{kind}", {})
-            row(f"{kind} (base {base.get('rate', 0):.1f} {base.get('unit', '')})", " ".join(cells), ok)
+            again = R.get(f"base_{kind}_again", {}).get("rate")
+            row(f"{kind} (base {base.get('rate', 0):.1f} {base.get('unit', '')}"
+                f"{f'; a second unlimited process {again:.1f}' if again else ''})", " ".join(cells), ok)
     m = R.get("memory", {})
     s = m.get("slice_mib", 0)
     for fw in ("torch", "jax_prealloc", "jax_no_prealloc", "cupy"):

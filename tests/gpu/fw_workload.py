@@ -493,8 +493,8 @@ def serve_block(name: str, args: argparse.Namespace) -> Callable[[], float]:
             cupy.cuda.Device().synchronize()
             t0 = time.perf_counter()
             for _ in range(200):
-                x *= 0.999
-                x += 0.001
+                cupy.multiply(x, 0.999, out=x)
+                cupy.add(x, 0.001, out=x)
             cupy.cuda.Device().synchronize()
             return (time.perf_counter() - t0) * 1e3
 

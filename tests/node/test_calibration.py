@@ -17,8 +17,8 @@ A, B = "GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-
 CURVE = (1210, 1160, 1140, 1110, 1040)
 
 
-def cal(mhz: int, curve: tuple[int, ...] = CURVE, idle: int = 120000) -> Calibration:
-    return Calibration(sm_clock_mhz=mhz, max_sm_clock_mhz=1980, samples=200, kernel="mma", power_mw=699000,
+def cal(mhz: int, curve: tuple[int, ...] = CURVE, idle: int = 120000, top: int = 1980) -> Calibration:
+    return Calibration(sm_clock_mhz=mhz, max_sm_clock_mhz=top, samples=200, kernel="mma", power_mw=699000,
                        power_limit_mw=700000, burst_ms=4000.0, idle_power_mw=idle, speedup_pm=curve)
 
 
@@ -127,3 +127,16 @@ def test_figures_of_a_calibration(curve: tuple[int, ...], expect: tuple[int, ...
 
 def test_fixed_mode_writes_the_clock_only(tmp_path: Path) -> None:
     assert RefClocks(1485, tmp_path / "c.json").figures(A) == CardFigures(ref_clock_mhz=1485)
+
+
+def test_a_burst_at_the_top_clock_gives_no_figure_and_is_not_repeated(tmp_path: Path) -> None:
+    """H100, issue 23: the burst drew 597 W of 700 at 1980 MHz; its flat curve says nothing about
+    matmuls, which the limit holds at ~1455 MHz. Shares of time then; the card is not measured
+    again at every agent start."""
+    assert figures_of(cal(1980, (995, 997, 999, 1000, 1000), idle=69248)) == CardFigures(idle_power_mw=69248)
+    cache = tmp_path / "c.json"
+    clocks = RefClocks("auto", cache, lambda u: cal(1980, (995, 997, 999, 1000, 1000)))
+    clocks.calibrate_missing([A])
+    assert clocks.figures(A) == CardFigures(idle_power_mw=120000) and clocks.get(A) == 0
+    again = FakeCards({})
+    assert RefClocks("auto", cache, again).calibrate_missing([A]) == {} and again.calls == []

@@ -58,7 +58,7 @@
  * Measured instead of fitted (issue 23): the node agent calibrates each card
  * (calibrate.c) and passes `speedup_pm`, the speed per busy second of a
  * clock-bound kernel at 10/30/50/70/90% duty over full load, and
- * `idle_power_mw`. Then the weight is 1 + E * (curve(duty) - 1) * gate, where
+ * `idle_power_mw`. Then the weight is 1 + (curve(duty) - 1) * gate, where
  * the gate (power_gate_pm) is 1 for work that would be held back by the
  * card's power limit at full load and 0 for work that would not (memory-bound
  * loops run at the top clock even unlimited: H100, an elementwise loop drew
@@ -648,10 +648,10 @@ static uint64_t speedup_pm(struct pace *p)
     uint64_t duty = card * 10 > (int)p->duty_pm + CARD_MARGIN_PM ? (uint64_t)card * 10 : p->duty_pm;
     uint64_t pm;
     if (p->curve_pm[0] != 0) {
-        /* The calibration kernel's speed follows the clock fully; a matmul
-         * shows E of a clock gain as speed. */
+        /* The calibration kernel moves data and multiplies matrices like a
+         * matmul: its measured speed-up is taken as the workload's. */
         uint64_t c = curve_at(p->curve_pm, duty);
-        pm = 1000 + (c > 1000 ? (c - 1000) * SPEEDUP_E_PCT / 100 * power_gate_pm(p, duty) / 1000 : 0);
+        pm = 1000 + (c > 1000 ? (c - 1000) * power_gate_pm(p, duty) / 1000 : 0);
     } else {
         uint64_t room = (uint64_t)SPEEDUP_E_PCT * 10 * (top - p->ref_clock_mhz) / p->ref_clock_mhz;
         uint64_t scale = (1000 - duty) * 1000 / (1000 - SPEEDUP_KNEE_PCT * 10);

@@ -640,7 +640,7 @@ static void t_compute(const char *pct, const char *graph)
     if (curve != NULL) {
         /* The agent's calibration figures: a flat measured curve and, with
          * TEST_IDLE_POWER, the power gate; TEST_WEIGHT is what each busy ms
-         * should book as (1 + 0.7 x (curve - 1) x gate). */
+         * should book as (1 + (curve - 1) x gate). */
         char uuid[64];
         fakecuda_uuid_string(0, uuid, sizeof uuid);
         const char *idle = getenv("TEST_IDLE_POWER");
