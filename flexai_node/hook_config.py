@@ -206,9 +206,9 @@ def parse(text: str) -> HookConfig:
         f = {name: _number(line, f"device.{i}.{name}", v) if name not in ("uuid", "speedup_pm") else v
              for name, (line, v) in fields[i].items()}
         if "speedup_pm" in f:
-            line = fields[i]["speedup_pm"][0]
+            at = fields[i]["speedup_pm"][0]
             if not re.fullmatch(r"\d+(,\d+){%d}" % (SPEEDUP_POINTS - 1), str(f["speedup_pm"])):
-                raise ValueError(f"line {line}: device.{i}.speedup_pm: {f['speedup_pm']!r} is not "
+                raise ValueError(f"line {at}: device.{i}.speedup_pm: {f['speedup_pm']!r} is not "
                                  f"{SPEEDUP_POINTS} comma-separated numbers")
         vgpus.append(
             VGPULimit(
