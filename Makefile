@@ -23,6 +23,7 @@ controlplane:
 
 test: $(BIN)/.installed controlplane
 	tools/browser/setup.sh
+	tools/images/setup.sh
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -66,8 +66,8 @@ bud() {
   fi
   echo "$ref $tar"
 }
-bud flexai-sched Dockerfile.scheduler pyproject.toml README.md flexai_sched
-bud flexai-node Dockerfile.node pyproject.toml README.md flexai_sched flexai_node csrc/hook
+bud flexai-sched Dockerfile.scheduler pyproject.toml README.md tools/images/requirements.py flexai_sched
+bud flexai-node Dockerfile.node pyproject.toml README.md tools/images/requirements.py flexai_sched flexai_node csrc/hook
 
 # ---- kube-scheduler from the control-plane build (the upstream image needs a registry) ----
 bindir=$("$repo/tools/controlplane/build.sh" --print)
