@@ -12,11 +12,16 @@ Layout (pure core first, edges last):
 - ``leftover``    what a shared card's hole is expected to keep, learned by replaying the
                   workload on cards alone (ours uses it to choose cards)
 - ``allocator``   does a pod fit a node, and on which cards (pure arithmetic)
+- ``quota``       vGPU quotas per namespace or label group: what a pod counts, the declarations,
+                  usage per namespace (``QuotaBook``)
+- ``preemption``  which lower-priority pods to evict so a vGPU pod fits (pure: the rule)
 - ``state``       the cluster as the scheduler believes it: assume, confirm, forget; each node's
-                  host (allocatable CPU/memory, what bound pods request)
+                  host (allocatable CPU/memory, what bound pods request); quotas; PDBs
 - ``backend``     where state comes from and where binds go (in-memory, Kubernetes)
 - ``extender``    filter / prioritize / bind / preempt decisions on top of ``state``
+- ``preempting``  the preempt verb, the extender's own evictions, cards held for preemptors
 - ``app``         FastAPI edge: the kube-scheduler wire format, REST views, metrics
+- ``quota_views`` /v1/quotas and the quota metrics (its own router)
 """
 
 __all__ = ["__version__"]

@@ -48,6 +48,8 @@ NODE_POLICY: Final = PREFIX + "node-policy"
 CARD_POLICY: Final = PREFIX + "card-policy"
 # Label the chart's DaemonSet selects GPU nodes by.
 GPU_NODE_LABEL: Final = PREFIX + "gpu-node"
+# Label of the ConfigMaps (in the scheduler's namespace) that declare vGPU quotas (flexai_sched.quota).
+QUOTA_LABEL: Final = PREFIX + "quota"
 
 VERSION: Final = 1
 

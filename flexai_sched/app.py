@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, dashboard, views
+from . import __version__, dashboard, quota_views, views
 from .backend import Backend
 from .extender import BindError, Extender
 from .extender_types import (
@@ -122,6 +122,7 @@ def create_app(extender: Extender, start_backend: bool = True, max_body: int = M
 
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    quota_views.install(app, state.quotas, metrics.registry)
 
     # ---- extender verbs (every body parsed by _parse; bind and preempt then run in the thread pool) ----
 

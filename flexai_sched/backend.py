@@ -1,7 +1,8 @@
 """Where the scheduler's state comes from and where binds go.
 
-A backend feeds ``ClusterState`` (node inventories, allocations of bound pods) from its
-source of truth, and commits a bind: records the allocation on the pod and binds it
+A backend feeds ``ClusterState`` (node inventories, allocations of bound pods, declared vGPU
+quotas and namespace labels into ``state.quotas``) from its source of truth, and keeps it
+current (quota changes apply without a restart), and commits a bind: records the allocation on the pod and binds it
 to the node. Two implementations: ``MemoryBackend`` here (demo cluster, tests, trace
 replay) and ``kube.KubeBackend`` (a real cluster).
 """
@@ -9,6 +10,8 @@ replay) and ``kube.KubeBackend`` (a real cluster).
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -16,7 +19,10 @@ from typing import Any, Protocol
 
 from . import annotations as ann
 from .model import Allocation, NodeInventory
+from .quota import DATA_KEY
 from .state import ClusterState
+
+log = logging.getLogger("flexai_sched.backend")
 
 
 class CommitError(Exception):
@@ -42,6 +48,13 @@ class Backend(Protocol):
     def commit(self, alloc: Allocation) -> None:
         """Persist ``alloc`` on the pod and bind the pod to ``alloc.node``; raise CommitError."""
 
+    def evict(self, alloc: Allocation) -> None:
+        """Evict that incarnation of the pod (a preemption victim), never breaking a
+        PodDisruptionBudget; CommitError if refused. A pod already gone is not an error."""
+
+    def running_pods(self, namespace: str) -> set[tuple[str, str]]:
+        """(name, UID) of the namespace's pods bound to a node and not finished, read now."""
+
 
 class MemoryBackend:
     """An embedded in-memory cluster: nodes from an inventory, pods created by callers.
@@ -51,7 +64,8 @@ class MemoryBackend:
     """
 
     def __init__(self, nodes: Iterable[NodeInventory] = (), heartbeat_every: float | None = 10.0,
-                 running: Iterable[tuple[Mapping[str, Any], Allocation]] = ()) -> None:
+                 running: Iterable[tuple[Mapping[str, Any], Allocation]] = (),
+                 quota_file: str | None = None) -> None:
         self._mu = threading.Lock()
         self._nodes = {n.name: n for n in nodes}
         self._pods: dict[str, dict[str, Any]] = {}
@@ -70,6 +84,10 @@ class MemoryBackend:
         self.lose_next_reply: str | None = None
         self._late: list[Allocation] = []
         self.waiting: list[dict[str, Any]] = []  # the demo's pods that wait to be scheduled
+        self.evicted: list[str] = []  # keys of the pods evicted, in order (tests read it)
+        # Demo quotas: the file's content is the one source; re-read on each beat when it changed.
+        self._quota_file = quota_file
+        self._quota_mtime: float | None = None
 
     def start(self, state: ClusterState) -> None:
         self._state = state
@@ -77,6 +95,7 @@ class MemoryBackend:
         for _, alloc in self._running:
             state.observe(alloc)
             state.set_pod_host(alloc.key, alloc.node, 0, 0, alloc.uid)
+        self.reload_quota_file()
         if self._every:
             self._thread = threading.Thread(target=self._beat, name="demo-heartbeat", daemon=True)
             self._thread.start()
@@ -102,6 +121,33 @@ class MemoryBackend:
         if self._state is not None:
             self._state.upsert_node(node)
 
+    def declare_quotas(self, text: str, source: str = "demo/quotas") -> str:
+        """Quotas in ``quota.DATA_KEY``'s format, as a ConfigMap named ``source`` would declare them
+        (empty text: none); returns the error ("" if none)."""
+        assert self._state is not None, "backend not started"
+        return self._state.quotas.declare(source, {DATA_KEY: text})
+
+    def label_namespace(self, namespace: str, labels: Mapping[str, str]) -> None:
+        assert self._state is not None, "backend not started"
+        self._state.quotas.set_namespace(namespace, labels)
+
+    def reload_quota_file(self) -> None:
+        if not self._quota_file or self._state is None:
+            return
+        try:
+            mtime = os.stat(self._quota_file).st_mtime
+            if mtime == self._quota_mtime:
+                return
+            self._quota_mtime = mtime
+            with open(self._quota_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            self._state.quotas.set_source_error(self._quota_file, f"{self._quota_file}: {e}")
+            return
+        error = self._state.quotas.declare(self._quota_file, {DATA_KEY: text})
+        if error:
+            log.warning("quotas not applied: %s", error)
+
     def nodes(self) -> list[NodeInventory]:
         with self._mu:
             return list(self._nodes.values())
@@ -111,11 +157,12 @@ class MemoryBackend:
         with self._mu:
             self._pods[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = copy.deepcopy(dict(pod))
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, notify: bool = True) -> None:
+        """``notify`` False (tests): the state is not told, as a watch that lags behind."""
         key = f"{namespace}/{name}"
         with self._mu:
             pod = self._pods.pop(key, None)
-        if pod is not None and self._state is not None:
+        if pod is not None and self._state is not None and notify:
             uid = (pod.get("metadata") or {}).get("uid")
             self._state.release(key, uid)
             self._state.drop_pod_host(key, uid)
@@ -134,6 +181,22 @@ class MemoryBackend:
             self._late.append(alloc)
             raise CommitUnknown(msg)
         self._write(alloc)
+
+    def evict(self, alloc: Allocation) -> None:
+        with self._mu:
+            pod = self._pods.get(alloc.key)
+            uid = (pod or {}).get("metadata", {}).get("uid")
+        if pod is not None and (not uid or uid == alloc.uid):
+            self.delete_pod(alloc.namespace, alloc.name)
+            self.evicted.append(alloc.key)
+
+    def running_pods(self, namespace: str) -> set[tuple[str, str]]:
+        with self._mu:
+            return {(str(p["metadata"].get("name")), str(p["metadata"].get("uid") or ""))
+                    for p in self._pods.values()
+                    if (p.get("metadata") or {}).get("namespace", "default") == namespace
+                    and (p.get("spec") or {}).get("nodeName")
+                    and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
 
     def deliver_late(self) -> None:
         """Tests: the writes whose answers were lost land now, and the state hears of them."""
@@ -157,8 +220,14 @@ class MemoryBackend:
                 raise CommitError(f"already bound to {pod['spec']['nodeName']}")
             meta.setdefault("annotations", {})[ann.POD_ALLOCATION] = ann.encode_allocation(alloc)
             pod.setdefault("spec", {})["nodeName"] = alloc.node
+            priority = pod["spec"].get("priority")
+            labels = meta.get("labels") or {}
+        if self._state is not None:  # what preemption reads of a bound pod, as the kube watch records it
+            self._state.set_pod_meta(alloc.key, alloc.uid, priority if isinstance(priority, int) else 0,
+                                     {str(k): str(v) for k, v in labels.items()})
 
     def _beat(self) -> None:
         assert self._every
         while not self._stop.wait(self._every):
             self.heartbeat()
+            self.reload_quota_file()

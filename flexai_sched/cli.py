@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.add_argument("--demo-inventory", help="YAML/JSON demo nodes (see flexai_sched/demo.py)")
+    serve.add_argument("--quota-namespace",
+                       help="watch vGPU quotas in ConfigMaps labelled vgpu.flexai.io/quota in this namespace")
+    serve.add_argument("--demo-quotas", help="demo cluster: vGPU quotas from this file (re-read when it changes)")
     serve.add_argument("--log-level", default="info")
     why = sub.add_parser("explain", help="why a pod is pending: per node the filter's reason, the closest card, "
                                          "a plan of moves (asks a running flexai-sched)")
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             demo_inventory=args.demo_inventory,
+            quota_namespace=args.quota_namespace,
+            demo_quotas=args.demo_quotas,
         )
         backend = make_backend(settings)
     except (ValueError, OSError) as e:
@@ -156,10 +161,11 @@ def make_backend(settings: config.Settings) -> Backend:
     if settings.kubeconfig or settings.in_cluster:
         from .kube import KubeBackend  # the kubernetes client is only imported when used
 
-        return KubeBackend(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster)
+        return KubeBackend(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster,
+                           quota_namespace=settings.quota_namespace)
     doc = demo.read_file(settings.demo_inventory) if settings.demo_inventory else demo.BUILTIN
     nodes = demo.inventory(doc, settings.max_vgpus_per_card)
-    backend = MemoryBackend(nodes, running=demo.pods(doc, nodes))
+    backend = MemoryBackend(nodes, running=demo.pods(doc, nodes), quota_file=settings.demo_quotas)
     backend.waiting = demo.waiting(doc)
     for pod in backend.waiting:
         backend.create_pod(pod)

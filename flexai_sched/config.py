@@ -23,6 +23,10 @@ class Settings:
     kubeconfig: str | None = None
     in_cluster: bool = False
     demo_inventory: str | None = None  # YAML/JSON file of demo nodes; None = built-in demo
+    # vGPU quotas (flexai_sched.quota): the namespace whose ConfigMaps labelled
+    # vgpu.flexai.io/quota declare them (Kubernetes backend; None: no quotas), or a file (demo).
+    quota_namespace: str | None = None
+    demo_quotas: str | None = None
     # Learn the policy's target workload from the bound pods this often (0: keep the built-in
     # prior), once at least this many are bound: Extender.learn_workload.
     workload_refresh_s: float = 300.0

@@ -1,7 +1,14 @@
 """The extender's decisions: filter, prioritize, bind, preempt, on top of ``ClusterState``.
 
-Pure decisions except ``bind``, which hands the chosen allocation to the backend (the
-only write). Handlers in ``app`` parse the wire format, call these, and serialise.
+Pure decisions except ``bind``, which hands the chosen allocation to the backend, and
+preemption's evictions. Handlers in ``app`` parse the wire format, call these, and serialise.
+
+Quotas (``quota``): filter refuses a pod over its namespace's quota on every node, once per
+call; bind checks again inside ``assume``, so two binds can never overshoot a quota.
+
+Preemption: ``preemption`` chooses the victims; ``preempting`` acts (the preempt verb, the
+extender's own evictions for pods kube-scheduler's dry run cannot help, the cards held for a
+preemptor, which filter and bind count against pods of lower or equal priority).
 
 Scores: a ``fragmentation.HostAware`` node policy (the default, ``fragmentation``) scores
 a node with its host too (allocatable CPU/memory and what bound pods request, from
@@ -21,6 +28,7 @@ Caches, per node (``NodeState``), keyed by small interned ids:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -35,9 +43,12 @@ from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .fragmentation import DEFAULT_WORKLOAD, HostAware, TaskClass, Workload, WorkloadAware
 from .model import Allocation, PodRequest
+from .preempting import Preempting
+from .quota import Usage, allocation_usage, request_usage
 from .requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
 
+log = logging.getLogger("flexai_sched.extender")
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 _NO_FIT = float("-inf")  # cached score of a node the pod does not fit
 # One NoFit object per distinct (reason, resolvable): caches share them.
@@ -85,6 +96,7 @@ class Extender:
         self._held_mu = threading.Lock()
         self.clock = time.monotonic  # tests move time on
         self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
+        self.preempting = Preempting(self)
 
     # ---- parsing ----
 
@@ -128,6 +140,20 @@ class Extender:
         if not req.wants_gpu:
             out.fits = list(node_names)
             return out
+        if self.preempting.nominations:  # rare: a preemptor waits for its victims to go
+            self.preempting.victims_left(req)
+        if self.state.quotas.active:  # once per call, never per node
+            reason, resolvable = self.quota_reason(req)
+            if reason and resolvable and self._recount_quota(req):
+                reason, resolvable = self.quota_reason(req)
+            if reason:
+                if resolvable:  # evicting pods of the quota's namespaces could help
+                    out.failed = dict.fromkeys(node_names, reason)
+                    if req.priority > 0:
+                        self.preempting.start(req, node_names)
+                else:
+                    out.unresolvable = dict.fromkeys(node_names, reason)
+                return out
         cluster_reason = self._cluster_wide_reason(req)
         if cluster_reason:
             out.unresolvable = dict.fromkeys(node_names, _short(cluster_reason))
@@ -137,6 +163,7 @@ class Extender:
         policy = self._policy(req.node_policy, self._node_policy)
         hkey = self._host_key(req, key, policy)
         nodes = self.state.nodes_by_name()
+        nominated = self.preempting.nominations  # cards held for preemptors; empty in the common case
         for name in node_names:
             node = nodes.get(name)
             if node is None:
@@ -153,6 +180,10 @@ class Extender:
                 out.fits.append(name)
             else:
                 (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
+        if nominated:  # rare: checked after the hot loop, which stays as it was
+            self.preempting.hold(out, req, nodes)
+        if not out.fits and out.failed and req.priority > 0:
+            self.preempting.start(req, list(out.failed))
         return out
 
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
@@ -263,14 +294,26 @@ class Extender:
             node = self.state.node(node_name)
             if node is None:
                 raise BindError(f"node {node_name}: reports no vGPU inventory")
-            fit = self.fit(node, req)
+            fit = place(node.cards, self.preempting.usage_for(node, req), req,
+                        self._policy(req.card_policy, self._card_policy))
             if isinstance(fit, NoFit):
                 raise BindError(f"node {node_name}: {fit.reason}")
             alloc = Allocation.build(namespace, name, uid, node_name, fit.slices)
             version = node.version
+
+            def fits(n: NodeState) -> bool:
+                # Same version = same usage the placement was computed on. The quota is checked
+                # here, under the state's lock, so concurrent binds of one namespace cannot overshoot it.
+                if n.version != version:
+                    return False
+                if self.state.quotas.active:
+                    reason, _ = self.quota_reason(req)
+                    if reason:
+                        raise Conflict(reason)
+                return True
+
             try:
-                # Same version = same usage the placement was computed on.
-                self.state.assume(alloc, lambda n: n.version == version)
+                self.state.assume(alloc, fits)
             except Conflict as e:
                 raise BindError(str(e)) from None
         try:
@@ -287,6 +330,7 @@ class Extender:
             self.state.forget(key, uid)
             raise
         self.state.confirm(key)
+        self.preempting.landed(key, uid)
         # The pod's host request counts at once (the backend's watch re-states it, idempotent).
         self.state.set_pod_host(key, node_name, req.cpu_milli, req.memory_mib, uid)
         return alloc
@@ -305,34 +349,54 @@ class Extender:
         for k, uid in done:
             self.state.forget(k, uid)  # drops only what is still ASSUMED
 
+    def quota_reason(self, req: PodRequest, less: Usage = Usage()) -> tuple[str, bool]:
+        """Why the pod would break a quota of its namespace ("" if not), and whether evicting
+        pods could help; a pod already allocated (a bind in flight) is not counted twice."""
+        if not self.state.quotas.quotas_for(req.namespace):
+            return "", True  # no quota on its namespace: one dict lookup, nothing counted
+        need, unsized = request_usage(req)
+        mine = self.state.allocation(req.key)
+        if mine is not None and mine.uid == req.uid:
+            less = less.plus(allocation_usage(mine))
+        return self.state.quotas.check(req.namespace, need, unsized, less)
+
+    def _recount_quota(self, req: PodRequest) -> int:
+        """Before refusing a pod for its quota, read its quotas' namespaces' pods from the
+        cluster and release those our watch still counts but that are gone; how many. Why:
+        kube-scheduler retries a pod an extender refused on the next cluster event, such as
+        the deletion that freed the quota, which its informer may see before our watch does;
+        a refusal then would leave the pod waiting for some later event."""
+        namespaces = {ns for q in self.state.quotas.quotas_for(req.namespace) for ns in self.state.quotas.members(q)}
+        released = 0
+        for ns in namespaces:
+            counted = [(k, a.uid) for k in self.state.keys() if k.startswith(ns + "/")
+                       for a in (self.state.allocation(k),) if a is not None and k != req.key]
+            if not counted:
+                continue
+            try:
+                running = self.backend.running_pods(ns)
+            except Exception as e:  # the read is a hint: the watch stays the source
+                log.info("quota of %s: reading its pods back failed: %s", ns, e)
+                continue
+            for key, uid in counted:
+                if (key.split("/", 1)[1], uid) not in running and self.state.state_of(key) is AllocState.BOUND:
+                    released += self.state.release(key, uid)
+                    self.state.drop_pod_host(key, uid)
+        return released
+
     # ---- preempt ----
 
     def preempt(
         self, pod: Mapping[str, Any], victims: Mapping[str, tuple[list[str], int]]
     ) -> dict[str, tuple[list[str], int]]:
-        """Keep a node's proposed victims only if evicting them frees a fitting slice."""
+        """kube-scheduler's preempt verb (``preempting.Preempting.verb``)."""
         try:
             req = self.parse(pod)
         except RequestError:
             return {}
         if not req.wants_gpu:
             return dict(victims)
-        policy = self._policy(req.card_policy, self._card_policy)
-        keep: dict[str, tuple[list[str], int]] = {}
-        for node_name, (uids, pdb) in victims.items():
-            node = self.state.node(node_name)
-            if node is None or not uids:
-                continue
-            usage = list(node.usage)
-            by_index = {c.index: pos for pos, c in enumerate(node.cards)}
-            for a in node.pods.values():
-                if a.uid in uids:
-                    for index, held in a.card_usage.items():
-                        if index in by_index:
-                            usage[by_index[index]] = usage[by_index[index]].minus(held)
-            if isinstance(place(node.cards, usage, req, policy), Placement):
-                keep[node_name] = (list(uids), pdb)
-        return keep
+        return self.preempting.verb(req, victims)
 
     # ---- helpers ----
 

@@ -27,6 +27,16 @@ and every bound pod, GPU or not:
   parsing as the extender's) -> ``state.set_pod_host``; deleted, Succeeded/Failed, or
   gone from a relist -> ``state.drop_pod_host``.
 
+vGPU quotas (``quota``), when a ``quota_namespace`` is given: the ConfigMaps of that namespace
+labelled ``annotations.QUOTA_LABEL`` -> ``state.quotas.declare`` (an unreadable one is dropped
+with its error shown in /v1/quotas); deleted or gone from a relist -> ``drop_source``. And every
+Namespace's labels (quotas may select namespaces by label) -> ``state.quotas.set_namespace``.
+Changes apply as they are watched, without a restart.
+
+For preemption: each bound vGPU pod's ``spec.priority`` and labels -> ``state.set_pod_meta``,
+and every PodDisruptionBudget (selector, ``status.disruptionsAllowed``, ``status.disruptedPods``)
+-> ``state.set_budget``; deleted or gone from a relist -> ``drop_budget``.
+
 Pods are listed before nodes are first applied, so a node never appears with less
 usage than it has (an unknown node fits nothing: a partial state can refuse pods,
 never over-commit a card).
@@ -66,6 +76,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from . import annotations as ann
 from .backend import CommitError, CommitUnknown
 from .model import Allocation
+from .preemption import Budget, Requirement
 from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib
 from .state import AllocState, ClusterState
 
@@ -73,6 +84,7 @@ log = logging.getLogger("flexai_sched.kube")
 
 GONE: Final = 410
 NOT_FOUND: Final = 404
+CONFLICT: Final = 409
 FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
 BOUND_PODS: Final = "spec.nodeName!="  # field selector: unbound pods never count
 
@@ -123,6 +135,7 @@ class KubeBackend:
         watch_timeout_s: int = 240,
         commit_timeout_s: float = 30.0,
         backoff_s: tuple[float, float] = (0.2, 10.0),
+        quota_namespace: str | None = None,
     ) -> None:
         if not kubeconfig and not in_cluster:
             raise ValueError("KubeBackend: give a kubeconfig or in_cluster=True")
@@ -136,6 +149,7 @@ class KubeBackend:
         # read back (see commit); a rare ambiguity is better than a frequent one.
         self._commit_timeout = commit_timeout_s
         self._backoff = backoff_s
+        self._quota_namespace = quota_namespace
         self._state: ClusterState | None = None
         self._api: k8s.CoreV1Api | None = None
         self._stop = threading.Event()
@@ -155,10 +169,26 @@ class KubeBackend:
         nodes = _Watcher("nodes", self._client(), self._list_nodes, self._begin_node_list, self._node_event,
                          self._stop, self._watch_timeout, self._backoff, after=pods.synced)
         self._watchers = [pods, nodes]
+        if self._quota_namespace:
+            quota_ns = self._quota_namespace
+            self._watchers += [
+                _Watcher("namespaces", self._client(), self._list_namespaces, self._begin_namespace_list,
+                         self._namespace_event, self._stop, self._watch_timeout, self._backoff),
+                _Watcher("quota configmaps", self._client(),
+                         lambda api, **kw: api.list_namespaced_config_map(
+                             quota_ns, label_selector=ann.QUOTA_LABEL, **kw),
+                         self._begin_quota_list, self._quota_event, self._stop, self._watch_timeout, self._backoff),
+            ]
+        self._watchers.append(
+            _Watcher("poddisruptionbudgets", self._client(), self._list_budgets, self._begin_budget_list,
+                     self._budget_event, self._stop, self._watch_timeout, self._backoff))
         for w in self._watchers:
             w.start()
-        if not nodes.synced.wait(self._sync_timeout):
-            log.warning("not synced after %.0fs; serving anyway (unknown nodes fit nothing)", self._sync_timeout)
+        # Serve once nodes are known and quotas declared: before, a pod could overshoot its quota.
+        for w in self._watchers[1:]:
+            if not w.synced.wait(self._sync_timeout):
+                log.warning("%s not synced after %.0fs; serving anyway (unknown nodes fit nothing)",
+                            w.kind, self._sync_timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -206,6 +236,31 @@ class KubeBackend:
                 log.info("bind %s: %s, but the pod shows it bound as asked", alloc.key, e)
                 return
             raise CommitUnknown(f"{e}; the pod does not show it bound (yet)") from None
+
+    def evict(self, alloc: Allocation) -> None:
+        """POST pods/{name}/eviction with the victim's UID as a precondition: the apiserver
+        refuses (429) an eviction its PodDisruptionBudgets do not allow."""
+        body = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": alloc.name, "namespace": alloc.namespace},
+                "deleteOptions": {"preconditions": {"uid": alloc.uid}} if alloc.uid else {}}
+        try:
+            with _translated(f"evict {alloc.key}"):
+                resp: Any = self._core().create_namespaced_pod_eviction(
+                    alloc.name, alloc.namespace, body,  # type: ignore[arg-type]  # a dict is sent as is
+                    _preload_content=False, _request_timeout=self._commit_timeout)
+                resp.read()
+                resp.release_conn()
+        except ApiError as e:
+            if e.status in (NOT_FOUND, CONFLICT):
+                return  # gone already, or another pod of that name now: nothing of ours to evict
+            raise CommitError(str(e)) from None
+
+    def running_pods(self, namespace: str) -> set[tuple[str, str]]:
+        with _translated(f"list pods of {namespace}"):
+            doc = _json(self._core().list_namespaced_pod(namespace, field_selector=BOUND_PODS,
+                                                         _preload_content=False, _request_timeout=(5, 10)))
+        return {(str(p["metadata"]["name"]), str(p["metadata"].get("uid") or "")) for p in doc.get("items") or []
+                if (p.get("status") or {}).get("phase") not in FINISHED_PHASES}
 
     # ---- calls ----
 
@@ -310,6 +365,81 @@ class KubeBackend:
             self._node_problems[name] = reason
             log.warning("node %s: left out of scheduling: %s", name, reason)
 
+    # ---- quotas ----
+
+    @staticmethod
+    def _list_namespaces(api: k8s.CoreV1Api, **kw: Any) -> Any:
+        return api.list_namespace(**kw)
+
+    def _begin_namespace_list(self) -> Callable[[list[Obj]], None]:
+        return self._replace_namespaces
+
+    def _replace_namespaces(self, items: list[Obj]) -> None:
+        book = self._st().quotas
+        listed = set()
+        for ns in items:
+            listed.add(_name(ns))
+            self._namespace_event("ADDED", ns)
+        for gone in set(book.namespaces()) - listed:
+            book.drop_namespace(gone)
+
+    def _namespace_event(self, kind: str, ns: Obj) -> None:
+        if kind == "DELETED":
+            self._st().quotas.drop_namespace(_name(ns))
+        else:
+            labels = ns["metadata"].get("labels") or {}
+            self._st().quotas.set_namespace(_name(ns), {str(k): str(v) for k, v in labels.items()})
+
+    def _begin_quota_list(self) -> Callable[[list[Obj]], None]:
+        return self._replace_quotas
+
+    def _replace_quotas(self, items: list[Obj]) -> None:
+        listed = set()
+        for cm in items:
+            listed.add(_source(cm))
+            self._quota_event("ADDED", cm)
+        for gone in set(self._st().quotas.sources()) - listed:
+            self._st().quotas.drop_source(gone)
+
+    def _quota_event(self, kind: str, cm: Obj) -> None:
+        source = _source(cm)
+        book = self._st().quotas
+        if kind == "DELETED":
+            book.drop_source(source)
+            log.info("quotas of %s dropped (deleted)", source)
+            return
+        error = book.declare(source, cm.get("data"))
+        if error:
+            log.warning("quotas of %s not applied: %s", source, error)
+        else:
+            log.info("quotas of %s applied: %s", source, ", ".join(q.quota.name for q in book.status()
+                                                                  if q.quota.source == source) or "none")
+
+    # ---- PodDisruptionBudgets (preemption respects them) ----
+
+    @staticmethod
+    def _list_budgets(api: k8s.CoreV1Api, **kw: Any) -> Any:
+        return k8s.PolicyV1Api(api.api_client).list_pod_disruption_budget_for_all_namespaces(**kw)
+
+    def _begin_budget_list(self) -> Callable[[list[Obj]], None]:
+        return self._replace_budgets
+
+    def _replace_budgets(self, items: list[Obj]) -> None:
+        listed = set()
+        for pdb in items:
+            listed.add((pdb["metadata"].get("namespace") or "", _name(pdb)))
+            self._budget_event("ADDED", pdb)
+        for b in self._st().budgets():
+            if (b.namespace, b.name) not in listed:
+                self._st().drop_budget(b.namespace, b.name)
+
+    def _budget_event(self, kind: str, pdb: Obj) -> None:
+        namespace, name = pdb["metadata"].get("namespace") or "", _name(pdb)
+        if kind == "DELETED":
+            self._st().drop_budget(namespace, name)
+            return
+        self._st().set_budget(budget_of(pdb))
+
     # ---- pods ----
 
     def _begin_pod_list(self) -> Callable[[list[Obj]], None]:
@@ -369,6 +499,10 @@ class KubeBackend:
             # Counted where the annotation puts it (the cards it names); worth a look.
             log.warning("pod %s: bound to %s but its allocation names %s", key, spec["nodeName"], alloc.node)
         state.observe(alloc)
+        priority = spec.get("priority")
+        labels = meta.get("labels") or {}
+        state.set_pod_meta(key, uid, priority if isinstance(priority, int) else 0,
+                           {str(k): str(v) for k, v in labels.items()})
 
     def _st(self) -> ClusterState:
         assert self._state is not None, "backend not started"
@@ -514,3 +648,23 @@ def _json(resp: Any) -> Obj:
 
 def _name(obj: Obj) -> str:
     return str(obj["metadata"]["name"])
+
+
+def budget_of(pdb: Obj) -> Budget:
+    """A PodDisruptionBudget as preemption reads it (a selector term of an unknown operator is left out)."""
+    meta, spec, status = pdb["metadata"], pdb.get("spec") or {}, pdb.get("status") or {}
+    sel = spec.get("selector") or {}
+    match = sel.get("matchLabels") or {}
+    exprs = []
+    for e in sel.get("matchExpressions") or []:
+        if isinstance(e, dict) and e.get("operator") in ("In", "NotIn", "Exists", "DoesNotExist"):
+            exprs.append(Requirement(str(e.get("key")), str(e["operator"]),
+                                     frozenset(str(v) for v in e.get("values") or [])))
+    allowed = status.get("disruptionsAllowed")
+    return Budget(meta.get("namespace") or "", str(meta["name"]),
+                  tuple(sorted((str(k), str(v)) for k, v in match.items())), tuple(exprs),
+                  allowed if isinstance(allowed, int) else 0, frozenset(status.get("disruptedPods") or {}))
+
+
+def _source(obj: Obj) -> str:
+    return f"{obj['metadata'].get('namespace') or ''}/{obj['metadata']['name']}"

@@ -89,6 +89,8 @@ class PodRequest:
     # init containers' peak, sidecars, overhead); not part of ``shape``.
     cpu_milli: int = 0
     memory_mib: int = 0
+    # spec.priority (set from the pod's PriorityClass by the apiserver); not part of ``shape``.
+    priority: int = 0
 
     @property
     def key(self) -> str:

@@ -98,6 +98,11 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
     node_policy = _policy(annotations, ann.NODE_POLICY, rules, errors)
     card_policy = _policy(annotations, ann.CARD_POLICY, rules, errors)
     cpu_milli, memory_mib = _host_request(spec, errors)
+    priority = spec.get("priority")
+    if priority is None:
+        priority = 0
+    elif isinstance(priority, bool) or not isinstance(priority, int):
+        errors.append(f"pod: spec.priority={priority!r}: must be an integer")
     if errors:
         raise RequestError(errors)
     return PodRequest(
@@ -111,6 +116,7 @@ def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> P
         card_policy=card_policy,
         cpu_milli=cpu_milli,
         memory_mib=memory_mib,
+        priority=int(priority),
     )
 
 

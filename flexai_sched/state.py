@@ -23,6 +23,13 @@ also summed afresh on every change. A host change keeps the version and the fit 
 (cards unchanged: fit verdicts and card scores stay valid, and a bind decided on the
 cards is still valid) and gives the node a new, empty ``host_cache`` (scores that read
 the host). ``NodeState.host`` is None while the node's capacity is unknown.
+
+``quotas`` (``quota.QuotaBook``): the declared vGPU quotas and each namespace's usage, which
+moves with every allocation put or dropped (assumed ones count), under the same lock, so a
+bind that checks a quota inside ``assume``'s ``fits`` can never overshoot it.
+
+For preemption: each bound pod's priority and labels (``set_pod_meta``; gone with the
+pod's ``release``) and the PodDisruptionBudgets (``set_budget`` / ``drop_budget``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from typing import Any
 
 from .fragmentation import Host
 from .model import Allocation, Card, CardUsage, NodeInventory
+from .preemption import Budget
+from .quota import QuotaBook, allocation_usage
 
 
 class AllocState(enum.Enum):
@@ -89,6 +98,9 @@ class ClusterState:
         self._pod_hosts: dict[str, tuple[str, str, int, int]] = {}  # pod key -> (node, uid, cpu, mem)
         self._host_pods: dict[str, dict[str, tuple[int, int]]] = {}  # node -> pod key -> (cpu, mem)
         self._facts: tuple[int, frozenset[str]] | None = None  # cached inventory_facts()
+        self.quotas = QuotaBook()
+        self._meta: dict[str, tuple[str, int, dict[str, str]]] = {}  # pod key -> (uid, priority, labels)
+        self._budgets: dict[tuple[str, str], Budget] = {}
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -273,10 +285,35 @@ class ClusterState:
         """The pod is gone or finished: free its slices. Idempotent."""
         with self._mu:
             a = self._allocs.get(key)
+            meta = self._meta.get(key)
+            if meta is not None and (uid is None or meta[0] == uid):
+                del self._meta[key]
             if a is None or (uid is not None and a.uid != uid):
                 return False
             self._drop(key)
             return True
+
+    # ---- what preemption reads ----
+
+    def set_pod_meta(self, key: str, uid: str, priority: int, labels: dict[str, str]) -> None:
+        """A bound pod's priority and labels (who may evict it, which budgets select it)."""
+        self._meta[key] = (uid, priority, labels)
+
+    def pod_meta(self, key: str, uid: str) -> tuple[int, dict[str, str]]:
+        """(priority, labels) of that incarnation of the pod; (0, {}) when not known."""
+        got = self._meta.get(key)
+        return (got[1], got[2]) if got is not None and got[0] == uid else (0, {})
+
+    def set_budget(self, budget: Budget) -> None:
+        with self._mu:
+            self._budgets = {**self._budgets, (budget.namespace, budget.name): budget}
+
+    def drop_budget(self, namespace: str, name: str) -> None:
+        with self._mu:
+            self._budgets = {k: v for k, v in self._budgets.items() if k != (namespace, name)}
+
+    def budgets(self) -> list[Budget]:
+        return list(self._budgets.values())
 
     def keys(self) -> list[str]:
         """Keys (namespace/name) of every allocation, assumed or bound."""
@@ -291,6 +328,7 @@ class ClusterState:
             self._drop(alloc.key)
         self._allocs[alloc.key] = alloc
         self._states[alloc.key] = st
+        self.quotas.add(alloc.namespace, allocation_usage(alloc))
         self._by_node.setdefault(alloc.node, {})[alloc.key] = alloc
         node = self._nodes.get(alloc.node)
         if node is not None:
@@ -299,6 +337,7 @@ class ClusterState:
     def _drop(self, key: str) -> None:
         a = self._allocs.pop(key)
         self._states.pop(key, None)
+        self.quotas.remove(a.namespace, allocation_usage(a))
         self._by_node.get(a.node, {}).pop(key, None)
         node = self._nodes.get(a.node)
         if node is not None:

@@ -7,9 +7,9 @@ keeps the agent to its own node's vgpu.flexai.io/ annotations.
 Who runs as whom (tokens from the TokenRequest API, kubeconfigs without certificates):
   kube-scheduler  the chart's scheduler account (system:kube-scheduler,
                   system:volume-scheduler, the leader-election Role, the extender role)
-  flexai-sched    an account bound to the chart's extender ClusterRole ONLY, which
-                  proves that role is enough by itself (the chart's scheduler account
-                  holds it plus more, and RBAC only adds)
+  flexai-sched    an account bound to the chart's extender ClusterRole and its quota Role
+                  ONLY, which proves they are enough by themselves (the chart's scheduler
+                  account holds them plus more, and RBAC only adds)
   flexai-node     the chart's agent account, with a token bound to a pod on the node
                   (as in the DaemonSet, so the token names the node)
 """
@@ -80,14 +80,20 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
         policy = rendered.all("ValidatingAdmissionPolicy") + rendered.all("ValidatingAdmissionPolicyBinding")
         for obj in rendered.rbac() + policy:
             created.append(objects.create(obj))
-        # An account bound to the chart's extender ClusterRole and nothing else.
+        # An account bound to the chart's extender ClusterRole and quota Role, and nothing else.
         ext_role = rendered.one("ClusterRole", "-scheduler-extender")["metadata"]["name"]
+        quota_role = rendered.one("Role", "-scheduler-extender-quotas")["metadata"]["name"]
+        only = [{"kind": "ServiceAccount", "name": "extender-only", "namespace": NS}]
         for obj in ({"apiVersion": "v1", "kind": "ServiceAccount",
                      "metadata": {"name": "extender-only", "namespace": NS}},
                     {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                      "metadata": {"name": "test-extender-only"},
                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ext_role},
-                     "subjects": [{"kind": "ServiceAccount", "name": "extender-only", "namespace": NS}]}):
+                     "subjects": only},
+                    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                     "metadata": {"name": "test-extender-only-quotas", "namespace": NS},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": quota_role},
+                     "subjects": only}):
             created.append(objects.create(obj))
         labels = {ann.GPU_NODE_LABEL: "true"}
         make_fake_node(core, NODE, labels=labels)
@@ -212,6 +218,10 @@ CALLS: dict[str, Callable[[k8s.CoreV1Api], Any]] = {
     "delete pod": lambda core: core.delete_namespaced_pod("agent", NS),
     "create pod": lambda core: core.create_namespaced_pod(NS, _fake_pod("intruder")),
     "list secrets": lambda core: core.list_namespaced_secret("kube-system"),
+    "list quota configmaps": lambda core: core.list_namespaced_config_map(NS, label_selector=ann.QUOTA_LABEL),
+    "list other configmaps": lambda core: core.list_namespaced_config_map("kube-system"),
+    "list namespaces": lambda core: core.list_namespace(),
+    "list pdbs": lambda core: k8s.PolicyV1Api(core.api_client).list_pod_disruption_budget_for_all_namespaces(),
     "create service account token": lambda core: core.create_namespaced_service_account_token(
         "extender-only", NS, k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[]))),
 }
@@ -228,6 +238,10 @@ CASES = [
     ("extender", "delete pod", 403),
     ("extender", "create pod", 403),
     ("extender", "list secrets", 403),
+    ("extender", "list quota configmaps", 200),
+    ("extender", "list other configmaps", 403),
+    ("extender", "list namespaces", 200),
+    ("extender", "list pdbs", 200),
     ("scheduler", "list nodes", 200),
     ("scheduler", "delete node", 403),
     ("scheduler", "patch node", 403),

@@ -211,25 +211,34 @@ def test_unanswered_bind_that_never_lands_is_released_after_the_hold(held: Any) 
     assert state.state_of("default/a") is AllocState.BOUND
 
 
-def test_preempt_keeps_only_nodes_where_the_victims_free_a_fitting_slice(env: Any) -> None:
+def test_preempt_answers_one_node_whose_victims_free_a_fitting_slice(env: Any) -> None:
     client, backend, _ = env
     for name in ("v1", "v2"):
         assert bind(client, backend, name, "small", limits(1, cores=100)) == ""
     preemptor = pod("hi", limits(1, cores=60))
+    preemptor["spec"]["priority"] = 1000
     args = {
         "Pod": preemptor,
         "NodeNameToVictims": None,
         "NodeNameToMetaVictims": {
-            "small": {"Pods": [{"UID": "uid-v1"}], "NumPDBViolations": 0},  # frees a whole card: keep
-            "t4": {"Pods": [{"UID": "nobody"}], "NumPDBViolations": 1},  # t4 is empty anyway: still fits
+            "small": {"Pods": [{"UID": "uid-v1"}], "NumPDBViolations": 0},  # frees a whole card
+            "t4": {"Pods": [{"UID": "cpu-pod"}], "NumPDBViolations": 1},  # no vGPU victim, but a PDB violation
         },
     }
     kept = client.post("/preempt", json=args).json()["NodeNameToMetaVictims"]
-    assert kept["small"] == {"Pods": [{"UID": "uid-v1"}], "NumPDBViolations": 0}
-    # Victims that free nothing useful: the other pod holds the card it would need.
+    # One node only (kube-scheduler would otherwise pick by its own order): fewest PDB violations.
+    assert kept == {"small": {"Pods": [{"UID": "uid-v1"}], "NumPDBViolations": 0}}
+    # Two cards needed: the proposed victim frees one, so the other lower-priority pod joins.
+    # (Priority 2000: above "hi", whose nomination holds 60% of a card on small for it.)
     args["Pod"] = pod("hi2", limits(2, cores=60))
+    args["Pod"]["spec"]["priority"] = 2000
+    del args["NodeNameToMetaVictims"]["t4"]
     kept = client.post("/preempt", json=args).json()["NodeNameToMetaVictims"]
-    assert "small" not in kept
+    assert kept == {"small": {"Pods": [{"UID": "uid-v1"}, {"UID": "uid-v2"}], "NumPDBViolations": 0}}
+    # Not above the bound pods' priority (0): nothing may go beyond what kube-scheduler proposed,
+    # and that alone frees only one card.
+    args["Pod"]["spec"]["priority"] = 0
+    assert client.post("/preempt", json=args).json()["NodeNameToMetaVictims"] == {}
 
 
 def test_preempt_with_full_victim_pods(env: Any) -> None:

@@ -211,3 +211,13 @@ def test_quantities_read_as_kubernetes_reads_them(value: object) -> None:
 def test_bad_quantities_name_the_field(value: object) -> None:
     with pytest.raises(ValueError, match="resources.requests.cpu"):
         _quantity(value, "resources.requests.cpu")
+
+
+def test_priority_is_read_and_a_bad_one_is_named() -> None:
+    p = pod("p", limits(1, cores=10))
+    assert parse_pod(p).priority == 0
+    p["spec"]["priority"] = 1000
+    assert parse_pod(p).priority == 1000
+    p["spec"]["priority"] = "high"
+    with pytest.raises(RequestError, match=r"pod: spec.priority='high': must be an integer"):
+        parse_pod(p)
