@@ -10,6 +10,12 @@ restarted extender rebuilds the same state:
   annotation -> ``state.release``. Pods not yet bound change nothing (the pod watch
   selects bound pods only): an ASSUMED allocation belongs to a bind in flight, which
   confirms or forgets it.
+- The annotation is on an object a tenant may write (the chart's admission policy is the
+  first guard), so it counts only if it is what the pod asks for on the node's cards
+  (``allocation_check``; the cards when the node is known: pods are listed first) and,
+  once counted as BOUND, only as first seen. Otherwise ``state.reject`` records why
+  (the metrics' ``flexai_rejected_allocations{reason}``), the warning is logged once, and
+  the allocation is released (a changed one keeps the slices it was bound with).
 
 Watches (one thread per kind)::
 
@@ -64,10 +70,11 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from . import annotations as ann
+from .allocation_check import check_allocation
 from .backend import CommitError, CommitUnknown
 from .model import Allocation
-from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib
-from .state import AllocState, ClusterState
+from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
+from .state import AllocState, ClusterState, Rejected
 
 log = logging.getLogger("flexai_sched.kube")
 
@@ -75,6 +82,10 @@ GONE: Final = 410
 NOT_FOUND: Final = 404
 FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
 BOUND_PODS: Final = "spec.nodeName!="  # field selector: unbound pods never count
+# Reasons an allocation is not counted beside allocation_check's (the metrics' label).
+MALFORMED: Final = "malformed"
+REQUEST: Final = "request"
+CHANGED: Final = "changed"
 
 Obj = dict[str, Any]
 
@@ -335,6 +346,9 @@ class KubeBackend:
             self._st().release(key, uid)
         for key, uid in hosts_before - listed:
             self._st().drop_pod_host(key, uid)
+        for r in self._st().rejected():
+            if (r.key, r.uid) not in listed:
+                self._st().clear_rejection(r.key, r.uid)
 
     def _pod_event(self, kind: str, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
@@ -347,6 +361,7 @@ class KubeBackend:
         if kind == "DELETED" or phase in FINISHED_PHASES:
             state.release(key, uid)
             state.drop_pod_host(key, uid)
+            state.clear_rejection(key, uid)
             return
         try:
             cpu, mem = host_request(pod)
@@ -358,17 +373,46 @@ class KubeBackend:
         text = (meta.get("annotations") or {}).get(ann.POD_ALLOCATION)
         if text is None:
             state.release(key, uid)  # bound by someone else, or its annotation was removed
+            state.clear_rejection(key)
             return
         try:
             alloc = ann.decode_allocation(namespace, name, uid, text)
         except ann.EncodingError as e:
-            log.warning("pod %s: allocation ignored: %s", key, e)
-            state.release(key, uid)
+            self._reject(Rejected(key, uid, spec["nodeName"], MALFORMED, str(e)), release=True)
             return
-        if alloc.node != spec["nodeName"]:
-            # Counted where the annotation puts it (the cards it names); worth a look.
-            log.warning("pod %s: bound to %s but its allocation names %s", key, spec["nodeName"], alloc.node)
+        rejected = self._judge(pod, alloc, spec["nodeName"])
+        if rejected is not None:
+            self._reject(rejected, release=rejected.reason != CHANGED)
+            return
+        if state.clear_rejection(key):
+            log.info("pod %s: allocation counted again", key)
         state.observe(alloc)
+
+    def _judge(self, pod: Obj, alloc: Allocation, node: str) -> Rejected | None:
+        """Why this allocation must not be counted, or None. The annotation is on an object
+        a tenant can write: it counts only if it is what the pod asks for on the node's
+        cards (when the node is known yet), and only as first seen once the pod is bound."""
+        st = self._st()
+        current = st.allocation(alloc.key)
+        if (current is not None and current.uid == alloc.uid and st.state_of(alloc.key) is AllocState.BOUND
+                and (current.node, current.slices) != (alloc.node, alloc.slices)):
+            return Rejected(alloc.key, alloc.uid, node, CHANGED,
+                            "the allocation changed after the pod was bound; the one it was bound with stays counted")
+        try:
+            request = parse_pod(pod)
+        except RequestError as e:  # the apiserver validated the pod: a rule of ours it breaks
+            return Rejected(alloc.key, alloc.uid, node, REQUEST, f"the pod's vGPU request is invalid: {e}")
+        known = st.node(node)
+        problems = check_allocation(request, alloc, known.cards if known is not None else None, node)
+        if problems:
+            return Rejected(alloc.key, alloc.uid, node, problems[0].reason, "; ".join(map(str, problems)))
+        return None
+
+    def _reject(self, r: Rejected, release: bool) -> None:
+        if release:
+            self._st().release(r.key, r.uid)
+        if self._st().reject(r):  # once per pod and reason, not on every status update
+            log.warning("pod %s on %s: allocation not counted (%s): %s", r.key, r.node, r.reason, r.message)
 
     def _st(self) -> ClusterState:
         assert self._state is not None, "backend not started"

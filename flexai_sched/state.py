@@ -23,6 +23,11 @@ also summed afresh on every change. A host change keeps the version and the fit 
 (cards unchanged: fit verdicts and card scores stay valid, and a bind decided on the
 cards is still valid) and gives the node a new, empty ``host_cache`` (scores that read
 the host). ``NodeState.host`` is None while the node's capacity is unknown.
+
+Beside what it counts, the state remembers the allocations the cluster shows that it
+does NOT count (``Rejected``: malformed, not what the pod asks for, changed after the
+bind), one per pod, with a running total per reason: the backend records them
+(``reject`` / ``clear_rejection``), the metrics read them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ from .model import Allocation, Card, CardUsage, NodeInventory
 class AllocState(enum.Enum):
     ASSUMED = "assumed"
     BOUND = "bound"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A pod's allocation annotation that the scheduler does not count, and why."""
+
+    key: str
+    uid: str
+    node: str
+    reason: str  # a short label (allocation_check.REASONS, or the backend's own)
+    message: str
 
 
 class Conflict(Exception):
@@ -89,6 +105,8 @@ class ClusterState:
         self._pod_hosts: dict[str, tuple[str, str, int, int]] = {}  # pod key -> (node, uid, cpu, mem)
         self._host_pods: dict[str, dict[str, tuple[int, int]]] = {}  # node -> pod key -> (cpu, mem)
         self._facts: tuple[int, frozenset[str]] | None = None  # cached inventory_facts()
+        self._rejected: dict[str, Rejected] = {}  # pod key -> why its allocation is not counted
+        self._rejections: dict[str, int] = {}  # reason -> rejections recorded, ever
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -281,6 +299,36 @@ class ClusterState:
     def keys(self) -> list[str]:
         """Keys (namespace/name) of every allocation, assumed or bound."""
         return list(self._allocs)
+
+    # ---- allocations not counted ----
+
+    def reject(self, r: Rejected) -> bool:
+        """Record why a pod's allocation is not counted; True when that is news (a new pod,
+        or a new reason or message), which is what the total counts."""
+        with self._mu:
+            if self._rejected.get(r.key) == r:
+                return False
+            self._rejected[r.key] = r
+            self._rejections[r.reason] = self._rejections.get(r.reason, 0) + 1
+            return True
+
+    def clear_rejection(self, key: str, uid: str | None = None) -> bool:
+        """The pod is gone, or its allocation counts again. Idempotent."""
+        with self._mu:
+            r = self._rejected.get(key)
+            if r is None or (uid is not None and r.uid != uid):
+                return False
+            del self._rejected[key]
+            return True
+
+    def rejected(self) -> list[Rejected]:
+        with self._mu:
+            return list(self._rejected.values())
+
+    def rejections(self) -> dict[str, int]:
+        """Reason -> how many rejections were recorded since start."""
+        with self._mu:
+            return dict(self._rejections)
 
     # ---- internals (hold self._mu) ----
 
