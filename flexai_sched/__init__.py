@@ -12,8 +12,10 @@ Layout (pure core first, edges last):
 - ``leftover``    what a shared card's hole is expected to keep, learned by replaying the
                   workload on cards alone (ours uses it to choose cards)
 - ``allocator``   does a pod fit a node, and on which cards (pure arithmetic)
+- ``allocation_check`` is a pod's allocation exactly what it asks for on the node's cards
+                  (the agent before it gives a slice, the Kubernetes backend before it counts one)
 - ``state``       the cluster as the scheduler believes it: assume, confirm, forget; each node's
-                  host (allocatable CPU/memory, what bound pods request)
+                  host (allocatable CPU/memory, what bound pods request); allocations not counted
 - ``backend``     where state comes from and where binds go (in-memory, Kubernetes)
 - ``extender``    filter / prioritize / bind / preempt decisions on top of ``state``
 - ``app``         FastAPI edge: the kube-scheduler wire format, REST views, metrics
