@@ -20,7 +20,7 @@ from typing import Any
 from flexai_sched import annotations as ann
 from flexai_sched.allocation_check import check_allocation
 from flexai_sched.model import Allocation, Card, Slice
-from flexai_sched.requests import RequestError, parse_pod
+from flexai_sched.requests import BOUND_RULES, RequestError, parse_pod
 
 __all__ = ["BoundPod", "GpuContainer"]
 
@@ -71,7 +71,7 @@ class BoundPod:
         uid = str(meta.get("uid") or "")
         error: str | None = None
         try:
-            request = parse_pod(pod)
+            request = parse_pod(pod, BOUND_RULES)
         except RequestError as e:
             request = None
             error = f"pod {namespace}/{name}: invalid vGPU request: {e}"

@@ -4,7 +4,7 @@ The allocation annotation is written by the scheduler, but it sits on an object 
 can write too (the chart's admission policy is the first guard; this is the second). So
 the node agent, before it hands out a slice, and the scheduler's Kubernetes backend,
 before it counts one, both hold the allocation against the pod's own request (parsed by
-``requests.parse_pod``) and, where known, the node's cards:
+``requests.parse_pod`` with ``BOUND_RULES``) and, where known, the node's cards:
 
 - it is for the node the pod is bound to;
 - every vGPU container (init containers and sidecars included) has exactly

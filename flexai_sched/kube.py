@@ -73,7 +73,7 @@ from . import annotations as ann
 from .allocation_check import check_allocation
 from .backend import CommitError, CommitUnknown
 from .model import Allocation
-from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
+from .requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
 from .state import AllocState, ClusterState, Rejected
 
 log = logging.getLogger("flexai_sched.kube")
@@ -399,7 +399,7 @@ class KubeBackend:
             return Rejected(alloc.key, alloc.uid, node, CHANGED,
                             "the allocation changed after the pod was bound; the one it was bound with stays counted")
         try:
-            request = parse_pod(pod)
+            request = parse_pod(pod, BOUND_RULES)
         except RequestError as e:  # the apiserver validated the pod: a rule of ours it breaks
             return Rejected(alloc.key, alloc.uid, node, REQUEST, f"the pod's vGPU request is invalid: {e}")
         known = st.node(node)

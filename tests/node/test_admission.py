@@ -209,3 +209,10 @@ def test_kubelet_view_tells_same_second_pods_apart(
 ) -> None:
     pods = parse([one("p1", "u1"), one("p2", "u2", B)])
     assert choose(pods, [1], lambda u, c: (u, c) in admitted, never, kubelet).pod.name == expect
+
+
+def test_a_pods_policy_annotation_never_refuses_its_admission() -> None:
+    # The owner may edit it after the bind; the scheduler already placed the pod.
+    pod = one("p", "u1")
+    pod["metadata"]["annotations"]["vgpu.flexai.io/node-policy"] = "no-such-policy"
+    assert choose(parse([pod]), [1], never, never).pod.name == "p"

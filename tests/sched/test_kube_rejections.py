@@ -146,3 +146,20 @@ def test_a_relist_forgets_rejections_of_pods_gone(backend: KubeBackend, state: C
     backend._replace_pods([bound("p", on(0))], set(), set())
     assert state.rejected() == []
     assert state.allocation("default/p") is not None
+
+
+def test_what_the_owner_may_still_edit_never_stops_a_slice_from_counting(backend: KubeBackend,
+                                                                        state: ClusterState) -> None:
+    # The policy annotations stay user-writable after the bind: an unknown value must not make
+    # the request unreadable and free the card in the books.
+    p = bound("p", on(0))
+    backend._pod_event("ADDED", p)
+    p["metadata"]["annotations"][ann.NODE_POLICY] = "no-such-policy"
+    backend._pod_event("MODIFIED", p)
+    assert state.state_of("default/p") is AllocState.BOUND and state.rejected() == []
+
+
+def test_cores_off_the_default_granularity_count(backend: KubeBackend, state: ClusterState) -> None:
+    # A scheduler run with granularity 1 places 33%; the books read it as placed.
+    backend._pod_event("ADDED", bound("p", on(0, cores=33), cores=33))
+    assert state.state_of("default/p") is AllocState.BOUND
