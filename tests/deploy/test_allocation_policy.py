@@ -299,16 +299,3 @@ def test_the_scheduler_sets_it_unbound_and_nobody_changes_it_bound(cluster: Clus
     # Writes that leave it as it is still pass (the kubelet's status updates, a tenant's labels).
     assert tenant.patch("placed", {ann.NODE_POLICY: "spread"}).status == 200
     assert sched.patch("placed", {ann.POD_ALLOCATION: encoded}, status=True).status == 200
-
-
-def test_the_policy_names_the_chart_values_writers(helm: Helm) -> None:
-    # The scheduler's account comes from the release; extra writers from the values.
-    extra = "system:serviceaccount:elsewhere:flexai-sched"
-    rendered = helm.template({"scheduler": {"allocationWriters": [extra]}}, release="r1", namespace="ns1")
-    policy = rendered.one("ValidatingAdmissionPolicy", "-allocation-writes")
-    (writers,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "scheduler"]
-    assert writers == f'request.userInfo.username in ["system:serviceaccount:ns1:r1-flexai-scheduler","{extra}"]'
-    (user_keys,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "userKeys"]
-    assert set(json.loads(user_keys.replace("'", '"'))) == set(ann.USER_POD_ANNOTATIONS)
-    off = helm.template({"scheduler": {"restrictAllocationWrites": False}})
-    assert not [p for p in off.all("ValidatingAdmissionPolicy") if p["metadata"]["name"].endswith("-allocation-writes")]
