@@ -153,6 +153,9 @@ class KubeBackend:
         self._watchers: list[_Watcher] = []
         # Last reason each node was left out, so a heartbeat every 30 s does not repeat it.
         self._node_problems: dict[str, str] = {}
+        # Pods whose allocation was checked while their node was unknown: their next event
+        # checks it again, with the cards (every other counted pod was checked in full).
+        self._cards_unchecked: set[str] = set()
 
     # ---- Backend protocol ----
 
@@ -349,6 +352,7 @@ class KubeBackend:
         for r in self._st().rejected():
             if (r.key, r.uid) not in listed:
                 self._st().clear_rejection(r.key, r.uid)
+        self._cards_unchecked &= {key for key, _ in listed}
 
     def _pod_event(self, kind: str, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
@@ -362,6 +366,7 @@ class KubeBackend:
             state.release(key, uid)
             state.drop_pod_host(key, uid)
             state.clear_rejection(key, uid)
+            self._cards_unchecked.discard(key)
             return
         try:
             cpu, mem = host_request(pod)
@@ -374,11 +379,18 @@ class KubeBackend:
         if text is None:
             state.release(key, uid)  # bound by someone else, or its annotation was removed
             state.clear_rejection(key)
+            self._cards_unchecked.discard(key)
             return
         try:
             alloc = ann.decode_allocation(namespace, name, uid, text)
         except ann.EncodingError as e:
             self._reject(Rejected(key, uid, spec["nodeName"], MALFORMED, str(e)), release=True)
+            return
+        if (state.allocation(key) == alloc and state.state_of(key) is AllocState.BOUND
+                and key not in self._cards_unchecked):
+            # Counted as checked; a pod's vGPU requests cannot change: a status update.
+            if state.clear_rejection(key):
+                log.info("pod %s: allocation counted again", key)
             return
         rejected = self._judge(pod, alloc, spec["nodeName"])
         if rejected is not None:
@@ -403,6 +415,10 @@ class KubeBackend:
         except RequestError as e:  # the apiserver validated the pod: a rule of ours it breaks
             return Rejected(alloc.key, alloc.uid, node, REQUEST, f"the pod's vGPU request is invalid: {e}")
         known = st.node(node)
+        if known is None:
+            self._cards_unchecked.add(alloc.key)
+        else:
+            self._cards_unchecked.discard(alloc.key)
         problems = check_allocation(request, alloc, known.cards if known is not None else None, node)
         if problems:
             return Rejected(alloc.key, alloc.uid, node, problems[0].reason, "; ".join(map(str, problems)))

@@ -163,3 +163,25 @@ def test_cores_off_the_default_granularity_count(backend: KubeBackend, state: Cl
     # A scheduler run with granularity 1 places 33%; the books read it as placed.
     backend._pod_event("ADDED", bound("p", on(0, cores=33), cores=33))
     assert state.state_of("default/p") is AllocState.BOUND
+
+
+def test_a_pod_counted_before_its_node_was_known_is_checked_with_the_cards_on_its_next_event(
+        backend: KubeBackend, state: ClusterState) -> None:
+    state.remove_node("gpu-1")
+    ghost = bound("p", Slice("c0", 0, "GPU-not-on-gpu-1", 20, 4096))  # right size, card unknowable yet
+    backend._pod_event("ADDED", ghost)
+    assert state.state_of("default/p") is AllocState.BOUND
+    state.upsert_node(NODE)
+    backend._pod_event("MODIFIED", ghost)
+    assert state.allocation("default/p") is None
+    assert [r.reason for r in state.rejected()] == ["card"]
+
+
+def test_status_updates_of_a_counted_pod_skip_the_check(backend: KubeBackend, state: ClusterState,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    p = bound("p", on(0))
+    backend._pod_event("ADDED", p)
+    calls = []
+    monkeypatch.setattr("flexai_sched.kube.check_allocation", lambda *a: calls.append(a) or [])
+    backend._pod_event("MODIFIED", p)
+    assert calls == [] and state.state_of("default/p") is AllocState.BOUND
