@@ -278,6 +278,11 @@ def test_the_scheduler_sets_it_unbound_and_nobody_changes_it_bound(cluster: Clus
     fresh_pod(cluster, "staged")
     assert sched.patch("staged", {ann.POD_ALLOCATION: allocation("staged", 20, 4096)}, status=True).status == 200
     assert sched.patch("staged", {ann.POD_ALLOCATION: allocation("staged", 25, 4096)}, status=True).status == 200
+    # The tenant may not change or remove what the scheduler set, bound or not.
+    for value in (allocation("staged", 0, 143771), None):
+        got = tenant.patch("staged", {ann.POD_ALLOCATION: value})
+        assert got.by_policy, got
+    assert cluster.pod_annotations("staged")[ann.POD_ALLOCATION] == allocation("staged", 25, 4096)
 
     # The extender's one write: a Binding carrying the allocation.
     fresh_pod(cluster, "placed")
