@@ -90,8 +90,9 @@ def _container(
             kind = "an init container" if c.init else "not an init container"
             out.append(Mismatch("init", f"{where} is {kind}, the allocation marks its slice init={s.init}"))
         if s.cores != c.cores:
-            out.append(Mismatch("cores", f"{where} asks for {c.cores}% cores per vGPU, "
-                                         f"the allocation gives {s.cores}% on card {s.card_index}"))
+            # "percent", not "%": the kubelet puts an admission error into a printf format.
+            out.append(Mismatch("cores", f"{where} asks for {c.cores} percent of a card's cores per vGPU, "
+                                         f"the allocation gives {s.cores} percent on card {s.card_index}"))
         out += _memory(where, c, s, card)
     return out
 

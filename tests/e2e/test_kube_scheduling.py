@@ -204,7 +204,8 @@ def test_a_self_granted_allocation_is_not_counted_and_the_extender_says_so(
         return 'flexai_rejected_allocations{reason="cores"} 1.0' in extender_text(plane, "/metrics")
     wait_until(rejected, 15, "the extender's metric of the rejected allocation")
     log = plane.procs["extender"].tail(200)
-    assert "pod default/greedy on g1: allocation not counted (cores): container 'main' asks for 20% cores" in log
+    assert ("pod default/greedy on g1: allocation not counted (cores): "
+            "container 'main' asks for 20 percent of a card's cores") in log
     # Card 0 is free in the books: an exclusive pod still lands on it.
     vgpu_pod(core_api, "honest", number=1)
     placed = wait_bound(core_api, ["honest"], 30)["honest"]

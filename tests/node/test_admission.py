@@ -121,7 +121,7 @@ def test_init_containers_are_admitted_first() -> None:
         (
             bound_pod("greedy", "u1", [container("main", 1, 20, 4)], [slice_on(A, "main", 0, A.memory_mib)]),
             "vgpu.flexai.io/allocation is not what the pod asks for: "
-            "container 'main' asks for 20% cores per vGPU, the allocation gives 0% on card 0; "
+            "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0; "
             f"container 'main' asks for 4096 MiB per vGPU, the allocation gives {A.memory_mib} MiB on card 0",
         ),
         (
@@ -136,7 +136,7 @@ def test_init_containers_are_admitted_first() -> None:
             bound_pod("init-greedy", "u1", [container("main", 1, 20, 4)],
                       [slice_on(A, "setup", 100, A.memory_mib, init=True), slice_on(A, "main", 20, 4096)],
                       init_containers=[container("setup", 1, 10, 1)]),
-            "container 'setup' asks for 10% cores per vGPU, the allocation gives 100% on card 0",
+            "container 'setup' asks for 10 percent of a card's cores per vGPU, the allocation gives 100 percent on card 0",
         ),
     ],
     ids=["missing", "not-json", "bad-version", "other-node", "too-few-slices", "same-card", "stray-container",

@@ -180,7 +180,7 @@ def test_a_self_granted_allocation_is_refused_with_an_event_and_writes_no_hook_c
     with pytest.raises(grpc.RpcError) as e:
         allocate(rig, 1)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    why = ("container 'main' asks for 20% cores per vGPU, the allocation gives 0% on card 0; "
+    why = ("container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0; "
            f"container 'main' asks for 4096 MiB per vGPU, the allocation gives {A.memory_mib} MiB on card 0")
     assert why in str(e.value.details())
     assert not (rig.state / "containers" / "uid-greedy").exists()  # no hook config, no directory

@@ -185,7 +185,7 @@ def test_a_self_granted_allocation_is_refused_with_an_event_on_the_pod(
     admitter = admitter_for(node_api, tmp_path)
     with pytest.raises(PodRefused) as e:
         admitter.allocate([[device_id(A.uuid, 0)]])
-    assert "container 'main' asks for 20% cores per vGPU, the allocation gives 0% on card 0" in str(e.value)
+    assert "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0" in str(e.value)
     assert not list((tmp_path / "c").glob("*/main"))  # no hook config was written
     events = core_api.list_namespaced_event("default", field_selector="involvedObject.name=greedy").items
     (event,) = [ev for ev in events if ev.reason == REFUSED_REASON]

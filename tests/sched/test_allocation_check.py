@@ -84,7 +84,7 @@ def test_mismatches(the_pod: dict[str, object], allocation: Allocation, reasons:
 
 def test_messages_name_the_container_and_both_values() -> None:
     (cores, memory) = check_allocation(parse_pod(SMALL), alloc(s("c0", 0, 0, H200_MIB)), NODE.cards, "gpu-1")
-    assert str(cores) == "container 'c0' asks for 20% cores per vGPU, the allocation gives 0% on card 0"
+    assert str(cores) == "container 'c0' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0"
     assert str(memory) == f"container 'c0' asks for 4096 MiB per vGPU, the allocation gives {H200_MIB} MiB on card 0"
 
 

@@ -80,7 +80,7 @@ def test_a_self_granted_card_is_not_counted_and_says_why(backend: KubeBackend, s
     assert state.node("gpu-1").usage[0] == CardUsage()  # type: ignore[union-attr]
     (r,) = state.rejected()
     assert (r.key, r.uid, r.node, r.reason) == ("default/greedy", "uid-greedy", "gpu-1", "cores")
-    assert "asks for 20% cores per vGPU, the allocation gives 0%" in r.message
+    assert "asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent" in r.message
     assert f"asks for 4096 MiB per vGPU, the allocation gives {H200_MIB} MiB" in r.message
     (warning,) = [rec.getMessage() for rec in caplog.records]
     assert warning.startswith("pod default/greedy on gpu-1: allocation not counted (cores): container 'c0'")
