@@ -4,6 +4,10 @@
 Allocate calls (the kubelet makes one at a time, but a retry can overlap) never pick
 the same container; the ledger then keeps it from being picked again, across restarts.
 How the container is identified: ``admission``. What it is given: ``grant``.
+
+A pod refused (no allocation, or one that is not what the pod asks for on this node's
+cards) is remembered in the ledger and gets a Warning Event saying why, written after
+the lock is released and never failing the Allocate answer.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from flexai_sched.annotations import format_time
+from flexai_sched.model import Card
 
 from .admission import KubeletView, PodRefused, choose
 from .grant import ContainerGrant, GrantBuilder
-from .nodeapi import NodeApi
+from .nodeapi import KubeError, NodeApi
 from .ledger import Admitted, Ledger
 from .pods import BoundPod
 from .workdirs import Workdirs
 
-__all__ = ["NodeAdmitter"]
+__all__ = ["NodeAdmitter", "REFUSED_REASON"]
+
+# The reason of the Warning Event a refused pod gets.
+REFUSED_REASON = "VgpuAllocationRefused"
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class NodeAdmitter:
         ledger: Ledger,
         workdirs: Workdirs,
         grants: GrantBuilder,
+        cards: Callable[[], Sequence[Card]],
         kubelet: KubeletPods | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -50,10 +59,18 @@ class NodeAdmitter:
         self._ledger = ledger
         self._workdirs = workdirs
         self._grants = grants
+        self._cards = cards  # this node's cards now: an allocation must name them
         self._clock = clock
         self._mu = threading.Lock()
 
     def allocate(self, device_ids: Sequence[Sequence[str]]) -> list[ContainerGrant]:
+        try:
+            return self._allocate(device_ids)
+        except PodRefused as e:
+            self._warn(e)
+            raise
+
+    def _allocate(self, device_ids: Sequence[Sequence[str]]) -> list[ContainerGrant]:
         with self._mu:
             pods = self.bound_pods()
             view = self._kubelet.view() if self._kubelet is not None else None
@@ -87,8 +104,18 @@ class NodeAdmitter:
             return grants
 
     def bound_pods(self) -> list[BoundPod]:
-        parsed = (BoundPod.parse(p, self.node) for p in self._api.list_pods(self.node))
+        cards = tuple(self._cards())
+        parsed = (BoundPod.parse(p, self.node, cards) for p in self._api.list_pods(self.node))
         return [p for p in parsed if p is not None]
+
+    def _warn(self, e: PodRefused) -> None:
+        """The pod's Warning Event: the kubelet's own message for a failed admission is
+        terse, and the pod's owner should see which field was refused."""
+        pod = e.pod
+        try:
+            self._api.warn_pod(pod.namespace, pod.name, pod.uid, REFUSED_REASON, f"flexai-node on {self.node}: {e}")
+        except KubeError as err:
+            log.warning("cannot record the refusal of %s as an event: %s", pod.key, err)
 
     def seed(self, pods: Sequence[BoundPod]) -> int:
         """At startup: pods the kubelet already reports container statuses for were admitted

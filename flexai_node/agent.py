@@ -87,6 +87,7 @@ class NodeAgent:
             Ledger(settings.state_dir / "admissions.json"),
             workdirs,
             GrantBuilder(hook),
+            lambda: tuple(r.card for r in self._last),
             PodResourcesClient(settings.pod_resources_socket) if settings.pod_resources_socket else None,
         )
         self.plugin = PluginServer(DevicePluginService(self.admitter), settings.plugin_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client as k8s
@@ -18,9 +19,14 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
+from flexai_sched.annotations import format_time
+
 from .nodeapi import KubeError
 
 __all__ = ["KubeError", "KubeNodeApi"]
+
+_COMPONENT = "flexai-node"
+_EVENT_MESSAGE_MAX = 1024  # what the events API keeps of a message
 
 
 class KubeNodeApi:
@@ -56,6 +62,24 @@ class KubeNodeApi:
     def patch_node_annotations(self, node: str, annotations: dict[str, str]) -> None:
         with _translate(f"patch the annotations of node {node}"):
             self._core.patch_node(node, {"metadata": {"annotations": annotations}}, _request_timeout=self._timeout)
+
+    def warn_pod(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        now = format_time(datetime.now(UTC))
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name, "uid": uid},
+            "type": "Warning",
+            "reason": reason,
+            "message": message[:_EVENT_MESSAGE_MAX],
+            "source": {"component": _COMPONENT},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with _translate(f"record an event on pod {namespace}/{name}"):
+            self._core.create_namespaced_event(namespace, event, _request_timeout=self._timeout)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._core.api_client.close()

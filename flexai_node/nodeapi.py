@@ -1,4 +1,4 @@
-"""What the agent needs from Kubernetes: a two-method interface and its one error.
+"""What the agent needs from Kubernetes: a three-method interface and its one error.
 
 The real implementation is ``kube.KubeNodeApi`` (the only module that imports the
 kubernetes client); the tests' fake lives in tests/node/fakes.py. Keeping the interface
@@ -21,3 +21,6 @@ class NodeApi(Protocol):
         """Every pod whose spec.nodeName is ``node``, freshly read (not from a cache)."""
 
     def patch_node_annotations(self, node: str, annotations: dict[str, str]) -> None: ...
+
+    def warn_pod(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        """Record a Warning Event on the pod (what ``kubectl describe pod`` shows)."""

@@ -4,21 +4,23 @@
 admits them (init containers, then app containers, each in spec order: the kubelet calls
 Allocate in that order), its allocation (decoded by ``flexai_sched.annotations``), and
 the facts that order admissions. A pod whose request or allocation is missing,
-malformed, or does not match gets ``error`` set instead of an allocation: it is still
-listed, so that Allocate can answer *its* admission with that message rather than
-hand it someone else's slice.
+malformed, or is not exactly what the pod asked for on this node's cards
+(``flexai_sched.allocation_check``: the annotation is on an object a tenant may write)
+gets ``error`` set instead of an allocation: it is still listed, so that Allocate can
+answer *its* admission with that message rather than hand it someone else's slice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flexai_sched import annotations as ann
-from flexai_sched.model import Allocation, Slice
-from flexai_sched.requests import RequestError, parse_pod
+from flexai_sched.allocation_check import check_allocation
+from flexai_sched.model import Allocation, Card, Slice
+from flexai_sched.requests import BOUND_RULES, RequestError, parse_pod
 
 __all__ = ["BoundPod", "GpuContainer"]
 
@@ -59,8 +61,9 @@ class BoundPod:
         return (self.bound or self.created, rv, self.created, self.uid)
 
     @staticmethod
-    def parse(pod: Mapping[str, Any], node: str) -> BoundPod | None:
-        """None for pods that ask for no vGPU (the agent ignores them)."""
+    def parse(pod: Mapping[str, Any], node: str, cards: Sequence[Card] | None = None) -> BoundPod | None:
+        """None for pods that ask for no vGPU (the agent ignores them). ``cards``: this
+        node's cards, which the allocation must name; None only to read pods for display."""
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         namespace = str(meta.get("namespace") or "default")
@@ -68,7 +71,7 @@ class BoundPod:
         uid = str(meta.get("uid") or "")
         error: str | None = None
         try:
-            request = parse_pod(pod)
+            request = parse_pod(pod, BOUND_RULES)
         except RequestError as e:
             request = None
             error = f"pod {namespace}/{name}: invalid vGPU request: {e}"
@@ -77,22 +80,19 @@ class BoundPod:
         by_name = {c.name: c.vgpus for c in (*request.init_containers, *request.containers)} if request else {}
         order = [str(c.get("name")) for key in ("initContainers", "containers") for c in _list(pod.get("spec"), key)]
         allocation = None
-        if error is None:
-            allocation, error = _allocation(meta, namespace, name, uid, node)
-        containers = []
-        for cname in order:
-            vgpus = by_name.get(cname, 0)
-            if not vgpus:
-                continue
-            slices = tuple(s for s in allocation.slices if s.container == cname) if allocation else ()
-            if allocation is not None and error is None:
-                error = _check_slices(namespace, name, cname, vgpus, slices)
-            containers.append(GpuContainer(cname, vgpus, slices))
-        if allocation is not None and error is None:
-            known = {c.name for c in containers}
-            stray = sorted({s.container for s in allocation.slices} - known)
-            if stray:
-                error = f"pod {namespace}/{name}: {ann.POD_ALLOCATION} has slices for {', '.join(stray)}, which ask for no vGPU"
+        if request is not None:
+            allocation, error = _allocation(meta, namespace, name, uid)
+        if request is not None and allocation is not None:
+            problems = check_allocation(request, allocation, cards, node)
+            if problems:
+                error = (f"pod {namespace}/{name}: {ann.POD_ALLOCATION} is not what the pod asks for: "
+                         + "; ".join(map(str, problems)))
+        containers = tuple(
+            GpuContainer(cname, by_name[cname], tuple(s for s in allocation.slices if s.container == cname)
+                         if allocation else ())
+            for cname in order
+            if by_name.get(cname)
+        )
         phase = status.get("phase")
         return BoundPod(
             namespace=namespace,
@@ -110,28 +110,14 @@ class BoundPod:
         )
 
 
-def _allocation(
-    meta: Mapping[str, Any], namespace: str, name: str, uid: str, node: str
-) -> tuple[Allocation | None, str | None]:
+def _allocation(meta: Mapping[str, Any], namespace: str, name: str, uid: str) -> tuple[Allocation | None, str | None]:
     text = (meta.get("annotations") or {}).get(ann.POD_ALLOCATION)
     if text is None:
         return None, f"pod {namespace}/{name}: no {ann.POD_ALLOCATION} annotation (was it scheduled by flexai-sched?)"
     try:
-        alloc = ann.decode_allocation(namespace, name, uid, text)
+        return ann.decode_allocation(namespace, name, uid, text), None
     except ann.EncodingError as e:
         return None, f"pod {namespace}/{name}: malformed allocation: {e}"
-    if alloc.node != node:
-        return None, f"pod {namespace}/{name}: {ann.POD_ALLOCATION} is for node {alloc.node!r}, not {node!r}"
-    return alloc, None
-
-
-def _check_slices(namespace: str, name: str, container: str, vgpus: int, slices: tuple[Slice, ...]) -> str | None:
-    where = f"pod {namespace}/{name} container {container!r}"
-    if len(slices) != vgpus:
-        return f"{where}: asks for {vgpus} vGPU(s) but {ann.POD_ALLOCATION} gives it {len(slices)}"
-    if len({s.card_uuid for s in slices}) != len(slices):
-        return f"{where}: {ann.POD_ALLOCATION} puts two of its vGPUs on one card"
-    return None
 
 
 def _list(spec: object, key: str) -> list[Mapping[str, Any]]:

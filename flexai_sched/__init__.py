@@ -15,8 +15,11 @@ Layout (pure core first, edges last):
 - ``quota``       vGPU quotas per namespace or label group: what a pod counts, the declarations,
                   usage per namespace (``QuotaBook``)
 - ``preemption``  which lower-priority pods to evict so a vGPU pod fits (pure: the rule)
+- ``allocation_check`` is a pod's allocation exactly what it asks for on the node's cards
+                  (the agent before it gives a slice, the Kubernetes backend before it counts one)
 - ``state``       the cluster as the scheduler believes it: assume, confirm, forget; each node's
-                  host (allocatable CPU/memory, what bound pods request); quotas; PDBs
+                  host (allocatable CPU/memory, what bound pods request); quotas; PDBs;
+                  allocations not counted
 - ``backend``     where state comes from and where binds go (in-memory, Kubernetes)
 - ``extender``    filter / prioritize / bind / preempt decisions on top of ``state``
 - ``preempting``  the preempt verb, the extender's own evictions, cards held for preemptors

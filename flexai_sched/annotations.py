@@ -17,6 +17,10 @@ device plugin)::
       "slices": [{"container": "main", "card": 0, "uuid": "GPU-...", "cores": 20,
                   "memoryMiB": 3072, "init": false}]}
 
+Only the scheduler may set or change it, and nobody once the pod is bound (the chart's
+admission policy); the agent and the backend also check it against the pod's request
+(``allocation_check``).
+
 Pod selectors and policy overrides (set by users)::
 
     vgpu.flexai.io/gpu-models: "NVIDIA H200,NVIDIA A100"    only these models
@@ -46,6 +50,11 @@ GPU_UUIDS: Final = PREFIX + "gpu-uuids"
 GPU_UUIDS_EXCLUDE: Final = PREFIX + "gpu-uuids-exclude"
 NODE_POLICY: Final = PREFIX + "node-policy"
 CARD_POLICY: Final = PREFIX + "card-policy"
+# Who may write which pod annotation under PREFIX. Users set these on their pods; every
+# other PREFIX key on a pod is the scheduler's, and the chart's admission policy
+# (allocation-write-policy.yaml, which spells this list) refuses it from anyone else.
+USER_POD_ANNOTATIONS: Final = (GPU_MODELS, GPU_MODELS_EXCLUDE, GPU_UUIDS, GPU_UUIDS_EXCLUDE, NODE_POLICY, CARD_POLICY)
+SCHEDULER_POD_ANNOTATIONS: Final = (POD_ALLOCATION,)
 # Label the chart's DaemonSet selects GPU nodes by.
 GPU_NODE_LABEL: Final = PREFIX + "gpu-node"
 # Label of the ConfigMaps (in the scheduler's namespace) that declare vGPU quotas (flexai_sched.quota).

@@ -10,6 +10,12 @@ restarted extender rebuilds the same state:
   annotation -> ``state.release``. Pods not yet bound change nothing (the pod watch
   selects bound pods only): an ASSUMED allocation belongs to a bind in flight, which
   confirms or forgets it.
+- The annotation is on an object a tenant may write (the chart's admission policy is the
+  first guard), so it counts only if it is what the pod asks for on the node's cards
+  (``allocation_check``; the cards when the node is known: pods are listed first) and,
+  once counted as BOUND, only as first seen. Otherwise ``state.reject`` records why
+  (the metrics' ``flexai_rejected_allocations{reason}``), the warning is logged once, and
+  the allocation is released (a changed one keeps the slices it was bound with).
 
 Watches (one thread per kind)::
 
@@ -74,11 +80,12 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from . import annotations as ann
+from .allocation_check import check_allocation
 from .backend import CommitError, CommitUnknown
 from .model import Allocation
 from .preemption import Budget, Requirement
-from .requests import RequestError, host_request, parse_cpu_milli, parse_memory_mib
-from .state import AllocState, ClusterState
+from .requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
+from .state import AllocState, ClusterState, Rejected
 
 log = logging.getLogger("flexai_sched.kube")
 
@@ -87,6 +94,10 @@ NOT_FOUND: Final = 404
 CONFLICT: Final = 409
 FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
 BOUND_PODS: Final = "spec.nodeName!="  # field selector: unbound pods never count
+# Reasons an allocation is not counted beside allocation_check's (the metrics' label).
+MALFORMED: Final = "malformed"
+REQUEST: Final = "request"
+CHANGED: Final = "changed"
 
 Obj = dict[str, Any]
 
@@ -156,6 +167,9 @@ class KubeBackend:
         self._watchers: list[_Watcher] = []
         # Last reason each node was left out, so a heartbeat every 30 s does not repeat it.
         self._node_problems: dict[str, str] = {}
+        # Pods whose allocation was checked while their node was unknown: their next event
+        # checks it again, with the cards (every other counted pod was checked in full).
+        self._cards_unchecked: set[str] = set()
 
     # ---- Backend protocol ----
 
@@ -465,6 +479,10 @@ class KubeBackend:
             self._st().release(key, uid)
         for key, uid in hosts_before - listed:
             self._st().drop_pod_host(key, uid)
+        for r in self._st().rejected():
+            if (r.key, r.uid) not in listed:
+                self._st().clear_rejection(r.key, r.uid)
+        self._cards_unchecked &= {key for key, _ in listed}
 
     def _pod_event(self, kind: str, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
@@ -477,6 +495,8 @@ class KubeBackend:
         if kind == "DELETED" or phase in FINISHED_PHASES:
             state.release(key, uid)
             state.drop_pod_host(key, uid)
+            state.clear_rejection(key, uid)
+            self._cards_unchecked.discard(key)
             return
         try:
             cpu, mem = host_request(pod)
@@ -488,21 +508,61 @@ class KubeBackend:
         text = (meta.get("annotations") or {}).get(ann.POD_ALLOCATION)
         if text is None:
             state.release(key, uid)  # bound by someone else, or its annotation was removed
+            state.clear_rejection(key)
+            self._cards_unchecked.discard(key)
             return
         try:
             alloc = ann.decode_allocation(namespace, name, uid, text)
         except ann.EncodingError as e:
-            log.warning("pod %s: allocation ignored: %s", key, e)
-            state.release(key, uid)
+            self._reject(Rejected(key, uid, spec["nodeName"], MALFORMED, str(e)), release=True)
             return
-        if alloc.node != spec["nodeName"]:
-            # Counted where the annotation puts it (the cards it names); worth a look.
-            log.warning("pod %s: bound to %s but its allocation names %s", key, spec["nodeName"], alloc.node)
+        if (state.allocation(key) == alloc and state.state_of(key) is AllocState.BOUND
+                and key not in self._cards_unchecked):
+            # Counted as checked; a pod's vGPU requests cannot change: a status update.
+            if state.clear_rejection(key):
+                log.info("pod %s: allocation counted again", key)
+            return
+        rejected = self._judge(pod, alloc, spec["nodeName"])
+        if rejected is not None:
+            self._reject(rejected, release=rejected.reason != CHANGED)
+            return
+        if state.clear_rejection(key):
+            log.info("pod %s: allocation counted again", key)
         state.observe(alloc)
         priority = spec.get("priority")
         labels = meta.get("labels") or {}
         state.set_pod_meta(key, uid, priority if isinstance(priority, int) else 0,
                            {str(k): str(v) for k, v in labels.items()})
+
+    def _judge(self, pod: Obj, alloc: Allocation, node: str) -> Rejected | None:
+        """Why this allocation must not be counted, or None. The annotation is on an object
+        a tenant can write: it counts only if it is what the pod asks for on the node's
+        cards (when the node is known yet), and only as first seen once the pod is bound."""
+        st = self._st()
+        current = st.allocation(alloc.key)
+        if (current is not None and current.uid == alloc.uid and st.state_of(alloc.key) is AllocState.BOUND
+                and (current.node, current.slices) != (alloc.node, alloc.slices)):
+            return Rejected(alloc.key, alloc.uid, node, CHANGED,
+                            "the allocation changed after the pod was bound; the one it was bound with stays counted")
+        try:
+            request = parse_pod(pod, BOUND_RULES)
+        except RequestError as e:  # the apiserver validated the pod: a rule of ours it breaks
+            return Rejected(alloc.key, alloc.uid, node, REQUEST, f"the pod's vGPU request is invalid: {e}")
+        known = st.node(node)
+        if known is None:
+            self._cards_unchecked.add(alloc.key)
+        else:
+            self._cards_unchecked.discard(alloc.key)
+        problems = check_allocation(request, alloc, known.cards if known is not None else None, node)
+        if problems:
+            return Rejected(alloc.key, alloc.uid, node, problems[0].reason, "; ".join(map(str, problems)))
+        return None
+
+    def _reject(self, r: Rejected, release: bool) -> None:
+        if release:
+            self._st().release(r.key, r.uid)
+        if self._st().reject(r):  # once per pod and reason, not on every status update
+            log.warning("pod %s on %s: allocation not counted (%s): %s", r.key, r.node, r.reason, r.message)
 
     def _st(self) -> ClusterState:
         assert self._state is not None, "backend not started"

@@ -1,13 +1,15 @@
-"""Prometheus metrics of the scheduler: call latencies, bind failures, per-card allocation."""
+"""Prometheus metrics of the scheduler: call latencies, bind failures, per-card allocation,
+and the allocations the cluster shows that the scheduler does not count (by reason)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .allocation_check import REASONS
 from .state import ClusterState
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -28,6 +30,7 @@ class Metrics:
         )
         self.binds = Counter("flexai_binds", "Pods bound through the extender", registry=self.registry)
         self.registry.register(_CardCollector(state))
+        self.registry.register(_RejectedCollector(state))
 
 
 class _CardCollector(Collector):
@@ -48,3 +51,27 @@ class _CardCollector(Collector):
                 total.add_metric(lv, c.memory_mib)
                 vgpus.add_metric(lv, u.vgpus)
         yield from (cores, mem, total, vgpus)
+
+
+class _RejectedCollector(Collector):
+    def __init__(self, state: ClusterState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = GaugeMetricFamily(
+            "flexai_rejected_allocations",
+            "Bound pods whose allocation annotation is not counted (not what the pod asks for, malformed, changed)",
+            labels=["reason"],
+        )
+        ever = CounterMetricFamily(
+            "flexai_allocation_rejections", "Allocation annotations found not counted, since start", labels=["reason"]
+        )
+        counts: dict[str, int] = dict.fromkeys(REASONS, 0)
+        for r in self._state.rejected():
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+        total = dict.fromkeys(REASONS, 0) | self._state.rejections()
+        for reason in sorted(counts):
+            now.add_metric([reason], counts[reason])
+        for reason in sorted(total):
+            ever.add_metric([reason], total[reason])
+        yield from (now, ever)

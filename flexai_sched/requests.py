@@ -60,7 +60,15 @@ class RequestError(ValueError):
 @dataclass(frozen=True, slots=True)
 class RequestRules:
     granularity: int = 5
-    policies: frozenset[str] = frozenset({"binpack", "spread", "fragmentation"})
+    # None: the policy annotations are not read (BOUND_RULES).
+    policies: frozenset[str] | None = frozenset({"binpack", "spread", "fragmentation"})
+
+
+# How a bound pod's request is read to check its allocation (``allocation_check``): the
+# scheduler's granularity and policy names are its own settings, and the policy
+# annotations stay writable by the pod's owner after the bind, so neither may make a
+# placed pod's request unreadable (which would stop its slices from counting).
+BOUND_RULES = RequestRules(granularity=1, policies=None)
 
 
 def parse_pod(pod: Mapping[str, Any], rules: RequestRules = RequestRules()) -> PodRequest:
@@ -253,7 +261,7 @@ def _host_request(spec: Mapping[str, Any], errors: list[str]) -> tuple[int, int]
 
 def _policy(annotations: Mapping[str, Any], key: str, rules: RequestRules, errors: list[str]) -> str | None:
     value = _annotation(annotations, key, errors)
-    if value is None:
+    if value is None or rules.policies is None:
         return None
     if value not in rules.policies:
         errors.append(f"annotation {key}={_show(value)}: must be one of {', '.join(sorted(rules.policies))}")

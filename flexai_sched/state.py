@@ -30,6 +30,11 @@ bind that checks a quota inside ``assume``'s ``fits`` can never overshoot it.
 
 For preemption: each bound pod's priority and labels (``set_pod_meta``; gone with the
 pod's ``release``) and the PodDisruptionBudgets (``set_budget`` / ``drop_budget``).
+
+Beside what it counts, the state remembers the allocations the cluster shows that it
+does NOT count (``Rejected``: malformed, not what the pod asks for, changed after the
+bind), one per pod, with a running total per reason: the backend records them
+(``reject`` / ``clear_rejection``), the metrics read them.
 """
 
 from __future__ import annotations
@@ -49,6 +54,17 @@ from .quota import QuotaBook, allocation_usage
 class AllocState(enum.Enum):
     ASSUMED = "assumed"
     BOUND = "bound"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A pod's allocation annotation that the scheduler does not count, and why."""
+
+    key: str
+    uid: str
+    node: str
+    reason: str  # a short label (allocation_check.REASONS, or the backend's own)
+    message: str
 
 
 class Conflict(Exception):
@@ -101,6 +117,8 @@ class ClusterState:
         self.quotas = QuotaBook()
         self._meta: dict[str, tuple[str, int, dict[str, str]]] = {}  # pod key -> (uid, priority, labels)
         self._budgets: dict[tuple[str, str], Budget] = {}
+        self._rejected: dict[str, Rejected] = {}  # pod key -> why its allocation is not counted
+        self._rejections: dict[str, int] = {}  # reason -> rejections recorded, ever
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -318,6 +336,36 @@ class ClusterState:
     def keys(self) -> list[str]:
         """Keys (namespace/name) of every allocation, assumed or bound."""
         return list(self._allocs)
+
+    # ---- allocations not counted ----
+
+    def reject(self, r: Rejected) -> bool:
+        """Record why a pod's allocation is not counted; True when that is news (a new pod,
+        or a new reason or message), which is what the total counts."""
+        with self._mu:
+            if self._rejected.get(r.key) == r:
+                return False
+            self._rejected[r.key] = r
+            self._rejections[r.reason] = self._rejections.get(r.reason, 0) + 1
+            return True
+
+    def clear_rejection(self, key: str, uid: str | None = None) -> bool:
+        """The pod is gone, or its allocation counts again. Idempotent."""
+        with self._mu:
+            r = self._rejected.get(key)
+            if r is None or (uid is not None and r.uid != uid):
+                return False
+            del self._rejected[key]
+            return True
+
+    def rejected(self) -> list[Rejected]:
+        with self._mu:
+            return list(self._rejected.values())
+
+    def rejections(self) -> dict[str, int]:
+        """Reason -> how many rejections were recorded since start."""
+        with self._mu:
+            return dict(self._rejections)
 
     # ---- internals (hold self._mu) ----
 

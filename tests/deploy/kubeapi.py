@@ -13,7 +13,8 @@ from kubernetes import client as k8s
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.controlplane import ControlPlane
+from flexai_sched import annotations as ann
+from tests.e2e.controlplane import ControlPlane, wait_until
 
 Obj = dict[str, Any]
 
@@ -114,3 +115,16 @@ def status_of(call: Any) -> int:
     except ApiException as e:
         return int(e.status)
     return 200
+
+
+def wait_allocation_writes_open(core: k8s.CoreV1Api, namespace: str, timeout: float = 30.0) -> None:
+    """After the chart's allocation-write policy is deleted: wait until the apiserver has
+    unloaded it, i.e. admin may create an annotated pod again (a dry run). The rest of the
+    session's tests write allocations as admin."""
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "allocation-writes-open", "annotations": {ann.POD_ALLOCATION: "{}"}},
+            "spec": {"containers": [{"name": "main", "image": "registry.invalid/fake:1"}]}}
+
+    def open_() -> bool:
+        return status_of(lambda: core.create_namespaced_pod(namespace, body, dry_run="All")) == 200
+    wait_until(open_, timeout, "the allocation-write policy to be unloaded")

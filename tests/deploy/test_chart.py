@@ -5,6 +5,7 @@ test_apiserver.py and test_kube_scheduler.py.)"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,17 @@ def test_the_extender_verbs_are_reachable_from_its_pod_only(helm: Helm, values: 
     proxied = [line.strip() for line in conf.splitlines() if line.strip().startswith("location")]
     assert proxied == ["location ~ ^/(v1/|metrics$|healthz$|readyz$) {", "location / { return 404; }"]
     assert "limit_except GET { deny all; }" in conf
+
+
+def test_the_allocation_write_policy_names_its_writers_and_the_user_keys(helm: Helm) -> None:
+    # The scheduler's account comes from the release; extra writers from the values; the keys
+    # users may write are annotations.USER_POD_ANNOTATIONS (the policy spells them).
+    extra = "system:serviceaccount:elsewhere:flexai-sched"
+    rendered = helm.template({"scheduler": {"allocationWriters": [extra]}}, release="r1", namespace="ns1")
+    policy = rendered.one("ValidatingAdmissionPolicy", "-allocation-writes")
+    (writers,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "scheduler"]
+    assert writers == f'request.userInfo.username in ["system:serviceaccount:ns1:r1-flexai-scheduler","{extra}"]'
+    (user_keys,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "userKeys"]
+    assert set(json.loads(user_keys.replace("'", '"'))) == set(ann.USER_POD_ANNOTATIONS)
+    off = helm.template({"scheduler": {"restrictAllocationWrites": False}})
+    assert not [p for p in off.all("ValidatingAdmissionPolicy") if p["metadata"]["name"].endswith("-allocation-writes")]

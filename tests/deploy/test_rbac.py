@@ -35,7 +35,8 @@ from tests.e2e.controlplane import LOOPBACK, ControlPlane, free_port, http_ok, m
 
 from .chart import Helm, Rendered
 from .conftest import Procs
-from .kubeapi import Objects, client_for, close, ensure_namespace, mint_token, name_of, status_of, token_kubeconfig
+from .kubeapi import (Objects, client_for, close, ensure_namespace, mint_token, name_of, status_of, token_kubeconfig,
+                      wait_allocation_writes_open)
 from .scheduler import healthy, start_kube_scheduler, with_kubeconfig
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +70,11 @@ def _fake_pod(name: str, **spec: Any) -> k8s.V1Pod:
 @pytest.fixture(scope="module")
 def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
     port = free_port()
-    rendered = helm.template({"scheduler": {"extender": {"port": port}}}, release=RELEASE, namespace=NS)
+    # The extender runs as the extender-only account here (see the docstring), so the
+    # allocation-write policy must let that account write allocations too.
+    rendered = helm.template({"scheduler": {"extender": {"port": port},
+                                            "allocationWriters": [f"system:serviceaccount:{NS}:extender-only"]}},
+                             release=RELEASE, namespace=NS)
     api = control_plane.api_client()
     core = k8s.CoreV1Api(api)
     objects = Objects(api)
@@ -118,6 +123,7 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
                 if e.status != 404:
                     raise
         objects.delete_all(created)
+        wait_allocation_writes_open(core, NS)
         close(api)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -217,6 +223,9 @@ CALLS: dict[str, Callable[[k8s.CoreV1Api], Any]] = {
     "patch pod": lambda core: core.patch_namespaced_pod("agent", NS, {"metadata": {"labels": {"x": "y"}}}),
     "delete pod": lambda core: core.delete_namespaced_pod("agent", NS),
     "create pod": lambda core: core.create_namespaced_pod(NS, _fake_pod("intruder")),
+    "create event": lambda core: core.create_namespaced_event(NS, {  # type: ignore[arg-type]
+        "metadata": {"generateName": "agent."}, "involvedObject": {"kind": "Pod", "namespace": NS, "name": "agent"},
+        "reason": "Test", "message": "rbac test", "type": "Warning"}),
     "list secrets": lambda core: core.list_namespaced_secret("kube-system"),
     "list quota configmaps": lambda core: core.list_namespaced_config_map(NS, label_selector=ann.QUOTA_LABEL),
     "list other configmaps": lambda core: core.list_namespaced_config_map("kube-system"),
@@ -249,6 +258,7 @@ CASES = [
     ("scheduler", "list secrets", 403),
     ("scheduler", "create service account token", 403),
     ("agent", "list this node's pods", 200),
+    ("agent", "create event", 200),
     ("agent", "get node", 403),
     ("agent", "list nodes", 403),
     ("agent", "delete node", 403),

@@ -161,9 +161,13 @@ def delete_pods(core: k8s.CoreV1Api, names: Iterable[str]) -> None:
 # ---------------------------------------------------------------------------- the extender
 
 def extender_get(plane: ControlPlane, path: str) -> object:
+    return json.loads(extender_text(plane, path))
+
+
+def extender_text(plane: ControlPlane, path: str) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(plane.extender_url + path, timeout=5) as resp:
-        return json.loads(resp.read())
+        return resp.read().decode()  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

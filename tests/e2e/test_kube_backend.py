@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import urllib3
 from kubernetes import client as k8s
+from prometheus_client import generate_latest
 
 from flexai_sched import annotations as ann
 from flexai_sched.backend import CommitError, CommitUnknown
@@ -22,6 +23,7 @@ from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
 from flexai_sched.fragmentation import Host
 from flexai_sched.kube import KubeBackend
+from flexai_sched.metrics import Metrics
 from flexai_sched.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
 
@@ -381,3 +383,45 @@ def test_a_new_pod_under_an_old_name_is_bound_once_the_old_one_is_gone(
     assert state.allocation("default/p") == got
     node = state.node("g1")
     assert node is not None and node.usage[0].cores == 100
+
+
+# ---- an allocation counts only if it is the pod's own ----
+
+
+def test_an_allocation_that_is_not_the_pods_own_is_not_counted(backend: KubeBackend, state: ClusterState,
+                                                               core_api: k8s.CoreV1Api) -> None:
+    # The finding, through real watches: a pod that asks for 30% and 4 GiB, bound with an
+    # allocation of no compute limit and the whole card (a Binding like the scheduler's).
+    gpu_node(core_api, "g1", H200)
+    wait_state("node known", lambda: state.node("g1") is not None)
+    uid = vgpu_pod(core_api, "greedy", 1, 30, 4, scheduler=NOBODY)
+    whole = Allocation.build(NS, "greedy", uid, "g1", (Slice("main", 0, H200[0].uuid, 0, H200[0].memory_mib),))
+    backend.commit(whole)
+    # A pod bound after it, its own allocation: once counted, the greedy pod's event was handled.
+    uid_m = vgpu_pod(core_api, "marker", 1, 30, 4, scheduler=NOBODY)
+    backend.commit(alloc_for("marker", uid_m, card=1))
+    wait_state("marker counted", lambda: state.state_of("default/marker") is AllocState.BOUND)
+    assert state.allocation("default/greedy") is None
+    node = state.node("g1")
+    assert node is not None and node.usage == (CardUsage(), CardUsage(30, 4096, 1))
+    (r,) = state.rejected()
+    assert (r.key, r.uid, r.node, r.reason) == ("default/greedy", uid, "g1", "cores")
+    metrics = generate_latest(Metrics(state).registry).decode()
+    assert 'flexai_rejected_allocations{reason="cores"} 1.0' in metrics
+    # The pod deleted: nothing left to reject.
+    core_api.delete_namespaced_pod("greedy", NS, grace_period_seconds=0)
+    wait_state("rejection forgotten", lambda: state.rejected() == [])
+
+
+def test_editing_a_bound_pods_allocation_moves_nothing_in_the_books(backend: KubeBackend, state: ClusterState,
+                                                                    core_api: k8s.CoreV1Api) -> None:
+    gpu_node(core_api, "g1", H200)
+    uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
+    backend.commit(alloc_for("p", uid, card=0))
+    wait_state("counted", lambda: state.state_of("default/p") is AllocState.BOUND)
+    # Moved to card 1 by an edit (no admission policy in this cluster): same size, other card.
+    moved = ann.encode_allocation(alloc_for("p", uid, card=1))
+    core_api.patch_namespaced_pod("p", NS, {"metadata": {"annotations": {ann.POD_ALLOCATION: moved}}})
+    wait_state("edit rejected", lambda: [r.reason for r in state.rejected()] == ["changed"])
+    node = state.node("g1")
+    assert node is not None and node.usage == (CardUsage(30, 4096, 1), CardUsage())

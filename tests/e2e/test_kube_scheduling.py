@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client as k8s
 
 from flexai_sched import annotations as ann
+from flexai_sched.model import Allocation, Slice
 
 from .controlplane import ControlPlane, wait_until
 from .helpers_kube import (
@@ -23,6 +24,7 @@ from .helpers_kube import (
     cards,
     extender_get,
     extender_running,
+    extender_text,
     failed_scheduling_messages,
     gpu_node,
     pod_body,
@@ -182,3 +184,30 @@ def test_the_extender_counts_every_bound_pods_host_requests(plane: ControlPlane,
                       "memory_mib_free": 254 * 1024}
     core_api.delete_namespaced_pod("cpu-only", NS, grace_period_seconds=0)
     wait_until(lambda: host()["cpu_milli_requested"] == 0, 15, "the deleted pod's CPU left c1's host")
+
+
+def test_a_self_granted_allocation_is_not_counted_and_the_extender_says_so(
+        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    # The finding's pod, created straight onto the node (spec.nodeName, no scheduler) with its
+    # own allocation: a 20%/4 GiB request holding card 0 whole, without a compute limit. No
+    # admission policy runs in this cluster: the extender's books are the guard under test.
+    one = cards(1)
+    gpu_node(core_api, "g1", one)
+    body = pod_body("greedy", {"main": vgpu_limits(1, 20, 4)})
+    assert body.spec is not None and body.metadata is not None
+    body.spec.node_name = "g1"
+    whole = Allocation.build(NS, "greedy", "", "g1", (Slice("main", 0, one[0].uuid, 0, one[0].memory_mib),))
+    body.metadata.annotations = {ann.POD_ALLOCATION: ann.encode_allocation(whole)}
+    core_api.create_namespaced_pod(NS, body)
+
+    def rejected() -> bool:
+        return 'flexai_rejected_allocations{reason="cores"} 1.0' in extender_text(plane, "/metrics")
+    wait_until(rejected, 15, "the extender's metric of the rejected allocation")
+    log = plane.procs["extender"].tail(200)
+    assert ("pod default/greedy on g1: allocation not counted (cores): "
+            "container 'main' asks for 20 percent of a card's cores") in log
+    # Card 0 is free in the books: an exclusive pod still lands on it.
+    vgpu_pod(core_api, "honest", number=1)
+    placed = wait_bound(core_api, ["honest"], 30)["honest"]
+    assert placed.node == "g1" and placed.allocation is not None
+    assert [s.card_index for s in placed.allocation.slices] == [0]

@@ -100,7 +100,7 @@ def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
                       [slice_on(cards[i], "main", 0, slice_gib * 1024) for i in range(ncards)]))
     workdirs = Workdirs(state / "containers")
     admitter = NodeAdmitter("gpu-1", api, Ledger(state / "ledger.json"), workdirs,
-                            GrantBuilder(HookConfigFiles(workdirs.root, hook)))
+                            GrantBuilder(HookConfigFiles(workdirs.root, hook)), lambda: cards)
     try:
         from flexai_node.deviceplugin import api_pb2 as pb
         from flexai_node.deviceplugin.devices import device_id

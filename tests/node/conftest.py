@@ -34,7 +34,7 @@ HOOK = Path("/opt/flexai/libflexai_hook.so")
 def make_admitter(api: FakeNodeApi, state: Path, kubelet: KubeletPods | None = None) -> NodeAdmitter:
     workdirs = Workdirs(state / "containers")
     return NodeAdmitter(NODE, api, Ledger(state / "admissions.json"), workdirs,
-                        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)), kubelet)
+                        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)), lambda: CARDS, kubelet)
 
 
 def config_of(host_dir: str | Path) -> hook_config.HookConfig:

@@ -26,7 +26,9 @@ class FakeNodeApi:
         self.pods: dict[str, dict[str, Any]] = {}
         self.node_annotations: dict[str, dict[str, str]] = {}
         self.patches = 0
+        self.events: list[tuple[str, str, str, str, str]] = []  # (namespace, name, uid, reason, message)
         self.fail: Exception | None = None  # raised by the next call, once
+        self.event_error: Exception | None = None  # raised by every warn_pod
 
     def add(self, pod: dict[str, Any]) -> dict[str, Any]:
         pod = copy.deepcopy(pod)
@@ -49,6 +51,13 @@ class FakeNodeApi:
         with self._mu:
             self.node_annotations.setdefault(node, {}).update(annotations)
             self.patches += 1
+
+    def warn_pod(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        self._maybe_fail()
+        if self.event_error is not None:
+            raise self.event_error
+        with self._mu:
+            self.events.append((namespace, name, uid, reason, message))
 
     def _maybe_fail(self) -> None:
         if self.fail is not None:

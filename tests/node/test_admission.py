@@ -9,6 +9,8 @@ import pytest
 from flexai_node.admission import KubeletView, NoCandidate, PodRefused, choose
 from flexai_node.pods import BoundPod
 
+from flexai_sched.model import Slice
+
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on
 
 A, B = CARDS
@@ -17,7 +19,7 @@ NODE = "gpu-1"
 
 def parse(pods: list[dict[str, Any]]) -> list[BoundPod]:
     api = FakeNodeApi()  # gives increasing resourceVersions in creation order
-    parsed = [BoundPod.parse(api.add(p), NODE) for p in pods]
+    parsed = [BoundPod.parse(api.add(p), NODE, CARDS) for p in pods]
     return [p for p in parsed if p is not None]
 
 
@@ -103,7 +105,7 @@ def test_init_containers_are_admitted_first() -> None:
         ),
         (
             bound_pod("short", "u1", [container("main", 2, 20, 4)], [slice_on(A, "main", 20, 4096)]),
-            "asks for 2 vGPU(s) but vgpu.flexai.io/allocation gives it 1",
+            "container 'main' asks for 2 vGPU(s), the allocation gives it 1",
         ),
         (
             bound_pod("doubled", "u1", [container("main", 2, 20, 4)], [slice_on(A, "main", 20, 4096)] * 2),
@@ -112,10 +114,33 @@ def test_init_containers_are_admitted_first() -> None:
         (
             bound_pod("stray", "u1", [container("main", 1, 20, 4)],
                       [slice_on(A, "main", 20, 4096), slice_on(B, "ghost", 20, 4096)]),
-            "slices for ghost",
+            "slices for 'ghost'",
+        ),
+        # The finding: a pod that asks for 20% and 4 GiB, annotated with no compute limit
+        # and the whole card.
+        (
+            bound_pod("greedy", "u1", [container("main", 1, 20, 4)], [slice_on(A, "main", 0, A.memory_mib)]),
+            "vgpu.flexai.io/allocation is not what the pod asks for: "
+            "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0; "
+            f"container 'main' asks for 4096 MiB per vGPU, the allocation gives {A.memory_mib} MiB on card 0",
+        ),
+        (
+            bound_pod("ghost-card", "u1", [container("main", 1, 20, 4)], [Slice("main", 5, "GPU-elsewhere", 20, 4096)]),
+            "card 5 is not on node 'gpu-1'",
+        ),
+        (
+            bound_pod("swapped", "u1", [container("main", 1, 20, 4)], [Slice("main", 0, B.uuid, 20, 4096)]),
+            f"card 0 of node 'gpu-1' is {A.uuid}, the allocation names {B.uuid}",
+        ),
+        (
+            bound_pod("init-greedy", "u1", [container("main", 1, 20, 4)],
+                      [slice_on(A, "setup", 100, A.memory_mib, init=True), slice_on(A, "main", 20, 4096)],
+                      init_containers=[container("setup", 1, 10, 1)]),
+            "container 'setup' asks for 10 percent of a card's cores per vGPU, the allocation gives 100 percent on card 0",
         ),
     ],
-    ids=["missing", "not-json", "bad-version", "other-node", "too-few-slices", "same-card", "stray-container"],
+    ids=["missing", "not-json", "bad-version", "other-node", "too-few-slices", "same-card", "stray-container",
+         "self-granted-card", "card-not-on-node", "uuid-of-another-card", "init-container"],
 )
 def test_malformed_allocation_refuses_that_pod(pod: dict[str, Any], message: str) -> None:
     if pod["spec"]["nodeName"] != NODE:  # the annotation says gpu-2, the pod is here
@@ -184,3 +209,10 @@ def test_kubelet_view_tells_same_second_pods_apart(
 ) -> None:
     pods = parse([one("p1", "u1"), one("p2", "u2", B)])
     assert choose(pods, [1], lambda u, c: (u, c) in admitted, never, kubelet).pod.name == expect
+
+
+def test_a_pods_policy_annotation_never_refuses_its_admission() -> None:
+    # The owner may edit it after the bind; the scheduler already placed the pod.
+    pod = one("p", "u1")
+    pod["metadata"]["annotations"]["vgpu.flexai.io/node-policy"] = "no-such-policy"
+    assert choose(parse([pod]), [1], never, never).pod.name == "p"

@@ -11,7 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
+from flexai_node.admitter import REFUSED_REASON
 from flexai_node.deviceplugin import api_pb2 as pb
+from flexai_node.nodeapi import KubeError
 from flexai_node.deviceplugin.devices import device_id, preferred
 from flexai_sched.resources import VGPU_NUMBER
 
@@ -167,6 +169,38 @@ def test_malformed_allocation_gets_a_clear_error_and_the_next_pod_is_served(rig:
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pod default/bad: malformed allocation: vgpu.flexai.io/allocation slices[0]" in str(e.value.details())
     assert allocate(rig, 1).container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"] == A.uuid
+
+
+def test_a_self_granted_allocation_is_refused_with_an_event_and_writes_no_hook_config(rig: Rig) -> None:
+    # The finding: a pod that asks for 20% and 4 GiB carries an allocation of its own making,
+    # no compute limit and the whole card.
+    rig.api.add(bound_pod("greedy", "uid-greedy", [container("main", 1, 20, 4)],
+                          [slice_on(A, "main", 0, A.memory_mib)], bound_at="2026-11-29T09:00:00Z"))
+    rig.api.add(bound_pod("good", "uid-good", [container("main", 1, 20, 4)], [slice_on(B, "main", 20, 4096)]))
+    with pytest.raises(grpc.RpcError) as e:
+        allocate(rig, 1)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    why = ("container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0; "
+           f"container 'main' asks for 4096 MiB per vGPU, the allocation gives {A.memory_mib} MiB on card 0")
+    assert why in str(e.value.details())
+    assert not (rig.state / "containers" / "uid-greedy").exists()  # no hook config, no directory
+    # The pod's owner sees why, once, on the pod.
+    ((ns, name, uid, reason, message),) = rig.api.events
+    assert (ns, name, uid, reason) == ("default", "greedy", "uid-greedy", REFUSED_REASON)
+    assert message.startswith("flexai-node on gpu-1: pod default/greedy: ") and why in message
+    # The refused pod shadows nobody: the next call is the good pod's.
+    assert allocate(rig, 1).container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"] == B.uuid
+    assert len(rig.api.events) == 1
+
+
+def test_an_event_that_cannot_be_written_does_not_change_the_answer(rig: Rig) -> None:
+    rig.api.add(bound_pod("greedy", "uid-greedy", [container("main", 1, 20, 4)], [slice_on(A, "main", 20, 8192)]))
+    rig.api.event_error = KubeError("events are forbidden")
+    with pytest.raises(grpc.RpcError) as e:
+        allocate(rig, 1)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "asks for 4096 MiB per vGPU, the allocation gives 8192 MiB" in str(e.value.details())
+    assert rig.api.events == []
 
 
 def test_api_server_down_is_unavailable_and_then_recovers(rig: Rig) -> None:

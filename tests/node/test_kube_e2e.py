@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from flexai_node.admission import NoCandidate
-from flexai_node.admitter import NodeAdmitter
+from flexai_node.admission import NoCandidate, PodRefused
+from flexai_node.admitter import REFUSED_REASON, NodeAdmitter
 from flexai_node.agent import AgentSettings, NodeAgent
 from flexai_node.deviceplugin.devices import device_id
 from flexai_node.deviceplugin.kubelet_pods import PodResourcesClient
@@ -34,6 +34,12 @@ A, B = CARDS
 NODE = "gpu-e2e"
 
 
+def limits_of(vgpus: int, slices: list[Any]) -> dict[str, str]:
+    """What a container asks for to be given these slices (the agent checks they match)."""
+    first = slices[0]
+    return {res.VGPU_NUMBER: str(vgpus), res.VGPU_CORES: str(first.cores), res.VGPU_MEMORY: str(first.memory_mib // 1024)}
+
+
 def create_pod(core: k8s.CoreV1Api, name: str, containers: dict[str, int], slices: list[Any]) -> k8s.V1Pod:
     """A vGPU pod with its allocation annotation, left unbound: nobody schedules it
     (unknown schedulerName), the test binds it as the extender would."""
@@ -45,7 +51,7 @@ def create_pod(core: k8s.CoreV1Api, name: str, containers: dict[str, int], slice
             containers=[
                 k8s.V1Container(
                     name=c, image="registry.invalid/fake:1",
-                    resources=k8s.V1ResourceRequirements(limits={res.VGPU_NUMBER: str(n), res.VGPU_MEMORY: "4"}),
+                    resources=k8s.V1ResourceRequirements(limits=limits_of(n, [s for s in slices if s.container == c])),
                 )
                 for c, n in containers.items()
             ],
@@ -96,7 +102,7 @@ def test_reporter_patches_the_node_and_the_scheduler_can_read_it(
 def admitter_for(node_api: KubeNodeApi, state: Path, kubelet: Any = None) -> NodeAdmitter:
     workdirs = Workdirs(state / "c")
     return NodeAdmitter(NODE, node_api, Ledger(state / "ledger.json"), workdirs,
-                        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)), kubelet)
+                        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)), lambda: CARDS, kubelet)
 
 
 def host_dir(grant: Any) -> Path:
@@ -164,6 +170,28 @@ def test_without_the_kubelet_view_pods_bound_together_still_get_distinct_slices(
     wait_until(lambda: gone not in {p.uid for p in admitter.bound_pods()}, 30, "the pod deleted")
     assert admitter.prune() == [gone]
     assert not host_dir(grants[0]).exists() and host_dir(grants[1]).exists()
+
+
+def test_a_self_granted_allocation_is_refused_with_an_event_on_the_pod(
+    node_api: KubeNodeApi, core_api: k8s.CoreV1Api, tmp_path: Path
+) -> None:
+    # The finding on a real apiserver (no admission policy here): the pod asks for 20% and
+    # 4 GiB and carries an allocation of no compute limit and the whole card.
+    create_pod(core_api, "greedy", {"main": 1}, [slice_on(A, "main", 20, 4096)])
+    whole = Allocation.build("default", "greedy", "", NODE, (slice_on(A, "main", 0, A.memory_mib),))
+    core_api.patch_namespaced_pod("greedy", "default",
+                                  {"metadata": {"annotations": {ann.POD_ALLOCATION: ann.encode_allocation(whole)}}})
+    bind(core_api, "greedy")
+    admitter = admitter_for(node_api, tmp_path)
+    with pytest.raises(PodRefused) as e:
+        admitter.allocate([[device_id(A.uuid, 0)]])
+    assert "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0" in str(e.value)
+    assert not list((tmp_path / "c").glob("*/main"))  # no hook config was written
+    events = core_api.list_namespaced_event("default", field_selector="involvedObject.name=greedy").items
+    (event,) = [ev for ev in events if ev.reason == REFUSED_REASON]
+    assert event.type == "Warning" and event.involved_object.kind == "Pod"
+    assert event.involved_object.uid == e.value.pod.uid
+    assert event.message.startswith(f"flexai-node on {NODE}: pod default/greedy: vgpu.flexai.io/allocation is not")
 
 
 def test_an_unreachable_api_server_is_a_kube_error(tmp_path: Path) -> None:

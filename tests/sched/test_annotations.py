@@ -61,3 +61,12 @@ def test_bad_inventory(text: str, message: str) -> None:
 def test_bad_allocation_names_the_field() -> None:
     with pytest.raises(ann.EncodingError, match=r"slices\[0\]: field 'cores' must be int"):
         ann.decode_allocation("ns", "p", "u", '{"v":1,"node":"n","slices":[{"container":"c","card":0,"uuid":"g","memoryMiB":1}]}')
+
+
+def test_every_pod_annotation_is_the_users_or_the_schedulers() -> None:
+    # The chart's allocation-write policy lets users write USER_POD_ANNOTATIONS only: a new
+    # pod key must be put in one list or the other (the policy spells the user list).
+    keys = {v for k, v in vars(ann).items() if k.isupper() and isinstance(v, str) and v.startswith(ann.PREFIX)}
+    on_pods = keys - {ann.PREFIX, ann.NODE_INVENTORY, ann.GPU_NODE_LABEL}
+    assert set(ann.USER_POD_ANNOTATIONS) | set(ann.SCHEDULER_POD_ANNOTATIONS) == on_pods
+    assert not set(ann.USER_POD_ANNOTATIONS) & set(ann.SCHEDULER_POD_ANNOTATIONS)
