@@ -4,6 +4,8 @@ crash-looping container that keeps its slice and its region across the kubelet's
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flexai_node import hook_config
@@ -67,12 +69,12 @@ def _agent_sees(cluster: RealCluster, name: str) -> float | None:
     return None
 
 
+# Each run appends to a file in its region directory what it was given and what it could
+# allocate, then fails: the file outlives the runs, as the region does.
 CRASH = (
-    'echo "visible=$NVIDIA_VISIBLE_DEVICES"; '
-    'echo "regions=$(ls /var/run/flexai/vgpu | tr "\\n" " ")"; '
-    'echo "inode=$(stat -c %i /var/run/flexai/vgpu)"; '
-    'touch "/var/run/flexai/vgpu/run-$(date +%s%N)"; '
-    f'{PROBE} fill 256 0; exit 3'
+    "R=/var/run/flexai/vgpu; "
+    '{ echo "visible=$NVIDIA_VISIBLE_DEVICES inode=$(stat -c %i $R) region=$(test -f $R/region && echo yes)"; '
+    f'{PROBE} fill 256 0; }} >> $R/runs.log; exit 3'
 )
 
 
@@ -81,28 +83,31 @@ def test_a_crash_looping_container_keeps_its_slice_and_region(cluster: RealClust
     try:
         core.create_namespaced_pod(NS, gpu_pod("crashy", {"main": C(limits(1, 25, 2), CRASH)},
                                                cluster.hook.build_dir))
-
-        def restarts() -> int:
-            st = pod(core, "crashy").status
-            return sum(cs.restart_count for cs in (st.container_statuses or []) if st) if st else 0
-        wait_until(lambda: restarts() >= 2, 120, "two restarts by the kubelet", 1)
+        wait_until(lambda: pod(core, "crashy").spec.node_name, 60, "crashy bound")
         p = pod(core, "crashy")
         s = only(allocation(p).slices)
-        runs = [core.read_namespaced_pod_log("crashy", NS, container="main", previous=True),
-                core.read_namespaced_pod_log("crashy", NS, container="main")]
+        host = cluster.node.agent_dir / "containers" / p.metadata.uid / "main"
+        runs_log = host / "region" / "runs.log"
+
+        def runs() -> list[tuple[dict[str, str], dict[str, int]]]:
+            lines = runs_log.read_text().splitlines() if runs_log.exists() else []
+            given = [dict(f.split("=", 1) for f in line.split()) for line in lines if line.startswith("visible=")]
+            fills = json_lines("\n".join(lines))
+            return list(zip(given, fills))
+        wait_until(lambda: len(runs()) >= 3, 150, "three runs of the crashing container", 1)
+        # The kubelet restarted that one container (its status may lag the runs by a moment).
+        wait_until(lambda: pod(core, "crashy").status.container_statuses[0].restart_count >= 2, 30,
+                   "restartCount 2")
     finally:
         core.api_client.close()
-    for log in runs:
-        fields = dict(line.split("=", 1) for line in log.splitlines() if "=" in line and not line.startswith("{"))
-        assert fields["visible"] == s.card_uuid, log
+    done = runs()
+    for given, fill in done:
+        assert given["visible"] == s.card_uuid, done
         # Each run gets the whole slice again: a dead run's charge does not stay in the region.
-        fill = only(json_lines(log))
-        assert fill["allocated_mib"] == 2 * GIB - OVERHEAD_MIB and fill["refused_with"] == OUT_OF_MEMORY, log
-    later = dict(line.split("=", 1) for line in runs[1].splitlines() if "=" in line and not line.startswith("{"))
-    first = dict(line.split("=", 1) for line in runs[0].splitlines() if "=" in line and not line.startswith("{"))
-    assert later["inode"] == first["inode"], "the region directory changed across restarts"
-    # The later run finds the region its predecessors used, and their marks.
-    assert "region" in later["regions"].split() and len([r for r in later["regions"].split() if r.startswith("run-")]) >= 2
-    host = cluster.node.agent_dir / "containers" / p.metadata.uid / "main"
-    assert (host / "region" / "region").is_file() and len(list((host / "region").glob("run-*"))) >= 3
+        assert fill["allocated_mib"] == 2 * GIB - OVERHEAD_MIB and fill["refused_with"] == OUT_OF_MEMORY, done
+    # One region directory for all runs, and every run after the first finds the region file.
+    assert len({g["inode"] for g, _ in done}) == 1, done
+    assert [g.get("region") for g, _ in done[1:]] == ["yes"] * (len(done) - 1), done
     assert hook_config.parse((host / "vgpu.conf").read_text()).vgpus[0].memory_bytes == 2 << 30
+    assert sum(1 for e in json.loads((cluster.node.agent_dir / "admissions.json").read_text())["admitted"]
+               if e["pod"] == "crashy") == 1, "the restarts were admitted again"
