@@ -36,7 +36,7 @@ from tests.e2e.helpers_kube import extender_get
 from tests.hook.conftest import HookBuild
 from tests.hook.conftest import hook_build as hook_build  # noqa: F401  (the session's one hook build)
 
-from .node import NodeError, RealNode
+from .node import RealNode
 from .pods import CARD_MIB, FAKE_CARDS, fake_uuid
 
 IMAGES_SCRIPT = REPO_ROOT / "tools" / "node" / "images.sh"
@@ -194,5 +194,3 @@ def pytest_runtest_makereport(item: pytest.Item,
             report.sections.append((f"real node logs ({report.when})", node.log_tails(60)))
     return report
 
-
-__all__ = ["NODE", "NS", "CARDS", "RealCluster", "NodeError"]

@@ -22,9 +22,7 @@ its network not ready and the kubelet starts hostNetwork pods only.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -414,12 +411,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def exec(self, pod: str, container: str, argv: Sequence[str], namespace: str = "default",
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run argv in the container, with its process spec (env, user, cwd) and namespaces,
-        as `kubectl exec` would; returns the finished process."""
+        as `kubectl exec` would; returns the finished process. Its output goes to files in
+        the container's /tmp, read from the host through /proc/PID/root: ctr can drop the
+        output of a process that exits at once. Needs /bin/sh in the image."""
         cid = self.container_id(pod, container, namespace)
+        pid = self._task_pid(cid)
         exec_id = f"t{time.monotonic_ns()}"
+        out = f"/tmp/.flexai-exec-{exec_id}"
+        wrapped = ["/bin/sh", "-c", 'o=$1; shift; "$@" >"$o.out" 2>"$o.err"; echo $? >"$o.rc"', "sh", out, *argv]
         fifos = self.workdir / "fifo"  # not ctr's default, /run/containerd/fifo
-        return self._ctr("tasks", "exec", "--fifo-dir", str(fifos), "--exec-id", exec_id, cid, *argv,
-                         check=False, timeout=timeout)
+        r = self._ctr("tasks", "exec", "--fifo-dir", str(fifos), "--exec-id", exec_id, cid, *wrapped,
+                      check=False, timeout=timeout)
+        root = Path(f"/proc/{pid}/root")
+        try:
+            rc = int((root / f"{out[1:]}.rc").read_text())
+            stdout = (root / f"{out[1:]}.out").read_text()
+            stderr = (root / f"{out[1:]}.err").read_text()
+        except (OSError, ValueError) as e:
+            raise NodeError(f"exec {argv} in {namespace}/{pod}/{container}: no result ({e}); "
+                            f"ctr: {r.returncode} {r.stderr.strip()}") from None
+        for suffix in (".rc", ".out", ".err"):
+            (root / f"{out[1:]}{suffix}").unlink(missing_ok=True)
+        return subprocess.CompletedProcess(list(argv), rc, stdout, stderr)
 
     def _task_pid(self, cid: str) -> int | None:
         r = self._ctr("tasks", "ls", check=False)
@@ -490,9 +503,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             for mp in sorted(points, key=len, reverse=True):
                 subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
 
-    def remove_workdir(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 def host_ip() -> str:
     """The address of the interface the default route leaves by (connecting a UDP socket
@@ -503,15 +513,3 @@ def host_ip() -> str:
     if ip.startswith("127."):
         raise NodeError("no non-loopback address for the node: the kubelet refuses a loopback node IP")
     return ip
-
-
-def node_summary(core: k8s.CoreV1Api, name: str) -> dict[str, Any]:
-    """The Node's conditions and capacity, for failure messages."""
-    node = core.read_node_status(name)
-    status = node.status
-    return {"conditions": {c.type: (c.status, c.reason) for c in (status.conditions or [])} if status else {},
-            "capacity": dict(status.capacity or {}) if status else {}}
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str)

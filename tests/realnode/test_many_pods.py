@@ -54,6 +54,7 @@ def test_forty_pods_at_once_each_on_its_own_slice(cluster: RealCluster) -> None:
             placed = _settle(core, specs)
             assert placed, f"round {round_}: nothing runs"
             _check_round(cluster, core, placed, specs)
+            print(f"round {round_}: {len(placed)} running, {len(specs) - len(placed)} waiting")
             ran |= placed
             if ran == set(specs):
                 break
