@@ -22,6 +22,7 @@ its network not ready and the kubelet starts hostNetwork pods only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -92,6 +93,7 @@ class RealNode:
         """containerd, then ``images`` (name -> archive) imported, then the kubelet, until the
         Node is registered and its kubelet healthy."""
         t0 = time.monotonic()
+        atexit.register(self.stop)  # a crashed test run must not leave a node behind
         self._make_mount_namespace()
         self._make_cgroup_root()
         self._write_containerd_config()
@@ -128,6 +130,7 @@ class RealNode:
             self._holder = None
         self._unmount_all()
         self._remove_cgroups()
+        atexit.unregister(self.stop)
 
     # -- the node's mount namespace
 
