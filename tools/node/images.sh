@@ -5,25 +5,23 @@
 # Debian packages it takes), and rebuilt only when that key changes.
 #
 #   flexai.local/pause:1        the pod sandbox: tools/node/pause.c, static
-#   flexai.local/base:bookworm  Debian bookworm minbase + python3 (debootstrap),
-#                               glibc for the preloaded hook, python for gpu-monitor
+#   flexai.local/base:bookworm  the project's Debian base root filesystem
+#                               (tools/images/base.sh: one debootstrap for every
+#                               image), glibc for the preloaded hook, python for
+#                               gpu-monitor
 #
 # Usage: tools/node/images.sh    prints "NAME ARCHIVE" per image, one a line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${FLEXAI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flexai}/node-images
 mkdir -p "$cache"
-mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-mirror=${mirror:-http://deb.debian.org/debian}
-base_packages=python3
-
-# pack NAME ROOTFS OUT JSON_CMD: one uncompressed layer, config, manifest, index.
+# pack NAME LAYER_TAR OUT JSON_CMD: one uncompressed layer (a root filesystem tar),
+# config, manifest, index.
 pack() {
-  local name=$1 rootfs=$2 out=$3 cmd=$4 d
+  local name=$1 layer_tar=$2 out=$3 cmd=$4 d
   d=$(mktemp -d "$cache/.pack.XXXXXX")
   mkdir -p "$d/blobs/sha256"
-  tar --numeric-owner --sort=name --mtime=@0 --exclude=./dev/* --exclude=./proc/* --exclude=./sys/* \
-      -C "$rootfs" -cf "$d/layer.tar" .
+  cp "$layer_tar" "$d/layer.tar"
   local layer lsize config csize manifest msize
   layer=$(sha256sum "$d/layer.tar" | cut -d' ' -f1); lsize=$(stat -c %s "$d/layer.tar")
   mv "$d/layer.tar" "$d/blobs/sha256/$layer"
@@ -51,20 +49,17 @@ if [[ ! -s $pause_out ]]; then
   echo "building flexai.local/pause:1" >&2
   root=$(mktemp -d "$cache/.rootfs.XXXXXX")
   gcc -static -O2 -o "$root/pause" "$here/pause.c"
-  pack flexai.local/pause:1 "$root" "$pause_out" '["/pause"]'
-  rm -rf "$root"
+  tar --numeric-owner -C "$root" -cf "$root.tar" .
+  pack flexai.local/pause:1 "$root.tar" "$pause_out" '["/pause"]'
+  rm -rf "$root" "$root.tar"
 fi
 echo "flexai.local/pause:1 $pause_out"
 
-# base: the key covers the suite, the packages and the mirror (a dated snapshot here).
-base_out=$cache/base-$(key bookworm "$base_packages" "$mirror").tar
+# base: the rootfs tar's path carries its own key (a hash of base.sh).
+rootfs=$(bash "$here/../images/base.sh")
+base_out=$cache/base-$(key "$(basename "$rootfs")").tar
 if [[ ! -s $base_out ]]; then
-  echo "building flexai.local/base:bookworm (debootstrap, a few minutes)" >&2
-  root=$(mktemp -d "$cache/.rootfs.XXXXXX")
-  debootstrap --variant=minbase --include="$base_packages" bookworm "$root" "$mirror" >"$root.log" 2>&1 \
-    || { tail -30 "$root.log" >&2; rm -rf "$root"; exit 1; }
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root.log"
-  pack flexai.local/base:bookworm "$root" "$base_out" '["/bin/sh"]'
-  rm -rf "$root"
+  echo "building flexai.local/base:bookworm from $rootfs" >&2
+  pack flexai.local/base:bookworm "$rootfs" "$base_out" '["/bin/sh"]'
 fi
 echo "flexai.local/base:bookworm $base_out"
