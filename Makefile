@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11+, Go 1.24+, gcc, CMake):
 #   make demo   the extender on an embedded in-memory demo cluster (http://127.0.0.1:8888/docs)
 #   make test   every test: core, HTTP API, CUDA hook (fake driver), node agent, trace replay,
-#               and end to end against a real kube-apiserver + kube-scheduler + kine + kwok
+#               and end to end against a real kube-apiserver + kube-scheduler + kine + kwok,
+#               and on a real node (kubelet + containerd + runc; needs root, apt-get installs them)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test controlplane clean
+.PHONY: demo test controlplane node clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +22,12 @@ demo: $(BIN)/.installed
 controlplane:
 	tools/controlplane/build.sh
 
-test: $(BIN)/.installed controlplane
+# The real node's runtime (containerd, runc from Debian) and its images (tests/realnode).
+node:
+	tools/node/setup.sh
+	tools/node/images.sh >/dev/null
+
+test: $(BIN)/.installed controlplane node
 	tools/browser/setup.sh
 	tools/images/setup.sh
 	$(BIN)/mypy

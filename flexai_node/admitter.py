@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from flexai_sched.annotations import format_time
 from flexai_sched.model import Card
@@ -72,7 +72,12 @@ class NodeAdmitter:
 
     def _allocate(self, device_ids: Sequence[Sequence[str]]) -> list[ContainerGrant]:
         with self._mu:
-            pods = self.bound_pods()
+            listed = self._api.list_pods(self.node)
+            pods = self._parse(listed)
+            # The directories of pods gone since the last prune still hold their compute
+            # windows: without dropping them first, a card freed by a deleted pod has no
+            # window left and this container would share one with a live pod.
+            self._workdirs.prune(_uids(listed))
             view = self._kubelet.view() if self._kubelet is not None else None
             try:
                 choice = choose(
@@ -104,8 +109,11 @@ class NodeAdmitter:
             return grants
 
     def bound_pods(self) -> list[BoundPod]:
+        return self._parse(self._api.list_pods(self.node))
+
+    def _parse(self, listed: Sequence[Mapping[str, Any]]) -> list[BoundPod]:
         cards = tuple(self._cards())
-        parsed = (BoundPod.parse(p, self.node, cards) for p in self._api.list_pods(self.node))
+        parsed = (BoundPod.parse(p, self.node, cards) for p in listed)
         return [p for p in parsed if p is not None]
 
     def _warn(self, e: PodRefused) -> None:
@@ -136,8 +144,12 @@ class NodeAdmitter:
         """Forget and clean up after pods that are gone from the API server. The pods are
         listed under the lock: a listing older than an admission would prune its directory."""
         with self._mu:
-            live = {str((p.get("metadata") or {}).get("uid")) for p in self._api.list_pods(self.node)}
+            live = _uids(self._api.list_pods(self.node))
             gone = set(self._ledger.prune(live)) | set(self._workdirs.prune(live))
         if gone:
             log.info("removed the records and directories of gone pods %s", sorted(gone))
         return sorted(gone)
+
+
+def _uids(listed: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {str((p.get("metadata") or {}).get("uid")) for p in listed}

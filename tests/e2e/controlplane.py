@@ -229,6 +229,7 @@ class Pki:
     admin_key: Path
     sa_pub: Path
     sa_key: Path
+    ca_key: Path  # kept so a real node (tests/realnode) can be given its own identity
 
 
 def generate_pki(d: Path) -> Pki:
@@ -245,8 +246,9 @@ def generate_pki(d: Path) -> Pki:
     adm = _cert(_name("flexai-e2e-admin", "system:masters"), adm_key, ca_name, ca_key, client=True)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pki = Pki(d / "ca.crt", d / "apiserver.crt", d / "apiserver.key", d / "admin.crt",
-              d / "admin.key", d / "sa.pub", d / "sa.key")
+              d / "admin.key", d / "sa.pub", d / "sa.key", d / "ca.key")
     _write_cert(pki.ca_crt, ca)
+    _write_key(pki.ca_key, ca_key)
     _write_cert(pki.server_crt, srv)
     _write_key(pki.server_key, srv_key)
     _write_cert(pki.admin_crt, adm)
@@ -255,6 +257,17 @@ def generate_pki(d: Path) -> Pki:
     pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki
+
+
+def issue_certificate(pki: Pki, crt: Path, key: Path, cn: str, org: str | None = None,
+                      server_sans: Sequence[str] = (), client: bool = False) -> None:
+    """A certificate signed by the plane's CA (e.g. a kubelet's client and serving pair)."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    k = ec.generate_private_key(ec.SECP256R1())
+    _write_cert(crt, _cert(_name(cn, org), k, ca.subject, ca_key, server_sans=server_sans, client=client))
+    _write_key(key, k)
 
 
 # ---------------------------------------------------------------------------- extender
@@ -310,7 +323,7 @@ class ControlPlane:
 
     def __init__(self, bin_dir: Path, workdir: Path | None = None,
                  scheduler_config: Mapping[str, Any] | None = None,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, kwok_all_nodes: bool = True) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flexai-cp-"))
@@ -320,6 +333,9 @@ class ControlPlane:
         # "burst": 1000}} for benchmarks (the v1 default of 50 qps caps binding throughput).
         self.scheduler_config_extra = dict(scheduler_config or {})
         self.startup_timeout = startup_timeout
+        # False: kwok manages only nodes annotated as fake (make_fake_node does), leaving a
+        # real kubelet's node and pods to that kubelet.
+        self.kwok_all_nodes = kwok_all_nodes
         self.procs: dict[str, Process] = {}
         self.timings: dict[str, float] = {}
         self.pki: Pki | None = None
@@ -539,7 +555,12 @@ class ControlPlane:
                 f"--secure-port={self.api_port}",
                 f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                # Node: a real kubelet (tests/realnode) may touch only its own Node and pods.
+                "--authorization-mode=Node,RBAC",
+                # logs and exec reach a real kubelet as the admin (kwok nodes serve none)
+                f"--kubelet-client-certificate={pki.admin_crt}",
+                f"--kubelet-client-key={pki.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",  # node names do not resolve here
                 "--allow-privileged=true",
                 # No controller-manager here: nothing would create default service accounts,
                 # nor lift the not-ready taint that TaintNodesByCondition puts on every new
@@ -578,7 +599,9 @@ class ControlPlane:
         home = self.workdir / "kwok-home"
         home.mkdir(exist_ok=True)
         argv = [self._bin("kwok"), f"--kubeconfig={self.kubeconfig}",
-                "--manage-all-nodes=true",
+                *(["--manage-all-nodes=true"] if self.kwok_all_nodes else
+                  ["--manage-all-nodes=false",
+                   f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"]),
                 # its health server only, on loopback; no --node-port, so no kubelet endpoints
                 f"--server-address={LOOPBACK}:{port}",
                 f"--node-ip={LOOPBACK}",

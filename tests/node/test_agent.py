@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from flexai_node import hook_config
 from flexai_node.admitter import NodeAdmitter
 from flexai_node.agent import AgentSettings, NodeAgent
 from flexai_node.cli import parse_args
@@ -86,6 +87,23 @@ def test_the_ledger_survives_an_agent_restart(tmp_path: Path) -> None:
     assert admitter(api, tmp_path).allocate([["x"]])[0].envs["NVIDIA_VISIBLE_DEVICES"] == A.uuid
     # A new agent process: p1 stays admitted, so the next call is p2's.
     assert admitter(api, tmp_path).allocate([["y"]])[0].envs["NVIDIA_VISIBLE_DEVICES"] == B.uuid
+
+
+def test_a_deleted_pod_frees_its_compute_window_before_the_next_prune(tmp_path: Path) -> None:
+    """Seen on the real node (tests/realnode): pods deleted a moment ago kept their windows
+    until the 30 s prune, so a new pod on the card found none free and shared pod 1's."""
+    api = FakeNodeApi()
+    a = admitter(api, tmp_path)
+
+    def admit(name: str, uid: str, cores: int) -> int:
+        api.add(bound_pod(name, uid, [container("main", 1, cores, 1)], [slice_on(A, "main", cores, 1024)]))
+        mount = next(m for m in a.allocate([[name]])[0].mounts if m.container_path == "/etc/flexai/vgpu.conf")
+        return hook_config.parse(Path(mount.host_path).read_text()).vgpus[0].core_offset
+
+    # [0, 40) and [40, 80); the second pod is deleted; 30% fits in [40, 70), not in [80, 100).
+    assert (admit("p1", "u1", 40), admit("p2", "u2", 40)) == (0, 40)
+    api.delete("u2")
+    assert admit("p3", "u3", 30) == 40
 
 
 def test_a_corrupt_ledger_stops_the_agent_rather_than_double_allocating(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the real control-plane binaries the end-to-end tests, benchmarks and
-# deploy checks run: kube-apiserver and kube-scheduler (Kubernetes 1.34), kine,
-# kwok and helm. Each binary is built from its wrapper module in this folder
+# deploy checks run: kube-apiserver, kube-scheduler and kubelet (Kubernetes 1.34),
+# kine, kwok and helm. Each binary is built from its wrapper module in this folder
 # into a cache OUTSIDE the repository, keyed by a hash of that module's
 # go.mod/go.sum/tools.go, and reused when the key is unchanged.
 #
@@ -42,5 +42,6 @@ if [[ ${1:-} != --print ]]; then
   build helm helm helm.sh/helm/v3/cmd/helm
   build kubernetes kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
   build kubernetes kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
+  build kubernetes kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"   # tests/realnode
 fi
 echo "$bindir"

@@ -5,7 +5,9 @@
  * What it models, and only that:
  *   - FAKECUDA_DEVICES physical devices (default 1) of FAKECUDA_MEM_MB MiB
  *     (default 16384), with stable UUIDs, renumbered by CUDA_VISIBLE_DEVICES
- *     (indices or UUIDs) like the real driver;
+ *     (indices or UUIDs) like the real driver; NVIDIA_VISIBLE_DEVICES, when
+ *     set and not "all", first narrows them to the cards it names, as the
+ *     NVIDIA container runtime does by exposing only those cards' devices;
  *   - device memory accounted in host memory (no bytes are really allocated);
  *   - a "kernel" (fakecuda_kernel(us)) or "graph" (fakecuda_graph(us)) keeps
  *     its device busy for that long: launches on one device run one after
@@ -93,6 +95,41 @@ API void fakecuda_uuid_string(int phys, char *out, int len)
              b[14], b[15]);
 }
 
+/* The physical devices a visible-devices list names (indices or UUIDs), in its
+ * order, out of `from` (NULL: 0..n-1). Unset or "all": all of them; like CUDA,
+ * the list stops at its first entry that names none. */
+static int parse_visible(const char *list, const int *from, int n, int out[MAXDEV])
+{
+    int k = 0;
+    if (list == NULL || strcmp(list, "all") == 0) {
+        for (int i = 0; i < n; i++)
+            out[k++] = from ? from[i] : i;
+        return k;
+    }
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok && k < MAXDEV; tok = strtok_r(NULL, ",", &save)) {
+        int phys = -1;
+        if (strncmp(tok, "GPU-", 4) == 0) {
+            for (int i = 0; i < n; i++) {
+                char u[64];
+                fakecuda_uuid_string(from ? from[i] : i, u, sizeof u);
+                if (strcasecmp(u, tok) == 0)
+                    phys = from ? from[i] : i;
+            }
+        } else {
+            char *end;
+            long i = strtol(tok, &end, 10);
+            if (*end == '\0' && end != tok && i >= 0 && i < n)
+                phys = from ? from[i] : (int)i;
+        }
+        if (phys < 0)
+            break;
+        out[k++] = phys;
+    }
+    return k;
+}
+
 static int phys_of(CUdevice d) { return (d >= 0 && d < g_nvis) ? g_visible[d] : -1; }
 
 API CUresult cuInit(unsigned int flags)
@@ -106,31 +143,8 @@ API CUresult cuInit(unsigned int flags)
             g_ndev = 1;
         const char *m = getenv("FAKECUDA_MEM_MB");
         g_total = (uint64_t)(m ? atoll(m) : 16384) << 20;
-        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-        g_nvis = 0;
-        if (vis == NULL) {
-            for (int i = 0; i < g_ndev; i++)
-                g_visible[g_nvis++] = i;
-        } else {
-            char buf[1024];
-            snprintf(buf, sizeof buf, "%s", vis);
-            for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                int phys = -1;
-                if (strncmp(tok, "GPU-", 4) == 0) {
-                    for (int i = 0; i < g_ndev; i++) {
-                        char u[64];
-                        fakecuda_uuid_string(i, u, sizeof u);
-                        if (strcasecmp(u, tok) == 0)
-                            phys = i;
-                    }
-                } else {
-                    phys = atoi(tok);
-                }
-                if (phys < 0 || phys >= g_ndev)
-                    break; /* like CUDA: stop at the first invalid entry */
-                g_visible[g_nvis++] = phys;
-            }
-        }
+        int exposed[MAXDEV], nexp = parse_visible(getenv("NVIDIA_VISIBLE_DEVICES"), NULL, g_ndev, exposed);
+        g_nvis = parse_visible(getenv("CUDA_VISIBLE_DEVICES"), exposed, nexp, g_visible);
         const char *state = getenv("FAKECUDA_STATE");
         if (state != NULL) {
             int fd = open(state, O_RDWR | O_CREAT, 0666);
