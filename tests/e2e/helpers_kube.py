@@ -187,5 +187,19 @@ def extender_running(plane: ControlPlane, *args: str,
 
 def set_phase(core_api: k8s.CoreV1Api, name: str, phase: str) -> None:
     """The pod's status.phase, as its kubelet would write it. A merge patch, not read-modify-
-    replace: KWOK updates bound pods' status meanwhile, and a replace then gets 409 Conflict."""
-    core_api.patch_namespaced_pod_status(name, NS, {"status": {"phase": phase}})
+    replace: KWOK updates bound pods' status meanwhile, and a replace then gets 409 Conflict.
+    KWOK takes a bound pod to Running on its own schedule and would overwrite a phase written
+    before that: wait for it (briefly: a node KWOK does not manage never does), then write
+    until the phase reads back."""
+
+    def read() -> str | None:
+        return core_api.read_namespaced_pod(name, NS).status.phase  # type: ignore[no-any-return]
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: read() in ("Running", phase), 5, f"KWOK to start {name}", interval=0.1)
+    for _ in range(3):
+        core_api.patch_namespaced_pod_status(name, NS, {"status": {"phase": phase}})
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: read() == phase, 2, f"{name} {phase}", interval=0.1)
+            return
+    raise AssertionError(f"pod {name}: phase {phase} did not hold (now {read()})")

@@ -67,6 +67,6 @@ def test_every_pod_annotation_is_the_users_or_the_schedulers() -> None:
     # The chart's allocation-write policy lets users write USER_POD_ANNOTATIONS only: a new
     # pod key must be put in one list or the other (the policy spells the user list).
     keys = {v for k, v in vars(ann).items() if k.isupper() and isinstance(v, str) and v.startswith(ann.PREFIX)}
-    on_pods = keys - {ann.PREFIX, ann.NODE_INVENTORY, ann.GPU_NODE_LABEL}
+    on_pods = keys - {ann.PREFIX, ann.NODE_INVENTORY, ann.GPU_NODE_LABEL, ann.QUOTA_LABEL}
     assert set(ann.USER_POD_ANNOTATIONS) | set(ann.SCHEDULER_POD_ANNOTATIONS) == on_pods
     assert not set(ann.USER_POD_ANNOTATIONS) & set(ann.SCHEDULER_POD_ANNOTATIONS)
