@@ -362,11 +362,18 @@ class Fragmentation(_Measured):
     # seeds 42-45 (it keeps mid-size gaps open; the trace does not pack perfectly), as an
     # extra term or a tie-break 4.04-4.23 (4.05 without).
     CARD = 1000.0
-    # Weight of a GPU model's pressure (``flexai_sched.scarcity``) in a card's cost: a
-    # percent of a card that constrained tasks need costs up to PRICE percent of expected
-    # leftover, so tasks that may go anywhere leave those cards while others fit them.
+    # Price of a percent of a GPU model's cards, PRICE x min(1, pressure)^POWER (pressure:
+    # ``flexai_sched.scarcity``), in the card term: tasks that may go anywhere leave the
+    # cards constrained tasks need while others fit them. Steep (POWER 4) because a price
+    # on a model constrained tasks only partly need moves shares onto 8-card nodes and
+    # costs more than it saves (bench/results/trace-replay.md, "GPU-model constraints").
     PRICE = 1.0
-    POWER = 1.0
+    POWER = 4.0
+    # Hole values learned per model (``leftover_tables``) and CPU per GPU per model, where
+    # constrained tasks make models differ. Per-model tables left more unallocated on every
+    # generated variant tried (same file): off.
+    MODEL_TABLES = False
+    MODEL_RATIOS = True
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self._capacity: dict[str, int] = {}
@@ -392,14 +399,17 @@ class Fragmentation(_Measured):
         shares = tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)
         tables: dict[str, tuple[float, ...]] = {}
         ratios: dict[str, float] = {}
-        if price:  # models differ: each has its own holes, and its own tasks' CPU per GPU
+        if price and self.MODEL_TABLES:  # models differ: each has its own holes
             tables = leftover_tables(((c.vgpus, c.cores, c.weight, c.models) for c in workload.classes),
                                      self._capacity, price)
+        if price and self.MODEL_RATIOS:  # and its own tasks' CPU per GPU
             cpu_only = sum(w * m for m, w in workload.cpu_only)
             for model in self._capacity:
                 usable = [c for c in workload.classes if not c.models or model in c.models]
                 gpu_m = sum(c.weight * c.vgpus * c.cores for c in usable)
-                ratios[model] = (sum(c.weight * c.cpu_milli for c in usable) + cpu_only) / gpu_m if gpu_m else 0.0
+                # Tasks without GPUs land anywhere: a model's part of them as of its usable demand.
+                cpu_m = sum(c.weight * c.cpu_milli for c in usable) + cpu_only * gpu_m / gpu
+                ratios[model] = cpu_m / gpu_m if gpu_m else 0.0
         self._m = _Measure(
             workload.by_gpu_demand(),
             self.STRAND,
