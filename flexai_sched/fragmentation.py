@@ -33,11 +33,15 @@ capacity left unallocated) shows FGD missing on this trace:
 3. classes weigh by count x GPU demand (a failed 8-card task strands 8 GPUs; neutral
    on the default trace, kept because the metric counts GPUs, not tasks);
 4. among equal growth, the node (and the card) with the least free capacity left
-   wins: best fit, so empty nodes stay empty for large tasks.
+   wins: best fit, so empty nodes stay empty for large tasks;
+5. tasks confined to some GPU models fail once those are full, whatever else is free:
+   a percent of a model's cards costs by how much of that model constrained tasks need
+   (``flexai_sched.scarcity``), so tasks that may go anywhere leave them while they can.
 
-Two optional abilities extend ``policies.Policy`` (kube-scheduler style: small,
-separate interfaces): ``WorkloadAware`` (take the target workload) and ``HostAware``
-(score with the host's CPU and memory as kube-scheduler counts pod requests).
+Optional abilities extend ``policies.Policy`` (kube-scheduler style: small, separate
+interfaces): ``WorkloadAware`` (take the target workload), ``CapacityAware`` (take the
+cluster's cards per GPU model) and ``HostAware`` (score with the host's CPU and memory
+as kube-scheduler counts pod requests).
 """
 
 from __future__ import annotations
