@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from flexai_sched import leftover  # noqa: E402
 from flexai_sched.model import FULL_CORES  # noqa: E402
-from flexai_sched.sim.cli import DEFAULT_TRACE  # noqa: E402
+from flexai_sched.sim.cli import default_trace  # noqa: E402
 from flexai_sched.sim.trace import TracePod, load  # noqa: E402
 from flexai_sched.sim.workload import arrivals, target_workload  # noqa: E402
 
@@ -54,7 +54,7 @@ def main() -> int:
     args = ap.parse_args()
     lo, _, hi = args.seeds.partition("-")
     seeds = range(int(lo), int(hi or lo) + 1)
-    trace = load(DEFAULT_TRACE, args.variant)
+    trace = load(default_trace(), args.variant)
     cards = trace.gpu_capacity_milli // 1000
     runs = {s: tasks_until_full(arrivals(trace, s), trace.gpu_capacity_milli) for s in seeds}
     workload = target_workload(trace)

@@ -20,39 +20,49 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flexai_sched.sim.cli import DEFAULT_TRACE  # noqa: E402
+from flexai_sched.sim import cli  # noqa: E402
 from flexai_sched.sim.replay import Cluster  # noqa: E402
-from flexai_sched.sim.trace import load  # noqa: E402
 from flexai_sched.sim.workload import arrivals  # noqa: E402
 
 
 def one(variant: str, policy: str, seed: int) -> None:
-    trace = load(DEFAULT_TRACE, variant)
+    trace = cli._trace(cli.sources(None, variant)[0])  # a shipped or a generated variant
     cluster = Cluster(trace, policy, seed)
     cap = trace.gpu_capacity_milli
     arrived = 0
     failed: collections.Counter[tuple[int, int]] = collections.Counter()
     placed: collections.Counter[tuple[int, int]] = collections.Counter()
+    failed_by_spec: collections.Counter[str] = collections.Counter()
     for pod in arrivals(trace, seed):
         arrived += pod.gpu_demand_milli
         if arrived > cap:
             break
-        (placed if cluster.schedule(pod) else failed)[(pod.num_gpu, pod.gpu_milli)] += 1
+        ok = cluster.schedule(pod)
+        (placed if ok else failed)[(pod.num_gpu, pod.gpu_milli)] += 1
+        if not ok:
+            failed_by_spec["|".join(sorted(pod.gpu_spec)) or "any model"] += pod.gpu_demand_milli
     lost = sum(n * g * k for (n, g), k in failed.items())
     print(f"{variant} / {policy} / seed {seed}: failed GPU {100 * lost / cap:.2f}% of the cluster")
     for (n, g), k in sorted(failed.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[1])[:8]:
         print(f"  {n} x {g / 10:.0f}%: {k} failed ({100 * n * g * k / cap:.2f}%), {placed[(n, g)]} placed")
+    print("  failed by GPU model allowed: " + ", ".join(
+        f"{spec} {100 * d / cap:.2f}%" for spec, d in failed_by_spec.most_common()))
     whole, holes = 0, collections.Counter[int]()
+    idle: collections.Counter[str] = collections.Counter()
+    cards: collections.Counter[str] = collections.Counter()
     for node in cluster.state.nodes():
         for card, used in zip(node.cards, node.usage, strict=True):
+            cards[card.model] += 1
             if used.vgpus == 0 and used.cores == 0:
                 whole += 1
+                idle[card.model] += 1
             elif used.cores < 100:
                 holes[100 - used.cores] += 1
     hole_pct = sum(f * k for f, k in holes.items()) / (cap / 1000)
     top = ", ".join(f"{f}%: {k}" for f, k in holes.most_common(6))
     print(f"  free then: {whole} whole cards; partly used cards with room {hole_pct:.2f}% of the cluster "
           f"(most common free parts: {top})")
+    print("  idle cards by model: " + ", ".join(f"{m} {k}/{cards[m]}" for m, k in idle.most_common()))
 
 
 def main() -> int:

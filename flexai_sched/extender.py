@@ -41,7 +41,7 @@ from . import policies
 from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
-from .fragmentation import DEFAULT_WORKLOAD, HostAware, TaskClass, Workload, WorkloadAware
+from .fragmentation import DEFAULT_WORKLOAD, CapacityAware, HostAware, TaskClass, Workload, WorkloadAware
 from .model import Allocation, PodRequest
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
@@ -94,6 +94,10 @@ class Extender:
         # that lands late must not find its cards given to another pod meanwhile.
         self._held: dict[str, tuple[str, float]] = {}
         self._held_mu = threading.Lock()
+        # GPU models each pod this extender bound may use (its selector; empty: any), for the
+        # learned workload: allocations do not record it. Pods bound before a restart count
+        # as unconstrained until bound again.
+        self._models: dict[str, frozenset[str]] = {}
         self.clock = time.monotonic  # tests move time on
         self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
         self.preempting = Preempting(self)
@@ -333,6 +337,8 @@ class Extender:
         self.preempting.landed(key, uid)
         # The pod's host request counts at once (the backend's watch re-states it, idempotent).
         self.state.set_pod_host(key, node_name, req.cpu_milli, req.memory_mib, uid)
+        if req.selector.models:
+            self._models[key] = frozenset(req.selector.models)
         return alloc
 
     def expire_holds(self) -> None:
@@ -446,15 +452,23 @@ class Extender:
         if len(requests) < max(1, min_pods) or not aware:
             return 0
         classes = []
+        self._models = {k: m for k, m in self._models.items() if k in requests}  # gone pods go
         for key, (cpu, mem) in requests.items():
             alloc = self.state.allocation(key)
             app = [s for s in alloc.slices if not s.init] if alloc is not None else []
             cores = max((s.cores for s in app), default=0)
-            classes.append(TaskClass(len(app), cores, 1.0, cpu, mem))
+            models = self._models.get(key, frozenset()) if app else frozenset()
+            classes.append(TaskClass(len(app), cores, 1.0, cpu, mem, models))
         workload = Workload.of(classes)
         if not workload.classes:
             return 0  # no GPU pods yet: nothing to aim at
+        cards: dict[str, int] = {}
+        for node in self.state.nodes():
+            for card in node.cards:
+                cards[card.model] = cards.get(card.model, 0) + 1
         for policy in aware:
+            if isinstance(policy, CapacityAware):
+                policy.use_capacity(cards)  # what the constrained tasks' models can take
             policy.use_workload(workload)
         self.workload = workload
         self.state.drop_scores()

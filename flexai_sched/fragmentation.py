@@ -33,23 +33,28 @@ capacity left unallocated) shows FGD missing on this trace:
 3. classes weigh by count x GPU demand (a failed 8-card task strands 8 GPUs; neutral
    on the default trace, kept because the metric counts GPUs, not tasks);
 4. among equal growth, the node (and the card) with the least free capacity left
-   wins: best fit, so empty nodes stay empty for large tasks.
+   wins: best fit, so empty nodes stay empty for large tasks;
+5. tasks confined to some GPU models fail once those are full, whatever else is free:
+   a percent of a model's cards costs by how much of that model constrained tasks need
+   (``flexai_sched.scarcity``), so tasks that may go anywhere leave them while they can.
 
-Two optional abilities extend ``policies.Policy`` (kube-scheduler style: small,
-separate interfaces): ``WorkloadAware`` (take the target workload) and ``HostAware``
-(score with the host's CPU and memory as kube-scheduler counts pod requests).
+Optional abilities extend ``policies.Policy`` (kube-scheduler style: small, separate
+interfaces): ``WorkloadAware`` (take the target workload), ``CapacityAware`` (take the
+cluster's cards per GPU model) and ``HostAware`` (score with the host's CPU and memory
+as kube-scheduler counts pod requests).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .leftover import leftover_table
+from .leftover import leftover_table, leftover_tables
 from .model import FULL_CORES, Card, CardUsage
+from .scarcity import model_pressure
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,13 @@ DEFAULT_WORKLOAD = Workload.of(
 @runtime_checkable
 class WorkloadAware(Protocol):
     def use_workload(self, workload: Workload) -> None: ...
+
+
+@runtime_checkable
+class CapacityAware(Protocol):
+    """A policy that weighs GPU models by how much of each the cluster has (cards per model)."""
+
+    def use_capacity(self, cards_by_model: Mapping[str, int]) -> None: ...
 
 
 @runtime_checkable
@@ -354,27 +366,71 @@ class Fragmentation(_Measured):
     # seeds 42-45 (it keeps mid-size gaps open; the trace does not pack perfectly), as an
     # extra term or a tie-break 4.04-4.23 (4.05 without).
     CARD = 1000.0
+    # Price of a percent of a GPU model's cards, PRICE x min(1, pressure)^POWER (pressure:
+    # ``flexai_sched.scarcity``), in the card term: tasks that may go anywhere leave the
+    # cards constrained tasks need while others fit them. Steep (POWER 4) because a price
+    # on a model constrained tasks only partly need moves shares onto 8-card nodes and
+    # costs more than it saves (bench/results/trace-replay.md, "GPU-model constraints").
+    PRICE = 1.0
+    POWER = 4.0
+    # Hole values learned per model (``leftover_tables``) and CPU per GPU per model, where
+    # constrained tasks make models differ. Per-model tables left more unallocated on every
+    # generated variant tried (same file): off.
+    MODEL_TABLES = False
+    MODEL_RATIOS = True
+
+    def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
+        self._capacity: dict[str, int] = {}
+        super().__init__(workload)
+
+    def use_capacity(self, cards_by_model: Mapping[str, int]) -> None:
+        self._capacity = dict(cards_by_model)
+        self.use_workload(self._workload)
 
     def use_workload(self, workload: Workload) -> None:
+        self._workload = workload
         gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
         # r counts the CPU of tasks without GPUs too: they land somewhere, and a host's
         # CPU must feed its share of them as well as its GPUs' tasks. On cpu250 (25% of
         # tasks CPU-only, CPU demand ~100% of the cluster's at 100% GPU arrived) seeds
         # 42-44: 7.86 -> 6.33 unallocated; default trace unchanged (4.13 -> 4.14).
         cpu = sum(c.weight * c.cpu_milli for c in workload.classes) + sum(w * m for m, w in workload.cpu_only)
+        demand: dict[frozenset[str], float] = {}
+        for c in workload.classes:
+            demand[c.models] = demand.get(c.models, 0.0) + c.weight * c.vgpus * c.cores
+        pressure = model_pressure(demand, self._capacity)
+        price = {m: self.PRICE * min(1.0, u) ** self.POWER for m, u in pressure.items() if u > 0}
+        shares = tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)
+        tables: dict[str, tuple[float, ...]] = {}
+        ratios: dict[str, float] = {}
+        if price and self.MODEL_TABLES:  # models differ: each has its own holes
+            tables = leftover_tables(((c.vgpus, c.cores, c.weight, c.models) for c in workload.classes),
+                                     self._capacity, price)
+        if price and self.MODEL_RATIOS:  # and its own tasks' CPU per GPU
+            cpu_only = sum(w * m for m, w in workload.cpu_only)
+            for model in self._capacity:
+                usable = [c for c in workload.classes if not c.models or model in c.models]
+                gpu_m = sum(c.weight * c.vgpus * c.cores for c in usable)
+                # Tasks without GPUs land anywhere: a model's part of them as of its usable demand.
+                cpu_m = sum(c.weight * c.cpu_milli for c in usable) + cpu_only * gpu_m / gpu
+                ratios[model] = cpu_m / gpu_m if gpu_m else 0.0
         self._m = _Measure(
             workload.by_gpu_demand(),
             self.STRAND,
             self.TIE,
             cpu / gpu if gpu else 0.0,
-            leftover=leftover_table(tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)),
+            leftover=leftover_table(shares),
             leftover_weight=self.LEFTOVER,
             card_weight=self.CARD,
+            price=price,
+            leftover_by_model=tables,
+            cpu_per_pct_by_model=ratios,
         )
 
 
-# Free percent of a node, and per workload GPU shape: (fits, free it could use).
-Summary = tuple[int, tuple[tuple[int, int], ...], float]
+# Free percent of a node; per workload GPU shape: (fits, free it could use); the shared
+# cards' expected leftover; the workload's CPU per percent of GPU for the node's model.
+Summary = tuple[int, tuple[tuple[int, int], ...], float, float]
 
 
 class _Measure:
@@ -402,9 +458,16 @@ class _Measure:
         leftover: Sequence[float] = (),
         leftover_weight: float = 0.0,
         card_weight: float = 0.0,
+        price: Mapping[str, float] | None = None,
+        leftover_by_model: Mapping[str, Sequence[float]] | None = None,
+        cpu_per_pct_by_model: Mapping[str, float] | None = None,
     ) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
         self.card_weight = card_weight
+        self.price = dict(price or {})  # per model: cost of a percent of its cards
+        # Per model where constrained tasks make models differ; else the one table / ratio.
+        self.leftover_by_model = {m: tuple(t) for m, t in (leftover_by_model or {}).items()}
+        self.cpu_per_pct_by_model = dict(cpu_per_pct_by_model or {})
         self.leftover = tuple(leftover) if leftover else (0.0,) * (FULL_CORES + 1)
         self.leftover_weight = leftover_weight
         self.rounded = rounded
@@ -425,12 +488,12 @@ class _Measure:
         self._cards: dict[tuple[object, ...], Summary] = {}
         self._by_id: dict[tuple[int, int], tuple[object, object, Summary]] = {}
         self._phis: dict[tuple[int, int | None], float] = {}
-        self._card_costs: dict[tuple[int, int, bool], float] = {}
+        self._card_costs: dict[tuple[int, int, bool, str], float] = {}
 
     def card_cost(self, card: Card, used: CardUsage, cores: int) -> float:
         free = card_free(card, used)
         whole = _whole_free(card, used)
-        key = (free, cores, whole)
+        key = (free, cores, whole, card.model)
         cost = self._card_costs.get(key)
         if cost is None:
             after = max(0, free - cores)
@@ -438,10 +501,12 @@ class _Measure:
                 # The learned table already knows which shares fill which hole, and how
                 # often: FGD's one-task-fits test beside it only blurred that (seeds 100-105
                 # of the default trace: 3.92 with it, 3.86 without).
-                cost = self.leftover_weight * (self.leftover[after] - (0.0 if whole else self.leftover[free]))
+                table = self.leftover_by_model.get(card.model, self.leftover)
+                cost = self.leftover_weight * (table[after] - (0.0 if whole else table[free]))
             else:
                 cost = self._card_waste(after) - self._card_waste(free)
             cost += self.tie * free  # fullest first among equals
+            cost += self.price.get(card.model, 0.0) * min(cores, free)
             self._card_costs[key] = cost
         return cost
 
@@ -461,15 +526,20 @@ class _Measure:
         if self.rounded:  # percent of a card -> GPUs, as kube-scheduler's 0-100 integer
             return float(int(100 / (1 + math.exp(-growth_avoided / 100))))
         if self.card_weight:
-            growth_avoided -= self.card_weight * self._shares_cost(cards, before, after)
+            growth_avoided -= self.card_weight * self._cards_cost(cards, before, after)
         return growth_avoided - self.tie * sum_a[0]
 
-    def _shares_cost(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        """``card_cost`` of the cards the pod takes a share of (whole cards: none)."""
+    def _cards_cost(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
+        """``card_cost`` of the cards the pod takes a share of; a whole card costs its
+        model's price alone."""
         cost = 0.0
+        price = self.price
         for card, b, a in zip(cards, before, after, strict=True):
-            if 0 < a.cores - b.cores < FULL_CORES:
-                cost += self.card_cost(card, b, a.cores - b.cores)
+            taken = a.cores - b.cores
+            if 0 < taken < FULL_CORES:
+                cost += self.card_cost(card, b, taken)
+            elif taken and price:
+                cost += price.get(card.model, 0.0) * taken
         return cost
 
     def _phi(self, summary: Summary, cpu_free: int | None) -> float:
@@ -482,7 +552,7 @@ class _Measure:
         return phi
 
     def _phi_of(self, summary: Summary, cpu_free: int | None) -> float:
-        total, shapes, leftover = summary
+        total, shapes, leftover, _ = summary
         if total == 0:
             return 0.0
         usable = 0.0
@@ -492,8 +562,9 @@ class _Measure:
                 usable += keeps * (prefix[-1] if cpu_free is None else prefix[bisect_right(self.cpus[g], cpu_free)])
         phi = total - usable  # weights sum to 1 with the tasks without GPUs: they use none
         phi += self.leftover_weight * leftover  # shared cards' expected final leftover
-        if cpu_free is not None and self.strand and self.cpu_per_pct:
-            phi += self.strand * max(0.0, total - max(0, cpu_free) / self.cpu_per_pct)
+        r = summary[3]
+        if cpu_free is not None and self.strand and r:
+            phi += self.strand * max(0.0, total - max(0, cpu_free) / r)
         return phi
 
     def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
@@ -526,8 +597,13 @@ class _Measure:
                 fits = any(f >= cores and o for f, o in zip(frees, ok, strict=True))
                 keeps = sum(f for f, o in zip(frees, ok, strict=True) if f >= cores and o)
             out.append((int(fits), keeps))
-        left = sum(self.leftover[f] for f, w in zip(frees, whole, strict=True) if not w)
-        hit = (sum(frees), tuple(out), left)
+        tables = self.leftover_by_model
+        if tables:
+            left = sum(tables.get(m, self.leftover)[f] for f, w, m in zip(frees, whole, models, strict=True) if not w)
+        else:
+            left = sum(self.leftover[f] for f, w in zip(frees, whole, strict=True) if not w)
+        r = self.cpu_per_pct_by_model.get(models[0], self.cpu_per_pct) if models else self.cpu_per_pct
+        hit = (sum(frees), tuple(out), left, r)
         if len(self._cards) > 200_000:
             # Phi entries are keyed by summary ids: they go with the summaries.
             self._cards.clear()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Final
 
@@ -41,6 +41,10 @@ CARDS: Final = 1000
 ROUNDS: Final = 16
 REPLAYS: Final = 40
 MIN_SEEN: Final = 5  # fewer cards than this with a given hole: keep the previous estimate
+# With GPU models that constrained tasks need, each replay tries every model a task
+# allows: fewer replays keep learning near a second (gen-gpuspec33: 8 x 20 in ~2 s).
+MODEL_ROUNDS: Final = 8
+MODEL_REPLAYS: Final = 20
 
 # (cards per task, percent of each card (FULL_CORES: whole cards), weight)
 Draw = tuple[int, int, float]
@@ -149,3 +153,152 @@ def replay_cards(
             sums[h] += final[card]
             counts[h] += 1
     return idle * FULL_CORES + sum(final)
+
+
+# (cards per task, percent of each card, weight, the models it may use (empty: any))
+ModelDraw = tuple[int, int, float, frozenset[str]]
+
+
+def leftover_tables(
+    draws: Iterable[ModelDraw], cards_by_model: Mapping[str, int], price: Mapping[str, float]
+) -> dict[str, tuple[float, ...]]:
+    """E[h] per GPU model, for a workload whose tasks may be confined to some models:
+    the replay of ``leftover_table`` on a cluster of ``CARDS`` cards split among the models
+    as ``cards_by_model`` is, each task only on the models it allows, a share taking the
+    card (of any model it allows) where E[h - s] - E[h] + ``price`` x s is least and whole
+    cards the idle ones of the cheapest model. A hole on a model that constrained shares
+    need is filled more often than the same hole elsewhere, so its E differs.
+
+    Without any price (no model is needed by constrained tasks) every model gets the one
+    table of ``leftover_table``."""
+    draws = tuple(draws)
+    if not any(p > 0 for p in price.values()):
+        table = leftover_table((n, c, w) for n, c, w, _ in draws)
+        return {m: table for m in cards_by_model}
+    merged: dict[tuple[int, int, frozenset[str]], float] = {}
+    for n, cores, w, models in draws:
+        if n > 0 and 0 < cores <= FULL_CORES and w > 0:
+            merged[(n, cores, models)] = merged.get((n, cores, models), 0.0) + w
+    total = sum(merged.values())
+    key = tuple((n, c, tuple(sorted(ms)), round(w / total, 12)) for (n, c, ms), w in sorted(merged.items(), key=repr))
+    cap = sum(k for k in cards_by_model.values() if k > 0)
+    cards = tuple(sorted((m, round(CARDS * k / cap)) for m, k in cards_by_model.items() if k > 0))
+    prices = tuple(sorted((m, float(p)) for m, p in price.items()))
+    learned = learn_models(key, tuple((m, k) for m, k in cards if k > 0), prices)
+    if all(m in learned for m in cards_by_model):
+        return learned
+    fallback = leftover_table((n, c, w) for n, c, w, _ in draws)  # models too small to replay
+    return {m: learned.get(m, fallback) for m in cards_by_model}
+
+
+@lru_cache(maxsize=16)
+def learn_models(
+    draws: tuple[tuple[int, int, tuple[str, ...], float], ...],
+    cards: tuple[tuple[str, int], ...],
+    price: tuple[tuple[str, float], ...],
+    rounds: int = MODEL_ROUNDS,
+    replays: int = MODEL_REPLAYS,
+    seed: int = 0,
+) -> dict[str, tuple[float, ...]]:
+    """``leftover_tables`` for merged, normalized draws (cards per task, percent, allowed
+    models sorted (empty: any), weight), the replayed cards per model and each model's price."""
+    models = [m for m, _ in cards]
+    start = [float(h) for h in range(FULL_CORES + 1)]
+    start[FULL_CORES] = 0.0
+    tables = {m: list(start) for m in models}
+    if not any(c < FULL_CORES for _, c, _, _ in draws):
+        return {m: tuple(t) for m, t in tables.items()}
+    prices = dict(price)
+    size = dict(cards)
+    # Whole cards go to the cheapest model first, the larger among equals: try them in that order.
+    models.sort(key=lambda m: (prices.get(m, 0.0), -size[m], m))
+    kinds: list[tuple[list[int], tuple[str, ...]]] = []
+    for n, cores, allowed, _ in draws:
+        usable = tuple(m for m in models if not allowed or m in allowed)
+        kinds.append(([-n] if cores >= FULL_CORES else [cores] * n, usable))
+    demand = [n * cores for n, cores, _, _ in draws]
+    weights = [w for _, _, _, w in draws]
+    target = sum(k for _, k in cards) * FULL_CORES
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        sums = {m: [0.0] * (FULL_CORES + 1) for m in models}
+        counts = {m: [0] * (FULL_CORES + 1) for m in models}
+        for _ in range(replays):
+            tasks: list[tuple[int, tuple[str, ...]]] = []
+            total, full = 0, False
+            while not full:
+                for i in rng.choices(range(len(draws)), weights, k=256):
+                    if total + demand[i] > target:
+                        full = True
+                        break
+                    total += demand[i]
+                    tasks.extend((t, kinds[i][1]) for t in kinds[i][0])
+            _replay_models(tasks, tables, dict(cards), prices, sums, counts)
+        for m in models:
+            for h in range(1, FULL_CORES):
+                if counts[m][h] >= MIN_SEEN:
+                    tables[m][h] = (tables[m][h] + sums[m][h] / counts[m][h]) / 2
+    return {m: tuple(t) for m, t in tables.items()}
+
+
+def _replay_models(
+    tasks: Sequence[tuple[int, tuple[str, ...]]],
+    tables: Mapping[str, Sequence[float]],
+    cards: Mapping[str, int],
+    price: Mapping[str, float],
+    sums: Mapping[str, list[float]],
+    counts: Mapping[str, list[int]],
+) -> None:
+    """``replay_cards`` with cards of several models (see ``leftover_tables``)."""
+    idle = dict(cards)
+    open_count = {m: [0] * FULL_CORES for m in cards}
+    by_free: dict[tuple[str, int], list[int]] = {}
+    frees: dict[str, list[int]] = {m: [] for m in cards}
+    holes: list[set[int]] = []
+    final: list[int] = []
+    model_of: list[str] = []
+    for task, usable in tasks:
+        if task < 0:
+            for m in usable:  # cheapest first (``learn_models`` orders them)
+                if idle[m] >= -task:
+                    idle[m] += task
+                    break
+            continue
+        best_m, best_h, best_cost = "", -1, 0.0
+        for m in usable:
+            t, p = tables[m], price.get(m, 0.0) * task
+            fs = frees[m]
+            for h in fs[bisect_left(fs, task):]:
+                cost = t[h - task] - t[h] + p
+                if best_h < 0 or cost < best_cost:
+                    best_m, best_h, best_cost = m, h, cost
+            if idle[m]:
+                cost = t[FULL_CORES - task] + p
+                if best_h < 0 or cost < best_cost:
+                    best_m, best_h, best_cost = m, FULL_CORES, cost
+        if best_h < 0:
+            continue  # fits nowhere: dropped, as a failed pod
+        m = best_m
+        if best_h == FULL_CORES:
+            idle[m] -= 1
+            card = len(holes)
+            holes.append(set())
+            final.append(0)
+            model_of.append(m)
+        else:
+            card = by_free[(m, best_h)].pop()
+            open_count[m][best_h] -= 1
+            if not open_count[m][best_h]:
+                frees[m].remove(best_h)
+        left = best_h - task
+        holes[card].add(left)
+        final[card] = left
+        by_free.setdefault((m, left), []).append(card)
+        if left and not open_count[m][left]:
+            insort(frees[m], left)
+        open_count[m][left] += 1
+    for card, seen in enumerate(holes):
+        s, c = sums[model_of[card]], counts[model_of[card]]
+        for h in seen:
+            s[h] += final[card]
+            c[h] += 1

@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import policies
 from ..allocator import NoFit, Placement, place
-from ..fragmentation import Host, HostAware, WorkloadAware
+from ..fragmentation import CapacityAware, Host, HostAware, Workload, WorkloadAware
 from ..model import Allocation, PodRequest
 from ..policies import Policy
 from ..state import ClusterState, NodeState
@@ -79,7 +79,13 @@ class Cluster:
     """
 
     def __init__(
-        self, trace: Trace, policy_name: str, seed: int, host_scores: bool = True, learned: bool = False
+        self,
+        trace: Trace,
+        policy_name: str,
+        seed: int,
+        host_scores: bool = True,
+        learned: bool = False,
+        prior: Workload | None = None,
     ) -> None:
         self.state = ClusterState()
         self._rng = random.Random(seed)
@@ -90,8 +96,14 @@ class Cluster:
             self.state.upsert_node(n.inventory())
         self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in nodes]
         self.policy: Policy = policies.get(policy_name)
+        if isinstance(self.policy, CapacityAware):
+            by_model: dict[str, int] = {}
+            for n in nodes:
+                by_model[n.model] = by_model.get(n.model, 0) + n.gpus
+            self.policy.use_capacity(by_model)
         if isinstance(self.policy, WorkloadAware) and not learned:
-            self.policy.use_workload(target_workload(trace))  # ``learned``: the prior until ``learn``
+            # ``learned``: the built-in prior until ``learn``; ``prior``: a plan of the caller's
+            self.policy.use_workload(target_workload(trace) if prior is None else prior)
         if isinstance(self.policy, Seeded):
             self.policy.use_seed(seed)  # Random-fit's card draws repeat per seed
         self._host_aware = host_scores and isinstance(self.policy, HostAware)
@@ -148,7 +160,7 @@ class Cluster:
         """Plan for the workload of the pods placed so far, as ``Extender.learn_workload``
         does from bound pods; every cached score and placement goes with the old one."""
         if isinstance(self.policy, WorkloadAware):
-            self.policy.use_workload(workload_of(placed, models=False))
+            self.policy.use_workload(workload_of(placed))
             self.state.drop_scores()
             self._boards.clear()
             self._memos.clear()
@@ -221,13 +233,15 @@ def replay(
     host_scores: bool = True,
     tick: Callable[[], None] | None = None,
     learned: bool = False,
+    prior: Workload | None = None,
 ) -> Curve:
     """Try every pod once, in order; the curve of arrived and allocated GPU after each.
 
     ``learned``: the policy starts from its built-in prior and learns the workload from the
     pods placed (``LEARN_FIRST``, then every ``LEARN_EVERY``), as the extender does.
+    ``prior``: the policy plans for this workload throughout instead of the trace's own.
     """
-    cluster = Cluster(trace, policy_name, seed, host_scores, learned)
+    cluster = Cluster(trace, policy_name, seed, host_scores, learned, prior)
     arrived, allocated = [], []
     placed: list[TracePod] = []
     a = b = 0

@@ -31,9 +31,12 @@ class Run:
     unallocated_130: float
     allocated_on_grid: tuple[float, ...]
     seconds: float
+    # The published trace file on the published cluster: the paper's figures apply (runs
+    # saved before this field existed were all of the published files).
+    published: bool = True
 
     @staticmethod
-    def of(variant: str, policy: str, seed: int, curve: Curve, seconds: float) -> Run:
+    def of(variant: str, policy: str, seed: int, curve: Curve, seconds: float, published: bool = False) -> Run:
         return Run(
             variant,
             policy,
@@ -42,6 +45,7 @@ class Run:
             curve.unallocated_at(130),
             tuple(round(curve.allocated_pct_at(x), 3) for x in grid()),
             seconds,
+            published,
         )
 
 
@@ -75,8 +79,8 @@ def summarize(runs: Sequence[Run]) -> list[Row]:
                 statistics.fmean(u130),
                 statistics.pstdev(u130),
                 sum(r.seconds for r in rs),
-                published.figure(variant, policy, 100),
-                published.figure(variant, policy, 130),
+                published.figure(variant, policy, 100) if rs[0].published else None,
+                published.figure(variant, policy, 130) if rs[0].published else None,
             )
         )
     return rows

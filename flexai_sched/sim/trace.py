@@ -12,6 +12,11 @@ Mapping to the scheduling core (assumptions, stated once here):
   before cores, as in the trace where only ``gpu_milli`` is recorded. Whole cards
   take all of the card's memory.
 - ``gpu_spec`` ("A|B", empty = any) becomes the pod's ``CardSelector``.
+
+Any pod list in the openb format loads (``load_files``): a node list and a pod list, each
+named by its file. Required pod columns: ``num_gpu`` and ``gpu_milli``; optional ones, with
+their defaults when the column is missing: ``gpu_spec`` any model, ``name`` ``pod-<line>``,
+``cpu_milli`` and ``memory_mib`` 0. Other columns (qos, times) are ignored.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ VARIANTS: Final = (
     "gpushare100",
 )
 NODE_FILE: Final = "openb_node_list_gpu_node.csv"
+POD_PREFIX: Final = "openb_pod_list_"
+# The published cluster: the paper's figures apply only to replays on it.
+PUBLISHED_NODES: Final = (1213, 6212)  # nodes, GPUs
 
 
 class TraceError(ValueError):
@@ -94,6 +102,9 @@ class Trace:
     variant: str
     nodes: tuple[TraceNode, ...]
     pods: tuple[TracePod, ...]
+    # The pods come from the published file of that name, on the published cluster: the
+    # paper's figures for ``variant`` (if it has any) apply.
+    published: bool = False
 
     @property
     def gpu_capacity_milli(self) -> int:
@@ -101,13 +112,28 @@ class Trace:
 
 
 def load(folder: str | Path, variant: str = "default") -> Trace:
+    """The pod list ``openb_pod_list_<variant>.csv`` of ``folder`` on its GPU node list."""
     folder = Path(folder)
-    nodes = tuple(_nodes(folder / NODE_FILE))
-    pods = tuple(_pods(folder / f"openb_pod_list_{variant}.csv"))
+    return load_files(folder / NODE_FILE, folder / f"{POD_PREFIX}{variant}.csv")
+
+
+def load_files(node_file: str | Path, pod_file: str | Path) -> Trace:
+    """Any node list and pod list in the openb format; the trace is named by the pod file
+    (``openb_pod_list_cpu050.csv`` -> ``cpu050``, ``mine.csv`` -> ``mine``)."""
+    node_file, pod_file = Path(node_file), Path(pod_file)
+    nodes = tuple(_nodes(node_file))
     unknown = sorted({n.model for n in nodes} - set(CARD_MEMORY_MIB))
     if unknown:
-        raise TraceError(f"{folder / NODE_FILE}: GPU models without a memory size: {', '.join(unknown)}")
-    return Trace(variant, nodes, pods)
+        raise TraceError(f"{node_file}: GPU models without a memory size: {', '.join(unknown)}")
+    name = variant_name(pod_file)
+    published = pod_file.name == f"{POD_PREFIX}{name}.csv" and (
+        len(nodes), sum(n.gpus for n in nodes)) == PUBLISHED_NODES
+    return Trace(name, nodes, tuple(_pods(pod_file)), published)
+
+
+def variant_name(pod_file: str | Path) -> str:
+    """A pod list's row name: its file name without ``openb_pod_list_`` and ``.csv``."""
+    return Path(pod_file).stem.removeprefix(POD_PREFIX)
 
 
 def request(pod: TracePod, uid: str, card_memory_mib: int) -> PodRequest:
@@ -127,6 +153,7 @@ def smallest_card_mib(spec: frozenset[str], models: Iterable[str]) -> int:
 
 
 def _rows(path: Path, columns: tuple[str, ...]) -> Iterable[tuple[int, dict[str, str]]]:
+    """Rows by line number; ``columns`` must be there, the others default where read."""
     try:
         f = path.open(newline="")
     except OSError as e:
@@ -139,7 +166,9 @@ def _rows(path: Path, columns: tuple[str, ...]) -> Iterable[tuple[int, dict[str,
         yield from enumerate(reader, start=2)
 
 
-def _int(path: Path, line: int, row: dict[str, str], col: str) -> int:
+def _int(path: Path, line: int, row: dict[str, str], col: str, default: int | None = None) -> int:
+    if default is not None and row.get(col) is None:
+        return default  # an optional column the file does not have
     try:
         value = int(row[col])
     except (TypeError, ValueError):
@@ -158,7 +187,7 @@ def _nodes(path: Path) -> Iterable[TraceNode]:
 
 
 def _pods(path: Path) -> Iterable[TracePod]:
-    for line, row in _rows(path, ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")):
+    for line, row in _rows(path, ("num_gpu", "gpu_milli")):
         num_gpu, milli = _int(path, line, row, "num_gpu"), _int(path, line, row, "gpu_milli")
         if num_gpu == 0:
             milli = 0
@@ -166,5 +195,10 @@ def _pods(path: Path) -> Iterable[TracePod]:
             raise TraceError(f"{path}:{line}: num_gpu={num_gpu} gpu_milli={milli}: not a whole-percent share of one GPU or whole GPUs")
         spec = frozenset(m for m in (row.get("gpu_spec") or "").split("|") if m)
         yield TracePod(
-            row["name"], _int(path, line, row, "cpu_milli"), _int(path, line, row, "memory_mib"), num_gpu, milli, spec
+            row.get("name") or f"pod-{line}",
+            _int(path, line, row, "cpu_milli", 0),
+            _int(path, line, row, "memory_mib", 0),
+            num_gpu,
+            milli,
+            spec,
         )

@@ -45,8 +45,9 @@ def target_workload(trace: Trace) -> Workload:
 
 
 def workload_of(pods: Iterable[TracePod], models: bool = True) -> Workload:
-    """Task classes of ``pods`` by count; ``models=False`` drops the GPU-model constraint,
-    as the extender learns it from allocations (which do not record the pod's selector)."""
+    """Task classes of ``pods`` by count; ``models=False`` drops the GPU-model constraint
+    (what a planner that never saw the pods' selectors would learn; the extender records
+    the selector of each pod it binds, ``Extender.learn_workload``)."""
     counts = Counter(
         (p.num_gpu, FULL_CORES if p.gpu_milli >= 1000 else p.cores, p.cpu_milli, p.memory_mib,
          p.gpu_spec if models else frozenset())

@@ -145,3 +145,28 @@ def test_prioritize_without_a_prior_filter_scores_a_node_that_no_longer_fits() -
     too_big = pod("big", {"name": "m", "image": "x",
                           "resources": {"limits": limits(9, cores=50, memory_gib=1), "requests": {"cpu": "1"}}})
     assert ranks(ext, too_big) == {"a": 0, "b": 0}
+
+
+def test_the_learned_workload_keeps_the_gpu_models_pods_asked_for() -> None:
+    """A pod bound with a model selector is learned as a task of that model, and the policy
+    learns how many cards each model has: with pods that may only use the demo's T4 cards
+    asking more than there are, T4 cards get a price (``Fragmentation.PRICE``)."""
+    state = ClusterState()
+    backend = MemoryBackend([node("a", cards=8, model="H200"), node("t", cards=1, model="T4")], heartbeat_every=None)
+    ext = Extender(state, backend, Settings(node_policy="fragmentation"))
+    backend.start(state)
+    for n in ("a", "t"):
+        state.set_host_capacity(n, CPU, 1024 * 1024)
+    for i, model in enumerate(["T4", "T4", ""]):
+        lim = limits(1, cores=20, memory_gib=1) | ({f"huawei.com/vgpu-type.{model}": "1"} if model else {})
+        q = pod(f"q{i}", {"name": "m", "image": "x", "resources": {"limits": lim, "requests": {"cpu": "1"}}})
+        fits = ext.filter(q, ["a", "t"]).fits
+        assert fits == (["t"] if model else ["a", "t"])
+        ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], fits[0])
+    assert ext.learn_workload(min_pods=3) == 3
+    policy = ext._node_policy
+    assert isinstance(policy, Fragmentation)
+    models = {c.models for c in policy._workload.classes}
+    assert models == {frozenset(), frozenset({"T4"})}
+    # T4-only: 2/3 of the demand against 1/9 of the cards: pressure 6, price capped at PRICE.
+    assert policy._m.price == {"T4": pytest.approx(Fragmentation.PRICE)}

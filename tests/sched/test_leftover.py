@@ -73,3 +73,23 @@ def test_the_card_only_replay_places_and_counts_what_is_left() -> None:
     assert replay_cards([60, 40, 50, -1, 30], table, 2, sums, counts) == 20
     assert counts[40] == 1 and sums[40] == 0.0  # the first card had 40 free, ended full
     assert counts[50] == 1 and sums[50] == 20.0
+
+
+def test_per_model_tables_are_the_one_table_without_constrained_demand() -> None:
+    from flexai_sched.leftover import leftover_tables
+
+    draws = [(n, c, w, frozenset[str]()) for n, c, w in PAIRS]
+    tables = leftover_tables(draws, {"T4": 10, "G2": 90}, {})
+    assert tables == {"T4": leftover_table(PAIRS), "G2": leftover_table(PAIRS)}
+
+
+def test_per_model_tables_see_holes_only_constrained_shares_fill() -> None:
+    from flexai_sched.leftover import leftover_tables
+
+    # 32% shares only on T4 (T4 priced: they need it); 47% shares and whole cards anywhere.
+    # A card with a 32 on it (68 free) forms on T4 only, where more 32s fill it: E_T4[68] is
+    # learned; on G2 that hole never forms and keeps E = 68 (nothing known to fill it).
+    draws = [(1, 47, 3.0, frozenset[str]()), (1, 32, 1.0, frozenset({"T4"})), (1, FULL_CORES, 4.0, frozenset[str]())]
+    tables = leftover_tables(draws, {"T4": 20, "G2": 80}, {"T4": 1.0})
+    assert set(tables) == {"T4", "G2"}
+    assert tables["T4"][68] < tables["G2"][68] == 68.0  # a 32 on a card: only T4 ones get filled

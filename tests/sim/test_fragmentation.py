@@ -190,3 +190,41 @@ def test_fragmentation_puts_a_share_on_the_best_card_of_the_cluster() -> None:
         CARD = 0.0
 
     assert place(NodeMeasureOnly(w)) == ("b", 0)  # what the card term changes
+
+
+def test_fragmentation_keeps_the_cards_constrained_tasks_need() -> None:
+    # Shares of 47% that may go anywhere (6 parts of the demand) and shares of 47% that
+    # may only use T4 (5 parts); 1 T4 card per 9 G2 cards. An unconstrained 47 has two
+    # places: beside a 47 on the T4 card (6 left: the best hole) or an idle G2 card (53
+    # left). Without the constraint the hole wins; with it, T4-only shares ask 5 times the
+    # T4 cards (pressure 5, price 1 per percent): that T4 hole is one a T4-only 47 needs,
+    # and the share opens the G2 card instead.
+    t4 = (Card(0, "t4", "T4", 16384, 100),)
+    g2 = (Card(0, "g2", "G2", 32768, 100),)
+
+    def workload(t4_only: bool) -> Workload:
+        return Workload.of([TaskClass(1, 47, 6.0), TaskClass(1, 47, 5.0, models=frozenset({"T4"}) if t4_only else frozenset())])
+
+    def choice(policy: Fragmentation) -> str:
+        on_t4 = policy.node_score(t4, used(47), used(94))
+        on_g2 = policy.node_score(g2, used(0), used(47))
+        return "T4" if on_t4 > on_g2 else "G2"
+
+    for t4_only, expected in ((False, "T4"), (True, "G2")):
+        policy = Fragmentation(workload(t4_only))
+        policy.use_capacity({"T4": 1, "G2": 9})
+        assert choice(policy) == expected, t4_only
+    # Without the cluster's capacity per model there is no pressure to read: the hole wins.
+    assert choice(Fragmentation(workload(True))) == "T4"
+
+
+def test_fragmentation_prices_whole_cards_of_a_needed_model() -> None:
+    # One whole card, any model; half the demand is whole V100 cards, 1 V100 card of 10.
+    v100 = (Card(0, "v", "V100M32", 32768, 100),)
+    g2 = (Card(0, "g", "G2", 32768, 100),)
+    w = Workload.of([TaskClass(1, FULL_CORES, 1.0), TaskClass(1, FULL_CORES, 1.0, models=frozenset({"V100M32"}))])
+    policy = Fragmentation(w)
+    policy.use_capacity({"V100M32": 1, "G2": 9})
+    # Price 1 per percent x 100 percent x CARD 1000 apart.
+    gap = policy.node_score(g2, used(0), used(100)) - policy.node_score(v100, used(0), used(100))
+    assert gap == pytest.approx(Fragmentation.CARD * 100, rel=0.01)

@@ -147,8 +147,8 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
 
 
 def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
-    """``learned``: the built-in prior first; then the placed pods' workload (no GPU-model
-    constraint, as the extender learns it), every cached score and placement dropped."""
+    """``learned``: the built-in prior first; then the placed pods' workload (GPU-model
+    constraints included, as the extender records them), every cached score and placement dropped."""
     from flexai_sched.fragmentation import DEFAULT_WORKLOAD, Fragmentation
 
     t = trace.load(write_trace(tmp_path, ["n0,64000,262144,2,T4", "n1,64000,262144,2,T4"], []))
@@ -160,7 +160,8 @@ def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
         assert cluster.schedule(p)
     assert any(n.fit_cache for n in cluster.state.nodes())
     cluster.learn(placed)
-    assert sorted(cluster.policy._m.shapes) == [(1, 32, frozenset()), (1, 47, frozenset())]  # type: ignore[attr-defined]
+    assert sorted(cluster.policy._m.shapes, key=repr) == [  # type: ignore[attr-defined]
+        (1, 32, frozenset()), (1, 47, frozenset({"T4"}))]
     assert not any(n.fit_cache for n in cluster.state.nodes())
     assert cluster.schedule(pod("c", 470))  # scoring works again from empty caches
 

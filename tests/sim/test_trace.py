@@ -65,3 +65,15 @@ def test_unknown_model_and_missing_file(tmp_path: Path) -> None:
         trace.load(write_trace(tmp_path / "a", ["n0,8000,32768,2,H200"], []))
     with pytest.raises(trace.TraceError, match="openb_pod_list_cpu050.csv"):
         trace.load(write_trace(tmp_path / "b", ["n0,8000,32768,2,T4"], []), "cpu050")
+
+
+def test_optional_columns_take_their_defaults(tmp_path: Path) -> None:
+    (tmp_path / "n.csv").write_text("sn,cpu_milli,memory_mib,gpu,model\nn0,8000,32768,2,T4\n")
+    (tmp_path / "openb_pod_list_x.csv").write_text("num_gpu,gpu_milli\n1,500\n2,1000\n")
+    t = trace.load_files(tmp_path / "n.csv", tmp_path / "openb_pod_list_x.csv")
+    assert t.variant == "x" and not t.published  # named by its file; not the published cluster
+    assert [(p.name, p.cpu_milli, p.memory_mib, p.gpu_spec) for p in t.pods] == [
+        ("pod-2", 0, 0, frozenset()), ("pod-3", 0, 0, frozenset())]
+    (tmp_path / "bad.csv").write_text("name,num_gpu\na,1\n")
+    with pytest.raises(trace.TraceError, match="missing columns gpu_milli"):
+        trace.load_files(tmp_path / "n.csv", tmp_path / "bad.csv")
