@@ -190,6 +190,10 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
     cpu = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_ms_per_pod.items())
     print(f"  {result.nodes:>5} nodes  {result.pods:5} pods  {result.scheduler:8}  {mode:6}  "
           f"{result.rate:7.1f} pods/s   cpu ms/pod: {cpu}", flush=True)
+    # Pods scheduled more than once (a bind refused, a filter error) cost every component again.
+    events = core.list_namespaced_event(NS, field_selector="reason=FailedScheduling").items
+    failed = sum(e.count or 1 for e in events if (e.involved_object.name or "").startswith(f"{tag}-"))
+    print(f"    {failed} FailedScheduling events for these pods", flush=True)
     wipe_pods(plane, core)
     return result
 
