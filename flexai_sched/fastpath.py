@@ -63,7 +63,8 @@ class HotVerbs:
         try:
             args = _decode(body)
             reply = _encode(self._filter(args) if path == "/filter" else self._prioritize(args))
-        except (msgspec.DecodeError, UnicodeEncodeError):  # not the happy path: FastAPI answers
+        except Exception:  # not the happy path (msgspec refused the body or the reply): FastAPI answers
+            log.debug("%s: answered by the app", path, exc_info=True)
             await self.app(scope, _replay(body, receive), send)
             return
         await _send_raw(send, 200, reply)
