@@ -192,8 +192,10 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
           f"{result.rate:7.1f} pods/s   cpu ms/pod: {cpu}", flush=True)
     # Pods scheduled more than once (a bind refused, a filter error) cost every component again.
     events = core.list_namespaced_event(NS, field_selector="reason=FailedScheduling").items
-    failed = sum(e.count or 1 for e in events if (e.involved_object.name or "").startswith(f"{tag}-"))
-    print(f"    {failed} FailedScheduling events for these pods", flush=True)
+    mine = [e for e in events if (e.involved_object.name or "").startswith(f"{tag}-")]
+    print(f"    {sum(e.count or 1 for e in mine)} FailedScheduling events for these pods", flush=True)
+    for message in sorted({str(e.message)[:300] for e in mine})[:3]:
+        print(f"      {message}", flush=True)
     wipe_pods(plane, core)
     return result
 
