@@ -10,6 +10,10 @@ of each shape (cold cache) is timed and reported separately.
 With ``--hosts`` every node has a host (128 CPUs, 2 TiB) and every pod asks 4 CPUs per
 vGPU, so prioritize scores with the host (the Kubernetes backend's path, ``host_cache``).
 
+Every measured call is also sent, with the same body, to the floor: a do-nothing
+extender on a raw uvloop + httptools + msgspec server (bench/floor_extender.py), in its own
+process, alternating which goes first; the ratio ours / floor is printed per percentile.
+
     .venv/bin/python bench/extender_latency.py [--nodes 5000] [--calls 400] [--hosts]
 """
 
@@ -24,6 +28,8 @@ import statistics
 import time
 
 import httpx
+
+import floor_extender
 
 SHAPES = [  # (vgpus, cores, memory GiB): a mix like the seed's users send
     (1, 20, 3), (1, 10, 8), (1, 50, 40), (2, 30, 16), (1, 100, None), (1, 0, 4), (4, 25, 20), (1, 5, 1),
@@ -102,6 +108,8 @@ def main() -> None:
     proc = mp.get_context("spawn").Process(target=serve, args=(args.port, args.nodes, ready, args.hosts), daemon=True)
     t0 = time.time()
     proc.start()
+    floor = mp.get_context("spawn").Process(target=floor_extender.serve, args=(args.port + 1,), daemon=True)
+    floor.start()
     ready.wait(600)
     url = f"http://127.0.0.1:{args.port}"
     names = [f"n{i:05d}" for i in range(args.nodes)]
@@ -117,37 +125,62 @@ def main() -> None:
     # The measured calls use the stdlib's HTTP client on one kept-alive connection: it adds
     # far less client time than httpx, closer to kube-scheduler's Go client.
     conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=30)
+    floor_conn = http.client.HTTPConnection("127.0.0.1", args.port + 1, timeout=30)
     h = {"content-type": "application/json"}
 
-    def post(path: str, body: object) -> tuple[object, float]:
+    def post(path: str, body: object, c: http.client.HTTPConnection = conn) -> tuple[object, float]:
         raw = json.dumps(body).encode()
         a = time.perf_counter()
-        conn.request("POST", path, raw, h)
-        data = conn.getresponse().read()
+        c.request("POST", path, raw, h)
+        data = c.getresponse().read()
         took = (time.perf_counter() - a) * 1e3  # the client's JSON decoding is not the server's time
         return json.loads(data), took
 
-    cold = []
+    for _ in range(300):  # floor up?
+        try:
+            post("/filter", {"Pod": {}, "NodeNames": []}, floor_conn)
+            break
+        except OSError:
+            floor_conn.close()
+            time.sleep(0.1)
+
+    cold: list[float] = []
+    cold_floor: list[float] = []
     for j, shape in enumerate(SHAPES):  # the first pod of each shape computes every node's fit
         p = pod(f"w{j}", shape)
         fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names})
         _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]})  # type: ignore[index]
         cold.append(ta + tb)
+        _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names}, floor_conn)
+        _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)  # type: ignore[index]
+        cold_floor.append(fa + fb)
     print(f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
-          f"max={max(cold):.1f} ms")
+          f"max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)")
     # kube-scheduler stops looking once it has enough feasible nodes (percentageOfNodesToScore:
     # 10% of 5,000), so real calls carry ~500 names; all 5,000 is the worst case.
     for label, count in (("all nodes", len(names)), ("10% sample", max(1, len(names) // 10))):
         lat: dict[str, list[float]] = {"filter": [], "prioritize": [], "filter+prioritize": []}
+        flat: dict[str, list[float]] = {"filter": [], "prioritize": [], "filter+prioritize": []}
         for i in range(args.calls):
             p = pod(f"p{label[0]}{i}", rng.choice(SHAPES))
             sent = rng.sample(names, count) if count < len(names) else names
+            if i % 2:  # the floor first on odd calls: neither side always finds a warm cache
+                _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
             fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent})
+            if not i % 2:
+                _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
             fits = fr["NodeNames"]  # type: ignore[index]
+            if i % 2:
+                _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits}, floor_conn)
             _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits})
+            if not i % 2:
+                _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits}, floor_conn)
             lat["filter"].append(ta)
             lat["prioritize"].append(tb)
             lat["filter+prioritize"].append(ta + tb)
+            flat["filter"].append(fa)
+            flat["prioritize"].append(fb)
+            flat["filter+prioritize"].append(fa + fb)
             if i % 10 == 0 and fits:
                 post("/bind", {"PodName": p["metadata"]["name"], "PodNamespace": "bench",  # type: ignore[index]
                                "PodUID": p["metadata"]["uid"], "Node": rng.choice(fits)})  # type: ignore[index]
@@ -155,11 +188,17 @@ def main() -> None:
         for k, xs in lat.items():
             print(f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "
                   f"max={max(xs):6.2f} ms")
+            fs = flat[k]
+            print(f"{'  floor':18s} p50={pct(fs, 50):6.2f} ms  p90={pct(fs, 90):6.2f} ms  p99={pct(fs, 99):6.2f} ms  "
+                  f"max={max(fs):6.2f} ms")
+            print(f"{'  ours / floor':18s} p50={pct(xs, 50) / pct(fs, 50):6.2f}x    p90={pct(xs, 90) / pct(fs, 90):6.2f}x"
+                  f"    p99={pct(xs, 99) / pct(fs, 99):6.2f}x")
     conn.request("GET", "/v1/nodes")
     alloc = json.loads(conn.getresponse().read())
     used = statistics.mean(n["cores_allocated_pct"] for n in alloc)
     print(f"nodes={args.nodes} cards/node=8 cores allocated={used:.1f}%")
     proc.terminate()
+    floor.terminate()
 
 
 if __name__ == "__main__":

@@ -190,11 +190,17 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
     cpu = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_ms_per_pod.items())
     print(f"  {result.nodes:>5} nodes  {result.pods:5} pods  {result.scheduler:8}  {mode:6}  "
           f"{result.rate:7.1f} pods/s   cpu ms/pod: {cpu}", flush=True)
+    # Pods scheduled more than once (a bind refused, a filter error) cost every component again.
+    events = core.list_namespaced_event(NS, field_selector="reason=FailedScheduling").items
+    mine = [e for e in events if (e.involved_object.name or "").startswith(f"{tag}-")]
+    print(f"    {sum(e.count or 1 for e in mine)} FailedScheduling events for these pods", flush=True)
+    for message in sorted({str(e.message)[:300] for e in mine})[:3]:
+        print(f"      {message}", flush=True)
     wipe_pods(plane, core)
     return result
 
 
-def bench(nodes: int, pods: int) -> list[Result]:
+def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst")) -> list[Result]:
     work = Path(tempfile.mkdtemp(prefix=f"flexai-bench-{nodes}-"))
     plane = ControlPlane(BIN, workdir=work, scheduler_config={"clientConnection": {"qps": 5000, "burst": 5000}})
     plane.start()
@@ -216,7 +222,7 @@ def bench(nodes: int, pods: int) -> list[Result]:
         # The heartbeat written above must stay fresh for the whole run.
         plane.start_extender(dataclasses.replace(flexai_sched_extender("--heartbeat-ttl", "86400"),
                                                  health_path="/readyz", startup_timeout=120))
-        for mode in ("stream", "burst"):
+        for mode in modes:
             out.append(run(plane, core, nodes, pods, vgpu=False, extender=False, mode=mode, tag=f"a{mode[0]}"))
             out.append(run(plane, core, nodes, pods, vgpu=False, extender=True, mode=mode, tag=f"b{mode[0]}"))
             out.append(run(plane, core, nodes, pods, vgpu=True, extender=True, mode=mode, tag=f"c{mode[0]}"))
@@ -230,15 +236,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--pods", type=int, default=500)
+    p.add_argument("--modes", nargs="+", choices=("stream", "burst"), default=["stream", "burst"])
     args = p.parse_args()
     results: list[Result] = []
     for n in args.nodes:
-        results += bench(n, args.pods)
+        results += bench(n, args.pods, tuple(args.modes))
     print("\n| nodes | mode | plain, kube-scheduler alone | plain, with extender | vGPU, with extender "
           "| ratio plain | ratio vGPU |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for n in args.nodes:
-        for mode in ("stream", "burst"):
+        for mode in args.modes:
             r = {(x.pods, x.scheduler): x.rate for x in results if x.nodes == n and x.mode == mode}
             alone = r[("plain", "alone")]
             print(f"| {n} | {mode} | {alone:.1f} | {r[('plain', 'extender')]:.1f} | {r[('vgpu', 'extender')]:.1f} "

@@ -24,6 +24,9 @@ Caches, per node (``NodeState``), keyed by small interned ids:
 - ``host_cache``: (GPU shape, pod host request) id -> the host-aware score; reset when
   the node's cards, allocations or host usage change (``ClusterState`` gives the node a
   new one).
+
+and across nodes, ``_shared``: (node content, shape, host) -> (verdict, score), so nodes
+whose cards and usage are alike are worked out once per shape.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ MAX_SHAPES = 100_000
 # A reason is repeated for every node of a filter reply: a pod whose annotations make it
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
+MAX_SHARED = 50_000
 
 
 @dataclass(slots=True)
@@ -88,6 +92,9 @@ class Extender:
         # Pod shapes -> small ints: fit-cache lookups then hash an int, not nested tuples.
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._next_shape_id = 0
+        # (node content, shape key, host key, host) -> (verdict, score): nodes whose cards and
+        # usage are alike (empty nodes, full nodes) are worked out once per shape, not each.
+        self._shared: dict[tuple[object, ...], tuple[Any, float]] = {}
         self._host_aware: dict[type, bool] = {}  # policy class -> isinstance(HostAware), asked once
         # Binds whose outcome is unknown (CommitUnknown): key -> (uid, deadline). Their slices
         # stay ASSUMED until the watch shows the pod bound or ``bind_hold_s`` pass: a Binding
@@ -202,24 +209,39 @@ class Extender:
         Only these small values are cached, not placements: a cluster of 5,000 nodes and
         dozens of shapes would otherwise hold millions of objects for the GC to walk.
         """
-        got = self.fit(node, req)
-        if isinstance(got, Placement):
-            host = node.host  # one NodeState: its host and host_cache belong together
-            if hkey and host is not None:
-                node.host_cache[hkey] = cast(HostAware, policy).host_node_score(
-                    node.cards, node.usage, got.usage_after, host, req.cpu_milli, req.memory_mib
-                )
+        host = node.host  # one NodeState: its host and host_cache belong together
+        with_host = bool(hkey) and host is not None
+        # A selector naming card UUIDs reads what ``content`` leaves out: not shared.
+        shared = None if req.selector.uuids or req.selector.exclude_uuids else (
+            node.content, key, hkey if with_host else 0, host if with_host else None)
+        hit = self._shared.get(shared) if shared is not None else None
+        if hit is not None:
+            verdict, score = hit
+        else:
+            got = self.fit(node, req)
+            if isinstance(got, Placement):
+                verdict = True
+                if with_host:
+                    assert host is not None
+                    score = cast(HostAware, policy).host_node_score(
+                        node.cards, node.usage, got.usage_after, host, req.cpu_milli, req.memory_mib)
+                else:
+                    score = policy.node_score(node.cards, node.usage, got.usage_after)
             else:
-                node.fit_cache[-key] = policy.node_score(node.cards, node.usage, got.usage_after)
-            node.fit_cache[key] = True
-            return True
-        if len(_INTERNED) > MAX_SHAPES:
-            _INTERNED.clear()
-        if len(got.reason) > MAX_REASON:
-            got = NoFit(_short(got.reason), got.resolvable)
-        verdict = _INTERNED.setdefault((got.reason, got.resolvable), got)
+                if len(_INTERNED) > MAX_SHAPES:
+                    _INTERNED.clear()
+                if len(got.reason) > MAX_REASON:
+                    got = NoFit(_short(got.reason), got.resolvable)
+                verdict, score = _INTERNED.setdefault((got.reason, got.resolvable), got), _NO_FIT
+            if shared is not None:
+                if len(self._shared) >= MAX_SHARED:
+                    self._shared.clear()
+                self._shared[shared] = (verdict, score)
+        if verdict is True and with_host:
+            node.host_cache[hkey] = score
+        else:
+            node.fit_cache[-key] = score
         node.fit_cache[key] = verdict
-        node.fit_cache[-key] = _NO_FIT
         return verdict
 
     # ---- prioritize ----
@@ -471,6 +493,7 @@ class Extender:
                 policy.use_capacity(cards)  # what the constrained tasks' models can take
             policy.use_workload(workload)
         self.workload = workload
+        self._shared.clear()
         self.state.drop_scores()
         return len(requests)
 

@@ -428,6 +428,10 @@ class Fragmentation(_Measured):
         )
 
 
+# Entries per memo of ``_Measure``: each holds a node state (~1 KiB); a long-lived extender
+# sees new states with every bind, so the memos are cleared when full (RSS stays flat).
+MEMO = 50_000
+
 # Free percent of a node; per workload GPU shape: (fits, free it could use); the shared
 # cards' expected leftover; the workload's CPU per percent of GPU for the node's model.
 Summary = tuple[int, tuple[tuple[int, int], ...], float, float]
@@ -546,7 +550,7 @@ class _Measure:
         key = (id(summary), cpu_free)
         phi = self._phis.get(key)
         if phi is None:
-            if len(self._phis) > 500_000:
+            if len(self._phis) > 2 * MEMO:
                 self._phis.clear()
             phi = self._phis[key] = self._phi_of(summary, cpu_free)
         return phi
@@ -574,7 +578,7 @@ class _Measure:
         if seen is not None and seen[0] is cards and seen[1] is usage:
             return seen[2]
         summary = self._summary_of(cards, usage)
-        if len(self._by_id) > 200_000:  # bounded: a long-lived extender sees many states
+        if len(self._by_id) > MEMO:  # bounded: a long-lived extender sees many states
             self._by_id.clear()
         self._by_id[ident] = (cards, usage, summary)
         return summary
@@ -604,7 +608,7 @@ class _Measure:
             left = sum(self.leftover[f] for f, w in zip(frees, whole, strict=True) if not w)
         r = self.cpu_per_pct_by_model.get(models[0], self.cpu_per_pct) if models else self.cpu_per_pct
         hit = (sum(frees), tuple(out), left, r)
-        if len(self._cards) > 200_000:
+        if len(self._cards) > MEMO:
             # Phi entries are keyed by summary ids: they go with the summaries.
             self._cards.clear()
             self._by_id.clear()

@@ -51,6 +51,10 @@ from .preemption import Budget
 from .quota import QuotaBook, allocation_usage
 
 
+# Bound on the interned node contents: a few per live node (each bind makes a new one).
+MAX_CONTENTS = 20_000
+
+
 class AllocState(enum.Enum):
     ASSUMED = "assumed"
     BOUND = "bound"
@@ -84,6 +88,9 @@ class NodeState:
     host: Host | None = None
     # Interned (shape, host request) id -> score read with ``host``; new with every host change.
     host_cache: dict[int, float] = field(default_factory=dict)
+    # Names what fit verdicts and scores read of the node: its cards but their UUIDs, and their
+    # usage. Nodes with the same ``content`` get the same answers (the extender shares them).
+    content: int = 0
 
     @property
     def name(self) -> str:
@@ -119,6 +126,9 @@ class ClusterState:
         self._budgets: dict[tuple[str, str], Budget] = {}
         self._rejected: dict[str, Rejected] = {}  # pod key -> why its allocation is not counted
         self._rejections: dict[str, int] = {}  # reason -> rejections recorded, ever
+        self._contents: dict[tuple[object, ...], int] = {}  # NodeState.content ids, never reused
+        self._specs: dict[str, tuple[tuple[Card, ...], int]] = {}  # node -> (its cards, their spec's id)
+        self._next_content = 0
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -418,5 +428,26 @@ class ClusterState:
                     usage[pos] = usage[pos].plus(held)
         self._versions += 1
         self._nodes[inventory.name] = NodeState(
-            inventory, tuple(usage), self._versions, pods, host=self._host(inventory.name)
+            inventory, tuple(usage), self._versions, pods, host=self._host(inventory.name),
+            content=self._content(inventory.name, inventory.cards, tuple(usage)),
         )
+
+    def _content(self, name: str, cards: tuple[Card, ...], usage: tuple[CardUsage, ...]) -> int:
+        seen = self._specs.get(name)
+        if seen is None or seen[0] is not cards:  # the spec is worked out once per inventory
+            spec = tuple((c.index, c.model, c.memory_mib, c.max_vgpus, c.healthy, c.numa, c.used_outside_mib)
+                         for c in cards)
+            seen = self._specs[name] = (cards, self._intern_content(spec))
+        return self._intern_content((seen[1], usage))
+
+    def _intern_content(self, key: tuple[object, ...]) -> int:
+        got = self._contents.get(key)
+        if got is None:
+            if len(self._contents) >= MAX_CONTENTS:
+                # Ids are never reused: old ones only stop being shared. Live nodes' specs
+                # are interned again as their nodes change.
+                self._contents.clear()
+                self._specs.clear()
+            self._next_content += 1
+            got = self._contents[key] = self._next_content
+        return got

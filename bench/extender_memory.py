@@ -1,0 +1,114 @@
+"""The extender's resident memory at 5,000 nodes x 8 cards with 40,000 bound pods, and under churn.
+
+In one process, on the in-memory backend (whose copies of the 40,000 pods count in the
+RSS too): fill the cluster through filter, prioritize and bind as kube-scheduler would
+drive them (each pod offered ``--offer`` random nodes), report the RSS, then for
+``--minutes`` delete a random bound pod and schedule a new one (new name, new UID, one of
+the 12 shapes of bench/extender_latency.py), printing the RSS every ``--every`` seconds.
+The first ``--warmup`` minutes fill the bounded caches (pending requests, interned shapes,
+per-node verdicts); the RSS after them must not grow.
+
+    .venv/bin/python bench/extender_memory.py [--nodes 5000] [--pods 40000] [--minutes 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import resource
+import time
+
+from extender_latency import SHAPES, pod
+
+from flexai_sched import demo
+from flexai_sched.backend import MemoryBackend
+from flexai_sched.config import Settings
+from flexai_sched.extender import BindError, Extender
+from flexai_sched.state import ClusterState
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--pods", type=int, default=40_000)
+    ap.add_argument("--offer", type=int, default=50, help="nodes offered per pod")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--every", type=float, default=60.0)
+    args = ap.parse_args()
+    t0 = time.time()
+    print(f"start: RSS {rss_mib():.0f} MiB")
+    inv = demo.inventory({"nodes": [{"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771,
+                                                                      "count": 8}]} for i in range(args.nodes)]})
+    state = ClusterState()
+    backend = MemoryBackend(inv)  # heartbeats every 10 s, as in the demo
+    backend.start(state)
+    ext = Extender(state, backend, Settings())
+    names = [n.name for n in inv]
+    rng = random.Random(5)
+    print(f"{args.nodes} nodes: RSS {rss_mib():.0f} MiB")
+    bound: list[tuple[str, str]] = []  # (name, uid) of bound pods
+    serial = 0
+
+    def schedule() -> bool:
+        nonlocal serial
+        serial += 1
+        name = f"m{serial}"
+        p = pod(name, rng.choice(SHAPES))
+        p["metadata"]["uid"] = f"uid-{name}"  # type: ignore[index]
+        backend.create_pod(p)
+        offered = rng.sample(names, args.offer)
+        fits = ext.filter(p, offered).fits
+        if not fits:
+            backend.delete_pod("bench", name)
+            return False
+        best = max(ext.prioritize(p, fits), key=lambda hs: hs[1])[0]
+        try:
+            ext.bind("bench", name, f"uid-{name}", best)
+        except BindError:
+            backend.delete_pod("bench", name)
+            return False
+        bound.append((name, f"uid-{name}"))
+        return True
+
+    while len(bound) < args.pods:
+        schedule()
+    gc.collect()
+    gc.freeze()  # as the app does after its initial sync
+    used = sum(sum(u.cores for u in n.usage) for n in state.nodes()) / (len(state) * 8)
+    print(f"{len(bound)} bound pods ({serial} tried, cores allocated {used:.1f}%) after {time.time() - t0:.0f}s: "
+          f"RSS {rss_mib():.0f} MiB (max {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+    start = time.time()
+    next_print = start
+    warm_rss = None
+    churned = 0
+    while (now := time.time()) - start < args.minutes * 60:
+        if now >= next_print:
+            minute = (now - start) / 60
+            rss = rss_mib()
+            if warm_rss is None and minute >= args.warmup:
+                warm_rss = rss
+            print(f"churn {minute:5.1f} min: {churned} deletes+creates, {len(bound)} bound, RSS {rss:.0f} MiB"
+                  + (f" ({rss - warm_rss:+.0f} MiB since warm-up)" if warm_rss is not None else " (warm-up)"),
+                  flush=True)
+            next_print += args.every
+        name, uid = bound.pop(rng.randrange(len(bound)))
+        backend.delete_pod("bench", name)
+        while not schedule():
+            pass
+        churned += 1
+    rss = rss_mib()
+    print(f"end: {churned} deletes+creates in {args.minutes:.0f} min, RSS {rss:.0f} MiB"
+          + (f", {rss - warm_rss:+.0f} MiB since the end of warm-up ({args.warmup:.0f} min)" if warm_rss else ""))
+    backend.stop()
+
+
+if __name__ == "__main__":
+    main()
