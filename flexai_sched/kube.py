@@ -516,6 +516,13 @@ class KubeBackend:
         except ann.EncodingError as e:
             self._reject(Rejected(key, uid, spec["nodeName"], MALFORMED, str(e)), release=True)
             return
+        # Before any early return: a pod this extender bound itself is already counted when its
+        # first event comes, and preemption needs its priority and labels (PDB selectors) all
+        # the same; a rejected allocation's release drops them again.
+        priority = spec.get("priority")
+        labels = meta.get("labels") or {}
+        state.set_pod_meta(key, uid, priority if isinstance(priority, int) else 0,
+                           {str(k): str(v) for k, v in labels.items()})
         if (state.allocation(key) == alloc and state.state_of(key) is AllocState.BOUND
                 and key not in self._cards_unchecked):
             # Counted as checked; a pod's vGPU requests cannot change: a status update.
@@ -529,10 +536,6 @@ class KubeBackend:
         if state.clear_rejection(key):
             log.info("pod %s: allocation counted again", key)
         state.observe(alloc)
-        priority = spec.get("priority")
-        labels = meta.get("labels") or {}
-        state.set_pod_meta(key, uid, priority if isinstance(priority, int) else 0,
-                           {str(k): str(v) for k, v in labels.items()})
 
     def _judge(self, pod: Obj, alloc: Allocation, node: str) -> Rejected | None:
         """Why this allocation must not be counted, or None. The annotation is on an object
