@@ -27,9 +27,13 @@ node:
 	tools/node/setup.sh
 	tools/node/images.sh >/dev/null
 
-test: $(BIN)/.installed controlplane node
+# The images (debootstrap and pip: mostly waiting on the network) build beside the Go binaries.
+test: $(BIN)/.installed
 	tools/browser/setup.sh
 	tools/images/setup.sh
+	tools/node/setup.sh
+	tools/images/build.sh --without-kube-scheduler >/dev/null & images=$$!; \
+	  tools/controlplane/build.sh && tools/node/images.sh >/dev/null && wait $$images
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -2,23 +2,27 @@
 # A Debian 12 base image made here with debootstrap, for building the project's images
 # where no image registry is reachable. It holds Python 3.11 with venv, CA certificates
 # (plus the build host's own extra CAs, so pip works behind a TLS-intercepting proxy),
-# and nothing else. Cached as a tar of the root filesystem, keyed by this file.
+# and nothing else. Cached as a tar of the root filesystem, keyed by what goes into it.
 #
 #   tools/images/base.sh        prints the path of the cached rootfs tar (builds it if missing)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
 cache=${FLEXAI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flexai}/images
-key=$(sha256sum "$here/base.sh" | cut -c1-16)
-out=$cache/base-rootfs-$key.tar
 mirror=${FLEXAI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=bookworm
+packages=python3,python3-venv,ca-certificates
+key=$( { echo "$suite minbase $packages $mirror"; cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true; } \
+  | sha256sum | cut -c1-16)
+out=$cache/base-rootfs-$key.tar
+mkdir -p "$cache"
+# One debootstrap at a time (the images and the real-node tests both ask for the base).
+exec 9>"$cache/.base.lock"
+flock 9
 
 if [[ ! -f $out ]]; then
-  mkdir -p "$cache"
   root=$(mktemp -d /var/tmp/flexai-base.XXXXXX)
   trap 'rm -rf "$root"' EXIT
   echo "debootstrap bookworm into $root" >&2
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$root" "$mirror" >&2
+  debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >&2
   if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
     chroot "$root" update-ca-certificates >&2

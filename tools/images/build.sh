@@ -4,8 +4,11 @@
 # saved as a docker-archive tar in a cache outside the repository, keyed by a hash of
 # its inputs, and rebuilt only when they change.
 #
-#   tools/images/build.sh     builds what is missing; prints one line per image:
+#   tools/images/build.sh [--without-kube-scheduler]
+#                             builds what is missing; prints one line per image:
 #                             <image reference> <archive path>
+#   (--without-kube-scheduler: all but the image of the control plane's kube-scheduler, so
+#   `make test` can build the rest while the Go binaries compile)
 #
 # Images:
 #   docker.io/flexai/flexai-sched:0.1.0      Dockerfile.scheduler (the chart's default name)
@@ -18,6 +21,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${FLEXAI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flexai}/images
 mkdir -p "$cache"
+exec 9>"$cache/.build.lock"  # one build at a time: buildah's names and the archives are shared
+flock 9
 version=$(awk -F'"' '$1 ~ /^version/ {print $2; exit}' "$repo/pyproject.toml")
 log() { echo "[images $(date +%T)] $*" >&2; }
 has_image() { buildah images --quiet "$1" >/dev/null 2>&1; }
@@ -69,6 +74,23 @@ bud() {
 bud flexai-sched Dockerfile.scheduler pyproject.toml README.md tools/images/requirements.py flexai_sched
 bud flexai-node Dockerfile.node pyproject.toml README.md tools/images/requirements.py flexai_sched flexai_node csrc/hook
 
+# ---- nginx for the read-only views proxy ----
+ref=localhost/flexai-views-nginx:bookworm
+tar=$cache/views-nginx-$(echo "$bkey nginx-light" | sha256sum | cut -c1-16).tar
+if [[ ! -f $tar ]]; then
+  log "making $ref"
+  c=$(buildah from --quiet "$base")
+  buildah run --network host "$c" -- sh -ec 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q;
+    apt-get install -y -q --no-install-recommends nginx-light >/dev/null || apt-get install -y -q --no-install-recommends nginx >/dev/null;
+    rm -rf /var/lib/apt/lists/* /var/log/nginx/*' >&2
+  buildah config --user 65532:65532 "$c"
+  buildah commit --quiet --rm "$c" "$ref" >/dev/null
+  archive "$ref" "$tar"
+fi
+echo "$ref $tar"
+
+[[ ${1:-} == --without-kube-scheduler ]] && exit 0
+
 # ---- kube-scheduler from the control-plane build (the upstream image needs a registry) ----
 bindir=$("$repo/tools/controlplane/build.sh" --print)
 ks=$(readlink -f "$bindir/kube-scheduler")
@@ -81,21 +103,6 @@ if [[ ! -f $tar ]]; then
   c=$(buildah from scratch)
   buildah copy --quiet "$c" "$ks" /usr/local/bin/kube-scheduler >/dev/null
   buildah config --env PATH=/usr/local/bin --entrypoint '["/usr/local/bin/kube-scheduler"]' "$c"
-  buildah commit --quiet --rm "$c" "$ref" >/dev/null
-  archive "$ref" "$tar"
-fi
-echo "$ref $tar"
-
-# ---- nginx for the read-only views proxy ----
-ref=localhost/flexai-views-nginx:bookworm
-tar=$cache/views-nginx-$(echo "$bkey $(sha256sum "$here/build.sh")" | sha256sum | cut -c1-16).tar
-if [[ ! -f $tar ]]; then
-  log "making $ref"
-  c=$(buildah from --quiet "$base")
-  buildah run --network host "$c" -- sh -ec 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q;
-    apt-get install -y -q --no-install-recommends nginx-light >/dev/null || apt-get install -y -q --no-install-recommends nginx >/dev/null;
-    rm -rf /var/lib/apt/lists/* /var/log/nginx/*' >&2
-  buildah config --user 65532:65532 "$c"
   buildah commit --quiet --rm "$c" "$ref" >/dev/null
   archive "$ref" "$tar"
 fi

@@ -55,7 +55,7 @@ if [[ ! -s $pause_out ]]; then
 fi
 echo "flexai.local/pause:1 $pause_out"
 
-# base: the rootfs tar's path carries its own key (a hash of base.sh).
+# base: the rootfs tar's path carries its own key (what goes into it, see base.sh).
 rootfs=$(bash "$here/../images/base.sh")
 base_out=$cache/base-$(key "$(basename "$rootfs")").tar
 if [[ ! -s $base_out ]]; then
