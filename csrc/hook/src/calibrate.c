@@ -5,7 +5,7 @@
  * Why: a power-capped card clocks down under a long full load and runs at its
  * top clock when it idles part of the time, so a share of its time is more
  * than that share of its full-load throughput. The hook corrects for that
- * (compute.c, speedup_pm) given the full-load clock as `ref_clock_mhz`; this
+ * (speedup.c, flexai_speedup_pm) given the full-load clock as `ref_clock_mhz`; this
  * file finds that clock on the card itself, so no figure is set by hand per
  * card model.
  *

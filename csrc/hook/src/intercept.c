@@ -325,7 +325,7 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
             flexai_compute_before_launch((stream), (flags));                      \
         CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
         if (r_ != CUDA_SUCCESS)                                                   \
-            flexai_compute_note_error(#name, r_);                                 \
+            flexai_driver_note_error(#name, r_);                                 \
         else if (COMPUTE_ON())                                                    \
             flexai_compute_after_launch((stream), (flags));                       \
         return r_;                                                                \

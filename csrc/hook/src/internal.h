@@ -11,6 +11,7 @@
  *   devices.c   maps a CUDA device ordinal of this process to a vGPU slot
  *   memory.c    counts every allocation and free against the slot's limit
  *   compute.c   holds kernel launches to the slot's share of the card's time
+ *               (with meter.c, controller.c, speedup.c, trace.c; see pace.h)
  *   intercept.c the exported cu* functions: thin wrappers over memory.c / compute.c
  *               (hooks.h is the one list of them, with their PFN typedefs)
  *   procaddr.c  dlsym and cuGetProcAddress: hand out the hook's functions
@@ -52,7 +53,7 @@ struct flexai_dev_config {
     uint32_t cores;             /* 1..99 = limited; 0 or 100 = unlimited */
     uint32_t core_offset;       /* 0..99 */
     uint32_t ref_clock_mhz;     /* SM clock at full load; 0 = measure time, not work */
-    /* Measured by the agent's calibration (compute.c, speedup_pm): the card's speed per busy
+    /* Measured by the agent's calibration (speedup.c, flexai_speedup_pm): the card's speed per busy
      * second at 10/30/50/70/90% duty over its speed at full load, per mille (0: unknown);
      * its power when idle (mW; 0: unknown). */
     uint16_t speedup_pm[FLEXAI_SPEEDUP_POINTS];
@@ -129,6 +130,8 @@ struct flexai_driver {
 };
 /* Resolved on first call; members may be NULL if the driver lacks them. */
 const struct flexai_driver *flexai_driver(void);
+/* With $FLEXAI_DEBUG: log (a few) failed driver calls of the hook's own and failed launches. */
+void flexai_driver_note_error(const char *what, CUresult r);
 
 /* ---- devices.c --------------------------------------------------------- */
 /* vGPU slot for a CUDA device ordinal of this process; -1 = not limited. */
@@ -167,9 +170,6 @@ extern _Atomic int flexai_compute_on;
 enum { FLEXAI_LAUNCH_KERNEL = 0, FLEXAI_LAUNCH_GRAPH = 1, FLEXAI_LAUNCH_PTSZ = 2 };
 void flexai_compute_before_launch(CUstream stream, int flags);
 void flexai_compute_after_launch(CUstream stream, int flags);
-/* With $FLEXAI_DEBUG: log (a few) failed driver calls of the hook's own and failed launches. */
-void flexai_compute_note_error(const char *what, CUresult r);
-void flexai_compute_reset_after_fork(void);
 
 /* ---- procaddr.c -------------------------------------------------------- */
 /* The hook function to hand out for an exported driver/NVML name, or NULL. */
