@@ -12,9 +12,9 @@
  *   memory.c    counts every allocation and free against the slot's limit
  *   compute.c   holds kernel launches to the slot's share of the card's time
  *               (with meter.c, controller.c, speedup.c, trace.c; see pace.h)
- *   intercept.c the exported cu* functions: thin wrappers over memory.c / compute.c
- *               (hooks.h is the one list of them, with their PFN typedefs)
- *   procaddr.c  dlsym and cuGetProcAddress: hand out the hook's functions
+ *   intercept.c the exported cu* functions and dlsym: thin wrappers over memory.c /
+ *               compute.c (hooks.h is the one list of them, with their PFN typedefs)
+ *   procaddr.c  which hook a dlsym / cuGetProcAddress lookup means; the real functions
  *   nvml.c      NVML memory getters show the slice
  *   api.c       the flexai_* C API read by Python through ctypes
  */
@@ -147,9 +147,14 @@ enum flexai_mem_kind { FLEXAI_MEM_PTR = 1, FLEXAI_MEM_HANDLE, FLEXAI_MEM_ARRAY, 
 int flexai_mem_reserve(int slot, uint64_t bytes);
 /* After the real call: on success remember (kind,key)->bytes, else give back. */
 void flexai_mem_commit(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t bytes, int ok);
+/* Where the driver picks the size: reserve this estimate of a pitched
+ * allocation, then flexai_mem_commit_resized() charges the real size. */
+uint64_t flexai_mem_pitch_estimate(size_t width_bytes, size_t height);
+/* Like flexai_mem_commit, for `reserved` bytes that turned out to be `actual`. */
+void flexai_mem_commit_resized(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t reserved,
+                               uint64_t actual, int ok);
 /* On free: forget (kind,key) and give its bytes back. */
 void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key);
-/* Charge the context overhead of `dev` once per process. */
 /* Before a context opens on `dev`: charge its overhead once per process and
  * vGPU. FLEXAI_CTX_REFUSED: no room in the slice (the caller returns
  * CUDA_ERROR_OUT_OF_MEMORY); FLEXAI_CTX_CHARGED: charged now, so undo with
@@ -170,10 +175,6 @@ extern _Atomic int flexai_compute_on;
 enum { FLEXAI_LAUNCH_KERNEL = 0, FLEXAI_LAUNCH_GRAPH = 1, FLEXAI_LAUNCH_PTSZ = 2 };
 void flexai_compute_before_launch(CUstream stream, int flags);
 void flexai_compute_after_launch(CUstream stream, int flags);
-
-/* ---- procaddr.c -------------------------------------------------------- */
-/* The hook function to hand out for an exported driver/NVML name, or NULL. */
-void *flexai_hook_by_name(const char *name);
 
 /* ---- nvml.c ------------------------------------------------------------ */
 void *flexai_nvml_hook_by_name(const char *name);

@@ -6,6 +6,8 @@
  *     real allocation
  *     commit(slot, kind, key, bytes, ok)   remembers key -> bytes, or gives back
  * and of a free wrapper: release(kind, key) after the real free succeeded.
+ * Where the driver picks the size (cuMemAllocPitch), reserve an estimate and
+ * commit_resized() settles the difference to the real size.
  * Reserving BEFORE the real call means two processes racing for the last
  * bytes cannot both get them (the check-and-add is one CAS in region.c).
  *
@@ -100,6 +102,29 @@ void flexai_mem_commit(int slot, enum flexai_mem_kind kind, uint64_t key, uint64
     n->next = s->head;
     s->head = n;
     pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t flexai_mem_pitch_estimate(size_t width_bytes, size_t height)
+{
+    return (((uint64_t)width_bytes + 511) & ~511ull) * height;
+}
+
+void flexai_mem_commit_resized(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t reserved,
+                               uint64_t actual, int ok)
+{
+    if (slot < 0)
+        return;
+    if (!ok) {
+        flexai_mem_commit(slot, kind, 0, reserved, 0);
+        return;
+    }
+    /* Forced: the memory is already taken, so the count must show it even
+     * if the estimate was short and that puts the slot past its limit. */
+    if (actual > reserved)
+        flexai_region_charge(slot, actual - reserved, 1);
+    else if (actual < reserved)
+        flexai_region_uncharge(slot, reserved - actual);
+    flexai_mem_commit(slot, kind, key, actual, 1);
 }
 
 void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key)
