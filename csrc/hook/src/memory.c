@@ -158,10 +158,10 @@ int flexai_mem_context_reserve(CUdevice dev)
     if (atomic_fetch_or(&g_ctx_charged, bit) & bit)
         return FLEXAI_CTX_FREE;
     /* Charged before the driver opens it, like an allocation: a context costs
-     * real memory, so past the limit it is refused (a 4th DataLoader worker
-     * that touches CUDA in a full slice gets CUDA_ERROR_OUT_OF_MEMORY instead
-     * of taking card memory outside the slice). Returned with the rest of the
-     * process's memory when the process ends. */
+     * real memory, so past the limit it is refused with
+     * CUDA_ERROR_OUT_OF_MEMORY rather than taken outside the slice
+     * (bench/results/hook-h200.md, "Figures behind the hook's constants").
+     * Returned with the rest of the process's memory when the process ends. */
     if (!flexai_region_charge(slot, flexai_config()->dev[slot].context_overhead, 0)) {
         atomic_fetch_and(&g_ctx_charged, ~bit);
         return FLEXAI_CTX_REFUSED;
