@@ -34,7 +34,7 @@
 _Atomic int flexai_compute_on = 1; /* cleared on first use if nothing is limited */
 
 static struct pace g_pace[FLEXAI_MAX_DEVICES];
-static int g_single_slot = -1;   /* the only slot this process can launch on, if any */
+static int g_single_slot = -1; /* the only slot this process can launch on, if any */
 static _Atomic int g_pacer_running;
 static pthread_mutex_t g_start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -161,17 +161,18 @@ static void report(void)
     for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
         struct pace *p = &g_pace[i];
         if (p->limited)
-            flexai_log("compute vGPU %d: target %llu us per %llu us, %llu windows (%llu skipped, "
-                       "%llu idle), %llu markers, %llu wait timeouts, max busy %llu us, lead %lld us, "
-                       "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz, power %u mW of %u, "
-                       "power gate %u/1000", i,
-                       (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
-                       (unsigned long long)p->windows, (unsigned long long)atomic_load(&p->skipped),
-                       (unsigned long long)atomic_load(&p->idle), (unsigned long long)p->markers,
-                       (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
-                       (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every),
-                       p->duty_pm, atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz,
-                       atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), atomic_load(&p->gate_pm));
+            flexai_log(
+                "compute vGPU %d: target %llu us per %llu us, %llu windows (%llu skipped, "
+                "%llu idle), %llu markers, %llu wait timeouts, max busy %llu us, lead %lld us, "
+                "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz, power %u mW of %u, "
+                "power gate %u/1000",
+                i, (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
+                (unsigned long long)p->windows, (unsigned long long)atomic_load(&p->skipped),
+                (unsigned long long)atomic_load(&p->idle), (unsigned long long)p->markers,
+                (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
+                (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every), p->duty_pm,
+                atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz,
+                atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), atomic_load(&p->gate_pm));
     }
     flexai_trace_dump();
 }
@@ -196,8 +197,7 @@ static void init(void)
      * path needs no driver call to find it. */
     int n = 0;
     const struct flexai_driver *d = flexai_driver();
-    if (c->ndev == 1 && d->device_get_count != NULL && d->device_get_count(&n) == CUDA_SUCCESS &&
-        n == 1)
+    if (c->ndev == 1 && d->device_get_count != NULL && d->device_get_count(&n) == CUDA_SUCCESS && n == 1)
         g_single_slot = flexai_slot_of_device(0);
     pthread_atfork(NULL, NULL, in_child);
     if (flexai_trace_init() || getenv("FLEXAI_DEBUG") != NULL)

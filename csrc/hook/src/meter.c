@@ -25,10 +25,10 @@
  */
 #include "pace.h"
 
-#define MAX_OUTSTANDING 8    /* unfinished markers allowed before the launcher waits (~4 ms) */
-#define MARKER_NS 500000ull  /* aim: one marker per 0.5 ms of GPU work */
+#define MAX_OUTSTANDING 8   /* unfinished markers allowed before the launcher waits (~4 ms) */
+#define MARKER_NS 500000ull /* aim: one marker per 0.5 ms of GPU work */
 #define MAX_MARKER_EVERY 4096
-#define MAX_QUEUED_NS 4000000ull /* at most ~4 ms of GPU work queued by a limited process */
+#define MAX_QUEUED_NS 4000000ull    /* at most ~4 ms of GPU work queued by a limited process */
 #define WAIT_LIMIT_NS 2000000000ull /* never wait longer than this on one event */
 /* All markers done and no event recorded for this long: the GPU ran dry,
  * whatever cuStreamQuery says (see flexai_meter_ran_dry()). */
@@ -51,7 +51,8 @@ static int stream_idle(CUstream s, int flags)
 {
     const struct flexai_driver *d = flexai_driver();
     CUresult r = (flags & FLEXAI_LAUNCH_PTSZ) && d->stream_query_ptsz ? d->stream_query_ptsz(s)
-                 : d->stream_query ? d->stream_query(s) : CUDA_ERROR_NOT_READY;
+                 : d->stream_query                                    ? d->stream_query(s)
+                                                                      : CUDA_ERROR_NOT_READY;
     return r == CUDA_SUCCESS;
 }
 
@@ -66,7 +67,8 @@ int flexai_meter_ran_dry(struct pace *p, CUstream s, int flags)
 {
     if (p->count != 0)
         return 0;
-    return atomic_load(&p->since_marker) == 0 || flexai_pace_now_ns() - p->mark_ns > QUIET_NS || stream_idle(s, flags);
+    return atomic_load(&p->since_marker) == 0 || flexai_pace_now_ns() - p->mark_ns > QUIET_NS ||
+           stream_idle(s, flags);
 }
 
 int flexai_meter_record(CUevent ev, CUstream s, int flags)
@@ -144,7 +146,9 @@ void flexai_meter_retire(struct pace *p, int block)
             p->per_marker_ns = (3 * p->per_marker_ns + gap) / 4;
             uint64_t per = gap / m->launches;
             uint64_t n = per > 0 ? MARKER_NS / per : MAX_MARKER_EVERY;
-            atomic_store(&p->marker_every, (uint32_t)(n < 1 ? 1 : n > MAX_MARKER_EVERY ? MAX_MARKER_EVERY : n));
+            atomic_store(&p->marker_every, (uint32_t)(n < 1                  ? 1
+                                                      : n > MAX_MARKER_EVERY ? MAX_MARKER_EVERY
+                                                                             : n));
         }
         p->last_done = m->ev;
         p->head = (p->head + 1) % RING;
@@ -227,4 +231,3 @@ void flexai_meter_finish_window(struct pace *p, int slot)
     p->have_end = 0;
     p->seg_ns = p->closed_ns = p->booked_ns = 0;
 }
-

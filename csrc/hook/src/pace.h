@@ -31,43 +31,43 @@ struct marker {
 
 struct pace {
     /* --- read on the launch path ----------------------------------------- */
-    _Atomic uint64_t gate;          /* (period << 1) | open; written by the pacer */
-    _Atomic uint64_t seen_gate;     /* gate value whose window START was recorded */
-    _Atomic uint32_t since_marker;  /* launches since the last marker */
-    _Atomic uint32_t marker_every;  /* N */
-    _Atomic uint32_t poke;          /* a marker was just recorded: check for idleness */
+    _Atomic uint64_t gate;         /* (period << 1) | open; written by the pacer */
+    _Atomic uint64_t seen_gate;    /* gate value whose window START was recorded */
+    _Atomic uint32_t since_marker; /* launches since the last marker */
+    _Atomic uint32_t marker_every; /* N */
+    _Atomic uint32_t poke;         /* a marker was just recorded: check for idleness */
     /* --- pacer <-> launchers --------------------------------------------- */
-    _Atomic int64_t lead_ns;        /* integral term: window = target - lead */
-    _Atomic uint64_t next_open_ns;  /* wall-clock time the gate opens next */
-    _Atomic uint64_t close_at_ns;   /* wall-clock time the open window closes */
+    _Atomic int64_t lead_ns;       /* integral term: window = target - lead */
+    _Atomic uint64_t next_open_ns; /* wall-clock time the gate opens next */
+    _Atomic uint64_t close_at_ns;  /* wall-clock time the open window closes */
     uint64_t period_ns, offset_ns, target_ns;
     int limited;
-    _Atomic uint32_t top_mhz;       /* the card's top SM clock; 0 = unknown */
-    _Atomic int card_busy_pct;      /* NVML's utilisation of the card at the last close; -1 = unknown */
-    uint32_t ref_clock_mhz;         /* from the config; 0 = no normalisation */
+    _Atomic uint32_t top_mhz;  /* the card's top SM clock; 0 = unknown */
+    _Atomic int card_busy_pct; /* NVML's utilisation of the card at the last close; -1 = unknown */
+    uint32_t ref_clock_mhz;    /* from the config; 0 = no normalisation */
     uint16_t curve_pm[FLEXAI_SPEEDUP_POINTS]; /* the card's measured speed-up by duty; [0] = 0: none */
-    uint32_t idle_power_mw;         /* the card's idle power (calibration); 0 = unknown */
-    _Atomic uint32_t power_mw;      /* NVML's average power at the last close; 0 = unknown */
-    _Atomic uint32_t power_cap_mw;  /* the card's enforced power limit; 0 = unknown */
-    _Atomic uint32_t gate_pm;       /* the last power gate, for $FLEXAI_DEBUG */
+    uint32_t idle_power_mw;                   /* the card's idle power (calibration); 0 = unknown */
+    _Atomic uint32_t power_mw;                /* NVML's average power at the last close; 0 = unknown */
+    _Atomic uint32_t power_cap_mw;            /* the card's enforced power limit; 0 = unknown */
+    _Atomic uint32_t gate_pm;                 /* the last power gate, for $FLEXAI_DEBUG */
     /* --- slow path, under lock ------------------------------------------- */
     pthread_mutex_t lock;
-    int events_ok;                  /* event pool created in this context */
+    int events_ok; /* event pool created in this context */
     CUevent pool[RING];
-    CUevent seg_ev;                 /* where the current busy segment began */
+    CUevent seg_ev; /* where the current busy segment began */
     struct marker ring[RING];
-    int head, count;                /* outstanding markers, oldest at head */
-    CUevent last_done;              /* most recent retired marker (for N) */
-    uint32_t pending_launches;      /* launches since the last recorded marker */
-    int in_window;                  /* a segment is open (since a START) */
-    int have_end;                   /* the END of that window was recorded */
-    uint64_t seg_ns;                /* elapsed(seg_ev, newest retired marker) */
-    uint64_t closed_ns;             /* busy of the earlier segments since START */
-    uint64_t booked_ns;             /* part of closed_ns + seg_ns already booked */
-    uint64_t per_marker_ns;         /* GPU time between markers, smoothed */
-    uint64_t last_book_ns;          /* wall clock of the last book() */
-    uint64_t mark_ns;               /* wall clock of the last START or marker */
-    uint32_t duty_pm;               /* our busy fraction, per mille, smoothed over ~4 bookings */
+    int head, count;           /* outstanding markers, oldest at head */
+    CUevent last_done;         /* most recent retired marker (for N) */
+    uint32_t pending_launches; /* launches since the last recorded marker */
+    int in_window;             /* a segment is open (since a START) */
+    int have_end;              /* the END of that window was recorded */
+    uint64_t seg_ns;           /* elapsed(seg_ev, newest retired marker) */
+    uint64_t closed_ns;        /* busy of the earlier segments since START */
+    uint64_t booked_ns;        /* part of closed_ns + seg_ns already booked */
+    uint64_t per_marker_ns;    /* GPU time between markers, smoothed */
+    uint64_t last_book_ns;     /* wall clock of the last book() */
+    uint64_t mark_ns;          /* wall clock of the last START or marker */
+    uint32_t duty_pm;          /* our busy fraction, per mille, smoothed over ~4 bookings */
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
     uint64_t windows, markers, timeouts, busy_max;
     _Atomic uint64_t skipped, idle;

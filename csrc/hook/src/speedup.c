@@ -107,4 +107,3 @@ uint64_t flexai_speedup_pm(struct pace *p)
     flexai_trace(p, 'C', pm);
     return pm;
 }
-

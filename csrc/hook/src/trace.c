@@ -35,7 +35,8 @@ void flexai_trace(const struct pace *p, char what, uint64_t value)
     if (!g_trace_on)
         return;
     uint32_t i = atomic_fetch_add(&g_trace_n, 1) % TRACE_LEN;
-    g_trace[i] = (struct trace_rec){flexai_pace_now_ns(), value, atomic_load(&p->lead_ns), (uint32_t)p->count, what};
+    g_trace[i] = (struct trace_rec){flexai_pace_now_ns(), value, atomic_load(&p->lead_ns), (uint32_t)p->count,
+                                    what};
 }
 
 void flexai_trace_dump(void)
