@@ -66,11 +66,11 @@ enum flexai_hook_id {
 };
 
 /* The real driver function behind hook `id` (NULL if the driver lacks it). */
-void *flexai_hook_real(int id);
+void *flexai_procaddr_real(int id);
 /* cuGetProcAddress answered `pfn` for `symbol`: the hook whose wrapper to
  * hand out instead, or -1 to pass the answer through (procaddr.c has the rules). */
 int flexai_procaddr_find(const char *symbol, void *pfn, int version, cuuint64_t flags);
 /* The hook exported as `name` (for dlsym), or -1; -1 for all when there is no config. */
-int flexai_hook_id(const char *name);
+int flexai_procaddr_by_name(const char *name);
 
 #endif

@@ -22,7 +22,7 @@
 /* The wrapper for hook `id` (the table is at the end of the file). */
 static void *wrapper_of(int id);
 
-#define REAL(name) ((PFN_##name##_t)flexai_hook_real(FLEXAI_HOOK_##name))
+#define REAL(name) ((PFN_##name##_t)flexai_procaddr_real(FLEXAI_HOOK_##name))
 #define CALL_REAL(name, ...)                                                      \
     (REAL(name) != NULL ? REAL(name)(__VA_ARGS__) : CUDA_ERROR_NOT_FOUND)
 
@@ -422,7 +422,7 @@ FLEXAI_EXPORT void *dlsym(void *handle, const char *name)
         return found;
     void *hook = NULL;
     if (name[0] == 'c' && name[1] == 'u') {
-        int id = flexai_hook_id(name);
+        int id = flexai_procaddr_by_name(name);
         hook = id >= 0 ? wrapper_of(id) : NULL;
     } else if (strncmp(name, "nvml", 4) == 0)
         hook = flexai_nvml_hook_by_name(name);

@@ -6,7 +6,7 @@
  * - Direct calls reach the exported wrappers because the hook is preloaded.
  * - dlsym(handle_of_libcuda, "cuMemAlloc_v2") searches libcuda only, never a
  *   preloaded library: so the hook exports dlsym itself and, when the real
- *   dlsym finds a name we wrap, returns the wrapper (flexai_hook_id).
+ *   dlsym finds a name we wrap, returns the wrapper (flexai_procaddr_by_name).
  * - cuGetProcAddress(_v2) (how the CUDA runtime gets nearly everything):
  *   the wrapper swaps the driver's answer (flexai_procaddr_find).
  *
@@ -51,7 +51,7 @@ static void resolve_real(void)
         g_real[i] = flexai_driver_sym(g_hooks[i].name);
 }
 
-void *flexai_hook_real(int id)
+void *flexai_procaddr_real(int id)
 {
     pthread_once(&g_real_once, resolve_real);
     return g_real[id];
@@ -65,7 +65,7 @@ static int hand_out_wrappers(void)
     return c->ndev > 0 || c->closed;
 }
 
-int flexai_hook_id(const char *name)
+int flexai_procaddr_by_name(const char *name)
 {
     if (!hand_out_wrappers())
         return -1;
@@ -92,7 +92,7 @@ int flexai_procaddr_find(const char *symbol, void *pfn, int version, cuuint64_t 
     if (!atomic_exchange(&reported, 1) && getenv("FLEXAI_DEBUG") != NULL)
         atexit(report);
     for (int i = 0; i < FLEXAI_HOOK_COUNT; i++) {
-        if (flexai_hook_real(i) == pfn) {
+        if (flexai_procaddr_real(i) == pfn) {
             atomic_fetch_add(&g_by_pointer, 1);
             return i;
         }
