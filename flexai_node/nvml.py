@@ -1,8 +1,9 @@
 """The real cards, read through NVML (nvidia-ml-py).
 
-Every NVML call goes through ``_Nvml.call``, the one place NVML errors are translated:
-an error on a card marks that card unhealthy for this reading; an error before any card
-can be named (no driver) is an ``InventoryError``. Critical XID events, watched on a
+Every NVML call runs inside ``NvmlInventory._nvml``, the one place pynvml's exceptions
+become this module's ``NvmlError`` (with NVML's return code). An error on a card marks
+that card unhealthy for this reading; an error before any card can be named (no driver)
+is an ``InventoryError``. Critical XID events, watched on a
 background thread, mark a card unhealthy until the agent restarts (what the driver
 reports as a critical XID does not heal by itself). XIDs that applications cause
 (faults in user kernels) are ignored, as NVIDIA's own device plugin does.
@@ -11,7 +12,8 @@ reports as a critical XID does not heal by itself). XIDs that applications cause
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +23,7 @@ from flexai_sched.model import Card
 
 from .inventory import CardReading, InventoryError
 
-__all__ = ["APPLICATION_XIDS", "NvmlInventory"]
+__all__ = ["APPLICATION_XIDS", "NvmlError", "NvmlInventory"]
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -29,8 +31,12 @@ MIB = 1 << 20
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 
 
-class _CardError(Exception):
-    """One NVML call about one card failed (internal: becomes healthy=False)."""
+class NvmlError(Exception):
+    """An NVML call failed. ``code`` is NVML's return code (``NVML_ERROR_*``), None if unknown."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NvmlInventory:
@@ -48,8 +54,8 @@ class NvmlInventory:
         self._known: dict[int, Card] = {}  # index -> last good reading, to name a card that stops answering
         self._stop = threading.Event()
         try:
-            nvml.nvmlInit()
-        except nvml.NVMLError as e:
+            self._call(nvml.nvmlInit)
+        except NvmlError as e:
             raise InventoryError(f"NVML init failed: {e}") from None
         self._thread: threading.Thread | None = None
         if watch_xids:
@@ -59,8 +65,8 @@ class NvmlInventory:
     def read(self) -> tuple[CardReading, ...]:
         n = self._nvml
         try:
-            count = int(n.nvmlDeviceGetCount())
-        except n.NVMLError as e:
+            count = int(self._call(n.nvmlDeviceGetCount))
+        except NvmlError as e:
             raise InventoryError(f"NVML cannot count devices: {e}") from None
         return tuple(self._read_card(i) for i in range(count))
 
@@ -69,8 +75,8 @@ class NvmlInventory:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:
+            self._call(self._nvml.nvmlShutdown)
+        except NvmlError:
             pass  # shutting down anyway
 
     def xid_failures(self) -> dict[str, int]:
@@ -90,7 +96,7 @@ class NvmlInventory:
         try:
             handle = self._call(n.nvmlDeviceGetHandleByIndex, index)
             uuid = _text(self._call(n.nvmlDeviceGetUUID, handle))
-        except _CardError:
+        except NvmlError:
             # Keep its last known identity (the kubelet keeps its devices, marked unhealthy);
             # never seen: a placeholder under its index, so the scheduler avoids it.
             known = self._known.get(index)
@@ -101,12 +107,12 @@ class NvmlInventory:
         try:
             model = _text(self._call(n.nvmlDeviceGetName, handle))
             total = max(1, int(self._call(n.nvmlDeviceGetMemoryInfo, handle).total) // MIB)
-        except _CardError:
+        except NvmlError:
             healthy = False
         try:
             used = self._used_mib(handle)
             util = int(self._call(n.nvmlDeviceGetUtilizationRates, handle).gpu)
-        except _CardError:
+        except NvmlError:
             healthy = False
         numa = self._numa(handle)
         with self._lock:
@@ -121,60 +127,68 @@ class NvmlInventory:
         n = self._nvml
         try:
             # v2 leaves the driver's reserved memory out of "used": that is nobody's process.
-            return int(n.nvmlDeviceGetMemoryInfo(handle, version=n.nvmlMemory_v2).used) // MIB
-        except (n.NVMLError, AttributeError):
+            return int(self._call(n.nvmlDeviceGetMemoryInfo, handle, version=n.nvmlMemory_v2).used) // MIB
+        except (NvmlError, AttributeError):
             return int(self._call(n.nvmlDeviceGetMemoryInfo, handle).used) // MIB
 
     def _numa(self, handle: Any) -> int | None:
         n = self._nvml
         try:
-            node = int(n.nvmlDeviceGetNumaNodeId(handle))
+            node = int(self._call(n.nvmlDeviceGetNumaNodeId, handle))
             return node if node >= 0 else None
-        except (n.NVMLError, AttributeError):
+        except (NvmlError, AttributeError):
             pass  # older drivers: fall back to sysfs by PCI address
         try:
-            bus = _text(n.nvmlDeviceGetPciInfo(handle).busId).lower()
+            bus = _text(self._call(n.nvmlDeviceGetPciInfo, handle).busId).lower()
             text = (Path("/sys/bus/pci/devices") / bus[-12:]).joinpath("numa_node").read_text()
             node = int(text.strip())
             return node if node >= 0 else None
-        except (n.NVMLError, OSError, ValueError, AttributeError):
+        except (NvmlError, OSError, ValueError, AttributeError):
             return None
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    @contextmanager
+    def _nvml_errors(self) -> Iterator[None]:
+        """The one place pynvml's exceptions are translated: NVMLError -> NvmlError."""
         try:
-            return fn(*args)
+            yield
         except self._nvml.NVMLError as e:
-            raise _CardError(str(e)) from None
+            code = getattr(e, "value", None)
+            raise NvmlError(str(e), code if isinstance(code, int) else None) from None
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._nvml_errors():
+            return fn(*args, **kwargs)
 
     def _watch_xids(self) -> None:
         n = self._nvml
         try:
-            events = n.nvmlEventSetCreate()
-            for i in range(int(n.nvmlDeviceGetCount())):
+            events = self._call(n.nvmlEventSetCreate)
+            for i in range(int(self._call(n.nvmlDeviceGetCount))):
                 try:
-                    n.nvmlDeviceRegisterEvents(n.nvmlDeviceGetHandleByIndex(i), n.nvmlEventTypeXidCriticalError, events)
-                except n.NVMLError:
+                    handle = self._call(n.nvmlDeviceGetHandleByIndex, i)
+                    self._call(n.nvmlDeviceRegisterEvents, handle, n.nvmlEventTypeXidCriticalError, events)
+                except NvmlError:
                     continue  # this card cannot report XIDs (e.g. NOT_SUPPORTED); its NVML errors still count
-        except n.NVMLError:
+        except NvmlError:
             return  # no event support at all: health comes from NVML errors alone
         try:
             while not self._stop.is_set():
                 try:
-                    data = n.nvmlEventSetWait_v2(events, 1000)
-                except n.NVMLError as e:
-                    if getattr(e, "value", None) != n.NVML_ERROR_TIMEOUT:
+                    data = self._call(n.nvmlEventSetWait_v2, events, 1000)
+                except NvmlError as e:
+                    if e.code != n.NVML_ERROR_TIMEOUT:
                         self._stop.wait(1.0)  # a real error: do not spin on it
                     continue
                 if data.eventType & n.nvmlEventTypeXidCriticalError:
                     try:
-                        uuid = _text(n.nvmlDeviceGetUUID(data.device))
-                    except n.NVMLError:
+                        uuid = _text(self._call(n.nvmlDeviceGetUUID, data.device))
+                    except NvmlError:
                         continue
                     self.mark_xid(uuid, int(data.eventData))
         finally:
             try:
-                n.nvmlEventSetFree(events)
-            except n.NVMLError:
+                self._call(n.nvmlEventSetFree, events)
+            except NvmlError:
                 pass
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flexai_node.inventory import CardReading, FileInventory, InventoryError, dumps
-from flexai_node.nvml import NvmlInventory
+from flexai_node.nvml import NvmlError, NvmlInventory
 
 from .fakes import CARDS
 
@@ -160,3 +160,36 @@ def test_critical_xid_marks_a_card_unhealthy_until_restart_but_application_xids_
         assert [r.card.healthy for r in inv.read()] == [True, False]
     finally:
         inv.close()
+
+
+def test_nvml_init_and_count_failures_are_inventory_errors_naming_the_nvml_error() -> None:
+    class NoDriver(FakeNvml):
+        def nvmlInit(self) -> None:
+            raise NVMLError(9)  # NVML_ERROR_DRIVER_NOT_LOADED
+
+    with pytest.raises(InventoryError, match="NVML init failed: NVML error 9"):
+        NvmlInventory(nvml=NoDriver(), watch_xids=False)
+
+    class NoCount(FakeNvml):
+        def nvmlDeviceGetCount(self) -> int:
+            raise NVMLError(999)
+
+    with pytest.raises(InventoryError, match="cannot count devices: NVML error 999"):
+        NvmlInventory(nvml=NoCount(), watch_xids=False).read()
+
+
+def test_nvml_errors_are_translated_with_their_code_and_nothing_else_is() -> None:
+    inv = NvmlInventory(nvml=FakeNvml(), watch_xids=False)
+
+    def lost() -> None:
+        raise NVMLError(15)
+
+    with pytest.raises(NvmlError) as caught:
+        inv._call(lost)
+    assert (caught.value.code, str(caught.value)) == (15, "NVML error 15")
+
+    def bug() -> None:
+        raise RuntimeError("not NVML")
+
+    with pytest.raises(RuntimeError):  # a bug is not mistaken for an unhealthy card
+        inv._call(bug)

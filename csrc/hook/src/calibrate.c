@@ -5,7 +5,7 @@
  * Why: a power-capped card clocks down under a long full load and runs at its
  * top clock when it idles part of the time, so a share of its time is more
  * than that share of its full-load throughput. The hook corrects for that
- * (compute.c, speedup_pm) given the full-load clock as `ref_clock_mhz`; this
+ * (speedup.c, flexai_speedup_pm) given the full-load clock as `ref_clock_mhz`; this
  * file finds that clock on the card itself, so no figure is set by hand per
  * card model.
  *
@@ -32,9 +32,9 @@
 
 /* Eight independent accumulators per warp keep the tensor pipes full, and
  * one 16-byte load from a 1 GiB buffer per 16 matrix instructions keeps the
- * memory busy too: matrix instructions alone drew 399 W of an H100's 700 and
- * ran at the top clock, while a cuBLAS matmul, which moves data as well, is
- * held at ~1455 MHz by the power limit. */
+ * memory busy too: matrix instructions alone do not reach the power limit,
+ * a matmul that also moves data does (bench/results/hook-h200.md, "Figures
+ * behind the hook's constants"). */
 static const char k_mma_ptx[] =
     ".version 7.0\n.target sm_80\n.address_size 64\n"
     ".visible .entry flexai_burn(.param .u64 out, .param .u32 iters, .param .u64 buf, .param .u64 mask)\n{\n"

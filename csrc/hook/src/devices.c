@@ -74,7 +74,7 @@ int flexai_slot_of_current(void)
     CUdevice dev;
     CUresult r = d->ctx_get_device != NULL ? d->ctx_get_device(&dev) : CUDA_ERROR_NOT_SUPPORTED;
     if (r != CUDA_SUCCESS) {
-        flexai_compute_note_error("cuCtxGetDevice", r);
+        flexai_driver_note_error("cuCtxGetDevice", r);
         return -1;
     }
     return flexai_slot_of_device(dev);

@@ -93,3 +93,18 @@ const struct flexai_driver *flexai_driver(void)
     pthread_once(&g_drv_once, resolve);
     return &g_drv;
 }
+
+/* With $FLEXAI_DEBUG: the first failures of the driver calls the hook makes
+ * itself, and of launches, on stderr (a capture that a call of ours would
+ * invalidate shows here first). Only ever called after a failure. */
+void flexai_driver_note_error(const char *what, CUresult r)
+{
+    static _Atomic int debug = -1, told;
+    int on = atomic_load(&debug);
+    if (on < 0) {
+        on = getenv("FLEXAI_DEBUG") != NULL;
+        atomic_store(&debug, on);
+    }
+    if (on && atomic_fetch_add(&told, 1) < 8)
+        flexai_log("%s returned CUDA error %d", what, (int)r);
+}

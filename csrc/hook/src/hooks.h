@@ -5,8 +5,9 @@
  *   is asked for, CUDA version that introduced this variant, per-thread
  *   default stream variant?)
  * intercept.c defines a wrapper for each (its signature is checked against
- * the PFN typedef at compile time); procaddr.c hands them out through dlsym
- * and cuGetProcAddress.
+ * the PFN typedef at compile time) and hands them out through dlsym and
+ * cuGetProcAddress; procaddr.c (below it) resolves the real functions and
+ * decides which hook a lookup means.
  */
 #ifndef FLEXAI_HOOKS_H
 #define FLEXAI_HOOKS_H
@@ -64,19 +65,12 @@ enum flexai_hook_id {
     FLEXAI_HOOK_COUNT
 };
 
-struct flexai_hook {
-    const char *name; /* exported symbol */
-    const char *base; /* name as cuGetProcAddress is asked for it */
-    int version;
-    int ptsz;
-    void *fn;         /* our wrapper */
-};
-
-extern const struct flexai_hook flexai_hooks[FLEXAI_HOOK_COUNT];
 /* The real driver function behind hook `id` (NULL if the driver lacks it). */
-void *flexai_hook_real(int id);
-/* cuGetProcAddress handed out *pfn for `symbol`: swap in our wrapper if it is
- * one of ours (see procaddr.c for the rules). */
-void flexai_procaddr_swap(const char *symbol, void **pfn, int version, cuuint64_t flags);
+void *flexai_procaddr_real(int id);
+/* cuGetProcAddress answered `pfn` for `symbol`: the hook whose wrapper to
+ * hand out instead, or -1 to pass the answer through (procaddr.c has the rules). */
+int flexai_procaddr_find(const char *symbol, void *pfn, int version, cuuint64_t flags);
+/* The hook exported as `name` (for dlsym), or -1; -1 for all when there is no config. */
+int flexai_procaddr_by_name(const char *name);
 
 #endif

@@ -1,6 +1,8 @@
 /*
- * intercept.c: the exported cu* wrappers. Each is a few lines that ask
- * memory.c or compute.c and then call the real driver function.
+ * intercept.c: the exported cu* wrappers, and dlsym. Each is a few lines
+ * that ask memory.c or compute.c and then call the real driver function;
+ * dlsym and cuGetProcAddress ask procaddr.c which hook a lookup means and
+ * hand out the wrapper.
  *
  * Invariants:
  *   - a wrapper never fails a call the driver would have accepted, except
@@ -11,29 +13,16 @@
  *     branch (and dlsym / cuGetProcAddress hand out the real functions);
  *   - signatures are checked against cudaTypedefs.h's PFN typedefs below.
  */
-#include <pthread.h>
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <string.h>
 
 #include "hooks.h"
-#include "internal.h"
 
-/* ---- real functions ------------------------------------------------------ */
+/* The wrapper for hook `id` (the table is at the end of the file). */
+static void *wrapper_of(int id);
 
-static void *g_real[FLEXAI_HOOK_COUNT];
-static pthread_once_t g_real_once = PTHREAD_ONCE_INIT;
-
-static void resolve_real(void)
-{
-    for (int i = 0; i < FLEXAI_HOOK_COUNT; i++)
-        g_real[i] = flexai_driver_sym(flexai_hooks[i].name);
-}
-
-void *flexai_hook_real(int id)
-{
-    pthread_once(&g_real_once, resolve_real);
-    return g_real[id];
-}
-
-#define REAL(name) ((PFN_##name##_t)flexai_hook_real(FLEXAI_HOOK_##name))
+#define REAL(name) ((PFN_##name##_t)flexai_procaddr_real(FLEXAI_HOOK_##name))
 #define CALL_REAL(name, ...)                                                      \
     (REAL(name) != NULL ? REAL(name)(__VA_ARGS__) : CUDA_ERROR_NOT_FOUND)
 
@@ -124,25 +113,18 @@ FLEXAI_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t 
     ALLOC_BODY(cuMemCreate, slot, size, FLEXAI_MEM_HANDLE, *handle, handle, size, prop, flags);
 }
 
-/* The driver picks the pitch: reserve an estimate, then settle the difference. */
+/* The driver picks the pitch: memory.c reserves an estimate, then settles. */
 FLEXAI_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes,
                                           size_t Height, unsigned int ElementSizeBytes)
 {
     int slot = slot_now();
-    uint64_t guess = (((uint64_t)WidthInBytes + 511) & ~511ull) * Height;
+    uint64_t guess = flexai_mem_pitch_estimate(WidthInBytes, Height);
     if (!flexai_mem_reserve(slot, guess))
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult r = CALL_REAL(cuMemAllocPitch_v2, dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
-    if (r != CUDA_SUCCESS) {
-        flexai_mem_commit(slot, FLEXAI_MEM_PTR, 0, guess, 0);
-        return r;
-    }
-    uint64_t actual = (uint64_t)*pPitch * Height;
-    if (slot >= 0 && actual > guess)
-        flexai_region_charge(slot, actual - guess, 1);
-    else if (slot >= 0 && actual < guess)
-        flexai_region_uncharge(slot, guess - actual);
-    flexai_mem_commit(slot, FLEXAI_MEM_PTR, *dptr, actual, 1);
+    int ok = r == CUDA_SUCCESS;
+    flexai_mem_commit_resized(slot, FLEXAI_MEM_PTR, ok ? *dptr : 0, guess, ok ? (uint64_t)*pPitch * Height : 0,
+                              ok);
     return r;
 }
 
@@ -325,7 +307,7 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
             flexai_compute_before_launch((stream), (flags));                      \
         CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
         if (r_ != CUDA_SUCCESS)                                                   \
-            flexai_compute_note_error(#name, r_);                                 \
+            flexai_driver_note_error(#name, r_);                                 \
         else if (COMPUTE_ON())                                                    \
             flexai_compute_after_launch((stream), (flags));                       \
         return r_;                                                                \
@@ -390,14 +372,25 @@ FLEXAI_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s)
     LAUNCH_BODY(cuGraphLaunch_ptsz, s, FLEXAI_LAUNCH_GRAPH | FLEXAI_LAUNCH_PTSZ, g, s);
 }
 
-/* ---- cuGetProcAddress: the CUDA runtime's way in ------------------------- */
+/* ---- cuGetProcAddress and dlsym: how programs find driver functions ------- */
+
+/* cuGetProcAddress handed out *pfn for `symbol`: swap in our wrapper if it
+ * is one of ours (procaddr.c has the rules). */
+static void swap(const char *symbol, void **pfn, int version, cuuint64_t flags)
+{
+    if (pfn == NULL)
+        return;
+    int id = flexai_procaddr_find(symbol, *pfn, version, flags);
+    if (id >= 0)
+        *pfn = wrapper_of(id);
+}
 
 FLEXAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
                                         cuuint64_t flags)
 {
     CUresult r = CALL_REAL(cuGetProcAddress, symbol, pfn, cudaVersion, flags);
     if (r == CUDA_SUCCESS)
-        flexai_procaddr_swap(symbol, pfn, cudaVersion, flags);
+        swap(symbol, pfn, cudaVersion, flags);
     return r;
 }
 
@@ -406,7 +399,7 @@ FLEXAI_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int c
 {
     CUresult r = CALL_REAL(cuGetProcAddress_v2, symbol, pfn, cudaVersion, flags, found);
     if (r == CUDA_SUCCESS)
-        flexai_procaddr_swap(symbol, pfn, cudaVersion, flags);
+        swap(symbol, pfn, cudaVersion, flags);
     return r;
 }
 
@@ -416,15 +409,36 @@ FLEXAI_EXPORT CUresult cuGetProcAddress_v2_ptsz(const char *symbol, void **pfn, 
 {
     CUresult r = CALL_REAL(cuGetProcAddress_v2_ptsz, symbol, pfn, cudaVersion, flags, found);
     if (r == CUDA_SUCCESS)
-        flexai_procaddr_swap(symbol, pfn, cudaVersion, flags);
+        swap(symbol, pfn, cudaVersion, flags);
     return r;
+}
+
+/* Our dlsym. Limitation: dlsym(RTLD_NEXT, ...) from another library resolves
+ * relative to this one (glibc offers no public way to forward the caller). */
+FLEXAI_EXPORT void *dlsym(void *handle, const char *name)
+{
+    void *found = flexai_real_dlsym(handle, name);
+    if (found == NULL) /* also covers name == NULL */
+        return found;
+    void *hook = NULL;
+    if (name[0] == 'c' && name[1] == 'u') {
+        int id = flexai_procaddr_by_name(name);
+        hook = id >= 0 ? wrapper_of(id) : NULL;
+    } else if (strncmp(name, "nvml", 4) == 0)
+        hook = flexai_nvml_hook_by_name(name);
+    return hook != NULL ? hook : found;
 }
 
 /* ---- the table, and the compile-time signature check --------------------- */
 
-#define FLEXAI_ENTRY(name, pfn, base, ver, ptsz) {#name, base, ver, ptsz, (void *)name},
-const struct flexai_hook flexai_hooks[FLEXAI_HOOK_COUNT] = {FLEXAI_HOOKS(FLEXAI_ENTRY)};
+#define FLEXAI_ENTRY(name, pfn, base, ver, ptsz) (void *)name,
+static void *const g_wrapper[FLEXAI_HOOK_COUNT] = {FLEXAI_HOOKS(FLEXAI_ENTRY)};
 #undef FLEXAI_ENTRY
+
+static void *wrapper_of(int id)
+{
+    return g_wrapper[id];
+}
 
 #define FLEXAI_CHECK(name, pfn, base, ver, ptsz)                                  \
     _Static_assert(__builtin_types_compatible_p(__typeof__(&name), pfn),          \

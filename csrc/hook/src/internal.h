@@ -11,9 +11,10 @@
  *   devices.c   maps a CUDA device ordinal of this process to a vGPU slot
  *   memory.c    counts every allocation and free against the slot's limit
  *   compute.c   holds kernel launches to the slot's share of the card's time
- *   intercept.c the exported cu* functions: thin wrappers over memory.c / compute.c
- *               (hooks.h is the one list of them, with their PFN typedefs)
- *   procaddr.c  dlsym and cuGetProcAddress: hand out the hook's functions
+ *               (with meter.c, controller.c, speedup.c, trace.c; see pace.h)
+ *   intercept.c the exported cu* functions and dlsym: thin wrappers over memory.c /
+ *               compute.c (hooks.h is the one list of them, with their PFN typedefs)
+ *   procaddr.c  which hook a dlsym / cuGetProcAddress lookup means; the real functions
  *   nvml.c      NVML memory getters show the slice
  *   api.c       the flexai_* C API read by Python through ctypes
  */
@@ -52,7 +53,7 @@ struct flexai_dev_config {
     uint32_t cores;             /* 1..99 = limited; 0 or 100 = unlimited */
     uint32_t core_offset;       /* 0..99 */
     uint32_t ref_clock_mhz;     /* SM clock at full load; 0 = measure time, not work */
-    /* Measured by the agent's calibration (compute.c, speedup_pm): the card's speed per busy
+    /* Measured by the agent's calibration (speedup.c, flexai_speedup_pm): the card's speed per busy
      * second at 10/30/50/70/90% duty over its speed at full load, per mille (0: unknown);
      * its power when idle (mW; 0: unknown). */
     uint16_t speedup_pm[FLEXAI_SPEEDUP_POINTS];
@@ -129,6 +130,8 @@ struct flexai_driver {
 };
 /* Resolved on first call; members may be NULL if the driver lacks them. */
 const struct flexai_driver *flexai_driver(void);
+/* With $FLEXAI_DEBUG: log (a few) failed driver calls of the hook's own and failed launches. */
+void flexai_driver_note_error(const char *what, CUresult r);
 
 /* ---- devices.c --------------------------------------------------------- */
 /* vGPU slot for a CUDA device ordinal of this process; -1 = not limited. */
@@ -144,9 +147,14 @@ enum flexai_mem_kind { FLEXAI_MEM_PTR = 1, FLEXAI_MEM_HANDLE, FLEXAI_MEM_ARRAY, 
 int flexai_mem_reserve(int slot, uint64_t bytes);
 /* After the real call: on success remember (kind,key)->bytes, else give back. */
 void flexai_mem_commit(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t bytes, int ok);
+/* Where the driver picks the size: reserve this estimate of a pitched
+ * allocation, then flexai_mem_commit_resized() charges the real size. */
+uint64_t flexai_mem_pitch_estimate(size_t width_bytes, size_t height);
+/* Like flexai_mem_commit, for `reserved` bytes that turned out to be `actual`. */
+void flexai_mem_commit_resized(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t reserved,
+                               uint64_t actual, int ok);
 /* On free: forget (kind,key) and give its bytes back. */
 void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key);
-/* Charge the context overhead of `dev` once per process. */
 /* Before a context opens on `dev`: charge its overhead once per process and
  * vGPU. FLEXAI_CTX_REFUSED: no room in the slice (the caller returns
  * CUDA_ERROR_OUT_OF_MEMORY); FLEXAI_CTX_CHARGED: charged now, so undo with
@@ -167,13 +175,6 @@ extern _Atomic int flexai_compute_on;
 enum { FLEXAI_LAUNCH_KERNEL = 0, FLEXAI_LAUNCH_GRAPH = 1, FLEXAI_LAUNCH_PTSZ = 2 };
 void flexai_compute_before_launch(CUstream stream, int flags);
 void flexai_compute_after_launch(CUstream stream, int flags);
-/* With $FLEXAI_DEBUG: log (a few) failed driver calls of the hook's own and failed launches. */
-void flexai_compute_note_error(const char *what, CUresult r);
-void flexai_compute_reset_after_fork(void);
-
-/* ---- procaddr.c -------------------------------------------------------- */
-/* The hook function to hand out for an exported driver/NVML name, or NULL. */
-void *flexai_hook_by_name(const char *name);
 
 /* ---- nvml.c ------------------------------------------------------------ */
 void *flexai_nvml_hook_by_name(const char *name);

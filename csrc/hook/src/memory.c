@@ -6,6 +6,8 @@
  *     real allocation
  *     commit(slot, kind, key, bytes, ok)   remembers key -> bytes, or gives back
  * and of a free wrapper: release(kind, key) after the real free succeeded.
+ * Where the driver picks the size (cuMemAllocPitch), reserve an estimate and
+ * commit_resized() settles the difference to the real size.
  * Reserving BEFORE the real call means two processes racing for the last
  * bytes cannot both get them (the check-and-add is one CAS in region.c).
  *
@@ -102,6 +104,29 @@ void flexai_mem_commit(int slot, enum flexai_mem_kind kind, uint64_t key, uint64
     pthread_mutex_unlock(&s->lock);
 }
 
+uint64_t flexai_mem_pitch_estimate(size_t width_bytes, size_t height)
+{
+    return (((uint64_t)width_bytes + 511) & ~511ull) * height;
+}
+
+void flexai_mem_commit_resized(int slot, enum flexai_mem_kind kind, uint64_t key, uint64_t reserved,
+                               uint64_t actual, int ok)
+{
+    if (slot < 0)
+        return;
+    if (!ok) {
+        flexai_mem_commit(slot, kind, 0, reserved, 0);
+        return;
+    }
+    /* Forced: the memory is already taken, so the count must show it even
+     * if the estimate was short and that puts the slot past its limit. */
+    if (actual > reserved)
+        flexai_region_charge(slot, actual - reserved, 1);
+    else if (actual < reserved)
+        flexai_region_uncharge(slot, reserved - actual);
+    flexai_mem_commit(slot, kind, key, actual, 1);
+}
+
 void flexai_mem_release(enum flexai_mem_kind kind, uint64_t key)
 {
     if (flexai_config()->ndev == 0)
@@ -133,10 +158,10 @@ int flexai_mem_context_reserve(CUdevice dev)
     if (atomic_fetch_or(&g_ctx_charged, bit) & bit)
         return FLEXAI_CTX_FREE;
     /* Charged before the driver opens it, like an allocation: a context costs
-     * real memory, so past the limit it is refused (a 4th DataLoader worker
-     * that touches CUDA in a full slice gets CUDA_ERROR_OUT_OF_MEMORY instead
-     * of taking card memory outside the slice). Returned with the rest of the
-     * process's memory when the process ends. */
+     * real memory, so past the limit it is refused with
+     * CUDA_ERROR_OUT_OF_MEMORY rather than taken outside the slice
+     * (bench/results/hook-h200.md, "Figures behind the hook's constants").
+     * Returned with the rest of the process's memory when the process ends. */
     if (!flexai_region_charge(slot, flexai_config()->dev[slot].context_overhead, 0)) {
         atomic_fetch_and(&g_ctx_charged, ~bit);
         return FLEXAI_CTX_REFUSED;

@@ -3,7 +3,7 @@
  * the container print the vGPU's quota and usage, not the whole card.
  *
  * Also the card's top SM clock and its utilisation, for the compute pacer's
- * throughput normalisation (compute.c), read by the pacer thread only.
+ * throughput normalisation (speedup.c), read by the pacer thread only.
  *
  * NVML has no PFN typedef header in the CUDA runtime wheel; the structs and
  * signatures below follow NVML's public documentation (nvml.h, unchanged

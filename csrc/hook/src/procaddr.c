@@ -1,12 +1,14 @@
 /*
- * procaddr.c: make every way of finding a driver function find the hook's.
+ * procaddr.c: which hooked function a lookup means, and the real driver
+ * function behind each hook. intercept.c's dlsym and cuGetProcAddress(_v2)
+ * wrappers ask it, then hand out their own wrapper for the answer.
  *
- * - Direct calls reach our exported wrappers because the hook is preloaded.
+ * - Direct calls reach the exported wrappers because the hook is preloaded.
  * - dlsym(handle_of_libcuda, "cuMemAlloc_v2") searches libcuda only, never a
- *   preloaded library: so we export dlsym itself and, when the real dlsym
- *   finds a name we wrap, return our wrapper instead.
- * - cuGetProcAddress(_v2) (how the CUDA runtime gets nearly everything) is
- *   wrapped in intercept.c, which calls flexai_procaddr_swap() on the answer.
+ *   preloaded library: so the hook exports dlsym itself and, when the real
+ *   dlsym finds a name we wrap, returns the wrapper (flexai_procaddr_by_name).
+ * - cuGetProcAddress(_v2) (how the CUDA runtime gets nearly everything):
+ *   the wrapper swaps the driver's answer (flexai_procaddr_find).
  *
  * Rules of the swap, in order:
  *   1. the driver's answer IS the address of a real function we wrap (same
@@ -18,14 +20,42 @@
  *   3. anything else (unknown names, newer versions) passes through untouched.
  * With no config nothing is swapped: the program gets the real driver. With
  * an unusable one everything is, so every route to cuInit meets the refusal.
+ *
+ * Invariants: knows names and real pointers only, never the wrappers (so it
+ * sits below intercept.c); the real pointers are resolved once.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hooks.h"
-#include "internal.h"
+
+struct flexai_hook {
+    const char *name; /* exported symbol */
+    const char *base; /* name as cuGetProcAddress is asked for it */
+    int version;
+    int ptsz;
+};
+
+#define FLEXAI_ENTRY(name, pfn, base, ver, ptsz) {#name, base, ver, ptsz},
+static const struct flexai_hook g_hooks[FLEXAI_HOOK_COUNT] = {FLEXAI_HOOKS(FLEXAI_ENTRY)};
+#undef FLEXAI_ENTRY
+
+static void *g_real[FLEXAI_HOOK_COUNT];
+static pthread_once_t g_real_once = PTHREAD_ONCE_INIT;
+
+static void resolve_real(void)
+{
+    for (int i = 0; i < FLEXAI_HOOK_COUNT; i++)
+        g_real[i] = flexai_driver_sym(g_hooks[i].name);
+}
+
+void *flexai_procaddr_real(int id)
+{
+    pthread_once(&g_real_once, resolve_real);
+    return g_real[id];
+}
 
 /* Wrappers are handed out when there are limits, and when the config is
  * unusable (so cuInit, however it is found, is the hook's and refuses). */
@@ -35,14 +65,14 @@ static int hand_out_wrappers(void)
     return c->ndev > 0 || c->closed;
 }
 
-void *flexai_hook_by_name(const char *name)
+int flexai_procaddr_by_name(const char *name)
 {
     if (!hand_out_wrappers())
-        return NULL;
+        return -1;
     for (int i = 0; i < FLEXAI_HOOK_COUNT; i++)
-        if (strcmp(flexai_hooks[i].name, name) == 0)
-            return flexai_hooks[i].fn;
-    return NULL;
+        if (strcmp(g_hooks[i].name, name) == 0)
+            return i;
+    return -1;
 }
 
 /* How lookups were answered; printed at exit when $FLEXAI_DEBUG is set. */
@@ -54,55 +84,39 @@ static void report(void)
                atomic_load(&g_by_pointer), atomic_load(&g_by_name), atomic_load(&g_passed));
 }
 
-void flexai_procaddr_swap(const char *symbol, void **pfn, int version, cuuint64_t flags)
+int flexai_procaddr_find(const char *symbol, void *pfn, int version, cuuint64_t flags)
 {
     static _Atomic int reported;
-    if (pfn == NULL || *pfn == NULL || symbol == NULL || !hand_out_wrappers())
-        return;
+    if (pfn == NULL || symbol == NULL || !hand_out_wrappers())
+        return -1;
     if (!atomic_exchange(&reported, 1) && getenv("FLEXAI_DEBUG") != NULL)
         atexit(report);
     for (int i = 0; i < FLEXAI_HOOK_COUNT; i++) {
-        if (flexai_hook_real(i) == *pfn) {
-            *pfn = flexai_hooks[i].fn;
+        if (flexai_procaddr_real(i) == pfn) {
             atomic_fetch_add(&g_by_pointer, 1);
-            return;
+            return i;
         }
     }
     atomic_fetch_add(&g_passed, 1); /* undone below if the name matches */
     if (version > CUDA_VERSION)
-        return;
+        return -1;
     int want_ptsz = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
     for (int pass = 0; pass < 2; pass++) {
         int best = -1;
         for (int i = 0; i < FLEXAI_HOOK_COUNT; i++) {
-            const struct flexai_hook *h = &flexai_hooks[i];
+            const struct flexai_hook *h = &g_hooks[i];
             if (h->ptsz == want_ptsz && version >= h->version && strcmp(h->base, symbol) == 0 &&
-                (best < 0 || h->version > flexai_hooks[best].version))
+                (best < 0 || h->version > g_hooks[best].version))
                 best = i;
         }
         if (best >= 0) {
-            *pfn = flexai_hooks[best].fn;
             atomic_fetch_sub(&g_passed, 1);
             atomic_fetch_add(&g_by_name, 1);
-            return;
+            return best;
         }
         if (!want_ptsz)
-            return;
+            return -1;
         want_ptsz = 0; /* functions without a per-thread variant */
     }
-}
-
-/* Our dlsym. Limitation: dlsym(RTLD_NEXT, ...) from another library resolves
- * relative to this one (glibc offers no public way to forward the caller). */
-FLEXAI_EXPORT void *dlsym(void *handle, const char *name)
-{
-    void *found = flexai_real_dlsym(handle, name);
-    if (found == NULL) /* also covers name == NULL */
-        return found;
-    void *hook = NULL;
-    if (name[0] == 'c' && name[1] == 'u')
-        hook = flexai_hook_by_name(name);
-    else if (strncmp(name, "nvml", 4) == 0)
-        hook = flexai_nvml_hook_by_name(name);
-    return hook != NULL ? hook : found;
+    return -1;
 }

@@ -667,7 +667,7 @@ static void t_compute(const char *pct, const char *graph)
     open_ctx(0);
     busy_fraction(1000, 0.3, 0); /* settle */
     if (getenv("TEST_IDLE_MS") != NULL) {
-        /* Like bench/hook_gpu.py's pair on the H200: short kernels (so markers
+        /* Like bench/hook_gpu.py's pair: short kernels (so markers
          * come every few launches), ONE launch early in an open window, the
          * program idle (a barrier), back while the window is shut. An END
          * marker recorded then would span the idle gap and starve the program
@@ -792,8 +792,7 @@ static void t_pair(void)
 }
 
 /* A context costs memory: in a slice without room for it, opening one is
- * refused with CUDA_ERROR_OUT_OF_MEMORY and nothing stays charged (H100,
- * issue 23: the 4th DataLoader worker took its context outside a full slice);
+ * refused with CUDA_ERROR_OUT_OF_MEMORY and nothing stays charged;
  * with room, it is charged once. */
 static void t_context_refused(void)
 {
