@@ -105,9 +105,11 @@ quotas:
     assert pods(core)["p3"].node is None
     assert quota_view(plane, "team-default")["used"] == {"vgpus": 2, "cores": 80, "memory_gib": 20.0}  # type: ignore[index]
 
-    # Usage falls: p1 goes, p3 is bound (the deletion is an event kube-scheduler retries on).
+    # Usage falls: p1 goes, p3 is bound. The deletion is an event kube-scheduler retries on, but
+    # that retry can reach the extender before its watch has seen the deletion; then the next
+    # event (the agent's heartbeat, every 30 s in a cluster) brings it.
     core.delete_namespaced_pod("p1", NS, grace_period_seconds=0)
-    wait_bound(core, ["p3"], 60)
+    nudge_until_bound(core, "q1", "p3")
 
     # The quota rises in the ConfigMap: no restart, the next retry fits.
     vgpu_pod(core, "p4", number=1, cores=20, memory_gib=10)
