@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from flexai_sched import resources as res
+from tests.e2e.helpers_kube import vgpu_limits as limits  # noqa: F401  (re-exported for the scenarios)
 
 from .node import BASE_IMAGE
 
@@ -37,15 +37,6 @@ def fake_uuid(phys: int) -> str:
     b = [0xA0 + i for i in range(15)] + [phys]
     h = "".join(f"{x:02x}" for x in b)
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def limits(number: int, cores: int | None = None, memory_gib: int | None = None) -> dict[str, str]:
-    out = {res.VGPU_NUMBER: str(number)}
-    if cores is not None:
-        out[res.VGPU_CORES] = str(cores)
-    if memory_gib is not None:
-        out[res.VGPU_MEMORY] = str(memory_gib)
-    return out
 
 
 @dataclass(frozen=True)
