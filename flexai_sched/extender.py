@@ -44,8 +44,18 @@ from . import policies
 from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
-from .fragmentation import DEFAULT_WORKLOAD, CapacityAware, HostAware, TaskClass, Workload, WorkloadAware
-from .model import Allocation, PodRequest
+from .fragmentation import (
+    DEFAULT_WORKLOAD,
+    CapacityAware,
+    HostAware,
+    NodeKind,
+    Observing,
+    TaskClass,
+    Workload,
+    WorkloadAware,
+    card_free,
+)
+from .model import FULL_CORES, Allocation, PodRequest
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
 from .requests import RequestError, RequestRules, parse_pod
@@ -107,6 +117,8 @@ class Extender:
         self._models: dict[str, frozenset[str]] = {}
         self.clock = time.monotonic  # tests move time on
         self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
+        # The default node policy, where it watches the pods it is asked about and re-prices.
+        self._observer: Observing | None = self._node_policy if isinstance(self._node_policy, Observing) else None
         self.preempting = Preempting(self)
 
     # ---- parsing ----
@@ -151,6 +163,8 @@ class Extender:
         if not req.wants_gpu:
             out.fits = list(node_names)
             return out
+        if self._observer is not None and self._observer.observe(_task(req)):
+            self.reprice()
         if self.preempting.nominations:  # rare: a preemptor waits for its victims to go
             self.preempting.victims_left(req)
         if self.state.quotas.active:  # once per call, never per node
@@ -485,17 +499,38 @@ class Extender:
         if not workload.classes:
             return 0  # no GPU pods yet: nothing to aim at
         cards: dict[str, int] = {}
+        kinds: dict[NodeKind, int] = {}
         for node in self.state.nodes():
             for card in node.cards:
                 cards[card.model] = cards.get(card.model, 0) + 1
+            if node.cards:
+                kind = _kind(node)
+                kinds[kind] = kinds.get(kind, 0) + 1
         for policy in aware:
             if isinstance(policy, CapacityAware):
-                policy.use_capacity(cards)  # what the constrained tasks' models can take
+                policy.use_capacity(cards, kinds)  # what the constrained tasks' models and kinds can take
             policy.use_workload(workload)
         self.workload = workload
         self._shared.clear()
         self.state.drop_scores()
         return len(requests)
+
+    def reprice(self) -> bool:
+        """Hand the observing node policy the free cards per node kind; every cached score
+        goes if it re-priced. True if it did."""
+        if self._observer is None:
+            return False
+        free: dict[NodeKind, float] = {}
+        for node in self.state.nodes():
+            left = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
+            if left:
+                kind = _kind(node)
+                free[kind] = free.get(kind, 0.0) + left / FULL_CORES
+        if not self._observer.reprice(free):
+            return False
+        self._shared.clear()
+        self.state.drop_scores()
+        return True
 
     def _key(self, req: PodRequest) -> int:
         """A small int naming (pod shape, card policy, node policy); stable for this process."""
@@ -549,6 +584,19 @@ class Extender:
                     f"(models in the cluster: {', '.join(sorted(have)) or 'none'})"
                 )
         return ""
+
+
+def _kind(node: NodeState) -> NodeKind:
+    """The node's kind for the policies: its cards' model and count, and its host where known."""
+    host = node.host
+    return NodeKind(node.cards[0].model, len(node.cards), host.cpu_milli if host else 0, host.memory_mib if host else 0)
+
+
+def _task(req: PodRequest) -> TaskClass:
+    """A pod as a task class (weight 1): app containers' vGPUs, the largest share, host request, models."""
+    app = [c for c in req.containers if not c.init and c.vgpus]
+    return TaskClass(sum(c.vgpus for c in app), max((c.cores for c in app), default=0), 1.0, req.cpu_milli,
+                     req.memory_mib, frozenset(req.selector.models))
 
 
 def _uid_of(pod: Mapping[str, Any]) -> str:
