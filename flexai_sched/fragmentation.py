@@ -34,14 +34,19 @@ capacity left unallocated) shows FGD missing on this trace:
    on the default trace, kept because the metric counts GPUs, not tasks);
 4. among equal growth, the node (and the card) with the least free capacity left
    wins: best fit, so empty nodes stay empty for large tasks;
-5. tasks confined to some GPU models fail once those are full, whatever else is free:
-   a percent of a model's cards costs by how much of that model constrained tasks need
-   (``flexai_sched.scarcity``), so tasks that may go anywhere leave them while they can.
+5. tasks confined to some kinds of node fail once those are full, whatever else is free:
+   confined by their GPU models (``vgpu-type.<MODEL>``), or by their shape (8 whole cards
+   with 120 cores fit only 8-card nodes with 128 cores). A percent of a kind's cards
+   costs by how much of that kind confined tasks need (``flexai_sched.scarcity``), so
+   tasks that may go anywhere leave them while they can. The need is taken against the
+   cards each kind has left as the cluster fills, and against the pods seen arriving
+   where they differ from the plan (``Observing``).
 
 Optional abilities extend ``policies.Policy`` (kube-scheduler style: small, separate
 interfaces): ``WorkloadAware`` (take the target workload), ``CapacityAware`` (take the
-cluster's cards per GPU model) and ``HostAware`` (score with the host's CPU and memory
-as kube-scheduler counts pod requests).
+cluster's cards per GPU model and its nodes per kind), ``Observing`` (see each pod asked
+about, re-price against the cards left) and ``HostAware`` (score with the host's CPU and
+memory as kube-scheduler counts pod requests).
 """
 
 from __future__ import annotations
@@ -405,7 +410,7 @@ class Fragmentation(_Measured):
     # seeds 42-45 (it keeps mid-size gaps open; the trace does not pack perfectly), as an
     # extra term or a tie-break 4.04-4.23 (4.05 without).
     CARD = 1000.0
-    # Price of a percent of a GPU model's cards, PRICE x min(1, pressure)^POWER (pressure:
+    # Price of a percent of a node kind's cards, PRICE x min(1, pressure)^POWER (pressure:
     # ``flexai_sched.scarcity``), in the card term: tasks that may go anywhere leave the
     # cards constrained tasks need while others fit them. Steep (POWER 4) because a price
     # on a model constrained tasks only partly need moves shares onto 8-card nodes and
