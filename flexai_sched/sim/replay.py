@@ -35,12 +35,13 @@ from typing import Any, cast
 
 from .. import policies
 from ..allocator import NoFit, Placement, place
-from ..fragmentation import CapacityAware, Host, HostAware, NodeKind, Observing, TaskClass, Workload, WorkloadAware, card_free
-from ..model import FULL_CORES
-from ..model import Allocation, PodRequest
-from ..policies import Policy
+from ..policies.fragmentation import card_free
+from ..policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
+from ..workload import Host, NodeKind, TaskClass, Workload
+from flexai_core.model import FULL_CORES, Allocation, PodRequest
+from ..policies.interface import Policy
 from ..state import ClusterState, NodeState
-from .baselines import Seeded
+from ..policies.interface import Seeded
 from .board import Board, Memo
 from .trace import Trace, TracePod, request, smallest_card_mib
 from .workload import LEARN_EVERY, LEARN_FIRST, target_workload, workload_of
@@ -97,13 +98,12 @@ class Cluster:
             self.state.upsert_node(n.inventory())
         self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in nodes]
         self.policy: Policy = policies.get(policy_name)
+        self._kinds = [NodeKind(n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes]
         if isinstance(self.policy, CapacityAware):
             by_model: dict[str, int] = {}
             kinds: dict[NodeKind, int] = {}
-            self._kinds = [NodeKind(n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes]
-            for n in nodes:
+            for n, kind in zip(nodes, self._kinds, strict=True):
                 by_model[n.model] = by_model.get(n.model, 0) + n.gpus
-                kind = NodeKind(n.model, n.gpus, n.cpu_milli, n.memory_mib)
                 kinds[kind] = kinds.get(kind, 0) + 1
             self.policy.use_capacity(by_model, kinds)
         if isinstance(self.policy, WorkloadAware) and not learned:
@@ -111,7 +111,7 @@ class Cluster:
             self.policy.use_workload(target_workload(trace) if prior is None else prior)
         if isinstance(self.policy, Seeded):
             self.policy.use_seed(seed)  # Random-fit's card draws repeat per seed
-        self._observing = isinstance(self.policy, Observing) and isinstance(self.policy, CapacityAware)
+        self._observing = isinstance(self.policy, Observing)
         self._host_aware = host_scores and isinstance(self.policy, HostAware)
         dependent = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
         self._bounded = dependent and bool(getattr(self.policy, "request_lowers_score", False))
@@ -135,7 +135,7 @@ class Cluster:
     def schedule(self, pod: TracePod) -> bool:
         """Place ``pod`` (bind it) or say it fails."""
         if self._observing and cast(Observing, self.policy).observe(task_class(pod)):
-            self.reprice()
+            self.reprice()  # as the extender's filter does
         req = self.request(pod)
         key: Any = (req.containers_shape(), req.selector)
         if self._host_keyed:

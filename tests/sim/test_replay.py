@@ -149,7 +149,8 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
 def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
     """``learned``: the built-in prior first; then the placed pods' workload (GPU-model
     constraints included, as the extender records them), every cached score and placement dropped."""
-    from flexai_sched.fragmentation import DEFAULT_WORKLOAD, Fragmentation
+    from flexai_sched.workload import DEFAULT_WORKLOAD
+    from flexai_sched.policies.fragmentation import Fragmentation
 
     t = trace.load(write_trace(tmp_path, ["n0,64000,262144,2,T4", "n1,64000,262144,2,T4"], []))
     cluster = sim.Cluster(t, "fragmentation", 42, learned=True)
@@ -182,7 +183,8 @@ def test_a_replay_shows_the_policy_each_pod_and_it_reprices_a_wrong_plan(
     """Planned for shares that go anywhere (``prior``), the replay hands each arriving pod to
     the policy as the extender's filter does; T4-only pods make it price the T4 node's kind,
     and the replay drops its cached scores."""
-    from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
+    from flexai_sched.policies.fragmentation import Fragmentation
+    from flexai_sched.workload import TaskClass, Workload
 
     monkeypatch.setattr(Fragmentation, "REPRICE_EVERY", 5)
     nodes = ["t0,64000,262144,1,T4", *(f"g{i},64000,262144,1,G2" for i in range(9))]
