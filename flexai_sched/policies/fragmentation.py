@@ -290,7 +290,8 @@ class Fragmentation(_Measured):
         if task.vgpus:
             self._recent.append(task)
         self._seen += 1
-        return bool(self._kinds) and self._seen % self.REPRICE_EVERY == 0
+        # One kind of node: every price falls on every node alike, nothing to re-price.
+        return len(self._kinds) > 1 and self._seen % self.REPRICE_EVERY == 0
 
     def reprice(self, free_by_kind: Mapping[NodeKind, float]) -> bool:
         """Price against the cards each kind has free now; True when scores changed (the
