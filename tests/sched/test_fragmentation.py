@@ -247,7 +247,7 @@ def test_a_host_request_confines_a_class_to_the_node_kinds_that_fit_it() -> None
     assert gap > Fragmentation.CARD * 100 * Fragmentation.PRICE * 0.99
     by_model = Fragmentation(w)
     by_model.use_capacity({"G2": 72, "G3": 8})
-    assert not by_model._m.price  # type: ignore[attr-defined]
+    assert not by_model._m.price
 
 
 def test_the_policy_reprices_for_constrained_pods_its_plan_did_not_foresee() -> None:
@@ -256,12 +256,12 @@ def test_the_policy_reprices_for_constrained_pods_its_plan_did_not_foresee() -> 
     t4, g2 = NodeKind("T4", 1), NodeKind("G2", 1)
     policy = Fragmentation(Workload.of([TaskClass(1, 50, 1.0)]))
     policy.use_capacity({"T4": 1, "G2": 9}, {t4: 1, g2: 9})
-    assert not policy._m.price  # type: ignore[attr-defined]
+    assert not policy._m.price
     full = {t4: 1.0, g2: 9.0}
     asks = [policy.observe(TaskClass(1, 50, 1.0, models=frozenset({"T4"}))) for _ in range(Fragmentation.REPRICE_EVERY)]
     assert asks == [False] * (Fragmentation.REPRICE_EVERY - 1) + [True]
     assert policy.reprice(full)  # scores changed: the caller drops its caches
-    assert policy._m.price.of((Card(0, "t", "T4", 16384, 100),), None) == pytest.approx(Fragmentation.PRICE)  # type: ignore[attr-defined]
+    assert policy._m.price.of((Card(0, "t", "T4", 16384, 100),), None) == pytest.approx(Fragmentation.PRICE)
     assert not policy.reprice(full)  # nothing moved: caches stay
 
 
@@ -274,8 +274,8 @@ def test_the_price_follows_the_cards_left_of_each_kind() -> None:
     policy = Fragmentation(w)
     policy.use_capacity({"T4": 5, "G2": 5}, {t4: 5, g2: 5})
     card = (Card(0, "t", "T4", 16384, 100),)
-    assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)  # type: ignore[attr-defined]
+    assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)
     assert policy.reprice({t4: 0.5, g2: 5.0})
-    assert policy._m.price.of(card, None) == pytest.approx(Fragmentation.PRICE)  # type: ignore[attr-defined]
+    assert policy._m.price.of(card, None) == pytest.approx(Fragmentation.PRICE)
     assert policy.reprice({t4: 5.0, g2: 5.0})  # back to the start
-    assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)  # type: ignore[attr-defined]
+    assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)
