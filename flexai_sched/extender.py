@@ -97,6 +97,8 @@ class Extender:
         self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
         # The default node policy, where it watches the pods it is asked about and re-prices.
         self._observer: Observing | None = self._node_policy if isinstance(self._node_policy, Observing) else None
+        # Per node: (version, host, kind, free percent) at the last re-pricing pass.
+        self._free_seen: dict[str, tuple[int, object, NodeKind | None, int]] = {}
         self.preempting = Preempting(self)
 
     # ---- parsing ----
@@ -488,10 +490,19 @@ class Extender:
         if self._observer is None:
             return False
         free: dict[NodeKind, float] = {}
-        for node in self.state.nodes():
-            left = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
-            if left:
-                kind = _kind(node)
+        seen = self._free_seen
+        nodes = self.state.nodes()
+        if len(seen) > 2 * len(nodes):  # nodes gone: start afresh
+            seen.clear()
+        for node in nodes:
+            # A node's version changes with its cards and usage, its host object with its host:
+            # only the nodes changed since the last pass are summed again.
+            hit = seen.get(node.name)
+            if hit is None or hit[0] != node.version or hit[1] is not node.host:
+                left = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
+                hit = seen[node.name] = (node.version, node.host, _kind(node) if node.cards else None, left)
+            _, _, kind, left = hit
+            if left and kind is not None:
                 free[kind] = free.get(kind, 0.0) + left / FULL_CORES
         if not self._observer.reprice(free):
             return False
