@@ -199,3 +199,25 @@ def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(
     ext.filter(q, ["a", "t"])  # the last one: re-priced, cached scores dropped
     assert policy._m.price.exact == {NodeKind("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE)}
     assert drops == [1]
+
+
+def test_the_repricing_pass_counts_the_cards_a_bind_took_since_the_last_pass() -> None:
+    """The pass over the nodes sums again only the nodes changed since the last one: a bind
+    in between must still show in the free cards handed to the policy."""
+    state = ClusterState()
+    backend = MemoryBackend([node("a", cards=8, model="H200"), node("t", cards=1, model="T4")], heartbeat_every=None)
+    ext = Extender(state, backend, Settings(node_policy="fragmentation"))
+    backend.start(state)
+    for n in ("a", "t"):
+        state.set_host_capacity(n, CPU, 1024 * 1024)
+    policy = ext._node_policy
+    assert isinstance(policy, Fragmentation)
+    t4, h200 = NodeKind("T4", 1, CPU, 1024 * 1024), NodeKind("H200", 8, CPU, 1024 * 1024)
+    policy.use_capacity({"H200": 8, "T4": 1}, {h200: 1, t4: 1})
+    ext.reprice()
+    assert policy._free == {h200: 8.0, t4: 1.0}
+    q = pod("q", {"name": "m", "image": "x", "resources": {"limits": limits(1, cores=40, memory_gib=1)}})
+    assert ext.filter(q, ["t"]).fits == ["t"]
+    ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], "t")
+    ext.reprice()
+    assert policy._free == {h200: 8.0, t4: pytest.approx(0.6)}
