@@ -254,6 +254,7 @@ class Fragmentation(_Measured):
     OBSERVED = 600
     DRIFT = 0.5
     STEP = 0.05
+    QUIET = 0.25
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self._capacity: dict[str, int] = {}
@@ -263,6 +264,7 @@ class Fragmentation(_Measured):
         self._seen = 0
         self._observed: Workload | None = None  # the recent mix, where it overrides the plan's
         self._pressure: dict[NodeKind, float] = {}
+        self._static: dict[NodeKind, float] = {}
         super().__init__(workload)
 
     def use_capacity(self, cards_by_model: Mapping[str, int], node_kinds: Mapping[NodeKind, int] | None = None) -> None:
@@ -311,6 +313,9 @@ class Fragmentation(_Measured):
 
     def _pressures(self) -> dict[NodeKind, float]:
         raw = self.kind_pressure(self._observed or self._workload, self._free)
+        if self._free is not None:  # below QUIET prices are too small to move: the plan's stay
+            static = self._static
+            raw = {k: u if max(u, static.get(k, 0.0)) >= self.QUIET else static.get(k, 0.0) for k, u in raw.items()}
         return {k: round(u / self.STEP) * self.STEP for k, u in raw.items() if u >= self.STEP / 2}
 
     def use_workload(self, workload: Workload) -> None:
@@ -321,6 +326,7 @@ class Fragmentation(_Measured):
         # tasks CPU-only, CPU demand ~100% of the cluster's at 100% GPU arrived) seeds
         # 42-44: 7.86 -> 6.33 unallocated; default trace unchanged (4.13 -> 4.14).
         cpu = sum(c.weight * c.cpu_milli for c in workload.classes) + sum(w * m for m, w in workload.cpu_only)
+        self._static = self.kind_pressure(workload)
         self._pressure = self._pressures()
         price = {k: self.PRICE * min(1.0, u) ** self.POWER for k, u in self._pressure.items()}
         shares = tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)
@@ -358,7 +364,10 @@ class _PriceBook:
     """Prices per node kind, found from what a score knows of the node."""
 
     def __init__(self, price: Mapping[NodeKind, float], kinds: Mapping[NodeKind, int]) -> None:
-        self.exact = {k: p for k, p in price.items() if p > 0}
+        # Every known kind, priced or not (0: a cheaper kind of the same model and cards must
+        # not take their mean); keyed by plain tuples, built on every score.
+        self.exact = {(k.model, k.gpus, k.cpu_milli, k.memory_mib): price.get(k, 0.0) for k in {*kinds, *price}}
+        self._any = any(p > 0 for p in price.values())
         self._by_shape: dict[tuple[str, int], float] = {}
         self._by_model: dict[str, float] = {}
         for key_of, out in ((lambda k: (k.model, k.gpus), self._by_shape), (lambda k: k.model, self._by_model)):
@@ -371,14 +380,14 @@ class _PriceBook:
             out.update({key: paid[key] / cards[key] for key in cards if cards[key] and paid[key]})  # type: ignore[misc]
 
     def __bool__(self) -> bool:
-        return bool(self.exact)
+        return self._any
 
     def of(self, cards: Sequence[Card], host: Host | None) -> float:
         if not cards:
             return 0.0
         model = cards[0].model
         if host is not None:
-            got = self.exact.get(NodeKind(model, len(cards), host.cpu_milli, host.memory_mib))
+            got = self.exact.get((model, len(cards), host.cpu_milli, host.memory_mib))
             if got is not None:
                 return got
         got = self._by_shape.get((model, len(cards)))

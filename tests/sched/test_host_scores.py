@@ -171,7 +171,8 @@ def test_the_learned_workload_keeps_the_gpu_models_pods_asked_for() -> None:
     assert models == {frozenset(), frozenset({"T4"})}
     # T4-only: 2/3 of the demand against 1/9 of the cards: pressure 6, price capped at PRICE,
     # on the kind of node "t" (the policy learned each node's cards and host).
-    assert policy._m.price.exact == {NodeKind("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE)}
+    assert policy._m.price.exact == {("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
+                                     ("H200", 8, CPU, 1024 * 1024): 0.0}
 
 
 def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +198,8 @@ def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(
     drops: list[int] = []
     monkeypatch.setattr(state, "drop_scores", lambda: drops.append(1))
     ext.filter(q, ["a", "t"])  # the last one: re-priced, cached scores dropped
-    assert policy._m.price.exact == {NodeKind("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE)}
+    assert policy._m.price.exact == {("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
+                                     ("H200", 8, CPU, 1024 * 1024): 0.0}
     assert drops == [1]
 
 
