@@ -22,13 +22,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from flexai_node import hook_config
 from flexai_node.inventory import CardReading, dumps
@@ -144,6 +145,10 @@ def test_the_readme_installs_runs_upgrades_and_uninstalls_the_chart(helm_cluster
     core = c.plane.core_api()
     apps = k8s.AppsV1Api(core.api_client)
     try:
+        # The kubelet's own Lease comes a moment after its Node: part of "before".
+        coord = k8s.CoordinationV1Api(core.api_client)
+        wait_until(lambda: _exists(lambda: coord.read_namespaced_lease(NODE, "kube-node-lease")), 60,
+                   "the kubelet's node lease")
         before = _objects(c)
         node_meta = _node_meta(core)
         assert c.node.capacity(res.VGPU_NUMBER) == 0, "a device plugin before the chart"
@@ -306,6 +311,16 @@ def _objects(c: HelmCluster) -> set[tuple[str, str, str]]:
     items = json.loads(c.kubectl("get", ",".join(kinds), "--all-namespaces", "-o", "json"))["items"]
     return {(f"{i['kind']}.{i['apiVersion']}", i["metadata"].get("namespace", ""), i["metadata"]["name"])
             for i in items}
+
+
+def _exists(read: Callable[[], object]) -> bool:
+    try:
+        read()
+        return True
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
 
 
 def _node_meta(core: k8s.CoreV1Api) -> tuple[dict[str, str], set[str]]:
