@@ -1,8 +1,8 @@
 """A real Kubernetes control plane for the end-to-end tests.
 
-kine (SQLite) -> kube-apiserver -> [kube-controller-manager] -> kwok (fake kubelets) ->
-[extender] -> kube-scheduler, each a child process in its own process group, all listening on 127.0.0.1 only,
-with every component's output kept in a log file under the plane's work dir.
+kine (SQLite) -> kube-apiserver -> [kube-controller-manager] -> [kwok (fake kubelets)] ->
+[extender] -> kube-scheduler, each a child process in its own process group, all listening
+on 127.0.0.1 only, with every component's output kept in a log file under the plane's work dir.
 No mocks: these are the upstream binaries built by tools/controlplane/build.sh.
 """
 
@@ -319,8 +319,10 @@ CONTROLLERS = ("serviceaccount-controller", "root-ca-certificate-publisher-contr
                "deployment-controller", "replicaset-controller", "daemonset-controller",
                "garbage-collector-controller", "namespace-controller", "endpoints-controller")
 
+
 class ControlPlane:
-    """kine + kube-apiserver + kwok + optional extender + kube-scheduler on loopback.
+    """kine + kube-apiserver + [kube-controller-manager] + [kwok] + [extender] + kube-scheduler
+    on loopback.
 
     plane = ControlPlane(bin_dir).start()          # kube-scheduler without extender, or
     plane = ControlPlane(bin_dir).start(extender=ExtenderSpec([...]))
