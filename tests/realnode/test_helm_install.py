@@ -31,11 +31,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from flexai_node import hook_config
+from flexai_core import annotations as ann
+from flexai_core import resources as res
+from flexai_core.model import Allocation, Card
+from flexai_node.hook import config as hook_config
 from flexai_node.inventory import CardReading, dumps
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
-from flexai_sched.model import Allocation, Card
 from tests.e2e.conftest import _binaries
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, free_port, wait_until
 
