@@ -133,10 +133,15 @@ def helm_cluster() -> Iterator[HelmCluster]:
                         api.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
             finally:
                 api.api_client.close()
+        t0 = time.monotonic()
         node.stop()
+        t1 = time.monotonic()
         plane.stop()
+        t2 = time.monotonic()
         if not os.environ.get("FLEXAI_E2E_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\nhelm cluster down: node {t1 - t0:.1f} s, control plane {t2 - t1:.1f} s, "
+              f"work dir removed {time.monotonic() - t2:.1f} s")
 
 
 def test_the_readme_installs_runs_upgrades_and_uninstalls_the_chart(helm_cluster: HelmCluster) -> None:
