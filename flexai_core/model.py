@@ -182,3 +182,10 @@ def peak_usage(slices: tuple[Slice, ...]) -> dict[int, CardUsage]:
         for idx, usage in per_card.items():
             peak[idx] = peak.get(idx, CardUsage()).peak(usage)
     return peak
+
+
+def card_free(card: Card, used: CardUsage) -> int:
+    """Percent of the card's compute not given out (0 for a card that takes nothing)."""
+    if not card.healthy or used.vgpus >= card.max_vgpus:
+        return 0
+    return max(0, FULL_CORES - used.cores)

@@ -45,9 +45,8 @@ from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .extender_caches import ExtenderCaches
 from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
-from .policies.fragmentation import card_free
 from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
-from flexai_core.model import FULL_CORES, Allocation, PodRequest
+from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
 from flexai_core.requests import RequestError, RequestRules, parse_pod

@@ -21,10 +21,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from flexai_core.model import FULL_CORES, Card, CardUsage
+from flexai_core.model import FULL_CORES, Card, CardUsage, card_free
 
 from ..workload import Host
-from .fragmentation import card_free
 
 
 class RandomFit:

@@ -53,7 +53,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from flexai_core.model import FULL_CORES, Card, CardUsage
+from flexai_core.model import FULL_CORES, Card, CardUsage, card_free
 
 from ..workload import DEFAULT_WORKLOAD, Host, NodeKind, TaskClass, Workload
 from .leftover import leftover_table, leftover_tables
@@ -61,13 +61,6 @@ from .scarcity import model_pressure
 
 
 # ---- the measure ----
-
-
-def card_free(card: Card, used: CardUsage) -> int:
-    """Percent of the card's compute not given out (0 for a card that takes nothing)."""
-    if not card.healthy or used.vgpus >= card.max_vgpus:
-        return 0
-    return max(0, FULL_CORES - used.cores)
 
 
 def _whole_free(card: Card, used: CardUsage) -> bool:

@@ -35,10 +35,9 @@ from typing import Any, cast
 
 from .. import policies
 from ..allocator import NoFit, Placement, place
-from ..policies.fragmentation import card_free
 from ..policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
 from ..workload import Host, NodeKind, TaskClass, Workload
-from flexai_core.model import FULL_CORES, Allocation, PodRequest
+from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
 from ..policies.interface import Policy
 from ..state import ClusterState, NodeState
 from ..policies.interface import Seeded
