@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -637,7 +638,25 @@ static void t_compute(const char *pct, const char *graph)
     const char *card = getenv("FAKECUDA_UTIL");
     double weight = 1.0, expect = cores;
     const char *curve = getenv("TEST_SPEEDUP");
-    if (curve != NULL) {
+    const char *gap = getenv("TEST_GAP_POWER");
+    if (gap != NULL) {
+        /* The power model: the fake card draws FAKECUDA_POWER_MW on average
+         * whatever we do, so its busy power is gap + (avg - gap) / duty;
+         * solved for the duty the controller settles at (the weight capped
+         * at 1.5, and 1 where the busy power is within the limit). */
+        char uuid[64];
+        fakecuda_uuid_string(0, uuid, sizeof uuid);
+        config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.gap_power_mw=%s\n", uuid, cores, gap);
+        double g = atof(gap), avg = atof(getenv("FAKECUDA_POWER_MW")), lim = atof(getenv("FAKECUDA_POWER_LIMIT_MW"));
+        double duty = cores / 100.0;
+        for (int i = 0; i < 200; i++) {
+            double busy = g + (avg - g) / duty;
+            double w = busy > lim ? pow((busy - g) / (lim - g), 0.42) : 1.0;
+            weight = w > 1.5 ? 1.5 : w;
+            duty = 0.5 * duty + 0.5 * cores / 100.0 / weight; /* damped: the plain iteration can cycle */
+        }
+        expect = cores / weight;
+    } else if (curve != NULL) {
         /* The agent's calibration figures: a flat measured curve and, with
          * TEST_IDLE_POWER, the power gate; TEST_WEIGHT is what each busy ms
          * should book as (1 + (curve - 1) x gate). */
