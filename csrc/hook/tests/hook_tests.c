@@ -876,6 +876,18 @@ static void t_calibrate(void)
         CHECK(cal.speedup_pm[i] >= 950 && cal.speedup_pm[i] <= 1050, "speedup[%d] %u", i, cal.speedup_pm[i]);
     CHECK(cal.idle_power_mw == 699000 && cal.procs_before == 0, "idle %u mW, %u processes", cal.idle_power_mw,
           cal.procs_before);
+    /* A card that draws the same at every duty: the gap power is that power. */
+    CHECK(cal.gap_power_mw > 699000 * 0.97 && cal.gap_power_mw < 699000 * 1.03, "gap %u mW", cal.gap_power_mw);
+
+    /* 130 W between kernels, 600 W while one runs: the line through the 10%
+     * and 30% steps finds the 130 W at duty 0 (the energy counter). */
+    setenv("FAKECUDA_GAP_POWER_MW", "130000", 1);
+    setenv("FAKECUDA_BUSY_POWER_MW", "600000", 1);
+    CHECK((rc = flexai_calibrate(uuid, 200, 10, &cal, sizeof cal)) == 0, "rc %d", rc);
+    printf("calibration: gap %u mW\n", cal.gap_power_mw);
+    CHECK(cal.gap_power_mw > 130000 * 0.9 && cal.gap_power_mw < 130000 * 1.1, "gap %u mW", cal.gap_power_mw);
+    unsetenv("FAKECUDA_GAP_POWER_MW");
+    unsetenv("FAKECUDA_BUSY_POWER_MW");
 
     /* A card in use is left alone: nothing launched. */
     setenv("FAKECUDA_UTIL", "40", 1);
