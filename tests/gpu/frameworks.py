@@ -143,7 +143,7 @@ def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, en
     t0 = time.time()
     try:
         r = subprocess.run([sys.executable, WORKLOAD, kind, *args], env=env_for(conf, hook, env), capture_output=True,
-                           text=True, timeout=timeout, preexec_fn=pinned(CPUS[0]))
+                           text=True, timeout=timeout, preexec_fn=pinned(CPUS[0] + CPUS[1]))
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
         out: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": f"no result, rc={r.returncode}"}
         out["rc"] = r.returncode
@@ -485,7 +485,7 @@ def main() -> None:
 
     hg.GPU = 0
     local = hg.gpu_local_cpus(8)
-    CPUS = (local[:4], local[4:] or local[:4])
+    CPUS = (local[:4], local[4:])
     R.update(card=parts[1], driver=parts[2], memory_total=parts[3], power_limit=parts[4], max_sm_clock=parts[5],
              uuid=UUID, args={k: v for k, v in vars(a).items()})
     phases = {"calibrate": phase_calibrate, "memory": phase_memory, "workers": phase_workers, "fork": phase_fork,
@@ -519,7 +519,7 @@ OUTDIR = Path(".")
 UUID = ""
 LIMITS: list[int] = []
 FW_LIMITS: list[int] = []
-CPUS: tuple[list[int], list[int]] = ([], [])  # one tenant's CPUs, the other's
+CPUS: tuple[list[int], list[int]] = ([], [])  # one tenant's CPUs, the other's; a lone child gets both
 HEAVY_WAVE = 2  # overhead: processes per configuration alive at once for the transformer and Llama
 
 if __name__ == "__main__":
