@@ -74,8 +74,8 @@ bud() {
   fi
   echo "$ref $tar"
 }
-bud flexai-sched Dockerfile.scheduler pyproject.toml README.md tools/images/requirements.py flexai_sched
-bud flexai-node Dockerfile.node pyproject.toml README.md tools/images/requirements.py flexai_sched flexai_node csrc/hook
+bud flexai-sched Dockerfile.scheduler pyproject.toml README.md tools/images/requirements.py flexai_core flexai_sched
+bud flexai-node Dockerfile.node pyproject.toml README.md tools/images/requirements.py flexai_core flexai_node csrc/hook
 
 # ---- nginx for the read-only views proxy ----
 ref=localhost/flexai-views-nginx:bookworm
