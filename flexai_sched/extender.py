@@ -44,9 +44,10 @@ from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .extender_caches import ExtenderCaches
-from .workload import DEFAULT_WORKLOAD, TaskClass, Workload
-from .policies.interface import CapacityAware, HostAware, WorkloadAware
-from flexai_core.model import Allocation, PodRequest
+from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
+from .policies.fragmentation import card_free
+from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
+from flexai_core.model import FULL_CORES, Allocation, PodRequest
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
 from flexai_core.requests import RequestError, RequestRules, parse_pod
@@ -94,6 +95,10 @@ class Extender:
         self._models: dict[str, frozenset[str]] = {}
         self.clock = time.monotonic  # tests move time on
         self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
+        # The default node policy, where it watches the pods it is asked about and re-prices.
+        self._observer: Observing | None = self._node_policy if isinstance(self._node_policy, Observing) else None
+        # Per node: (version, host, kind, free percent) at the last re-pricing pass.
+        self._free_seen: dict[str, tuple[int, object, NodeKind | None, int]] = {}
         self.preempting = Preempting(self)
 
     # ---- parsing ----
@@ -133,6 +138,8 @@ class Extender:
         if not req.wants_gpu:
             out.fits = list(node_names)
             return out
+        if self._observer is not None and self._observer.observe(_task(req)):
+            self.reprice()
         if self.preempting.nominations:  # rare: a preemptor waits for its victims to go
             self.preempting.victims_left(req)
         if self.state.quotas.active:  # once per call, never per node
@@ -462,16 +469,45 @@ class Extender:
         if not workload.classes:
             return 0  # no GPU pods yet: nothing to aim at
         cards: dict[str, int] = {}
+        kinds: dict[NodeKind, int] = {}
         for node in self.state.nodes():
             for card in node.cards:
                 cards[card.model] = cards.get(card.model, 0) + 1
+            if node.cards:
+                kind = _kind(node)
+                kinds[kind] = kinds.get(kind, 0) + 1
         for policy in aware:
             if isinstance(policy, CapacityAware):
-                policy.use_capacity(cards)  # what the constrained tasks' models can take
+                policy.use_capacity(cards, kinds)  # what the constrained tasks' models and kinds can take
             policy.use_workload(workload)
         self.workload = workload
         self.caches.drop_scores(self.state)
         return len(requests)
+
+    def reprice(self) -> bool:
+        """Hand the observing node policy the free cards per node kind; every cached score
+        goes if it re-priced. True if it did."""
+        if self._observer is None:
+            return False
+        free: dict[NodeKind, float] = {}
+        seen = self._free_seen
+        nodes = self.state.nodes()
+        if len(seen) > 2 * len(nodes):  # nodes gone: start afresh
+            seen.clear()
+        for node in nodes:
+            # A node's version changes with its cards and usage, its host object with its host:
+            # only the nodes changed since the last pass are summed again.
+            hit = seen.get(node.name)
+            if hit is None or hit[0] != node.version or hit[1] is not node.host:
+                left = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
+                hit = seen[node.name] = (node.version, node.host, _kind(node) if node.cards else None, left)
+            _, _, kind, left = hit
+            if left and kind is not None:
+                free[kind] = free.get(kind, 0.0) + left / FULL_CORES
+        if not self._observer.reprice(free):
+            return False
+        self.caches.drop_scores(self.state)
+        return True
 
     def _key(self, req: PodRequest) -> int:
         """A small int naming (pod shape, card policy, node policy); stable for this process."""
@@ -512,6 +548,19 @@ class Extender:
                     f"(models in the cluster: {', '.join(sorted(have)) or 'none'})"
                 )
         return ""
+
+
+def _kind(node: NodeState) -> NodeKind:
+    """The node's kind for the policies: its cards' model and count, and its host where known."""
+    host = node.host
+    return NodeKind(node.cards[0].model, len(node.cards), host.cpu_milli if host else 0, host.memory_mib if host else 0)
+
+
+def _task(req: PodRequest) -> TaskClass:
+    """A pod as a task class (weight 1): app containers' vGPUs, the largest share, host request, models."""
+    app = [c for c in req.containers if not c.init and c.vgpus]
+    return TaskClass(sum(c.vgpus for c in app), max((c.cores for c in app), default=0), 1.0, req.cpu_milli,
+                     req.memory_mib, frozenset(req.selector.models))
 
 
 def _uid_of(pod: Mapping[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The value types policies reason with: a node's host resources and the target workload.
+"""The value types policies reason with: a node's host resources, kinds of node and the target workload.
 
 Plain frozen dataclasses shared by the policies, the cluster state, the extender and the
 simulator, so none of them imports one policy's module for them.
@@ -43,6 +43,25 @@ class TaskClass:
     cpu_milli: int = 0
     memory_mib: int = 0
     models: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NodeKind:
+    """Nodes alike to a task: GPU model, cards, allocatable host CPU and memory (0: unknown)."""
+
+    model: str
+    gpus: int = 0
+    cpu_milli: int = 0
+    memory_mib: int = 0
+
+    def takes(self, c: TaskClass) -> bool:
+        """Could a task of class ``c`` run on an empty node of this kind?"""
+        return (
+            (not c.models or self.model in c.models)
+            and (not self.gpus or self.gpus >= c.vgpus)
+            and (not self.cpu_milli or self.cpu_milli >= c.cpu_milli)
+            and (not self.memory_mib or self.memory_mib >= c.memory_mib)
+        )
 
 
 @dataclass(frozen=True, slots=True)

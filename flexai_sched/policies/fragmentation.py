@@ -34,23 +34,28 @@ capacity left unallocated) shows FGD missing on this trace:
    on the default trace, kept because the metric counts GPUs, not tasks);
 4. among equal growth, the node (and the card) with the least free capacity left
    wins: best fit, so empty nodes stay empty for large tasks;
-5. tasks confined to some GPU models fail once those are full, whatever else is free:
-   a percent of a model's cards costs by how much of that model constrained tasks need
-   (``flexai_sched.policies.scarcity``), so tasks that may go anywhere leave them while they can.
+5. tasks confined to some kinds of node fail once those are full, whatever else is free:
+   confined by their GPU models (``vgpu-type.<MODEL>``), or by their shape (8 whole cards
+   with 120 cores fit only 8-card nodes with 128 cores). A percent of a kind's cards
+   costs by how much of that kind confined tasks need (``flexai_sched.policies.scarcity``),
+   so tasks that may go anywhere leave them while they can. The need is taken against the
+   cards each kind has left as the cluster fills, and against the pods seen arriving
+   where they differ from the plan.
 
-Both are ``WorkloadAware`` and ``HostAware``; ``fragmentation`` is ``CapacityAware`` too
-(``policies.interface``).
+Both are ``WorkloadAware`` and ``HostAware``; ``fragmentation`` is ``CapacityAware`` and
+``Observing`` too (``policies.interface``).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from flexai_core.model import FULL_CORES, Card, CardUsage
 
-from ..workload import DEFAULT_WORKLOAD, Host, TaskClass, Workload
+from ..workload import DEFAULT_WORKLOAD, Host, NodeKind, TaskClass, Workload
 from .leftover import leftover_table, leftover_tables
 from .scarcity import model_pressure
 
@@ -224,7 +229,7 @@ class Fragmentation(_Measured):
     # seeds 42-45 (it keeps mid-size gaps open; the trace does not pack perfectly), as an
     # extra term or a tie-break 4.04-4.23 (4.05 without).
     CARD = 1000.0
-    # Price of a percent of a GPU model's cards, PRICE x min(1, pressure)^POWER (pressure:
+    # Price of a percent of a node kind's cards, PRICE x min(1, pressure)^POWER (pressure:
     # ``flexai_sched.policies.scarcity``), in the card term: tasks that may go anywhere leave the
     # cards constrained tasks need while others fit them. Steep (POWER 4) because a price
     # on a model constrained tasks only partly need moves shares onto 8-card nodes and
@@ -237,13 +242,81 @@ class Fragmentation(_Measured):
     MODEL_TABLES = False
     MODEL_RATIOS = True
 
+    # A class that may use kinds holding this share of the cards counts as unconstrained:
+    # most classes miss a few small nodes (8 cores, one card) and need nothing of the rest.
+    ANYWHERE = 0.95
+    # Re-pricing as the cluster fills (``Observing``): every REPRICE_EVERY pods asked
+    # about, the pressure is taken against the free cards of each kind, and against the
+    # model mix of the last OBSERVED pods where that puts some kind DRIFT above the plan
+    # (the plan did not foresee the constrained pods arriving). Pressures round to STEP,
+    # so prices, and every cached score, change only when one moves that much.
+    REPRICE_EVERY = 200
+    OBSERVED = 600
+    DRIFT = 0.5
+    STEP = 0.05
+    QUIET = 0.25
+
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self._capacity: dict[str, int] = {}
+        self._kinds: dict[NodeKind, int] = {}
+        self._free: dict[NodeKind, float] | None = None  # free cards per kind; None: all
+        self._recent: deque[TaskClass] = deque(maxlen=self.OBSERVED)
+        self._seen = 0
+        self._observed: Workload | None = None  # the recent mix, where it overrides the plan's
+        self._pressure: dict[NodeKind, float] = {}
+        self._static: dict[NodeKind, float] = {}
         super().__init__(workload)
 
-    def use_capacity(self, cards_by_model: Mapping[str, int]) -> None:
+    def use_capacity(self, cards_by_model: Mapping[str, int], node_kinds: Mapping[NodeKind, int] | None = None) -> None:
         self._capacity = dict(cards_by_model)
+        self._kinds = dict(node_kinds) if node_kinds else {NodeKind(m): k for m, k in cards_by_model.items() if k > 0}
+        self._free = None
         self.use_workload(self._workload)
+
+    def kind_pressure(self, workload: Workload, free: Mapping[NodeKind, float] | None = None) -> dict[NodeKind, float]:
+        """``model_pressure`` over node kinds: each class confined to the kinds it fits (its
+        models, enough cards, enough host CPU and memory on an empty node), against the
+        cards of each kind, or ``free`` cards of each kind."""
+        cards = {k: float(n * (k.gpus or 1)) for k, n in self._kinds.items()}
+        total = sum(cards.values())
+        demand: dict[frozenset[NodeKind], float] = {}
+        for c in workload.classes:
+            usable = frozenset(k for k in cards if k.takes(c))
+            if sum(cards[k] for k in usable) >= self.ANYWHERE * total:
+                usable = frozenset()
+            demand[usable] = demand.get(usable, 0.0) + c.weight * c.vgpus * c.cores
+        return model_pressure(demand, cards if free is None else {k: free.get(k, 0.0) for k in cards})
+
+    def observe(self, task: TaskClass) -> bool:
+        """A pod was asked about (placed or not); True when it is time to ``reprice``."""
+        if task.vgpus:
+            self._recent.append(task)
+        self._seen += 1
+        # One kind of node: every price falls on every node alike, nothing to re-price.
+        return len(self._kinds) > 1 and self._seen % self.REPRICE_EVERY == 0
+
+    def reprice(self, free_by_kind: Mapping[NodeKind, float]) -> bool:
+        """Price against the cards each kind has free now; True when scores changed (the
+        caller drops every cached score)."""
+        self._free = dict(free_by_kind)
+        self._observed = None
+        if len(self._recent) >= self.REPRICE_EVERY:
+            recent = Workload.of(self._recent)
+            planned = self.kind_pressure(self._workload, self._free)
+            seen = self.kind_pressure(recent, self._free)
+            if any(u > planned.get(k, 0.0) + self.DRIFT for k, u in seen.items()):
+                self._observed = recent
+        if self._pressures() == self._pressure:
+            return False
+        self.use_workload(self._workload)
+        return True
+
+    def _pressures(self) -> dict[NodeKind, float]:
+        raw = self.kind_pressure(self._observed or self._workload, self._free)
+        if self._free is not None:  # below QUIET prices are too small to move: the plan's stay
+            static = self._static
+            raw = {k: u if max(u, static.get(k, 0.0)) >= self.QUIET else static.get(k, 0.0) for k, u in raw.items()}
+        return {k: round(u / self.STEP) * self.STEP for k, u in raw.items() if u >= self.STEP / 2}
 
     def use_workload(self, workload: Workload) -> None:
         self._workload = workload
@@ -253,18 +326,18 @@ class Fragmentation(_Measured):
         # tasks CPU-only, CPU demand ~100% of the cluster's at 100% GPU arrived) seeds
         # 42-44: 7.86 -> 6.33 unallocated; default trace unchanged (4.13 -> 4.14).
         cpu = sum(c.weight * c.cpu_milli for c in workload.classes) + sum(w * m for m, w in workload.cpu_only)
-        demand: dict[frozenset[str], float] = {}
-        for c in workload.classes:
-            demand[c.models] = demand.get(c.models, 0.0) + c.weight * c.vgpus * c.cores
-        pressure = model_pressure(demand, self._capacity)
-        price = {m: self.PRICE * min(1.0, u) ** self.POWER for m, u in pressure.items() if u > 0}
+        self._static = self.kind_pressure(workload)
+        self._pressure = self._pressures()
+        price = {k: self.PRICE * min(1.0, u) ** self.POWER for k, u in self._pressure.items()}
         shares = tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)
         tables: dict[str, tuple[float, ...]] = {}
         ratios: dict[str, float] = {}
-        if price and self.MODEL_TABLES:  # models differ: each has its own holes
+        constrained = any(c.models for c in workload.classes)
+        if constrained and price and self.MODEL_TABLES:  # models differ: each has its own holes
+            by_model = {m: max((p for k, p in price.items() if k.model == m), default=0.0) for m in self._capacity}
             tables = leftover_tables(((c.vgpus, c.cores, c.weight, c.models) for c in workload.classes),
-                                     self._capacity, price)
-        if price and self.MODEL_RATIOS:  # and its own tasks' CPU per GPU
+                                     self._capacity, by_model)
+        if constrained and self.MODEL_RATIOS:  # and its own tasks' CPU per GPU
             cpu_only = sum(w * m for m, w in workload.cpu_only)
             for model in self._capacity:
                 usable = [c for c in workload.classes if not c.models or model in c.models]
@@ -281,9 +354,44 @@ class Fragmentation(_Measured):
             leftover_weight=self.LEFTOVER,
             card_weight=self.CARD,
             price=price,
+            kinds=self._kinds,
             leftover_by_model=tables,
             cpu_per_pct_by_model=ratios,
         )
+
+
+class _PriceBook:
+    """Prices per node kind, found from what a score knows of the node."""
+
+    def __init__(self, price: Mapping[NodeKind, float], kinds: Mapping[NodeKind, int]) -> None:
+        # Every known kind, priced or not (0: a cheaper kind of the same model and cards must
+        # not take their mean); keyed by plain tuples, built on every score.
+        self.exact = {(k.model, k.gpus, k.cpu_milli, k.memory_mib): price.get(k, 0.0) for k in {*kinds, *price}}
+        self._any = any(p > 0 for p in price.values())
+        self._by_shape: dict[tuple[str, int], float] = {}
+        self._by_model: dict[str, float] = {}
+        for key_of, out in ((lambda k: (k.model, k.gpus), self._by_shape), (lambda k: k.model, self._by_model)):
+            cards: dict[object, float] = {}
+            paid: dict[object, float] = {}
+            for k, n in kinds.items():
+                key = key_of(k)
+                cards[key] = cards.get(key, 0.0) + n * (k.gpus or 1)
+                paid[key] = paid.get(key, 0.0) + n * (k.gpus or 1) * price.get(k, 0.0)
+            out.update({key: paid[key] / cards[key] for key in cards if cards[key] and paid[key]})  # type: ignore[misc]
+
+    def __bool__(self) -> bool:
+        return self._any
+
+    def of(self, cards: Sequence[Card], host: Host | None) -> float:
+        if not cards:
+            return 0.0
+        model = cards[0].model
+        if host is not None:
+            got = self.exact.get((model, len(cards), host.cpu_milli, host.memory_mib))
+            if got is not None:
+                return got
+        got = self._by_shape.get((model, len(cards)))
+        return got if got is not None else self._by_model.get(model, 0.0)
 
 
 # Entries per memo of ``_Measure``: each holds a node state (~1 KiB); a long-lived extender
@@ -320,13 +428,16 @@ class _Measure:
         leftover: Sequence[float] = (),
         leftover_weight: float = 0.0,
         card_weight: float = 0.0,
-        price: Mapping[str, float] | None = None,
+        price: Mapping[NodeKind, float] | None = None,
+        kinds: Mapping[NodeKind, int] | None = None,
         leftover_by_model: Mapping[str, Sequence[float]] | None = None,
         cpu_per_pct_by_model: Mapping[str, float] | None = None,
     ) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
         self.card_weight = card_weight
-        self.price = dict(price or {})  # per model: cost of a percent of its cards
+        # Per node kind: the cost of a percent of its cards; looked up by the node's cards
+        # and host, by its cards alone (no host known), or by its model.
+        self.price = _PriceBook(price or {}, kinds or {})
         # Per model where constrained tasks make models differ; else the one table / ratio.
         self.leftover_by_model = {m: tuple(t) for m, t in (leftover_by_model or {}).items()}
         self.cpu_per_pct_by_model = dict(cpu_per_pct_by_model or {})
@@ -368,7 +479,6 @@ class _Measure:
             else:
                 cost = self._card_waste(after) - self._card_waste(free)
             cost += self.tie * free  # fullest first among equals
-            cost += self.price.get(card.model, 0.0) * min(cores, free)
             self._card_costs[key] = cost
         return cost
 
@@ -389,19 +499,18 @@ class _Measure:
             return float(int(100 / (1 + math.exp(-growth_avoided / 100))))
         if self.card_weight:
             growth_avoided -= self.card_weight * self._cards_cost(cards, before, after)
+            if self.price:  # the same on every card of the node: it weighs nodes, not cards
+                taken = sum(a.cores for a in after) - sum(b.cores for b in before)
+                growth_avoided -= self.card_weight * taken * self.price.of(cards, host)
         return growth_avoided - self.tie * sum_a[0]
 
     def _cards_cost(self, cards: Sequence[Card], before: Sequence[CardUsage], after: Sequence[CardUsage]) -> float:
-        """``card_cost`` of the cards the pod takes a share of; a whole card costs its
-        model's price alone."""
+        """``card_cost`` of the cards the pod takes a share of."""
         cost = 0.0
-        price = self.price
         for card, b, a in zip(cards, before, after, strict=True):
             taken = a.cores - b.cores
             if 0 < taken < FULL_CORES:
                 cost += self.card_cost(card, b, taken)
-            elif taken and price:
-                cost += price.get(card.model, 0.0) * taken
         return cost
 
     def _phi(self, summary: Summary, cpu_free: int | None) -> float:

@@ -8,7 +8,8 @@ A policy answers two questions with plain arithmetic:
 
 Optional abilities (kube-scheduler style: small, separate interfaces) are checked with
 ``isinstance``: ``WorkloadAware`` (take the target workload), ``CapacityAware`` (take the
-cluster's cards per GPU model), ``HostAware`` (score with the host's CPU and memory as
+cluster's cards per GPU model and nodes per kind), ``Observing`` (see each pod asked about,
+re-price against the cards left), ``HostAware`` (score with the host's CPU and memory as
 kube-scheduler counts pod requests) and ``Seeded`` (draws that repeat per replay seed).
 """
 
@@ -19,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from flexai_core.model import Card, CardUsage
 
-from ..workload import Host, Workload
+from ..workload import Host, NodeKind, TaskClass, Workload
 
 
 class Policy(Protocol):
@@ -37,9 +38,28 @@ class WorkloadAware(Protocol):
 
 @runtime_checkable
 class CapacityAware(Protocol):
-    """A policy that weighs GPU models by how much of each the cluster has (cards per model)."""
+    """A policy that weighs GPU models and node kinds by how much of each the cluster has.
 
-    def use_capacity(self, cards_by_model: Mapping[str, int]) -> None: ...
+    ``cards_by_model``: cards per model; ``node_kinds``: nodes per kind, where known (a
+    task confined by its host request to few kinds, e.g. 8 cards with 120 cores, needs
+    them as a model-constrained task needs its model).
+    """
+
+    def use_capacity(self, cards_by_model: Mapping[str, int], node_kinds: Mapping[NodeKind, int] | None = None) -> None: ...
+
+
+@runtime_checkable
+class Observing(Protocol):
+    """A policy that watches the pods it is asked about and the cards left, and re-prices.
+
+    ``observe`` gets each pod asked about (filter sees those that then fail too); when it
+    returns True the caller passes the free cards per node kind to ``reprice``, and when
+    that returns True, drops every score it cached.
+    """
+
+    def observe(self, task: TaskClass) -> bool: ...
+
+    def reprice(self, free_by_kind: Mapping[NodeKind, float]) -> bool: ...
 
 
 @runtime_checkable

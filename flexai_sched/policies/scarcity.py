@@ -21,16 +21,19 @@ at 0. Pure arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from itertools import combinations
-from typing import Final
+from typing import Final, TypeVar
 
 # Above this many models, only the tasks' own model sets (and their union) are tried as
 # the densest set instead of every subset.
 MAX_EXACT_MODELS: Final = 12
 
+# A GPU model, or a kind of node (``workload.NodeKind``): anything with capacity.
+K = TypeVar("K", bound=Hashable)
 
-def model_pressure(demand: Mapping[frozenset[str], float], capacity: Mapping[str, float]) -> dict[str, float]:
+
+def model_pressure(demand: Mapping[frozenset[K], float], capacity: Mapping[K, float]) -> dict[K, float]:
     """Per model of ``capacity`` (cards, or any unit of capacity), the share of it the
     constrained demand needs. ``demand``: GPU demand per set of allowed models (the empty
     set: any model, counted in the total only), in any unit."""
@@ -40,13 +43,13 @@ def model_pressure(demand: Mapping[frozenset[str], float], capacity: Mapping[str
     if not models or total <= 0:
         return pressure
     scale = sum(capacity[m] for m in models) / total
-    sets: dict[frozenset[str], float] = {}
+    sets: dict[frozenset[K], float] = {}
     for allowed, d in demand.items():
         usable = frozenset(allowed) & models
         if allowed and usable and d > 0:  # a set of absent models fails anyway: no pressure
             sets[usable] = sets.get(usable, 0.0) + d * scale
     while sets:
-        best, best_rho = frozenset[str](), -1.0
+        best, best_rho = frozenset[K](), -1.0
         for t in _candidates(sets):
             need = sum(d for s, d in sets.items() if s <= t)
             rho = need / sum(capacity[m] for m in t)
@@ -54,7 +57,7 @@ def model_pressure(demand: Mapping[frozenset[str], float], capacity: Mapping[str
                 best, best_rho = t, rho
         for m in best:
             pressure[m] = best_rho
-        rest: dict[frozenset[str], float] = {}
+        rest: dict[frozenset[K], float] = {}
         for s, d in sets.items():
             if not s <= best:
                 rest[s - best] = rest.get(s - best, 0.0) + d
@@ -62,9 +65,9 @@ def model_pressure(demand: Mapping[frozenset[str], float], capacity: Mapping[str
     return pressure
 
 
-def _candidates(sets: Mapping[frozenset[str], float]) -> list[frozenset[str]]:
+def _candidates(sets: Mapping[frozenset[K], float]) -> list[frozenset[K]]:
     union = frozenset().union(*sets)
     if len(union) > MAX_EXACT_MODELS:
         return [*sets, union]
-    ordered = sorted(union)
+    ordered = sorted(union, key=repr)
     return [frozenset(c) for k in range(1, len(ordered) + 1) for c in combinations(ordered, k)]

@@ -31,13 +31,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from .. import policies
 from ..allocator import NoFit, Placement, place
-from ..policies.interface import CapacityAware, HostAware, WorkloadAware
-from ..workload import Host, Workload
-from flexai_core.model import Allocation, PodRequest
+from ..policies.fragmentation import card_free
+from ..policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
+from ..workload import Host, NodeKind, TaskClass, Workload
+from flexai_core.model import FULL_CORES, Allocation, PodRequest
 from ..policies.interface import Policy
 from ..state import ClusterState, NodeState
 from ..policies.interface import Seeded
@@ -97,16 +98,20 @@ class Cluster:
             self.state.upsert_node(n.inventory())
         self.hosts = [Host(n.cpu_milli, n.memory_mib) for n in nodes]
         self.policy: Policy = policies.get(policy_name)
+        self._kinds = [NodeKind(n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes]
         if isinstance(self.policy, CapacityAware):
             by_model: dict[str, int] = {}
-            for n in nodes:
+            kinds: dict[NodeKind, int] = {}
+            for n, kind in zip(nodes, self._kinds, strict=True):
                 by_model[n.model] = by_model.get(n.model, 0) + n.gpus
-            self.policy.use_capacity(by_model)
+                kinds[kind] = kinds.get(kind, 0) + 1
+            self.policy.use_capacity(by_model, kinds)
         if isinstance(self.policy, WorkloadAware) and not learned:
             # ``learned``: the built-in prior until ``learn``; ``prior``: a plan of the caller's
             self.policy.use_workload(target_workload(trace) if prior is None else prior)
         if isinstance(self.policy, Seeded):
             self.policy.use_seed(seed)  # Random-fit's card draws repeat per seed
+        self._observing = isinstance(self.policy, Observing)
         self._host_aware = host_scores and isinstance(self.policy, HostAware)
         dependent = self._host_aware and bool(getattr(self.policy, "pod_host_dependent", False))
         self._bounded = dependent and bool(getattr(self.policy, "request_lowers_score", False))
@@ -129,6 +134,8 @@ class Cluster:
 
     def schedule(self, pod: TracePod) -> bool:
         """Place ``pod`` (bind it) or say it fails."""
+        if self._observing and cast(Observing, self.policy).observe(task_class(pod)):
+            self.reprice()  # as the extender's filter does
         req = self.request(pod)
         key: Any = (req.containers_shape(), req.selector)
         if self._host_keyed:
@@ -156,6 +163,20 @@ class Cluster:
         self.hosts[i] = self.hosts[i].plus(pod.cpu_milli, pod.memory_mib)
         self._log.append(i)
         return True
+
+    def reprice(self) -> None:
+        """Hand the policy the free cards per node kind; drop every cached score if it re-priced."""
+        free: dict[NodeKind, float] = {}
+        for i, name in enumerate(self.names):
+            node = self.state.node(name)
+            assert node is not None
+            left = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
+            if left:
+                free[self._kinds[i]] = free.get(self._kinds[i], 0.0) + left / FULL_CORES
+        if cast(Observing, self.policy).reprice(free):
+            self.state.drop_scores()
+            self._boards.clear()
+            self._memos.clear()
 
     def learn(self, placed: Sequence[TracePod]) -> None:
         """Plan for the workload of the pods placed so far, as ``Extender.learn_workload``
@@ -224,6 +245,12 @@ class Cluster:
         version = node.version
         self.state.assume(alloc, lambda n: n.version == version)
         self.state.confirm(alloc.key)
+
+
+def task_class(pod: TracePod) -> TaskClass:
+    """The task class of one trace pod (weight 1), as the extender sees a pod in filter."""
+    cores = (FULL_CORES if pod.gpu_milli >= 1000 else pod.cores) if pod.num_gpu else 0
+    return TaskClass(pod.num_gpu if cores else 0, cores, 1.0, pod.cpu_milli, pod.memory_mib, pod.gpu_spec)
 
 
 def replay(

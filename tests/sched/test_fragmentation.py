@@ -8,7 +8,7 @@ import random
 import pytest
 
 from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
-from flexai_sched.workload import Host, TaskClass, Workload
+from flexai_sched.workload import Host, NodeKind, TaskClass, Workload
 from flexai_sched.policies.interface import HostAware, WorkloadAware
 from flexai_core.model import FULL_CORES, Card, CardUsage
 
@@ -221,3 +221,61 @@ def test_fragmentation_prices_whole_cards_of_a_needed_model() -> None:
     # Price 1 per percent x 100 percent x CARD 1000 apart.
     gap = policy.node_score(g2, used(0), used(100)) - policy.node_score(v100, used(0), used(100))
     assert gap == pytest.approx(Fragmentation.CARD * 100, rel=0.01)
+
+
+G2_NODE = tuple(Card(i, f"g2/{i}", "G2", 32768, 100) for i in range(8))
+G3_NODE = tuple(Card(i, f"g3/{i}", "G3", 32768, 100) for i in range(8))
+G2_KIND = NodeKind("G2", 8, 96_000, 786_432)
+G3_KIND = NodeKind("G3", 8, 128_000, 786_432)
+
+
+def test_a_host_request_confines_a_class_to_the_node_kinds_that_fit_it() -> None:
+    # 8-card tasks asking 120 cores fit only the 128-core G3 nodes (1 of 10): their demand
+    # (a third of all) is three times what G3 has, so G3 cards get the full price, and a
+    # 1-card task that fits anywhere goes to a G2 node. Without the node kinds (models
+    # only) nothing confines the 8-card tasks and no price is set.
+    w = Workload.of([TaskClass(1, FULL_CORES, 16.0, cpu_milli=8000), TaskClass(8, FULL_CORES, 1.0, cpu_milli=120_000)])
+    policy = Fragmentation(w)
+    policy.use_capacity({"G2": 72, "G3": 8}, {G2_KIND: 9, G3_KIND: 1})
+    assert policy.kind_pressure(w) == {G2_KIND: 0.0, G3_KIND: pytest.approx(10 / 3)}
+    assert G3_KIND.takes(w.classes[1]) and not G2_KIND.takes(w.classes[1])
+
+    def score(cards: tuple[Card, ...], kind: NodeKind) -> float:
+        return policy.host_node_score(cards, used(*[0] * 8), used(100, *[0] * 7), Host(kind.cpu_milli, kind.memory_mib), 8000, 0)
+
+    gap = score(G2_NODE, G2_KIND) - score(G3_NODE, G3_KIND)
+    assert gap > Fragmentation.CARD * 100 * Fragmentation.PRICE * 0.99
+    by_model = Fragmentation(w)
+    by_model.use_capacity({"G2": 72, "G3": 8})
+    assert not by_model._m.price
+
+
+def test_the_policy_reprices_for_constrained_pods_its_plan_did_not_foresee() -> None:
+    # Planned: shares that may go anywhere. Arriving: T4-only shares, 1 T4 card of 10.
+    # After REPRICE_EVERY pods the observed mix puts T4 far above the plan: T4 is priced.
+    t4, g2 = NodeKind("T4", 1), NodeKind("G2", 1)
+    policy = Fragmentation(Workload.of([TaskClass(1, 50, 1.0)]))
+    policy.use_capacity({"T4": 1, "G2": 9}, {t4: 1, g2: 9})
+    assert not policy._m.price
+    full = {t4: 1.0, g2: 9.0}
+    asks = [policy.observe(TaskClass(1, 50, 1.0, models=frozenset({"T4"}))) for _ in range(Fragmentation.REPRICE_EVERY)]
+    assert asks == [False] * (Fragmentation.REPRICE_EVERY - 1) + [True]
+    assert policy.reprice(full)  # scores changed: the caller drops its caches
+    assert policy._m.price.of((Card(0, "t", "T4", 16384, 100),), None) == pytest.approx(Fragmentation.PRICE)
+    assert not policy.reprice(full)  # nothing moved: caches stay
+
+
+def test_the_price_follows_the_cards_left_of_each_kind() -> None:
+    # T4-only shares are a tenth of the demand, T4 half the cards: pressure 0.2 at the start.
+    # Once unconstrained tasks have taken most T4 cards, the T4-only demand to come needs
+    # more than the T4 cards left, and T4 costs the full price.
+    t4, g2 = NodeKind("T4", 1), NodeKind("G2", 1)
+    w = Workload.of([TaskClass(1, 50, 9.0), TaskClass(1, 50, 1.0, models=frozenset({"T4"}))])
+    policy = Fragmentation(w)
+    policy.use_capacity({"T4": 5, "G2": 5}, {t4: 5, g2: 5})
+    card = (Card(0, "t", "T4", 16384, 100),)
+    assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)
+    assert policy.reprice({t4: 0.5, g2: 5.0})
+    assert policy._m.price.of(card, None) == pytest.approx(Fragmentation.PRICE)
+    assert policy.reprice({t4: 5.0, g2: 5.0})  # back to the start
+    assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)

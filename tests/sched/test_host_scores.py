@@ -13,7 +13,7 @@ from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
 from flexai_sched.policies.fragmentation import Fragmentation
-from flexai_sched.workload import TaskClass, Workload
+from flexai_sched.workload import NodeKind, TaskClass, Workload
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod
@@ -169,5 +169,57 @@ def test_the_learned_workload_keeps_the_gpu_models_pods_asked_for() -> None:
     assert isinstance(policy, Fragmentation)
     models = {c.models for c in policy._workload.classes}
     assert models == {frozenset(), frozenset({"T4"})}
-    # T4-only: 2/3 of the demand against 1/9 of the cards: pressure 6, price capped at PRICE.
-    assert policy._m.price == {"T4": pytest.approx(Fragmentation.PRICE)}
+    # T4-only: 2/3 of the demand against 1/9 of the cards: pressure 6, price capped at PRICE,
+    # on the kind of node "t" (the policy learned each node's cards and host).
+    assert policy._m.price.exact == {("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
+                                     ("H200", 8, CPU, 1024 * 1024): 0.0}
+
+
+def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default policy plans for no constraint; T4-only pods arrive. Filter hands each to
+    the policy (``Observing``); after ``REPRICE_EVERY`` of them it prices T4 against the
+    cards left, and every cached score goes."""
+    state = ClusterState()
+    backend = MemoryBackend([node("a", cards=8, model="H200"), node("t", cards=1, model="T4")], heartbeat_every=None)
+    ext = Extender(state, backend, Settings(node_policy="fragmentation"))
+    backend.start(state)
+    for n in ("a", "t"):
+        state.set_host_capacity(n, CPU, 1024 * 1024)
+    policy = ext._node_policy
+    assert isinstance(policy, Fragmentation)
+    policy.use_workload(Workload.of([TaskClass(1, 20, 1.0)]))  # planned: shares that go anywhere
+    policy.use_capacity({"H200": 8, "T4": 1}, {NodeKind("H200", 8, CPU, 1024 * 1024): 1, NodeKind("T4", 1, CPU, 1024 * 1024): 1})
+    assert not policy._m.price
+    lim = limits(1, cores=20, memory_gib=1) | {"huawei.com/vgpu-type.T4": "1"}
+    q = pod("q", {"name": "m", "image": "x", "resources": {"limits": lim, "requests": {"cpu": "1"}}})
+    for _ in range(Fragmentation.REPRICE_EVERY - 1):
+        assert ext.filter(q, ["a", "t"]).fits == ["t"]
+    assert not policy._m.price
+    drops: list[int] = []
+    monkeypatch.setattr(state, "drop_scores", lambda: drops.append(1))
+    ext.filter(q, ["a", "t"])  # the last one: re-priced, cached scores dropped
+    assert policy._m.price.exact == {("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
+                                     ("H200", 8, CPU, 1024 * 1024): 0.0}
+    assert drops == [1]
+
+
+def test_the_repricing_pass_counts_the_cards_a_bind_took_since_the_last_pass() -> None:
+    """The pass over the nodes sums again only the nodes changed since the last one: a bind
+    in between must still show in the free cards handed to the policy."""
+    state = ClusterState()
+    backend = MemoryBackend([node("a", cards=8, model="H200"), node("t", cards=1, model="T4")], heartbeat_every=None)
+    ext = Extender(state, backend, Settings(node_policy="fragmentation"))
+    backend.start(state)
+    for n in ("a", "t"):
+        state.set_host_capacity(n, CPU, 1024 * 1024)
+    policy = ext._node_policy
+    assert isinstance(policy, Fragmentation)
+    t4, h200 = NodeKind("T4", 1, CPU, 1024 * 1024), NodeKind("H200", 8, CPU, 1024 * 1024)
+    policy.use_capacity({"H200": 8, "T4": 1}, {h200: 1, t4: 1})
+    ext.reprice()
+    assert policy._free == {h200: 8.0, t4: 1.0}
+    q = pod("q", {"name": "m", "image": "x", "resources": {"limits": limits(1, cores=40, memory_gib=1)}})
+    assert ext.filter(q, ["t"]).fits == ["t"]
+    ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], "t")
+    ext.reprice()
+    assert policy._free == {h200: 8.0, t4: pytest.approx(0.6)}

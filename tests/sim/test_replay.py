@@ -175,3 +175,26 @@ def test_learned_replay_learns_at_the_documented_counts(tmp_path: Path, monkeypa
     monkeypatch.setattr(sim.Cluster, "learn", lambda self, placed: seen.append(len(placed)))
     sim.replay(t, [pod(f"p{i}", 100) for i in range(9)], "fragmentation", 42, learned=True)
     assert seen == [3, 4, 8]
+
+
+def test_a_replay_shows_the_policy_each_pod_and_it_reprices_a_wrong_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planned for shares that go anywhere (``prior``), the replay hands each arriving pod to
+    the policy as the extender's filter does; T4-only pods make it price the T4 node's kind,
+    and the replay drops its cached scores."""
+    from flexai_sched.policies.fragmentation import Fragmentation
+    from flexai_sched.workload import TaskClass, Workload
+
+    monkeypatch.setattr(Fragmentation, "REPRICE_EVERY", 5)
+    nodes = ["t0,64000,262144,1,T4", *(f"g{i},64000,262144,1,G2" for i in range(9))]
+    t = trace.load(write_trace(tmp_path, nodes, []))
+    cluster = sim.Cluster(t, "fragmentation", 42, prior=Workload.of([TaskClass(1, 20, 1.0)]))
+    card = cluster.state.node("t0").cards  # type: ignore[union-attr]
+    assert cluster.policy._m.price.of(card, None) == 0  # type: ignore[attr-defined]
+    for i in range(4):
+        assert cluster.schedule(pod(f"p{i}", 200, spec=frozenset({"T4"})))
+    (key, board), = cluster._boards.items()
+    assert cluster.schedule(pod("p4", 200, spec=frozenset({"T4"})))  # the 5th: re-priced first
+    assert cluster._boards[key] is not board  # scored afresh
+    assert cluster.policy._m.price.of(card, None) == pytest.approx(Fragmentation.PRICE)  # type: ignore[attr-defined]
