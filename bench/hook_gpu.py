@@ -267,9 +267,11 @@ class Worker:
         e = workload_env(hook, config(name, **limits) if hook and limits else None)
         if fixed_layout:
             e["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every worker
-        self.proc = subprocess.Popen([sys.executable, WORKLOAD, "serve", "--serve", serve, *args], env=e,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, preexec_fn=no_aslr if fixed_layout else None)
+        self.err = TMP / f"{name}.err"  # read back only if the worker dies
+        with open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, WORKLOAD, "serve", "--serve", serve, *args], env=e,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                         text=True, preexec_fn=no_aslr if fixed_layout else None)
 
     def pin(self, cpus: list[int]) -> None:
         """The main thread (it launches) alone on the first CPU, the rest on the others."""
@@ -284,7 +286,8 @@ class Worker:
         for line in self.proc.stdout:
             if line.startswith("{"):
                 return dict(json.loads(line))
-        raise RuntimeError(f"worker {self.proc.pid} ended (rc {self.proc.wait()})")
+        tail = self.err.read_text(errors="replace").strip().splitlines()[-3:] if self.err.exists() else []
+        raise RuntimeError(f"worker {self.proc.pid} ended (rc {self.proc.wait()}): {' | '.join(tail)[-600:]}")
 
     def block(self) -> float:
         assert self.proc.stdin is not None

@@ -55,10 +55,10 @@ def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
                         "empty to go without (env FLEXAI_POD_RESOURCES_SOCKET)")
     p.add_argument("--report-every", type=float, default=float(e.get("FLEXAI_REPORT_EVERY", "30")),
                    help="seconds between heartbeats of the node annotation")
-    p.add_argument("--ref-clock-mhz", default=e.get("FLEXAI_REF_CLOCK_MHZ", "off"),
-                   help="SM clock the cards sustain at full load, for core limits in throughput rather than "
-                        "time: off (default; or 0: shares of time), auto (measured on each idle card, cached "
-                        "in the state directory) or MHz for every card (env FLEXAI_REF_CLOCK_MHZ)")
+    p.add_argument("--ref-clock-mhz", default=e.get("FLEXAI_REF_CLOCK_MHZ", "auto"),
+                   help="core limits in throughput rather than time: auto (default: each idle card's figures "
+                        "measured once, cached in the state directory), off (or 0: shares of time) or the "
+                        "full-load SM clock in MHz for every card (env FLEXAI_REF_CLOCK_MHZ)")
     p.add_argument("--log-level", default=e.get("FLEXAI_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if not args.node_name:

@@ -2,11 +2,13 @@
 
 A power-capped card runs faster when it idles part of the time, so a vGPU held to c% of the
 card's time gets more than c% of the card's full-load throughput. The hook corrects for that
-(csrc/hook/README.md, "Compute") given the card's speed-up curve by duty, its idle power and its
-full-load clock. Those differ between card models and between cards of one model, so the agent
-measures them on each card itself (``HookShim.calibrate``: about 10 s of tensor-core work, only
-while the card is idle) and keeps them in a JSON file under its state directory, keyed by card
-UUID, so a restarted agent does not measure again.
+(csrc/hook/README.md, "Compute") with its power model, given the card's power between the windows
+of a duty cycle (``gap_power_mw``; NVML gives the hook the rest). That differs between card models
+and between cards of one model, so the agent measures it on each card itself
+(``HookShim.calibrate``: about 10 s of tensor-core work, only while the card is idle) and keeps it
+in a JSON file under its state directory, keyed by card UUID, so a restarted agent does not
+measure again. A calibration that found no gap power falls back to the older figures (full-load
+clock and speed-up curve, only when the burst reached the power limit).
 
     clocks = RefClocks.parse("auto", state_dir / "ref-clocks.json", shim.calibrate)
     clocks.calibrate_missing(uuids)     # at start, and again in later ticks for busy cards
@@ -30,11 +32,12 @@ from pathlib import Path
 from .config import SPEEDUP_POINTS, CardFigures
 from .shim import Calibration, CalibrationError
 
-__all__ = ["CACHE_NAME", "RETRY_S", "RefClocks", "figures_of", "parse_mode", "power_capped"]
+__all__ = ["CACHE_NAME", "CACHE_VERSION", "RETRY_S", "RefClocks", "figures_of", "parse_mode", "power_capped"]
 
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "ref-clocks.json"
+CACHE_VERSION = 2  # 2: gap_power_mw; a cache of another version is measured again
 RETRY_S = 300.0  # a card that was busy is tried again after this long
 MIN_MHZ, MAX_MHZ = 100, 10000
 MAX_POWER_MW = 10_000_000
@@ -120,14 +123,14 @@ class RefClocks:
                             uuid, cal.sm_clock_mhz)
                 continue
             fig = figures_of(cal)
-            if not power_capped(cal):
+            if not fig.gap_power_mw and not power_capped(cal):
                 log.warning("card %s: the calibration burst ran at the top clock (%d MHz, %.1f of %.1f W): the power "
                             "limit was not reached, so there is no full-load figure; its core limits stay shares "
                             "of time", uuid, cal.sm_clock_mhz, cal.power_mw / 1e3, cal.power_limit_mw / 1e3)
-            log.info("card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W, idle %.1f W); "
-                     "speed-up by duty 10-90%%: %s", uuid, cal.sm_clock_mhz, cal.max_sm_clock_mhz, cal.samples,
-                     cal.kernel, cal.power_mw / 1e3, cal.power_limit_mw / 1e3, cal.idle_power_mw / 1e3,
-                     fig.speedup_pm or "not measured")
+            log.info("card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W, idle %.1f W, "
+                     "between windows %.1f W); speed-up by duty 10-90%%: %s", uuid, cal.sm_clock_mhz,
+                     cal.max_sm_clock_mhz, cal.samples, cal.kernel, cal.power_mw / 1e3, cal.power_limit_mw / 1e3,
+                     cal.idle_power_mw / 1e3, cal.gap_power_mw / 1e3, cal.speedup_pm or "not measured")
             self._cards[uuid] = fig
             new[uuid] = fig.ref_clock_mhz
         if new:
@@ -143,28 +146,34 @@ class RefClocks:
         except (OSError, ValueError) as e:
             log.warning("ignoring %s: %s", self._cache, e)
             return {}
-        cards = raw.get("cards", {}) if isinstance(raw, dict) else {}
+        if not isinstance(raw, dict) or raw.get("version") != CACHE_VERSION:
+            log.info("%s is of another version: every card is measured again", self._cache)
+            return {}
+        cards = raw.get("cards", {})
         if not isinstance(cards, dict):
             return {}
         out: dict[str, CardFigures] = {}
         for u, v in cards.items():
             try:
                 fig = CardFigures(ref_clock_mhz=v["sm_clock_mhz"], speedup_pm=tuple(v.get("speedup_pm", ())),
-                                  idle_power_mw=v.get("idle_power_mw", 0))
+                                  idle_power_mw=v.get("idle_power_mw", 0), gap_power_mw=v.get("gap_power_mw", 0))
             except (TypeError, KeyError, AttributeError):
                 continue
             if (isinstance(u, str) and isinstance(fig.ref_clock_mhz, int)
                     and (fig.ref_clock_mhz == 0 or MIN_MHZ <= fig.ref_clock_mhz <= MAX_MHZ)
                     and _curve_ok(fig.speedup_pm) and isinstance(fig.idle_power_mw, int)
-                    and 0 <= fig.idle_power_mw <= MAX_POWER_MW):
+                    and 0 <= fig.idle_power_mw <= MAX_POWER_MW and isinstance(fig.gap_power_mw, int)
+                    and 0 <= fig.gap_power_mw <= MAX_POWER_MW):
                 out[u] = fig
         return out
 
     def _save(self) -> None:
         if self._cache is None:
             return
-        body = {"cards": {u: {"sm_clock_mhz": f.ref_clock_mhz, "speedup_pm": list(f.speedup_pm),
-                              "idle_power_mw": f.idle_power_mw} for u, f in sorted(self._cards.items())}}
+        body = {"version": CACHE_VERSION,
+                "cards": {u: {"sm_clock_mhz": f.ref_clock_mhz, "speedup_pm": list(f.speedup_pm),
+                              "idle_power_mw": f.idle_power_mw, "gap_power_mw": f.gap_power_mw}
+                          for u, f in sorted(self._cards.items())}}
         self._cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._cache.parent, prefix=".ref-clocks-", suffix=".tmp")
         try:
@@ -189,10 +198,15 @@ def power_capped(cal: Calibration) -> bool:
 
 
 def figures_of(cal: Calibration) -> CardFigures:
-    """The config's figures from a calibration: the curve clamped to 1000..3000 per mille (a
-    point measured a little under 1000 is noise: no speed-up), dropped if a point is missing;
-    nothing but the idle power when the burst was not held back by the power limit."""
+    """The config's figures from a calibration: with a gap power (under the power limit), that
+    and the idle power, for the hook's power model, which needs nothing else. Without one, the
+    older figures: the curve clamped to 1000..3000 per mille (a point measured a little under
+    1000 is noise: no speed-up), dropped if a point is missing; nothing but the idle power when
+    the burst was not held back by the power limit."""
     idle = cal.idle_power_mw if 0 < cal.idle_power_mw <= MAX_POWER_MW else 0
+    limit = cal.power_limit_mw or MAX_POWER_MW
+    if 0 < cal.gap_power_mw < limit:
+        return CardFigures(idle_power_mw=idle, gap_power_mw=cal.gap_power_mw)
     if not power_capped(cal):
         return CardFigures(idle_power_mw=idle)
     curve = tuple(min(3000, max(1000, v)) for v in cal.speedup_pm)

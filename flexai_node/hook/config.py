@@ -53,7 +53,7 @@ MAX_CONFIG_BYTES = 16383  # what the hook reads of the file
 _DIGITS = re.compile(r"[0-9]+")
 _DEVICE_KEY = re.compile(r"device\.([0-9]+)\.(.+)")
 _DEVICE_FIELDS = ("uuid", "cuda_index", "memory_bytes", "cores", "core_offset", "context_overhead_bytes", "ref_clock_mhz",
-                  "speedup_pm", "idle_power_mw")
+                  "speedup_pm", "idle_power_mw", "gap_power_mw")
 
 
 SPEEDUP_POINTS = 5  # duties 10, 30, 50, 70, 90%
@@ -62,11 +62,13 @@ SPEEDUP_POINTS = 5  # duties 10, 30, 50, 70, 90%
 @dataclass(frozen=True)
 class CardFigures:
     """What the agent measured on a card (calibration.py) for limits in throughput: its full-load
-    SM clock, its speed-up curve by duty (per mille; () = not measured) and its idle power (mW)."""
+    SM clock, its speed-up curve by duty (per mille; () = not measured), its idle power and its
+    power between the windows of a duty cycle (mW; 0 = not measured)."""
 
     ref_clock_mhz: int = 0
     speedup_pm: tuple[int, ...] = ()
     idle_power_mw: int = 0
+    gap_power_mw: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class VGPULimit:
     # 1000..3000) and idle power (mW): the hook then uses these instead of ref_clock_mhz.
     speedup_pm: tuple[int, ...] = ()
     idle_power_mw: int = 0
+    # The card's power between the windows of a duty cycle (mW): the hook's power model, which
+    # wins over the two above (csrc/hook/src/speedup.c).
+    gap_power_mw: int = 0
 
     def __post_init__(self) -> None:
         if self.uuid is None and self.cuda_index is None:
@@ -107,6 +112,8 @@ class VGPULimit:
             raise ValueError(f"speedup_pm {self.speedup_pm}: expected {SPEEDUP_POINTS} values 1000..3000")
         if not 0 <= self.idle_power_mw <= 10_000_000:
             raise ValueError(f"idle_power_mw {self.idle_power_mw}: expected 0..10000000")
+        if not 0 <= self.gap_power_mw <= 10_000_000:
+            raise ValueError(f"gap_power_mw {self.gap_power_mw}: expected 0..10000000")
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,8 @@ def render(config: HookConfig) -> str:
             lines.append(f"{p}speedup_pm={','.join(str(x) for x in v.speedup_pm)}")
         if v.idle_power_mw:
             lines.append(f"{p}idle_power_mw={v.idle_power_mw}")
+        if v.gap_power_mw:
+            lines.append(f"{p}gap_power_mw={v.gap_power_mw}")
     return "\n".join(lines) + "\n"
 
 
@@ -221,6 +230,7 @@ def parse(text: str) -> HookConfig:
                 ref_clock_mhz=int(f.get("ref_clock_mhz", 0)),
                 speedup_pm=_speedup(f.get("speedup_pm", "")),
                 idle_power_mw=int(f.get("idle_power_mw", 0)),
+                gap_power_mw=int(f.get("gap_power_mw", 0)),
             )
         )
     return HookConfig(vgpus=tuple(vgpus), region_path=region, period_ms=period)

@@ -67,7 +67,8 @@ class HookConfigFiles:
             fig = self._figures(s.card_uuid) if 0 < s.cores < 100 else hc.CardFigures()
             vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores,
                                       core_offset=offset, ref_clock_mhz=fig.ref_clock_mhz,
-                                      speedup_pm=fig.speedup_pm, idle_power_mw=fig.idle_power_mw))
+                                      speedup_pm=fig.speedup_pm, idle_power_mw=fig.idle_power_mw,
+                                      gap_power_mw=fig.gap_power_mw))
         region = host_dir / REGION_DIR
         ensure_dir(region)
         # Containers run as any user: every one of them must be able to create the region.

@@ -72,7 +72,7 @@ class _Calibration(ctypes.Structure):
         ("procs_before", ctypes.c_uint32),
         ("idle_power_mw", ctypes.c_uint32),
         ("speedup_pm", ctypes.c_uint32 * 5),
-        ("reserved", ctypes.c_uint32),
+        ("gap_power_mw", ctypes.c_uint32),
     ]
 
 
@@ -119,6 +119,7 @@ class Calibration:
     burst_ms: float
     idle_power_mw: int = 0  # the card idle, before the burst
     speedup_pm: tuple[int, ...] = ()  # speed per busy second at 10/30/50/70/90% duty over full load
+    gap_power_mw: int = 0  # the card's power between the busy parts of a duty cycle (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class HookShim:
                            samples=int(raw.samples), kernel="mma" if raw.kernel == 1 else "fma",
                            power_mw=int(raw.power_mw), power_limit_mw=int(raw.power_limit_mw),
                            burst_ms=round(raw.burst_ns / 1e6, 1), idle_power_mw=int(raw.idle_power_mw),
-                           speedup_pm=tuple(int(v) for v in raw.speedup_pm))
+                           speedup_pm=tuple(int(v) for v in raw.speedup_pm), gap_power_mw=int(raw.gap_power_mw))
 
     def snapshot(self, region_path: str | os.PathLike[str]) -> RegionSnapshot:
         raw = _Snapshot()

@@ -121,8 +121,8 @@ def test_node_agent_env_is_understood_by_flexai_node(helm: Helm) -> None:
     assert spec["nodeSelector"] == {ann.GPU_NODE_LABEL: "true"}
 
 
-@pytest.mark.parametrize("ref,mode,caps", [(None, "off", "utility"), ("auto", "auto", "compute,utility"),
-                                           (1485, 1485, "utility")], ids=["default-off", "auto", "fixed"])
+@pytest.mark.parametrize("ref,mode,caps", [(None, "auto", "compute,utility"), ("off", "off", "utility"),
+                                           (1485, 1485, "utility")], ids=["default-auto", "off", "fixed"])
 def test_node_agent_ref_clock_and_driver_capabilities(helm: Helm, ref: object, mode: object, caps: str) -> None:
     """auto measures each card (calibration.py), which needs libcuda in the agent's container."""
     r = helm.template({"node": {"refClockMHz": ref}} if ref is not None else {})

@@ -29,6 +29,7 @@ def test_render_parse_round_trip() -> None:
         vgpus=(
             VGPULimit(uuid="GPU-1234", memory_bytes=8 * GiB, cores=30, core_offset=10, ref_clock_mhz=1755),
             VGPULimit(uuid="GPU-5678", cores=40, speedup_pm=(1210, 1160, 1140, 1110, 1040), idle_power_mw=120000),
+            VGPULimit(uuid="GPU-9abc", cores=30, idle_power_mw=69000, gap_power_mw=134000),
             VGPULimit(cuda_index=1, memory_bytes=0, cores=0, context_overhead_bytes=0),
         ),
         region_path="/run/flexai/region",
@@ -139,12 +140,14 @@ def assert_no_gpu(r: subprocess.CompletedProcess[str]) -> None:
          "line 4: device.0.speedup_pm"),
         ("version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.idle_power_mw=lots\n",
          "line 4: device.0.idle_power_mw: 'lots' is not a power in mW"),
+        ("version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.gap_power_mw=20000000\n",
+         "line 4: device.0.gap_power_mw: '20000000' is not a power in mW"),
         ("\x00\x01garbage\xff", "NUL byte at offset 0"),
         ("\x01\x02garbage\xff\n", "line 1: expected key=value"),
         ("version=1\n" + "# padding\n" * 2000, "longer than"),
     ],
     ids=["bytes", "unit", "version", "no-version", "no-equals", "unknown-key", "unknown-field", "cores", "index",
-         "no-card", "period", "empty-region", "speedup-count", "speedup-range", "idle-power", "binary",
+         "no-card", "period", "empty-region", "speedup-count", "speedup-range", "idle-power", "gap-power", "binary",
          "control-chars", "too-long"],
 )
 def test_malformed_config_gives_no_gpu(hook_build: HookBuild, tmp_path: Path, text: str, message: str) -> None:

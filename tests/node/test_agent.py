@@ -133,7 +133,7 @@ def test_cli_flags_and_env() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--node-name", "n", "--inventory", "dcgm"], env={})
     assert parse_args([], env={"NODE_NAME": "n", "FLEXAI_REF_CLOCK_MHZ": "1485"}).ref_clock_mhz == 1485
-    assert parse_args([], env={"NODE_NAME": "n"}).ref_clock_mhz == "off"  # the chart's default too
+    assert parse_args([], env={"NODE_NAME": "n"}).ref_clock_mhz == "auto"  # the chart's default too
     assert parse_args(["--ref-clock-mhz", "0"], env={"NODE_NAME": "n"}).ref_clock_mhz == "off"
     for bad in ("-5", "fast", "20000"):
         with pytest.raises(SystemExit):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.hook.calibration import RETRY_S, RefClocks, figures_of, parse_mode
+from flexai_node.hook.calibration import CACHE_VERSION, RETRY_S, RefClocks, figures_of, parse_mode
 from flexai_node.hook.config import CardFigures
 from flexai_node.hook.shim import Calibration, CalibrationError
 
@@ -17,9 +17,10 @@ A, B = "GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-
 CURVE = (1210, 1160, 1140, 1110, 1040)
 
 
-def cal(mhz: int, curve: tuple[int, ...] = CURVE, idle: int = 120000, top: int = 1980) -> Calibration:
+def cal(mhz: int, curve: tuple[int, ...] = CURVE, idle: int = 120000, top: int = 1980, gap: int = 0) -> Calibration:
     return Calibration(sm_clock_mhz=mhz, max_sm_clock_mhz=top, samples=200, kernel="mma", power_mw=699000,
-                       power_limit_mw=700000, burst_ms=4000.0, idle_power_mw=idle, speedup_pm=curve)
+                       power_limit_mw=700000, burst_ms=4000.0, idle_power_mw=idle, speedup_pm=curve,
+                       gap_power_mw=gap)
 
 
 class FakeCards:
@@ -59,7 +60,7 @@ def test_auto_measures_each_card_once_and_caches(tmp_path: Path) -> None:
     assert clocks.calibrate_missing([A, B]) == {} and cards.calls == [A, B]
     assert clocks.figures(A) == CardFigures(1455, CURVE, 120000)
     assert json.loads(cache.read_text())["cards"][B] == {"sm_clock_mhz": 1755, "speedup_pm": list(CURVE),
-                                                         "idle_power_mw": 120000}
+                                                         "idle_power_mw": 120000, "gap_power_mw": 0}
     # A restarted agent reads the cache and measures nothing.
     again = FakeCards({})
     restarted = RefClocks("auto", cache, again)
@@ -99,14 +100,20 @@ def test_off_and_fixed_measure_nothing(tmp_path: Path, mode: str | int, expect: 
     assert clocks.get(A) == expect
 
 
-@pytest.mark.parametrize("text", ["not json", '{"cards": []}', '{"cards": {"GPU-a": {"sm_clock_mhz": 99999}}}',
-                                  '{"cards": {"GPU-a": {"sm_clock_mhz": "1455"}}}', "[1, 2]",
-                                  '{"cards": {"GPU-a": {"sm_clock_mhz": 1455, "speedup_pm": [1200, 900, 1, 2, 3]}}}',
-                                  '{"cards": {"GPU-a": {"sm_clock_mhz": 1455, "idle_power_mw": -4}}}',
-                                  '{"cards": {"GPU-a": 7}}'],
+V = f'"version": {CACHE_VERSION}, '
+
+
+@pytest.mark.parametrize("text", ["not json", '{%s"cards": []}' % V, '{%s"cards": {"GPU-a": {"sm_clock_mhz": 99999}}}' % V,
+                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": "1455"}}}' % V, "[1, 2]",
+                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": 1455, "speedup_pm": [1200, 900, 1, 2, 3]}}}' % V,
+                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": 1455, "idle_power_mw": -4}}}' % V,
+                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": 0, "gap_power_mw": 2e9}}}' % V,
+                                  '{%s"cards": {"GPU-a": 7}}' % V,
+                                  '{"cards": {"GPU-a": {"sm_clock_mhz": 1980, "idle_power_mw": 70000}}}'],
                          ids=["garbage", "list", "out-of-range", "string", "top-list", "bad-curve", "bad-power",
-                              "not-a-dict"])
+                              "bad-gap", "not-a-dict", "version-1"])
 def test_bad_cache_is_measured_again(tmp_path: Path, text: str) -> None:
+    """Version 1 (no gap power) too: those cards are measured again for the power model."""
     cache = tmp_path / "c.json"
     cache.write_text(text)
     cards = FakeCards({"GPU-a": 1455})
@@ -140,3 +147,23 @@ def test_a_burst_at_the_top_clock_gives_no_figure_and_is_not_repeated(tmp_path: 
     assert clocks.figures(A) == CardFigures(idle_power_mw=120000) and clocks.get(A) == 0
     again = FakeCards({})
     assert RefClocks("auto", cache, again).calibrate_missing([A]) == {} and again.calls == []
+
+
+def test_a_gap_power_gives_the_power_model_alone(tmp_path: Path) -> None:
+    """H100, issue 23: the burst stayed under the limit (no clock, flat curve), but the card's power
+    between windows is what the hook's power model needs; nothing else is written."""
+    flat = (995, 997, 999, 1000, 1000)
+    assert figures_of(cal(1980, flat, idle=69248, gap=134000)) == CardFigures(idle_power_mw=69248, gap_power_mw=134000)
+    assert figures_of(cal(1455, CURVE, gap=134000)) == CardFigures(idle_power_mw=120000, gap_power_mw=134000)
+    # A gap at or above the limit is no figure: the older ones then.
+    assert figures_of(cal(1455, CURVE, gap=700000)) == CardFigures(1455, CURVE, 120000)
+    cache = tmp_path / "c.json"
+    clocks = RefClocks("auto", cache, lambda u: cal(1980, flat, gap=134000))
+    clocks.calibrate_missing([A])
+    assert clocks.figures(A) == CardFigures(idle_power_mw=120000, gap_power_mw=134000)
+    body = json.loads(cache.read_text())
+    assert body["version"] == CACHE_VERSION and body["cards"][A]["gap_power_mw"] == 134000
+    again = FakeCards({})
+    restarted = RefClocks("auto", cache, again)
+    assert restarted.calibrate_missing([A]) == {} and again.calls == []
+    assert restarted.figures(A).gap_power_mw == 134000

@@ -83,7 +83,7 @@ int flexai_region_snapshot(const char *path, struct flexai_snapshot *out, size_t
  * NVML's SM clock every ~10 ms; sm_clock_mhz is the median over the burst's
  * second half (the power controller has settled by then). Then the same
  * kernel at 90, 70, 50, 30 and 10% duty (~1.2 s each) gives speedup_pm, the
- * hook's measured speed-up curve (about 6 s more).
+ * hook's measured speed-up curve, and gap_power_mw (about 6 s more).
  */
 #define FLEXAI_CALIBRATION_MMA 1 /* bf16 mma.sync (sm_80 and newer) */
 #define FLEXAI_CALIBRATION_FMA 2 /* fp32 fma, where the matrix kernel does not load */
@@ -103,7 +103,9 @@ struct flexai_calibration {
     /* The same kernel run for a part of every 50 ms (10, 30, 50, 70, 90%) right after
      * the burst: its speed per busy second over its speed at full load, per mille. */
     uint32_t speedup_pm[5];
-    uint32_t reserved;
+    /* The card's power between the busy parts of that duty cycle (mW, 0 if unknown): the
+     * line through the power at 10% and 30% duty, at duty 0 (the hook's power model). */
+    uint32_t gap_power_mw;
 };
 
 /*

@@ -102,6 +102,7 @@ struct nvml {
     nvmlReturn_t (*procs)(nvmlDevice_t, unsigned int *, void *);
     nvmlReturn_t (*power)(nvmlDevice_t, unsigned int *);
     nvmlReturn_t (*power_limit)(nvmlDevice_t, unsigned int *);
+    nvmlReturn_t (*energy)(nvmlDevice_t, unsigned long long *); /* mJ since the driver loaded */
 };
 
 struct cuda {
@@ -175,6 +176,7 @@ static int load_nvml(struct nvml *n)
     SYM(lib, n->procs, "nvmlDeviceGetComputeRunningProcesses_v3");
     SYM(lib, n->power, "nvmlDeviceGetPowerUsage");
     SYM(lib, n->power_limit, "nvmlDeviceGetEnforcedPowerLimit");
+    SYM(lib, n->energy, "nvmlDeviceGetTotalEnergyConsumption");
     return SYM(lib, n->init, "nvmlInit_v2") && SYM(lib, n->by_uuid, "nvmlDeviceGetHandleByUUID") &&
            SYM(lib, n->clock, "nvmlDeviceGetClockInfo") && SYM(lib, n->max_clock, "nvmlDeviceGetMaxClockInfo") &&
            SYM(lib, n->util, "nvmlDeviceGetUtilizationRates");
@@ -351,20 +353,44 @@ static int full_load_per_launch(const struct cuda *c, struct burst *b, CUevent e
     return 0;
 }
 
-/* The kernel busy `pct`% of every period: GPU time of one launch (ns),
- * median over the periods of the second half. */
-static int paced_per_launch(const struct cuda *c, struct burst *b, CUevent e0, CUevent e1, uint32_t pct,
-                            double full_ns, double *out)
+/* What one duty step measured: GPU time per launch (ns), the busy fraction
+ * and the card's average power over its second half. */
+struct step {
+    double per_launch_ns;
+    double duty;
+    uint32_t power_mw; /* 0: unknown */
+};
+
+/* The card's energy counter in mJ, or 0 where NVML has none. */
+static unsigned long long energy_mj(const struct nvml *n, nvmlDevice_t h)
+{
+    unsigned long long mj = 0;
+    return n->energy != NULL && n->energy(h, &mj) == 0 ? mj : 0;
+}
+
+/* The kernel busy `pct`% of every period: GPU time of one launch (median over
+ * the periods of the second half), the busy fraction it made and the power
+ * it drew (the energy counter over those periods; else NVML's one-second
+ * average at their end). */
+static int paced_step(const struct cuda *c, const struct nvml *n, nvmlDevice_t h, struct burst *b, CUevent e0,
+                      CUevent e1, uint32_t pct, double full_ns, struct step *out)
 {
     uint32_t v[64];
-    uint32_t n = 0;
+    uint32_t k = 0;
     unsigned int per = (unsigned int)((double)CURVE_PERIOD_NS * pct / 100.0 / full_ns + 0.5);
     if (per == 0)
         per = 1;
-    uint64_t t0 = mono_ns();
-    for (uint64_t start = t0; start - t0 < CURVE_STEP_NS && n < 64; start += CURVE_PERIOD_NS) {
+    uint64_t t0 = mono_ns(), start = t0, t_half = 0;
+    unsigned long long mj0 = 0;
+    double busy_ns = 0;
+    for (; start - t0 < CURVE_STEP_NS && k < 64; start += CURVE_PERIOD_NS) {
         float ms = 0;
         sleep_until_ns(start);
+        int second = start - t0 >= CURVE_STEP_NS / 2;
+        if (second && t_half == 0) {
+            t_half = mono_ns();
+            mj0 = energy_mj(n, h);
+        }
         if (c->event_record(e0, NULL) != CUDA_SUCCESS)
             return -EIO;
         for (unsigned int i = 0; i < per; i++)
@@ -373,20 +399,48 @@ static int paced_per_launch(const struct cuda *c, struct burst *b, CUevent e0, C
         if (c->event_record(e1, NULL) != CUDA_SUCCESS || c->event_sync(e1) != CUDA_SUCCESS ||
             c->event_elapsed(&ms, e0, e1) != CUDA_SUCCESS)
             return -EIO;
-        if (start - t0 >= CURVE_STEP_NS / 2)
-            v[n++] = (uint32_t)((double)ms * 1e6 / per);
+        if (second) {
+            v[k++] = (uint32_t)((double)ms * 1e6 / per);
+            busy_ns += (double)ms * 1e6;
+        }
     }
-    if (n == 0)
+    sleep_until_ns(start); /* the last period's idle part belongs to the step */
+    uint64_t t1 = mono_ns();
+    unsigned long long mj1 = energy_mj(n, h);
+    if (k == 0 || t1 <= t_half)
         return -EIO;
-    *out = (double)median(v, n);
+    out->per_launch_ns = (double)median(v, k);
+    out->duty = busy_ns / (double)(t1 - t_half);
+    unsigned int mw = 0;
+    if (mj0 != 0 && mj1 > mj0)
+        out->power_mw = (uint32_t)((double)(mj1 - mj0) * 1e9 / (double)(t1 - t_half));
+    else
+        out->power_mw = n->power != NULL && n->power(h, &mw) == 0 ? mw : 0;
     return 0;
 }
 
-/* speedup_pm: after the full-load burst, shorter launches (~2 ms) at full
- * load, then at 90, 70, 50, 30 and 10% of every 50 ms. */
-static int measure_curve(const struct cuda *c, struct burst *b, struct flexai_calibration *out)
+/* The card's power between windows: the line through (duty, power) of the
+ * 10% and 30% steps, where the card is below its power limit, taken at duty
+ * 0; 0 when it cannot be told (no power reading, a slope that is not upwards,
+ * or a figure outside (0, limit)). */
+static uint32_t gap_power(const struct step *lo, const struct step *hi, uint32_t limit_mw)
+{
+    if (lo->power_mw == 0 || hi->power_mw == 0 || hi->duty <= lo->duty + 0.05 || hi->power_mw < lo->power_mw)
+        return 0;
+    double slope = ((double)hi->power_mw - (double)lo->power_mw) / (hi->duty - lo->duty);
+    double gap = (double)lo->power_mw - slope * lo->duty;
+    if (gap <= 0 || (limit_mw != 0 && gap >= limit_mw))
+        return 0;
+    return (uint32_t)(gap + 0.5);
+}
+
+/* speedup_pm and gap_power_mw: after the full-load burst, shorter launches
+ * (~2 ms) at full load, then at 90, 70, 50, 30 and 10% of every 50 ms. */
+static int measure_curve(const struct cuda *c, const struct nvml *n, nvmlDevice_t h, struct burst *b,
+                         struct flexai_calibration *out)
 {
     static const uint32_t duties[5] = {10, 30, 50, 70, 90};
+    struct step steps[5] = {{0, 0, 0}};
     CUevent e0 = NULL, e1 = NULL;
     if (c->event_create(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS || c->event_create(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
         return -EIO;
@@ -395,11 +449,12 @@ static int measure_curve(const struct cuda *c, struct burst *b, struct flexai_ca
     double full = 0;
     int rc = full_load_per_launch(c, b, e0, e1, 800000000ull, &full);
     for (int i = 4; rc == 0 && i >= 0; i--) {
-        double t = 0;
-        rc = paced_per_launch(c, b, e0, e1, duties[i], full, &t);
+        rc = paced_step(c, n, h, b, e0, e1, duties[i], full, &steps[i]);
         if (rc == 0)
-            out->speedup_pm[i] = t > 0 ? (uint32_t)(1000.0 * full / t + 0.5) : 0;
+            out->speedup_pm[i] = steps[i].per_launch_ns > 0 ? (uint32_t)(1000.0 * full / steps[i].per_launch_ns + 0.5) : 0;
     }
+    if (rc == 0)
+        out->gap_power_mw = gap_power(&steps[0], &steps[1], out->power_limit_mw);
     b->iters = iters;
     c->event_destroy(e0);
     c->event_destroy(e1);
@@ -503,7 +558,7 @@ FLEXAI_EXPORT int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t
     if (rc == 0)
         rc = run_burst(&c, &n, h, &b, burst_ms, out);
     if (rc == 0)
-        rc = measure_curve(&c, &b, out);
+        rc = measure_curve(&c, &n, h, &b, out);
     if (b.out != 0)
         c.free(b.out);
     if (b.buf != 0)

@@ -146,6 +146,7 @@ static void reset_state(void)
         p->ref_clock_mhz = c->dev[i].ref_clock_mhz;
         memcpy(p->curve_pm, c->dev[i].speedup_pm, sizeof p->curve_pm);
         p->idle_power_mw = c->dev[i].idle_power_mw;
+        p->gap_power_mw = c->dev[i].gap_power_mw;
         atomic_store(&p->gate_pm, 1000);
         atomic_store(&p->card_busy_pct, -1);
         p->period_ns = c->period_ns;
@@ -164,15 +165,15 @@ static void report(void)
             flexai_log(
                 "compute vGPU %d: target %llu us per %llu us, %llu windows (%llu skipped, "
                 "%llu idle), %llu markers, %llu wait timeouts, max busy %llu us, lead %lld us, "
-                "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz, power %u mW of %u, "
-                "power gate %u/1000",
+                "marker every %u launches, duty %u/1000, card %d%%, clock %u/%u MHz, power %u mW of %u "
+                "(gap %u), power gate %u/1000",
                 i, (unsigned long long)p->target_ns / 1000, (unsigned long long)p->period_ns / 1000,
                 (unsigned long long)p->windows, (unsigned long long)atomic_load(&p->skipped),
                 (unsigned long long)atomic_load(&p->idle), (unsigned long long)p->markers,
                 (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
                 (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every), p->duty_pm,
                 atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz,
-                atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), atomic_load(&p->gate_pm));
+                atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), p->gap_power_mw, atomic_load(&p->gate_pm));
     }
     flexai_trace_dump();
 }

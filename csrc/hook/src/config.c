@@ -148,6 +148,11 @@ static void set_device_field(struct flexai_config *c, const char *origin, int li
             bad(c, origin, line, "%s: '%s' is not a power in mW 0..10000000", key, val);
         else
             d->idle_power_mw = (uint32_t)v;
+    } else if (strcmp(field, "gap_power_mw") == 0) {
+        if (parse_u64(val, &v) != 0 || v > 10000000)
+            bad(c, origin, line, "%s: '%s' is not a power in mW 0..10000000", key, val);
+        else
+            d->gap_power_mw = (uint32_t)v;
     } else {
         bad(c, origin, line, "unknown field '%s'", key);
     }

@@ -48,6 +48,29 @@ void flexai_ctl_skipped_window(struct pace *p)
     atomic_fetch_sub(&p->lead_ns, (int64_t)p->target_ns / GAIN_DIV);
 }
 
+/* Our busy fraction (per mille) over the bookings of the last DUTY_SPAN_NS,
+ * each weighted by its wall time: bookings come at uneven intervals (a
+ * window, two, a fraction of one), and NVML's power, which the duty is set
+ * against (speedup.c), is an average over time. */
+static uint32_t duty_update(struct pace *p, uint64_t now, uint64_t wall, uint64_t busy)
+{
+    if (wall > DUTY_SPAN_NS) /* after a long pause only its last second counts */
+        wall = DUTY_SPAN_NS;
+    if (busy > wall)
+        busy = wall;
+    p->duty_ring[p->duty_next].at_ns = now;
+    p->duty_ring[p->duty_next].wall_ns = wall;
+    p->duty_ring[p->duty_next].busy_ns = busy;
+    p->duty_next = (p->duty_next + 1) % DUTY_RING;
+    uint64_t w = 0, b = 0;
+    for (int i = 0; i < DUTY_RING; i++)
+        if (p->duty_ring[i].wall_ns != 0 && now - p->duty_ring[i].at_ns < DUTY_SPAN_NS) {
+            w += p->duty_ring[i].wall_ns;
+            b += p->duty_ring[i].busy_ns;
+        }
+    return w ? (uint32_t)(b * 1000 / w) : 1000;
+}
+
 /* Book the busy time measured since the last booking to this period: usage
  * for gpu-monitor, and the integral controller (over the target shortens the
  * next windows, under it lengthens them, up to one window of credit). */
@@ -63,8 +86,7 @@ void flexai_ctl_book(struct pace *p, int slot)
     if (busy > wall)
         busy = wall;
     flexai_trace(p, 'B', busy);
-    /* Our busy fraction, smoothed over ~4 bookings (busy <= wall: at most 1000). */
-    p->duty_pm = (uint32_t)((3 * (uint64_t)p->duty_pm + (wall ? busy * 1000 / wall : 1000)) / 4);
+    p->duty_pm = duty_update(p, now, wall, busy); /* busy <= wall: at most 1000 */
     busy = busy * flexai_speedup_pm(p) / 1000;
     flexai_region_add_busy(slot, busy);
     p->windows++;

@@ -55,9 +55,11 @@ struct flexai_dev_config {
     uint32_t ref_clock_mhz;     /* SM clock at full load; 0 = measure time, not work */
     /* Measured by the agent's calibration (speedup.c, flexai_speedup_pm): the card's speed per busy
      * second at 10/30/50/70/90% duty over its speed at full load, per mille (0: unknown);
-     * its power when idle (mW; 0: unknown). */
+     * its power when idle (mW; 0: unknown); its power between the windows of a duty cycle (mW;
+     * 0: unknown), which turns on the power model. */
     uint16_t speedup_pm[FLEXAI_SPEEDUP_POINTS];
     uint32_t idle_power_mw;
+    uint32_t gap_power_mw;
 };
 
 struct flexai_config {

@@ -52,6 +52,7 @@ static uint64_t g_total;
 static _Atomic uint64_t g_used[MAXDEV];
 static _Atomic uint64_t g_next_addr = 0x100000000ull;
 static _Atomic uint64_t g_launches;
+static _Atomic uint64_t g_busy_ns; /* kernel time queued, all devices (the fake NVML's energy) */
 static struct timeline g_local_tl, *g_tl = &g_local_tl;
 static struct fctx g_primary[MAXDEV];
 static struct fstream g_default[MAXDEV];
@@ -424,12 +425,14 @@ static void run_for(struct fstream *s, uint64_t dur)
     } while (!atomic_compare_exchange_weak(busy, &b, end));
     atomic_store(&s->last_end, end);
     atomic_fetch_add(&g_launches, 1);
+    atomic_fetch_add(&g_busy_ns, dur);
 }
 
 API CUfunction fakecuda_kernel(unsigned int us) { return (CUfunction)(uintptr_t)(((uint64_t)us << 4) | 1); }
 API CUgraphExec fakecuda_graph(unsigned int us) { return (CUgraphExec)(uintptr_t)(((uint64_t)us << 4) | 2); }
 API uint64_t fakecuda_used(int phys) { return atomic_load(&g_used[phys]); }
 API uint64_t fakecuda_launches(void) { return atomic_load(&g_launches); }
+API uint64_t fakecuda_busy_ns(void) { return atomic_load(&g_busy_ns); }
 static uint64_t dur_of(const void *h) { return ((uint64_t)(uintptr_t)h >> 4) * 1000ull; }
 /* Modules (the launch bench loads PTX): every function is a kernel of
  * $FAKECUDA_KERNEL_US microseconds (default 0). */

@@ -3,6 +3,8 @@
  * devices of FAKECUDA_MEM_MB MiB with the same UUIDs as fake_cuda.c, each
  * reporting 1 GiB used. Enough for the hook's NVML memory getters.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -151,6 +153,31 @@ API int nvmlDeviceGetComputeRunningProcesses_v3(void *dev, unsigned int *count, 
     return 0;
 }
 API int nvmlDeviceGetPowerUsage(void *dev, unsigned int *mw) { (void)dev; return env_value("FAKECUDA_POWER_MW", mw); }
+/* The energy counter (mJ): FAKECUDA_GAP_POWER_MW while idle and
+ * FAKECUDA_BUSY_POWER_MW while fake kernels run (fake_cuda's busy total), or
+ * FAKECUDA_POWER_MW all the time; "not supported" when none is set. */
+API int nvmlDeviceGetTotalEnergyConsumption(void *dev, unsigned long long *mj)
+{
+    (void)dev;
+    static struct timespec first;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (first.tv_sec == 0 && first.tv_nsec == 0)
+        first = now;
+    double s = (double)(now.tv_sec - first.tv_sec) + (double)(now.tv_nsec - first.tv_nsec) / 1e9;
+    unsigned int gap = 0, busy = 0, flat = 0;
+    if (env_value("FAKECUDA_GAP_POWER_MW", &gap) == 0 && env_value("FAKECUDA_BUSY_POWER_MW", &busy) == 0) {
+        uint64_t (*busy_ns)(void) = (uint64_t(*)(void))dlsym(RTLD_DEFAULT, "fakecuda_busy_ns");
+        if (busy_ns == NULL)
+            return 3;
+        *mj = 1000000ull + (unsigned long long)(gap * s + ((double)busy - gap) * (double)busy_ns() / 1e9);
+        return 0;
+    }
+    if (env_value("FAKECUDA_POWER_MW", &flat) != 0)
+        return 3;
+    *mj = 1000000ull + (unsigned long long)(flat * s);
+    return 0;
+}
 API int nvmlDeviceGetEnforcedPowerLimit(void *dev, unsigned int *mw)
 {
     (void)dev;

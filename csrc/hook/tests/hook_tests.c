@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -637,7 +638,25 @@ static void t_compute(const char *pct, const char *graph)
     const char *card = getenv("FAKECUDA_UTIL");
     double weight = 1.0, expect = cores;
     const char *curve = getenv("TEST_SPEEDUP");
-    if (curve != NULL) {
+    const char *gap = getenv("TEST_GAP_POWER");
+    if (gap != NULL) {
+        /* The power model: the fake card draws FAKECUDA_POWER_MW on average
+         * whatever we do, so its busy power is gap + (avg - gap) / duty;
+         * solved for the duty the controller settles at (the weight capped
+         * at 1.5, and 1 where the busy power is within the limit). */
+        char uuid[64];
+        fakecuda_uuid_string(0, uuid, sizeof uuid);
+        config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.gap_power_mw=%s\n", uuid, cores, gap);
+        double g = atof(gap), avg = atof(getenv("FAKECUDA_POWER_MW")), lim = atof(getenv("FAKECUDA_POWER_LIMIT_MW"));
+        double duty = cores / 100.0;
+        for (int i = 0; i < 200; i++) {
+            double busy = g + (avg - g) / duty;
+            double w = busy > lim ? pow((busy - g) / (lim - g), 0.42) : 1.0;
+            weight = w > 1.5 ? 1.5 : w;
+            duty = 0.5 * duty + 0.5 * cores / 100.0 / weight; /* damped: the plain iteration can cycle */
+        }
+        expect = cores / weight;
+    } else if (curve != NULL) {
         /* The agent's calibration figures: a flat measured curve and, with
          * TEST_IDLE_POWER, the power gate; TEST_WEIGHT is what each busy ms
          * should book as (1 + (curve - 1) x gate). */
@@ -857,6 +876,18 @@ static void t_calibrate(void)
         CHECK(cal.speedup_pm[i] >= 950 && cal.speedup_pm[i] <= 1050, "speedup[%d] %u", i, cal.speedup_pm[i]);
     CHECK(cal.idle_power_mw == 699000 && cal.procs_before == 0, "idle %u mW, %u processes", cal.idle_power_mw,
           cal.procs_before);
+    /* A card that draws the same at every duty: the gap power is that power. */
+    CHECK(cal.gap_power_mw > 699000 * 0.97 && cal.gap_power_mw < 699000 * 1.03, "gap %u mW", cal.gap_power_mw);
+
+    /* 130 W between kernels, 600 W while one runs: the line through the 10%
+     * and 30% steps finds the 130 W at duty 0 (the energy counter). */
+    setenv("FAKECUDA_GAP_POWER_MW", "130000", 1);
+    setenv("FAKECUDA_BUSY_POWER_MW", "600000", 1);
+    CHECK((rc = flexai_calibrate(uuid, 200, 10, &cal, sizeof cal)) == 0, "rc %d", rc);
+    printf("calibration: gap %u mW\n", cal.gap_power_mw);
+    CHECK(cal.gap_power_mw > 130000 * 0.9 && cal.gap_power_mw < 130000 * 1.1, "gap %u mW", cal.gap_power_mw);
+    unsetenv("FAKECUDA_GAP_POWER_MW");
+    unsetenv("FAKECUDA_BUSY_POWER_MW");
 
     /* A card in use is left alone: nothing launched. */
     setenv("FAKECUDA_UTIL", "40", 1);
