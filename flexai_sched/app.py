@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, dashboard, quota_views, views
 from .backend import Backend
+from .errors import BindFailure
 from .extender import BindError, Extender
 from .extender_types import (
     ExtenderArgs,
@@ -168,11 +169,11 @@ def create_app(extender: Extender, start_backend: bool = True, max_body: int = M
             try:
                 extender.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
             except BindError as e:
-                metrics.bind_failures.labels(_reason_class(str(e))).inc()
+                metrics.bind_failures.labels(e.reason.value).inc()
                 log.info("bind %s/%s -> %s failed: %s", args.PodNamespace, args.PodName, args.Node, e)
                 return ExtenderBindingResult(Error=str(e))
             except Exception as e:  # the API edge: a failure of the backend is an answer, not a 500
-                metrics.bind_failures.labels("internal").inc()
+                metrics.bind_failures.labels(BindFailure.INTERNAL.value).inc()
                 log.exception("bind %s/%s -> %s", args.PodNamespace, args.PodName, args.Node)
                 return ExtenderBindingResult(Error=f"internal error: {e}")
             metrics.binds.inc()
@@ -338,13 +339,5 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
-
-def _reason_class(message: str) -> str:
-    """A small, fixed label set for the failure counter (messages are unbounded)."""
-    for word, label in (("no longer fits", "conflict"), ("needs", "no_fit"), ("not found", "pod_gone"),
-                        ("already", "duplicate"), ("invalid", "invalid_request"), ("inventory", "unknown_node")):
-        if word in message:
-            return label
-    return "backend"
 
 
