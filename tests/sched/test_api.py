@@ -74,7 +74,7 @@ def test_invalid_request_is_an_unresolvable_reason_not_a_500(env: Any) -> None:
 
 def test_model_nobody_has(env: Any) -> None:
     client, _, _ = env
-    p = pod("p", limits(1, cores=10, **{"huawei.com/vgpu-type.B200": "1"}))
+    p = pod("p", limits(1, cores=10) | {"huawei.com/vgpu-type.B200": "1"})
     reasons = client.post("/filter", json=cache_args(p)).json()["FailedAndUnresolvableNodes"]
     assert "no node has a card of model B200 (models in the cluster: NVIDIA H200, Tesla T4)" in reasons["t4"]
 
@@ -247,7 +247,7 @@ def test_preempt_answers_one_node_whose_victims_free_a_fitting_slice(env: Any) -
         assert bind(client, backend, name, "small", limits(1, cores=100)) == ""
     preemptor = pod("hi", limits(1, cores=60))
     preemptor["spec"]["priority"] = 1000
-    args = {
+    args: dict[str, Any] = {
         "Pod": preemptor,
         "NodeNameToVictims": None,
         "NodeNameToMetaVictims": {
@@ -339,7 +339,9 @@ def test_health_ready_docs(env: Any) -> None:
 
 
 def exclusive_cards_used(state: ClusterState, name: str) -> int:
-    return sum(1 for u in state.node(name).usage if u.cores >= 100)
+    node = state.node(name)
+    assert node is not None
+    return sum(1 for u in node.usage if u.cores >= 100)
 
 
 @pytest.mark.parametrize(

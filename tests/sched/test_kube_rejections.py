@@ -182,8 +182,13 @@ def test_status_updates_of_a_counted_pod_skip_the_check(backend: KubeBackend, st
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     p = bound("p", on(0))
     backend._pod_event("ADDED", p)
-    calls = []
-    monkeypatch.setattr("flexai_sched.kube.check_allocation", lambda *a: calls.append(a) or [])
+    calls: list[tuple[object, ...]] = []
+
+    def counted(*a: object) -> list[object]:
+        calls.append(a)
+        return []
+
+    monkeypatch.setattr("flexai_sched.kube.check_allocation", counted)
     backend._pod_event("MODIFIED", p)
     assert calls == [] and state.state_of("default/p") is AllocState.BOUND
 
