@@ -155,7 +155,7 @@ def find_shim() -> Path:
     candidates = [
         os.environ.get("FLEXAI_SHIM_LIBRARY", ""),
         "/usr/local/flexai/lib/libflexai_shim.so",
-        str(Path(__file__).resolve().parent.parent / "build" / "hook" / "libflexai_shim.so"),
+        str(Path(__file__).resolve().parents[2] / "build" / "hook" / "libflexai_shim.so"),
     ]
     for c in candidates:
         if c and Path(c).is_file():

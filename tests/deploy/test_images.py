@@ -35,8 +35,9 @@ def built() -> dict[str, Path]:
 def run(image: str, *argv: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
     """``argv`` in a fresh container of ``image`` (no network, removed afterwards)."""
     built()
-    # Explicit limits: podman's defaults (and "host") are refused by these VMs' runc.
-    cmd = ["podman", "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+    # Explicit limits: podman's defaults (and "host") are refused by these VMs' runc; runc, not
+    # crun, because crun refuses hosts that mount cgroup v1 beside an empty v2 hierarchy.
+    cmd = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
     if entrypoint is not None:
         cmd += ["--entrypoint", entrypoint]
     return subprocess.run([*cmd, image, *argv], capture_output=True, text=True, timeout=120, check=False)
