@@ -1,8 +1,8 @@
 """A real Kubernetes control plane for the end-to-end tests.
 
-kine (SQLite) -> kube-apiserver -> kwok (fake kubelets) -> [extender] -> kube-scheduler,
-each a child process in its own process group, all listening on 127.0.0.1 only,
-with every component's output kept in a log file under the plane's work dir.
+kine (SQLite) -> kube-apiserver -> [kube-controller-manager] -> [kwok (fake kubelets)] ->
+[extender] -> kube-scheduler, each a child process in its own process group, all listening
+on 127.0.0.1 only, with every component's output kept in a log file under the plane's work dir.
 No mocks: these are the upstream binaries built by tools/controlplane/build.sh.
 """
 
@@ -311,8 +311,18 @@ def extender_block(url_prefix: str, node_cache_capable: bool | None = None,
 
 # ---------------------------------------------------------------------------- the plane
 
+# What a chart needs of kube-controller-manager on a real node: its workloads, service
+# accounts and their CA, garbage collection (an uninstall's ReplicaSets and pods), namespace
+# deletion, and Endpoints (the apiserver's service proxy reads them). Node lifecycle stays
+# off: a node without a CNI is never Ready, and it would taint it.
+CONTROLLERS = ("serviceaccount-controller", "root-ca-certificate-publisher-controller",
+               "deployment-controller", "replicaset-controller", "daemonset-controller",
+               "garbage-collector-controller", "namespace-controller", "endpoints-controller")
+
+
 class ControlPlane:
-    """kine + kube-apiserver + kwok + optional extender + kube-scheduler on loopback.
+    """kine + kube-apiserver + [kube-controller-manager] + [kwok] + [extender] + kube-scheduler
+    on loopback.
 
     plane = ControlPlane(bin_dir).start()          # kube-scheduler without extender, or
     plane = ControlPlane(bin_dir).start(extender=ExtenderSpec([...]))
@@ -323,7 +333,8 @@ class ControlPlane:
 
     def __init__(self, bin_dir: Path, workdir: Path | None = None,
                  scheduler_config: Mapping[str, Any] | None = None,
-                 startup_timeout: float = 60.0, kwok_all_nodes: bool = True) -> None:
+                 startup_timeout: float = 60.0, kwok_all_nodes: bool = True,
+                 controller_manager: bool = False, kwok: bool = True) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flexai-cp-"))
@@ -336,6 +347,11 @@ class ControlPlane:
         # False: kwok manages only nodes annotated as fake (make_fake_node does), leaving a
         # real kubelet's node and pods to that kubelet.
         self.kwok_all_nodes = kwok_all_nodes
+        # kube-controller-manager (CONTROLLERS only) and the ServiceAccount admission plugin:
+        # Deployments, DaemonSets and service-account tokens, for a chart installed on a real
+        # node (tests/realnode/test_helm_install.py). kwok=False: no fake kubelets at all.
+        self.controller_manager = controller_manager
+        self.kwok = kwok
         self.procs: dict[str, Process] = {}
         self.timings: dict[str, float] = {}
         self.pki: Pki | None = None
@@ -391,7 +407,10 @@ class ControlPlane:
             self._step("pki", lambda: self._set_pki(generate_pki(self.workdir / "pki")))
             self._step("kine", self._start_kine)
             self._step("kube-apiserver", self._start_apiserver)
-            self._step("kwok", self._start_kwok)
+            if self.controller_manager:
+                self._step("kube-controller-manager", self._start_controller_manager)
+            if self.kwok:
+                self._step("kwok", self._start_kwok)
             if extender is not None:
                 self._step("extender", lambda: self.start_extender(extender))
             self.node_cache_capable = node_cache_capable
@@ -562,10 +581,11 @@ class ControlPlane:
                 f"--kubelet-client-key={pki.admin_key}",
                 "--kubelet-preferred-address-types=InternalIP",  # node names do not resolve here
                 "--allow-privileged=true",
-                # No controller-manager here: nothing would create default service accounts,
-                # nor lift the not-ready taint that TaintNodesByCondition puts on every new
-                # node (so no pod would ever schedule).
-                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                # Without a controller-manager nothing would create default service accounts;
+                # and none here lifts the not-ready taint that TaintNodesByCondition puts on
+                # every new node (so no pod would ever schedule).
+                "--disable-admission-plugins=" + ("TaintNodesByCondition" if self.controller_manager
+                                                  else "ServiceAccount,TaintNodesByCondition"),
                 # no "kubernetes" service endpoints pointing at this host
                 "--endpoint-reconciler-type=none",
                 f"--service-account-issuer=https://{LOOPBACK}:{self.api_port}",
@@ -593,6 +613,37 @@ class ControlPlane:
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
         }
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
+
+    def _start_controller_manager(self) -> None:
+        pki = self.pki
+        assert pki is not None
+        port = free_port()
+        argv = [self._bin("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
+                f"--controllers={','.join(CONTROLLERS)}", "--leader-elect=false",
+                # the CA that pods' service-account volumes carry (ConfigMap kube-root-ca.crt)
+                f"--root-ca-file={pki.ca_crt}",
+                f"--bind-address={LOOPBACK}", f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                "--v=2"]
+        p = self._spawn("kube-controller-manager", argv, _child_env())
+        url = f"https://{LOOPBACK}:{port}/healthz"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self._wait_ready(p, lambda: http_ok(url, ctx) and self._default_service_account(),
+                         self.startup_timeout, "kube-controller-manager /healthz and the default service account")
+
+    def _default_service_account(self) -> bool:
+        api = self.core_api()
+        try:
+            api.read_namespaced_service_account("default", "default")
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        finally:
+            api.api_client.close()
 
     def _start_kwok(self) -> None:
         port = free_port()

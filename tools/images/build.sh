@@ -17,8 +17,8 @@
 #   localhost/flexai-views-nginx:bookworm    nginx from Debian, for the chart's views proxy
 # Python packages come from PyPI during the build, as in a user's build.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+here=$(cd "$(dirname "$0")" && pwd -P)  # physical: the repo even when called through a link
+repo=$(cd "$here/../.." && pwd -P)
 cache=${FLEXAI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flexai}/images
 mkdir -p "$cache"
 exec 9>"$cache/.build.lock"  # one build at a time: buildah's names and the archives are shared

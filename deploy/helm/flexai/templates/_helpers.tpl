@@ -76,9 +76,21 @@ the URL and, with TLS, switches HTTPS on and says where the CA is.
 {{- toYaml (list $block) }}
 {{- end }}
 
+{{/* The apiserver address of the pods, when apiServer.host is set (no kube-proxy): the
+variables client-go and the Python client read for their in-cluster configuration. */}}
+{{- define "flexai.apiServerEnv" -}}
+{{- if .Values.apiServer.host }}
+- {name: KUBERNETES_SERVICE_HOST, value: {{ .Values.apiServer.host | quote }}}
+- {name: KUBERNETES_SERVICE_PORT, value: {{ .Values.apiServer.port | toString | quote }}}
+{{- end }}
+{{- end }}
+
 {{/* Fail early on values that would only fail at run time. */}}
 {{- define "flexai.validate" -}}
 {{- $tls := .Values.scheduler.extender.tls }}
+{{- if and .Values.apiServer.host (not .Values.apiServer.port) }}
+{{- fail "apiServer.host needs apiServer.port (the kube-apiserver's secure port)" }}
+{{- end }}
 {{- if and $tls.enabled (not $tls.secretName) }}
 {{- fail "scheduler.extender.tls.enabled needs scheduler.extender.tls.secretName (a Secret with tls.crt, tls.key, ca.crt)" }}
 {{- end }}
