@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11+, Go 1.24+, gcc, CMake):
 #   make demo   the extender on an embedded in-memory demo cluster (http://127.0.0.1:8888/docs)
+#   make lint   ruff (rules, import order, format check), mypy --strict, clang-format on csrc/
 #   make test   every test: core, HTTP API, CUDA hook (fake driver), node agent, trace replay,
 #               and end to end against a real kube-apiserver + kube-scheduler + kine + kwok,
 #               and on a real node (kubelet + containerd + runc; needs root, apt-get installs them)
@@ -7,12 +8,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test controlplane node clean
+.PHONY: demo lint test controlplane node clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -e '.[sched,node,sim,test]'
+	$(BIN)/pip install -q -e '.[sched,node,sim,test,lint]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -27,6 +28,15 @@ node:
 	tools/node/setup.sh
 	tools/node/images.sh >/dev/null
 
+# Lint: ruff's rules (import order included) and its format check, mypy --strict over the
+# packages, tests/ and bench/, and clang-format over csrc/ (tools/lint/setup.sh installs it).
+lint: $(BIN)/.installed
+	tools/lint/setup.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	find csrc -name '*.[ch]' -print0 | xargs -0 clang-format --dry-run -Werror
+
 # The images (debootstrap and pip: mostly waiting on the network) build beside the Go binaries.
 test: $(BIN)/.installed
 	tools/browser/setup.sh
@@ -34,7 +44,6 @@ test: $(BIN)/.installed
 	tools/node/setup.sh
 	tools/images/build.sh --without-kube-scheduler >/dev/null & images=$$!; \
 	  tools/controlplane/build.sh && tools/node/images.sh >/dev/null && wait $$images
-	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -144,7 +144,10 @@ def main() -> None:
             pg.close()
         again = hot_path(args.port, names, args.calls, 1)
         browser.close()
-    fmt = lambda d: "  ".join(f"{k}={v:6.2f} ms" for k, v in d.items())  # noqa: E731
+
+    def fmt(d: dict[str, float]) -> str:
+        return "  ".join(f"{k}={v:6.2f} ms" for k, v in d.items())
+
     print(f"filter+prioritize, all {args.nodes} names, {args.calls} calls (same pods each run):")
     print(f"  no page            {fmt(base)}")
     print(f"  3 pages polling    {fmt(polled)}   p50 ratio {polled['p50'] / base['p50']:.2f}, "

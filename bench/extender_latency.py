@@ -26,6 +26,7 @@ import multiprocessing as mp
 import random
 import statistics
 import time
+from typing import Any
 
 import httpx
 
@@ -40,7 +41,7 @@ SHAPES = [  # (vgpus, cores, memory GiB): a mix like the seed's users send
 HOSTS = False  # --hosts (set in both processes: serve gets it as an argument)
 
 
-def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, object]:
+def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, Any]:
     n, cores, mem = shape
     lim: dict[str, str] = {"cpu": str(4 * n)} if HOSTS else {}
     lim |= {"huawei.com/vgpu-number": str(n), "huawei.com/vgpu-cores": str(cores)}
@@ -128,7 +129,7 @@ def main() -> None:
     floor_conn = http.client.HTTPConnection("127.0.0.1", args.port + 1, timeout=30)
     h = {"content-type": "application/json"}
 
-    def post(path: str, body: object, c: http.client.HTTPConnection = conn) -> tuple[object, float]:
+    def post(path: str, body: object, c: http.client.HTTPConnection = conn) -> tuple[Any, float]:
         raw = json.dumps(body).encode()
         a = time.perf_counter()
         c.request("POST", path, raw, h)
@@ -149,10 +150,10 @@ def main() -> None:
     for j, shape in enumerate(SHAPES):  # the first pod of each shape computes every node's fit
         p = pod(f"w{j}", shape)
         fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names})
-        _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]})  # type: ignore[index]
+        _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]})
         cold.append(ta + tb)
         _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names}, floor_conn)
-        _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)  # type: ignore[index]
+        _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)
         cold_floor.append(fa + fb)
     print(f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
           f"max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)")
@@ -169,7 +170,7 @@ def main() -> None:
             fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent})
             if not i % 2:
                 _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
-            fits = fr["NodeNames"]  # type: ignore[index]
+            fits = fr["NodeNames"]
             if i % 2:
                 _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits}, floor_conn)
             _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits})
@@ -182,8 +183,8 @@ def main() -> None:
             flat["prioritize"].append(fb)
             flat["filter+prioritize"].append(fa + fb)
             if i % 10 == 0 and fits:
-                post("/bind", {"PodName": p["metadata"]["name"], "PodNamespace": "bench",  # type: ignore[index]
-                               "PodUID": p["metadata"]["uid"], "Node": rng.choice(fits)})  # type: ignore[index]
+                post("/bind", {"PodName": p["metadata"]["name"], "PodNamespace": "bench",
+                               "PodUID": p["metadata"]["uid"], "Node": rng.choice(fits)})
         print(f"-- {label}: {count} names per call, {args.calls} calls")
         for k, xs in lat.items():
             print(f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "

@@ -62,7 +62,7 @@ def main() -> None:
         serial += 1
         name = f"m{serial}"
         p = pod(name, rng.choice(SHAPES))
-        p["metadata"]["uid"] = f"uid-{name}"  # type: ignore[index]
+        p["metadata"]["uid"] = f"uid-{name}"
         backend.create_pod(p)
         offered = rng.sample(names, args.offer)
         fits = ext.filter(p, offered).fits

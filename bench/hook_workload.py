@@ -89,7 +89,7 @@ def captured_matmuls(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: int =
             torch.matmul(a, b, out=c)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, stream=s, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
+    with torch.cuda.graph(g, stream=s, capture_error_mode=capture_error_mode):
         for _ in range(n):
             torch.matmul(a, b, out=c)
     return g

@@ -107,8 +107,8 @@ def main() -> int:
     md = OUT / "trace-replay.md"
     # The analysis below the table is written by hand (from its first "## " heading on): kept.
     old = md.read_text() if md.exists() else ""
-    kept = old[old.index("\n## ") + 1 :] if "\n## " in old else ""
-    md.write_text("\n".join(text) + ("\n" + kept if kept else ""))
+    analysis = old[old.index("\n## ") + 1 :] if "\n## " in old else ""
+    md.write_text("\n".join(text) + ("\n" + analysis if analysis else ""))
     print("\n".join(text))
     return 0
 

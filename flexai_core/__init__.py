@@ -3,6 +3,7 @@
 Dependency-free (the standard library only) and free of I/O, so the node agent uses it
 without the scheduler's web stack:
 
+- ``errors``           ``CoreError``, the root of every error this package raises
 - ``resources``        resource names and how a pod's containers ask for vGPUs
 - ``annotations``      annotation keys and their versioned encodings (node inventory, pod allocation)
 - ``model``            plain typed values: cards, nodes, requests, slices, allocations

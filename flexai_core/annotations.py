@@ -39,6 +39,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from .errors import CoreError
 from .model import Allocation, Card, NodeInventory, Slice
 
 PREFIX: Final = "vgpu.flexai.io/"
@@ -63,7 +64,7 @@ QUOTA_LABEL: Final = PREFIX + "quota"
 VERSION: Final = 1
 
 
-class EncodingError(ValueError):
+class EncodingError(CoreError, ValueError):
     """An annotation could not be decoded; the message names the key and the field."""
 
 

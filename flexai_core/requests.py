@@ -33,6 +33,7 @@ from typing import Any
 
 from . import annotations as ann
 from . import resources as res
+from .errors import CoreError
 from .model import FULL_CORES, CardSelector, ContainerRequest, PodRequest
 
 _WHOLE = re.compile(r"\+?[0-9]{1,18}")  # 18 digits: far above any real value, and exact as an int64
@@ -44,7 +45,7 @@ _MAX_QUANTITY = 2**63
 _MAX_EXPONENT = 30
 
 
-class RequestError(ValueError):
+class RequestError(CoreError, ValueError):
     """The pod's vGPU request is invalid; ``reasons`` lists every problem found."""
 
     def __init__(self, reasons: list[str]) -> None:

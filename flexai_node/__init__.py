@@ -3,6 +3,7 @@
 Layout (pure first, edges last; the shared values and encodings come from flexai_core, never
 from flexai_sched):
 
+- ``errors``      ``NodeError``, the root of every error this package raises
 - ``inventory``   the card-source interface, readings, and the file source (tests, kwok)
 - ``nvml``        the NVML card source: health from NVML errors and critical XIDs
 - ``pods``        a pod bound to this node: vGPU containers in admission order, its allocation

@@ -30,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .errors import NodeError
 from .pods import BoundPod, GpuContainer
 
 __all__ = ["AdmissionError", "Choice", "KubeletView", "NoCandidate", "PodRefused", "choose"]
 
 
-class AdmissionError(Exception):
+class AdmissionError(NodeError):
     """No slice can be given for this Allocate call."""
 
 

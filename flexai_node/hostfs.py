@@ -21,12 +21,14 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import NodeError
+
 __all__ = ["UnsafePath", "chmod_dir", "ensure_dir", "read_file"]
 
 _NOFOLLOW_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-class UnsafePath(OSError):
+class UnsafePath(NodeError, OSError):
     """A path that is a link, of the wrong type, or owned by someone else."""
 
 

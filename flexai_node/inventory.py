@@ -21,10 +21,12 @@ import yaml
 
 from flexai_core.model import Card
 
+from .errors import NodeError
+
 __all__ = ["CardReading", "FileInventory", "InventoryError", "InventorySource"]
 
 
-class InventoryError(Exception):
+class InventoryError(NodeError):
     """The source cannot list cards at all (no driver, unreadable file)."""
 
 

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import NodeError
+
 __all__ = ["Admitted", "Ledger", "LedgerError"]
 
 VERSION = 1
@@ -107,5 +109,5 @@ class Ledger:
             raise LedgerError(f"{path}: unreadable admission record ({e}); move it aside to start afresh") from None
 
 
-class LedgerError(Exception):
+class LedgerError(NodeError):
     """The record on disk cannot be read."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .errors import NodeError
+
 __all__ = ["KubeError", "NodeApi"]
 
 
-class KubeError(Exception):
+class KubeError(NodeError):
     """The API server could not be reached or refused the request."""
 
 

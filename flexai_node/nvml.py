@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from flexai_core.model import Card
 
+from .errors import NodeError
 from .inventory import CardReading, InventoryError
 
 __all__ = ["APPLICATION_XIDS", "NvmlError", "NvmlInventory"]
@@ -31,7 +32,7 @@ MIB = 1 << 20
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 
 
-class NvmlError(Exception):
+class NvmlError(NodeError):
     """An NVML call failed. ``code`` is NVML's return code (``NVML_ERROR_*``), None if unknown."""
 
     def __init__(self, message: str, code: int | None) -> None:

@@ -116,7 +116,7 @@ class Reporter:
         last_cards, last_allocated = self._last
         if allocated != last_allocated or len(cards) != len(last_cards):
             return True
-        for new, old in zip(cards, last_cards):
+        for new, old in zip(cards, last_cards, strict=True):
             if replace(new, used_outside_mib=0) != replace(old, used_outside_mib=0):
                 return True
             if abs(new.used_outside_mib - old.used_outside_mib) >= self._step:

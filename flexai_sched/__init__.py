@@ -3,6 +3,8 @@
 Layout (pure core first, edges last; the plain values and encodings shared with the node
 agent are in ``flexai_core``):
 
+- ``errors``      ``SchedError``, the root of every error this package raises; ``BindFailure``,
+                  why a bind failed (the metrics' label)
 - ``workload``    value types the policies reason with: a node's host, the target workload
 - ``policies``    the policy interface, binpack / spread, the fragmentation-aware policies (FGD's
                   measure; ours, the default), the FGD paper's baselines; a registry by name

@@ -19,14 +19,20 @@ from typing import Any, Protocol
 
 from flexai_core import annotations as ann
 from flexai_core.model import Allocation, NodeInventory
+from .errors import BindFailure, SchedError
 from .quota import DATA_KEY
 from .state import ClusterState
 
 log = logging.getLogger("flexai_sched.backend")
 
 
-class CommitError(Exception):
-    """Writing the allocation or the Binding failed; nothing of it counts."""
+class CommitError(SchedError):
+    """Writing the allocation or the Binding failed; nothing of it counts. ``reason``: why, as
+    the bind reports it."""
+
+    def __init__(self, message: str, reason: BindFailure = BindFailure.BACKEND) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CommitUnknown(CommitError):
@@ -215,9 +221,9 @@ class MemoryBackend:
                 self._pods[alloc.key] = pod
             meta = pod.setdefault("metadata", {})
             if alloc.uid and meta.get("uid") and meta["uid"] != alloc.uid:
-                raise CommitError(f"UID {meta['uid']} is not {alloc.uid} (pod was recreated)")
+                raise CommitError(f"UID {meta['uid']} is not {alloc.uid} (pod was recreated)", BindFailure.POD_GONE)
             if pod.get("spec", {}).get("nodeName"):
-                raise CommitError(f"already bound to {pod['spec']['nodeName']}")
+                raise CommitError(f"already bound to {pod['spec']['nodeName']}", BindFailure.DUPLICATE)
             meta.setdefault("annotations", {})[ann.POD_ALLOCATION] = ann.encode_allocation(alloc)
             pod.setdefault("spec", {})["nodeName"] = alloc.node
             priority = pod["spec"].get("priority")

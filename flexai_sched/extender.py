@@ -43,6 +43,7 @@ from . import policies
 from .allocator import NoFit, Placement, place
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
+from .errors import BindFailure, SchedError
 from .extender_caches import ExtenderCaches
 from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
 from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
@@ -67,8 +68,12 @@ class FilterOutcome:
     unresolvable: dict[str, str] = field(default_factory=dict)
 
 
-class BindError(Exception):
-    """The pod could not be bound; kube-scheduler requeues it."""
+class BindError(SchedError):
+    """The pod could not be bound; kube-scheduler requeues it. ``reason``: why, as a value."""
+
+    def __init__(self, reason: BindFailure, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Extender:
@@ -290,10 +295,10 @@ class Extender:
             if uid and existing.uid == uid:
                 if existing.node == node_name and self.state.state_of(key) is AllocState.BOUND:
                     return existing  # a repeated bind of a pod already bound here
-                raise BindError(_held_by(key, existing, self.state.state_of(key)))
+                raise BindError(BindFailure.DUPLICATE, _held_by(key, existing, self.state.state_of(key)))
             pod = self.backend.get_pod(namespace, name)
             if pod is not None and _uid_of(pod) in ("", existing.uid):
-                raise BindError(_held_by(key, existing, self.state.state_of(key)))
+                raise BindError(BindFailure.DUPLICATE, _held_by(key, existing, self.state.state_of(key)))
             pod = self._checked(pod, namespace, name, uid)
             # The name is another pod's now: the old one's slices go, as its deletion would.
             self.state.release(key, existing.uid)
@@ -303,11 +308,11 @@ class Extender:
         with self.state.node_lock(node_name):
             node = self.state.node(node_name)
             if node is None:
-                raise BindError(f"node {node_name}: reports no vGPU inventory")
+                raise BindError(BindFailure.UNKNOWN_NODE, f"node {node_name}: reports no vGPU inventory")
             fit = place(node.cards, self.preempting.usage_for(node, req), req,
                         self._policy(req.card_policy, self._card_policy))
             if isinstance(fit, NoFit):
-                raise BindError(f"node {node_name}: {fit.reason}")
+                raise BindError(BindFailure.NO_FIT, f"node {node_name}: {fit.reason}")
             alloc = Allocation.build(namespace, name, uid, node_name, fit.slices)
             version = node.version
 
@@ -319,23 +324,23 @@ class Extender:
                 if self.state.quotas.active:
                     reason, _ = self.quota_reason(req)
                     if reason:
-                        raise Conflict(reason)
+                        raise Conflict(reason, BindFailure.QUOTA)
                 return True
 
             try:
                 self.state.assume(alloc, fits)
             except Conflict as e:
-                raise BindError(str(e)) from None
+                raise BindError(e.reason, str(e)) from None
         try:
             self.backend.commit(alloc)
         except CommitUnknown as e:
             with self._held_mu:
                 self._held[key] = (uid, self.clock() + self.settings.bind_hold_s)
-            raise BindError(f"pod {key}: {e}; its slice stays reserved until the pod shows bound "
+            raise BindError(e.reason, f"pod {key}: {e}; its slice stays reserved until the pod shows bound "
                             f"or {self.settings.bind_hold_s:.0f}s pass") from None
         except CommitError as e:
             self.state.forget(key, uid)
-            raise BindError(f"pod {key}: {e}") from None
+            raise BindError(e.reason, f"pod {key}: {e}") from None
         except BaseException:
             self.state.forget(key, uid)
             raise
@@ -421,21 +426,21 @@ class Extender:
         try:
             return self.parse(pod)
         except RequestError as e:
-            raise BindError(f"pod {namespace}/{name}: invalid vGPU request: {e}") from None
+            raise BindError(BindFailure.INVALID_REQUEST, f"pod {namespace}/{name}: invalid vGPU request: {e}") from None
 
     @staticmethod
     def _checked(pod: dict[str, Any] | None, namespace: str, name: str, uid: str) -> dict[str, Any]:
         """``pod`` as the backend has it now, if a bind may go on: a BindError if it is gone,
         is another pod than ``uid`` names, or is bound already."""
         if pod is None:
-            raise BindError(f"pod {namespace}/{name}: not found")
+            raise BindError(BindFailure.POD_GONE, f"pod {namespace}/{name}: not found")
         got_uid = _uid_of(pod)
         if uid and got_uid and got_uid != uid:
-            raise BindError(f"pod {namespace}/{name}: UID {got_uid} is not {uid} (pod was recreated)")
+            raise BindError(BindFailure.POD_GONE, f"pod {namespace}/{name}: UID {got_uid} is not {uid} (pod was recreated)")
         spec = pod.get("spec")
         bound_to = spec.get("nodeName") if isinstance(spec, dict) else None
         if bound_to:
-            raise BindError(f"pod {namespace}/{name}: already bound to {bound_to}")
+            raise BindError(BindFailure.DUPLICATE, f"pod {namespace}/{name}: already bound to {bound_to}")
         return pod
 
     # ---- the target workload ----

@@ -82,6 +82,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from flexai_core import annotations as ann
 from flexai_core.allocation_check import check_allocation
 from .backend import CommitError, CommitUnknown
+from .errors import BindFailure, SchedError
 from flexai_core.model import Allocation
 from .preemption import Budget, Requirement
 from flexai_core.requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
@@ -102,12 +103,23 @@ CHANGED: Final = "changed"
 Obj = dict[str, Any]
 
 
-class ApiError(Exception):
+class ApiError(SchedError):
     """A call to the apiserver failed. ``status`` is the HTTP code, None for transport errors."""
 
     def __init__(self, what: str, status: int | None, message: str) -> None:
         super().__init__(f"{what}: {message}" if status is None else f"{what}: HTTP {status}: {message}")
         self.status = status
+        self.message = message
+
+
+def _bind_refusal(e: ApiError) -> BindFailure:
+    """Why the apiserver refused a Binding: the pod is gone (404, or its UID precondition
+    failed: another pod has the name now), is bound already (409), or another refusal."""
+    if e.status == NOT_FOUND:
+        return BindFailure.POD_GONE
+    if e.status == CONFLICT:
+        return BindFailure.POD_GONE if "precondition" in e.message.lower() else BindFailure.DUPLICATE
+    return BindFailure.BACKEND
 
 
 @contextmanager
@@ -243,7 +255,7 @@ class KubeBackend:
                 resp.release_conn()
         except ApiError as e:
             if e.status is not None and e.status < 500:
-                raise CommitError(str(e)) from None  # refused: nothing was written
+                raise CommitError(str(e), _bind_refusal(e)) from None  # refused: nothing was written
             # Timeout, reset or 5xx: the Binding may have landed. The pod says which, or that
             # it has not yet: a request still in the apiserver can land after this read.
             if self._bound_as(alloc, encoded):

@@ -40,13 +40,15 @@ import yaml
 from flexai_core import resources as res
 from flexai_core.model import Allocation, ContainerRequest, PodRequest
 
+from .errors import SchedError
+
 DATA_KEY: Final = "quotas.yaml"  # the ConfigMap key that holds the quotas
 # The limits a quota may set, by the resource names pods ask with.
 LIMIT_NAMES: Final = (res.VGPU_NUMBER, res.VGPU_CORES, res.VGPU_MEMORY)
 _MIB_PER_GIB: Final = 1024
 
 
-class QuotaError(ValueError):
+class QuotaError(SchedError, ValueError):
     """A quota declaration is invalid; the message names the field and the reason."""
 
 

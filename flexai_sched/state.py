@@ -48,6 +48,7 @@ from typing import Any
 from .workload import Host
 from flexai_core.model import Allocation, Card, CardUsage, NodeInventory
 from .preemption import Budget
+from .errors import BindFailure, SchedError
 from .quota import QuotaBook, allocation_usage
 
 
@@ -71,8 +72,12 @@ class Rejected:
     message: str
 
 
-class Conflict(Exception):
-    """The allocation no longer fits the node's current usage."""
+class Conflict(SchedError):
+    """The allocation no longer fits the node's current usage; ``reason`` says how."""
+
+    def __init__(self, message: str, reason: BindFailure = BindFailure.CONFLICT) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -276,12 +281,13 @@ class ClusterState:
         with self._mu:
             node = self._nodes.get(alloc.node)
             if node is None:
-                raise Conflict(f"node {alloc.node}: unknown")
+                raise Conflict(f"node {alloc.node}: unknown", BindFailure.UNKNOWN_NODE)
             existing = self._allocs.get(alloc.key)
             if existing is not None:
                 # Never a silent replacement: a new pod under an old name is bound only after
                 # the old one's allocation is released (the caller proved that pod gone).
-                raise Conflict(f"pod {alloc.key}: already allocated on {existing.node} (UID {existing.uid})")
+                raise Conflict(f"pod {alloc.key}: already allocated on {existing.node} (UID {existing.uid})",
+                               BindFailure.DUPLICATE)
             if not fits(node):
                 raise Conflict(f"node {alloc.node}: the slice no longer fits (another pod took it)")
             self._put(alloc, AllocState.ASSUMED)

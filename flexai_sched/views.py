@@ -1,9 +1,13 @@
-"""Read-only REST views of the scheduler's state (what operators curl)."""
+"""Read-only REST views of the scheduler's state (what operators curl): the models, and the
+router of ``/v1/nodes``, ``/v1/nodes/{name}``, ``/v1/allocations``, ``/v1/pods/{ns}/{name}``."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
 from .allocator import free_memory
@@ -72,6 +76,46 @@ class AllocationView(BaseModel):
     node: str
     state: str
     slices: list[dict[str, object]]
+
+
+
+class Refused(BaseModel):
+    """404, 413, 503: why."""
+
+    detail: str
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Refused, "description": "Not known to the scheduler"}}
+
+
+def router(state: ClusterState) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/v1/nodes", response_model=list[NodeSummary], tags=["views"])
+    def list_nodes() -> list[NodeSummary]:
+        return [node_summary(n) for n in sorted(state.nodes(), key=lambda n: n.name)]
+
+    @r.get("/v1/nodes/{name}", response_model=NodeDetail, responses=NOT_FOUND, tags=["views"])
+    def get_node(name: str) -> NodeDetail:
+        node = state.node(name)
+        if node is None:
+            raise HTTPException(404, f"node {name!r}: not known to the scheduler")
+        return node_detail(node, state)
+
+    @r.get("/v1/allocations", response_model=list[AllocationView], tags=["views"])
+    def list_allocations() -> list[AllocationView]:
+        return [allocation_view(a, st) for a, st in sorted(state.allocations(), key=lambda x: x[0].key)]
+
+    @r.get("/v1/pods/{namespace}/{name}", response_model=AllocationView, responses=NOT_FOUND,
+           tags=["views"])
+    def get_pod(namespace: str, name: str) -> AllocationView:
+        key = f"{namespace}/{name}"
+        a = state.allocation(key)
+        if a is None:
+            raise HTTPException(404, f"pod {key}: has no vGPU allocation")
+        return allocation_view(a, state.state_of(key))
+
+    return r
 
 
 def node_summary(node: NodeState) -> NodeSummary:

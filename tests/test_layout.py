@@ -13,10 +13,13 @@ importing every node module with the scheduler's packages made unimportable.
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,3 +118,22 @@ def test_node_and_core_import_without_the_web_stack() -> None:
     out = subprocess.run([sys.executable, "-c", BLOCKER], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("package", "root"),
+    [("flexai_core", "flexai_core.errors.CoreError"), ("flexai_sched", "flexai_sched.errors.SchedError"),
+     ("flexai_node", "flexai_node.errors.NodeError")],
+)
+def test_every_error_of_a_package_has_its_root(package: str, root: str) -> None:
+    module_name, _, cls_name = root.rpartition(".")
+    base = getattr(importlib.import_module(module_name), cls_name)
+    errors = []
+    for name, _ in modules(package):
+        if name.endswith("_pb2_grpc") or name.endswith("_pb2"):
+            continue
+        module = importlib.import_module(name)
+        errors += [v for v in vars(module).values()
+                   if isinstance(v, type) and issubclass(v, BaseException) and v.__module__ == name]
+    assert errors, package
+    assert [e.__qualname__ for e in errors if not issubclass(e, base)] == []

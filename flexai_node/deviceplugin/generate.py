@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..errors import NodeError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[1]
 PROTOS = ("api", "podresources")
@@ -24,7 +26,7 @@ HEADER = (
 )
 
 
-class GenerateError(RuntimeError):
+class GenerateError(NodeError, RuntimeError):
     """protoc failed; the message carries its exit code."""
 
 

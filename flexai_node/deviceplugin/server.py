@@ -84,7 +84,7 @@ class DevicePluginService(pb_grpc.DevicePluginServicer):
         while context.is_active():
             with self._changed:
                 # Wake every second to notice a closed stream (the kubelet went away).
-                self._changed.wait_for(lambda: self._stopped or self._version != seen, timeout=1.0)
+                self._changed.wait_for(lambda: self._stopped or self._version != seen, timeout=1.0)  # noqa: B023  (called here)
                 if self._stopped:
                     return
                 if self._version == seen:

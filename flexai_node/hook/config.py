@@ -216,7 +216,7 @@ def parse(text: str) -> HookConfig:
              for name, (line, v) in fields[i].items()}
         if "speedup_pm" in f:
             at = fields[i]["speedup_pm"][0]
-            if not re.fullmatch(r"\d+(,\d+){%d}" % (SPEEDUP_POINTS - 1), str(f["speedup_pm"])):
+            if not re.fullmatch(rf"\d+(,\d+){{{SPEEDUP_POINTS - 1}}}", str(f["speedup_pm"])):
                 raise ValueError(f"line {at}: device.{i}.speedup_pm: {f['speedup_pm']!r} is not "
                                  f"{SPEEDUP_POINTS} comma-separated numbers")
         vgpus.append(

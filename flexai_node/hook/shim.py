@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import NodeError
+
 __all__ = ["Calibration", "CalibrationError", "HookShim", "ProcessUsage", "RegionSnapshot", "ShimError", "VGPUUsage",
            "find_shim"]
 
@@ -90,7 +92,7 @@ _REASONS = {
 }
 
 
-class ShimError(Exception):
+class ShimError(NodeError):
     """The shim could not be loaded or could not read a region (``errno`` when it said why)."""
 
     def __init__(self, message: str, errno_: int | None = None) -> None:

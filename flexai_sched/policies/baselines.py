@@ -36,9 +36,8 @@ class RandomFit:
       an independent uniform cost and the cheapest wins. The draw is made when the
       node's fit is computed and kept with it until the node changes, so each bound
       pod still gets its own draw. A fixed hash of the card and its usage is not
-      that: it sends one node state always to the same card, and packed about as
-      the fullest-card choice does (default trace, unallocated at 100%: hash 12.94,
-      fullest card 12.85, uniform draw 13.59, published 13.70);
+      that: it sends one node state always to the same card (bench/results/
+      trace-replay.md compares them);
     - whole cards: the first idle cards by index (its exclusive allocation).
     """
 

@@ -21,9 +21,7 @@ capacity left unallocated) shows FGD missing on this trace:
 1. hosts run out of CPU before their GPUs: FGD asks only whether *one* more task of
    each class fits the host, so CPU-only tasks can eat a host whose cards still look
    usable. Ours adds the free GPU the remaining CPU cannot feed at the workload's
-   CPU-per-GPU ratio (CPU of all tasks, those without GPUs too, per GPU asked). On the
-   default trace (seed 42, at 100% arrived) GPUs left on hosts with under 4 free cores
-   drop from 1.7-1.8% of the cluster (FGD) to 0.44% (measured before item 2): the main
+   CPU-per-GPU ratio (CPU of all tasks, those without GPUs too, per GPU asked): the main
    gain over FGD;
 2. a shared card fills over many arrivals: ours adds the hole each shared card is
    expected to keep at the end (``flexai_sched.policies.leftover``, learned by replaying the
@@ -43,7 +41,8 @@ capacity left unallocated) shows FGD missing on this trace:
    where they differ from the plan.
 
 Both are ``WorkloadAware`` and ``HostAware``; ``fragmentation`` is ``CapacityAware`` and
-``Observing`` too (``policies.interface``).
+``Observing`` too (``policies.interface``). The figures behind each term and setting, and what
+was tried and dropped: bench/results/trace-replay.md, "The settings of `fragmentation`".
 """
 
 from __future__ import annotations
@@ -184,43 +183,22 @@ class Fragmentation(_Measured):
     card: E[before] = 0), so shares pack as a greedy over every card of the cluster
     would, and Phi only chooses among nodes offering equally good cards.
 
-    Default trace, seeds 42-51 (unallocated @100%): 4.17 (stranding, CPU-only tasks in
-    r) -> 4.08 (E from a closed form) -> 4.04 (card term) -> ~4.09 once the harness
-    stopped freeing a slice when a trace pod was drawn twice (f71aaa0) -> 3.92 (E
-    learned by replay, ``flexai_sched.policies.leftover``; the card cost E alone: 3.92 ± 0.09).
+    Each term's gain, step by step: bench/results/trace-replay.md.
     """
 
     name = "fragmentation"
     request_lowers_score = True  # both terms only grow as the host's CPU shrinks
-    # Weight of stranded GPU against fragmented GPU: both are capacity nobody can use;
-    # 2 also counts that a stranded host keeps its GPUs stranded for every later task.
-    # Tried on seeds 42-45 of the default trace (unallocated @100%): STRAND 1: 4.28,
-    # 2: 4.19, 3: 4.20, 5: 4.19; weights by count 4.18, by demand^0.5 4.16, ^1.5 4.38;
-    # stranding only the capacity the cards could use (not all free): 4.86.
+    # Weight of stranded GPU against fragmented GPU: 2 also counts that a stranded host keeps
+    # its GPUs stranded for every later task (values tried: bench/results/trace-replay.md).
     STRAND = 2.0
     # Best-fit tie-break: far below a percent of a card of growth.
     TIE = 1e-6
-    # Weight of the shared cards' expected leftover E beside the measure. History (the
-    # numbers up to the learned E were measured before the duplicate-name fix, ~0.05 low):
-    # seeds 42-45, without it 4.18, with E in closed form (each hole filled by the first
-    # share that fits, at the shares' rates, until it stops waiting at a rate MU) 4.07
-    # (LEFTOVER 0.5-3 and MU 0.03-1: 4.07-4.14). With that form, after the fix, on seeds
-    # 100-105: LEFTOVER 0.5-2, MU 0.05-0.4, STRAND 1.5-3: 3.99-4.06 around 4.00 (flat);
-    # MU rising as the cluster fills: 4.01. Learned E alone: 3.86 (3.87 with a table from
-    # fewer replays); beside FGD's one-task-fits card waste: 3.92. Also tried and dropped:
-    # a hole waiting for its best single size (4.10-4.17); rates by GPU demand (4.09); the
-    # stranding term counting only free GPU expected to be used (4.16-4.40); class weights
-    # by demand^0.5 or count.
+    # Weight of the shared cards' expected leftover E beside the measure; flat around 1
+    # (values and the forms of E tried: bench/results/trace-replay.md).
     LEFTOVER = 1.0
-    # Weight of the card a share takes (``card_cost``) in the node score. Phi judges the
-    # node as a whole (whole cards kept for multi-card tasks, host CPU); for shares it let
-    # a 32 go into a 45% hole (13 left) rather than a 35% one (3 left) elsewhere. Replaying
-    # the same placed shares card by card over the whole cluster (no nodes) left 0.08-0.12
-    # points less (seeds 42, 45). Seeds 42-45: 10: 4.05, 100: 4.04, 1000: 4.05 (4.07
-    # without). Tried and dropped beside it: the Sum-of-Squares rule of online bin packing
-    # over the cluster's histogram of card gaps (Csirik et al., JACM 2006), alone 5.70 on
-    # seeds 42-45 (it keeps mid-size gaps open; the trace does not pack perfectly), as an
-    # extra term or a tie-break 4.04-4.23 (4.05 without).
+    # Weight of the card a share takes (``card_cost``) in the node score: large, so shares pack
+    # as a greedy over every card of the cluster and Phi only chooses among nodes offering
+    # equally good cards (bench/results/trace-replay.md).
     CARD = 1000.0
     # Price of a percent of a node kind's cards, PRICE x min(1, pressure)^POWER (pressure:
     # ``flexai_sched.policies.scarcity``), in the card term: tasks that may go anywhere leave the
@@ -315,9 +293,7 @@ class Fragmentation(_Measured):
         self._workload = workload
         gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
         # r counts the CPU of tasks without GPUs too: they land somewhere, and a host's
-        # CPU must feed its share of them as well as its GPUs' tasks. On cpu250 (25% of
-        # tasks CPU-only, CPU demand ~100% of the cluster's at 100% GPU arrived) seeds
-        # 42-44: 7.86 -> 6.33 unallocated; default trace unchanged (4.13 -> 4.14).
+        # CPU must feed its share of them as well as its GPUs' tasks.
         cpu = sum(c.weight * c.cpu_milli for c in workload.classes) + sum(w * m for m, w in workload.cpu_only)
         self._static = self.kind_pressure(workload)
         self._pressure = self._pressures()
@@ -465,8 +441,7 @@ class _Measure:
             after = max(0, free - cores)
             if self.leftover_weight and cores < FULL_CORES:
                 # The learned table already knows which shares fill which hole, and how
-                # often: FGD's one-task-fits test beside it only blurred that (seeds 100-105
-                # of the default trace: 3.92 with it, 3.86 without).
+                # often: FGD's one-task-fits test beside it only blurs that.
                 table = self.leftover_by_model.get(card.model, self.leftover)
                 cost = self.leftover_weight * (table[after] - (0.0 if whole else table[free]))
             else:

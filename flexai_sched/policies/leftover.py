@@ -16,8 +16,8 @@ Why replay rather than a closed form: holes compete for the same shares (on the 
 trace about a thousand 19% holes beside 81% shares wait for about a hundred shares of 19%
 or less) and the cluster fills up, so how long a hole waits depends on what else is open.
 A closed form (each hole filled by the first share that fits, at the shares' rates) sent
-more shares into holes that then stayed open. Deterministic (one fixed seed), pure
-arithmetic; cached per workload (0.5 s for the trace's).
+more shares into holes that then stayed open (bench/results/trace-replay.md). Deterministic
+(one fixed seed), pure arithmetic; cached per workload.
 """
 
 from __future__ import annotations
@@ -31,18 +31,13 @@ from typing import Final
 from flexai_core.model import FULL_CORES
 
 # The replayed cluster: large enough that holes compete as in a real one, small enough to
-# learn in half a second. `bench/leftover_settings.py --table-seeds 4` (the trace's own
-# arrivals for seeds 1000-1029, not the reported 42-51, placed on its 6,212 cards with the
-# table alone; unallocated at 100% arrived, over four seeds of the table's own draws):
-# 1,000 cards x 16 rounds x 40 replays 3.79-3.83; 12 x 20 3.80-3.83; 2,000 cards 3.78-3.80;
-# 500 cards 3.80-3.84. All alike; on real replays (seeds 100-105) 1,000 x 16 x 40 gave 3.86
-# and 2,000 x 12 x 20 3.86.
+# learn in half a second (settings compared: bench/results/trace-replay.md).
 CARDS: Final = 1000
 ROUNDS: Final = 16
 REPLAYS: Final = 40
 MIN_SEEN: Final = 5  # fewer cards than this with a given hole: keep the previous estimate
 # With GPU models that constrained tasks need, each replay tries every model a task
-# allows: fewer replays keep learning near a second (gen-gpuspec33: 8 x 20 in ~2 s).
+# allows: fewer replays keep learning near a second.
 MODEL_ROUNDS: Final = 8
 MODEL_REPLAYS: Final = 20
 

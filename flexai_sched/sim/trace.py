@@ -29,6 +29,8 @@ from typing import Final
 
 from flexai_core.model import FULL_CORES, Card, CardSelector, ContainerRequest, NodeInventory, PodRequest
 
+from ..errors import SchedError
+
 GIB: Final = 1024
 # Public specs where known. Assumed: P100 16 GiB (the SXM2/PCIe 16 GB part); G2 and G3,
 # undisclosed internal codes on 8-card hosts, 32 GiB. Sizes never change a result here
@@ -60,7 +62,7 @@ POD_PREFIX: Final = "openb_pod_list_"
 PUBLISHED_NODES: Final = (1213, 6212)  # nodes, GPUs
 
 
-class TraceError(ValueError):
+class TraceError(SchedError, ValueError):
     """A trace file is missing or a row is malformed; the message names file and row."""
 
 

@@ -66,19 +66,20 @@ def open_page(browser: Browser, base: str) -> Page:
     page.goto(base + "/")
     page.wait_for_selector(".row[data-node]")
     page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
-    setattr(page, "js_errors", errors)
+    setattr(page, "js_errors", errors)  # noqa: B010  (not an attribute Page declares)
     return page
 
 
 def drawn_node(page: Page, name: str) -> list[dict[str, Any]]:
     """The cards of ``name`` as drawn: index, free cores and MiB, and each slice's data."""
-    return page.evaluate(
+    cards: list[dict[str, Any]] = page.evaluate(
         """(name) => [...document.querySelectorAll(`.row[data-node="${CSS.escape(name)}"] .card`)].map((c) => ({
             card: +c.dataset.card, cores_free: +c.dataset.coresFree, mib_free: +c.dataset.mibFree,
             slices: [...c.querySelectorAll('.bar:first-child .slice')].map((s) => [s.dataset.pod, s.dataset.container,
                      +s.dataset.cores, s.style.width]),
             mibs: [...c.querySelectorAll('.bar:nth-child(2) .slice')].map((s) => +s.dataset.mib),
         }))""", name)
+    return cards
 
 
 def expected_node(base: str, name: str) -> list[dict[str, Any]]:

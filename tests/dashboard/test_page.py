@@ -18,7 +18,7 @@ from .browser import (
 
 
 def no_js_errors(page: Page) -> None:
-    assert getattr(page, "js_errors") == []
+    assert getattr(page, "js_errors") == []  # noqa: B009  (set by browser.open_page)
 
 
 def test_the_page_draws_every_card_and_slice_as_v1_says(browser: Browser, demo_url: str) -> None:

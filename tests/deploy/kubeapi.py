@@ -126,5 +126,5 @@ def wait_allocation_writes_open(core: k8s.CoreV1Api, namespace: str, timeout: fl
             "spec": {"containers": [{"name": "main", "image": "registry.invalid/fake:1"}]}}
 
     def open_() -> bool:
-        return status_of(lambda: core.create_namespaced_pod(namespace, body, dry_run="All")) == 200
+        return status_of(lambda: core.create_namespaced_pod(namespace, body, dry_run="All")) == 200  # type: ignore[arg-type]  # a dict is sent as is
     wait_until(open_, timeout, "the allocation-write policy to be unloaded")

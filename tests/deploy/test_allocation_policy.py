@@ -85,7 +85,7 @@ def outcome(call: Callable[[], Any]) -> Outcome:
         call()
     except ApiException as e:
         try:
-            message = str(json.loads(e.body).get("message", ""))
+            message = str(json.loads(e.body or "").get("message", ""))
         except (TypeError, ValueError):
             message = str(e.body)
         return Outcome(int(e.status), message)
@@ -100,7 +100,7 @@ class Actor:
         self.core = k8s.CoreV1Api(api)
 
     def create_pod(self, body: dict[str, Any], dry_run: bool = False) -> Outcome:
-        return outcome(lambda: self.core.create_namespaced_pod(TENANT_NS, body, dry_run="All" if dry_run else None))
+        return outcome(lambda: self.core.create_namespaced_pod(TENANT_NS, body, dry_run="All" if dry_run else None))  # type: ignore[arg-type]  # a dict is sent as is
 
     def patch(self, pod: str, annotations: dict[str, str | None], status: bool = False) -> Outcome:
         body = {"metadata": {"annotations": annotations}}
@@ -114,9 +114,9 @@ class Actor:
         def call() -> None:
             # The reply is a Status the client cannot read as a V1Binding: keep it raw.
             if legacy:  # POST .../bindings: the older endpoint, also copies the annotations
-                resp: Any = self.core.create_namespaced_binding(TENANT_NS, body, _preload_content=False)
+                resp: Any = self.core.create_namespaced_binding(TENANT_NS, body, _preload_content=False)  # type: ignore[arg-type]
             else:
-                resp = self.core.create_namespaced_pod_binding(pod, TENANT_NS, body, _preload_content=False)
+                resp = self.core.create_namespaced_pod_binding(pod, TENANT_NS, body, _preload_content=False)  # type: ignore[arg-type]
             resp.release_conn()
         return outcome(call)
 
@@ -198,7 +198,7 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
             close(actor.api)
         for ns in (TENANT_NS, NS):
             for p in core.list_namespaced_pod(ns).items:
-                core.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
+                core.delete_namespaced_pod(str(p.metadata.name), ns, grace_period_seconds=0)
         try:
             core.delete_node(NODE)
         except ApiException as e:

@@ -193,7 +193,7 @@ def set_phase(core_api: k8s.CoreV1Api, name: str, phase: str) -> None:
     until the phase reads back."""
 
     def read() -> str | None:
-        return core_api.read_namespaced_pod(name, NS).status.phase  # type: ignore[no-any-return]
+        return core_api.read_namespaced_pod(name, NS).status.phase
 
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: read() in ("Running", phase), 5, f"KWOK to start {name}", interval=0.1)

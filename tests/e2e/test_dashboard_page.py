@@ -88,4 +88,4 @@ def test_the_page_follows_the_cluster(plane: ControlPlane, core_api: k8s.CoreV1A
     for reason in shown.values():
         assert reason in events, (reason, events)
     screenshot(page, "e2e-why-pending")
-    assert getattr(page, "js_errors") == []
+    assert getattr(page, "js_errors") == []  # noqa: B009  (set by browser.open_page)

@@ -132,7 +132,7 @@ def test_commit_whose_answer_is_lost_but_landed_counts_as_done(backend: KubeBack
     real = api.create_namespaced_pod_binding
 
     def lands_then_times_out(*args: Any, **kwargs: Any) -> Any:
-        real(*args, **kwargs).release_conn()
+        real(*args, **kwargs).release_conn()  # type: ignore[attr-defined]  # _preload_content=False: the raw reply
         raise urllib3.exceptions.ReadTimeoutError(None, "/binding", "read timed out")  # type: ignore[arg-type]
 
     monkeypatch.setattr(api, "create_namespaced_pod_binding", lands_then_times_out)
@@ -339,8 +339,8 @@ def test_a_bind_for_a_bound_pod_never_replaces_its_allocation(backend: KubeBacke
     uid_q = vgpu_pod(core_api, "q", 2, 100, scheduler=NOBODY)
     with pytest.raises(BindError, match="needs 2 cards with room"):
         ext.bind(NS, "q", uid_q, "g1")
-    node = state.node("g1")
-    assert node is not None and [u.cores for u in node.usage] == [100, 0]
+    g1 = state.node("g1")
+    assert g1 is not None and [u.cores for u in g1.usage] == [100, 0]
 
 
 def test_a_bind_for_a_pod_the_apiserver_shows_bound_elsewhere_is_refused(

@@ -114,8 +114,8 @@ def test_the_extender_chooses_the_node_by_fewest_victims_then_cores_times_gib(
     left = set(pods(core))
     assert {"filler-n1", "filler-n2", "u", "v", "s", "t", "big0", "big1"} <= left
     (kept,) = {"small0", "small1"} & left
-    node, (card,) = cards_of(core, "hi")
-    assert node == "n3" and card != cards_of(core, kept)[1][0]
+    hi_node, (card,) = cards_of(core, "hi")
+    assert hi_node == "n3" and card != cards_of(core, kept)[1][0]
     assert_within_capacity(core, {"n1": H200, "n2": H200, "n3": H200})
 
 

@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 from kubernetes import client as k8s
@@ -120,7 +121,7 @@ quotas:
     namespace: {NS}
     hard: {{{res.VGPU_NUMBER}: 3, {res.VGPU_CORES}: 100, {res.VGPU_MEMORY}: 40}}
 """)
-    wait_until(lambda: (quota_view(plane, "team-default") or {}).get("hard", {}).get("vgpus") == 3,  # type: ignore[union-attr]
+    wait_until(lambda: cast(dict[str, object], (quota_view(plane, "team-default") or {}).get("hard", {})).get("vgpus") == 3,
                15, "the raised quota watched")
     nudge_until_bound(core, "q1", "p4")
     # 40 + 40 + 20 = 100 card-% of the 100 allowed; 3 vGPUs; 30 GiB.

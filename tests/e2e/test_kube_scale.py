@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from kubernetes import client as k8s
@@ -116,7 +117,7 @@ def test_deleting_pods_frees_their_slices_for_new_pods(plane: ControlPlane, core
 
 def _held(plane: ControlPlane) -> set[str]:
     """Pods holding slices in the extender's view."""
-    return {a["name"] for a in extender_get(plane, "/v1/allocations")}  # type: ignore[attr-defined]
+    return {a["name"] for a in cast(list[dict[str, str]], extender_get(plane, "/v1/allocations"))}
 
 
 def test_extender_killed_and_restarted_while_scheduling(plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
@@ -145,6 +146,6 @@ def test_extender_killed_and_restarted_while_scheduling(plane: ControlPlane, cor
     # The restarted extender rebuilt exactly what the cluster holds (no state file).
     def views() -> set[tuple[str, str, str]]:
         return {(a["namespace"] + "/" + a["name"], a["node"], a["state"])
-                for a in extender_get(plane, "/v1/allocations")}  # type: ignore[attr-defined]
+                for a in cast(list[dict[str, str]], extender_get(plane, "/v1/allocations"))}
     expect = {(f"{NS}/{n}", p.node or "", "bound") for n, p in now.items()}
     wait_until(lambda: views() == expect, 30, "the extender's view equals the cluster")

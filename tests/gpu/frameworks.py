@@ -55,7 +55,7 @@ class Agent:
     def __init__(self, uuid: str, mode: str, calibration: Calibration | None) -> None:
         self.uuid = uuid
         measure = (lambda _u: calibration) if calibration is not None else None
-        self.clocks = RefClocks(parse_mode(mode), TMP / "ref-clocks.json", measure)  # type: ignore[arg-type]
+        self.clocks = RefClocks(parse_mode(mode), TMP / "ref-clocks.json", measure)
         self.clocks.calibrate_missing([uuid])
 
     def config(self, name: str, cores: int, memory_gib: float, pod: str | None = None) -> Path:
@@ -299,7 +299,10 @@ def phase_frameworks(a: argparse.Namespace) -> None:
 
 def phase_memory(a: argparse.Namespace) -> None:
     res: dict[str, Any] = R.setdefault("memory", {"slice_mib": a.slice_gib * GiB_MIB})
-    conf = lambda n: AGENT.config(n, cores=0, memory_gib=a.slice_gib)  # noqa: E731
+
+    def conf(name: str) -> Path:
+        return AGENT.config(name, cores=0, memory_gib=a.slice_gib)
+
     res["torch"] = child("mem_torch", conf=conf("mem-torch"), timeout=90, sample=False)
     res["jax_prealloc"] = child("mem_jax", conf=conf("mem-jax"), timeout=90, sample=False)
     res["jax_no_prealloc"] = child("mem_jax", conf=conf("mem-jax-np"), timeout=90, sample=False,

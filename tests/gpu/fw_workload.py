@@ -16,6 +16,8 @@ Prints one JSON line (the last line starting with "{") with what it measured. Ki
   serve                        --serve NAME: one block per stdin line (bench/hook_gpu.py interleaved())
 """
 
+# mypy: disable-error-code="no-untyped-def,untyped-decorator"
+# (Triton kernels take untyped parameters: Triton reads their annotations itself.)
 from __future__ import annotations
 
 import argparse
@@ -465,8 +467,10 @@ def serve_block(name: str, args: argparse.Namespace) -> Callable[[], float]:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
         import hook_workload
 
-        return hook_workload.transformer_block(args.steps, 0.0) if name == "transformer" else \
-            (lambda f=hook_workload.tiny_block(args.launches): 1e3 / f())
+        if name == "transformer":
+            return hook_workload.transformer_block(args.steps, 0.0)
+        tiny = hook_workload.tiny_block(args.launches)
+        return lambda: 1e3 / tiny()
     if name == "jax":
         import jax
         import jax.numpy as jnp

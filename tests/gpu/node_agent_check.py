@@ -71,7 +71,7 @@ def check_inventory(lines: list[str]) -> bool:
     lines += ["## 1. Inventory (NVML) vs nvidia-smi", "",
               "| index | UUID (agent) | model (agent) | MiB (agent) | nvidia-smi | numa | healthy | match |",
               "|---|---|---|---|---|---|---|---|"]
-    for r, row in zip(readings, smi):
+    for r, row in zip(readings, smi, strict=False):
         uuid, name, mib = (x.strip() for x in row.split(","))
         match = (r.card.uuid, r.card.model, r.card.memory_mib) == (uuid, name, int(mib))
         ok &= match
@@ -173,14 +173,15 @@ def remove(made: list[Path]) -> None:
             pass
 
 
-def probe(env: dict[str, str], hold: bool = False) -> tuple[dict[str, Any], subprocess.Popen[str]]:
+def probe(env: dict[str, str], hold: bool = False) -> tuple[list[dict[str, Any]], subprocess.Popen[str]]:
     args = [sys.executable, "-c", PROBE, "hold" if hold else "look"]
     p = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     line = p.stdout.readline()
     if not line:
         raise RuntimeError(f"probe failed: {p.communicate()[1][-3000:]}")
-    return json.loads(line), p
+    devices: list[dict[str, Any]] = json.loads(line)  # one entry per visible device
+    return devices, p
 
 
 def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
@@ -193,7 +194,7 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
     control, first = probe(dict(os.environ, CUDA_VISIBLE_DEVICES=envs["NVIDIA_VISIBLE_DEVICES"]))
     first.wait(timeout=120)
     made: list[Path] = []
-    ok = True
+    ok: bool = True
     usage_line = "region reader: not run (no --shim)"
     try:
         env = apply_by_hand(envs, mounts, args.symlink_mounts, made, lines)
@@ -211,7 +212,7 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
                               f"{[d['held_bytes'] >> 20 for d in sliced]} MiB: {usage}")
                 used = sorted(u.memory_used_mib for u in usage.values())
                 ok &= len(used) == len(sliced) and all(
-                    u >= h for u, h in zip(used, sorted(d["held_bytes"] >> 20 for d in sliced)))
+                    u >= h for u, h in zip(used, sorted(d["held_bytes"] >> 20 for d in sliced), strict=False))
         finally:
             assert child.stdin is not None and child.stderr is not None
             child.stdin.write("go\n")
@@ -224,7 +225,7 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
     ok &= len(sliced) == len(control) == args.cards
     lines += ["| process | device | mem_get_info total | free | allocated before OOM | OOM raised |",
               "|---|---|---|---|---|---|"]
-    for d, (c, s) in enumerate(zip(control, sliced)):
+    for d, (c, s) in enumerate(zip(control, sliced, strict=False)):
         ok &= bool(s["total"] <= slice_bytes and s.get("oom") == "OutOfMemoryError")
         ok &= bool(slice_bytes - GIB <= s["held_bytes"] <= slice_bytes and c["total"] > slice_bytes)
         lines += [f"| control (no hook; looks only) | {d} | {c['total'] / GIB:.2f} GiB | {c['free'] / GIB:.2f} GiB "

@@ -208,7 +208,8 @@ def main() -> int:
     lines += ["", "## Compute (share of each card's unlimited throughput)", "",
               "| workload | CUDA_VISIBLE_DEVICES | ordinal: card, delivered / limit | checked |", "|---|---|---|---|"]
     # (label, workload, CUDA_VISIBLE_DEVICES, card behind each ordinal, ordinals run, hooked, checked)
-    runs = [("graph, both at once, no hook (control)", "graph", "0,1", (0, 1), "0,1", False, False),
+    runs: list[tuple[str, str, str, tuple[int, ...], str, bool, bool]] = [
+            ("graph, both at once, no hook (control)", "graph", "0,1", (0, 1), "0,1", False, False),
             ("graph, both at once", "graph", "0,1", (0, 1), "0,1", True, True),
             ("graph, both at once, renumbered", "graph", "1,0", (1, 0), "0,1", True, True),
             ("matmul loop, card 0 alone", "matmul", "0,1", (0, 1), "0", True, True),
@@ -216,7 +217,7 @@ def main() -> int:
             ("matmul loop, card 1 as ordinal 0 (only card 1 visible)", "matmul", "1", (1,), "0", True, True),
             ("matmul loop, both at once (two Python threads)", "matmul", "0,1", (0, 1), "0,1", True, False)]
     verdicts: list[tuple[bool, str]] = []
-    for label, how, visible, order, devices, with_hook, checked in runs:
+    for label, how, visible, behind, devices, with_hook, checked in runs:
         env = hooked(visible) if with_hook else base_env(CUDA_VISIBLE_DEVICES=visible)
         try:
             r = child(["compute", how, devices, secs], env)
@@ -225,7 +226,7 @@ def main() -> int:
             r = {}
         cells, good = [], True
         for d in (int(x) for x in devices.split(",")):
-            card = order[d]
+            card = behind[d]
             pct = 100 * r.get(str(d), 0.0) / base[(how, card)]
             limit = LIMITS[card][1] if with_hook else 100
             good &= abs(pct - limit) <= TOLERANCE

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ from .conftest import HookBuild
 CLIENT = str(Path(__file__).with_name("ctypes_client.py"))
 GiB = 1 << 30
 MiB = 1 << 20
+Holder = tuple["subprocess.Popen[str]", Path, Path]  # the process, its region, its config
 
 
 @pytest.fixture
-def holder(hook_build: HookBuild, tmp_path: Path):  # type: ignore[no-untyped-def]
+def holder(hook_build: HookBuild, tmp_path: Path) -> Iterator[Holder]:
     """A process under the hook holding 300 MiB (+64 MiB context) of a 1 GiB, 40% vGPU."""
     conf = tmp_path / "vgpu.conf"
     region = tmp_path / "region"
@@ -44,7 +46,7 @@ def holder(hook_build: HookBuild, tmp_path: Path):  # type: ignore[no-untyped-de
     p.stdout.close()
 
 
-def test_snapshot_sees_the_process_and_sweeps_it_once_killed(hook_build: HookBuild, holder) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_sees_the_process_and_sweeps_it_once_killed(hook_build: HookBuild, holder: Holder) -> None:
     proc, region, _ = holder
     shim = HookShim(hook_build.shim)
     snap = shim.snapshot(region)
@@ -57,7 +59,9 @@ def test_snapshot_sees_the_process_and_sweeps_it_once_killed(hook_build: HookBui
     assert after.vgpus[0].memory_used == 0 and after.processes == ()
 
 
-def test_gpu_monitor_text_and_json(hook_build: HookBuild, holder, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_gpu_monitor_text_and_json(
+    hook_build: HookBuild, holder: Holder, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     proc, region, conf = holder
     monkeypatch.setenv("FLEXAI_VGPU_CONFIG", str(conf))
     assert main(["-p", "0.1", "--shim", str(hook_build.shim)]) == 0
@@ -93,12 +97,16 @@ def test_shim_errors(hook_build: HookBuild, tmp_path: Path) -> None:
         shim.snapshot(tmp_path / "v1")
 
 
-def test_gpu_monitor_before_any_process(hook_build: HookBuild, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_gpu_monitor_before_any_process(
+    hook_build: HookBuild, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["-p", "0.05", "-o", "json", "--region", str(tmp_path / "none"), "--shim", str(hook_build.shim)]) == 0
     assert json.loads(capsys.readouterr().out)["vgpus"] == []
 
 
-def test_gpu_monitor_through_a_linked_directory_of_its_own(hook_build: HookBuild, holder, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_gpu_monitor_through_a_linked_directory_of_its_own(
+    hook_build: HookBuild, holder: Holder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Images link /var/run to /run: gpu-monitor resolves its own directories, the file itself is not followed."""
     _, region, _ = holder
     (tmp_path / "varrun").symlink_to(region.parent)

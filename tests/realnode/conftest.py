@@ -174,7 +174,7 @@ def _extender_sees(plane: ControlPlane) -> bool:
 def _delete_all_pods(api: k8s.CoreV1Api, timeout: float) -> None:
     for p in api.list_namespaced_pod(NS).items:
         with contextlib.suppress(ApiException):
-            api.delete_namespaced_pod(p.metadata.name, NS, grace_period_seconds=1)
+            api.delete_namespaced_pod(str(p.metadata.name), NS, grace_period_seconds=1)
     wait_until(lambda: not api.list_namespaced_pod(NS).items, timeout, "pods deleted by the kubelet", 0.5)
 
 

@@ -28,7 +28,7 @@ def pod(core: k8s.CoreV1Api, name: str) -> k8s.V1Pod:
 def allocation(p: k8s.V1Pod) -> Allocation:
     meta = p.metadata
     text = (meta.annotations or {}).get(ann.POD_ALLOCATION)
-    assert text, f"pod {meta.name} has no allocation annotation"
+    assert text and meta.name, f"pod {meta.name} has no allocation annotation"
     return ann.decode_allocation(NS, meta.name, meta.uid or "", text)
 
 

@@ -139,7 +139,7 @@ class RealNode:
         self._holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",
                                          "sleep", "infinity"], start_new_session=True)
         host_ns = os.readlink("/proc/self/ns/mnt")
-        wait_until(lambda: os.readlink(f"/proc/{self._holder.pid}/ns/mnt") != host_ns,  # type: ignore[union-attr]
+        wait_until(lambda: os.readlink(f"/proc/{self._holder.pid}/ns/mnt") != host_ns,
                    10, "the node's mount namespace")
         for path in FIXED_PATHS:
             Path(path).mkdir(parents=True, exist_ok=True)  # the mount point, left empty on the host

@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from tests.e2e.helpers_kube import vgpu_limits as limits  # noqa: F401  (re-exported for the scenarios)
+from tests.e2e.helpers_kube import vgpu_limits
 
 from .node import BASE_IMAGE
 
@@ -29,6 +29,7 @@ PROBE = f"{TOOLS}/build/hook/slice_probe"
 MONITOR = ["python3", "-m", "flexai_node.hook.monitor"]
 SLEEP = "exec sleep 100000"
 FAKE_CARDS = 8
+limits = vgpu_limits  # the scenarios' name for it
 CARD_MIB = 16384
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+from typing import cast
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def test_deleted_pods_free_their_slices_for_new_pods(cluster: RealCluster) -> No
 
 
 def _card_free(cluster: RealCluster, uuid: str) -> bool:
-    for card in cluster.extender_node()["card_details"]:  # type: ignore[union-attr]
+    for card in cast(list[dict[str, object]], cluster.extender_node()["card_details"]):
         if card["uuid"] == uuid:
             return bool(card["cores_allocated"] == 0 and card["memory_mib_allocated"] == 0)
     return False

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def helm_cluster() -> Iterator[HelmCluster]:
             try:
                 for ns in (WORKLOAD_NS, SYSTEM_NS):
                     for p in api.list_namespaced_pod(ns).items:
-                        api.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
+                        api.delete_namespaced_pod(str(p.metadata.name), ns, grace_period_seconds=0)
             finally:
                 api.api_client.close()
         t0 = time.monotonic()
@@ -185,10 +186,10 @@ def test_the_readme_installs_runs_upgrades_and_uninstalls_the_chart(helm_cluster
         (first,) = _workload_pods(core)
         a = _allocation(first)
         printed = out.strip().splitlines()[-1]  # the README's last command prints the annotation
-        assert ann.decode_allocation(WORKLOAD_NS, first.metadata.name, first.metadata.uid, printed) == a
+        assert ann.decode_allocation(WORKLOAD_NS, str(first.metadata.name), first.metadata.uid or "", printed) == a
         (s,) = a.slices
         assert (a.node, s.container, s.cores, s.memory_mib) == (NODE, "deepseek-r1", 50, 24 * 1024)
-        _check_workload_output(core, first.metadata.name, s.card_uuid)
+        _check_workload_output(core, str(first.metadata.name), s.card_uuid)
 
         # 5. A policy upgrade takes effect: spread (the README's step) sends the next replica to
         # another card; binpack (the same step with the other policy) back to a used one.
@@ -226,10 +227,10 @@ def _check_agent(c: HelmCluster, core: k8s.CoreV1Api) -> None:
     (agent,) = core.list_namespaced_pod(SYSTEM_NS, label_selector="app.kubernetes.io/component=node").items
     assert agent.spec.node_name == NODE and agent.status.phase == "Running"
     assert agent.spec.host_network is True
-    log = core.read_namespaced_pod_log(agent.metadata.name, SYSTEM_NS, container="agent")
+    log = core.read_namespaced_pod_log(str(agent.metadata.name), SYSTEM_NS, container="agent")
     assert f"registered {res.VGPU_NUMBER} with the kubelet" in log, log[-2000:]
     assert c.node.allocatable(res.VGPU_NUMBER) == sum(card.max_vgpus for card in CARDS)
-    text = core.read_node(NODE).metadata.annotations[ann.NODE_INVENTORY]
+    text = (core.read_node(NODE).metadata.annotations or {})[ann.NODE_INVENTORY]
     written = ann.decode_inventory(NODE, text).cards
     assert [(w.uuid, w.memory_mib, w.max_vgpus) for w in written] == [(k.uuid, k.memory_mib, k.max_vgpus) for k in CARDS]
 
@@ -266,13 +267,14 @@ def _readme_yaml() -> str:
 
 def _workload_pods(core: k8s.CoreV1Api) -> list[k8s.V1Pod]:
     pods = core.list_namespaced_pod(WORKLOAD_NS, label_selector="app=deepseek-r1").items
-    return sorted((p for p in pods if p.metadata.deletion_timestamp is None), key=lambda p: p.metadata.creation_timestamp)
+    live = [p for p in pods if p.metadata.deletion_timestamp is None]
+    return sorted(live, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC))
 
 
 def _allocation(p: k8s.V1Pod) -> Allocation:
     text = (p.metadata.annotations or {}).get(ann.POD_ALLOCATION)
     assert text, f"pod {p.metadata.name}: no allocation annotation (not placed by the chart's scheduler)"
-    return ann.decode_allocation(p.metadata.namespace, p.metadata.name, p.metadata.uid, text)
+    return ann.decode_allocation(str(p.metadata.namespace), str(p.metadata.name), p.metadata.uid or "", text)
 
 
 def _check_workload_output(core: k8s.CoreV1Api, pod: str, card_uuid: str) -> None:
@@ -307,7 +309,7 @@ def _scale(apps: k8s.AppsV1Api, core: k8s.CoreV1Api, replicas: int) -> k8s.V1Pod
 
 def _scheduler_pods(core: k8s.CoreV1Api) -> set[str]:
     pods = core.list_namespaced_pod(SYSTEM_NS, label_selector="app.kubernetes.io/component=scheduler").items
-    return {p.metadata.name for p in pods}
+    return {str(p.metadata.name) for p in pods}
 
 
 def _objects(c: HelmCluster) -> set[tuple[str, str, str]]:

@@ -61,7 +61,7 @@ def test_forty_pods_at_once_each_on_its_own_slice(cluster: RealCluster) -> None:
             # The ones still waiting run once these are gone.
             for name in placed:
                 core.delete_namespaced_pod(name, NS, grace_period_seconds=1)
-            wait_until(lambda: not placed & {p.metadata.name for p in core.list_namespaced_pod(NS).items},
+            wait_until(lambda: not placed & {p.metadata.name for p in core.list_namespaced_pod(NS).items},  # noqa: B023
                        120, "the deleted pods gone", 0.5)
         assert ran == set(specs), f"never ran: {sorted(set(specs) - ran)}"
         assert round_ >= 1, "every pod fitted at once: the shapes no longer test waiting"
@@ -76,7 +76,7 @@ def _settle(core: k8s.CoreV1Api, specs: Mapping[str, object]) -> set[str]:
     deadline = time.monotonic() + 300
     while True:
         assert time.monotonic() < deadline, f"no steady state: bound {sorted(last)}"
-        items = {p.metadata.name: p for p in core.list_namespaced_pod(NS).items if p.metadata.name in specs}
+        items = {str(p.metadata.name): p for p in core.list_namespaced_pod(NS).items if str(p.metadata.name) in specs}
         bound = frozenset(n for n, p in items.items() if p.spec.node_name)
         if bound != last:
             stable_since, last = time.monotonic(), bound
@@ -108,7 +108,7 @@ def _check_round(cluster: RealCluster, core: k8s.CoreV1Api, placed: set[str],
             mine = [s for s in alloc.slices if s.container == cname and not s.init]
             _assert_own_slices(name, cname, g.env, g.config, mine)
             # Its own directory on the host, under its own pod's UID: the same file.
-            host = cluster.node.agent_dir / "containers" / p.metadata.uid / cname / "vgpu.conf"
+            host = cluster.node.agent_dir / "containers" / str(p.metadata.uid) / cname / "vgpu.conf"
             assert host.read_text() == g.config_text, f"{name}/{cname}: config differs from {host}"
             for v in g.config.vgpus:
                 assert v.uuid is not None

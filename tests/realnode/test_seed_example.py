@@ -4,6 +4,8 @@ the program meets its slice (hook preloaded, fake driver where the real one woul
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from flexai_node.hook import config as hook_config
@@ -51,7 +53,7 @@ def test_the_seed_pod_runs_on_its_slice(cluster: RealCluster) -> None:
     assert first["refused_with"] == OUT_OF_MEMORY
     assert first["allocated_mib"] == 3 * GIB - OVERHEAD_MIB and first["info_free_mib"] == 0
     assert after["after_hold_refused_with"] == OUT_OF_MEMORY
-    vgpu = only(report["vgpus"])
+    vgpu = only(cast(list[dict[str, object]], report["vgpus"]))
     assert vgpu["uuid"] == s.card_uuid and vgpu["limit_percent"] == 20
     assert (vgpu["memory_used_mb"], vgpu["memory_quota_mb"]) == (3 * GIB, 3 * GIB)
     assert [pr["memory_mb"] for pr in vgpu["processes"]] == [3 * GIB]

@@ -5,6 +5,7 @@ crash-looping container that keeps its slice and its region across the kubelet's
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_two_tenants_on_one_card_each_held_to_its_own_memory(cluster: RealCluste
 
     # Both fill their slice and hold it for 20 s: the agent (polling every 5 s) reads both
     # regions several times meanwhile. Neither may then get one block more.
-    fills = {n: Background(lambda n=n: probe(cluster, n, "main", "fill", "256", "20", timeout=90)) for n in quota}
+    fills = {n: Background(partial(probe, cluster, n, "main", "fill", "256", "20", timeout=90)) for n in quota}
     wait_until(lambda: all(_used(cluster, n) >= quota[n] for n in quota), 30, "both tenants holding their slice")
     # The agent read both regions, from its own PID namespace, while they were held.
     wait_until(lambda: all(_agent_sees(cluster, n) == quota[n] for n in quota), 30,
@@ -86,23 +87,23 @@ def test_a_crash_looping_container_keeps_its_slice_and_region(cluster: RealClust
         wait_until(lambda: pod(core, "crashy").spec.node_name, 60, "crashy bound")
         p = pod(core, "crashy")
         s = only(allocation(p).slices)
-        host = cluster.node.agent_dir / "containers" / p.metadata.uid / "main"
+        host = cluster.node.agent_dir / "containers" / str(p.metadata.uid) / "main"
         runs_log = host / "region" / "runs.log"
 
         def runs() -> list[tuple[dict[str, str], dict[str, int]]]:
             lines = runs_log.read_text().splitlines() if runs_log.exists() else []
             given = [dict(f.split("=", 1) for f in line.split()) for line in lines if line.startswith("visible=")]
             fills = json_lines("\n".join(lines))
-            return list(zip(given, fills))
+            return list(zip(given, fills, strict=False))
         wait_until(lambda: len(runs()) >= 3, 150, "three runs of the crashing container", 1)
         # The kubelet restarted that one container (its status may lag the runs by a moment).
-        wait_until(lambda: pod(core, "crashy").status.container_statuses[0].restart_count >= 2, 30,
+        wait_until(lambda: (pod(core, "crashy").status.container_statuses or [])[0].restart_count >= 2, 30,
                    "restartCount 2")
     finally:
         core.api_client.close()
     done = runs()
-    for given, fill in done:
-        assert given["visible"] == s.card_uuid, done
+    for run, fill in done:
+        assert run["visible"] == s.card_uuid, done
         # Each run gets the whole slice again: a dead run's charge does not stay in the region.
         assert fill["allocated_mib"] == 2 * GIB - OVERHEAD_MIB and fill["refused_with"] == OUT_OF_MEMORY, done
     # One region directory for all runs, and every run after the first finds the region file.

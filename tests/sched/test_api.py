@@ -74,7 +74,7 @@ def test_invalid_request_is_an_unresolvable_reason_not_a_500(env: Any) -> None:
 
 def test_model_nobody_has(env: Any) -> None:
     client, _, _ = env
-    p = pod("p", limits(1, cores=10, **{"huawei.com/vgpu-type.B200": "1"}))
+    p = pod("p", limits(1, cores=10) | {"huawei.com/vgpu-type.B200": "1"})
     reasons = client.post("/filter", json=cache_args(p)).json()["FailedAndUnresolvableNodes"]
     assert "no node has a card of model B200 (models in the cluster: NVIDIA H200, Tesla T4)" in reasons["t4"]
 
@@ -162,6 +162,36 @@ def test_failed_commit_leaves_nothing_allocated(env: Any) -> None:
     assert "flexai_bind_failures_total" in client.get("/metrics").text
 
 
+def failures(client: TestClient) -> dict[str, float]:
+    """``flexai_bind_failures_total`` by its reason label."""
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("flexai_bind_failures_total{"):
+            label, value = line.split("} ")
+            out[label.split('reason="')[1].rstrip('"')] = float(value)
+    return out
+
+
+def test_bind_failures_are_counted_by_their_reason_code(env: Any) -> None:
+    client, backend, _ = env
+    assert bind(client, backend, "a", "t4", limits(1)) == ""
+    assert bind(client, backend, "b", "t4", limits(1)) == ""
+    assert bind(client, backend, "c", "t4", limits(1)) != ""  # no card left
+    ghost = {"PodName": "ghost", "PodNamespace": "d", "PodUID": "u", "Node": "t4"}
+    assert client.post("/bind", json=ghost).json()["Error"] != ""
+    again = {"PodName": "a", "PodNamespace": "default", "PodUID": "uid-a", "Node": "big"}
+    assert client.post("/bind", json=again).json()["Error"] != ""  # bound to t4 already
+    backend.create_pod(pod("n", limits(1)))
+    nowhere = {"PodName": "n", "PodNamespace": "default", "PodUID": "uid-n", "Node": "no-such-node"}
+    assert client.post("/bind", json=nowhere).json()["Error"] != ""
+    # A message that names another failure's word does not change the label.
+    backend.create_pod(pod("p", limits(1, cores=50)))
+    backend.fail_next_commit = "pod not found, already invalid: no longer fits"
+    r = client.post("/bind", json={"PodName": "p", "PodNamespace": "default", "PodUID": "uid-p", "Node": "big"})
+    assert "no longer fits" in r.json()["Error"]
+    assert failures(client) == {"no_fit": 1.0, "pod_gone": 1.0, "duplicate": 1.0, "unknown_node": 1.0, "backend": 1.0}
+
+
 @pytest.fixture
 def held() -> Iterator[tuple[TestClient, MemoryBackend, ClusterState, Extender, list[float]]]:
     """The env above with its extender and a clock the test moves (bind_hold_s 5)."""
@@ -217,7 +247,7 @@ def test_preempt_answers_one_node_whose_victims_free_a_fitting_slice(env: Any) -
         assert bind(client, backend, name, "small", limits(1, cores=100)) == ""
     preemptor = pod("hi", limits(1, cores=60))
     preemptor["spec"]["priority"] = 1000
-    args = {
+    args: dict[str, Any] = {
         "Pod": preemptor,
         "NodeNameToVictims": None,
         "NodeNameToMetaVictims": {
@@ -309,7 +339,9 @@ def test_health_ready_docs(env: Any) -> None:
 
 
 def exclusive_cards_used(state: ClusterState, name: str) -> int:
-    return sum(1 for u in state.node(name).usage if u.cores >= 100)
+    node = state.node(name)
+    assert node is not None
+    return sum(1 for u in node.usage if u.cores >= 100)
 
 
 @pytest.mark.parametrize(

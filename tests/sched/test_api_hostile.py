@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -236,7 +237,7 @@ def test_views_answer_404_for_odd_names(client: TestClient) -> None:
 def test_every_path_and_method_answers_below_500(client: TestClient, method: str) -> None:
     """Everything served (the verbs, views, metrics, health, docs) and some that is not,
     with every method and a body that is not JSON: never a 5xx."""
-    paths = sorted({getattr(r, "path", "") for r in client.app.routes} - {""})
+    paths = sorted({getattr(r, "path", "") for r in cast(FastAPI, client.app).routes} - {""})
     paths = [p.replace("{namespace}", "ns").replace("{name}", "x") for p in paths]
     assert {"/filter", "/prioritize", "/bind", "/preempt", "/metrics", "/v1/nodes"} <= set(paths)
     for path in [*paths, "/", "/nope", "/v1", "/filter/x", "/%ff", "/v1/pods/a/b/c"]:

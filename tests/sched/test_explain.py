@@ -215,7 +215,7 @@ def test_an_oversized_manifest_is_refused(env: Any) -> None:
 
 
 def test_explain_text_reads_as_the_api_says() -> None:
-    d = {"pod": "ns/p", "bound_node": None, "fits": [], "reasons": {"needs room": 2},
+    d: dict[str, object] = {"pod": "ns/p", "bound_node": None, "fits": [], "reasons": {"needs room": 2},
          "closest": {"node": "a", "card": 1, "model": "H200", "container": "c", "missing": ["10% more cores"]},
          "plan": {"node": "a", "cards": [1], "moves": [{"pod": "ns/q", "from_node": "a", "from_cards": [1],
                                                         "to_node": "b", "to_cards": [0]}]},

@@ -33,7 +33,7 @@ def cluster(settings: Settings | None = None) -> tuple[Extender, MemoryBackend]:
 def small_limit() -> Iterator[TestClient]:
     ext, _ = cluster()
     app = HotVerbs(create_app(ext), ext, Metrics(ext.state), limit=1000)
-    with TestClient(app) as client:  # type: ignore[arg-type]
+    with TestClient(app) as client:
         yield client
 
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from flexai_core import annotations as ann
-from flexai_sched.kube import KubeBackend
+from flexai_sched.errors import BindFailure
+from flexai_sched.kube import ApiError, KubeBackend, _bind_refusal
 from flexai_sched.metrics import Metrics
 from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
@@ -181,7 +182,28 @@ def test_status_updates_of_a_counted_pod_skip_the_check(backend: KubeBackend, st
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     p = bound("p", on(0))
     backend._pod_event("ADDED", p)
-    calls = []
-    monkeypatch.setattr("flexai_sched.kube.check_allocation", lambda *a: calls.append(a) or [])
+    calls: list[tuple[object, ...]] = []
+
+    def counted(*a: object) -> list[object]:
+        calls.append(a)
+        return []
+
+    monkeypatch.setattr("flexai_sched.kube.check_allocation", counted)
     backend._pod_event("MODIFIED", p)
     assert calls == [] and state.state_of("default/p") is AllocState.BOUND
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "reason"),
+    [
+        (404, 'pods "p" not found', BindFailure.POD_GONE),
+        (409, 'Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "n"',
+         BindFailure.DUPLICATE),
+        (409, 'Operation cannot be fulfilled on pods/binding "p": Precondition failed: UID in precondition: a, '
+              "UID in object meta: b", BindFailure.POD_GONE),
+        (403, "forbidden: not found in any role", BindFailure.BACKEND),
+        (422, "already invalid", BindFailure.BACKEND),
+    ],
+)
+def test_a_refused_binding_carries_why_by_status(status: int, message: str, reason: BindFailure) -> None:
+    assert _bind_refusal(ApiError("bind d/p to n", status, message)) is reason

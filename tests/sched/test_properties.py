@@ -7,6 +7,7 @@ the state's usage), so a bookkeeping bug in the state cannot hide an over-commit
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,18 +47,18 @@ def check_invariants(ext: Extender) -> None:
         for index, held in a.card_usage.items():
             per_card[(a.node, index)].append((held.cores, held.memory_mib, a.key))
         # held vGPUs of a pod on a card: peak of its phases
-    for (node_name, index), held in per_card.items():
+    for (node_name, index), holders in per_card.items():
         n = ext.state.node(node_name)
         assert n is not None
         card = next(c for c in n.cards if c.index == index)
-        cores = sum(h[0] for h in held)
-        mem = sum(h[1] for h in held)
-        assert cores <= FULL_CORES, f"{node_name}/{index}: cores {cores} > 100 ({held})"
+        cores = sum(h[0] for h in holders)
+        mem = sum(h[1] for h in holders)
+        assert cores <= FULL_CORES, f"{node_name}/{index}: cores {cores} > 100 ({holders})"
         assert mem <= card.memory_mib, f"{node_name}/{index}: memory {mem} > {card.memory_mib}"
-        assert len(held) <= card.max_vgpus
-        exclusive = [h for h in held if h[0] == FULL_CORES]
+        assert len(holders) <= card.max_vgpus
+        exclusive = [h for h in holders if h[0] == FULL_CORES]
         if exclusive:
-            assert len(held) == 1, f"{node_name}/{index}: an exclusive card is shared ({held})"
+            assert len(holders) == 1, f"{node_name}/{index}: an exclusive card is shared ({holders})"
 
 
 @settings(max_examples=150, deadline=None)
@@ -73,7 +74,8 @@ def test_random_streams_never_overcommit(steps: list[tuple[object, ...]], policy
     for i, s in enumerate(steps):
         if s[0] == "add":
             _, conts, inits, pick = s
-            p = pod(f"p{i}", *conts, init=tuple(inits))  # type: ignore[arg-type]
+            apps, init = cast(list[dict[str, Any]], conts), cast(list[dict[str, Any]], inits)
+            p = pod(f"p{i}", *apps, init=tuple(init))
             backend.create_pod(p)
             out = ext.filter(p, names)
             if not out.fits:

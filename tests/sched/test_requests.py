@@ -85,7 +85,7 @@ def test_init_containers_and_sidecars() -> None:
 def test_model_selection_from_resource_and_annotations() -> None:
     p = pod(
         "p",
-        limits(1, cores=20, **{res.VGPU_TYPE_PREFIX + "A100": "1"}),
+        limits(1, cores=20) | {res.VGPU_TYPE_PREFIX + "A100": "1"},
         annotations={ann.GPU_MODELS: "H200, B200", ann.GPU_UUIDS_EXCLUDE: "GPU-x", ann.NODE_POLICY: "spread"},
     )
     req = parse_pod(p)
@@ -204,7 +204,7 @@ def test_quantities_read_as_kubernetes_reads_them(value: object) -> None:
     # Our parser keeps the core free of the Kubernetes client; the client is the reference.
     from kubernetes.utils.quantity import parse_quantity
 
-    assert _quantity(value, "x") == parse_quantity(value)
+    assert _quantity(value, "x") == parse_quantity(value)  # type: ignore[no-untyped-call]  # the client's reference parser is untyped
 
 
 @pytest.mark.parametrize("value", ["lots", "1.2.3", "", "1Kb", "--1", "1 Gi", "-1", True, None, [1]])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from flexai_sched.sim.board import Board, Memo
 
 
-def board(scores: dict[int, float | None], random_ties: bool = False) -> Board:
+def board(scores: Mapping[int, float | None], random_ties: bool = False) -> Board:
     b = Board(lambda n: scores[n], random_ties)
     b.refresh([], len(scores))
     return b

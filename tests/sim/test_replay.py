@@ -132,9 +132,9 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
     from flexai_sched.sim import board
     from flexai_sched.sim.workload import arrivals
 
-    def placements() -> list[object]:
+    def placements() -> list[tuple[bool, object]]:
         cluster = sim.Cluster(t, policy, 42)
-        out: list[object] = []
+        out: list[tuple[bool, object]] = []
         for p in arrivals(t, 42):
             ok = cluster.schedule(p)
             out.append((ok, cluster._log[-1] if ok else None))
@@ -154,7 +154,7 @@ def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
 
     t = trace.load(write_trace(tmp_path, ["n0,64000,262144,2,T4", "n1,64000,262144,2,T4"], []))
     cluster = sim.Cluster(t, "fragmentation", 42, learned=True)
-    prior = Fragmentation(DEFAULT_WORKLOAD)._m.shapes  # type: ignore[attr-defined]
+    prior = Fragmentation(DEFAULT_WORKLOAD)._m.shapes
     assert cluster.policy._m.shapes == prior  # type: ignore[attr-defined]
     placed = [pod("a", 470, cpu=8000, spec=frozenset({"T4"})), pod("b", 320, cpu=4000)]
     for p in placed:

@@ -35,6 +35,9 @@
  * memory busy too: matrix instructions alone do not reach the power limit,
  * a matmul that also moves data does (bench/results/hook-h200.md, "Figures
  * behind the hook's constants"). */
+/* The PTX and its macros are laid out as the instructions read (clang-format does not settle
+ * on a layout for these macros). */
+/* clang-format off */
 static const char k_mma_ptx[] =
     ".version 7.0\n.target sm_80\n.address_size 64\n"
     ".visible .entry flexai_burn(.param .u64 out, .param .u32 iters, .param .u64 buf, .param .u64 mask)\n{\n"
@@ -62,6 +65,7 @@ static const char k_mma_ptx[] =
     "add.f32 d0, d0, d20;\nadd.f32 d0, d0, d24;\nadd.f32 d0, d0, d28;\nadd.f32 d0, d0, d1;\n"
     "mov.b32 w, d0;\nxor.b32 w, w, x;\nmov.b32 d0, w;\n"
     "mul.wide.u32 off, g, 4;\nld.param.u64 o, [out];\nadd.u64 o, o, off;\nst.global.f32 [o], d0;\nret;\n}\n";
+/* clang-format on */
 
 static const char k_fma_ptx[] =
     ".version 7.0\n.target sm_50\n.address_size 64\n"
