@@ -87,7 +87,11 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
         i += 1
     app = create_app(ext, start_backend=False)
     ready.set()
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # As ``flexai-sched serve`` runs it: filter and prioritize answered in the protocol.
+    from flexai_sched.fastpath import protocol
+
+    uvicorn.run(app, http=protocol(app.state.hot), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -17,6 +17,10 @@ whose host is unknown (no capacity reported, e.g. the in-memory demo) is scored 
 cards only. Filter checks the cards only: kube-scheduler's NodeResourcesFit checks CPU
 and memory.
 
+Per pod shape, ``answers.ShapeAnswers``: each node's filter verdict and raw score, kept
+across calls and patched from the cluster state's change log, so a warm call only looks its
+names up; the caches below fill its entries.
+
 Caches, per node (``NodeState``), keyed by small interned ids:
 
 - ``fit_cache``: GPU shape id -> True or a NoFit, -id -> the cards-only score; reset when
@@ -36,12 +40,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from itertools import filterfalse, repeat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import msgspec
+
 from . import policies
 from .allocator import NoFit, Placement, place
+from .answers import NO_FIT, NO_INVENTORY, ShapeAnswers, stale_reason
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .fragmentation import DEFAULT_WORKLOAD, CapacityAware, HostAware, TaskClass, Workload, WorkloadAware
@@ -53,7 +61,7 @@ from .state import AllocState, ClusterState, Conflict, NodeState
 
 log = logging.getLogger("flexai_sched.extender")
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
-_NO_FIT = float("-inf")  # cached score of a node the pod does not fit
+_NO_FIT = NO_FIT  # cached score of a node the pod does not fit
 # One NoFit object per distinct (reason, resolvable): caches share them.
 _INTERNED: dict[tuple[str, bool], NoFit] = {}
 PENDING_CACHE = 10_000
@@ -62,6 +70,13 @@ MAX_SHAPES = 100_000
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
 MAX_SHARED = 50_000
+# Per-shape answer tables kept (least recently used go): each holds up to one entry per node.
+MAX_TABLES = 64
+# Pods parsed from their JSON bytes, kept for the prioritize call that follows filter's; only
+# pods up to MEMO_POD bytes (a pod's annotations may be 256 KiB).
+PARSED = 256
+MEMO_POD = 32 << 10
+_decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 @dataclass(slots=True)
@@ -108,18 +123,49 @@ class Extender:
         self.clock = time.monotonic  # tests move time on
         self.workload: Workload = DEFAULT_WORKLOAD  # what the policies plan for (learn_workload)
         self.preempting = Preempting(self)
+        # (shape id, host id) -> its answers; one lock: the tables are filled and patched in place.
+        self._tables: OrderedDict[tuple[int, int], ShapeAnswers] = OrderedDict()
+        self._tables_mu = threading.Lock()
+        # A pod's JSON bytes -> its request (or the RequestError's reasons): see parse_raw.
+        self._parsed: dict[bytes, PodRequest | list[str]] = {}
+        # Old path (False): every call decides node by node, as before the tables; tests compare.
+        self.tables = True
 
     # ---- parsing ----
 
     def parse(self, pod: Mapping[str, Any]) -> PodRequest:
         req = parse_pod(pod, self.rules)
+        self._remember(req)
+        return req
+
+    def parse_raw(self, raw: bytes) -> PodRequest:
+        """``parse`` of a pod's JSON object, memoised on its bytes: kube-scheduler sends the
+        same pod to filter, then prioritize. Raises RequestError as ``parse`` does, and
+        ValueError (msgspec.DecodeError) for bytes that are not a JSON object."""
+        got = self._parsed.get(raw)
+        if got is None:
+            try:
+                got = parse_pod(_decode_pod(raw), self.rules)
+            except RequestError as e:
+                got = e.reasons
+            if len(raw) <= MEMO_POD:
+                with self._pending_mu:
+                    if len(self._parsed) >= PARSED:
+                        self._parsed.clear()  # filter and prioritize of one pod come back to back
+                    self._parsed[raw] = got
+        if isinstance(got, list):
+            raise RequestError(got)
+        self._remember(got)
+        return got
+
+    def _remember(self, req: PodRequest) -> None:
+        """bind gets only names: it takes the request filter parsed, by UID."""
         if req.uid:
             with self._pending_mu:
                 self._pending[req.uid] = req
                 self._pending.move_to_end(req.uid)
                 while len(self._pending) > PENDING_CACHE:
                     self._pending.popitem(last=False)
-        return req
 
     def pending(self) -> list[PodRequest]:
         """Pods filter has seen (most recent last) that hold no allocation: those waiting, or gone."""
@@ -175,14 +221,59 @@ class Extender:
         hkey = self._host_key(req, key, policy)
         nodes = self.state.nodes_by_name()
         nominated = self.preempting.nominations  # cards held for preemptors; empty in the common case
+        if self.tables:
+            self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy)
+        else:
+            self._filter_each(out, req, node_names, nodes, cutoff, key, hkey, policy)
+        if nominated:  # rare: checked after the hot loop, which stays as it was
+            self.preempting.hold(out, req, nodes)
+        if not out.fits and out.failed and req.priority > 0:
+            self.preempting.start(req, list(out.failed))
+        return out
+
+    def _filter_table(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
+                      nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
+                      policy: policies.Policy) -> None:
+        """The verdicts from the shape's table: the names are looked up by C-level set and dict
+        operations (``filter``/``filterfalse``), and only nodes changed since are decided."""
+        with self._tables_mu:
+            table = self._table(key, hkey)
+            table.expire(cutoff, nodes)
+            verdicts = table.verdicts
+            for name in filterfalse(verdicts.__contains__, node_names):
+                node = nodes.get(name)
+                if node is None:
+                    continue  # unknown names are never stored (answered below)
+                hb = node.inventory.heartbeat
+                if hb is None or hb < cutoff:
+                    table.put_stale(name, hb)
+                    continue
+                verdict = node.fit_cache.get(key)
+                table.put(name, self._verdict(node, req, key, hkey, policy) if verdict is None else verdict, hb)
+            fits = table.fits
+            out.fits = list(filter(fits.__contains__, node_names))
+            if len(out.fits) == len(node_names):
+                return
+            get = verdicts.get
+            for name in filterfalse(fits.__contains__, node_names):
+                verdict = get(name)
+                if verdict is None:
+                    out.unresolvable[name] = NO_INVENTORY
+                else:
+                    (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
+
+    def _filter_each(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
+                     nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
+                     policy: policies.Policy) -> None:
+        """The verdicts node by node (no table): the reference the tables are tested against."""
         for name in node_names:
             node = nodes.get(name)
             if node is None:
-                out.unresolvable[name] = "node reports no vGPU inventory (is flexai-node running there?)"
+                out.unresolvable[name] = NO_INVENTORY
                 continue
             hb = node.inventory.heartbeat
             if hb is None or hb < cutoff:
-                out.unresolvable[name] = _stale(hb)
+                out.unresolvable[name] = stale_reason(hb)
                 continue
             verdict = node.fit_cache.get(key)
             if verdict is None:
@@ -191,11 +282,18 @@ class Extender:
                 out.fits.append(name)
             else:
                 (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
-        if nominated:  # rare: checked after the hot loop, which stays as it was
-            self.preempting.hold(out, req, nodes)
-        if not out.fits and out.failed and req.priority > 0:
-            self.preempting.start(req, list(out.failed))
-        return out
+
+    def _table(self, key: int, hkey: int) -> ShapeAnswers:
+        """The shape's answer table, rid of the nodes changed since its last use (hold ``_tables_mu``)."""
+        table = self._tables.get((key, hkey))
+        if table is None:
+            if len(self._tables) >= MAX_TABLES:
+                self._tables.popitem(last=False)
+            table = self._tables[(key, hkey)] = ShapeAnswers(self.state.change_seq())
+        else:
+            self._tables.move_to_end((key, hkey))
+            table.sync(*self.state.changes_since(table.seq))
+        return table
 
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
         """Where ``req`` goes on ``node`` now, with the pod's card policy (never cached)."""
@@ -251,41 +349,51 @@ class Extender:
             req = self.parse(pod)
         except RequestError:
             return [(n, 0) for n in node_names]
+        return list(zip(node_names, self.priorities(req, node_names), strict=True))
+
+    def priorities(self, req: PodRequest, node_names: Sequence[str]) -> list[int]:
+        """prioritize's score (0 to MAX_SCORE) of each name, in order."""
         if not req.wants_gpu:
-            return [(n, 0) for n in node_names]
+            return [0] * len(node_names)
         fkey = self._key(req)
-        key = -fkey  # negative ids: scores, positive: fit verdicts
         policy = self._policy(req.node_policy, self._node_policy)
         hkey = self._host_key(req, fkey, policy)
         nodes = self.state.nodes_by_name()
+        if not self.tables:
+            return _normalised(self._scores_each(req, node_names, nodes, fkey, hkey, policy))
+        with self._tables_mu:
+            table = self._table(fkey, hkey)
+            scores = table.scores
+            for name in filterfalse(scores.__contains__, node_names):  # only nodes changed since
+                node = nodes.get(name)
+                if node is not None:  # unknown names are never stored: NO_FIT below
+                    scores[name] = self._score(node, req, fkey, hkey, policy)
+            return _normalised(list(map(scores.get, node_names, repeat(_NO_FIT))))
+
+    def _score(self, node: NodeState, req: PodRequest, fkey: int, hkey: int, policy: policies.Policy) -> float:
+        """The node's raw score for the pod (``_NO_FIT``: it does not fit), from its caches."""
+        if hkey and node.host is not None:
+            score = node.host_cache.get(hkey)
+            if score is None:
+                verdict = node.fit_cache.get(fkey)
+                if verdict is None or verdict is True:
+                    self._verdict(node, req, fkey, hkey, policy)  # scores a fit only
+                score = node.host_cache.setdefault(hkey, _NO_FIT)
+            return score
+        score = node.fit_cache.get(-fkey)
+        if score is None:
+            self._verdict(node, req, fkey, hkey, policy)
+            score = node.fit_cache[-fkey]
+        return cast(float, score)
+
+    def _scores_each(self, req: PodRequest, node_names: Sequence[str], nodes: Mapping[str, NodeState],
+                     fkey: int, hkey: int, policy: policies.Policy) -> list[float]:
+        """The raw scores node by node (no table): the reference the tables are tested against."""
         scores: list[float] = []
         for name in node_names:
             node = nodes.get(name)
-            if node is None:
-                scores.append(_NO_FIT)
-                continue
-            if hkey and node.host is not None:
-                score = node.host_cache.get(hkey)
-                if score is None:
-                    verdict = node.fit_cache.get(fkey)
-                    if verdict is None or verdict is True:
-                        self._verdict(node, req, fkey, hkey, policy)  # scores a fit only
-                    score = node.host_cache.setdefault(hkey, _NO_FIT)
-            else:
-                score = node.fit_cache.get(key)
-                if score is None:
-                    self._verdict(node, req, fkey, hkey, policy)
-                    score = node.fit_cache[key]
-            scores.append(score)
-        fitting = [x for x in scores if x != _NO_FIT]
-        if not fitting:
-            return [(n, 0) for n in node_names]
-        lo, hi = min(fitting), max(fitting)
-        if hi - lo < 1e-12:  # all equal: all best
-            return [(n, 0 if x == _NO_FIT else MAX_SCORE) for n, x in zip(node_names, scores, strict=True)]
-        # Best node 10, worst fitting node 0; nodes that do not fit get 0.
-        k = MAX_SCORE / (hi - lo)
-        return [(n, 0 if x == _NO_FIT else round((x - lo) * k)) for n, x in zip(node_names, scores, strict=True)]
+            scores.append(_NO_FIT if node is None else self._score(node, req, fkey, hkey, policy))
+        return scores
 
     # ---- bind ----
 
@@ -572,7 +680,13 @@ def invalid_outcome(error: RequestError, node_names: Sequence[str]) -> FilterOut
     return FilterOutcome(unresolvable=dict.fromkeys(node_names, _short(f"invalid vGPU request: {error}")))
 
 
-def _stale(hb: datetime | None) -> str:
-    if hb is None:
-        return "node inventory has no heartbeat"
-    return f"node agent heartbeat is stale (last {hb.isoformat()}, older than the TTL)"
+def _normalised(scores: list[float]) -> list[int]:
+    """Best node MAX_SCORE, worst fitting node 0; nodes that do not fit get 0."""
+    fitting = list(filter(_NO_FIT.__ne__, scores))
+    if not fitting:
+        return [0] * len(scores)
+    lo, hi = min(fitting), max(fitting)
+    if hi - lo < 1e-12:  # all equal: all best
+        return [0 if x == _NO_FIT else MAX_SCORE for x in scores]
+    k = MAX_SCORE / (hi - lo)
+    return [0 if x == _NO_FIT else round((x - lo) * k) for x in scores]
