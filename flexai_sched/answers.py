@@ -6,7 +6,8 @@ per-node caches use (``Extender._key`` / ``_host_key``). It holds, for the nodes
 about so far:
 
 - ``verdicts``: node name -> True (fits, heartbeat fresh) or a ``NoFit`` (why not:
-  the fit verdict, or the stale heartbeat), and ``fits``, the set of the True ones;
+  the fit verdict, or the stale heartbeat); ``fits``, the set of the True ones, and
+  ``failed`` / ``unresolvable``, name -> reason of the others, as filter answers them;
 - ``scores``: node name -> the raw node score (``-inf``: does not fit), what prioritize
   normalises.
 
@@ -42,12 +43,14 @@ def stale_reason(hb: datetime | None) -> str:
 class ShapeAnswers:
     """The answers for one pod shape; callers hold the extender's table lock."""
 
-    __slots__ = ("seq", "verdicts", "fits", "scores", "stale", "oldest")
+    __slots__ = ("seq", "verdicts", "fits", "failed", "unresolvable", "scores", "stale", "oldest")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq  # ClusterState change-log position the entries are valid at
         self.verdicts: dict[str, Any] = {}  # name -> True or NoFit
         self.fits: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.unresolvable: dict[str, str] = {}
         self.scores: dict[str, float] = {}
         self.stale: dict[str, datetime | None] = {}  # nodes answered stale -> the heartbeat read
         self.oldest: datetime | None = None  # oldest heartbeat of a node answered fresh
@@ -55,6 +58,8 @@ class ShapeAnswers:
     def clear(self) -> None:
         self.verdicts.clear()
         self.fits.clear()
+        self.failed.clear()
+        self.unresolvable.clear()
         self.scores.clear()
         self.stale.clear()
         self.oldest = None
@@ -62,6 +67,8 @@ class ShapeAnswers:
     def forget(self, name: str) -> None:
         self.verdicts.pop(name, None)
         self.fits.discard(name)
+        self.failed.pop(name, None)
+        self.unresolvable.pop(name, None)
         self.scores.pop(name, None)
         self.stale.pop(name, None)
 
@@ -98,6 +105,7 @@ class ShapeAnswers:
     def put_stale(self, name: str, hb: datetime | None) -> NoFit:
         verdict = NoFit(stale_reason(hb), False)
         self.verdicts[name] = verdict
+        self.unresolvable[name] = verdict.reason
         self.stale[name] = hb
         return verdict
 
@@ -106,5 +114,7 @@ class ShapeAnswers:
         self.verdicts[name] = verdict
         if verdict is True:
             self.fits.add(name)
+        else:
+            (self.failed if verdict.resolvable else self.unresolvable)[name] = verdict.reason
         if self.oldest is None or hb < self.oldest:
             self.oldest = hb

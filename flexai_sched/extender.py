@@ -46,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import msgspec
+import numpy as np
 
 from . import policies
 from .allocator import NoFit, Placement, place
@@ -240,6 +241,10 @@ class Extender:
             table = self._table(key, hkey)
             table.expire(cutoff, nodes)
             verdicts = table.verdicts
+            fits = table.fits
+            if fits.issuperset(node_names):
+                out.fits = list(node_names)  # every name known to fit: one C-level pass
+                return
             for name in filterfalse(verdicts.__contains__, node_names):
                 node = nodes.get(name)
                 if node is None:
@@ -250,17 +255,13 @@ class Extender:
                     continue
                 verdict = node.fit_cache.get(key)
                 table.put(name, self._verdict(node, req, key, hkey, policy) if verdict is None else verdict, hb)
-            fits = table.fits
             out.fits = list(filter(fits.__contains__, node_names))
-            if len(out.fits) == len(node_names):
-                return
-            get = verdicts.get
-            for name in filterfalse(fits.__contains__, node_names):
-                verdict = get(name)
-                if verdict is None:
-                    out.unresolvable[name] = NO_INVENTORY
-                else:
-                    (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
+            rest = list(filterfalse(fits.__contains__, node_names))
+            failed = table.failed
+            names = list(filter(failed.__contains__, rest))
+            out.failed = dict(zip(names, map(failed.__getitem__, names)))
+            names = list(filterfalse(failed.__contains__, rest))  # the rest: unresolvable, or unknown
+            out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY))))
 
     def _filter_each(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
                      nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
@@ -360,15 +361,18 @@ class Extender:
         hkey = self._host_key(req, fkey, policy)
         nodes = self.state.nodes_by_name()
         if not self.tables:
-            return _normalised(self._scores_each(req, node_names, nodes, fkey, hkey, policy))
+            return _normalised_each(self._scores_each(req, node_names, nodes, fkey, hkey, policy))
         with self._tables_mu:
             table = self._table(fkey, hkey)
             scores = table.scores
-            for name in filterfalse(scores.__contains__, node_names):  # only nodes changed since
-                node = nodes.get(name)
-                if node is not None:  # unknown names are never stored: NO_FIT below
-                    scores[name] = self._score(node, req, fkey, hkey, policy)
-            return _normalised(list(map(scores.get, node_names, repeat(_NO_FIT))))
+            got = list(map(scores.get, node_names))
+            if None in got:  # nodes changed since (or unknown: never stored, NO_FIT)
+                for name in filterfalse(scores.__contains__, node_names):
+                    node = nodes.get(name)
+                    if node is not None:
+                        scores[name] = self._score(node, req, fkey, hkey, policy)
+                got = list(map(scores.get, node_names, repeat(_NO_FIT)))
+        return _normalised(got)
 
     def _score(self, node: NodeState, req: PodRequest, fkey: int, hkey: int, policy: policies.Policy) -> float:
         """The node's raw score for the pod (``_NO_FIT``: it does not fit), from its caches."""
@@ -681,6 +685,25 @@ def invalid_outcome(error: RequestError, node_names: Sequence[str]) -> FilterOut
 
 
 def _normalised(scores: list[float]) -> list[int]:
+    """``_normalised_each`` in numpy: the same float64 arithmetic, and ``rint`` rounds
+    half to even as ``round`` does, so the same integers, a few times faster."""
+    if len(scores) < 64:
+        return _normalised_each(scores)
+    a = np.array(scores, dtype=np.float64)
+    fit = a != _NO_FIT
+    if not fit.any() or np.isnan(a).any():  # NaN: ``round`` raises, as before
+        return _normalised_each(scores)
+    fitting = a[fit]
+    lo, hi = float(fitting.min()), float(fitting.max())
+    if hi - lo < 1e-12:  # all equal: all best
+        return np.where(fit, MAX_SCORE, 0).tolist()  # type: ignore[no-any-return]
+    k = MAX_SCORE / (hi - lo)
+    out = np.rint((a - lo) * k)
+    out[~fit] = 0
+    return out.astype(np.int64).tolist()  # type: ignore[no-any-return]
+
+
+def _normalised_each(scores: list[float]) -> list[int]:
     """Best node MAX_SCORE, worst fitting node 0; nodes that do not fit get 0."""
     fitting = list(filter(_NO_FIT.__ne__, scores))
     if not fitting:
