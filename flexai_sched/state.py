@@ -185,6 +185,11 @@ class ClusterState:
                 # 30 s on every node; rebuilding would empty the cache all the time).
                 if old.inventory != inventory:
                     self._nodes[inventory.name] = replace(old, inventory=inventory)
+                    new, was = inventory.heartbeat, old.inventory.heartbeat
+                    if new is None or (was is not None and new < was):
+                        # A heartbeat going back can make a node stale: answer tables must
+                        # hear it (one moving on is their own concern, see answers.py).
+                        self._changed(inventory.name)
                 return
             self._facts = None
             self._rebuild(inventory)
