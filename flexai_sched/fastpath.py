@@ -14,7 +14,8 @@ runs) answers in its parser callback, without an ASGI request, task or response;
 
 Anything else goes to the FastAPI app, which documents both verbs in /docs and makes the
 same decisions: a body the fast path does not take (not the wire format, a full NodeList,
-a pod that is not an object, an escaped surrogate pydantic would refuse), a body over the
+a pod that is not an object, text that is not UTF-8 or holds a lone surrogate: msgspec
+refuses both, as pydantic does, when it decodes the names and the pod), a body over the
 limit (the app's 413), a request with ``Expect`` or a query, a request pipelined behind
 one the app is still answering. The edge's error answers (a 422 naming the field, the
 413, never a 5xx) thus come from one place.
@@ -64,9 +65,6 @@ class Hot:
         self._pieces: dict[str, list[bytes]] = {}
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
-        # pydantic refuses a lone surrogate (msgspec does not): any escaped one goes to the app.
-        if b"\\ud" in body or b"\\uD" in body:
-            return None
         try:
             args = _decode(body)
         except (msgspec.DecodeError, UnicodeError):  # UnicodeError: bytes that are not UTF-8
