@@ -4,7 +4,7 @@
         python bench/hook_gpu.py --out $OUT [--phases memory,compute,pair,launch_ab,tiny,transformer,transformer_under]
 
 Each measurement is a child process (bench/hook_workload.py) under LD_PRELOAD of the hook
-with a config written by flexai_node.hook_config, or without the hook for baselines. Overhead
+with a config written by flexai_node.hook.config, or without the hook for baselines. Overhead
 keeps long-lived processes per configuration, pinned to GPU-local CPUs, that take turns
 running blocks (interleaved()); launch_ab compares the driver and the hook in one process
 (csrc/hook/bench/launch_ab.c).
@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flexai_node.hook_config import ENV_CONFIG, HookConfig, VGPULimit, container_env, write_config  # noqa: E402
+from flexai_node.hook.config import ENV_CONFIG, HookConfig, VGPULimit, container_env, write_config  # noqa: E402
 
 WORKLOAD = str(REPO / "bench" / "hook_workload.py")
 HOOK = os.environ.get("FLEXAI_HOOK_LIB", str(REPO / "build" / "hook" / "libflexai_hook.so"))
@@ -110,7 +110,7 @@ def popen_child(kind: str, *args: str, conf: Path, trace: str) -> subprocess.Pop
 def monitor(region: Path, samples: int) -> subprocess.Popen[str]:
     e = dict(os.environ, PYTHONPATH=str(REPO))
     e.pop("LD_PRELOAD", None)
-    return subprocess.Popen([sys.executable, "-m", "flexai_node.monitor", "-p", "1", "-n", str(samples), "-o", "json",
+    return subprocess.Popen([sys.executable, "-m", "flexai_node.hook.monitor", "-p", "1", "-n", str(samples), "-o", "json",
                              "--region", str(region), "--shim", SHIM], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

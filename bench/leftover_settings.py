@@ -3,7 +3,7 @@
     .venv/bin/python bench/leftover_settings.py [--variant default] [--seeds 1000-1029]
 
 For each setting of the replayed cluster (cards, rounds, replays per round, seed of the
-table's own draws) it learns ``flexai_sched.leftover``'s table for the trace's workload, then
+table's own draws) it learns ``flexai_sched.policies.leftover``'s table for the trace's workload, then
 places the trace's own arrivals up to 100% of the GPU capacity (``flexai_sched.sim``'s
 arrivals for each seed) on the trace's cards with that table alone, no nodes and no hosts,
 and prints the GPU left unallocated (percent of the cluster) with the time to learn. The
@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flexai_sched import leftover  # noqa: E402
-from flexai_sched.model import FULL_CORES  # noqa: E402
+from flexai_sched.policies import leftover  # noqa: E402
+from flexai_core.model import FULL_CORES  # noqa: E402
 from flexai_sched.sim.cli import default_trace  # noqa: E402
 from flexai_sched.sim.trace import TracePod, load  # noqa: E402
 from flexai_sched.sim.workload import arrivals, target_workload  # noqa: E402

@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 _WORKER = r'''
 import json, sys, tempfile, time
 from pathlib import Path
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
+from flexai_core import annotations as ann
+from flexai_core import resources as res
 from flexai_sched.kube import KubeBackend
-from flexai_sched.model import Allocation, Card, NodeInventory, Slice
+from flexai_core.model import Allocation, Card, NodeInventory, Slice
 from flexai_sched.state import ClusterState
 
 pods_n, rounds, repeat = (int(x) for x in sys.argv[1:4])

@@ -53,9 +53,9 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 
-from flexai_sched import annotations as ann  # noqa: E402
-from flexai_sched import resources as res  # noqa: E402
-from flexai_sched.model import Card  # noqa: E402
+from flexai_core import annotations as ann  # noqa: E402
+from flexai_core import resources as res  # noqa: E402
+from flexai_core.model import Card  # noqa: E402
 from tests.e2e.controlplane import ControlPlane, flexai_sched_extender, wait_until  # noqa: E402
 
 BIN = Path.home() / ".cache" / "flexai" / "controlplane" / "bin"

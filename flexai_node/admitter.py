@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flexai_sched.annotations import format_time
-from flexai_sched.model import Card
+from flexai_core.annotations import format_time
+from flexai_core.model import Card
 
 from .admission import KubeletView, PodRefused, choose
 from .grant import ContainerGrant, GrantBuilder

@@ -20,19 +20,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .admitter import NodeAdmitter
-from .calibration import CACHE_NAME, RefClocks, parse_mode
+from .hook.calibration import CACHE_NAME, RefClocks, parse_mode
 from .deviceplugin.kubelet_pods import DEFAULT_SOCKET as POD_RESOURCES_SOCKET
 from .deviceplugin.kubelet_pods import PodResourcesClient
 from .deviceplugin.server import DEFAULT_DIR, DevicePluginService, PluginServer
 from .grant import GrantBuilder
-from .hook_files import HookConfigFiles
-from .hook_shim import HookShim
+from .hook.files import HookConfigFiles
+from .hook.shim import HookShim
 from .inventory import CardReading, InventoryError, InventorySource
 from .nodeapi import KubeError, NodeApi
 from .ledger import Ledger
 from .metrics import AgentMetrics, Snapshot, VgpuUsage, VgpuUsageReader
 from .pods import BoundPod
-from .regions import RegionUsageReader
+from .hook.regions import RegionUsageReader
 from .reporter import Reporter
 from .workdirs import Workdirs
 

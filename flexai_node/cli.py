@@ -18,9 +18,9 @@ from .agent import AgentSettings, NodeAgent
 from .deviceplugin.kubelet_pods import DEFAULT_SOCKET as POD_RESOURCES_SOCKET
 from .deviceplugin.server import DEFAULT_DIR
 from .inventory import FileInventory, InventoryError, InventorySource
-from .hook_config import DEFAULT_LIBRARY
-from .calibration import parse_mode
-from .hook_shim import HookShim, ShimError
+from .hook.config import DEFAULT_LIBRARY
+from .hook.calibration import parse_mode
+from .hook.shim import HookShim, ShimError
 from .kube import KubeError, KubeNodeApi
 
 __all__ = ["main", "parse_args"]

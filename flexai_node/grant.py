@@ -5,7 +5,7 @@ A ``ContainerGrant`` is plain data (no gRPC), so the GPU check can apply one by 
 the UUIDs of its cards in slice order, plus what ``HookFiles`` prepares in the
 container's host directory (the limits config, the shared-region directory, the
 preloaded hook: their env and mounts). The hook's format and env belong to the hook
-(``hook_files`` over ``hook_config``); this module never spells either.
+(``hook.files`` over ``hook.config``); this module never spells either.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from flexai_sched.model import Slice
+from flexai_core.model import Slice
 
 from .pods import BoundPod, GpuContainer
 

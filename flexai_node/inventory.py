@@ -1,7 +1,7 @@
 """Where the agent learns what cards the node has: an interface and the file source.
 
 A source answers ``read()`` with one ``CardReading`` per card: the card as the scheduler
-sees it (``flexai_sched.model.Card``, the one definition) plus live readings. Sources:
+sees it (``flexai_core.model.Card``, the one definition) plus live readings. Sources:
 
 - ``nvml.NvmlInventory``  the real cards (NVML errors and XID events mark a card unhealthy)
 - ``FileInventory``       a JSON or YAML file, re-read on every call (tests, kwok nodes)
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from flexai_sched.model import Card
+from flexai_core.model import Card
 
 __all__ = ["CardReading", "FileInventory", "InventoryError", "InventorySource"]
 

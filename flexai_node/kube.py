@@ -2,7 +2,7 @@
 
 The only module that imports the client; ``_translate`` is the one place its errors
 become ``KubeError``. Pods come back as plain JSON dicts, the shape
-``flexai_sched.requests`` reads.
+``flexai_core.requests`` reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
-from flexai_sched.annotations import format_time
+from flexai_core.annotations import format_time
 
 from .nodeapi import KubeError
 

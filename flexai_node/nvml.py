@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from flexai_sched.model import Card
+from flexai_core.model import Card
 
 from .inventory import CardReading, InventoryError
 

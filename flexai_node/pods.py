@@ -2,10 +2,10 @@
 
 ``BoundPod.parse`` reads a pod's JSON once: its vGPU containers in the order the kubelet
 admits them (init containers, then app containers, each in spec order: the kubelet calls
-Allocate in that order), its allocation (decoded by ``flexai_sched.annotations``), and
+Allocate in that order), its allocation (decoded by ``flexai_core.annotations``), and
 the facts that order admissions. A pod whose request or allocation is missing,
 malformed, or is not exactly what the pod asked for on this node's cards
-(``flexai_sched.allocation_check``: the annotation is on an object a tenant may write)
+(``flexai_core.allocation_check``: the annotation is on an object a tenant may write)
 gets ``error`` set instead of an allocation: it is still listed, so that Allocate can
 answer *its* admission with that message rather than hand it someone else's slice.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flexai_sched import annotations as ann
-from flexai_sched.allocation_check import check_allocation
-from flexai_sched.model import Allocation, Card, Slice
-from flexai_sched.requests import BOUND_RULES, RequestError, parse_pod
+from flexai_core import annotations as ann
+from flexai_core.allocation_check import check_allocation
+from flexai_core.model import Allocation, Card, Slice
+from flexai_core.requests import BOUND_RULES, RequestError, parse_pod
 
 __all__ = ["BoundPod", "GpuContainer"]
 

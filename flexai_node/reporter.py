@@ -1,7 +1,7 @@
 """The node inventory annotation: what the scheduler reads about this node.
 
 ``node_annotation`` is pure: cards as read, pods bound here -> the annotation text
-(``flexai_sched.annotations.encode_inventory``, the one encoding). Per card it carries
+(``flexai_core.annotations.encode_inventory``, the one encoding). Per card it carries
 what our pods hold (from their allocation annotations; a pod holds the peak over its
 phases, ``Allocation.card_usage``) and the memory used by others: NVML's reading less
 what our containers use. When the hook's regions are not readable, what our slices
@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from flexai_sched import annotations as ann
-from flexai_sched.model import Card, CardUsage
+from flexai_core import annotations as ann
+from flexai_core.model import Card, CardUsage
 
 from .inventory import CardReading
 from .nodeapi import NodeApi

@@ -1,7 +1,7 @@
 """Per-container directories on the host: the hook's config and shared accounting region.
 
 ``<root>/<pod UID>/<container>/`` is created when the container is admitted; what goes
-in it and what of it is mounted is the hook's business (``hook_files``). A pod's
+in it and what of it is mounted is the hook's business (``hook.files``). A pod's
 directories are removed once the pod is gone from the API server (``prune``), not when
 its containers stop: a restarted container keeps its accounting.
 """

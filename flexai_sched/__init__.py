@@ -1,22 +1,15 @@
 """flexai_sched: vGPU bin-packing for Kubernetes, served as a kube-scheduler extender.
 
-Layout (pure core first, edges last):
+Layout (pure core first, edges last; the plain values and encodings shared with the node
+agent are in ``flexai_core``):
 
-- ``resources``   resource names and how a pod's containers ask for vGPUs
-- ``annotations`` annotation keys and their versioned encodings (node inventory, pod allocation)
-- ``model``       plain typed values: cards, nodes, requests, slices, allocations
-- ``requests``    pod JSON -> validated ``PodRequest`` (clear errors naming the field), incl. its
-                  CPU/memory requests (the one place quantity strings are parsed)
-- ``policies``    binpack / spread / fragmentation-aware choices of node and card
-- ``fragmentation`` the fragmentation-aware policies (FGD's measure; ours, the default)
-- ``leftover``    what a shared card's hole is expected to keep, learned by replaying the
-                  workload on cards alone (ours uses it to choose cards)
+- ``workload``    value types the policies reason with: a node's host, the target workload
+- ``policies``    the policy interface, binpack / spread, the fragmentation-aware policies (FGD's
+                  measure; ours, the default), the FGD paper's baselines; a registry by name
 - ``allocator``   does a pod fit a node, and on which cards (pure arithmetic)
 - ``quota``       vGPU quotas per namespace or label group: what a pod counts, the declarations,
                   usage per namespace (``QuotaBook``)
 - ``preemption``  which lower-priority pods to evict so a vGPU pod fits (pure: the rule)
-- ``allocation_check`` is a pod's allocation exactly what it asks for on the node's cards
-                  (the agent before it gives a slice, the Kubernetes backend before it counts one)
 - ``state``       the cluster as the scheduler believes it: assume, confirm, forget; each node's
                   host (allocatable CPU/memory, what bound pods request); quotas; PDBs;
                   allocations not counted
@@ -25,6 +18,7 @@ Layout (pure core first, edges last):
 - ``preempting``  the preempt verb, the extender's own evictions, cards held for preemptors
 - ``app``         FastAPI edge: the kube-scheduler wire format, REST views, metrics
 - ``quota_views`` /v1/quotas and the quota metrics (its own router)
+- ``sim``         the trace simulator: consumes the core, never imported by it
 """
 
 __all__ = ["__version__"]

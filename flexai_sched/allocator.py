@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest, PodRequest, Slice, peak_usage
-from .policies import Policy
+from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest, PodRequest, Slice, peak_usage
+from .policies.interface import Policy
 
 
 @dataclass(frozen=True, slots=True)

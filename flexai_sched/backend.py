@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import annotations as ann
-from .model import Allocation, NodeInventory
+from flexai_core import annotations as ann
+from flexai_core.model import Allocation, NodeInventory
 from .quota import DATA_KEY
 from .state import ClusterState
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .allocator import free_memory, slice_fits
-from .fragmentation import Workload
-from .model import FULL_CORES, Card, CardSelector, CardUsage, PodRequest
+from .workload import Workload
+from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, PodRequest
 
 TYPICAL_SHARE = 0.95  # typical shapes: the most frequent classes covering this share of tasks
 

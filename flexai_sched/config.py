@@ -11,7 +11,7 @@ import yaml
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    node_policy: str = "fragmentation"  # flexai_sched.fragmentation; see bench/results/trace-replay.md
+    node_policy: str = "fragmentation"  # flexai_sched.policies.fragmentation; see bench/results/trace-replay.md
     card_policy: str = "fragmentation"
     granularity: int = 5  # vgpu-cores must be a multiple of this
     max_vgpus_per_card: int = 5  # caps what node inventories advertise

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from . import capacity, explain
 from .capacity import Capacity, Shape
 from .extender import Extender, invalid_outcome
-from .requests import RequestError, parse_pod
+from flexai_core.requests import RequestError, parse_pod
 from .state import NodeState
 
 STATIC = Path(__file__).with_name("static")

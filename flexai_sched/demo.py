@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from . import annotations as ann
-from . import resources as res
+from flexai_core import annotations as ann
+from flexai_core import resources as res
 from .allocator import slice_fits
-from .model import FULL_CORES, Allocation, Card, CardUsage, NodeInventory, Slice
+from flexai_core.model import FULL_CORES, Allocation, Card, CardUsage, NodeInventory, Slice
 
 BUILTIN: dict[str, Any] = {
     "nodes": [

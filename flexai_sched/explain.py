@@ -25,8 +25,8 @@ from datetime import datetime
 
 from .allocator import Placement, free_memory, place, slice_fits
 from .extender import FilterOutcome
-from .model import FULL_CORES, Allocation, Card, CardSelector, CardUsage, ContainerRequest, PodRequest
-from .policies import Policy
+from flexai_core.model import FULL_CORES, Allocation, Card, CardSelector, CardUsage, ContainerRequest, PodRequest
+from .policies.interface import Policy
 from .state import NodeState
 
 SLOT_GAP = 0.5  # a full vGPU count weighs half a card: freeing a slot means moving a pod

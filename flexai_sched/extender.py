@@ -29,8 +29,8 @@ Caches, per node (``NodeState``), keyed by small interned ids:
   the node's cards, allocations or host usage change (``ClusterState`` gives the node a
   new one).
 
-and across nodes, ``_shared``: (node content, shape, host) -> (verdict, score), so nodes
-whose cards and usage are alike are worked out once per shape.
+and across nodes, ``extender_caches.ExtenderCaches`` (the ids, verdicts shared by nodes
+alike, the pods filter has seen).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from itertools import filterfalse, repeat
 from dataclasses import dataclass, field
@@ -50,33 +49,24 @@ import numpy as np
 
 from . import policies
 from .allocator import NoFit, Placement, place
-from .answers import NO_FIT, NO_INVENTORY, ShapeAnswers, stale_reason
+from .answers import NO_FIT, NO_INVENTORY, stale_reason
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
-from .fragmentation import DEFAULT_WORKLOAD, CapacityAware, HostAware, TaskClass, Workload, WorkloadAware
-from .model import Allocation, PodRequest
+from .extender_caches import ExtenderCaches
+from .workload import DEFAULT_WORKLOAD, TaskClass, Workload
+from .policies.interface import CapacityAware, HostAware, WorkloadAware
+from flexai_core.model import Allocation, PodRequest
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
-from .requests import RequestError, RequestRules, parse_pod
+from flexai_core.requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
 
 log = logging.getLogger("flexai_sched.extender")
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 _NO_FIT = NO_FIT  # cached score of a node the pod does not fit
-# One NoFit object per distinct (reason, resolvable): caches share them.
-_INTERNED: dict[tuple[str, bool], NoFit] = {}
-PENDING_CACHE = 10_000
-MAX_SHAPES = 100_000
 # A reason is repeated for every node of a filter reply: a pod whose annotations make it
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
-MAX_SHARED = 50_000
-# Per-shape answer tables kept (least recently used go): each holds up to one entry per node.
-MAX_TABLES = 64
-# Pods parsed from their JSON bytes, kept for the prioritize call that follows filter's; only
-# pods up to MEMO_POD bytes (a pod's annotations may be 256 KiB).
-PARSED = 256
-MEMO_POD = 32 << 10
 _decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -102,16 +92,7 @@ class Extender:
         # Policies pods name in their annotations, one object each: a policy keeps memos
         # (and a learned workload), which a fresh object per call would throw away.
         self._overrides: dict[str, policies.Policy] = {}
-        # Pods seen by filter, by UID: bind gets only names, so it reuses the parsed request.
-        self._pending: OrderedDict[str, PodRequest] = OrderedDict()
-        self._pending_mu = threading.Lock()
-        # Pod shapes -> small ints: fit-cache lookups then hash an int, not nested tuples.
-        self._shape_ids: dict[tuple[object, ...], int] = {}
-        self._next_shape_id = 0
-        # (node content, shape key, host key, host) -> (verdict, score): nodes whose cards and
-        # usage are alike (empty nodes, full nodes) are worked out once per shape, not each.
-        self._shared: dict[tuple[object, ...], tuple[Any, float]] = {}
-        self._host_aware: dict[type, bool] = {}  # policy class -> isinstance(HostAware), asked once
+        self.caches = ExtenderCaches()
         # Binds whose outcome is unknown (CommitUnknown): key -> (uid, deadline). Their slices
         # stay ASSUMED until the watch shows the pod bound or ``bind_hold_s`` pass: a Binding
         # that lands late must not find its cards given to another pod meanwhile.
@@ -126,10 +107,6 @@ class Extender:
         self._learned: tuple[object, ...] = ()  # (workload, cards per model, policies) last learned
         self.preempting = Preempting(self)
         # (shape id, host id) -> its answers; one lock: the tables are filled and patched in place.
-        self._tables: OrderedDict[tuple[int, int], ShapeAnswers] = OrderedDict()
-        self._tables_mu = threading.Lock()
-        # A pod's JSON bytes -> its request (or the RequestError's reasons): see parse_raw.
-        self._parsed: dict[bytes, PodRequest | list[str]] = {}
         # Old path (False): every call decides node by node, as before the tables; tests compare.
         self.tables = True
 
@@ -144,17 +121,13 @@ class Extender:
         """``parse`` of a pod's JSON object, memoised on its bytes: kube-scheduler sends the
         same pod to filter, then prioritize. Raises RequestError as ``parse`` does, and
         ValueError (msgspec.DecodeError) for bytes that are not a JSON object."""
-        got = self._parsed.get(raw)
+        got = self.caches.parsed_pod(raw)
         if got is None:
             try:
                 got = parse_pod(_decode_pod(raw), self.rules)
             except RequestError as e:
                 got = e.reasons
-            if len(raw) <= MEMO_POD:
-                with self._pending_mu:
-                    if len(self._parsed) >= PARSED:
-                        self._parsed.clear()  # filter and prioritize of one pod come back to back
-                    self._parsed[raw] = got
+            self.caches.keep_parsed(raw, got)
         if isinstance(got, list):
             raise RequestError(got)
         self._remember(got)
@@ -163,16 +136,11 @@ class Extender:
     def _remember(self, req: PodRequest) -> None:
         """bind gets only names: it takes the request filter parsed, by UID."""
         if req.uid:
-            with self._pending_mu:
-                self._pending[req.uid] = req
-                self._pending.move_to_end(req.uid)
-                while len(self._pending) > PENDING_CACHE:
-                    self._pending.popitem(last=False)
+            self.caches.remember(req)
 
     def pending(self) -> list[PodRequest]:
         """Pods filter has seen (most recent last) that hold no allocation: those waiting, or gone."""
-        with self._pending_mu:
-            seen = list(self._pending.values())
+        seen = self.caches.pending_requests()
         return [r for r in seen if self.state.allocation(r.key) is None]
 
     def heartbeat_cutoff(self) -> datetime:
@@ -238,8 +206,8 @@ class Extender:
                       policy: policies.Policy) -> None:
         """The verdicts from the shape's table: the names are looked up by C-level set and dict
         operations (``filter``/``filterfalse``), and only nodes changed since are decided."""
-        with self._tables_mu:
-            table = self._table(key, hkey)
+        with self.caches.tables_mu:
+            table = self.caches.table(key, hkey, self.state)
             table.expire(cutoff, nodes)
             verdicts = table.verdicts
             fits = table.fits
@@ -285,18 +253,6 @@ class Extender:
             else:
                 (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
 
-    def _table(self, key: int, hkey: int) -> ShapeAnswers:
-        """The shape's answer table, rid of the nodes changed since its last use (hold ``_tables_mu``)."""
-        table = self._tables.get((key, hkey))
-        if table is None:
-            if len(self._tables) >= MAX_TABLES:
-                self._tables.popitem(last=False)
-            table = self._tables[(key, hkey)] = ShapeAnswers(self.state.change_seq())
-        else:
-            self._tables.move_to_end((key, hkey))
-            table.sync(*self.state.changes_since(table.seq))
-        return table
-
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
         """Where ``req`` goes on ``node`` now, with the pod's card policy (never cached)."""
         return place(node.cards, node.usage, req, self._policy(req.card_policy, self._card_policy))
@@ -314,7 +270,7 @@ class Extender:
         # A selector naming card UUIDs reads what ``content`` leaves out: not shared.
         shared = None if req.selector.uuids or req.selector.exclude_uuids else (
             node.content, key, hkey if with_host else 0, host if with_host else None)
-        hit = self._shared.get(shared) if shared is not None else None
+        hit = self.caches.shared.get(shared) if shared is not None else None
         if hit is not None:
             verdict, score = hit
         else:
@@ -328,15 +284,11 @@ class Extender:
                 else:
                     score = policy.node_score(node.cards, node.usage, got.usage_after)
             else:
-                if len(_INTERNED) > MAX_SHAPES:
-                    _INTERNED.clear()
                 if len(got.reason) > MAX_REASON:
                     got = NoFit(_short(got.reason), got.resolvable)
-                verdict, score = _INTERNED.setdefault((got.reason, got.resolvable), got), _NO_FIT
+                verdict, score = self.caches.no_fit(got), _NO_FIT
             if shared is not None:
-                if len(self._shared) >= MAX_SHARED:
-                    self._shared.clear()
-                self._shared[shared] = (verdict, score)
+                self.caches.share(shared, verdict, score)
         if verdict is True and with_host:
             node.host_cache[hkey] = score
         else:
@@ -363,8 +315,8 @@ class Extender:
         nodes = self.state.nodes_by_name()
         if not self.tables:
             return _normalised_each(self._scores_each(req, node_names, nodes, fkey, hkey, policy))
-        with self._tables_mu:
-            table = self._table(fkey, hkey)
+        with self.caches.tables_mu:
+            table = self.caches.table(fkey, hkey, self.state)
             scores = table.scores
             got = list(map(scores.get, node_names))
             if None in got:  # nodes changed since (or unknown: never stored, NO_FIT)
@@ -543,8 +495,7 @@ class Extender:
 
     def _request_for(self, namespace: str, name: str, uid: str, pod: dict[str, Any] | None = None) -> PodRequest:
         if pod is None:
-            with self._pending_mu:
-                req = self._pending.get(uid) if uid else None
+            req = self.caches.pending_request(uid) if uid else None
             if req is not None and (req.namespace, req.name) == (namespace, name):
                 return req
             pod = self._checked(self.backend.get_pod(namespace, name), namespace, name, uid)
@@ -611,35 +562,21 @@ class Extender:
             policy.use_workload(workload)
         self.workload = workload
         self._learned = learned
-        self._shared.clear()
-        self.state.drop_scores()
+        self.caches.drop_scores(self.state)
         return len(requests)
 
     def _key(self, req: PodRequest) -> int:
         """A small int naming (pod shape, card policy, node policy); stable for this process."""
-        return self._intern((req.shape(), self.settings.card_policy, self.settings.node_policy))
-
-    def _intern(self, shape: tuple[object, ...]) -> int:
-        """A small positive int per distinct ``shape``; ids are never reused."""
-        got = self._shape_ids.get(shape)
-        if got is None:
-            if len(self._shape_ids) >= MAX_SHAPES:
-                self._shape_ids.clear()  # ids are never reused, so old cache entries just go cold
-            self._next_shape_id += 1
-            got = self._shape_ids.setdefault(shape, self._next_shape_id)
-        return got
+        return self.caches.intern((req.shape(), self.settings.card_policy, self.settings.node_policy))
 
     def _host_key(self, req: PodRequest, key: int, policy: policies.Policy) -> int:
         """0 if ``policy`` scores cards only; else a small int naming (shape ``key``, the pod's
         host request where the policy reads it), for ``NodeState.host_cache``."""
-        aware = self._host_aware.get(type(policy))
-        if aware is None:
-            aware = self._host_aware[type(policy)] = isinstance(policy, HostAware)
-        if not aware:
+        if not self.caches.is_host_aware(policy):
             return 0
         if getattr(policy, "pod_host_dependent", True):
-            return self._intern(("host", key, req.cpu_milli, req.memory_mib))
-        return self._intern(("host", key))
+            return self.caches.intern(("host", key, req.cpu_milli, req.memory_mib))
+        return self.caches.intern(("host", key))
 
     def _policy(self, override: str | None, default: policies.Policy) -> policies.Policy:
         if not override:

@@ -34,7 +34,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .extender import MAX_SCORE, Extender, invalid_outcome
 from .metrics import Metrics
-from .requests import RequestError
+from flexai_core.requests import RequestError
 
 log = logging.getLogger("flexai_sched")
 

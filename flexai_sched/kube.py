@@ -79,12 +79,12 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from . import annotations as ann
-from .allocation_check import check_allocation
+from flexai_core import annotations as ann
+from flexai_core.allocation_check import check_allocation
 from .backend import CommitError, CommitUnknown
-from .model import Allocation
+from flexai_core.model import Allocation
 from .preemption import Budget, Requirement
-from .requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
+from flexai_core.requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
 from .state import AllocState, ClusterState, Rejected
 
 log = logging.getLogger("flexai_sched.kube")

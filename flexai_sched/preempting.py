@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from . import preemption
 from .allocator import NoFit, Placement, place
 from .backend import CommitError
-from .model import Allocation, CardUsage, PodRequest
+from flexai_core.model import Allocation, CardUsage, PodRequest
 from .quota import Usage, allocation_usage
 from .state import AllocState, NodeState
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from .allocator import Placement, place
-from .model import Allocation, Card, CardUsage, PodRequest
-from .policies import Policy
+from flexai_core.model import Allocation, Card, CardUsage, PodRequest
+from .policies.interface import Policy
 
 MAX_CHECKS = 4096
 

@@ -37,8 +37,8 @@ from typing import Any, Final
 
 import yaml
 
-from . import resources as res
-from .model import Allocation, ContainerRequest, PodRequest
+from flexai_core import resources as res
+from flexai_core.model import Allocation, ContainerRequest, PodRequest
 
 DATA_KEY: Final = "quotas.yaml"  # the ConfigMap key that holds the quotas
 # The limits a quota may set, by the resource names pods ask with.

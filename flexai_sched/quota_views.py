@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
-from . import resources as res
+from flexai_core import resources as res
 from .quota import QuotaBook, QuotaStatus
 
 _GIB = 1024

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from .fragmentation import Host
-from .model import Allocation, Card, CardUsage, NodeInventory
+from .workload import Host
+from flexai_core.model import Allocation, Card, CardUsage, NodeInventory
 from .preemption import Budget
 from .quota import QuotaBook, allocation_usage
 

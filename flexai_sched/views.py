@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from .allocator import free_memory
-from .model import FULL_CORES, Allocation
+from flexai_core.model import FULL_CORES, Allocation
 from .state import AllocState, ClusterState, NodeState
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flexai_sched.model import Card
+from flexai_core.model import Card
 
 from . import api_pb2 as pb
 

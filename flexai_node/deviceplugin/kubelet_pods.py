@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from flexai_sched.resources import VGPU_NUMBER
+from flexai_core.resources import VGPU_NUMBER
 
 from ..admission import KubeletView
 from . import podresources_pb2 as pb

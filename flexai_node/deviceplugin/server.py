@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from flexai_sched.model import Card
-from flexai_sched.resources import VGPU_NUMBER
+from flexai_core.model import Card
+from flexai_core.resources import VGPU_NUMBER
 
 from ..admission import AdmissionError, PodRefused
 from ..grant import ContainerGrant

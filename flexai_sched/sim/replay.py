@@ -40,11 +40,12 @@ from typing import Any
 
 from .. import policies
 from ..allocator import NoFit, Placement, place
-from ..fragmentation import CapacityAware, Host, HostAware, Workload, WorkloadAware
-from ..model import Allocation, PodRequest
-from ..policies import Policy
+from ..policies.interface import CapacityAware, HostAware, WorkloadAware
+from ..workload import Host, Workload
+from flexai_core.model import Allocation, PodRequest
+from ..policies.interface import Policy
 from ..state import ClusterState, NodeState
-from .baselines import Seeded
+from ..policies.interface import Seeded
 from .board import Board, Memo
 from .trace import Trace, TracePod, request, smallest_card_mib
 from .workload import LEARN_EVERY, LEARN_FIRST, target_workload, workload_of

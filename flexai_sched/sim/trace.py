@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ..model import FULL_CORES, Card, CardSelector, ContainerRequest, NodeInventory, PodRequest
+from flexai_core.model import FULL_CORES, Card, CardSelector, ContainerRequest, NodeInventory, PodRequest
 
 GIB: Final = 1024
 # Public specs where known. Assumed: P100 16 GiB (the SXM2/PCIe 16 GB part); G2 and G3,

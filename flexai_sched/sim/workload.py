@@ -11,8 +11,8 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 
-from ..fragmentation import TaskClass, Workload
-from ..model import FULL_CORES
+from ..workload import TaskClass, Workload
+from flexai_core.model import FULL_CORES
 from .trace import Trace, TracePod
 
 SEEDS = tuple(range(42, 52))

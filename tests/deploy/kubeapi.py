@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 from tests.e2e.controlplane import ControlPlane, wait_until
 
 Obj = dict[str, Any]

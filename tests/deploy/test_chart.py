@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flexai_node.cli import parse_args
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 from flexai_sched import config, policies
 from tests.e2e.controlplane import extender_block
 

@@ -29,8 +29,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
+from flexai_core import annotations as ann
+from flexai_core import resources as res
 from tests.e2e.controlplane import LOOPBACK, ControlPlane, free_port, http_ok, make_fake_node, wait_until
 
 from .chart import Helm, Rendered

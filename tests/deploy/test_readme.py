@@ -11,8 +11,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from flexai_sched.model import ContainerRequest
-from flexai_sched.requests import parse_pod
+from flexai_core.model import ContainerRequest
+from flexai_core.requests import parse_pod
 from tests.e2e.controlplane import ControlPlane
 
 from .chart import CHART

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 from tests.e2e.controlplane import ControlPlane, free_port, generate_pki, wait_until
 from tests.e2e.helpers_kube import cards, gpu_node, pod_body, vgpu_limits
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
-from flexai_sched.model import FULL_CORES, Allocation, Card, CardUsage
+from flexai_core import annotations as ann
+from flexai_core import resources as res
+from flexai_core.model import FULL_CORES, Allocation, Card, CardUsage
 
 from .controlplane import ControlPlane, flexai_sched_extender, make_fake_node, wait_until
 

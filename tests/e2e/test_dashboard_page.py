@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client as k8s
 from playwright.sync_api import Browser
 
-from flexai_sched.model import Card
+from flexai_core.model import Card
 
 from ..dashboard.browser import (
     api,

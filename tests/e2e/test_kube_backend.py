@@ -17,14 +17,14 @@ import urllib3
 from kubernetes import client as k8s
 from prometheus_client import generate_latest
 
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 from flexai_sched.backend import CommitError, CommitUnknown
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
-from flexai_sched.fragmentation import Host
+from flexai_sched.workload import Host
 from flexai_sched.kube import KubeBackend
 from flexai_sched.metrics import Metrics
-from flexai_sched.model import Allocation, CardUsage, Slice
+from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
 
 from .controlplane import ControlPlane, wait_until

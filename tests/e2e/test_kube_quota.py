@@ -16,8 +16,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
+from flexai_core import annotations as ann
+from flexai_core import resources as res
 
 from .controlplane import ControlPlane, wait_until
 from .helpers_kube import (

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 
 from .controlplane import ControlPlane, wait_until
 from .helpers_kube import (

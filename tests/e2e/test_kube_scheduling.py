@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kubernetes import client as k8s
 
-from flexai_sched import annotations as ann
-from flexai_sched.model import Allocation, Slice
+from flexai_core import annotations as ann
+from flexai_core.model import Allocation, Slice
 
 from .controlplane import ControlPlane, wait_until
 from .helpers_kube import (

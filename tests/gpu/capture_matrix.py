@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from two_gpu import GIB, PROBE, base_env, smi  # noqa: E402
 
-from flexai_node.hook_config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
+from flexai_node.hook.config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ measures the card's full-load clock itself through the shim).
         frameworks,mixed,overhead] [--seconds 2.5] [--deadline 570]
 
 Every measurement is a child process (tests/gpu/fw_workload.py), preloaded with the hook and a
-config from flexai_node.hook_files.HookConfigFiles (the device plugin's own writer) or without
+config from flexai_node.hook.files.HookConfigFiles (the device plugin's own writer) or without
 the hook for the unlimited rates. NVML is sampled beside each run (utilisation, SM clock,
 power). Writes <out>/frameworks.json (every figure), <out>/frameworks.md (the verdicts) and
 prints the verdicts last. Phases past --deadline seconds are skipped, and say so.
@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from flexai_node import hook_config as hc  # noqa: E402
-from flexai_node.calibration import RefClocks, parse_mode  # noqa: E402
-from flexai_node.hook_files import CONFIG_NAME, HookConfigFiles  # noqa: E402
-from flexai_node.hook_shim import Calibration, CalibrationError, HookShim  # noqa: E402
-from flexai_sched.model import Slice  # noqa: E402
+from flexai_node.hook import config as hc  # noqa: E402
+from flexai_node.hook.calibration import RefClocks, parse_mode  # noqa: E402
+from flexai_node.hook.files import CONFIG_NAME, HookConfigFiles  # noqa: E402
+from flexai_node.hook.shim import Calibration, CalibrationError, HookShim  # noqa: E402
+from flexai_core.model import Slice  # noqa: E402
 
 WORKLOAD = str(REPO / "tests" / "gpu" / "fw_workload.py")
 BUILD = Path(os.environ.get("FLEXAI_HOOK_BUILD", str(REPO / "build" / "hook-gpu")))

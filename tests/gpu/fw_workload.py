@@ -384,7 +384,7 @@ def region_view() -> dict[str, Any]:
     if not region or not shim:
         return {}
     sys.path.insert(0, os.environ.get("FW_REPO", "."))
-    from flexai_node.hook_shim import HookShim
+    from flexai_node.hook.shim import HookShim
 
     snap = HookShim(shim).snapshot(region)
     v = snap.vgpus[0]

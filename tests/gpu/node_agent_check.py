@@ -12,7 +12,7 @@
    ``NVIDIA_VISIBLE_DEVICES`` as ``CUDA_VISIBLE_DEVICES`` (what the NVIDIA runtime would
    expose). The process must see the slice on every device in ``torch.cuda.mem_get_info`` and
    get ``OutOfMemoryError`` past it; a control process without the response sees the cards.
-4. While it holds memory, the agent's region reader (``hook_shim``) reports its use.
+4. While it holds memory, the agent's region reader (``hook.shim``) reports its use.
 
 Exit status 0 only if every check passed. Needs no Kubernetes; gRPC if importable.
 """
@@ -87,7 +87,7 @@ def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
     grpc is importable."""
     from flexai_node.admitter import NodeAdmitter
     from flexai_node.grant import GrantBuilder
-    from flexai_node.hook_files import HookConfigFiles
+    from flexai_node.hook.files import HookConfigFiles
     from flexai_node.ledger import Ledger
     from flexai_node.workdirs import Workdirs
     from tests.node.fakes import FakeNodeApi, bound_pod, container, slice_on
@@ -200,9 +200,9 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
         sliced, child = probe(env, hold=True)
         try:
             if args.shim is not None:
-                from flexai_node.hook_files import HookConfigFiles
-                from flexai_node.hook_shim import HookShim
-                from flexai_node.regions import RegionUsageReader
+                from flexai_node.hook.files import HookConfigFiles
+                from flexai_node.hook.shim import HookShim
+                from flexai_node.hook.regions import RegionUsageReader
 
                 files = HookConfigFiles(root, args.hook)
                 reader = RegionUsageReader(lambda uid, c: files.region_file(root / uid / c), HookShim(args.shim))

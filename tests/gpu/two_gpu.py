@@ -4,7 +4,7 @@
 
 One process gets a vGPU on each card with different limits (card 0: 12 GiB and 30%, card 1:
 20 GiB and 60%, both as shares of throughput with each card's own reference clock), in a
-config written by flexai_node.hook_config, as the device plugin writes it. Checked:
+config written by flexai_node.hook.config, as the device plugin writes it. Checked:
 
 1. Memory: PyTorch fills each device until OutOfMemoryError; each stops at its own card's
    limit (at most the limit, at least the limit minus 1 GiB), and mem_get_info and nvidia-smi
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from flexai_node.hook_config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
+from flexai_node.hook.config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
 from hook_gpu import NvmlSampler  # noqa: E402
 from tests.gpu.report import finish_report  # noqa: E402
 
@@ -174,7 +174,7 @@ def main() -> int:
     write_config(conf, HookConfig(vgpus=tuple(
         VGPULimit(uuid=uuids[i], memory_bytes=LIMITS[i][0] * GIB, cores=LIMITS[i][1], ref_clock_mhz=ref[i])
         for i in range(2)), region_path=str(tmp / "region")))
-    lines += ["Config (flexai_node.hook_config):", "", "```", conf.read_text().strip(), "```", ""]
+    lines += ["Config (flexai_node.hook.config):", "", "```", conf.read_text().strip(), "```", ""]
 
     def hooked(visible: str) -> dict[str, str]:
         return base_env(CUDA_VISIBLE_DEVICES=visible, FLEXAI_DEBUG="1", **container_env(str(conf), hook))

@@ -12,7 +12,7 @@ UUID0 = "GPU-a0a1a2a3-a4a5-a6a7-a8a9-aaabacadae00"  # fake_cuda.c's card 0
 
 PROBE = """
 import json, sys
-from flexai_node.hook_shim import CalibrationError, HookShim
+from flexai_node.hook.shim import CalibrationError, HookShim
 shim = HookShim(sys.argv[1])
 try:
     c = shim.calibrate(sys.argv[2], burst_ms=300)

@@ -1,4 +1,4 @@
-"""flexai_node.hook_config: what Python writes is what the C hook enforces."""
+"""flexai_node.hook.config: what Python writes is what the C hook enforces."""
 
 from __future__ import annotations
 
@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.hook_config import (
-    HookConfig,
-    VGPULimit,
-    container_env,
-    first_free_window,
-    parse,
-    render,
-    write_config,
-)
+from flexai_node.hook.config import HookConfig, VGPULimit, container_env, first_free_window, parse, render, write_config
 
 from .conftest import HookBuild
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.hook_config import HookConfig, VGPULimit, write_config
-from flexai_node.hook_shim import HookShim, ShimError
-from flexai_node.monitor import main as gpu_monitor
-from flexai_node.regions import RegionUsageReader
+from flexai_node.hook.config import HookConfig, VGPULimit, write_config
+from flexai_node.hook.shim import HookShim, ShimError
+from flexai_node.hook.monitor import main as gpu_monitor
+from flexai_node.hook.regions import RegionUsageReader
 
 from .conftest import HookBuild
 
@@ -108,7 +108,7 @@ def test_readers_in_other_pid_namespaces_free_nothing(
     assert json.loads(capsys.readouterr().out)["vgpus"][0]["memory_used_mb"] == 700
     # gpu-monitor in a namespace of its own, as `kubectl exec` into a sidecar would run it
     monitor = subprocess.run(
-        [*UNSHARE, sys.executable, "-m", "flexai_node.monitor", "-p", "0.01", "-o", "json", "--region", str(region),
+        [*UNSHARE, sys.executable, "-m", "flexai_node.hook.monitor", "-p", "0.01", "-o", "json", "--region", str(region),
          "--shim", str(hook_build.shim)], capture_output=True, text=True, timeout=60,
     )
     assert json.loads(monitor.stdout)["vgpus"][0]["processes"][0]["memory_mb"] == 700, monitor.stderr
@@ -204,7 +204,7 @@ def test_a_region_that_is_not_a_regular_file_is_refused_without_blocking(
         region.mkdir()
     # A FIFO opened for reading would block forever: run the read in a child with a timeout.
     code = (
-        "import sys; from flexai_node.hook_shim import HookShim, ShimError\n"
+        "import sys; from flexai_node.hook.shim import HookShim, ShimError\n"
         f"try: HookShim({str(hook_build.shim)!r}).snapshot({str(region)!r})\n"
         "except ShimError as e: print(e); sys.exit(3)\n"
     )
@@ -225,7 +225,7 @@ def test_a_reader_survives_the_tenant_truncating_the_region(hook_build: HookBuil
          str(region), str(size)]
     )
     code = (
-        "import sys, time; from flexai_node.hook_shim import HookShim, ShimError\n"
+        "import sys, time; from flexai_node.hook.shim import HookShim, ShimError\n"
         f"shim, end, ok = HookShim({str(hook_build.shim)!r}), time.monotonic() + 1.5, 0\n"
         "while time.monotonic() < end:\n"
         "    try: shim.snapshot(sys.argv[1]); ok += 1\n"

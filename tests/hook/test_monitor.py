@@ -1,4 +1,4 @@
-"""hook_shim + gpu-monitor on a region that live (and killed) processes use."""
+"""hook.shim + gpu-monitor on a region that live (and killed) processes use."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.hook_config import HookConfig, VGPULimit, write_config
-from flexai_node.hook_shim import HookShim, ShimError
-from flexai_node.monitor import main
+from flexai_node.hook.config import HookConfig, VGPULimit, write_config
+from flexai_node.hook.shim import HookShim, ShimError
+from flexai_node.hook.monitor import main
 
 from .conftest import HookBuild
 

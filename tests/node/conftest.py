@@ -1,6 +1,6 @@
 """Fixtures for the node agent tests: a short temporary directory (unix socket paths are
 limited to 107 bytes), a fake kubelet in it, and the plugin wired to a fake API server
-and the real hook files (``hook_files`` over helper-1's ``hook_config``).
+and the real hook files (``hook.files`` over ``hook.config``).
 
 The real-apiserver tests (marked e2e) reuse the end-to-end harness's fixtures."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node import hook_config
+from flexai_node.hook import config as hook_config
 from flexai_node.admitter import KubeletPods, NodeAdmitter
 from flexai_node.deviceplugin.server import DevicePluginService, PluginServer
 from flexai_node.grant import GrantBuilder
-from flexai_node.hook_files import HookConfigFiles
+from flexai_node.hook.files import HookConfigFiles
 from flexai_node.ledger import Ledger
 from flexai_node.workdirs import Workdirs
 

@@ -7,9 +7,9 @@ import itertools
 import threading
 from typing import Any
 
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
-from flexai_sched.model import Allocation, Card, Slice
+from flexai_core import annotations as ann
+from flexai_core import resources as res
+from flexai_core.model import Allocation, Card, Slice
 
 CARDS = (
     Card(0, "GPU-aaaa", "NVIDIA H200", 143771, 5, numa=0),

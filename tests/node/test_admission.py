@@ -9,7 +9,7 @@ import pytest
 from flexai_node.admission import KubeletView, NoCandidate, PodRefused, choose
 from flexai_node.pods import BoundPod
 
-from flexai_sched.model import Slice
+from flexai_core.model import Slice
 
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from flexai_node import hook_config
+from flexai_node.hook import config as hook_config
 from flexai_node.admitter import NodeAdmitter
 from flexai_node.agent import AgentSettings, NodeAgent
 from flexai_node.cli import parse_args
 from flexai_node.inventory import CardReading, FileInventory, dumps
-from flexai_node.hook_shim import RegionSnapshot, VGPUUsage
+from flexai_node.hook.shim import RegionSnapshot, VGPUUsage
 from flexai_node.ledger import Ledger, LedgerError
 from flexai_node.metrics import VgpuUsage
-from flexai_node.regions import RegionUsageReader
+from flexai_node.hook.regions import RegionUsageReader
 
 from .conftest import make_admitter
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on

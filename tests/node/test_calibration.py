@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.calibration import RETRY_S, RefClocks, figures_of, parse_mode
-from flexai_node.hook_config import CardFigures
-from flexai_node.hook_shim import Calibration, CalibrationError
+from flexai_node.hook.calibration import RETRY_S, RefClocks, figures_of, parse_mode
+from flexai_node.hook.config import CardFigures
+from flexai_node.hook.shim import Calibration, CalibrationError
 
 A, B = "GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-000000000000"
 

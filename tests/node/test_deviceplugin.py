@@ -15,9 +15,9 @@ from flexai_node.admitter import REFUSED_REASON
 from flexai_node.deviceplugin import api_pb2 as pb
 from flexai_node.nodeapi import KubeError
 from flexai_node.deviceplugin.devices import device_id, preferred
-from flexai_sched.resources import VGPU_NUMBER
+from flexai_core.resources import VGPU_NUMBER
 
-from flexai_node import hook_config
+from flexai_node.hook import config as hook_config
 
 from .conftest import HOOK, Rig, config_of, make_admitter
 from .fakes import CARDS, bound_pod, container, slice_on

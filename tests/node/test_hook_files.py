@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node import hook_config
-from flexai_node.hook_files import HookConfigFiles
+from flexai_node.hook import config as hook_config
+from flexai_node.hook.files import HookConfigFiles
 
 from .fakes import CARDS, slice_on
 

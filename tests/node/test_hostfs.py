@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node import hook_config
-from flexai_node.hook_files import HookConfigFiles
+from flexai_node.hook import config as hook_config
+from flexai_node.hook.files import HookConfigFiles
 from flexai_node.hostfs import UnsafePath, chmod_dir, ensure_dir, read_file
 from flexai_node.workdirs import Workdirs
 

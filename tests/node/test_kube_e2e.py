@@ -16,14 +16,14 @@ from flexai_node.agent import AgentSettings, NodeAgent
 from flexai_node.deviceplugin.devices import device_id
 from flexai_node.deviceplugin.kubelet_pods import PodResourcesClient
 from flexai_node.grant import GrantBuilder
-from flexai_node.hook_files import HookConfigFiles
+from flexai_node.hook.files import HookConfigFiles
 from flexai_node.inventory import CardReading, FileInventory, dumps
 from flexai_node.kube import KubeError, KubeNodeApi
 from flexai_node.ledger import Ledger
 from flexai_node.workdirs import Workdirs
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
-from flexai_sched.model import Allocation
+from flexai_core import annotations as ann
+from flexai_core import resources as res
+from flexai_core.model import Allocation
 from tests.e2e.controlplane import ControlPlane, make_fake_node, wait_until
 
 from .conftest import HOOK, config_of

@@ -10,7 +10,7 @@ import pytest
 from flexai_node.inventory import CardReading
 from flexai_node.pods import BoundPod
 from flexai_node.reporter import Reporter, node_annotation
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on
 

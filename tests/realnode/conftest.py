@@ -28,7 +28,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from flexai_node.inventory import CardReading, dumps
-from flexai_sched.model import Card
+from flexai_core.model import Card
 from tests.e2e.conftest import _binaries
 from tests.e2e.conftest import pytest_collection_finish as _e2e_collection_finish
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, flexai_sched_extender, wait_until

@@ -9,9 +9,9 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from flexai_node import hook_config
-from flexai_sched import annotations as ann
-from flexai_sched.model import Allocation
+from flexai_node.hook import config as hook_config
+from flexai_core import annotations as ann
+from flexai_core.model import Allocation
 from tests.e2e.controlplane import wait_until
 
 from .conftest import NS, RealCluster

@@ -38,7 +38,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from flexai_sched import resources as res
+from flexai_core import resources as res
 
 from tests.e2e.controlplane import (
     LOOPBACK,

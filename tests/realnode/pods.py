@@ -5,7 +5,7 @@ The fake libcuda (csrc/hook/tests/fake_cuda.c) is mounted where the NVIDIA conta
 toolkit mounts the real one; like the real runtime, it shows the container only the cards
 that NVIDIA_VISIBLE_DEVICES (set by our device plugin) names. The hook build directory
 gives ``slice_probe`` and the shim, the package directory gives ``gpu-monitor``
-(``python3 -m flexai_node.monitor``) to the image's Debian python.
+(``python3 -m flexai_node.hook.monitor``) to the image's Debian python.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER_PATH = "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
 TOOLS = "/opt/flexai"  # PYTHONPATH; the hook build dir is TOOLS/build/hook
 PROBE = f"{TOOLS}/build/hook/slice_probe"
-MONITOR = ["python3", "-m", "flexai_node.monitor"]
+MONITOR = ["python3", "-m", "flexai_node.hook.monitor"]
 SLEEP = "exec sleep 100000"
 FAKE_CARDS = 8
 CARD_MIB = 16384

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from flexai_sched import resources as res
+from flexai_core import resources as res
 from tests.e2e.controlplane import wait_until
 from tests.e2e.helpers_kube import assert_within_capacity, failed_scheduling_messages
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import pytest
 from kubernetes import client as k8s
 
-from flexai_node import hook_config
-from flexai_sched.model import Slice
+from flexai_node.hook import config as hook_config
+from flexai_core.model import Slice
 from tests.e2e.controlplane import wait_until
 from tests.e2e.helpers_kube import assert_within_capacity, failed_scheduling_messages
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_node import hook_config
+from flexai_node.hook import config as hook_config
 
 from .conftest import NS, RealCluster
 from .helpers import OUT_OF_MEMORY, Background, allocation, given, monitor, pod, probe, wait_running

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from flexai_node import hook_config
-from flexai_sched import annotations as ann
+from flexai_node.hook import config as hook_config
+from flexai_core import annotations as ann
 from tests.e2e.controlplane import wait_until
 
 from .conftest import NS, RealCluster

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flexai_sched import resources as res
-from flexai_sched.model import Card, NodeInventory
+from flexai_core import resources as res
+from flexai_core.model import Card, NodeInventory
 
 H200_MIB = 143771
 

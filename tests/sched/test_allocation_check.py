@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexai_sched import policies
-from flexai_sched.allocation_check import REASONS, check_allocation
+from flexai_core.allocation_check import REASONS, check_allocation
 from flexai_sched.allocator import Placement, place
-from flexai_sched.model import Allocation, CardUsage, Slice
-from flexai_sched.requests import parse_pod
+from flexai_core.model import Allocation, CardUsage, Slice
+from flexai_core.requests import parse_pod
 
 from .fixtures import H200_MIB, limits, node, pod
 

@@ -6,7 +6,7 @@ import pytest
 
 from flexai_sched import policies
 from flexai_sched.allocator import NoFit, Placement, place, slice_fits
-from flexai_sched.model import Card, CardSelector, CardUsage, ContainerRequest, PodRequest
+from flexai_core.model import Card, CardSelector, CardUsage, ContainerRequest, PodRequest
 
 CARD = Card(0, "GPU-0", "H200", 1000, max_vgpus=3)
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flexai_sched import annotations as ann
-from flexai_sched.model import Allocation, Card, CardUsage, Slice
+from flexai_core import annotations as ann
+from flexai_core.model import Allocation, Card, CardUsage, Slice
 
 
 def test_inventory_round_trip_in_utc() -> None:

@@ -18,8 +18,8 @@ from flexai_sched.capacity import Shape
 from flexai_sched.cli import make_backend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
-from flexai_sched.fragmentation import DEFAULT_WORKLOAD
-from flexai_sched.model import Card, CardSelector, CardUsage
+from flexai_sched.workload import DEFAULT_WORKLOAD
+from flexai_core.model import Card, CardSelector, CardUsage
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod

@@ -17,7 +17,7 @@ from flexai_sched.backend import MemoryBackend
 from flexai_sched.cli import explain_text, main
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
-from flexai_sched.model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest
+from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 from flexai_sched.app import create_app
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings

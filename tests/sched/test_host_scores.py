@@ -12,7 +12,8 @@ from flexai_sched.app import create_app
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
-from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
+from flexai_sched.policies.fragmentation import Fragmentation
+from flexai_sched.workload import TaskClass, Workload
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod

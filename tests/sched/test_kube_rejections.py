@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from flexai_sched import annotations as ann
+from flexai_core import annotations as ann
 from flexai_sched.kube import KubeBackend
 from flexai_sched.metrics import Metrics
-from flexai_sched.model import Allocation, CardUsage, Slice
+from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
 
 from .fixtures import H200_MIB, limits, node, pod

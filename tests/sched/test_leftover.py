@@ -1,12 +1,13 @@
-"""The learned table of what a shared card's hole keeps at the end (flexai_sched.leftover)."""
+"""The learned table of what a shared card's hole keeps at the end (flexai_sched.policies.leftover)."""
 
 from __future__ import annotations
 
 import random
 
-from flexai_sched.fragmentation import Fragmentation, TaskClass, Workload
-from flexai_sched.leftover import CARDS, _arrivals, leftover_table, learn, replay_cards
-from flexai_sched.model import FULL_CORES, Card, CardUsage
+from flexai_sched.policies.fragmentation import Fragmentation
+from flexai_sched.workload import TaskClass, Workload
+from flexai_sched.policies.leftover import CARDS, _arrivals, leftover_table, learn, replay_cards
+from flexai_core.model import FULL_CORES, Card, CardUsage
 
 # Shares of 47 (frequent) and 32, and whole cards: (cards, percent, weight).
 PAIRS = ((1, 47, 3.0), (1, 32, 1.0), (1, FULL_CORES, 4.0))
@@ -76,7 +77,7 @@ def test_the_card_only_replay_places_and_counts_what_is_left() -> None:
 
 
 def test_per_model_tables_are_the_one_table_without_constrained_demand() -> None:
-    from flexai_sched.leftover import leftover_tables
+    from flexai_sched.policies.leftover import leftover_tables
 
     draws = [(n, c, w, frozenset[str]()) for n, c, w in PAIRS]
     tables = leftover_tables(draws, {"T4": 10, "G2": 90}, {})
@@ -84,7 +85,7 @@ def test_per_model_tables_are_the_one_table_without_constrained_demand() -> None
 
 
 def test_per_model_tables_see_holes_only_constrained_shares_fill() -> None:
-    from flexai_sched.leftover import leftover_tables
+    from flexai_sched.policies.leftover import leftover_tables
 
     # 32% shares only on T4 (T4 priced: they need it); 47% shares and whole cards anywhere.
     # A card with a 32 on it (68 free) forms on T4 only, where more 32s fill it: E_T4[68] is

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from flexai_sched import policies
-from flexai_sched.model import Allocation, Card, CardUsage, PodRequest, Slice, peak_usage
+from flexai_core.model import Allocation, Card, CardUsage, PodRequest, Slice, peak_usage
 from flexai_sched.preemption import Budget, Candidate, Choice, Requirement, best, choose, evicted_cost, pdb_violations
-from flexai_sched.requests import parse_pod
+from flexai_core.requests import parse_pod
 
 from .fixtures import limits, pod
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
-from flexai_sched.model import FULL_CORES
+from flexai_core.model import FULL_CORES
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod

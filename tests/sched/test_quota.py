@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_sched import resources as res
-from flexai_sched.model import Allocation, Slice
+from flexai_core import resources as res
+from flexai_core.model import Allocation, Slice
 from flexai_sched.quota import Quota, QuotaBook, QuotaError, Usage, allocation_usage, parse_quotas, request_usage
-from flexai_sched.requests import parse_pod
+from flexai_core.requests import parse_pod
 
 from .fixtures import limits, pod
 

@@ -175,7 +175,7 @@ def test_unknown_names_are_answered_but_never_stored() -> None:
     reply = msgspec.json.decode(f)
     assert all(reply["FailedAndUnresolvableNodes"][n].startswith("node reports no vGPU inventory") for n in made_up)
     assert all(h["Score"] == 0 for h in msgspec.json.decode(prio) if h["Host"].startswith("made-up"))
-    for table in c.ext._tables.values():
+    for table in c.ext.caches.tables.values():
         assert set(table.verdicts) <= set(c.names) and set(table.scores) <= set(c.names)
 
 
@@ -183,7 +183,7 @@ def test_a_table_forgets_only_the_nodes_that_changed() -> None:
     c = Cluster(5, nodes=6)
     p = shaped("t", SHAPES[0])
     c.replies(p, c.names)
-    (table,) = {id(t): t for t in c.ext._tables.values()}.values()
+    (table,) = {id(t): t for t in c.ext.caches.tables.values()}.values()
     assert set(table.verdicts) == set(c.names)
     c.bind_one()
     c.state.set_host_capacity(c.names[5], 1_000, 1024)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_sched import annotations as ann
-from flexai_sched import resources as res
-from flexai_sched.model import FULL_CORES
-from flexai_sched.requests import RequestError, RequestRules, _quantity, parse_pod
+from flexai_core import annotations as ann
+from flexai_core import resources as res
+from flexai_core.model import FULL_CORES
+from flexai_core.requests import RequestError, RequestRules, _quantity, parse_pod
 
 from .fixtures import limits, pod
 
@@ -186,7 +186,7 @@ def test_malformed_host_quantities_name_the_field(container: dict[str, object], 
 
 
 def test_host_request_helper_is_the_one_the_backend_uses_for_pods_without_gpus() -> None:
-    from flexai_sched.requests import host_request, parse_cpu_milli, parse_memory_mib
+    from flexai_core.requests import host_request, parse_cpu_milli, parse_memory_mib
 
     assert host_request(pod("cpu-only", _c("a", "2", "4Gi"))) == (2000, 4096)
     assert parse_cpu_milli("64", "cpu") == 64000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_sched.scarcity import model_pressure
+from flexai_sched.policies.scarcity import model_pressure
 
 A, B, C = frozenset({"A"}), frozenset({"B"}), frozenset({"C"})
 ANY = frozenset[str]()

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from flexai_sched.fragmentation import Host
-from flexai_sched.model import Allocation, CardUsage, Slice
+from flexai_sched.workload import Host
+from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState, Conflict
 
 from .fixtures import node

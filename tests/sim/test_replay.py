@@ -149,7 +149,8 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
 def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
     """``learned``: the built-in prior first; then the placed pods' workload (GPU-model
     constraints included, as the extender records them), every cached score and placement dropped."""
-    from flexai_sched.fragmentation import DEFAULT_WORKLOAD, Fragmentation
+    from flexai_sched.workload import DEFAULT_WORKLOAD
+    from flexai_sched.policies.fragmentation import Fragmentation
 
     t = trace.load(write_trace(tmp_path, ["n0,64000,262144,2,T4", "n1,64000,262144,2,T4"], []))
     cluster = sim.Cluster(t, "fragmentation", 42, learned=True)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_sched.model import FULL_CORES
+from flexai_core.model import FULL_CORES
 from flexai_sched.sim import trace
 from tests.sim.conftest import write_trace
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexai_sched.model import FULL_CORES
+from flexai_core.model import FULL_CORES
 from flexai_sched.sim import trace, workload
 
 

@@ -23,6 +23,9 @@ cache=${FLEXAI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flexai}/images
 mkdir -p "$cache"
 exec 9>"$cache/.build.lock"  # one build at a time: buildah's names and the archives are shared
 flock 9
+# The build steps run in a chroot, not an OCI runtime: crun refuses hosts that mount cgroup v1
+# beside an empty v2 hierarchy, and a build of our own Dockerfiles needs no cgroup limits.
+export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 version=$(awk -F'"' '$1 ~ /^version/ {print $2; exit}' "$repo/pyproject.toml")
 log() { echo "[images $(date +%T)] $*" >&2; }
 has_image() { buildah images --quiet "$1" >/dev/null 2>&1; }
@@ -71,8 +74,8 @@ bud() {
   fi
   echo "$ref $tar"
 }
-bud flexai-sched Dockerfile.scheduler pyproject.toml README.md tools/images/requirements.py flexai_sched
-bud flexai-node Dockerfile.node pyproject.toml README.md tools/images/requirements.py flexai_sched flexai_node csrc/hook
+bud flexai-sched Dockerfile.scheduler pyproject.toml README.md tools/images/requirements.py flexai_core flexai_sched
+bud flexai-node Dockerfile.node pyproject.toml README.md tools/images/requirements.py flexai_core flexai_node csrc/hook
 
 # ---- nginx for the read-only views proxy ----
 ref=localhost/flexai-views-nginx:bookworm

@@ -1,7 +1,7 @@
 /*
  * flexai_hook.h: the public, ctypes-friendly C API of the Flex:ai CUDA hook.
  *
- * Python (flexai_node/hook_shim.py) loads libflexai_shim.so and calls
+ * Python (flexai_node/hook/shim.py) loads libflexai_shim.so and calls
  * flexai_region_snapshot() to read one container's shared region: the limits
  * of each vGPU and what every live process uses. The snapshot struct below is
  * the contract: fixed-size, no pointers, versioned. A reader passes

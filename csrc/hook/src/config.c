@@ -2,7 +2,7 @@
  * config.c: read the vGPU limits once per process.
  *
  * The device plugin writes a small key=value file (format in README.md,
- * writer in flexai_node/hook_config.py) and points $FLEXAI_VGPU_CONFIG at it.
+ * writer in flexai_node/hook/config.py) and points $FLEXAI_VGPU_CONFIG at it.
  * Invariants:
  *   - read exactly once (pthread_once); afterwards the struct is immutable,
  *     so every other module reads it without locks;

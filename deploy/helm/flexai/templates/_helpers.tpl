@@ -46,7 +46,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s:%s" $img.repository (default $.Chart.AppVersion $img.tag) }}
 {{- end }}
 
-{{/* The label that marks a GPU node (flexai_sched.annotations.GPU_NODE_LABEL). */}}
+{{/* The label that marks a GPU node (flexai_core.annotations.GPU_NODE_LABEL). */}}
 {{- define "flexai.gpuNodeLabel" -}}vgpu.flexai.io/gpu-node{{- end }}
 
 {{/* kube-scheduler's lease: its own name, so it never competes with the default scheduler's "kube-scheduler". */}}

@@ -1,4 +1,4 @@
-"""Each card's figures for limits in throughput (hook_config.CardFigures): measured by the agent, cached per card.
+"""Each card's figures for limits in throughput (config.CardFigures): measured by the agent, cached per card.
 
 A power-capped card runs faster when it idles part of the time, so a vGPU held to c% of the
 card's time gets more than c% of the card's full-load throughput. The hook corrects for that
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hook_config import SPEEDUP_POINTS, CardFigures
-from .hook_shim import Calibration, CalibrationError
+from .config import SPEEDUP_POINTS, CardFigures
+from .shim import Calibration, CalibrationError
 
 __all__ = ["CACHE_NAME", "RETRY_S", "RefClocks", "figures_of", "parse_mode", "power_capped"]
 

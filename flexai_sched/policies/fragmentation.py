@@ -26,7 +26,7 @@ capacity left unallocated) shows FGD missing on this trace:
    drop from 1.7-1.8% of the cluster (FGD) to 0.44% (measured before item 2): the main
    gain over FGD;
 2. a shared card fills over many arrivals: ours adds the hole each shared card is
-   expected to keep at the end (``flexai_sched.leftover``, learned by replaying the
+   expected to keep at the end (``flexai_sched.policies.leftover``, learned by replaying the
    workload on cards alone), and a share takes the card where that expectation grows
    least, so a 47% share goes beside another 47 (6% left) rather than beside a 32 (21%
    that almost nothing fits);
@@ -36,165 +36,23 @@ capacity left unallocated) shows FGD missing on this trace:
    wins: best fit, so empty nodes stay empty for large tasks;
 5. tasks confined to some GPU models fail once those are full, whatever else is free:
    a percent of a model's cards costs by how much of that model constrained tasks need
-   (``flexai_sched.scarcity``), so tasks that may go anywhere leave them while they can.
+   (``flexai_sched.policies.scarcity``), so tasks that may go anywhere leave them while they can.
 
-Optional abilities extend ``policies.Policy`` (kube-scheduler style: small, separate
-interfaces): ``WorkloadAware`` (take the target workload), ``CapacityAware`` (take the
-cluster's cards per GPU model) and ``HostAware`` (score with the host's CPU and memory
-as kube-scheduler counts pod requests).
+Both are ``WorkloadAware`` and ``HostAware``; ``fragmentation`` is ``CapacityAware`` too
+(``policies.interface``).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
 
+from flexai_core.model import FULL_CORES, Card, CardUsage
+
+from ..workload import DEFAULT_WORKLOAD, Host, TaskClass, Workload
 from .leftover import leftover_table, leftover_tables
-from .model import FULL_CORES, Card, CardUsage
 from .scarcity import model_pressure
-
-
-@dataclass(frozen=True, slots=True)
-class Host:
-    """A node's host resources: allocatable and what bound pods request."""
-
-    cpu_milli: int
-    memory_mib: int
-    cpu_used: int = 0
-    memory_used: int = 0
-
-    @property
-    def cpu_free(self) -> int:
-        return self.cpu_milli - self.cpu_used
-
-    @property
-    def memory_free(self) -> int:
-        return self.memory_mib - self.memory_used
-
-    def plus(self, cpu_milli: int, memory_mib: int) -> Host:
-        return Host(self.cpu_milli, self.memory_mib, self.cpu_used + cpu_milli, self.memory_used + memory_mib)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskClass:
-    """One kind of task in the target workload; ``cores`` 100 means whole cards."""
-
-    vgpus: int
-    cores: int
-    weight: float
-    cpu_milli: int = 0
-    memory_mib: int = 0
-    models: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    """The target workload: task classes with weights; with the tasks without GPUs
-    (``cpu_only``: (CPU, weight) pairs) all weights sum to 1. A task without GPUs finds
-    every free GPU a fragment wherever it goes (``cpu_weight`` x free capacity)."""
-
-    classes: tuple[TaskClass, ...]
-    cpu_only: tuple[tuple[int, float], ...] = ()
-
-    @property
-    def cpu_weight(self) -> float:
-        return sum(w for _, w in self.cpu_only)
-
-    @staticmethod
-    def of(classes: Iterable[TaskClass]) -> Workload:
-        merged: dict[tuple[object, ...], float] = {}
-        cpu: dict[int, float] = {}
-        for c in classes:
-            if c.weight <= 0:
-                continue
-            if c.vgpus:
-                key = (c.vgpus, c.cores, c.cpu_milli, c.memory_mib, c.models)
-                merged[key] = merged.get(key, 0.0) + c.weight
-            else:
-                cpu[c.cpu_milli] = cpu.get(c.cpu_milli, 0.0) + c.weight
-        total = (sum(merged.values()) + sum(cpu.values())) or 1.0
-        return Workload(
-            tuple(
-                TaskClass(v, cores, w / total, cpu_m, mem, models)  # type: ignore[arg-type]
-                for (v, cores, cpu_m, mem, models), w in sorted(merged.items(), key=lambda kv: repr(kv[0]))
-            ),
-            tuple((c, w / total) for c, w in sorted(cpu.items())),
-        )
-
-    def by_gpu_demand(self) -> Workload:
-        """The GPU classes weighted by count x GPU demand (what a failure strands)."""
-        return Workload.of(
-            TaskClass(c.vgpus, c.cores, c.weight * c.vgpus * c.cores, c.cpu_milli, c.memory_mib, c.models)
-            for c in self.classes
-        )
-
-    def typical(self, share: float) -> Workload:
-        """FGD's "typical pods": classes told apart by CPU and GPU only (not memory), the
-        most frequent first until they cover ``share`` of all tasks (with those without
-        GPUs), weights renormalized over them."""
-        merged: dict[tuple[int, int, int, frozenset[str]], float] = {}
-        for c in self.classes:
-            key = (c.vgpus, c.cores, c.cpu_milli, c.models)
-            merged[key] = merged.get(key, 0.0) + c.weight
-        for cpu, w in self.cpu_only:
-            merged[(0, 0, cpu, frozenset())] = merged.get((0, 0, cpu, frozenset()), 0.0) + w
-        total = sum(merged.values())
-        kept: list[TaskClass] = []
-        covered = 0.0
-        for (v, cores, cpu, models), w in sorted(merged.items(), key=lambda kv: (-kv[1], repr(kv[0]))):
-            if covered >= share * total:
-                break
-            kept.append(TaskClass(v, cores, w, cpu, 0, models))
-            covered += w
-        return Workload.of(kept)
-
-
-# A generic prior for the extender, where no trace says what is coming: whole cards
-# (1, 2, 4, 8) and shares of common sizes, equally likely. The simulator replaces it
-# with the trace's own distribution, as the paper does.
-DEFAULT_WORKLOAD = Workload.of(
-    [TaskClass(n, FULL_CORES, 1.0) for n in (1, 2, 4, 8)] + [TaskClass(1, c, 1.0) for c in (10, 25, 30, 50, 75)]
-)
-
-
-@runtime_checkable
-class WorkloadAware(Protocol):
-    def use_workload(self, workload: Workload) -> None: ...
-
-
-@runtime_checkable
-class CapacityAware(Protocol):
-    """A policy that weighs GPU models by how much of each the cluster has (cards per model)."""
-
-    def use_capacity(self, cards_by_model: Mapping[str, int]) -> None: ...
-
-
-@runtime_checkable
-class HostAware(Protocol):
-    """A policy whose node score also reads the node's host CPU and memory.
-
-    ``pod_host_dependent``: the score reads the pod's own host request (callers that
-    cache scores per GPU shape must then key them by the request too).
-    ``request_lowers_score``: a larger host request never raises the score, so a score
-    computed with an empty request bounds the real one from above (flexai_sched.sim
-    shortlists nodes with that).
-    """
-
-    pod_host_dependent: bool
-    request_lowers_score: bool
-
-    def host_node_score(
-        self,
-        cards: Sequence[Card],
-        before: Sequence[CardUsage],
-        after: Sequence[CardUsage],
-        host: Host,
-        pod_cpu_milli: int,
-        pod_memory_mib: int,
-    ) -> float: ...
 
 
 # ---- the measure ----
@@ -331,7 +189,7 @@ class Fragmentation(_Measured):
     Default trace, seeds 42-51 (unallocated @100%): 4.17 (stranding, CPU-only tasks in
     r) -> 4.08 (E from a closed form) -> 4.04 (card term) -> ~4.09 once the harness
     stopped freeing a slice when a trace pod was drawn twice (f71aaa0) -> 3.92 (E
-    learned by replay, ``flexai_sched.leftover``; the card cost E alone: 3.92 ± 0.09).
+    learned by replay, ``flexai_sched.policies.leftover``; the card cost E alone: 3.92 ± 0.09).
     """
 
     name = "fragmentation"
@@ -367,7 +225,7 @@ class Fragmentation(_Measured):
     # extra term or a tie-break 4.04-4.23 (4.05 without).
     CARD = 1000.0
     # Price of a percent of a GPU model's cards, PRICE x min(1, pressure)^POWER (pressure:
-    # ``flexai_sched.scarcity``), in the card term: tasks that may go anywhere leave the
+    # ``flexai_sched.policies.scarcity``), in the card term: tasks that may go anywhere leave the
     # cards constrained tasks need while others fit them. Steep (POWER 4) because a price
     # on a model constrained tasks only partly need moves shares onto 8-card nodes and
     # costs more than it saves (bench/results/trace-replay.md, "GPU-model constraints").

@@ -1,4 +1,4 @@
-"""``grant.HookFiles`` over ``hook_config`` (helper-1's module owns the format and env).
+"""``grant.HookFiles`` over ``config`` (which owns the format and env).
 
 Per container, under its host directory::
 
@@ -9,7 +9,7 @@ Per container, under its host directory::
                       (the tenant writes there: nothing in it is trusted, see ``hostfs``)
 
 Compute windows: vGPUs on one card get windows that do not overlap
-(``hook_config.first_free_window``) given the configs already written for the other
+(``config.first_free_window``) given the configs already written for the other
 containers on this node (the files are the record, removed with their pods). When no
 contiguous window is free the vGPU opens at 0 and shares by time-slicing (logged).
 Called under the admitter's lock, so two admissions never take the same window.
@@ -21,11 +21,11 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from flexai_sched.model import Slice
+from flexai_core.model import Slice
 
-from . import hook_config as hc
-from .grant import MountSpec
-from .hostfs import chmod_dir, ensure_dir, read_file
+from . import config as hc
+from ..grant import MountSpec
+from ..hostfs import chmod_dir, ensure_dir, read_file
 
 __all__ = ["CONFIG_NAME", "CONTAINER_CONFIG", "CONTAINER_REGION_DIR", "HookConfigFiles", "REGION_DIR"]
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Final
 
-from .model import FULL_CORES
+from flexai_core.model import FULL_CORES
 
 # The replayed cluster: large enough that holes compete as in a real one, small enough to
 # learn in half a second. `bench/leftover_settings.py --table-seeds 4` (the trace's own

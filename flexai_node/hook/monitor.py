@@ -20,8 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .hook_config import ENV_CONFIG, parse
-from .hook_shim import HookShim, RegionSnapshot, ShimError
+from .config import ENV_CONFIG, parse
+from .shim import HookShim, RegionSnapshot, ShimError
 
 __all__ = ["build_report", "format_text", "main"]
 

@@ -1,4 +1,4 @@
-"""``metrics.VgpuUsageReader`` over the hook's shared regions, read with ``hook_shim``.
+"""``metrics.VgpuUsageReader`` over the hook's shared regions, read with ``shim``.
 
 Memory in use is the region's own count (every live process of the container, context
 overhead included). Utilisation is the GPU time the hook measured between two reads,
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from .hook_shim import RegionSnapshot, ShimError
-from .metrics import VgpuUsage
+from .shim import RegionSnapshot, ShimError
+from ..metrics import VgpuUsage
 
 __all__ = ["RegionSource", "RegionUsageReader"]
 
@@ -30,7 +30,7 @@ MIB = 1 << 20
 
 
 class RegionSource(Protocol):
-    """``hook_shim.HookShim`` (tests pass a fake)."""
+    """``shim.HookShim`` (tests pass a fake)."""
 
     def snapshot(self, region_path: str | os.PathLike[str]) -> RegionSnapshot: ...
 

@@ -7,17 +7,10 @@ import random
 
 import pytest
 
-from flexai_sched.fragmentation import (
-    Fgd,
-    Fragmentation,
-    Host,
-    HostAware,
-    TaskClass,
-    Workload,
-    WorkloadAware,
-    node_fragmentation,
-)
-from flexai_sched.model import FULL_CORES, Card, CardUsage
+from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
+from flexai_sched.workload import Host, TaskClass, Workload
+from flexai_sched.policies.interface import HostAware, WorkloadAware
+from flexai_core.model import FULL_CORES, Card, CardUsage
 
 CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
 

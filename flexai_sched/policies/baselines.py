@@ -20,17 +20,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
-from ..fragmentation import Host, card_free
-from ..model import FULL_CORES, Card, CardUsage
+from flexai_core.model import FULL_CORES, Card, CardUsage
 
-
-@runtime_checkable
-class Seeded(Protocol):
-    """A policy that draws at random; ``use_seed`` makes a replay's draws repeat per seed."""
-
-    def use_seed(self, seed: int) -> None: ...
+from ..workload import Host
+from .fragmentation import card_free
 
 
 class RandomFit:

@@ -8,9 +8,9 @@ import pytest
 
 from flexai_sched import policies
 from flexai_sched.allocator import Placement, place
-from flexai_sched.fragmentation import Host
-from flexai_sched.model import Card, CardUsage, ContainerRequest, PodRequest
-from flexai_sched.sim.baselines import BestFit, GpuPacking, RandomFit
+from flexai_sched.workload import Host
+from flexai_core.model import Card, CardUsage, ContainerRequest, PodRequest
+from flexai_sched.policies.baselines import BestFit, GpuPacking, RandomFit
 
 CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
 
