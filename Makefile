@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -e '.[sched,node,sim,test]'
+	$(BIN)/pip install -q -e '.[sched,node,sim,test,bench]'
 	touch $@
 
 demo: $(BIN)/.installed
