@@ -24,6 +24,7 @@ whoever can reach the extender could otherwise grow a table with made-up names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -81,7 +82,7 @@ class ShapeAnswers:
                 self.forget(name)
         self.seq = seq
 
-    def expire(self, cutoff: datetime, nodes: dict[str, NodeState]) -> None:
+    def expire(self, cutoff: datetime, nodes: Mapping[str, NodeState]) -> None:
         """Forget the verdicts a heartbeat moved: fresh nodes now past ``cutoff`` (looked at
         only once the oldest fresh heartbeat is), and stale nodes that beat since."""
         for name, hb in list(self.stale.items()):

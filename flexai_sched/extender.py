@@ -209,23 +209,25 @@ class Extender:
         with self.caches.tables_mu:
             table = self.caches.table(key, hkey, self.state)
             table.expire(cutoff, nodes)
-            verdicts = table.verdicts
             fits = table.fits
-            if fits.issuperset(node_names):
-                out.fits = list(node_names)  # every name known to fit: one C-level pass
-                return
-            for name in filterfalse(verdicts.__contains__, node_names):
-                node = nodes.get(name)
-                if node is None:
-                    continue  # unknown names are never stored (answered below)
-                hb = node.inventory.heartbeat
-                if hb is None or hb < cutoff:
-                    table.put_stale(name, hb)
-                    continue
-                verdict = node.fit_cache.get(key)
-                table.put(name, self._verdict(node, req, key, hkey, policy) if verdict is None else verdict, hb)
             out.fits = list(filter(fits.__contains__, node_names))
+            if len(out.fits) == len(node_names):
+                return  # every name known to fit: one C-level pass
             rest = list(filterfalse(fits.__contains__, node_names))
+            missing = list(filterfalse(table.verdicts.__contains__, rest))
+            if missing:  # nodes changed since (or unknown: never stored, answered below)
+                for name in missing:
+                    node = nodes.get(name)
+                    if node is None:
+                        continue
+                    hb = node.inventory.heartbeat
+                    if hb is None or hb < cutoff:
+                        table.put_stale(name, hb)
+                        continue
+                    verdict = node.fit_cache.get(key)
+                    table.put(name, self._verdict(node, req, key, hkey, policy) if verdict is None else verdict, hb)
+                out.fits = list(filter(fits.__contains__, node_names))
+                rest = list(filterfalse(fits.__contains__, node_names))
             failed = table.failed
             names = list(filter(failed.__contains__, rest))
             out.failed = dict(zip(names, map(failed.__getitem__, names)))
@@ -325,7 +327,7 @@ class Extender:
                     if node is not None:
                         scores[name] = self._score(node, req, fkey, hkey, policy)
                 got = list(map(scores.get, node_names, repeat(_NO_FIT)))
-        return _normalised(got)
+        return _normalised(cast(list[float], got))
 
     def _score(self, node: NodeState, req: PodRequest, fkey: int, hkey: int, policy: policies.Policy) -> float:
         """The node's raw score for the pod (``_NO_FIT``: it does not fit), from its caches."""

@@ -6,7 +6,7 @@ name, so what a call costs beyond the extender's decisions is framing and JSON.
 deployed (``nodeCacheCapable``: names, no NodeList): msgspec decodes the body into a
 typed struct, keeping the pod as its raw bytes (``Extender.parse_raw`` memoises the
 parse on them, so prioritize reuses filter's), and the replies are written with
-msgspec or, for prioritize, from per-node pre-encoded pieces.
+msgspec (prioritize's from structs, not a dict per name).
 
 Two ways in: ``HttpProtocol`` (uvicorn's httptools protocol, what ``flexai-sched serve``
 runs) answers in its parser callback, without an ASGI request, task or response;
@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import filterfalse
-from operator import getitem
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .extender import MAX_SCORE, Extender, invalid_outcome
+from .extender import Extender, invalid_outcome
 from .metrics import Metrics
 from flexai_core.requests import RequestError
 
@@ -45,6 +43,13 @@ class _Args(msgspec.Struct):
     Pod: msgspec.Raw
     NodeNames: list[str]
     Nodes: None = None
+
+
+class _HostPriority(msgspec.Struct):
+    """HostPriority: encodes as ``{"Host": ..., "Score": ...}``, the same bytes as the dict."""
+
+    Host: str
+    Score: int
 
 
 _decode = msgspec.json.Decoder(_Args).decode
@@ -61,8 +66,6 @@ class Hot:
         self.limit = limit
         self._filter_seconds = metrics.latency.labels("filter")
         self._prioritize_seconds = metrics.latency.labels("prioritize")
-        # Node name -> its prioritize entry for each score, pre-encoded: a reply is a join.
-        self._pieces: dict[str, list[bytes]] = {}
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
         try:
@@ -120,19 +123,11 @@ class Hot:
         self._prioritize_seconds.observe(time.perf_counter() - t)
         return raw
 
-    def _priorities_json(self, names: list[str], scores: list[int]) -> bytes:
-        """The bytes msgspec writes for ``[{"Host": name, "Score": score}, ...]``, joined from
-        per-node pieces (scores are 0 to MAX_SCORE): no dict per name, no encoder walk."""
-        pieces = self._pieces
-        missing = list(filterfalse(pieces.__contains__, names))
-        if missing:
-            if len(pieces) + len(missing) > 200_000:  # names are the caller's: bounded
-                pieces.clear()
-                missing = list(dict.fromkeys(names))
-            for name in missing:
-                head = b'{"Host":' + _encode(name) + b',"Score":'
-                pieces[name] = [head + b"%d}" % s for s in range(MAX_SCORE + 1)]
-        return b"[" + b",".join(map(getitem, map(pieces.__getitem__, names), scores)) + b"]"
+    @staticmethod
+    def _priorities_json(names: list[str], scores: list[int]) -> bytes:
+        """``[{"Host": name, "Score": score}, ...]`` as msgspec writes it, from structs built
+        by a C-level ``map`` (no dict per name)."""
+        return _encode(list(map(_HostPriority, names, scores)))
 
 
 class HttpProtocol(HttpToolsProtocol):
