@@ -107,8 +107,10 @@ class Extender:
         self._learned: tuple[object, ...] = ()  # (workload, cards per model, policies) last learned
         self.preempting = Preempting(self)
         # (shape id, host id) -> its answers; one lock: the tables are filled and patched in place.
-        # Old path (False): every call decides node by node, as before the tables; tests compare.
-        self.tables = True
+        # Per-shape answer tables (answers.py); off: every call decides node by node. Off by
+        # default: with them on, tests/e2e/test_kube_preemption.py's three-level test stalls
+        # on bind conflicts (bench/results/extender-latency.md); tests turn them on.
+        self.tables = False
 
     # ---- parsing ----
 

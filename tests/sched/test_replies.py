@@ -60,6 +60,7 @@ class Cluster:
             self.state.set_host_capacity(n.name, 64_000, 512 * 1024)
         self.ext = Extender(self.state, self.backend, Settings(heartbeat_ttl_s=TTL))
         self.ext._heartbeat_cutoff = self.clock.cutoff  # type: ignore[method-assign]
+        self.ext.tables = True
         self.hot = Hot(self.ext, Metrics(self.state), limit=64 << 20)
         self.names = [n.name for n in inv]
         self.bound: list[tuple[str, str]] = []
