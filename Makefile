@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -e '.[sched,node,sim,test,lint]'
+	$(BIN)/pip install -q -e '.[sched,node,sim,test,lint,bench]'
 	touch $@
 
 demo: $(BIN)/.installed

@@ -10,6 +10,10 @@ inventory as flexai_node writes it. Our extender runs on the Kubernetes backend
                             (managedResources: kube-scheduler never calls it for these pods)
 - ``vgpu / extender``       pods asking 1 vGPU of 20% / 2 GiB: filter, prioritize and bind
                             go through the extender
+- ``vgpu / floor`` (--floor) the same vGPU pods, kube-scheduler configured with the
+                            do-nothing extender of bench/floor_extender.py (filter and
+                            prioritize only, every node fits, all score 0; kube-scheduler
+                            binds): what the extender round trip costs by itself
 
 For each, two measures:
 
@@ -21,7 +25,8 @@ For each, two measures:
 Bind times are taken from a watch on the pods. kube-scheduler's client runs at
 qps/burst 5000 (its default of 50 qps would cap every run at ~50 pods/s).
 
-    .venv/bin/python bench/sched_throughput.py [--nodes 100 1000] [--pods 500]
+    .venv/bin/python bench/sched_throughput.py [--nodes 100 1000 5000] [--pods 500] [--modes burst]
+        [--floor] [--score-percent P]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -119,14 +125,30 @@ class BindClock:
         self._stop = True
 
 
+FLOOR: subprocess.Popen[bytes] | None = None  # the do-nothing extender (--floor)
+
+
 def cpu_seconds(plane: ControlPlane) -> dict[str, float]:
     """CPU time (user + system) used so far by each running component's main process."""
+    pids = {name: p.popen.pid for name, p in plane.procs.items() if p.alive and p.popen is not None}
+    if FLOOR is not None:
+        pids["floor"] = FLOOR.pid
     out = {}
-    for name, p in plane.procs.items():
-        if p.alive and p.popen is not None:
-            fields = Path(f"/proc/{p.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
+
+
+def floor_block(url: str) -> dict[str, Any]:
+    """extender.yaml's block for the floor: the same verbs and resources, but no bind or
+    preempt (it has neither): kube-scheduler binds the pods itself."""
+    from tests.e2e.controlplane import extender_block
+
+    block = extender_block(url)
+    block.pop("bindVerb", None)
+    block.pop("preemptVerb", None)
+    return block
 
 
 @dataclasses.dataclass
@@ -159,9 +181,16 @@ def urlopen(url: str) -> Any:
 
 
 def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: bool, extender: bool,
-        mode: str, tag: str) -> Result:
+        mode: str, tag: str, floor: str = "") -> Result:
     names = [f"{tag}-{i:05}" for i in range(pods)]
     clock = BindClock(core)
+    real_config = plane._scheduler_config
+    if floor:  # the next scheduler start points at the floor instead of our extender
+        def config(with_extender: bool) -> dict[str, Any]:
+            cfg = real_config(False)
+            cfg["extenders"] = [floor_block(floor)]
+            return cfg
+        plane._scheduler_config = config  # type: ignore[method-assign]
     cpu0: dict[str, float] = {}
     if mode == "burst":
         plane.procs["kube-scheduler"].stop()
@@ -170,8 +199,8 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
         cpu0 = cpu_seconds(plane)
         wait_until(lambda: len(clock.bound) >= pods, 900, f"{pods} pods bound", interval=0.2)
         times = sorted(clock.bound[n] for n in names)
-        result = Result(nodes, "vgpu" if vgpu else "plain", "extender" if extender else "alone", mode,
-                        pods - 1, times[-1] - times[0], {})
+        result = Result(nodes, "vgpu" if vgpu else "plain", "floor" if floor else "extender" if extender else "alone",
+                        mode, pods - 1, times[-1] - times[0], {})
     else:
         plane.restart_scheduler(with_extender=extender)
         cpu0 = cpu_seconds(plane)
@@ -183,6 +212,7 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
         result = Result(nodes, "vgpu" if vgpu else "plain", "extender" if extender else "alone", mode,
                         pods, last - t0, {})
         print(f"    (created {pods} pods in {created:.1f}s = {pods / created:.0f}/s)", flush=True)
+    plane._scheduler_config = real_config  # type: ignore[method-assign]
     cpu1 = cpu_seconds(plane)
     clock.stop()
     # Until the last bind, plus what trails it (kwok marking pods Running): per pod scheduled.
@@ -200,9 +230,14 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
     return result
 
 
-def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst")) -> list[Result]:
+def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst"), floor: bool = False,
+          score_percent: int | None = None) -> list[Result]:
+    global FLOOR
     work = Path(tempfile.mkdtemp(prefix=f"flexai-bench-{nodes}-"))
-    plane = ControlPlane(BIN, workdir=work, scheduler_config={"clientConnection": {"qps": 5000, "burst": 5000}})
+    extra: dict[str, Any] = {"clientConnection": {"qps": 5000, "burst": 5000}}
+    if score_percent is not None:
+        extra["percentageOfNodesToScore"] = score_percent
+    plane = ControlPlane(BIN, workdir=work, scheduler_config=extra)
     plane.start()
     core = plane.core_api()
     out: list[Result] = []
@@ -222,14 +257,37 @@ def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst")) -
         # The heartbeat written above must stay fresh for the whole run.
         plane.start_extender(dataclasses.replace(flexai_sched_extender("--heartbeat-ttl", "86400"),
                                                  health_path="/readyz", startup_timeout=120))
+        floor_url = ""
+        if floor:
+            from tests.e2e.controlplane import free_port
+
+            port = free_port()
+            FLOOR = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor_extender.py"), "--port", str(port)])
+            floor_url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _floor_up(floor_url), 30, "floor extender up", interval=0.2)
         for mode in modes:
             out.append(run(plane, core, nodes, pods, vgpu=False, extender=False, mode=mode, tag=f"a{mode[0]}"))
             out.append(run(plane, core, nodes, pods, vgpu=False, extender=True, mode=mode, tag=f"b{mode[0]}"))
             out.append(run(plane, core, nodes, pods, vgpu=True, extender=True, mode=mode, tag=f"c{mode[0]}"))
+            if floor:
+                out.append(run(plane, core, nodes, pods, vgpu=True, extender=True, mode=mode, tag=f"d{mode[0]}",
+                               floor=floor_url))
     finally:
         core.api_client.close()
         plane.stop()
+        if FLOOR is not None:
+            FLOOR.terminate()
+            FLOOR.wait()
+            FLOOR = None
     return out
+
+
+def _floor_up(url: str) -> bool:
+    try:
+        with urlopen(url + "/healthz"):
+            return True
+    except OSError:
+        return False
 
 
 def main() -> int:
@@ -237,10 +295,12 @@ def main() -> int:
     p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--pods", type=int, default=500)
     p.add_argument("--modes", nargs="+", choices=("stream", "burst"), default=["stream", "burst"])
+    p.add_argument("--floor", action="store_true", help="also vGPU pods through the do-nothing extender")
+    p.add_argument("--score-percent", type=int, help="kube-scheduler's percentageOfNodesToScore (default: adaptive)")
     args = p.parse_args()
     results: list[Result] = []
     for n in args.nodes:
-        results += bench(n, args.pods, tuple(args.modes))
+        results += bench(n, args.pods, tuple(args.modes), args.floor, args.score_percent)
     print("\n| nodes | mode | plain, kube-scheduler alone | plain, with extender | vGPU, with extender "
           "| ratio plain | ratio vGPU |")
     print("|---:|---|---:|---:|---:|---:|---:|")
@@ -250,13 +310,17 @@ def main() -> int:
             alone = r[("plain", "alone")]
             print(f"| {n} | {mode} | {alone:.1f} | {r[('plain', 'extender')]:.1f} | {r[('vgpu', 'extender')]:.1f} "
                   f"| {r[('plain', 'extender')] / alone:.2f} | {r[('vgpu', 'extender')] / alone:.2f} |")
+            if ("vgpu", "floor") in r:
+                print(f"|   | {mode}, vGPU through the do-nothing floor extender | | | {r[('vgpu', 'floor')]:.1f} | "
+                      f"| {r[('vgpu', 'floor')] / alone:.2f} |")
     print("\nratio = pods/s with the extender configured / pods/s of kube-scheduler alone (goal >= 0.5)")
     print("\nCPU ms per pod (burst), by component:")
     for x in results:
         if x.mode == "burst":
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in x.cpu_ms_per_pod.items())
+            wall = 1000 / x.rate
             print(f"  {x.nodes} nodes, {x.pods} pods, {x.scheduler}: {cpu} "
-                  f"(sum {sum(x.cpu_ms_per_pod.values()):.1f})")
+                  f"(sum {sum(x.cpu_ms_per_pod.values()):.1f}; wall {wall:.1f} ms per pod)")
     return 0
 
 

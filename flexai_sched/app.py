@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, dashboard, quota_views, verbs, views
 from .backend import Backend
 from .extender import Extender
-from .fastpath import HotVerbs
+from .fastpath import Hot, HotVerbs
 from .metrics import Metrics
 from .state import ClusterState
 
@@ -78,10 +78,11 @@ def create_app(extender: Extender, start_backend: bool = True, max_body: int = M
     )
     app.state.extender = extender
     app.state.metrics = metrics
-
-    # filter and prioritize are answered below FastAPI (fastpath.py): the handlers below
-    # document them in /docs and make the same decisions.
-    app.add_middleware(HotVerbs, extender=extender, metrics=metrics, limit=max_body)
+    # filter and prioritize are answered below FastAPI (fastpath.py: in uvicorn's protocol
+    # with ``fastpath.protocol(app.state.hot)``, else in this middleware): the handlers
+    # below document them in /docs and make the same decisions.
+    app.state.hot = Hot(extender, metrics, max_body)
+    app.add_middleware(HotVerbs, hot=app.state.hot)
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     quota_views.install(app, state.quotas, metrics.registry)

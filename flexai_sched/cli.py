@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .fastpath import protocol
 
     state = ClusterState(max_vgpus_per_card=settings.max_vgpus_per_card)
     extender = Extender(state, backend, settings)
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(extender)
     uvicorn.run(
         app,
+        http=protocol(app.state.hot),  # filter and prioritize answered in the protocol (fastpath.py)
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.tls_cert,

@@ -17,6 +17,10 @@ whose host is unknown (no capacity reported, e.g. the in-memory demo) is scored 
 cards only. Filter checks the cards only: kube-scheduler's NodeResourcesFit checks CPU
 and memory.
 
+Per pod shape, ``answers.ShapeAnswers``: each node's filter verdict and raw score, kept
+across calls and patched from the cluster state's change log, so a warm call only looks its
+names up; the caches below fill its entries.
+
 Caches, per node (``NodeState``), keyed by small interned ids:
 
 - ``fit_cache``: GPU shape id -> True or a NoFit, -id -> the cards-only score; reset when
@@ -35,12 +39,17 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from itertools import filterfalse, repeat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import msgspec
+import numpy as np
+
 from . import policies
 from .allocator import NoFit, Placement, place
+from .answers import NO_FIT, NO_INVENTORY, stale_reason
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .errors import BindFailure, SchedError
@@ -55,10 +64,11 @@ from .state import AllocState, ClusterState, Conflict, NodeState
 
 log = logging.getLogger("flexai_sched.extender")
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
-_NO_FIT = float("-inf")  # cached score of a node the pod does not fit
+_NO_FIT = NO_FIT  # cached score of a node the pod does not fit
 # A reason is repeated for every node of a filter reply: a pod whose annotations make it
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
+_decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 @dataclass(slots=True)
@@ -103,15 +113,41 @@ class Extender:
         self._observer: Observing | None = self._node_policy if isinstance(self._node_policy, Observing) else None
         # Per node: (version, host, kind, free percent) at the last re-pricing pass.
         self._free_seen: dict[str, tuple[int, object, NodeKind | None, int]] = {}
+        self._learned: tuple[object, ...] = ()  # (workload, cards per model and per node kind, policies) last learned
         self.preempting = Preempting(self)
+        # (shape id, host id) -> its answers; one lock: the tables are filled and patched in place.
+        # Per-shape answer tables (answers.py); off: every call decides node by node. Off by
+        # default: with them on, tests/e2e/test_kube_preemption.py's three-level test stalls
+        # on bind conflicts (bench/results/extender-latency.md); tests turn them on.
+        self.tables = False
 
     # ---- parsing ----
 
     def parse(self, pod: Mapping[str, Any]) -> PodRequest:
         req = parse_pod(pod, self.rules)
+        self._remember(req)
+        return req
+
+    def parse_raw(self, raw: bytes) -> PodRequest:
+        """``parse`` of a pod's JSON object, memoised on its bytes: kube-scheduler sends the
+        same pod to filter, then prioritize. Raises RequestError as ``parse`` does, and
+        ValueError (msgspec.DecodeError) for bytes that are not a JSON object."""
+        got = self.caches.parsed_pod(raw)
+        if got is None:
+            try:
+                got = parse_pod(_decode_pod(raw), self.rules)
+            except RequestError as e:
+                got = e.reasons
+            self.caches.keep_parsed(raw, got)
+        if isinstance(got, list):
+            raise RequestError(got)
+        self._remember(got)
+        return got
+
+    def _remember(self, req: PodRequest) -> None:
+        """bind gets only names: it takes the request filter parsed, by UID."""
         if req.uid:
             self.caches.remember(req)
-        return req
 
     def pending(self) -> list[PodRequest]:
         """Pods filter has seen (most recent last) that hold no allocation: those waiting, or gone."""
@@ -168,14 +204,61 @@ class Extender:
         hkey = self._host_key(req, key, policy)
         nodes = self.state.nodes_by_name()
         nominated = self.preempting.nominations  # cards held for preemptors; empty in the common case
+        if self.tables:
+            self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy)
+        else:
+            self._filter_each(out, req, node_names, nodes, cutoff, key, hkey, policy)
+        if nominated:  # rare: checked after the hot loop, which stays as it was
+            self.preempting.hold(out, req, nodes)
+        if not out.fits and out.failed and req.priority > 0:
+            self.preempting.start(req, list(out.failed))
+        return out
+
+    def _filter_table(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
+                      nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
+                      policy: policies.Policy) -> None:
+        """The verdicts from the shape's table: the names are looked up by C-level set and dict
+        operations (``filter``/``filterfalse``), and only nodes changed since are decided."""
+        with self.caches.tables_mu:
+            table = self.caches.table(key, hkey, self.state)
+            table.expire(cutoff, nodes)
+            fits = table.fits
+            out.fits = list(filter(fits.__contains__, node_names))
+            if len(out.fits) == len(node_names):
+                return  # every name known to fit: one C-level pass
+            rest = list(filterfalse(fits.__contains__, node_names))
+            missing = list(filterfalse(table.verdicts.__contains__, rest))
+            if missing:  # nodes changed since (or unknown: never stored, answered below)
+                for name in missing:
+                    node = nodes.get(name)
+                    if node is None:
+                        continue
+                    hb = node.inventory.heartbeat
+                    if hb is None or hb < cutoff:
+                        table.put_stale(name, hb)
+                        continue
+                    verdict = node.fit_cache.get(key)
+                    table.put(name, self._verdict(node, req, key, hkey, policy) if verdict is None else verdict, hb)
+                out.fits = list(filter(fits.__contains__, node_names))
+                rest = list(filterfalse(fits.__contains__, node_names))
+            failed = table.failed
+            names = list(filter(failed.__contains__, rest))
+            out.failed = dict(zip(names, map(failed.__getitem__, names)))
+            names = list(filterfalse(failed.__contains__, rest))  # the rest: unresolvable, or unknown
+            out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY))))
+
+    def _filter_each(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
+                     nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
+                     policy: policies.Policy) -> None:
+        """The verdicts node by node (no table): the reference the tables are tested against."""
         for name in node_names:
             node = nodes.get(name)
             if node is None:
-                out.unresolvable[name] = "node reports no vGPU inventory (is flexai-node running there?)"
+                out.unresolvable[name] = NO_INVENTORY
                 continue
             hb = node.inventory.heartbeat
             if hb is None or hb < cutoff:
-                out.unresolvable[name] = _stale(hb)
+                out.unresolvable[name] = stale_reason(hb)
                 continue
             verdict = node.fit_cache.get(key)
             if verdict is None:
@@ -184,11 +267,6 @@ class Extender:
                 out.fits.append(name)
             else:
                 (out.failed if verdict.resolvable else out.unresolvable)[name] = verdict.reason
-        if nominated:  # rare: checked after the hot loop, which stays as it was
-            self.preempting.hold(out, req, nodes)
-        if not out.fits and out.failed and req.priority > 0:
-            self.preempting.start(req, list(out.failed))
-        return out
 
     def fit(self, node: NodeState, req: PodRequest) -> Placement | NoFit:
         """Where ``req`` goes on ``node`` now, with the pod's card policy (never cached)."""
@@ -240,41 +318,54 @@ class Extender:
             req = self.parse(pod)
         except RequestError:
             return [(n, 0) for n in node_names]
+        return list(zip(node_names, self.priorities(req, node_names), strict=True))
+
+    def priorities(self, req: PodRequest, node_names: Sequence[str]) -> list[int]:
+        """prioritize's score (0 to MAX_SCORE) of each name, in order."""
         if not req.wants_gpu:
-            return [(n, 0) for n in node_names]
+            return [0] * len(node_names)
         fkey = self._key(req)
-        key = -fkey  # negative ids: scores, positive: fit verdicts
         policy = self._policy(req.node_policy, self._node_policy)
         hkey = self._host_key(req, fkey, policy)
         nodes = self.state.nodes_by_name()
+        if not self.tables:
+            return _normalised_each(self._scores_each(req, node_names, nodes, fkey, hkey, policy))
+        with self.caches.tables_mu:
+            table = self.caches.table(fkey, hkey, self.state)
+            scores = table.scores
+            got = list(map(scores.get, node_names))
+            if None in got:  # nodes changed since (or unknown: never stored, NO_FIT)
+                for name in filterfalse(scores.__contains__, node_names):
+                    node = nodes.get(name)
+                    if node is not None:
+                        scores[name] = self._score(node, req, fkey, hkey, policy)
+                got = list(map(scores.get, node_names, repeat(_NO_FIT)))
+        return _normalised(cast(list[float], got))
+
+    def _score(self, node: NodeState, req: PodRequest, fkey: int, hkey: int, policy: policies.Policy) -> float:
+        """The node's raw score for the pod (``_NO_FIT``: it does not fit), from its caches."""
+        if hkey and node.host is not None:
+            score = node.host_cache.get(hkey)
+            if score is None:
+                verdict = node.fit_cache.get(fkey)
+                if verdict is None or verdict is True:
+                    self._verdict(node, req, fkey, hkey, policy)  # scores a fit only
+                score = node.host_cache.setdefault(hkey, _NO_FIT)
+            return score
+        score = node.fit_cache.get(-fkey)
+        if score is None:
+            self._verdict(node, req, fkey, hkey, policy)
+            score = node.fit_cache[-fkey]
+        return cast(float, score)
+
+    def _scores_each(self, req: PodRequest, node_names: Sequence[str], nodes: Mapping[str, NodeState],
+                     fkey: int, hkey: int, policy: policies.Policy) -> list[float]:
+        """The raw scores node by node (no table): the reference the tables are tested against."""
         scores: list[float] = []
         for name in node_names:
             node = nodes.get(name)
-            if node is None:
-                scores.append(_NO_FIT)
-                continue
-            if hkey and node.host is not None:
-                score = node.host_cache.get(hkey)
-                if score is None:
-                    verdict = node.fit_cache.get(fkey)
-                    if verdict is None or verdict is True:
-                        self._verdict(node, req, fkey, hkey, policy)  # scores a fit only
-                    score = node.host_cache.setdefault(hkey, _NO_FIT)
-            else:
-                score = node.fit_cache.get(key)
-                if score is None:
-                    self._verdict(node, req, fkey, hkey, policy)
-                    score = node.fit_cache[key]
-            scores.append(score)
-        fitting = [x for x in scores if x != _NO_FIT]
-        if not fitting:
-            return [(n, 0) for n in node_names]
-        lo, hi = min(fitting), max(fitting)
-        if hi - lo < 1e-12:  # all equal: all best
-            return [(n, 0 if x == _NO_FIT else MAX_SCORE) for n, x in zip(node_names, scores, strict=True)]
-        # Best node 10, worst fitting node 0; nodes that do not fit get 0.
-        k = MAX_SCORE / (hi - lo)
-        return [(n, 0 if x == _NO_FIT else round((x - lo) * k)) for n, x in zip(node_names, scores, strict=True)]
+            scores.append(_NO_FIT if node is None else self._score(node, req, fkey, hkey, policy))
+        return scores
 
     # ---- bind ----
 
@@ -454,7 +545,8 @@ class Extender:
 
         Why: the replay's gain over FGD comes from each class's CPU per GPU (bench/results/
         trace-replay.md); the built-in prior asks for no CPU, so host scores would equal the
-        cards-only ones.
+        cards-only ones. The same workload as last time (no pod came or went) changes nothing:
+        the caches stay.
         """
         requests = self.state.pod_requests()
         every = (self._node_policy, self._card_policy, *list(self._overrides.values()))
@@ -480,11 +572,15 @@ class Extender:
             if node.cards:
                 kind = _kind(node)
                 kinds[kind] = kinds.get(kind, 0) + 1
+        learned = (workload, cards, kinds, tuple(id(p) for p in aware))
+        if learned == self._learned:
+            return 0  # the same target for the same policies: every cached answer stays right
         for policy in aware:
             if isinstance(policy, CapacityAware):
                 policy.use_capacity(cards, kinds)  # what the constrained tasks' models and kinds can take
             policy.use_workload(workload)
         self.workload = workload
+        self._learned = learned
         self.caches.drop_scores(self.state)
         return len(requests)
 
@@ -588,7 +684,32 @@ def invalid_outcome(error: RequestError, node_names: Sequence[str]) -> FilterOut
     return FilterOutcome(unresolvable=dict.fromkeys(node_names, _short(f"invalid vGPU request: {error}")))
 
 
-def _stale(hb: datetime | None) -> str:
-    if hb is None:
-        return "node inventory has no heartbeat"
-    return f"node agent heartbeat is stale (last {hb.isoformat()}, older than the TTL)"
+def _normalised(scores: list[float]) -> list[int]:
+    """``_normalised_each`` in numpy: the same float64 arithmetic, and ``rint`` rounds
+    half to even as ``round`` does, so the same integers, a few times faster."""
+    if len(scores) < 64:
+        return _normalised_each(scores)
+    a = np.array(scores, dtype=np.float64)
+    fit = a != _NO_FIT
+    if not fit.any() or np.isnan(a).any():  # NaN: ``round`` raises, as before
+        return _normalised_each(scores)
+    fitting = a[fit]
+    lo, hi = float(fitting.min()), float(fitting.max())
+    if hi - lo < 1e-12:  # all equal: all best
+        return np.where(fit, MAX_SCORE, 0).tolist()  # type: ignore[no-any-return]
+    k = MAX_SCORE / (hi - lo)
+    out = np.rint((a - lo) * k)
+    out[~fit] = 0
+    return out.astype(np.int64).tolist()  # type: ignore[no-any-return]
+
+
+def _normalised_each(scores: list[float]) -> list[int]:
+    """Best node MAX_SCORE, worst fitting node 0; nodes that do not fit get 0."""
+    fitting = list(filter(_NO_FIT.__ne__, scores))
+    if not fitting:
+        return [0] * len(scores)
+    lo, hi = min(fitting), max(fitting)
+    if hi - lo < 1e-12:  # all equal: all best
+        return [0 if x == _NO_FIT else MAX_SCORE for x in scores]
+    k = MAX_SCORE / (hi - lo)
+    return [0 if x == _NO_FIT else round((x - lo) * k) for x in scores]

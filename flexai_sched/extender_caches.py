@@ -11,7 +11,13 @@ These are the extender's, across nodes and calls:
 - ``shared``: (node content, shape id, host id, host) -> (verdict, score): nodes whose cards
   and usage are alike (empty nodes, full nodes) are worked out once per shape, not each;
 - ``host_aware``: policy class -> whether it scores with the host (``HostAware``), asked once;
-- ``no_fits``: one ``NoFit`` per distinct (reason, resolvable), which the node caches share.
+- ``no_fits``: one ``NoFit`` per distinct (reason, resolvable), which the node caches share;
+- ``tables``: (shape id, host id) -> ``answers.ShapeAnswers``, each node's filter verdict and
+  raw score for that shape, kept across calls and patched from the cluster state's change
+  log; at most ``MAX_TABLES``, the least recently used go;
+- ``parsed``: a pod's JSON bytes -> its request (or the reasons it is invalid), for the
+  prioritize call that follows filter's (``Extender.parse_raw``); at most ``PARSED`` pods
+  of up to ``MEMO_POD`` bytes each.
 
 Every field is bounded (a long-lived extender sees new shapes and node states with every
 bind). ``drop_scores`` is the one invalidation: when the policies' workload changes, every
@@ -28,12 +34,16 @@ from typing import Any
 from flexai_core.model import PodRequest
 
 from .allocator import NoFit
+from .answers import ShapeAnswers
 from .policies.interface import HostAware, Policy
 from .state import ClusterState
 
 PENDING_CACHE = 10_000
 MAX_SHAPES = 100_000
 MAX_SHARED = 50_000
+MAX_TABLES = 64
+PARSED = 256
+MEMO_POD = 32 << 10  # a pod's annotations may be 256 KiB: larger pods are parsed each call
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +54,10 @@ class ExtenderCaches:
     shared: dict[tuple[object, ...], tuple[Any, float]] = field(default_factory=dict)
     host_aware: dict[type, bool] = field(default_factory=dict)
     no_fits: dict[tuple[str, bool], NoFit] = field(default_factory=dict)
+    tables: OrderedDict[tuple[int, int], ShapeAnswers] = field(default_factory=OrderedDict)
+    # The tables are filled and patched in place: one call at a time.
+    tables_mu: threading.Lock = field(default_factory=threading.Lock)
+    parsed: dict[bytes, PodRequest | list[str]] = field(default_factory=dict)
     # ``pending`` is written by filter and read by bind, on different threads.
     _pending_mu: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,6 +105,28 @@ class ExtenderCaches:
         if len(self.no_fits) > MAX_SHAPES:
             self.no_fits.clear()
         return self.no_fits.setdefault((got.reason, got.resolvable), got)
+
+    def table(self, key: int, hkey: int, state: ClusterState) -> ShapeAnswers:
+        """The shape's answer table, rid of the nodes changed since its last use (hold ``tables_mu``)."""
+        table = self.tables.get((key, hkey))
+        if table is None:
+            if len(self.tables) >= MAX_TABLES:
+                self.tables.popitem(last=False)
+            table = self.tables[(key, hkey)] = ShapeAnswers(state.change_seq())
+        else:
+            self.tables.move_to_end((key, hkey))
+            table.sync(*state.changes_since(table.seq))
+        return table
+
+    def parsed_pod(self, raw: bytes) -> PodRequest | list[str] | None:
+        return self.parsed.get(raw)
+
+    def keep_parsed(self, raw: bytes, got: PodRequest | list[str]) -> None:
+        if len(raw) <= MEMO_POD:
+            with self._pending_mu:
+                if len(self.parsed) >= PARSED:
+                    self.parsed.clear()  # filter and prioritize of one pod come back to back
+                self.parsed[raw] = got
 
     def drop_scores(self, state: ClusterState) -> None:
         """Every cached verdict and score goes, across nodes and on each node (the policies'

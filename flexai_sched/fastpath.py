@@ -1,30 +1,38 @@
-"""The hot extender verbs, filter and prioritize, served below FastAPI.
+"""The hot extender verbs, filter and prioritize, answered below FastAPI.
 
 kube-scheduler calls filter and prioritize for every vGPU pod with up to every node's
-name, so their cost is mostly framing and JSON: this plain ASGI middleware answers
-``POST /filter`` and ``POST /prioritize`` in the form kube-scheduler sends as deployed
-(``nodeCacheCapable``: names, no NodeList) itself (no routing, no request object, no
-response class), decoding the body with msgspec straight into a typed struct and
-encoding the reply with msgspec. Every other path goes on to the FastAPI app, which
-documents both verbs in /docs.
+name, so what a call costs beyond the extender's decisions is framing and JSON.
+``Hot`` turns a body into the reply's bytes in the form kube-scheduler sends as
+deployed (``nodeCacheCapable``: names, no NodeList): msgspec decodes the body into a
+typed struct, keeping the pod as its raw bytes (``Extender.parse_raw`` memoises the
+parse on them, so prioritize reuses filter's), and the replies are written with
+msgspec (prioritize's from structs, not a dict per name).
 
-Anything else, a body msgspec refuses, a full NodeList, a reply that cannot be encoded
-(a lone surrogate in what the pod sent), is replayed to the FastAPI handlers, which make
-the same decisions and give the edge's error answers (a 422 naming the field, never a
-5xx) from one place. A body is refused with 413 as soon as the bytes received pass the
-limit, chunked or not.
+Two ways in: ``HttpProtocol`` (uvicorn's httptools protocol, what ``flexai-sched serve``
+runs) answers in its parser callback, without an ASGI request, task or response;
+``HotVerbs`` is the same as an ASGI middleware (any ASGI server, the tests' client).
+
+Anything else goes to the FastAPI app, which documents both verbs in /docs and makes the
+same decisions: a body the fast path does not take (not the wire format, a full NodeList,
+a pod that is not an object, text that is not UTF-8 or holds a lone surrogate: msgspec
+refuses both, as pydantic does, when it decodes the names and the pod), a body over the
+limit (the app's 413), a request with ``Expect`` or a query, a request pipelined behind
+one the app is still answering. The edge's error answers (a 422 naming the field, the
+413, never a 5xx) thus come from one place.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .extender import Extender
+from .extender import Extender, invalid_outcome
 from .metrics import Metrics
+from flexai_core.requests import RequestError
 
 log = logging.getLogger("flexai_sched")
 
@@ -32,64 +40,201 @@ log = logging.getLogger("flexai_sched")
 class _Args(msgspec.Struct):
     """ExtenderArgs as kube-scheduler sends it with nodeCacheCapable (unknown fields ignored)."""
 
-    Pod: dict[str, Any]
+    Pod: msgspec.Raw
     NodeNames: list[str]
     Nodes: None = None
+
+
+class _HostPriority(msgspec.Struct):
+    """HostPriority: encodes as ``{"Host": ..., "Score": ...}``, the same bytes as the dict."""
+
+    Host: str
+    Score: int
 
 
 _decode = msgspec.json.Decoder(_Args).decode
 _encode = msgspec.json.Encoder().encode
 _JSON = [(b"content-type", b"application/json")]
+_HOT = {b"/filter": "/filter", b"/prioritize": "/prioritize"}
+
+
+class Hot:
+    """filter and prioritize: a body in, the reply's bytes out, or None: the app answers."""
+
+    def __init__(self, extender: Extender, metrics: Metrics, limit: int) -> None:
+        self.extender = extender
+        self.limit = limit
+        self._filter_seconds = metrics.latency.labels("filter")
+        self._prioritize_seconds = metrics.latency.labels("prioritize")
+
+    def __call__(self, path: str, body: bytes) -> bytes | None:
+        try:
+            args = _decode(body)
+        except (msgspec.DecodeError, UnicodeError):  # UnicodeError: bytes that are not UTF-8
+            return None
+        pod = bytes(args.Pod)
+        if pod[:1] != b"{":  # the app's 422: Pod must be an object
+            return None
+        try:
+            return self.filter(pod, args.NodeNames) if path == "/filter" else self.prioritize(pod, args.NodeNames)
+        except (msgspec.DecodeError, msgspec.EncodeError, UnicodeError):  # JSON the app refuses, or cannot encode
+            log.debug("%s: answered by the app", path, exc_info=True)
+            return None
+
+    def filter(self, pod: bytes, names: list[str]) -> bytes:
+        t = time.perf_counter()
+        ext = self.extender
+        try:
+            ext.expire_holds()
+            try:
+                req = ext.parse_raw(pod)
+            except RequestError as e:
+                out = invalid_outcome(e, names)
+            else:
+                out = ext.filter_request(req, names)
+            reply = {"Nodes": None, "NodeNames": out.fits, "FailedNodes": out.failed,
+                     "FailedAndUnresolvableNodes": out.unresolvable, "Error": ""}
+        except (msgspec.DecodeError, UnicodeError):  # the pod's JSON: the app's 422
+            raise
+        except Exception as e:  # an answer kube-scheduler shows in the pod's events, not a 500
+            log.exception("filter")
+            reply = {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
+                     "Error": f"internal error: {e}"}
+        raw = _encode(reply)
+        self._filter_seconds.observe(time.perf_counter() - t)
+        return raw
+
+    def prioritize(self, pod: bytes, names: list[str]) -> bytes:
+        t = time.perf_counter()
+        ext = self.extender
+        try:
+            try:
+                req = ext.parse_raw(pod)
+            except RequestError:
+                scores = [0] * len(names)
+            else:
+                scores = ext.priorities(req, names)
+        except (msgspec.DecodeError, UnicodeError):  # the pod's JSON: the app's 422
+            raise
+        except Exception:  # prioritize errors are ignored by kube-scheduler: score nothing
+            log.exception("prioritize")
+            scores = [0] * len(names)
+        raw = self._priorities_json(names, scores)
+        self._prioritize_seconds.observe(time.perf_counter() - t)
+        return raw
+
+    @staticmethod
+    def _priorities_json(names: list[str], scores: list[int]) -> bytes:
+        """``[{"Host": name, "Score": score}, ...]`` as msgspec writes it, from structs built
+        by a C-level ``map`` (no dict per name)."""
+        return _encode(list(map(_HostPriority, names, scores)))
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering ``POST /filter`` and ``/prioritize`` itself.
+
+    The request is taken at its headers (``on_headers_complete``) when nothing else is in
+    flight on the connection; its body is gathered here, and the reply written straight to
+    the transport. Whenever ``hot`` gives no reply, or the body passes the limit, the
+    request is handed to uvicorn as if just parsed: its headers-complete and body callbacks
+    run then, and the app answers.
+    """
+
+    hot: Hot  # set by ``protocol``
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._hot_path: str | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def on_headers_complete(self) -> None:
+        path = _HOT.get(self.url)
+        if (path is not None and self.parser.get_method() == b"POST" and not self.expect_100_continue
+                and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+                and self.limit_concurrency is None and not self.parser.should_upgrade()
+                and self._declared() <= self.hot.limit):
+            self._hot_path = path
+            return
+        super().on_headers_complete()
+
+    def _declared(self) -> int:
+        for name, value in self.headers:
+            if name == b"content-length":
+                return int(value) if value.isdigit() else self.hot.limit + 1
+        return 0
+
+    def on_body(self, body: bytes) -> None:
+        if self._hot_path is None:
+            super().on_body(body)
+            return
+        self._chunks.append(body)
+        self._size += len(body)
+        if self._size > self.hot.limit:  # the app's body limit answers (413)
+            self._to_app()
+
+    def on_message_complete(self) -> None:
+        path = self._hot_path
+        if path is None:
+            super().on_message_complete()
+            return
+        body = b"".join(self._chunks)
+        reply = self.hot(path, body)
+        if reply is None:
+            self._to_app()
+            super().on_message_complete()
+            return
+        self._hot_path = None
+        self._chunks = []
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        head = [b"HTTP/1.1 200 OK\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(reply))
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        head += [b"\r\n", reply]
+        self.transport.write(b"".join(head))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+    def _to_app(self) -> None:
+        """Hand the request to uvicorn: the app answers it (and, past the limit, refuses it)."""
+        chunks = self._chunks
+        self._hot_path = None
+        self._chunks = []
+        super().on_headers_complete()
+        for chunk in chunks:
+            super().on_body(chunk)
+
+
+def protocol(hot: Hot) -> type[HttpProtocol]:
+    """The protocol class to give uvicorn (``http=``), answering with ``hot``."""
+    return type("FlexaiHttpProtocol", (HttpProtocol,), {"hot": hot})
 
 
 class HotVerbs:
-    """Serves ``POST /filter`` and ``POST /prioritize`` for ``extender``; passes the rest on."""
+    """``Hot`` as an ASGI middleware: serves ``POST /filter`` and ``/prioritize``; passes the rest on."""
 
-    def __init__(self, app: ASGIApp, extender: Extender, metrics: Metrics, limit: int) -> None:
+    def __init__(self, app: ASGIApp, hot: Hot) -> None:
         self.app = app
-        self.extender = extender
-        self.metrics = metrics
-        self.limit = limit
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") if scope["type"] == "http" and scope.get("method") == "POST" else None
-        if path != "/filter" and path != "/prioritize":
+        if (path != "/filter" and path != "/prioritize") or scope.get("query_string"):
             await self.app(scope, receive, send)
             return
-        body = await _read(receive, self.limit)
+        body = await _read(receive, self.hot.limit)
         if body is None:  # over the limit, or the client left
-            await _send(send, 413, {"detail": f"body exceeds {self.limit} bytes"})
+            await _send(send, 413, _encode({"detail": f"body exceeds {self.hot.limit} bytes"}))
             return
-        try:
-            args = _decode(body)
-            reply = _encode(self._filter(args) if path == "/filter" else self._prioritize(args))
-        except Exception:  # not the happy path (msgspec refused the body or the reply): FastAPI answers
-            log.debug("%s: answered by the app", path, exc_info=True)
+        reply = self.hot(path, body)
+        if reply is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        await _send_raw(send, 200, reply)
-
-    def _filter(self, args: _Args) -> Any:
-        names = args.NodeNames
-        with self.metrics.latency.labels("filter").time():
-            try:
-                out = self.extender.filter(args.Pod, names)
-            except Exception as e:  # an answer kube-scheduler shows in the pod's events, not a 500
-                log.exception("filter")
-                return {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
-                        "Error": f"internal error: {e}"}
-        return {"Nodes": None, "NodeNames": out.fits, "FailedNodes": out.failed,
-                "FailedAndUnresolvableNodes": out.unresolvable, "Error": ""}
-
-    def _prioritize(self, args: _Args) -> Any:
-        names = args.NodeNames
-        with self.metrics.latency.labels("prioritize").time():
-            try:
-                scores = self.extender.prioritize(args.Pod, names)
-            except Exception:  # prioritize errors are ignored by kube-scheduler: score nothing
-                log.exception("prioritize")
-                scores = [(n, 0) for n in names]
-        return [{"Host": h, "Score": s} for h, s in scores]
+        await _send(send, 200, reply)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -123,11 +268,8 @@ async def _read(receive: Receive, limit: int) -> bytes | None:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: Any) -> None:
-    await _send_raw(send, status, _encode(body))
-
-
-async def _send_raw(send: Send, status: int, raw: bytes) -> None:
+async def _send(send: Send, status: int, raw: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [*_JSON, (b"content-length", str(len(raw)).encode())]})
     await send({"type": "http.response.body", "body": raw})
+

@@ -54,6 +54,8 @@ from .quota import QuotaBook, allocation_usage
 
 # Bound on the interned node contents: a few per live node (each bind makes a new one).
 MAX_CONTENTS = 20_000
+# Bound on the change log: a reader further behind than this starts over (``changes_since``).
+MAX_CHANGES = 100_000
 
 
 class AllocState(enum.Enum):
@@ -134,6 +136,10 @@ class ClusterState:
         self._contents: dict[tuple[object, ...], int] = {}  # NodeState.content ids, never reused
         self._specs: dict[str, tuple[tuple[Card, ...], int]] = {}  # node -> (its cards, their spec's id)
         self._next_content = 0
+        # Names of the nodes whose answers may have changed (cards, allocations, host, removal),
+        # in order, from sequence number ``_log[0]`` on: the extender's per-shape answer tables
+        # forget only those nodes. Replaced whole (not cut in place) so readers need no lock.
+        self._log: tuple[int, list[str]] = (0, [])
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -184,6 +190,11 @@ class ClusterState:
                 # 30 s on every node; rebuilding would empty the cache all the time).
                 if old.inventory != inventory:
                     self._nodes[inventory.name] = replace(old, inventory=inventory)
+                    new, was = inventory.heartbeat, old.inventory.heartbeat
+                    if new is None or (was is not None and new < was):
+                        # A heartbeat going back can make a node stale: answer tables must
+                        # hear it (one moving on is their own concern, see answers.py).
+                        self._changed(inventory.name)
                 return
             self._facts = None
             self._rebuild(inventory)
@@ -192,6 +203,7 @@ class ClusterState:
         with self._mu:
             self._nodes.pop(name, None)
             self._facts = None
+            self._changed(name)
 
     # ---- host resources ----
 
@@ -255,6 +267,23 @@ class ClusterState:
         with self._mu:
             for name, node in list(self._nodes.items()):
                 self._nodes[name] = replace(node, fit_cache={}, host_cache={})
+            base, log = self._log
+            self._log = (base + len(log) + 1, [])  # every reader is behind: each starts over
+
+    def change_seq(self) -> int:
+        """The change log's position now (``changes_since`` it)."""
+        base, log = self._log
+        return base + len(log)
+
+    def changes_since(self, seq: int) -> tuple[int, list[str] | None]:
+        """(the log's position now, names of the nodes changed since ``seq``); None instead of
+        the names when the log no longer reaches back to ``seq`` (every node may have changed).
+        A name may come twice, and one written while this runs may come now and again later."""
+        base, log = self._log
+        end = base + len(log)
+        if seq < base:
+            return end, None
+        return end, log[seq - base:end - base]
 
     def host_capacity_nodes(self) -> list[str]:
         """Names of the nodes whose host capacity is known (with an inventory or not)."""
@@ -422,6 +451,7 @@ class ClusterState:
         host = self._host(name)
         if host != node.host:
             self._nodes[name] = replace(node, host=host, host_cache={})
+            self._changed(name)
 
     def _rebuild(self, inventory: NodeInventory) -> None:
         pods = dict(self._by_node.get(inventory.name, {}))
@@ -437,6 +467,14 @@ class ClusterState:
             inventory, tuple(usage), self._versions, pods, host=self._host(inventory.name),
             content=self._content(inventory.name, inventory.cards, tuple(usage)),
         )
+        self._changed(inventory.name)
+
+    def _changed(self, name: str) -> None:
+        """Log a node whose answers may have changed, after its new state is in place."""
+        base, log = self._log
+        log.append(name)
+        if len(log) > MAX_CHANGES:
+            self._log = (base + len(log), [])
 
     def _content(self, name: str, cards: tuple[Card, ...], usage: tuple[CardUsage, ...]) -> int:
         seen = self._specs.get(name)

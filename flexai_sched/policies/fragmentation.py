@@ -362,6 +362,10 @@ class _PriceBook:
         got = self._by_shape.get((model, len(cards)))
         return got if got is not None else self._by_model.get(model, 0.0)
 
+# Bits per packed field of a node summary (_Measure._card_part): counts and free percents
+# of up to 655 cards a node.
+_FIELD = 16
+_MASK = (1 << _FIELD) - 1
 
 # Entries per memo of ``_Measure``: each holds a node state (~1 KiB); a long-lived extender
 # sees new states with every bind, so the memos are cleared when full (RSS stays flat).
@@ -431,6 +435,9 @@ class _Measure:
         self._by_id: dict[tuple[int, int], tuple[object, object, Summary]] = {}
         self._phis: dict[tuple[int, int | None], float] = {}
         self._card_costs: dict[tuple[int, int, bool, str], float] = {}
+        # (free, whole, model) of one card -> its part of every shape's (fits count, keeps),
+        # packed in one int (``_FIELD`` bits each): a node's parts then add up as one sum.
+        self._card_parts: dict[tuple[int, bool, str], int] = {}
 
     def card_cost(self, card: Card, used: CardUsage, cores: int) -> float:
         free = card_free(card, used)
@@ -526,16 +533,22 @@ class _Measure:
         hit = self._cards.get(key)
         if hit is not None:
             return hit
+        # Per shape: cards one task can use (whole and allowed; or free >= its cores and
+        # allowed) and their free percent, summed over the cards as packed ints: a node's
+        # summary costs a dict lookup and an addition per card, not a pass per shape.
+        parts = self._card_parts
+        packed = 0
+        for part_key in zip(frees, whole, models, strict=True):
+            part = parts.get(part_key)
+            if part is None:
+                part = parts[part_key] = self._card_part(*part_key)
+            packed += part
         out = []
-        for vgpus, cores, allowed in self.shapes:
-            ok = [not allowed or m in allowed for m in models]
-            if cores >= FULL_CORES:
-                fits = sum(1 for w, o in zip(whole, ok, strict=True) if w and o) >= vgpus
-                keeps = sum(f for f, w, o in zip(frees, whole, ok, strict=True) if w and o)
-            else:
-                fits = any(f >= cores and o for f, o in zip(frees, ok, strict=True))
-                keeps = sum(f for f, o in zip(frees, ok, strict=True) if f >= cores and o)
-            out.append((int(fits), keeps))
+        for vgpus, cores, _ in self.shapes:
+            count = packed & _MASK
+            keeps = (packed >> _FIELD) & _MASK
+            packed >>= 2 * _FIELD
+            out.append((int(count >= vgpus if cores >= FULL_CORES else count >= 1), keeps))
         tables = self.leftover_by_model
         if tables:
             left = sum(tables.get(m, self.leftover)[f] for f, w, m in zip(frees, whole, models, strict=True) if not w)
@@ -550,6 +563,16 @@ class _Measure:
             self._phis.clear()
         self._cards[key] = hit
         return hit
+
+    def _card_part(self, free: int, whole: bool, model: str) -> int:
+        """One card's (usable, free if usable) for every shape, packed as ``_summary_of`` adds them."""
+        packed = 0
+        for g, (_, cores, allowed) in enumerate(self.shapes):
+            ok = not allowed or model in allowed
+            usable = (whole and ok) if cores >= FULL_CORES else (free >= cores and ok)
+            if usable:
+                packed |= (1 | free << _FIELD) << (2 * _FIELD * g)
+        return packed
 
     def _card_waste(self, free: int) -> float:
         """One card's F for the whole workload: its free part, where a class cannot use it."""

@@ -18,6 +18,11 @@ The simulated kube-scheduler does what kube-scheduler plus our extender would:
   random) gets a uniform draw among them; a ``Seeded`` policy's own draws (Random-fit's
   card for each share) are seeded per replay too. Scores are not rescaled, so no two
   nodes tie by rounding unless the policy rounds them itself;
+- with ``score_percent`` (kube-scheduler's ``percentageOfNodesToScore``; 0: its adaptive
+  default) only a window of nodes is looked at, as kube-scheduler does: from where the
+  previous pod's search stopped, the first nodes that pass NodeResourcesFit, until it has
+  ``feasible_to_find`` of them; the pod takes the best of those the extender's filter
+  passes, or fails if none does. Without it every node is looked at;
 - the bind assumes the allocation in ``ClusterState`` (re-checked against the node's
   version, as ``Extender.bind`` does) and confirms it; no pod ever leaves.
 
@@ -87,6 +92,7 @@ class Cluster:
         host_scores: bool = True,
         learned: bool = False,
         prior: Workload | None = None,
+        score_percent: int | None = None,
     ) -> None:
         self.state = ClusterState()
         self._rng = random.Random(seed)
@@ -123,6 +129,10 @@ class Cluster:
         # Pod shapes -> small ints for the fit cache, as the extender interns them.
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._uid = 0
+        # How many feasible nodes kube-scheduler looks for (None: every node), and where its
+        # next search starts (it goes round the node list).
+        self._window = None if score_percent is None else feasible_to_find(len(self.names), score_percent)
+        self._start = 0
 
     def request(self, pod: TracePod) -> PodRequest:
         # Every arrival is a pod of its own: a trace pod drawn twice must not share a name,
@@ -151,7 +161,9 @@ class Cluster:
             h = hosts[n]
             return cpu <= h.cpu_milli - h.cpu_used and mem <= h.memory_mib - h.memory_used
 
-        if self._bounded:
+        if self._window is not None:
+            i = self._choose_in_window(board, self._exact(key, req, shape, pod) if self._bounded else None, passes)
+        elif self._bounded:
             i = board.choose_bounded(self._exact(key, req, shape, pod), passes, self._rng)
         else:
             i = board.choose(passes, self._rng)
@@ -176,6 +188,36 @@ class Cluster:
             self.state.drop_scores()
             self._boards.clear()
             self._memos.clear()
+
+    def _choose_in_window(self, board: Board, exact: Callable[[int], float] | None,
+                          passes: Callable[[int], bool]) -> int | None:
+        """kube-scheduler's sampled search: the best-scored node among the first
+        ``_window`` nodes that pass NodeResourcesFit from ``_start`` on; ties to the first
+        in node order (a random one for ``random_ties``)."""
+        total, window = len(self.names), self._window
+        assert window is not None
+        found: list[int] = []
+        seen = 0
+        while seen < total and len(found) < window:
+            n = (self._start + seen) % total
+            seen += 1
+            if passes(n):
+                found.append(n)
+        self._start = (self._start + seen) % total
+        best, tied = float("-inf"), []
+        for n in found:
+            s = board.score(n)
+            if s is None:
+                continue  # the extender's filter refuses it
+            if exact is not None:
+                s = exact(n)
+            if s > best:
+                best, tied = s, [n]
+            elif s == best:
+                tied.append(n)
+        if not tied:
+            return None
+        return tied[self._rng.randrange(len(tied))] if self._random_ties else min(tied)
 
     def learn(self, placed: Sequence[TracePod]) -> None:
         """Plan for the workload of the pods placed so far, as ``Extender.learn_workload``
@@ -251,6 +293,15 @@ def task_class(pod: TracePod) -> TaskClass:
     cores = (FULL_CORES if pod.gpu_milli >= 1000 else pod.cores) if pod.num_gpu else 0
     return TaskClass(pod.num_gpu if cores else 0, cores, 1.0, pod.cpu_milli, pod.memory_mib, pod.gpu_spec)
 
+def feasible_to_find(nodes: int, percent: int) -> int:
+    """kube-scheduler's numFeasibleNodesToFind: ``percent`` of the nodes (0: adaptive,
+    50 - nodes/125, at least 5), never fewer than 100 nodes."""
+    if nodes < 100 or percent >= 100:
+        return nodes
+    if percent <= 0:
+        percent = max(5, 50 - nodes // 125)
+    return max(100, nodes * percent // 100)
+
 
 def replay(
     trace: Trace,
@@ -261,6 +312,7 @@ def replay(
     tick: Callable[[], None] | None = None,
     learned: bool = False,
     prior: Workload | None = None,
+    score_percent: int | None = None,
 ) -> Curve:
     """Try every pod once, in order; the curve of arrived and allocated GPU after each.
 
@@ -268,7 +320,7 @@ def replay(
     pods placed (``LEARN_FIRST``, then every ``LEARN_EVERY``), as the extender does.
     ``prior``: the policy plans for this workload throughout instead of the trace's own.
     """
-    cluster = Cluster(trace, policy_name, seed, host_scores, learned, prior)
+    cluster = Cluster(trace, policy_name, seed, host_scores, learned, prior, score_percent)
     arrived, allocated = [], []
     placed: list[TracePod] = []
     a = b = 0

@@ -1,4 +1,5 @@
-"""filter and prioritize below FastAPI (fastpath.HotVerbs), and verdicts shared between alike nodes."""
+"""filter and prioritize below FastAPI (fastpath.Hot, as the ASGI middleware HotVerbs), and verdicts shared
+between alike nodes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from flexai_sched.app import create_app
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
-from flexai_sched.fastpath import HotVerbs
+from flexai_sched.fastpath import Hot, HotVerbs
 from flexai_sched.metrics import Metrics
 from flexai_sched.state import ClusterState
 
@@ -32,7 +33,7 @@ def cluster(settings: Settings | None = None) -> tuple[Extender, MemoryBackend]:
 @pytest.fixture
 def small_limit() -> Iterator[TestClient]:
     ext, _ = cluster()
-    app = HotVerbs(create_app(ext), ext, Metrics(ext.state), limit=1000)
+    app = HotVerbs(create_app(ext), Hot(ext, Metrics(ext.state), limit=1000))
     with TestClient(app) as client:
         yield client
 

@@ -125,6 +125,31 @@ def test_learned_workload_turns_on_the_host_terms() -> None:
     assert ranks(ext, p) == {"a": 10, "b": 0}
 
 
+def test_relearning_the_same_workload_keeps_every_cached_answer() -> None:
+    """learn_workload runs every 300 s: when no pod came or went, the target is the same and
+    the caches (per node, per shape) stay; a pod more makes a new target, and they go."""
+    ext, state = make()
+    for i in range(5):
+        q = gpu_pod(f"g{i}", cpu="4")
+        assert ext.filter(q, ["a"]).fits == ["a"]
+        ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], "a")
+    assert ext.learn_workload(min_pods=5) == 5
+    p = gpu_pod("p", cpu="1")
+    first = ranks(ext, p)
+    caches = [(n.fit_cache, dict(n.fit_cache), n.host_cache, dict(n.host_cache)) for n in state.nodes()]
+    seq, policy = state.change_seq(), ext._node_policy._m  # type: ignore[attr-defined]
+    assert ext.learn_workload(min_pods=5) == 0
+    assert state.change_seq() == seq and ext._node_policy._m is policy  # type: ignore[attr-defined]
+    assert [(n.fit_cache, dict(n.fit_cache), n.host_cache, dict(n.host_cache)) for n in state.nodes()] == caches
+    assert all(a is n.fit_cache for (a, *_), n in zip(caches, state.nodes(), strict=True))
+    assert ranks(ext, p) == first
+    q = gpu_pod("g9", cpu="16")
+    assert ext.filter(q, ["a", "b"]).fits
+    ext.bind(q["metadata"]["namespace"], q["metadata"]["name"], q["metadata"]["uid"], "b")
+    assert ext.learn_workload(min_pods=5) == 6
+    assert all(not n.fit_cache and not n.host_cache for n in state.nodes())
+
+
 def test_a_policy_named_by_pods_is_one_object_that_learns_too() -> None:
     """A policy a pod names in its annotation keeps its memos and learned workload across calls."""
     ext, state = make(policy="binpack")

@@ -1,0 +1,121 @@
+"""Per pod-shape answer tables: what filter and prioritize answer for each node, kept
+across calls so a call looks its names up instead of deciding node by node.
+
+One ``ShapeAnswers`` per (pod shape, host request, node policy) id, the key the
+per-node caches use (``Extender._key`` / ``_host_key``). It holds, for the nodes asked
+about so far:
+
+- ``verdicts``: node name -> True (fits, heartbeat fresh) or a ``NoFit`` (why not:
+  the fit verdict, or the stale heartbeat); ``fits``, the set of the True ones, and
+  ``failed`` / ``unresolvable``, name -> reason of the others, as filter answers them;
+- ``scores``: node name -> the raw node score (``-inf``: does not fit), what prioritize
+  normalises.
+
+An entry is correct for the node state it was computed from. ``ClusterState`` logs every
+node whose cards, allocations or host change (``changes_since``); ``sync`` forgets those
+nodes, so the next call computes them again. Heartbeats are not logged (every node beats
+every 30 s): staleness is a matter of time, so ``expire`` re-reads the heartbeats of the
+table's nodes once the oldest it relied on passes the cutoff, and of the nodes it holds
+as stale on every call (a stale node is rare; one that beats again is fresh again).
+
+Unknown names (no inventory) are never stored: they cost a dict miss per call, and
+whoever can reach the extender could otherwise grow a table with made-up names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from .allocator import NoFit
+from .state import NodeState
+
+NO_FIT = float("-inf")  # the score of a node the pod does not fit
+NO_INVENTORY = "node reports no vGPU inventory (is flexai-node running there?)"
+
+
+def stale_reason(hb: datetime | None) -> str:
+    if hb is None:
+        return "node inventory has no heartbeat"
+    return f"node agent heartbeat is stale (last {hb.isoformat()}, older than the TTL)"
+
+
+class ShapeAnswers:
+    """The answers for one pod shape; callers hold the extender's table lock."""
+
+    __slots__ = ("seq", "verdicts", "fits", "failed", "unresolvable", "scores", "stale", "oldest")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq  # ClusterState change-log position the entries are valid at
+        self.verdicts: dict[str, Any] = {}  # name -> True or NoFit
+        self.fits: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.unresolvable: dict[str, str] = {}
+        self.scores: dict[str, float] = {}
+        self.stale: dict[str, datetime | None] = {}  # nodes answered stale -> the heartbeat read
+        self.oldest: datetime | None = None  # oldest heartbeat of a node answered fresh
+
+    def clear(self) -> None:
+        self.verdicts.clear()
+        self.fits.clear()
+        self.failed.clear()
+        self.unresolvable.clear()
+        self.scores.clear()
+        self.stale.clear()
+        self.oldest = None
+
+    def forget(self, name: str) -> None:
+        self.verdicts.pop(name, None)
+        self.fits.discard(name)
+        self.failed.pop(name, None)
+        self.unresolvable.pop(name, None)
+        self.scores.pop(name, None)
+        self.stale.pop(name, None)
+
+    def sync(self, seq: int, changed: list[str] | None) -> None:
+        """Forget the nodes changed since the table's position (all when ``changed`` is None)."""
+        if changed is None:
+            self.clear()
+        else:
+            for name in changed:
+                self.forget(name)
+        self.seq = seq
+
+    def expire(self, cutoff: datetime, nodes: Mapping[str, NodeState]) -> None:
+        """Forget the verdicts a heartbeat moved: fresh nodes now past ``cutoff`` (looked at
+        only once the oldest fresh heartbeat is), and stale nodes that beat since."""
+        for name, hb in list(self.stale.items()):
+            node = nodes.get(name)
+            if node is None or node.inventory.heartbeat != hb:
+                self.forget(name)
+        oldest = self.oldest
+        if oldest is None or oldest >= cutoff:
+            return
+        self.oldest = None
+        for name in list(self.verdicts):
+            if name in self.stale:
+                continue
+            node = nodes.get(name)
+            hb = node.inventory.heartbeat if node is not None else None
+            if hb is None or hb < cutoff:
+                self.forget(name)
+            elif self.oldest is None or hb < self.oldest:
+                self.oldest = hb
+
+    def put_stale(self, name: str, hb: datetime | None) -> NoFit:
+        verdict = NoFit(stale_reason(hb), False)
+        self.verdicts[name] = verdict
+        self.unresolvable[name] = verdict.reason
+        self.stale[name] = hb
+        return verdict
+
+    def put(self, name: str, verdict: Any, hb: datetime) -> None:
+        """A fresh node's verdict (True or NoFit)."""
+        self.verdicts[name] = verdict
+        if verdict is True:
+            self.fits.add(name)
+        else:
+            (self.failed if verdict.resolvable else self.unresolvable)[name] = verdict.reason
+        if self.oldest is None or hb < self.oldest:
+            self.oldest = hb
