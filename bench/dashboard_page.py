@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import extender_latency as el  # noqa: E402  (bench/ is not a package)
-
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 
@@ -52,8 +51,12 @@ def hot_path(port: int, names: list[str], calls: int, seed: int) -> dict[str, fl
         conn.request("POST", "/filter", raw, {"content-type": "application/json"})
         fits = json.loads(conn.getresponse().read())["NodeNames"]
         mid = time.perf_counter()
-        conn.request("POST", "/prioritize", json.dumps({"Pod": p, "Nodes": None, "NodeNames": fits}).encode(),
-                     {"content-type": "application/json"})
+        conn.request(
+            "POST",
+            "/prioritize",
+            json.dumps({"Pod": p, "Nodes": None, "NodeNames": fits}).encode(),
+            {"content-type": "application/json"},
+        )
         conn.getresponse().read()
         lat.append((time.perf_counter() - a) * 1e3)
         _ = mid
@@ -91,12 +94,16 @@ def main() -> None:
     time.sleep(1.1)
     delta, t_delta = timed_get(f"{url}/v1/dashboard?since={serial}", False)
     summary = json.loads(plain)["summary"]
-    print(f"/v1/dashboard full: {len(plain) / 1e6:.2f} MB plain in {t_plain:.0f} ms (the first builds every "
-          f"node's JSON), {len(zipped) / 1e6:.2f} MB gzip in {t_zip:.0f} ms (cached); nothing changed: "
-          f"{len(delta)} B in {t_delta:.1f} ms")
-    print(f"cluster: cores allocated {100 * summary['cores_allocated'] / summary['cores_total']:.1f}%, "
-          f"stranded {summary['cores_stranded'] / 100:.1f} cards of cores, "
-          f"{summary['memory_mib_stranded'] / 1024:.0f} GiB")
+    print(
+        f"/v1/dashboard full: {len(plain) / 1e6:.2f} MB plain in {t_plain:.0f} ms (the first builds every "
+        f"node's JSON), {len(zipped) / 1e6:.2f} MB gzip in {t_zip:.0f} ms (cached); nothing changed: "
+        f"{len(delta)} B in {t_delta:.1f} ms"
+    )
+    print(
+        f"cluster: cores allocated {100 * summary['cores_allocated'] / summary['cores_total']:.1f}%, "
+        f"stranded {summary['cores_stranded'] / 100:.1f} cards of cores, "
+        f"{summary['memory_mib_stranded'] / 1024:.0f} GiB"
+    )
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
@@ -127,11 +134,15 @@ def main() -> None:
             setTimeout(() => { const a = performance.now(); v.scrollTop = 200000; v.dispatchEvent(new Event('scroll'));
               requestAnimationFrame(() => requestAnimationFrame(() => ok(performance.now() - a))); }, 400); })""")
         heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : 0")
-        print(f"page load to every node drawn (3 loads): wall {', '.join(f'{w:.0f}' for w, _ in loads)} ms; "
-              f"in page (navigation start to drawn) {', '.join(f'{x:.0f}' for _, x in loads)} ms")
+        print(
+            f"page load to every node drawn (3 loads): wall {', '.join(f'{w:.0f}' for w, _ in loads)} ms; "
+            f"in page (navigation start to drawn) {', '.join(f'{x:.0f}' for _, x in loads)} ms"
+        )
         print(f"DOM: {rows} rows, {cards} cards in view of {args.nodes} nodes; JS heap {heap / 1e6:.0f} MB")
-        print(f"namespace filter: {filt:.1f} ms ({shown}); pod search: {search:.1f} ms after the 150 ms debounce; "
-              f"scroll to row 2,500: {scroll:.1f} ms to the next frame")
+        print(
+            f"namespace filter: {filt:.1f} ms ({shown}); pod search: {search:.1f} ms after the 150 ms debounce; "
+            f"scroll to row 2,500: {scroll:.1f} ms to the next frame"
+        )
 
         base = hot_path(args.port, names, args.calls, 1)
         pages = [browser.new_page() for _ in range(3)]
@@ -150,8 +161,10 @@ def main() -> None:
 
     print(f"filter+prioritize, all {args.nodes} names, {args.calls} calls (same pods each run):")
     print(f"  no page            {fmt(base)}")
-    print(f"  3 pages polling    {fmt(polled)}   p50 ratio {polled['p50'] / base['p50']:.2f}, "
-          f"p99 ratio {polled['p99'] / base['p99']:.2f}")
+    print(
+        f"  3 pages polling    {fmt(polled)}   p50 ratio {polled['p50'] / base['p50']:.2f}, "
+        f"p99 ratio {polled['p99'] / base['p99']:.2f}"
+    )
     print(f"  no page again      {fmt(again)}")
     gz = gzip.compress(plain, 1)
     _ = gz

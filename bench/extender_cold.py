@@ -26,8 +26,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=5000)
     args = ap.parse_args()
-    inv = demo.inventory({"nodes": [{"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771,
-                                                                      "count": 8}]} for i in range(args.nodes)]})
+    inv = demo.inventory(
+        {
+            "nodes": [
+                {"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771, "count": 8}]}
+                for i in range(args.nodes)
+            ]
+        }
+    )
     state = ClusterState()
     backend = MemoryBackend(inv)
     backend.start(state)
@@ -39,8 +45,10 @@ def main() -> None:
         t = time.perf_counter()
         ext.prioritize(p, ext.filter(p, names).fits)
         took.append((time.perf_counter() - t) * 1e3)
-    print(f"empty {args.nodes}-node cluster, first pod of each shape: filter+prioritize "
-          f"mean {statistics.mean(took):.1f} ms, max {max(took):.1f} ms")
+    print(
+        f"empty {args.nodes}-node cluster, first pod of each shape: filter+prioritize "
+        f"mean {statistics.mean(took):.1f} ms, max {max(took):.1f} ms"
+    )
     backend.stop()
 
 

@@ -28,13 +28,22 @@ import statistics
 import time
 from typing import Any
 
+import floor_extender
 import httpx
 
-import floor_extender
-
 SHAPES = [  # (vgpus, cores, memory GiB): a mix like the seed's users send
-    (1, 20, 3), (1, 10, 8), (1, 50, 40), (2, 30, 16), (1, 100, None), (1, 0, 4), (4, 25, 20), (1, 5, 1),
-    (2, 100, None), (1, 70, 60), (8, 10, 4), (1, 35, 10),
+    (1, 20, 3),
+    (1, 10, 8),
+    (1, 50, 40),
+    (2, 30, 16),
+    (1, 100, None),
+    (1, 0, 4),
+    (4, 25, 20),
+    (1, 5, 1),
+    (2, 100, None),
+    (1, 70, 60),
+    (8, 10, 4),
+    (1, 35, 10),
 ]
 
 
@@ -47,8 +56,12 @@ def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, Any]:
     lim |= {"huawei.com/vgpu-number": str(n), "huawei.com/vgpu-cores": str(cores)}
     if mem is not None:
         lim["huawei.com/vgpu-memory-1Gi"] = str(mem)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "bench", "uid": f"uid-{name}"},
-            "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": lim}}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "bench", "uid": f"uid-{name}"},
+        "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": lim}}]},
+    }
 
 
 def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = False) -> None:
@@ -63,8 +76,14 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
     from flexai_sched.extender import BindError, Extender
     from flexai_sched.state import ClusterState
 
-    inv = demo.inventory({"nodes": [{"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771,
-                                                                      "count": 8}]} for i in range(nodes)]})
+    inv = demo.inventory(
+        {
+            "nodes": [
+                {"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771, "count": 8}]}
+                for i in range(nodes)
+            ]
+        }
+    )
     state = ClusterState()
     backend = MemoryBackend(inv)
     backend.start(state)
@@ -91,8 +110,7 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
     # As ``flexai-sched serve`` runs it: filter and prioritize answered in the protocol.
     from flexai_sched.fastpath import protocol
 
-    uvicorn.run(app, http=protocol(app.state.hot), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    uvicorn.run(app, http=protocol(app.state.hot), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -159,8 +177,10 @@ def main() -> None:
         _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names}, floor_conn)
         _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)
         cold_floor.append(fa + fb)
-    print(f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
-          f"max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)")
+    print(
+        f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
+        f"max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
+    )
     # As kube-scheduler sends it at this size (10% of the nodes): 12 more shapes never seen.
     cold, cold_floor = [], []
     sample = max(1, len(names) // 10)
@@ -173,8 +193,10 @@ def main() -> None:
         _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
         _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)
         cold_floor.append(fa + fb)
-    print(f"first pod of a new shape, {sample} names: filter+prioritize mean={statistics.mean(cold):.1f} ms "
-          f"p50={statistics.median(cold):.1f} ms max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)")
+    print(
+        f"first pod of a new shape, {sample} names: filter+prioritize mean={statistics.mean(cold):.1f} ms "
+        f"p50={statistics.median(cold):.1f} ms max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
+    )
     # kube-scheduler stops looking once it has enough feasible nodes (percentageOfNodesToScore:
     # 10% of 5,000), so real calls carry ~500 names; all 5,000 is the worst case.
     for label, count in (("all nodes", len(names)), ("10% sample", max(1, len(names) // 10))):
@@ -201,17 +223,30 @@ def main() -> None:
             flat["prioritize"].append(fb)
             flat["filter+prioritize"].append(fa + fb)
             if i % 10 == 0 and fits:
-                post("/bind", {"PodName": p["metadata"]["name"], "PodNamespace": "bench",
-                               "PodUID": p["metadata"]["uid"], "Node": rng.choice(fits)})
+                post(
+                    "/bind",
+                    {
+                        "PodName": p["metadata"]["name"],
+                        "PodNamespace": "bench",
+                        "PodUID": p["metadata"]["uid"],
+                        "Node": rng.choice(fits),
+                    },
+                )
         print(f"-- {label}: {count} names per call, {args.calls} calls")
         for k, xs in lat.items():
-            print(f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "
-                  f"max={max(xs):6.2f} ms")
+            print(
+                f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "
+                f"max={max(xs):6.2f} ms"
+            )
             fs = flat[k]
-            print(f"{'  floor':18s} p50={pct(fs, 50):6.2f} ms  p90={pct(fs, 90):6.2f} ms  p99={pct(fs, 99):6.2f} ms  "
-                  f"max={max(fs):6.2f} ms")
-            print(f"{'  ours / floor':18s} p50={pct(xs, 50) / pct(fs, 50):6.2f}x    p90={pct(xs, 90) / pct(fs, 90):6.2f}x"
-                  f"    p99={pct(xs, 99) / pct(fs, 99):6.2f}x")
+            print(
+                f"{'  floor':18s} p50={pct(fs, 50):6.2f} ms  p90={pct(fs, 90):6.2f} ms  p99={pct(fs, 99):6.2f} ms  "
+                f"max={max(fs):6.2f} ms"
+            )
+            print(
+                f"{'  ours / floor':18s} p50={pct(xs, 50) / pct(fs, 50):6.2f}x    p90={pct(xs, 90) / pct(fs, 90):6.2f}x"
+                f"    p99={pct(xs, 99) / pct(fs, 99):6.2f}x"
+            )
     conn.request("GET", "/v1/nodes")
     alloc = json.loads(conn.getresponse().read())
     used = statistics.mean(n["cores_allocated_pct"] for n in alloc)

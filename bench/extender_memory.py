@@ -45,8 +45,14 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     print(f"start: RSS {rss_mib():.0f} MiB")
-    inv = demo.inventory({"nodes": [{"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771,
-                                                                      "count": 8}]} for i in range(args.nodes)]})
+    inv = demo.inventory(
+        {
+            "nodes": [
+                {"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771, "count": 8}]}
+                for i in range(args.nodes)
+            ]
+        }
+    )
     state = ClusterState()
     backend = MemoryBackend(inv)  # heartbeats every 10 s, as in the demo
     backend.start(state)
@@ -83,8 +89,10 @@ def main() -> None:
     gc.collect()
     gc.freeze()  # as the app does after its initial sync
     used = sum(sum(u.cores for u in n.usage) for n in state.nodes()) / (len(state) * 8)
-    print(f"{len(bound)} bound pods ({serial} tried, cores allocated {used:.1f}%) after {time.time() - t0:.0f}s: "
-          f"RSS {rss_mib():.0f} MiB (max {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+    print(
+        f"{len(bound)} bound pods ({serial} tried, cores allocated {used:.1f}%) after {time.time() - t0:.0f}s: "
+        f"RSS {rss_mib():.0f} MiB (max {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)"
+    )
     start = time.time()
     next_print = start
     warm_rss = None
@@ -95,9 +103,11 @@ def main() -> None:
             rss = rss_mib()
             if warm_rss is None and minute >= args.warmup:
                 warm_rss = rss
-            print(f"churn {minute:5.1f} min: {churned} deletes+creates, {len(bound)} bound, RSS {rss:.0f} MiB"
-                  + (f" ({rss - warm_rss:+.0f} MiB since warm-up)" if warm_rss is not None else " (warm-up)"),
-                  flush=True)
+            print(
+                f"churn {minute:5.1f} min: {churned} deletes+creates, {len(bound)} bound, RSS {rss:.0f} MiB"
+                + (f" ({rss - warm_rss:+.0f} MiB since warm-up)" if warm_rss is not None else " (warm-up)"),
+                flush=True,
+            )
             next_print += args.every
         name, uid = bound.pop(rng.randrange(len(bound)))
         backend.delete_pod("bench", name)
@@ -105,8 +115,10 @@ def main() -> None:
             pass
         churned += 1
     rss = rss_mib()
-    print(f"end: {churned} deletes+creates in {args.minutes:.0f} min, RSS {rss:.0f} MiB"
-          + (f", {rss - warm_rss:+.0f} MiB since the end of warm-up ({args.warmup:.0f} min)" if warm_rss else ""))
+    print(
+        f"end: {churned} deletes+creates in {args.minutes:.0f} min, RSS {rss:.0f} MiB"
+        + (f", {rss - warm_rss:+.0f} MiB since the end of warm-up ({args.warmup:.0f} min)" if warm_rss else "")
+    )
     backend.stop()
 
 

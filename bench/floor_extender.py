@@ -32,8 +32,9 @@ def answer(path: bytes, body: bytes) -> bytes:
     args: Any = _decode(body)
     names = args.get("NodeNames") or []
     if path == b"/filter":
-        return _encode({"Nodes": None, "NodeNames": names, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
-                        "Error": ""})
+        return _encode(
+            {"Nodes": None, "NodeNames": names, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": ""}
+        )
     return _encode([{"Host": n, "Score": 0} for n in names])
 
 

@@ -40,8 +40,11 @@ RESULTS: dict[str, Any] = {}
 
 def gpu_uuid() -> str:
     return subprocess.run(
-        ["nvidia-smi", "-i", str(GPU), "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True,
-        check=True).stdout.split()[0]
+        ["nvidia-smi", "-i", str(GPU), "--query-gpu=uuid", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
 
 
 def config(name: str, **limit: Any) -> Path:
@@ -54,8 +57,11 @@ def config(name: str, **limit: Any) -> Path:
 def gpu_local_cpus(count: int = 4) -> list[int]:
     """`count` CPUs of the GPU's NUMA node (all of them if sysfs does not say)."""
     try:
-        bus = subprocess.run(["nvidia-smi", "-i", str(GPU), "--query-gpu=pci.bus_id", "--format=csv,noheader"],
-                             capture_output=True, text=True).stdout.split()
+        bus = subprocess.run(
+            ["nvidia-smi", "-i", str(GPU), "--query-gpu=pci.bus_id", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
     except OSError:
         bus = []
     cpus: list[int] = []
@@ -68,7 +74,7 @@ def gpu_local_cpus(count: int = 4) -> list[int]:
                 cpus.extend(range(int(lo), int(hi or lo) + 1))
     allowed = sorted(os.sched_getaffinity(0))
     picked = [c for c in cpus if c in allowed] or allowed
-    return picked[1:count + 1] if len(picked) > count else picked  # leave the first to the system
+    return picked[1 : count + 1] if len(picked) > count else picked  # leave the first to the system
 
 
 def workload_env(hook: bool, conf: Path | None = None) -> dict[str, str]:
@@ -80,16 +86,29 @@ def workload_env(hook: bool, conf: Path | None = None) -> dict[str, str]:
     return e
 
 
-def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, env: dict[str, str] | None = None,
-          timeout: float = 120, cpus: list[int] | None = None) -> dict[str, Any]:
+def child(
+    kind: str,
+    *args: str,
+    conf: Path | None = None,
+    hook: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cpus: list[int] | None = None,
+) -> dict[str, Any]:
     e = workload_env(hook, conf)
     if hook:
         e["FLEXAI_DEBUG"] = "1"  # the hook prints its lookup and window statistics at exit
     e.update(env or {})
     t0 = time.time()
     try:
-        r = subprocess.run([sys.executable, WORKLOAD, kind, *args], env=e, capture_output=True, text=True,
-                           timeout=timeout, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        r = subprocess.run(
+            [sys.executable, WORKLOAD, kind, *args],
+            env=e,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout}s"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -103,16 +122,35 @@ def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, en
 def popen_child(kind: str, *args: str, conf: Path, trace: str) -> subprocess.Popen[str]:
     e = workload_env(True, conf)
     e.update(FLEXAI_DEBUG="1", FLEXAI_TRACE=trace)
-    return subprocess.Popen([sys.executable, WORKLOAD, kind, *args], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, WORKLOAD, kind, *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def monitor(region: Path, samples: int) -> subprocess.Popen[str]:
     e = dict(os.environ, PYTHONPATH=str(REPO))
     e.pop("LD_PRELOAD", None)
-    return subprocess.Popen([sys.executable, "-m", "flexai_node.hook.monitor", "-p", "1", "-n", str(samples), "-o", "json",
-                             "--region", str(region), "--shim", SHIM], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flexai_node.hook.monitor",
+            "-p",
+            "1",
+            "-n",
+            str(samples),
+            "-o",
+            "json",
+            "--region",
+            str(region),
+            "--shim",
+            SHIM,
+        ],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class NvmlSampler(threading.Thread):
@@ -131,8 +169,13 @@ class NvmlSampler(threading.Thread):
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(self.index)
         while not self.stop.wait(self.interval):
-            self.samples.append((round(time.time(), 2), pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
-                                 pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)))
+            self.samples.append(
+                (
+                    round(time.time(), 2),
+                    pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+                    pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                )
+            )
         pynvml.nvmlShutdown()
 
     def during(self, t0: float, t1: float) -> dict[str, float]:
@@ -141,8 +184,11 @@ class NvmlSampler(threading.Thread):
         if not inside:
             return {}
         clocks = sorted(s[2] for s in inside if s[1] > 0) or [0]
-        return {"nvml_util_mean": round(sum(s[1] for s in inside) / len(inside), 1),
-                "sm_clock_median": clocks[len(clocks) // 2], "nvml_samples": len(inside)}
+        return {
+            "nvml_util_mean": round(sum(s[1] for s in inside) / len(inside), 1),
+            "sm_clock_median": clocks[len(clocks) // 2],
+            "nvml_samples": len(inside),
+        }
 
 
 def measured(kind: str, *args: str, **kw: Any) -> dict[str, Any]:
@@ -163,11 +209,15 @@ def save(out: Path) -> None:
 
 # ---- phases -----------------------------------------------------------------------
 
+
 def phase_memory() -> None:
     limit = 16 * GiB
     res: dict[str, Any] = {}
-    for mode, env in [("default", {}), ("expandable_segments", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
-                      ("cudaMallocAsync", {"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"})]:
+    for mode, env in [
+        ("default", {}),
+        ("expandable_segments", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+        ("cudaMallocAsync", {"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}),
+    ]:
         res[mode] = child("fill", conf=config(f"mem-{mode}", memory_bytes=limit), env=env)
     res["limit_mib"] = limit >> 20
     RESULTS["memory"] = res
@@ -188,8 +238,13 @@ def phase_compute() -> None:
                 if label not in MODES or (kind == "graph" and label == "time" and not FULL):
                     continue
                 trace = TMP / f"{kind}{pct}{label}.trace"
-                r = measured(kind, "--seconds", str(SECONDS), env={"FLEXAI_TRACE": str(trace)},
-                             conf=config(f"{kind}{pct}{label}", cores=pct, ref_clock_mhz=clock))
+                r = measured(
+                    kind,
+                    "--seconds",
+                    str(SECONDS),
+                    env={"FLEXAI_TRACE": str(trace)},
+                    conf=config(f"{kind}{pct}{label}", cores=pct, ref_clock_mhz=clock),
+                )
                 r["trace_tail"] = trace.read_text().splitlines()[-400:] if trace.exists() else []
                 r["relative"] = round(r.get("tflops", 0) / base, 4) if base else None
                 res[f"{kind}_{pct}_{label}"] = r
@@ -216,8 +271,10 @@ def run_pair(name: str, ref: int) -> dict[str, Any]:
     sampler = NvmlSampler()
     sampler.start()
     mons = [monitor(TMP / f"{name}-a.region", 14), monitor(TMP / f"{name}-b.region", 14)]
-    procs = [popen_child("matmul", "--seconds", "4", "--start-at", str(start), conf=c,
-                         trace=str(TMP / f"{name}-{x}.trace")) for c, x in ((ca, "a"), (cb, "b"))]
+    procs = [
+        popen_child("matmul", "--seconds", "4", "--start-at", str(start), conf=c, trace=str(TMP / f"{name}-{x}.trace"))
+        for c, x in ((ca, "a"), (cb, "b"))
+    ]
     outs = []
     for p in procs:
         try:
@@ -236,10 +293,15 @@ def run_pair(name: str, ref: int) -> dict[str, Any]:
     for x in ("a", "b"):
         f = TMP / f"{name}-{x}.trace"
         traces[x] = f.read_text().splitlines()[-150:] if f.exists() else []
-    return {"a_30": outs[0], "b_70": outs[1], "ratio": round(a / b, 4) if b else None,
-            "monitor_a": [json.loads(ln) for ln in mon_out[0].splitlines() if ln.startswith("{")],
-            "monitor_b": [json.loads(ln) for ln in mon_out[1].splitlines() if ln.startswith("{")],
-            "nvml": sampler.samples, "trace": traces}
+    return {
+        "a_30": outs[0],
+        "b_70": outs[1],
+        "ratio": round(a / b, 4) if b else None,
+        "monitor_a": [json.loads(ln) for ln in mon_out[0].splitlines() if ln.startswith("{")],
+        "monitor_b": [json.loads(ln) for ln in mon_out[1].splitlines() if ln.startswith("{")],
+        "nvml": sampler.samples,
+        "trace": traces,
+    }
 
 
 def phase_pair() -> None:
@@ -262,16 +324,23 @@ class Worker:
     block each time it is asked. It starts on any CPU (start-up is the slow part) and is pinned
     once ready."""
 
-    def __init__(self, serve: str, args: tuple[str, ...], limits: dict[str, Any], hook: bool, name: str,
-                 fixed_layout: bool) -> None:
+    def __init__(
+        self, serve: str, args: tuple[str, ...], limits: dict[str, Any], hook: bool, name: str, fixed_layout: bool
+    ) -> None:
         e = workload_env(hook, config(name, **limits) if hook and limits else None)
         if fixed_layout:
             e["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every worker
         self.err = TMP / f"{name}.err"  # read back only if the worker dies
         with open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, WORKLOAD, "serve", "--serve", serve, *args], env=e,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, preexec_fn=no_aslr if fixed_layout else None)
+            self.proc = subprocess.Popen(
+                [sys.executable, WORKLOAD, "serve", "--serve", serve, *args],
+                env=e,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                preexec_fn=no_aslr if fixed_layout else None,
+            )
 
     def pin(self, cpus: list[int]) -> None:
         """The main thread (it launches) alone on the first CPU, the rest on the others."""
@@ -317,8 +386,13 @@ def wave(configs: Configs, serve: str, per_config: int, rounds: int, tag: str) -
     ratio alike), and each worker's median raw figure."""
     cpus = gpu_local_cpus()
     names = list(configs)
-    workers = {n: [Worker(serve, *configs[n], name=f"{serve}-{n}-{tag}-{i}", fixed_layout=FIXED_LAYOUT)
-                   for i in range(per_config)] for n in names}
+    workers = {
+        n: [
+            Worker(serve, *configs[n], name=f"{serve}-{n}-{tag}-{i}", fixed_layout=FIXED_LAYOUT)
+            for i in range(per_config)
+        ]
+        for n in names
+    }
     try:
         for ws in workers.values():
             for w in ws:
@@ -366,17 +440,26 @@ def interleaved(configs: Configs, serve: str, procs: int = 2) -> dict[str, Any]:
         left, w = left - k, w + 1
     rng = random.Random(0)
     base = per_proc[names[0]]
-    res: dict[str, Any] = {"cpus": gpu_local_cpus(), "rounds_per_wave": ROUNDS, "processes_per_config": procs,
-                           "wave": WAVE, "fixed_layout": FIXED_LAYOUT}
+    res: dict[str, Any] = {
+        "cpus": gpu_local_cpus(),
+        "rounds_per_wave": ROUNDS,
+        "processes_per_config": procs,
+        "wave": WAVE,
+        "fixed_layout": FIXED_LAYOUT,
+    }
     for n in names:
         mine = per_proc[n]
-        boot = sorted(statistics.mean(rng.choices(mine, k=len(mine))) / statistics.mean(rng.choices(base, k=len(base)))
-                      for _ in range(4000))
-        res[n] = {"median": round(statistics.median(medians[n]), 3),
-                  "ratio_mean": round(statistics.mean(mine) / statistics.mean(base), 4),
-                  "ratio_mean_ci95": [round(boot[100], 4), round(boot[3899], 4)],
-                  "process_sd": round(statistics.stdev(mine), 4) if len(mine) > 1 else 0.0,
-                  "process_medians": [round(x, 3) for x in medians[n]]}
+        boot = sorted(
+            statistics.mean(rng.choices(mine, k=len(mine))) / statistics.mean(rng.choices(base, k=len(base)))
+            for _ in range(4000)
+        )
+        res[n] = {
+            "median": round(statistics.median(medians[n]), 3),
+            "ratio_mean": round(statistics.mean(mine) / statistics.mean(base), 4),
+            "ratio_mean_ci95": [round(boot[100], 4), round(boot[3899], 4)],
+            "process_sd": round(statistics.stdev(mine), 4) if len(mine) > 1 else 0.0,
+            "process_medians": [round(x, 3) for x in medians[n]],
+        }
     return res
 
 
@@ -384,8 +467,12 @@ def phase_tiny() -> None:
     """Launch rate of tiny PyTorch kernels, hook vs none (higher is better)."""
     memcfg = dict(memory_bytes=64 * GiB)
     blocks = ("--launches", "10000")
-    configs: Configs = {"nohook": (blocks, {}, False), "nohook_again": (blocks, {}, False),
-                        "hook_noconfig": (blocks, {}, True), "hook_cores90": (blocks, dict(cores=90, **memcfg), True)}
+    configs: Configs = {
+        "nohook": (blocks, {}, False),
+        "nohook_again": (blocks, {}, False),
+        "hook_noconfig": (blocks, {}, True),
+        "hook_cores90": (blocks, dict(cores=90, **memcfg), True),
+    }
     if FULL:
         configs["hook_memlimit"] = (blocks, memcfg, True)
     RESULTS["overhead_tiny"] = interleaved(configs, "tiny", PROCS)
@@ -394,8 +481,11 @@ def phase_tiny() -> None:
 def phase_transformer() -> None:
     """Training step time alone and unlimited (lower is better)."""
     steps = ("--steps", "8")
-    configs: Configs = {"nohook": (steps, {}, False), "nohook_again": (steps, {}, False),
-                        "hook_noconfig": (steps, {}, True)}
+    configs: Configs = {
+        "nohook": (steps, {}, False),
+        "nohook_again": (steps, {}, False),
+        "hook_noconfig": (steps, {}, True),
+    }
     if FULL:
         configs["hook_memlimit"] = (steps, dict(memory_bytes=64 * GiB), True)
     RESULTS["overhead_transformer"] = interleaved(configs, "transformer", PROCS)
@@ -405,8 +495,10 @@ def phase_transformer_under() -> None:
     """Step time ~50% busy (sleeping one step time after each step) under a 70% limit."""
     ref = int(RESULTS.get("ref_clock_mhz", 0))
     duty = ("--steps", "8", "--duty", "1.0")
-    configs: Configs = {"nohook": (duty, {}, False),
-                        "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, memory_bytes=64 * GiB), True)}
+    configs: Configs = {
+        "nohook": (duty, {}, False),
+        "hook_cores70": (duty, dict(cores=70, ref_clock_mhz=ref, memory_bytes=64 * GiB), True),
+    }
     RESULTS["overhead_transformer_under_limit"] = interleaved(configs, "transformer", PROCS)
 
 
@@ -418,13 +510,24 @@ def phase_launch_ab() -> None:
     res: dict[str, Any] = {"cpus": cpus}
     # gap 0: launches back to back (the GPU's queue sets the pace); gap 5 us: a framework's
     # per-launch work, the GPU well under the 90% limit.
-    for name, limits, gap in (("noconfig", {}, 0), ("memlimit", memcfg, 0), ("cores90", dict(cores=90, **memcfg), 0),
-                              ("noconfig_gap5us", {}, 5000), ("cores90_gap5us", dict(cores=90, **memcfg), 5000)):
+    for name, limits, gap in (
+        ("noconfig", {}, 0),
+        ("memlimit", memcfg, 0),
+        ("cores90", dict(cores=90, **memcfg), 0),
+        ("noconfig_gap5us", {}, 5000),
+        ("cores90_gap5us", dict(cores=90, **memcfg), 5000),
+    ):
         e = workload_env(False)  # launch_ab dlopens the hook itself
         if limits:
             e[ENV_CONFIG] = str(config(f"ab-{name}", **limits))
-        r = subprocess.run([exe, HOOK, "20000", "60", str(gap)], env=e, capture_output=True,
-                           text=True, timeout=200, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        r = subprocess.run(
+            [exe, HOOK, "20000", "60", str(gap)],
+            env=e,
+            capture_output=True,
+            text=True,
+            timeout=200,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
         res[name] = json.loads(lines[-1]) if lines else {"error": f"rc={r.returncode}", "stderr": r.stderr[-400:]}
     RESULTS["launch_ab"] = res
@@ -435,33 +538,43 @@ def summary() -> str:
     m = RESULTS.get("memory", {})
     for mode in ("default", "expandable_segments", "cudaMallocAsync") if m else ():
         r = m.get(mode, {})
-        rows.append(f"memory {mode:20s} err={r.get('error')} allocated={r.get('allocated_mib')}MiB "
-                    f"mem_get_info={r.get('mem_get_info_before_mib')} smi='{r.get('nvidia_smi')}' nvml={r.get('nvml')}")
+        rows.append(
+            f"memory {mode:20s} err={r.get('error')} allocated={r.get('allocated_mib')}MiB "
+            f"mem_get_info={r.get('mem_get_info_before_mib')} smi='{r.get('nvidia_smi')}' nvml={r.get('nvml')}"
+        )
     c = RESULTS.get("compute", {})
     if c:
-        rows.append(f"matmul base {c.get('matmul_nohook', {}).get('tflops', 0):.1f} TFLOP/s "
-                    f"(clock {c.get('matmul_nohook', {}).get('sm_clock_median')}), hook no config "
-                    f"{c.get('matmul_hook_noconfig', {}).get('tflops', 0):.1f}, graph base "
-                    f"{c.get('graph_nohook', {}).get('tflops', 0):.1f}; ref clock {RESULTS.get('ref_clock_mhz')}")
+        rows.append(
+            f"matmul base {c.get('matmul_nohook', {}).get('tflops', 0):.1f} TFLOP/s "
+            f"(clock {c.get('matmul_nohook', {}).get('sm_clock_median')}), hook no config "
+            f"{c.get('matmul_hook_noconfig', {}).get('tflops', 0):.1f}, graph base "
+            f"{c.get('graph_nohook', {}).get('tflops', 0):.1f}; ref clock {RESULTS.get('ref_clock_mhz')}"
+        )
         for pct in LIMITS:
             cells = []
             for kind in ("matmul", "graph"):
                 for label in ("time", "work"):
                     r = c.get(f"{kind}_{pct}_{label}", {})
-                    cells.append(f"{kind}/{label} {100 * (r.get('relative') or 0):5.1f}% "
-                                 f"(util {r.get('nvml_util_mean')}, {r.get('sm_clock_median')} MHz)")
+                    cells.append(
+                        f"{kind}/{label} {100 * (r.get('relative') or 0):5.1f}% "
+                        f"(util {r.get('nvml_util_mean')}, {r.get('sm_clock_median')} MHz)"
+                    )
             rows.append(f"limit {pct:2d}%: " + "  ".join(cells))
     for key in ("pair_work", "pair_time"):
         p = RESULTS.get(key)
         if p:
-            rows.append(f"{key}: 30% {p['a_30'].get('tflops', 0):.1f} / 70% {p['b_70'].get('tflops', 0):.1f} TFLOP/s, "
-                        f"ratio {p['ratio']} (3:7 = 0.4286)")
+            rows.append(
+                f"{key}: 30% {p['a_30'].get('tflops', 0):.1f} / 70% {p['b_70'].get('tflops', 0):.1f} TFLOP/s, "
+                f"ratio {p['ratio']} (3:7 = 0.4286)"
+            )
     for key in ("overhead_tiny", "overhead_transformer", "overhead_transformer_under_limit"):
         for name, v in RESULTS.get(key, {}).items():
             if isinstance(v, dict):
-                rows.append(f"{key} {name:14s} median {v['median']:.2f} ratio to no hook {v['ratio_mean']} "
-                            f"(95% {v['ratio_mean_ci95']}), process sd {v['process_sd']}; "
-                            f"per process {v['process_medians']}")
+                rows.append(
+                    f"{key} {name:14s} median {v['median']:.2f} ratio to no hook {v['ratio_mean']} "
+                    f"(95% {v['ratio_mean_ci95']}), process sd {v['process_sd']}; "
+                    f"per process {v['process_medians']}"
+                )
     for name, v in RESULTS.get("launch_ab", {}).items():
         if isinstance(v, dict):
             rows.append(f"launch_ab {name:16s} {json.dumps(v)}")
@@ -471,27 +584,45 @@ def summary() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hook-bench"))
-    ap.add_argument("--phases", default="memory,compute,pair,overhead",
-                    help="comma-separated: memory, compute, pair, launch_ab, tiny, transformer, "
-                         "transformer_under (overhead = the last four)")
+    ap.add_argument(
+        "--phases",
+        default="memory,compute,pair,overhead",
+        help="comma-separated: memory, compute, pair, launch_ab, tiny, transformer, "
+        "transformer_under (overhead = the last four)",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer variants (graphs in work mode only, 2 reps)")
-    ap.add_argument("--ref-clock", type=int, default=0,
-                    help="full-load SM clock (MHz) for phases run without the compute phase that measures it")
+    ap.add_argument(
+        "--ref-clock",
+        type=int,
+        default=0,
+        help="full-load SM clock (MHz) for phases run without the compute phase that measures it",
+    )
     ap.add_argument("--kinds", default="matmul,graph", help="compute phase: workloads")
     ap.add_argument("--limits", default="10,20,30,50,70,90", help="compute phase: core limits, percent")
-    ap.add_argument("--modes", default="time,work",
-                    help="compute phase: time (share of time) and/or work (share of throughput, ref_clock_mhz)")
+    ap.add_argument(
+        "--modes",
+        default="time,work",
+        help="compute phase: time (share of time) and/or work (share of throughput, ref_clock_mhz)",
+    )
     ap.add_argument("--seconds", type=float, default=2.5, help="compute phase: timed part of each run")
     ap.add_argument("--gpu", type=int, default=0, help="the card to use (nvidia-smi's index)")
-    ap.add_argument("--procs", type=int, default=2,
-                    help="overhead phases: long-lived processes per configuration (each keeps its own speed "
-                         "for life: the process effect shrinks only as 1/sqrt(procs))")
+    ap.add_argument(
+        "--procs",
+        type=int,
+        default=2,
+        help="overhead phases: long-lived processes per configuration (each keeps its own speed "
+        "for life: the process effect shrinks only as 1/sqrt(procs))",
+    )
     ap.add_argument("--rounds", type=int, default=8, help="overhead phases: blocks per process")
-    ap.add_argument("--configs", default="",
-                    help="overhead phases: only these configurations (comma-separated; nohook always runs)")
+    ap.add_argument(
+        "--configs", default="", help="overhead phases: only these configurations (comma-separated; nohook always runs)"
+    )
     ap.add_argument("--wave", type=int, default=8, help="overhead phases: processes per configuration alive at once")
-    ap.add_argument("--random-layout", action="store_true",
-                    help="overhead phases: keep address-space and hash randomisation (default: fixed in every worker)")
+    ap.add_argument(
+        "--random-layout",
+        action="store_true",
+        help="overhead phases: keep address-space and hash randomisation (default: fixed in every worker)",
+    )
     args = ap.parse_args()
     global GPU, PROCS, WAVE, FIXED_LAYOUT, ROUNDS, CONFIGS
     ROUNDS = args.rounds
@@ -515,10 +646,20 @@ def main() -> None:
     global UUID
     UUID = gpu_uuid()
     RESULTS["gpu_uuid"] = UUID
-    RESULTS["nvidia_smi"] = subprocess.run(["nvidia-smi", "-i", str(GPU), "--query-gpu=name,driver_version,memory.total",
-                                            "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    phases = {"memory": phase_memory, "compute": phase_compute, "pair": phase_pair, "launch_ab": phase_launch_ab,
-              "tiny": phase_tiny, "transformer": phase_transformer, "transformer_under": phase_transformer_under}
+    RESULTS["nvidia_smi"] = subprocess.run(
+        ["nvidia-smi", "-i", str(GPU), "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    phases = {
+        "memory": phase_memory,
+        "compute": phase_compute,
+        "pair": phase_pair,
+        "launch_ab": phase_launch_ab,
+        "tiny": phase_tiny,
+        "transformer": phase_transformer,
+        "transformer_under": phase_transformer_under,
+    }
     wanted = args.phases.replace("overhead", "launch_ab,tiny,transformer,transformer_under").split(",")
     for name in wanted:
         t0 = time.time()

@@ -44,8 +44,10 @@ def main() -> None:
                 c = int(pct)
                 speed = v["relative_pct"] / c
                 w, busy = weight(v["nvml"]["power_w"], c / 100, a.gap_w, limit)
-                print(f"| {path.stem} | {kind} | {c} | {v['nvml']['power_w']:.0f} | {busy:.0f} | {speed:.3f} | {w:.3f} "
-                      f"| {c * speed / w:.1f} |")
+                print(
+                    f"| {path.stem} | {kind} | {c} | {v['nvml']['power_w']:.0f} | {busy:.0f} | {speed:.3f} | {w:.3f} "
+                    f"| {c * speed / w:.1f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,16 @@ def extract(specs: list[str]) -> list[dict[str, Any]]:
                 continue
             span_ns = (busy[-1][0] - busy[0][0]) * 1000  # trace times are in us
             duty = sum(v for _, v in busy[1:]) / span_ns
-            points.append({"run": run, "kind": kind, "limit": int(limit), "duty": round(duty, 4),
-                           "relative": r["relative"], "ref_mhz": results["ref_clock_mhz"]})
+            points.append(
+                {
+                    "run": run,
+                    "kind": kind,
+                    "limit": int(limit),
+                    "duty": round(duty, 4),
+                    "relative": r["relative"],
+                    "ref_mhz": results["ref_clock_mhz"],
+                }
+            )
     return points
 
 
@@ -80,8 +88,10 @@ def main() -> int:
         errors = [delivered(p, pe, pk, args.top) - p["limit"] for p in points]
         print(f"{label} E={pe:.2f} KNEE={pk:.2f}: worst error {max(map(abs, errors)):.2f} points")
         for p, err in zip(points, errors, strict=True):
-            print(f"  run {p['run']:>3} {p['kind']:6s} {p['limit']:3d}%: duty {p['duty']:.3f} "
-                  f"speed {p['relative'] / p['duty']:.3f} -> {p['limit'] + err:5.1f}")
+            print(
+                f"  run {p['run']:>3} {p['kind']:6s} {p['limit']:3d}%: duty {p['duty']:.3f} "
+                f"speed {p['relative'] / p['duty']:.3f} -> {p['limit'] + err:5.1f}"
+            )
     return 0
 
 

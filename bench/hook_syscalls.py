@@ -36,10 +36,17 @@ def counts(build: Path, n: int, tmp: Path) -> dict[str, int]:
     conf = tmp / f"{n}.conf"
     conf.write_text(f"version=1\nregion={tmp}/{n}.region\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\n")
     out = tmp / f"{n}.strace"
-    env = dict(os.environ, LD_PRELOAD=str(build / "libflexai_hook.so"), LD_LIBRARY_PATH=str(build / "fake"),
-               FLEXAI_VGPU_CONFIG=str(conf))
-    subprocess.run(["strace", "-f", "-c", "-e", "trace=" + ",".join(CALLS), "-o", str(out), sys.executable, "-c",
-                    CLIENT, str(n)], env=env, check=True)
+    env = dict(
+        os.environ,
+        LD_PRELOAD=str(build / "libflexai_hook.so"),
+        LD_LIBRARY_PATH=str(build / "fake"),
+        FLEXAI_VGPU_CONFIG=str(conf),
+    )
+    subprocess.run(
+        ["strace", "-f", "-c", "-e", "trace=" + ",".join(CALLS), "-o", str(out), sys.executable, "-c", CLIENT, str(n)],
+        env=env,
+        check=True,
+    )
     found = dict.fromkeys(CALLS, 0)
     for line in out.read_text().splitlines():
         parts = line.split()

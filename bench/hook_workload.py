@@ -35,8 +35,9 @@ def wait_until(t: float | None) -> None:
             time.sleep(0.001)
 
 
-def timed_loop(step: Callable[[], object], seconds: float, per_step_flop: float,
-               start_at: float | None, sync_every: int) -> dict[str, object]:
+def timed_loop(
+    step: Callable[[], object], seconds: float, per_step_flop: float, start_at: float | None, sync_every: int
+) -> dict[str, object]:
     """Steps for `seconds`, synchronising every `sync_every` steps: ~10+ ms of GPU work apart,
     so the unlimited baseline keeps the card busy (every 8 matmuls left it idle 3% of the time,
     and a hook that gives N% of the card's time then looks like N/0.97% of that baseline)."""
@@ -56,8 +57,13 @@ def timed_loop(step: Callable[[], object], seconds: float, per_step_flop: float,
         n += sync_every
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"steps": n, "seconds": dt, "tflops": n * per_step_flop / dt / 1e12, "t_start": t_start,
-            "t_end": time.time()}
+    return {
+        "steps": n,
+        "seconds": dt,
+        "tflops": n * per_step_flop / dt / 1e12,
+        "t_start": t_start,
+        "t_end": time.time(),
+    }
 
 
 def matmul(args: argparse.Namespace) -> dict[str, object]:
@@ -75,8 +81,9 @@ def matmul_operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return a, torch.randn(N, N, device="cuda", dtype=torch.bfloat16), torch.empty_like(a)
 
 
-def captured_matmuls(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: int = 20,
-                     capture_error_mode: str = "global") -> torch.cuda.CUDAGraph:
+def captured_matmuls(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, n: int = 20, capture_error_mode: str = "global"
+) -> torch.cuda.CUDAGraph:
     """`n` products c = a @ b captured in one CUDA graph, warmed up on and captured in a side
     stream of the current device. Not torch.cuda.graph's default capture stream: PyTorch
     makes that once per process, on the device current at the first capture, so a capture on
@@ -106,8 +113,11 @@ def fill(args: argparse.Namespace) -> dict[str, object]:
     uuid = str(torch.cuda.get_device_properties(0).uuid)
     uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
     # What the context really costs on the card (NVML's per-process view is not virtualised).
-    apps = subprocess.run(["nvidia-smi", "-i", uuid, "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
-                          capture_output=True, text=True).stdout.strip()
+    apps = subprocess.run(
+        ["nvidia-smi", "-i", uuid, "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     held, allocated = [], 0
     chunk = args.chunk_mib << 20
     err = ""
@@ -120,7 +130,8 @@ def fill(args: argparse.Namespace) -> dict[str, object]:
     free1, total1 = torch.cuda.mem_get_info()
     smi = subprocess.run(
         ["nvidia-smi", "-i", uuid, "--query-gpu=memory.total,memory.used,memory.free", "--format=csv,noheader"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     nvml = {}
     try:
@@ -222,8 +233,12 @@ def serve(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["matmul", "graph", "fill", "tiny", "transformer", "serve"])
-    ap.add_argument("--serve", choices=["tiny", "transformer"], default="tiny",
-                    help="with kind serve: the workload whose blocks stdin asks for")
+    ap.add_argument(
+        "--serve",
+        choices=["tiny", "transformer"],
+        default="tiny",
+        help="with kind serve: the workload whose blocks stdin asks for",
+    )
     ap.add_argument("--seconds", type=float, default=2.5)
     ap.add_argument("--start-at", type=float, default=None)
     ap.add_argument("--chunk-mib", type=int, default=256)

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flexai_sched.policies import leftover  # noqa: E402
 from flexai_core.model import FULL_CORES  # noqa: E402
+from flexai_sched.policies import leftover  # noqa: E402
 from flexai_sched.sim.cli import default_trace  # noqa: E402
 from flexai_sched.sim.trace import TracePod, load  # noqa: E402
 from flexai_sched.sim.workload import arrivals, target_workload  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-_WORKER = r'''
+_WORKER = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 from flexai_core import annotations as ann
@@ -77,13 +77,19 @@ with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as cfg:
         times.append(((t1 - t0) / pods_n, (t2 - t1) / ((rounds - 1) * pods_n)))
         assert len(state.keys()) == pods_n, "every pod counted"
 print(json.dumps(times))
-'''
+"""
 
 
 def run(tree: Path, pods: int, rounds: int, repeat: int) -> list[tuple[float, float]]:
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-c", _WORKER, str(pods), str(rounds), str(repeat)],
-                         env=env, capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(pods), str(rounds), str(repeat)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
     return [(a, b) for a, b in json.loads(out.stdout)]
 
 

@@ -42,9 +42,17 @@ quotas:
 
 def pod(name: str, shape: tuple[int, int, int], namespace: str = "bench") -> dict[str, Any]:
     n, cores, mem = shape
-    lim = {"huawei.com/vgpu-number": str(n), "huawei.com/vgpu-cores": str(cores), "huawei.com/vgpu-memory-1Gi": str(mem)}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"},
-            "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": lim}}]}}
+    lim = {
+        "huawei.com/vgpu-number": str(n),
+        "huawei.com/vgpu-cores": str(cores),
+        "huawei.com/vgpu-memory-1Gi": str(mem),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"},
+        "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": lim}}]},
+    }
 
 
 def build(nodes: int) -> tuple[Any, Any, list[str]]:
@@ -54,8 +62,14 @@ def build(nodes: int) -> tuple[Any, Any, list[str]]:
     from flexai_sched.extender import BindError, Extender
     from flexai_sched.state import ClusterState
 
-    inv = demo.inventory({"nodes": [{"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771,
-                                                                      "count": 8}]} for i in range(nodes)]})
+    inv = demo.inventory(
+        {
+            "nodes": [
+                {"name": f"n{i:05d}", "cards": [{"model": "NVIDIA H200", "memoryMiB": 143771, "count": 8}]}
+                for i in range(nodes)
+            ]
+        }
+    )
     state = ClusterState()
     backend = MemoryBackend(inv, heartbeat_every=None)
     backend.start(state)
@@ -120,16 +134,34 @@ def main() -> None:
     base = None
     if args.baseline:
         env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline)}
-        base = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", "--nodes", str(args.nodes),
-                                 "--names", str(args.names), "--calls", str(args.calls)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                cwd=os.path.abspath(args.baseline))
+        base = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                "--nodes",
+                str(args.nodes),
+                "--names",
+                str(args.names),
+                "--calls",
+                str(args.calls),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=os.path.abspath(args.baseline),
+        )
         assert base.stdout is not None and base.stdin is not None
         assert base.stdout.readline().strip() == "ready"
     ext, backend, names = build(args.nodes)
     names = names[: args.names]
-    results: dict[str, list[float]] = {"baseline, no quotas": [], "no quotas": [], "quota, other ns": [],
-                                       "quota, own ns": []}
+    results: dict[str, list[float]] = {
+        "baseline, no quotas": [],
+        "no quotas": [],
+        "quota, other ns": [],
+        "quota, own ns": [],
+    }
     order = random.Random(3)
     for _ in range(args.rounds):
         # A shuffled order each round: on a shared machine, load drifts between runs.
@@ -145,16 +177,20 @@ def main() -> None:
             results[label] += timed(ext, names, args.calls, "third" if label == "quota, other ns" else "bench")
     if base is not None:
         base.terminate()
-    print(f"filter, {args.nodes} nodes x 8 cards half full, {args.names} names per call, "
-          f"{args.rounds} rounds x {args.calls} calls")
+    print(
+        f"filter, {args.nodes} nodes x 8 cards half full, {args.names} names per call, "
+        f"{args.rounds} rounds x {args.calls} calls"
+    )
     ref = results["baseline, no quotas"] or results["no quotas"]
     ref_p50, ref_p99 = summary(ref)
     for label, xs in results.items():
         if not xs:
             continue
         p50, p99 = summary(xs)
-        print(f"{label:22s} p50={p50:8.1f} us  p99={p99:8.1f} us   ratio p50={p50 / ref_p50:5.3f} "
-              f"p99={p99 / ref_p99:5.3f}")
+        print(
+            f"{label:22s} p50={p50:8.1f} us  p99={p99:8.1f} us   ratio p50={p50 / ref_p50:5.3f} "
+            f"p99={p99 / ref_p99:5.3f}"
+        )
 
 
 if __name__ == "__main__":

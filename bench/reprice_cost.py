@@ -30,13 +30,16 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=20)
     args = ap.parse_args()
     state = ClusterState()
-    backend = MemoryBackend([node(f"n{i}", cards=8, model="H200" if i % 2 else "T4") for i in range(args.nodes)],
-                            heartbeat_every=None)
+    backend = MemoryBackend(
+        [node(f"n{i}", cards=8, model="H200" if i % 2 else "T4") for i in range(args.nodes)], heartbeat_every=None
+    )
     ext = Extender(state, backend, Settings(node_policy="fragmentation"))
     backend.start(state)
     half = args.nodes // 2
-    ext._node_policy.use_capacity({"H200": 8 * half, "T4": 8 * half},  # type: ignore[attr-defined]
-                                  {NodeKind("H200", 8): half, NodeKind("T4", 8): half})
+    ext._node_policy.use_capacity(
+        {"H200": 8 * half, "T4": 8 * half},  # type: ignore[attr-defined]
+        {NodeKind("H200", 8): half, NodeKind("T4", 8): half},
+    )
     started = time.perf_counter()
     ext.reprice()
     first = time.perf_counter() - started
@@ -44,7 +47,9 @@ def main() -> None:
     for _ in range(args.passes):
         ext.reprice()
     later = (time.perf_counter() - started) / args.passes
-    print(f"{args.nodes} nodes x 8 cards, 2 kinds: first pass {1000 * first:.1f} ms, later passes {1000 * later:.1f} ms")
+    print(
+        f"{args.nodes} nodes x 8 cards, 2 kinds: first pass {1000 * first:.1f} ms, later passes {1000 * later:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -66,19 +66,30 @@ CARDS = tuple(Card(i, f"GPU-{i}", "NVIDIA H200", 80 * 1024, 5) for i in range(4)
 def node_body(name: str, inventory: str) -> k8s.V1Node:
     res_ = {"cpu": "64", "memory": "512Gi", "pods": "250"}
     return k8s.V1Node(
-        metadata=k8s.V1ObjectMeta(name=name, annotations={"kwok.x-k8s.io/node": "fake", ann.NODE_INVENTORY: inventory},
-                                  labels={"type": "kwok", "kubernetes.io/hostname": name}),
-        status=k8s.V1NodeStatus(capacity=dict(res_), allocatable=dict(res_)))
+        metadata=k8s.V1ObjectMeta(
+            name=name,
+            annotations={"kwok.x-k8s.io/node": "fake", ann.NODE_INVENTORY: inventory},
+            labels={"type": "kwok", "kubernetes.io/hostname": name},
+        ),
+        status=k8s.V1NodeStatus(capacity=dict(res_), allocatable=dict(res_)),
+    )
 
 
 def pod_body(name: str, vgpu: bool) -> k8s.V1Pod:
     limits = {res.VGPU_NUMBER: "1", res.VGPU_CORES: "20", res.VGPU_MEMORY: "2"} if vgpu else None
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(
-            name="main", image="registry.invalid/fake:1",
-            resources=k8s.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"}, limits=limits))],
-            termination_grace_period_seconds=0))
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="main",
+                    image="registry.invalid/fake:1",
+                    resources=k8s.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"}, limits=limits),
+                )
+            ],
+            termination_grace_period_seconds=0,
+        ),
+    )
 
 
 def parallel(fn: Callable[[int], object], n: int, threads: int = 8) -> None:
@@ -103,8 +114,14 @@ class BindClock:
     def _run(self, rv: str) -> None:
         while not self._stop:
             try:
-                resp: Any = self._core.list_namespaced_pod(NS, watch=True, resource_version=rv, timeout_seconds=30,
-                                                      allow_watch_bookmarks=True, _preload_content=False)
+                resp: Any = self._core.list_namespaced_pod(
+                    NS,
+                    watch=True,
+                    resource_version=rv,
+                    timeout_seconds=30,
+                    allow_watch_bookmarks=True,
+                    _preload_content=False,
+                )
                 for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
                     if self._stop:
                         break
@@ -170,9 +187,11 @@ def wipe_pods(plane: ControlPlane, core: k8s.CoreV1Api) -> None:
     core.delete_collection_namespaced_pod(NS, grace_period_seconds=0)
     wait_until(lambda: not core.list_namespaced_pod(NS, limit=1).items, 300, "pods deleted", interval=0.5)
     if plane.procs.get("extender") is not None and plane.procs["extender"].alive:
+
         def empty() -> bool:
             with urlopen(plane.extender_url + "/v1/allocations") as r:
                 return not json.loads(r.read())
+
         wait_until(empty, 120, "extender released every allocation", interval=0.5)
 
 
@@ -180,16 +199,27 @@ def urlopen(url: str) -> Any:
     return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10)
 
 
-def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: bool, extender: bool,
-        mode: str, tag: str, floor: str = "") -> Result:
+def run(
+    plane: ControlPlane,
+    core: k8s.CoreV1Api,
+    nodes: int,
+    pods: int,
+    vgpu: bool,
+    extender: bool,
+    mode: str,
+    tag: str,
+    floor: str = "",
+) -> Result:
     names = [f"{tag}-{i:05}" for i in range(pods)]
     clock = BindClock(core)
     real_config = plane._scheduler_config
     if floor:  # the next scheduler start points at the floor instead of our extender
+
         def config(with_extender: bool) -> dict[str, Any]:
             cfg = real_config(False)
             cfg["extenders"] = [floor_block(floor)]
             return cfg
+
         plane._scheduler_config = config  # type: ignore[method-assign]
     cpu0: dict[str, float] = {}
     if mode == "burst":
@@ -199,8 +229,15 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
         cpu0 = cpu_seconds(plane)
         wait_until(lambda: len(clock.bound) >= pods, 900, f"{pods} pods bound", interval=0.2)
         times = sorted(clock.bound[n] for n in names)
-        result = Result(nodes, "vgpu" if vgpu else "plain", "floor" if floor else "extender" if extender else "alone",
-                        mode, pods - 1, times[-1] - times[0], {})
+        result = Result(
+            nodes,
+            "vgpu" if vgpu else "plain",
+            "floor" if floor else "extender" if extender else "alone",
+            mode,
+            pods - 1,
+            times[-1] - times[0],
+            {},
+        )
     else:
         plane.restart_scheduler(with_extender=extender)
         cpu0 = cpu_seconds(plane)
@@ -209,8 +246,9 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
         created = time.monotonic() - t0
         wait_until(lambda: len(clock.bound) >= pods, 900, f"{pods} pods bound", interval=0.2)
         last = max(clock.bound[n] for n in names)
-        result = Result(nodes, "vgpu" if vgpu else "plain", "extender" if extender else "alone", mode,
-                        pods, last - t0, {})
+        result = Result(
+            nodes, "vgpu" if vgpu else "plain", "extender" if extender else "alone", mode, pods, last - t0, {}
+        )
         print(f"    (created {pods} pods in {created:.1f}s = {pods / created:.0f}/s)", flush=True)
     plane._scheduler_config = real_config  # type: ignore[method-assign]
     cpu1 = cpu_seconds(plane)
@@ -218,8 +256,11 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
     # Until the last bind, plus what trails it (kwok marking pods Running): per pod scheduled.
     result.cpu_ms_per_pod = {k: (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / pods for k in cpu1}
     cpu = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_ms_per_pod.items())
-    print(f"  {result.nodes:>5} nodes  {result.pods:5} pods  {result.scheduler:8}  {mode:6}  "
-          f"{result.rate:7.1f} pods/s   cpu ms/pod: {cpu}", flush=True)
+    print(
+        f"  {result.nodes:>5} nodes  {result.pods:5} pods  {result.scheduler:8}  {mode:6}  "
+        f"{result.rate:7.1f} pods/s   cpu ms/pod: {cpu}",
+        flush=True,
+    )
     # Pods scheduled more than once (a bind refused, a filter error) cost every component again.
     events = core.list_namespaced_event(NS, field_selector="reason=FailedScheduling").items
     mine = [e for e in events if (e.involved_object.name or "").startswith(f"{tag}-")]
@@ -230,8 +271,13 @@ def run(plane: ControlPlane, core: k8s.CoreV1Api, nodes: int, pods: int, vgpu: b
     return result
 
 
-def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst"), floor: bool = False,
-          score_percent: int | None = None) -> list[Result]:
+def bench(
+    nodes: int,
+    pods: int,
+    modes: tuple[str, ...] = ("stream", "burst"),
+    floor: bool = False,
+    score_percent: int | None = None,
+) -> list[Result]:
     global FLOOR
     work = Path(tempfile.mkdtemp(prefix=f"flexai-bench-{nodes}-"))
     extra: dict[str, Any] = {"clientConnection": {"qps": 5000, "burst": 5000}}
@@ -252,11 +298,15 @@ def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst"), f
                 conditions = (n.status.conditions if n.status else None) or []
                 ok += any(c.type == "Ready" and c.status == "True" for c in conditions)
             return ok == nodes
+
         wait_until(ready, 600, f"{nodes} nodes Ready", interval=1.0)
         print(f"{nodes} nodes ready in {time.monotonic() - t:.0f}s", flush=True)
         # The heartbeat written above must stay fresh for the whole run.
-        plane.start_extender(dataclasses.replace(flexai_sched_extender("--heartbeat-ttl", "86400"),
-                                                 health_path="/readyz", startup_timeout=120))
+        plane.start_extender(
+            dataclasses.replace(
+                flexai_sched_extender("--heartbeat-ttl", "86400"), health_path="/readyz", startup_timeout=120
+            )
+        )
         floor_url = ""
         if floor:
             from tests.e2e.controlplane import free_port
@@ -270,8 +320,19 @@ def bench(nodes: int, pods: int, modes: tuple[str, ...] = ("stream", "burst"), f
             out.append(run(plane, core, nodes, pods, vgpu=False, extender=True, mode=mode, tag=f"b{mode[0]}"))
             out.append(run(plane, core, nodes, pods, vgpu=True, extender=True, mode=mode, tag=f"c{mode[0]}"))
             if floor:
-                out.append(run(plane, core, nodes, pods, vgpu=True, extender=True, mode=mode, tag=f"d{mode[0]}",
-                               floor=floor_url))
+                out.append(
+                    run(
+                        plane,
+                        core,
+                        nodes,
+                        pods,
+                        vgpu=True,
+                        extender=True,
+                        mode=mode,
+                        tag=f"d{mode[0]}",
+                        floor=floor_url,
+                    )
+                )
     finally:
         core.api_client.close()
         plane.stop()
@@ -301,26 +362,34 @@ def main() -> int:
     results: list[Result] = []
     for n in args.nodes:
         results += bench(n, args.pods, tuple(args.modes), args.floor, args.score_percent)
-    print("\n| nodes | mode | plain, kube-scheduler alone | plain, with extender | vGPU, with extender "
-          "| ratio plain | ratio vGPU |")
+    print(
+        "\n| nodes | mode | plain, kube-scheduler alone | plain, with extender | vGPU, with extender "
+        "| ratio plain | ratio vGPU |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for n in args.nodes:
         for mode in args.modes:
             r = {(x.pods, x.scheduler): x.rate for x in results if x.nodes == n and x.mode == mode}
             alone = r[("plain", "alone")]
-            print(f"| {n} | {mode} | {alone:.1f} | {r[('plain', 'extender')]:.1f} | {r[('vgpu', 'extender')]:.1f} "
-                  f"| {r[('plain', 'extender')] / alone:.2f} | {r[('vgpu', 'extender')] / alone:.2f} |")
+            print(
+                f"| {n} | {mode} | {alone:.1f} | {r[('plain', 'extender')]:.1f} | {r[('vgpu', 'extender')]:.1f} "
+                f"| {r[('plain', 'extender')] / alone:.2f} | {r[('vgpu', 'extender')] / alone:.2f} |"
+            )
             if ("vgpu", "floor") in r:
-                print(f"|   | {mode}, vGPU through the do-nothing floor extender | | | {r[('vgpu', 'floor')]:.1f} | "
-                      f"| {r[('vgpu', 'floor')] / alone:.2f} |")
+                print(
+                    f"|   | {mode}, vGPU through the do-nothing floor extender | | | {r[('vgpu', 'floor')]:.1f} | "
+                    f"| {r[('vgpu', 'floor')] / alone:.2f} |"
+                )
     print("\nratio = pods/s with the extender configured / pods/s of kube-scheduler alone (goal >= 0.5)")
     print("\nCPU ms per pod (burst), by component:")
     for x in results:
         if x.mode == "burst":
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in x.cpu_ms_per_pod.items())
             wall = 1000 / x.rate
-            print(f"  {x.nodes} nodes, {x.pods} pods, {x.scheduler}: {cpu} "
-                  f"(sum {sum(x.cpu_ms_per_pod.values()):.1f}; wall {wall:.1f} ms per pod)")
+            print(
+                f"  {x.nodes} nodes, {x.pods} pods, {x.scheduler}: {cpu} "
+                f"(sum {sum(x.cpu_ms_per_pod.values()):.1f}; wall {wall:.1f} ms per pod)"
+            )
     return 0
 
 

@@ -62,8 +62,10 @@ def main() -> int:
         late = [r[3] for r in mine]
         label = "every node" if pc is None else "adaptive (0)" if pc == 0 else f"{pc}%"
         window = nodes if pc is None else feasible_to_find(nodes, pc)
-        print(f"| {label} | {window} | {statistics.mean(un):.2f} ± {statistics.pstdev(un):.2f} | "
-              f"{statistics.mean(late):.2f} ± {statistics.pstdev(late):.2f} | {statistics.mean(r[4] for r in mine):.1f} |")
+        print(
+            f"| {label} | {window} | {statistics.mean(un):.2f} ± {statistics.pstdev(un):.2f} | "
+            f"{statistics.mean(late):.2f} ± {statistics.pstdev(late):.2f} | {statistics.mean(r[4] for r in mine):.1f} |"
+        )
     return 0
 
 

@@ -45,8 +45,10 @@ def one(variant: str, policy: str, seed: int) -> None:
     print(f"{variant} / {policy} / seed {seed}: failed GPU {100 * lost / cap:.2f}% of the cluster")
     for (n, g), k in sorted(failed.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[1])[:8]:
         print(f"  {n} x {g / 10:.0f}%: {k} failed ({100 * n * g * k / cap:.2f}%), {placed[(n, g)]} placed")
-    print("  failed by GPU model allowed: " + ", ".join(
-        f"{spec} {100 * d / cap:.2f}%" for spec, d in failed_by_spec.most_common()))
+    print(
+        "  failed by GPU model allowed: "
+        + ", ".join(f"{spec} {100 * d / cap:.2f}%" for spec, d in failed_by_spec.most_common())
+    )
     whole, holes = 0, collections.Counter[int]()
     idle: collections.Counter[str] = collections.Counter()
     cards: collections.Counter[str] = collections.Counter()
@@ -60,8 +62,10 @@ def one(variant: str, policy: str, seed: int) -> None:
                 holes[100 - used.cores] += 1
     hole_pct = sum(f * k for f, k in holes.items()) / (cap / 1000)
     top = ", ".join(f"{f}%: {k}" for f, k in holes.most_common(6))
-    print(f"  free then: {whole} whole cards; partly used cards with room {hole_pct:.2f}% of the cluster "
-          f"(most common free parts: {top})")
+    print(
+        f"  free then: {whole} whole cards; partly used cards with room {hole_pct:.2f}% of the cluster "
+        f"(most common free parts: {top})"
+    )
     print("  idle cards by model: " + ", ".join(f"{m} {k}/{cards[m]}" for m, k in idle.most_common()))
 
 

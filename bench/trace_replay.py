@@ -50,8 +50,9 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated variants to replay (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--from", dest="load", type=Path, help="re-report saved runs")
-    ap.add_argument("--merge", action="store_true",
-                    help="keep the saved runs of every (variant, policy) not replayed now")
+    ap.add_argument(
+        "--merge", action="store_true", help="keep the saved runs of every (variant, policy) not replayed now"
+    )
     args = ap.parse_args()
     started = time.perf_counter()
     if args.load:
@@ -78,7 +79,9 @@ def main() -> int:
         (OUT / "trace-replay-runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs]))
     order = {p: i for i, p in enumerate(POLICIES.split(","))}
     variants = {v: i for i, v in enumerate([*VARIANTS, *GENERATED])}
-    runs.sort(key=lambda r: (variants.get(r.variant, len(variants)), r.variant, order.get(r.policy, len(order)), r.seed))
+    runs.sort(
+        key=lambda r: (variants.get(r.variant, len(variants)), r.variant, order.get(r.policy, len(order)), r.seed)
+    )
     rows = report.summarize(runs)
     report.write_csv(runs, OUT / "trace-replay.csv")
     report.write_png(runs, OUT / "trace-replay.png")
@@ -86,7 +89,9 @@ def main() -> int:
     if args.load:
         how = "rendered from saved runs"
     else:
-        how = f"wall {wall:.0f} s with {args.jobs} processes" + ("; other policies kept from saved runs" if args.merge else "")
+        how = f"wall {wall:.0f} s with {args.jobs} processes" + (
+            "; other policies kept from saved runs" if args.merge else ""
+        )
     text = [
         "# Trace replay: unallocated GPU % on the Alibaba GPU trace (cluster-trace-gpu-v2023)",
         "",
@@ -114,7 +119,9 @@ def main() -> int:
 
 
 def _load(path: Path) -> list[report.Run]:
-    return [report.Run(**{**r, "allocated_on_grid": tuple(r["allocated_on_grid"])}) for r in json.loads(path.read_text())]
+    return [
+        report.Run(**{**r, "allocated_on_grid": tuple(r["allocated_on_grid"])}) for r in json.loads(path.read_text())
+    ]
 
 
 if __name__ == "__main__":

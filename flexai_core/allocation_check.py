@@ -62,17 +62,16 @@ def check_allocation(
         given.setdefault(s.container, []).append(s)
     stray = sorted(set(given) - set(wanted))
     if stray:
-        out.append(Mismatch("container", f"the allocation has slices for {', '.join(map(repr, stray))}, "
-                                         "which ask for no vGPU"))
+        out.append(
+            Mismatch("container", f"the allocation has slices for {', '.join(map(repr, stray))}, which ask for no vGPU")
+        )
     by_index = None if cards is None else {c.index: c for c in cards}
     for c in wanted.values():
         out += _container(c, given.get(c.name, []), by_index, alloc.node)
     return out
 
 
-def _container(
-    c: ContainerRequest, slices: list[Slice], cards: dict[int, Card] | None, node: str
-) -> list[Mismatch]:
+def _container(c: ContainerRequest, slices: list[Slice], cards: dict[int, Card] | None, node: str) -> list[Mismatch]:
     where = f"container {c.name!r}"
     out = []
     if len(slices) != c.vgpus:
@@ -84,15 +83,24 @@ def _container(
         if cards is not None and card is None:
             out.append(Mismatch("card", f"{where}: card {s.card_index} is not on node {node!r}"))
         elif card is not None and card.uuid != s.card_uuid:
-            out.append(Mismatch("card", f"{where}: card {s.card_index} of node {node!r} is {card.uuid}, "
-                                        f"the allocation names {s.card_uuid}"))
+            out.append(
+                Mismatch(
+                    "card",
+                    f"{where}: card {s.card_index} of node {node!r} is {card.uuid}, the allocation names {s.card_uuid}",
+                )
+            )
         if s.init != c.init:
             kind = "an init container" if c.init else "not an init container"
             out.append(Mismatch("init", f"{where} is {kind}, the allocation marks its slice init={s.init}"))
         if s.cores != c.cores:
             # "percent", not "%": the kubelet puts an admission error into a printf format.
-            out.append(Mismatch("cores", f"{where} asks for {c.cores} percent of a card's cores per vGPU, "
-                                         f"the allocation gives {s.cores} percent on card {s.card_index}"))
+            out.append(
+                Mismatch(
+                    "cores",
+                    f"{where} asks for {c.cores} percent of a card's cores per vGPU, "
+                    f"the allocation gives {s.cores} percent on card {s.card_index}",
+                )
+            )
         out += _memory(where, c, s, card)
     return out
 
@@ -108,5 +116,9 @@ def _memory(where: str, c: ContainerRequest, s: Slice, card: Card | None) -> lis
         if s.memory_mib > 0 and (limit is None or s.memory_mib <= limit):
             return []
         asked = "all of the card's memory" + ("" if limit is None else f" (at most {limit} MiB)")
-    return [Mismatch("memory", f"{where} asks for {asked} per vGPU, "
-                               f"the allocation gives {s.memory_mib} MiB on card {s.card_index}")]
+    return [
+        Mismatch(
+            "memory",
+            f"{where} asks for {asked} per vGPU, the allocation gives {s.memory_mib} MiB on card {s.card_index}",
+        )
+    ]

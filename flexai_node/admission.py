@@ -110,9 +110,7 @@ def _choose(pods: Sequence[BoundPod], counts: Sequence[int], is_admitted: Callab
         if pod.error is not None:
             raise PodRefused(pod, pod.error)
         return Choice(pod, tuple(pending[: len(counts)]))
-    waiting = ", ".join(
-        f"{p.key} {[c.vgpus for c in pend]}" for p, pend in (*partial, *fresh)
-    ) or "none"
+    waiting = ", ".join(f"{p.key} {[c.vgpus for c in pend]}" for p, pend in (*partial, *fresh)) or "none"
     raise NoCandidate(
         f"no pod bound to this node waits for containers of {list(counts)} vGPU(s) "
         f"(pods waiting, with their containers' vGPU counts: {waiting})"

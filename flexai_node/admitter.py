@@ -23,8 +23,8 @@ from flexai_core.model import Card
 
 from .admission import KubeletView, PodRefused, choose
 from .grant import ContainerGrant, GrantBuilder
-from .nodeapi import KubeError, NodeApi
 from .ledger import Admitted, Ledger
+from .nodeapi import KubeError, NodeApi
 from .pods import BoundPod
 from .workdirs import Workdirs
 
@@ -105,7 +105,9 @@ class NodeAdmitter:
                     )
                 )
             self._ledger.admit(entries)
-            log.info("admitted %s containers %s on devices %s", pod.key, [c.name for c in choice.containers], device_ids)
+            log.info(
+                "admitted %s containers %s on devices %s", pod.key, [c.name for c in choice.containers], device_ids
+            )
             return grants
 
     def bound_pods(self) -> list[BoundPod]:

@@ -20,19 +20,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .admitter import NodeAdmitter
-from .hook.calibration import CACHE_NAME, RefClocks, parse_mode
 from .deviceplugin.kubelet_pods import DEFAULT_SOCKET as POD_RESOURCES_SOCKET
 from .deviceplugin.kubelet_pods import PodResourcesClient
 from .deviceplugin.server import DEFAULT_DIR, DevicePluginService, PluginServer
 from .grant import GrantBuilder
+from .hook.calibration import CACHE_NAME, RefClocks, parse_mode
 from .hook.files import HookConfigFiles
+from .hook.regions import RegionUsageReader
 from .hook.shim import HookShim
 from .inventory import CardReading, InventoryError, InventorySource
-from .nodeapi import KubeError, NodeApi
 from .ledger import Ledger
 from .metrics import AgentMetrics, Snapshot, VgpuUsage, VgpuUsageReader
+from .nodeapi import KubeError, NodeApi
 from .pods import BoundPod
-from .hook.regions import RegionUsageReader
 from .reporter import Reporter
 from .workdirs import Workdirs
 
@@ -75,8 +75,11 @@ class NodeAgent:
         self._inventory = inventory
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         workdirs = Workdirs(settings.state_dir / "containers")
-        self.ref_clocks = RefClocks(parse_mode(str(settings.ref_clock_mhz)), settings.state_dir / CACHE_NAME,
-                                    shim.calibrate if shim is not None else None)
+        self.ref_clocks = RefClocks(
+            parse_mode(str(settings.ref_clock_mhz)),
+            settings.state_dir / CACHE_NAME,
+            shim.calibrate if shim is not None else None,
+        )
         hook = HookConfigFiles(workdirs.root, settings.hook_library, self.ref_clocks.figures)
         if usage is None and shim is not None:
             usage = RegionUsageReader(lambda uid, c: hook.region_file(workdirs.path(uid, c)), shim)

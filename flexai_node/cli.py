@@ -17,10 +17,10 @@ from types import FrameType
 from .agent import AgentSettings, NodeAgent
 from .deviceplugin.kubelet_pods import DEFAULT_SOCKET as POD_RESOURCES_SOCKET
 from .deviceplugin.server import DEFAULT_DIR
-from .inventory import FileInventory, InventoryError, InventorySource
-from .hook.config import DEFAULT_LIBRARY
 from .hook.calibration import parse_mode
+from .hook.config import DEFAULT_LIBRARY
 from .hook.shim import HookShim, ShimError
+from .inventory import FileInventory, InventoryError, InventorySource
 from .kube import KubeError, KubeNodeApi
 
 __all__ = ["main", "parse_args"]
@@ -31,34 +31,75 @@ log = logging.getLogger("flexai_node")
 def parse_args(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
     e = os.environ if env is None else env
     p = argparse.ArgumentParser(prog="flexai-node", description=__doc__)
-    p.add_argument("--node-name", default=e.get("FLEXAI_NODE_NAME") or e.get("NODE_NAME"),
-                   help="this node's name (env FLEXAI_NODE_NAME or NODE_NAME; the DaemonSet passes spec.nodeName)")
-    p.add_argument("--kubeconfig", default=e.get("KUBECONFIG"),
-                   help="kubeconfig file (env KUBECONFIG); in-cluster configuration when unset")
-    p.add_argument("--inventory", default=e.get("FLEXAI_INVENTORY", "nvml"),
-                   help="nvml, or file:PATH for a JSON/YAML card list (env FLEXAI_INVENTORY)")
-    p.add_argument("--device-plugin-dir", type=Path, default=Path(e.get("FLEXAI_DEVICE_PLUGIN_DIR", str(DEFAULT_DIR))),
-                   help=f"kubelet device-plugin directory (env FLEXAI_DEVICE_PLUGIN_DIR; default {DEFAULT_DIR})")
-    p.add_argument("--hook-library", type=Path,
-                   default=Path(e.get("FLEXAI_HOOK_LIBRARY", DEFAULT_LIBRARY)),
-                   help="the CUDA hook library on the host (env FLEXAI_HOOK_LIBRARY)")
-    p.add_argument("--state-dir", type=Path, default=Path(e.get("FLEXAI_STATE_DIR", "/var/lib/flexai")),
-                   help="admission record and per-container directories (env FLEXAI_STATE_DIR)")
-    p.add_argument("--metrics-port", type=int, default=int(e.get("FLEXAI_METRICS_PORT", "9400")),
-                   help="Prometheus endpoint port, 0 for none (env FLEXAI_METRICS_PORT)")
-    p.add_argument("--metrics-address", default=e.get("FLEXAI_METRICS_ADDRESS", "0.0.0.0"),
-                   help="address the metrics endpoint listens on (env FLEXAI_METRICS_ADDRESS)")
-    p.add_argument("--max-vgpus-per-card", type=int, default=int(e.get("FLEXAI_MAX_VGPUS", "5")),
-                   help="vGPUs advertised per card, 1-5 in the seed (env FLEXAI_MAX_VGPUS)")
-    p.add_argument("--pod-resources-socket", default=e.get("FLEXAI_POD_RESOURCES_SOCKET", str(POD_RESOURCES_SOCKET)),
-                   help="the kubelet's PodResources socket, used to tell apart pods bound together; "
-                        "empty to go without (env FLEXAI_POD_RESOURCES_SOCKET)")
-    p.add_argument("--report-every", type=float, default=float(e.get("FLEXAI_REPORT_EVERY", "30")),
-                   help="seconds between heartbeats of the node annotation")
-    p.add_argument("--ref-clock-mhz", default=e.get("FLEXAI_REF_CLOCK_MHZ", "auto"),
-                   help="core limits in throughput rather than time: auto (default: each idle card's figures "
-                        "measured once, cached in the state directory), off (or 0: shares of time) or the "
-                        "full-load SM clock in MHz for every card (env FLEXAI_REF_CLOCK_MHZ)")
+    p.add_argument(
+        "--node-name",
+        default=e.get("FLEXAI_NODE_NAME") or e.get("NODE_NAME"),
+        help="this node's name (env FLEXAI_NODE_NAME or NODE_NAME; the DaemonSet passes spec.nodeName)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=e.get("KUBECONFIG"),
+        help="kubeconfig file (env KUBECONFIG); in-cluster configuration when unset",
+    )
+    p.add_argument(
+        "--inventory",
+        default=e.get("FLEXAI_INVENTORY", "nvml"),
+        help="nvml, or file:PATH for a JSON/YAML card list (env FLEXAI_INVENTORY)",
+    )
+    p.add_argument(
+        "--device-plugin-dir",
+        type=Path,
+        default=Path(e.get("FLEXAI_DEVICE_PLUGIN_DIR", str(DEFAULT_DIR))),
+        help=f"kubelet device-plugin directory (env FLEXAI_DEVICE_PLUGIN_DIR; default {DEFAULT_DIR})",
+    )
+    p.add_argument(
+        "--hook-library",
+        type=Path,
+        default=Path(e.get("FLEXAI_HOOK_LIBRARY", DEFAULT_LIBRARY)),
+        help="the CUDA hook library on the host (env FLEXAI_HOOK_LIBRARY)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(e.get("FLEXAI_STATE_DIR", "/var/lib/flexai")),
+        help="admission record and per-container directories (env FLEXAI_STATE_DIR)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(e.get("FLEXAI_METRICS_PORT", "9400")),
+        help="Prometheus endpoint port, 0 for none (env FLEXAI_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default=e.get("FLEXAI_METRICS_ADDRESS", "0.0.0.0"),
+        help="address the metrics endpoint listens on (env FLEXAI_METRICS_ADDRESS)",
+    )
+    p.add_argument(
+        "--max-vgpus-per-card",
+        type=int,
+        default=int(e.get("FLEXAI_MAX_VGPUS", "5")),
+        help="vGPUs advertised per card, 1-5 in the seed (env FLEXAI_MAX_VGPUS)",
+    )
+    p.add_argument(
+        "--pod-resources-socket",
+        default=e.get("FLEXAI_POD_RESOURCES_SOCKET", str(POD_RESOURCES_SOCKET)),
+        help="the kubelet's PodResources socket, used to tell apart pods bound together; "
+        "empty to go without (env FLEXAI_POD_RESOURCES_SOCKET)",
+    )
+    p.add_argument(
+        "--report-every",
+        type=float,
+        default=float(e.get("FLEXAI_REPORT_EVERY", "30")),
+        help="seconds between heartbeats of the node annotation",
+    )
+    p.add_argument(
+        "--ref-clock-mhz",
+        default=e.get("FLEXAI_REF_CLOCK_MHZ", "auto"),
+        help="core limits in throughput rather than time: auto (default: each idle card's figures "
+        "measured once, cached in the state directory), off (or 0: shares of time) or the "
+        "full-load SM clock in MHz for every card (env FLEXAI_REF_CLOCK_MHZ)",
+    )
     p.add_argument("--log-level", default=e.get("FLEXAI_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if not args.node_name:

@@ -85,11 +85,13 @@ class BoundPod:
         if request is not None and allocation is not None:
             problems = check_allocation(request, allocation, cards, node)
             if problems:
-                error = (f"pod {namespace}/{name}: {ann.POD_ALLOCATION} is not what the pod asks for: "
-                         + "; ".join(map(str, problems)))
+                error = f"pod {namespace}/{name}: {ann.POD_ALLOCATION} is not what the pod asks for: " + "; ".join(
+                    map(str, problems)
+                )
         containers = tuple(
-            GpuContainer(cname, by_name[cname], tuple(s for s in allocation.slices if s.container == cname)
-                         if allocation else ())
+            GpuContainer(
+                cname, by_name[cname], tuple(s for s in allocation.slices if s.container == cname) if allocation else ()
+            )
             for cname in order
             if by_name.get(cname)
         )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest, PodRequest, Slice, peak_usage
+
 from .policies.interface import Policy
 
 
@@ -55,9 +56,7 @@ def could_ever_fit(card: Card, selector: CardSelector, c: ContainerRequest) -> b
     return c.memory_on(card) <= card.memory_mib - card.used_outside_mib
 
 
-def place(
-    cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, policy: Policy
-) -> Placement | NoFit:
+def place(cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, policy: Policy) -> Placement | NoFit:
     """Choose cards for every GPU container of ``pod`` on a node, or say why not."""
     work = list(usage)
     slices: list[Slice] = []
@@ -105,10 +104,14 @@ def _no_fit(cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, 
             return NoFit(f'container "{c.name}": asks for {c.vgpus} vGPUs, node has {len(cards)} cards', False)
         possible = sum(1 for card in cards if could_ever_fit(card, pod.selector, c))
         if possible < c.vgpus:
-            return NoFit(f'container "{c.name}": needs {c.vgpus} cards{_describe(c, pod.selector)}, node has {possible}',
-                         False)
-    room = sum(1 for card, u in zip(cards, usage, strict=True)
-               if pod.selector.allows(card) and slice_fits(card, u, failed.cores, failed.memory_on(card)))
+            return NoFit(
+                f'container "{c.name}": needs {c.vgpus} cards{_describe(c, pod.selector)}, node has {possible}', False
+            )
+    room = sum(
+        1
+        for card, u in zip(cards, usage, strict=True)
+        if pod.selector.allows(card) and slice_fits(card, u, failed.cores, failed.memory_on(card))
+    )
     return NoFit(
         f'container "{failed.name}": needs {failed.vgpus} cards with room{_describe(failed, pod.selector)}, '
         f"{room} of {len(cards)} have it",

@@ -185,8 +185,11 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
     huge, NaN, or not text at all, which FastAPI's own handler fails to encode (a 500)."""
     errors = list(exc.errors())
     detail: list[dict[str, Any]] = [
-        {"loc": [x if isinstance(x, int) else _printable(str(x)) for x in d.get("loc", ())],
-         "msg": _printable(str(d.get("msg", ""))), "type": _printable(str(d.get("type", "")))}
+        {
+            "loc": [x if isinstance(x, int) else _printable(str(x)) for x in d.get("loc", ())],
+            "msg": _printable(str(d.get("msg", ""))),
+            "type": _printable(str(d.get("type", ""))),
+        }
         for d in errors[:MAX_ERRORS]
     ]
     if len(errors) > MAX_ERRORS:

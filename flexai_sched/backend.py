@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from flexai_core import annotations as ann
 from flexai_core.model import Allocation, NodeInventory
+
 from .errors import BindFailure, SchedError
 from .quota import DATA_KEY
 from .state import ClusterState
@@ -69,9 +70,13 @@ class MemoryBackend:
     so demo nodes never go stale; tests pass ``heartbeat_every=None`` to control time.
     """
 
-    def __init__(self, nodes: Iterable[NodeInventory] = (), heartbeat_every: float | None = 10.0,
-                 running: Iterable[tuple[Mapping[str, Any], Allocation]] = (),
-                 quota_file: str | None = None) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[NodeInventory] = (),
+        heartbeat_every: float | None = 10.0,
+        running: Iterable[tuple[Mapping[str, Any], Allocation]] = (),
+        quota_file: str | None = None,
+    ) -> None:
         self._mu = threading.Lock()
         self._nodes = {n.name: n for n in nodes}
         self._pods: dict[str, dict[str, Any]] = {}
@@ -198,11 +203,13 @@ class MemoryBackend:
 
     def running_pods(self, namespace: str) -> set[tuple[str, str]]:
         with self._mu:
-            return {(str(p["metadata"].get("name")), str(p["metadata"].get("uid") or ""))
-                    for p in self._pods.values()
-                    if (p.get("metadata") or {}).get("namespace", "default") == namespace
-                    and (p.get("spec") or {}).get("nodeName")
-                    and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
+            return {
+                (str(p["metadata"].get("name")), str(p["metadata"].get("uid") or ""))
+                for p in self._pods.values()
+                if (p.get("metadata") or {}).get("namespace", "default") == namespace
+                and (p.get("spec") or {}).get("nodeName")
+                and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            }
 
     def deliver_late(self) -> None:
         """Tests: the writes whose answers were lost land now, and the state hears of them."""
@@ -229,8 +236,12 @@ class MemoryBackend:
             priority = pod["spec"].get("priority")
             labels = meta.get("labels") or {}
         if self._state is not None:  # what preemption reads of a bound pod, as the kube watch records it
-            self._state.set_pod_meta(alloc.key, alloc.uid, priority if isinstance(priority, int) else 0,
-                                     {str(k): str(v) for k, v in labels.items()})
+            self._state.set_pod_meta(
+                alloc.key,
+                alloc.uid,
+                priority if isinstance(priority, int) else 0,
+                {str(k): str(v) for k, v in labels.items()},
+            )
 
     def _beat(self) -> None:
         assert self._every

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, PodRequest
+
 from .allocator import free_memory, slice_fits
 from .workload import Workload
-from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, PodRequest
 
 TYPICAL_SHARE = 0.95  # typical shapes: the most frequent classes covering this share of tasks
 
@@ -57,16 +58,30 @@ class Capacity:
     def sum(parts: Iterable[Capacity]) -> Capacity:
         totals = [0] * 10
         for p in parts:
-            for i, v in enumerate((p.cards, p.unhealthy_cards, p.cores_total, p.cores_allocated, p.cores_free,
-                                   p.cores_stranded, p.memory_mib_total, p.memory_mib_allocated, p.memory_mib_free,
-                                   p.memory_mib_stranded)):
+            for i, v in enumerate(
+                (
+                    p.cards,
+                    p.unhealthy_cards,
+                    p.cores_total,
+                    p.cores_allocated,
+                    p.cores_free,
+                    p.cores_stranded,
+                    p.memory_mib_total,
+                    p.memory_mib_allocated,
+                    p.memory_mib_free,
+                    p.memory_mib_stranded,
+                )
+            ):
                 totals[i] += v
         return Capacity(*totals)
 
 
 def typical_shapes(workload: Workload) -> list[Shape]:
-    return [Shape(c.vgpus, c.cores, None, CardSelector(models=c.models))
-            for c in workload.typical(TYPICAL_SHARE).classes if c.vgpus]
+    return [
+        Shape(c.vgpus, c.cores, None, CardSelector(models=c.models))
+        for c in workload.typical(TYPICAL_SHARE).classes
+        if c.vgpus
+    ]
 
 
 def pending_shapes(requests: Iterable[PodRequest]) -> list[Shape]:
@@ -87,22 +102,32 @@ def essential(shapes: Iterable[Shape]) -> list[Shape]:
 
     def covers(t: Shape, s: Shape) -> bool:
         same_memory_kind = (t.memory_mib is None) == (s.memory_mib is None)  # in proportion: by cores
-        return (t != s and t.vgpus <= s.vgpus and t.cores <= s.cores and same_memory_kind
-                and (t.memory_mib or 0) <= (s.memory_mib or 0) and (t.selector.empty or t.selector == s.selector))
+        return (
+            t != s
+            and t.vgpus <= s.vgpus
+            and t.cores <= s.cores
+            and same_memory_kind
+            and (t.memory_mib or 0) <= (s.memory_mib or 0)
+            and (t.selector.empty or t.selector == s.selector)
+        )
 
     # Two distinct shapes never cover each other (that would make them equal), so one pass keeps
     # exactly the uncovered ones.
     return [s for s in uniq if not any(covers(t, s) for t in uniq)]
 
 
-def node_capacity(cards: Sequence[Card], usage: Sequence[CardUsage], shapes: Sequence[Shape],
-                  stranding: bool = True) -> Capacity:
+def node_capacity(
+    cards: Sequence[Card], usage: Sequence[CardUsage], shapes: Sequence[Shape], stranding: bool = True
+) -> Capacity:
     """The node's totals; ``stranding`` False (a node that takes no pods) strands nothing."""
     usable = [False] * len(cards)
     if stranding:
         for s in shapes:
-            fit = [pos for pos, (card, u) in enumerate(zip(cards, usage, strict=True))
-                   if s.selector.allows(card) and slice_fits(card, u, s.cores, s.memory_on(card))]
+            fit = [
+                pos
+                for pos, (card, u) in enumerate(zip(cards, usage, strict=True))
+                if s.selector.allows(card) and slice_fits(card, u, s.cores, s.memory_on(card))
+            ]
             if len(fit) >= s.vgpus:
                 for pos in fit:
                     usable[pos] = True

@@ -30,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.add_argument("--demo-inventory", help="YAML/JSON demo nodes (see flexai_sched/demo.py)")
-    serve.add_argument("--quota-namespace",
-                       help="watch vGPU quotas in ConfigMaps labelled vgpu.flexai.io/quota in this namespace")
+    serve.add_argument(
+        "--quota-namespace", help="watch vGPU quotas in ConfigMaps labelled vgpu.flexai.io/quota in this namespace"
+    )
     serve.add_argument("--demo-quotas", help="demo cluster: vGPU quotas from this file (re-read when it changes)")
     serve.add_argument("--log-level", default="info")
-    why = sub.add_parser("explain", help="why a pod is pending: per node the filter's reason, the closest card, "
-                                         "a plan of moves (asks a running flexai-sched)")
+    why = sub.add_parser(
+        "explain",
+        help="why a pod is pending: per node the filter's reason, the closest card, "
+        "a plan of moves (asks a running flexai-sched)",
+    )
     why.add_argument("pod", nargs="?", help="NAMESPACE/NAME of a pod in the cluster")
     why.add_argument("-f", "--file", help="a pod manifest (YAML or JSON; - for stdin) instead of a pod's name")
     why.add_argument("--url", default="http://127.0.0.1:8888", help="the flexai-sched to ask (default %(default)s)")
@@ -133,25 +137,34 @@ def explain_text(d: dict[str, object]) -> str:
     pod = e["pod"]
     if e.get("bound_node"):
         return f"{pod}: bound to {e['bound_node']}"
-    lines = [f"{pod}: fits on {len(e['fits'])} node(s): {', '.join(e['fits'][:10])}" if e["fits"]
-             else f"{pod}: fits on no node now"]
+    lines = [
+        f"{pod}: fits on {len(e['fits'])} node(s): {', '.join(e['fits'][:10])}"
+        if e["fits"]
+        else f"{pod}: fits on no node now"
+    ]
     if e["reasons"]:
         lines.append("reasons (the filter's, as kube-scheduler was told):")
         lines += [f"  {n} node(s): {reason}" for reason, n in e["reasons"].items()]
     gap = e.get("closest")
     if gap:
-        lines.append(f"closest card: {gap['node']} card {gap['card']} ({gap['model']}), container "
-                     f"\"{gap['container']}\": missing {'; '.join(gap['missing'])}")
+        lines.append(
+            f"closest card: {gap['node']} card {gap['card']} ({gap['model']}), container "
+            f'"{gap["container"]}": missing {"; ".join(gap["missing"])}'
+        )
     plan = e.get("plan")
     if plan:
         lines.append(f"plan ({len(plan['moves'])} move(s)):")
         for m in plan["moves"]:
-            lines.append(f"  move {m['pod']} from {m['from_node']} card(s) {_cards(m['from_cards'])} "
-                         f"to {m['to_node']} card(s) {_cards(m['to_cards'])}")
+            lines.append(
+                f"  move {m['pod']} from {m['from_node']} card(s) {_cards(m['from_cards'])} "
+                f"to {m['to_node']} card(s) {_cards(m['to_cards'])}"
+            )
         lines.append(f"  then {pod} fits on {plan['node']} card(s) {_cards(plan['cards'])}")
     elif not e["fits"] and gap:
-        lines.append("no plan of up to 3 moves frees a fitting slice"
-                     + ("" if e["plan_complete"] else f" among the {e['plan_searched']} nodes searched"))
+        lines.append(
+            "no plan of up to 3 moves frees a fitting slice"
+            + ("" if e["plan_complete"] else f" among the {e['plan_searched']} nodes searched")
+        )
     return "\n".join(lines)
 
 
@@ -163,8 +176,9 @@ def make_backend(settings: config.Settings) -> Backend:
     if settings.kubeconfig or settings.in_cluster:
         from .kube import KubeBackend  # the kubernetes client is only imported when used
 
-        return KubeBackend(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster,
-                           quota_namespace=settings.quota_namespace)
+        return KubeBackend(
+            kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster, quota_namespace=settings.quota_namespace
+        )
     doc = demo.read_file(settings.demo_inventory) if settings.demo_inventory else demo.BUILTIN
     nodes = demo.inventory(doc, settings.max_vgpus_per_card)
     backend = MemoryBackend(nodes, running=demo.pods(doc, nodes), quota_file=settings.demo_quotas)

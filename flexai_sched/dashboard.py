@@ -30,10 +30,11 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
+from flexai_core.requests import RequestError, parse_pod
+
 from . import capacity, explain
 from .capacity import Capacity, Shape
 from .extender import Extender, invalid_outcome
-from flexai_core.requests import RequestError, parse_pod
 from .state import NodeState
 
 STATIC = Path(__file__).with_name("static")
@@ -97,12 +98,25 @@ class Feed:
             self._refresh()
             full = since <= 0 or since > self._serial
             nodes = [e.body for e in self._nodes.values() if full or e.serial > since]
-            beats = [] if full else [[n, _epoch(e.heartbeat)] for n, e in self._nodes.items()
-                                     if e.beat_serial > since and e.serial <= since]
+            beats = (
+                []
+                if full
+                else [
+                    [n, _epoch(e.heartbeat)]
+                    for n, e in self._nodes.items()
+                    if e.beat_serial > since and e.serial <= since
+                ]
+            )
             gone = [] if full else [n for n, s in self._gone.items() if s > since]
-            head = {"serial": self._serial, "full": full, "now": time.time(),
-                    "heartbeat_ttl_s": self.extender.settings.heartbeat_ttl_s,
-                    "beats": beats, "gone": gone, "pending": self._pending}
+            head = {
+                "serial": self._serial,
+                "full": full,
+                "now": time.time(),
+                "heartbeat_ttl_s": self.extender.settings.heartbeat_ttl_s,
+                "beats": beats,
+                "gone": gone,
+                "pending": self._pending,
+            }
             summary = self._summary
         return b"".join([to_json(head)[:-1], b',"summary":', summary, b',"nodes":[', b",".join(nodes), b"]}"])
 
@@ -120,8 +134,9 @@ class Feed:
             if shapes != self._shapes:
                 self._shapes, self._shapes_gen, dirty = shapes, self._shapes_gen + 1, True
             self._waiting = len(waiting)
-            self._pending = [{"pod": r.key, "uid": r.uid, "shape": _shape_text(r)}
-                             for r in waiting[-PENDING_SHOWN:]][::-1]
+            self._pending = [{"pod": r.key, "uid": r.uid, "shape": _shape_text(r)} for r in waiting[-PENDING_SHOWN:]][
+                ::-1
+            ]
         cutoff = ext.heartbeat_cutoff()
         live = ext.state.nodes_by_name()
         bumped = False
@@ -131,8 +146,16 @@ class Feed:
             if e is None or e.version != node.version:
                 if not bumped:
                     self._serial, bumped = self._serial + 1, True
-                self._nodes[name] = _Entry(node.version, node.heartbeat, self._serial, self._serial, _node_json(node),
-                                           self._capacity(node, stale), self._shapes_gen, stale)
+                self._nodes[name] = _Entry(
+                    node.version,
+                    node.heartbeat,
+                    self._serial,
+                    self._serial,
+                    _node_json(node),
+                    self._capacity(node, stale),
+                    self._shapes_gen,
+                    stale,
+                )
                 self._gone.pop(name, None)
                 dirty = True
                 continue
@@ -152,9 +175,15 @@ class Feed:
             dirty = True
         if dirty:  # the totals are summed again only when a node's numbers moved
             total = Capacity.sum(e.capacity for e in self._nodes.values())
-            self._summary = to_json({
-                "nodes": len(self._nodes), "stale_nodes": sum(e.stale for e in self._nodes.values()),
-                "pending": self._waiting, "shapes": len(self._shapes), **_capacity_json(total)})
+            self._summary = to_json(
+                {
+                    "nodes": len(self._nodes),
+                    "stale_nodes": sum(e.stale for e in self._nodes.values()),
+                    "pending": self._waiting,
+                    "shapes": len(self._shapes),
+                    **_capacity_json(total),
+                }
+            )
 
     def _capacity(self, node: NodeState, stale: bool) -> Capacity:
         return capacity.node_capacity(node.cards, node.usage, self._shapes, stranding=not stale)
@@ -181,7 +210,9 @@ def router(extender: Extender) -> APIRouter:
         body = await run_in_threadpool(feed.payload, since)
         if len(body) >= GZIP_FROM and "gzip" in request.headers.get("accept-encoding", ""):
             body = gzip.compress(body, compresslevel=1)
-            return Response(body, media_type="application/json", headers={"content-encoding": "gzip", "vary": "accept-encoding"})
+            return Response(
+                body, media_type="application/json", headers={"content-encoding": "gzip", "vary": "accept-encoding"}
+            )
         return Response(body, media_type="application/json", headers={"vary": "accept-encoding"})
 
     @r.get("/v1/explain/{namespace}/{name}", responses=_EXPLAIN_GET, tags=["views"])
@@ -190,9 +221,21 @@ def router(extender: Extender) -> APIRouter:
         key = f"{namespace}/{name}"
         alloc = extender.state.allocation(key)
         if alloc is not None:
-            return JSONResponse({"pod": key, "bound_node": alloc.node, "wants_gpu": True, "error": "", "fits": [],
-                                 "nodes": [], "reasons": {}, "closest": None, "plan": None,
-                                 "plan_searched": 0, "plan_complete": True})
+            return JSONResponse(
+                {
+                    "pod": key,
+                    "bound_node": alloc.node,
+                    "wants_gpu": True,
+                    "error": "",
+                    "fits": [],
+                    "nodes": [],
+                    "reasons": {},
+                    "closest": None,
+                    "plan": None,
+                    "plan_searched": 0,
+                    "plan_complete": True,
+                }
+            )
         try:
             pod = extender.backend.get_pod(namespace, name)
         except Exception as e:  # the cluster's failure is an answer naming it, not a 500
@@ -201,8 +244,20 @@ def router(extender: Extender) -> APIRouter:
             raise HTTPException(404, f"pod {key}: not found")
         return JSONResponse(explain_json(extender, pod))
 
-    @r.post("/v1/explain", responses=_EXPLAIN_POST, tags=["views"], openapi_extra={"requestBody": {"required": True, "content": {
-        "application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}}})
+    @r.post(
+        "/v1/explain",
+        responses=_EXPLAIN_POST,
+        tags=["views"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                },
+            }
+        },
+    )
     async def explain_posted(request: Request) -> JSONResponse:
         """Why this pod (a manifest, YAML or JSON) would be pending, as if it were submitted now."""
         raw = await request.body()
@@ -244,24 +299,60 @@ def explain_json(extender: Extender, pod: Mapping[str, Any]) -> dict[str, Any]:
         req = parse_pod(pod, extender.rules)
     except RequestError as e:
         out = invalid_outcome(e, names)
-        nodes: list[dict[str, Any]] = [{"node": n, "fits": False, "reason": r, "resolvable": False, "closest": None}
-                 for n, r in sorted(out.unresolvable.items())]
-        return {"pod": key, "bound_node": None, "wants_gpu": True, "error": f"invalid vGPU request: {e}", "fits": [],
-                "nodes": nodes, "reasons": _grouped(nodes), "closest": None, "plan": None,
-                "plan_searched": 0, "plan_complete": True}
+        nodes: list[dict[str, Any]] = [
+            {"node": n, "fits": False, "reason": r, "resolvable": False, "closest": None}
+            for n, r in sorted(out.unresolvable.items())
+        ]
+        return {
+            "pod": key,
+            "bound_node": None,
+            "wants_gpu": True,
+            "error": f"invalid vGPU request: {e}",
+            "fits": [],
+            "nodes": nodes,
+            "reasons": _grouped(nodes),
+            "closest": None,
+            "plan": None,
+            "plan_searched": 0,
+            "plan_complete": True,
+        }
     outcome = extender.filter_request(req, names)
-    got = explain.explain(req, outcome, extender.state.nodes_by_name(), extender.card_policy(req),
-                          extender.heartbeat_cutoff())
-    nodes = [{"node": n.node, "fits": n.fits, "reason": n.reason, "resolvable": n.resolvable,
-              "closest": _gap(n.closest)} for n in got.nodes]
+    got = explain.explain(
+        req, outcome, extender.state.nodes_by_name(), extender.card_policy(req), extender.heartbeat_cutoff()
+    )
+    nodes = [
+        {"node": n.node, "fits": n.fits, "reason": n.reason, "resolvable": n.resolvable, "closest": _gap(n.closest)}
+        for n in got.nodes
+    ]
     plan: dict[str, Any] | None = None
     if got.plan is not None:
-        plan = {"node": got.plan.node, "cards": list(got.plan.cards),
-                "moves": [{"pod": m.pod, "from_node": m.from_node, "from_cards": list(m.from_cards),
-                           "to_node": m.to_node, "to_cards": list(m.to_cards)} for m in got.plan.moves]}
-    return {"pod": key, "bound_node": None, "wants_gpu": got.wants_gpu, "error": "", "fits": got.fits,
-            "nodes": nodes, "reasons": _grouped(nodes), "closest": _gap(got.closest), "plan": plan,
-            "plan_searched": got.plan_searched, "plan_complete": got.plan_complete}
+        plan = {
+            "node": got.plan.node,
+            "cards": list(got.plan.cards),
+            "moves": [
+                {
+                    "pod": m.pod,
+                    "from_node": m.from_node,
+                    "from_cards": list(m.from_cards),
+                    "to_node": m.to_node,
+                    "to_cards": list(m.to_cards),
+                }
+                for m in got.plan.moves
+            ],
+        }
+    return {
+        "pod": key,
+        "bound_node": None,
+        "wants_gpu": got.wants_gpu,
+        "error": "",
+        "fits": got.fits,
+        "nodes": nodes,
+        "reasons": _grouped(nodes),
+        "closest": _gap(got.closest),
+        "plan": plan,
+        "plan_searched": got.plan_searched,
+        "plan_complete": got.plan_complete,
+    }
 
 
 def _grouped(nodes: list[dict[str, Any]]) -> dict[str, int]:
@@ -276,9 +367,17 @@ def _grouped(nodes: list[dict[str, Any]]) -> dict[str, int]:
 def _gap(g: explain.CardGap | None) -> dict[str, Any] | None:
     if g is None:
         return None
-    return {"node": g.node, "card": g.card, "model": g.model, "container": g.container,
-            "missing_cores": g.missing_cores, "missing_memory_mib": g.missing_memory_mib,
-            "missing_slot": g.missing_slot, "must_be_empty": g.must_be_empty, "missing": list(g.missing)}
+    return {
+        "node": g.node,
+        "card": g.card,
+        "model": g.model,
+        "container": g.container,
+        "missing_cores": g.missing_cores,
+        "missing_memory_mib": g.missing_memory_mib,
+        "missing_slot": g.missing_slot,
+        "must_be_empty": g.must_be_empty,
+        "missing": list(g.missing),
+    }
 
 
 def _node_json(node: NodeState) -> bytes:
@@ -286,20 +385,47 @@ def _node_json(node: NodeState) -> bytes:
     for a in node.pods.values():
         for s in a.slices:
             slices.setdefault(s.card_index, []).append(
-                {"ns": a.namespace, "pod": a.name, "c": s.container, "cores": s.cores, "mib": s.memory_mib,
-                 "init": s.init})
-    cards = [{"i": c.index, "uuid": c.uuid, "model": c.model, "mib": c.memory_mib, "out": c.used_outside_mib,
-              "ok": c.healthy, "cores": u.cores, "used": u.memory_mib, "vg": u.vgpus, "maxvg": c.max_vgpus,
-              "slices": slices.get(c.index, [])}
-             for c, u in zip(node.cards, node.usage, strict=True)]
+                {
+                    "ns": a.namespace,
+                    "pod": a.name,
+                    "c": s.container,
+                    "cores": s.cores,
+                    "mib": s.memory_mib,
+                    "init": s.init,
+                }
+            )
+    cards = [
+        {
+            "i": c.index,
+            "uuid": c.uuid,
+            "model": c.model,
+            "mib": c.memory_mib,
+            "out": c.used_outside_mib,
+            "ok": c.healthy,
+            "cores": u.cores,
+            "used": u.memory_mib,
+            "vg": u.vgpus,
+            "maxvg": c.max_vgpus,
+            "slices": slices.get(c.index, []),
+        }
+        for c, u in zip(node.cards, node.usage, strict=True)
+    ]
     return to_json({"name": node.name, "v": node.version, "hb": _epoch(node.heartbeat), "cards": cards})
 
 
 def _capacity_json(c: Capacity) -> dict[str, int]:
-    return {"cards": c.cards, "unhealthy_cards": c.unhealthy_cards, "cores_total": c.cores_total,
-            "cores_allocated": c.cores_allocated, "cores_free": c.cores_free, "cores_stranded": c.cores_stranded,
-            "memory_mib_total": c.memory_mib_total, "memory_mib_allocated": c.memory_mib_allocated,
-            "memory_mib_free": c.memory_mib_free, "memory_mib_stranded": c.memory_mib_stranded}
+    return {
+        "cards": c.cards,
+        "unhealthy_cards": c.unhealthy_cards,
+        "cores_total": c.cores_total,
+        "cores_allocated": c.cores_allocated,
+        "cores_free": c.cores_free,
+        "cores_stranded": c.cores_stranded,
+        "memory_mib_total": c.memory_mib_total,
+        "memory_mib_allocated": c.memory_mib_allocated,
+        "memory_mib_free": c.memory_mib_free,
+        "memory_mib_stranded": c.memory_mib_stranded,
+    }
 
 
 def _epoch(t: datetime | None) -> float | None:

@@ -26,8 +26,9 @@ import yaml
 
 from flexai_core import annotations as ann
 from flexai_core import resources as res
-from .allocator import slice_fits
 from flexai_core.model import FULL_CORES, Allocation, Card, CardUsage, NodeInventory, Slice
+
+from .allocator import slice_fits
 
 BUILTIN: dict[str, Any] = {
     "nodes": [
@@ -37,36 +38,88 @@ BUILTIN: dict[str, Any] = {
         {"name": "gpu-t4", "cards": [{"model": "Tesla T4", "memoryMiB": 15360, "count": 2}]},
     ],
     "pods": [
-        {"namespace": "research", "name": "pretrain-7b", "node": "gpu-h200-a",
-         "containers": [{"name": "trainer", "cards": [4, 5, 6, 7], "cores": 100}]},
-        {"namespace": "ml-serving", "name": "llm-chat", "node": "gpu-h200-a",
-         "containers": [{"name": "vllm", "cards": [0], "cores": 60, "memoryGiB": 70}]},
-        {"namespace": "ml-serving", "name": "embedder", "node": "gpu-h200-a",
-         "containers": [{"name": "server", "cards": [0, 1], "cores": 35, "memoryGiB": 16}]},
-        {"namespace": "alice", "name": "notebook", "node": "gpu-h200-a",
-         "containers": [{"name": "jupyter", "cards": [2], "cores": 10, "memoryGiB": 8}]},
-        {"namespace": "ml-serving", "name": "llm-batch", "node": "gpu-h200-b",
-         "containers": [{"name": "worker", "cards": [0], "cores": 50, "memoryGiB": 60}]},
-        {"namespace": "bob", "name": "sweep-1", "node": "gpu-h200-b",
-         "containers": [{"name": "trial", "cards": [1], "cores": 25, "memoryGiB": 20}]},
-        {"namespace": "bob", "name": "sweep-2", "node": "gpu-h200-b",
-         "containers": [{"name": "trial", "cards": [2], "cores": 25, "memoryGiB": 20}]},
-        {"namespace": "bob", "name": "sweep-3", "node": "gpu-h200-b",
-         "containers": [{"name": "trial", "cards": [3], "cores": 25, "memoryGiB": 20}]},
-        {"namespace": "research", "name": "eval", "node": "gpu-h200-b",
-         "containers": [{"name": "harness", "cards": [4, 5], "cores": 30, "memoryGiB": 40}]},
-        {"namespace": "ml-serving", "name": "reranker", "node": "gpu-h200-b",
-         "containers": [{"name": "server", "cards": [6], "cores": 20, "memoryGiB": 10}]},
-        {"namespace": "vision", "name": "detector", "node": "gpu-a100",
-         "containers": [{"name": "yolo", "cards": [0], "cores": 100}]},
-        {"namespace": "vision", "name": "ocr", "node": "gpu-a100",
-         "containers": [{"name": "ocr", "cards": [1, 2], "cores": 40, "memoryGiB": 30}]},
+        {
+            "namespace": "research",
+            "name": "pretrain-7b",
+            "node": "gpu-h200-a",
+            "containers": [{"name": "trainer", "cards": [4, 5, 6, 7], "cores": 100}],
+        },
+        {
+            "namespace": "ml-serving",
+            "name": "llm-chat",
+            "node": "gpu-h200-a",
+            "containers": [{"name": "vllm", "cards": [0], "cores": 60, "memoryGiB": 70}],
+        },
+        {
+            "namespace": "ml-serving",
+            "name": "embedder",
+            "node": "gpu-h200-a",
+            "containers": [{"name": "server", "cards": [0, 1], "cores": 35, "memoryGiB": 16}],
+        },
+        {
+            "namespace": "alice",
+            "name": "notebook",
+            "node": "gpu-h200-a",
+            "containers": [{"name": "jupyter", "cards": [2], "cores": 10, "memoryGiB": 8}],
+        },
+        {
+            "namespace": "ml-serving",
+            "name": "llm-batch",
+            "node": "gpu-h200-b",
+            "containers": [{"name": "worker", "cards": [0], "cores": 50, "memoryGiB": 60}],
+        },
+        {
+            "namespace": "bob",
+            "name": "sweep-1",
+            "node": "gpu-h200-b",
+            "containers": [{"name": "trial", "cards": [1], "cores": 25, "memoryGiB": 20}],
+        },
+        {
+            "namespace": "bob",
+            "name": "sweep-2",
+            "node": "gpu-h200-b",
+            "containers": [{"name": "trial", "cards": [2], "cores": 25, "memoryGiB": 20}],
+        },
+        {
+            "namespace": "bob",
+            "name": "sweep-3",
+            "node": "gpu-h200-b",
+            "containers": [{"name": "trial", "cards": [3], "cores": 25, "memoryGiB": 20}],
+        },
+        {
+            "namespace": "research",
+            "name": "eval",
+            "node": "gpu-h200-b",
+            "containers": [{"name": "harness", "cards": [4, 5], "cores": 30, "memoryGiB": 40}],
+        },
+        {
+            "namespace": "ml-serving",
+            "name": "reranker",
+            "node": "gpu-h200-b",
+            "containers": [{"name": "server", "cards": [6], "cores": 20, "memoryGiB": 10}],
+        },
+        {
+            "namespace": "vision",
+            "name": "detector",
+            "node": "gpu-a100",
+            "containers": [{"name": "yolo", "cards": [0], "cores": 100}],
+        },
+        {
+            "namespace": "vision",
+            "name": "ocr",
+            "node": "gpu-a100",
+            "containers": [{"name": "ocr", "cards": [1, 2], "cores": 40, "memoryGiB": 30}],
+        },
     ],
     # Two whole H200 cards on one node: each H200 node has one empty card; moving the
     # notebook frees a second one.
     "waiting": [
-        {"namespace": "research", "name": "finetune-70b", "gpuModels": "NVIDIA H200",
-         "containers": [{"name": "trainer", "vgpus": 2, "cores": 100}]},
+        {
+            "namespace": "research",
+            "name": "finetune-70b",
+            "gpuModels": "NVIDIA H200",
+            "containers": [{"name": "trainer", "vgpus": 2, "cores": 100}],
+        },
     ],
 }
 
@@ -91,7 +144,9 @@ def inventory(doc: dict[str, Any] | None = None, max_vgpus: int = 5) -> list[Nod
             for _ in range(count):
                 i = len(cards)
                 cards.append(
-                    Card(i, f"GPU-{name}-{i}", str(group.get("model", "GPU")), mem, int(group.get("maxVgpus", max_vgpus)))
+                    Card(
+                        i, f"GPU-{name}-{i}", str(group.get("model", "GPU")), mem, int(group.get("maxVgpus", max_vgpus))
+                    )
                 )
         nodes.append(NodeInventory(name, tuple(cards), now))
     return nodes
@@ -116,7 +171,11 @@ def pods(doc: dict[str, Any] | None, nodes: list[NodeInventory]) -> list[tuple[d
     out = []
     for p, raw in enumerate(doc.get("pods") or []):
         where = f"pods[{p}]"
-        namespace, name, node_name = _text(raw, "namespace", where, "default"), _text(raw, "name", where), _text(raw, "node", where)
+        namespace, name, node_name = (
+            _text(raw, "namespace", where, "default"),
+            _text(raw, "name", where),
+            _text(raw, "node", where),
+        )
         node = by_name.get(node_name)
         if node is None:
             raise ValueError(f"{where}.node: {node_name!r} is not a demo node")
@@ -137,8 +196,10 @@ def pods(doc: dict[str, Any] | None, nodes: list[NodeInventory]) -> list[tuple[d
                 mib = card.memory_mib if gib is None else _int(c, "memoryGiB", cw, 1, card.memory_mib // 1024) * 1024
                 used = usage.get((node_name, i), CardUsage())
                 if not slice_fits(card, used, cores, mib):
-                    raise ValueError(f"{cw}: {cores}% / {mib} MiB does not fit card {i} of {node_name} "
-                                     f"({used.cores}% and {used.memory_mib} MiB taken)")
+                    raise ValueError(
+                        f"{cw}: {cores}% / {mib} MiB does not fit card {i} of {node_name} "
+                        f"({used.cores}% and {used.memory_mib} MiB taken)"
+                    )
                 usage[(node_name, i)] = used.plus(CardUsage(cores, mib, 1))
                 slices.append(Slice(cname, i, card.uuid, cores, mib))
             containers.append(_container(cname, len(indexes), cores, gib))
@@ -160,8 +221,14 @@ def waiting(doc: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         containers = []
         for k, c in enumerate(_list(raw, "containers", where)):
             cw = f"{where}.containers[{k}]"
-            containers.append(_container(_text(c, "name", cw), _int(c, "vgpus", cw, 1, 64),
-                                         _int(c, "cores", cw, 0, FULL_CORES), c.get("memoryGiB")))
+            containers.append(
+                _container(
+                    _text(c, "name", cw),
+                    _int(c, "vgpus", cw, 1, 64),
+                    _int(c, "cores", cw, 0, FULL_CORES),
+                    c.get("memoryGiB"),
+                )
+            )
         annotations = {ann.GPU_MODELS: str(raw["gpuModels"])} if raw.get("gpuModels") else {}
         out.append(_pod(namespace, name, f"demo-{namespace}-{name}", containers, annotations))
     return out
@@ -174,8 +241,9 @@ def _container(name: str, vgpus: int, cores: int, gib: object) -> dict[str, Any]
     return {"name": name, "image": "demo", "resources": {"limits": limits}}
 
 
-def _pod(namespace: str, name: str, uid: str, containers: list[dict[str, Any]],
-         annotations: dict[str, str]) -> dict[str, Any]:
+def _pod(
+    namespace: str, name: str, uid: str, containers: list[dict[str, Any]], annotations: dict[str, str]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"namespace": namespace, "name": name, "uid": uid}
     if annotations:
         meta["annotations"] = annotations

@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from flexai_core.model import FULL_CORES, Allocation, Card, CardSelector, CardUsage, ContainerRequest, PodRequest
+
 from .allocator import Placement, free_memory, place, slice_fits
 from .extender import FilterOutcome
-from flexai_core.model import FULL_CORES, Allocation, Card, CardSelector, CardUsage, ContainerRequest, PodRequest
 from .policies.interface import Policy
 from .state import NodeState
 
@@ -49,7 +50,11 @@ class CardGap:
 
     @property
     def size(self) -> float:
-        return self.missing_cores / FULL_CORES + self.missing_memory_mib / max(1, self.memory_mib) + SLOT_GAP * self.missing_slot
+        return (
+            self.missing_cores / FULL_CORES
+            + self.missing_memory_mib / max(1, self.memory_mib)
+            + SLOT_GAP * self.missing_slot
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +126,8 @@ def explain(
     if req.wants_gpu and not out.fits and near:
         fresh = [n for n in nodes.values() if n.heartbeat is not None and n.heartbeat >= cutoff]
         out.plan, out.plan_searched, out.plan_complete = plan_moves(
-            req, [nodes[n.node] for n in near[:max_nodes]], fresh, policy, max_moves, budget)
+            req, [nodes[n.node] for n in near[:max_nodes]], fresh, policy, max_moves, budget
+        )
         if len(near) > max_nodes:
             out.plan_complete = False
     return out
@@ -173,8 +179,11 @@ def card_gap(node: str, card: Card, used: CardUsage, c: ContainerRequest, select
 
 
 def _room(node: NodeState, selector: CardSelector, c: ContainerRequest) -> int:
-    return sum(1 for card, u in zip(node.cards, node.usage, strict=True)
-               if selector.allows(card) and slice_fits(card, u, c.cores, c.memory_on(card)))
+    return sum(
+        1
+        for card, u in zip(node.cards, node.usage, strict=True)
+        if selector.allows(card) and slice_fits(card, u, c.cores, c.memory_on(card))
+    )
 
 
 # ---- the plan ----
@@ -221,8 +230,14 @@ def _movable(node: NodeState, selector: CardSelector) -> list[Allocation]:
     """Pods on ``node`` whose move could free a card the pending pod may use; smallest first."""
     allowed = {c.index for c in node.cards if c.healthy and selector.allows(c)}
     pods = [a for a in node.pods.values() if any(i in allowed for i in a.card_usage)]
-    return sorted(pods, key=lambda a: (sum(u.cores for u in a.card_usage.values()),
-                                       sum(u.memory_mib for u in a.card_usage.values()), a.key))
+    return sorted(
+        pods,
+        key=lambda a: (
+            sum(u.cores for u in a.card_usage.values()),
+            sum(u.memory_mib for u in a.card_usage.values()),
+            a.key,
+        ),
+    )
 
 
 def _destinations(
@@ -246,8 +261,15 @@ def _destinations(
             got = place(node.cards, usage, req, policy)
             if isinstance(got, Placement):
                 overlay[node.name] = got.usage_after
-                moves.append(Move(a.key, a.node, tuple(sorted(a.card_usage)), node.name,
-                                  tuple(sorted({s.card_index for s in got.slices}))))
+                moves.append(
+                    Move(
+                        a.key,
+                        a.node,
+                        tuple(sorted(a.card_usage)),
+                        node.name,
+                        tuple(sorted({s.card_index for s in got.slices})),
+                    )
+                )
                 break
         else:
             return None
@@ -262,12 +284,19 @@ def request_of(a: Allocation, cards: Sequence[Card]) -> PodRequest:
     for s in a.slices:
         groups.setdefault((s.container, s.init), []).append(s.memory_mib)
         cores[(s.container, s.init)] = s.cores
-    containers = [ContainerRequest(name, len(mibs), cores[(name, init)], max(mibs), init)
-                  for (name, init), mibs in groups.items()]
+    containers = [
+        ContainerRequest(name, len(mibs), cores[(name, init)], max(mibs), init) for (name, init), mibs in groups.items()
+    ]
     by_index = {c.index: c for c in cards}
     models = frozenset(by_index[s.card_index].model for s in a.slices if s.card_index in by_index)
-    return PodRequest(a.namespace, a.name, a.uid, tuple(c for c in containers if not c.init),
-                      tuple(c for c in containers if c.init), CardSelector(models=models))
+    return PodRequest(
+        a.namespace,
+        a.name,
+        a.uid,
+        tuple(c for c in containers if not c.init),
+        tuple(c for c in containers if c.init),
+        CardSelector(models=models),
+    )
 
 
 def _gib(mib: int) -> str:

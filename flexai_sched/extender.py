@@ -39,13 +39,16 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from itertools import filterfalse, repeat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import filterfalse, repeat
 from typing import Any, cast
 
 import msgspec
 import numpy as np
+
+from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
+from flexai_core.requests import RequestError, RequestRules, parse_pod
 
 from . import policies
 from .allocator import NoFit, Placement, place
@@ -54,13 +57,11 @@ from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .errors import BindFailure, SchedError
 from .extender_caches import ExtenderCaches
-from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
 from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
-from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
-from flexai_core.requests import RequestError, RequestRules, parse_pod
 from .state import AllocState, ClusterState, Conflict, NodeState
+from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
 
 log = logging.getLogger("flexai_sched.extender")
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
@@ -214,9 +215,17 @@ class Extender:
             self.preempting.start(req, list(out.failed))
         return out
 
-    def _filter_table(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
-                      nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
-                      policy: policies.Policy) -> None:
+    def _filter_table(
+        self,
+        out: FilterOutcome,
+        req: PodRequest,
+        node_names: Sequence[str],
+        nodes: Mapping[str, NodeState],
+        cutoff: datetime,
+        key: int,
+        hkey: int,
+        policy: policies.Policy,
+    ) -> None:
         """The verdicts from the shape's table: the names are looked up by C-level set and dict
         operations (``filter``/``filterfalse``), and only nodes changed since are decided."""
         with self.caches.tables_mu:
@@ -243,13 +252,21 @@ class Extender:
                 rest = list(filterfalse(fits.__contains__, node_names))
             failed = table.failed
             names = list(filter(failed.__contains__, rest))
-            out.failed = dict(zip(names, map(failed.__getitem__, names)))
+            out.failed = dict(zip(names, map(failed.__getitem__, names), strict=True))
             names = list(filterfalse(failed.__contains__, rest))  # the rest: unresolvable, or unknown
-            out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY))))
+            out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY)), strict=True))
 
-    def _filter_each(self, out: FilterOutcome, req: PodRequest, node_names: Sequence[str],
-                     nodes: Mapping[str, NodeState], cutoff: datetime, key: int, hkey: int,
-                     policy: policies.Policy) -> None:
+    def _filter_each(
+        self,
+        out: FilterOutcome,
+        req: PodRequest,
+        node_names: Sequence[str],
+        nodes: Mapping[str, NodeState],
+        cutoff: datetime,
+        key: int,
+        hkey: int,
+        policy: policies.Policy,
+    ) -> None:
         """The verdicts node by node (no table): the reference the tables are tested against."""
         for name in node_names:
             node = nodes.get(name)
@@ -283,8 +300,11 @@ class Extender:
         host = node.host  # one NodeState: its host and host_cache belong together
         with_host = bool(hkey) and host is not None
         # A selector naming card UUIDs reads what ``content`` leaves out: not shared.
-        shared = None if req.selector.uuids or req.selector.exclude_uuids else (
-            node.content, key, hkey if with_host else 0, host if with_host else None)
+        shared = (
+            None
+            if req.selector.uuids or req.selector.exclude_uuids
+            else (node.content, key, hkey if with_host else 0, host if with_host else None)
+        )
         hit = self.caches.shared.get(shared) if shared is not None else None
         if hit is not None:
             verdict, score = hit
@@ -295,7 +315,8 @@ class Extender:
                 if with_host:
                     assert host is not None
                     score = cast(HostAware, policy).host_node_score(
-                        node.cards, node.usage, got.usage_after, host, req.cpu_milli, req.memory_mib)
+                        node.cards, node.usage, got.usage_after, host, req.cpu_milli, req.memory_mib
+                    )
                 else:
                     score = policy.node_score(node.cards, node.usage, got.usage_after)
             else:
@@ -358,8 +379,15 @@ class Extender:
             score = node.fit_cache[-fkey]
         return cast(float, score)
 
-    def _scores_each(self, req: PodRequest, node_names: Sequence[str], nodes: Mapping[str, NodeState],
-                     fkey: int, hkey: int, policy: policies.Policy) -> list[float]:
+    def _scores_each(
+        self,
+        req: PodRequest,
+        node_names: Sequence[str],
+        nodes: Mapping[str, NodeState],
+        fkey: int,
+        hkey: int,
+        policy: policies.Policy,
+    ) -> list[float]:
         """The raw scores node by node (no table): the reference the tables are tested against."""
         scores: list[float] = []
         for name in node_names:
@@ -400,8 +428,9 @@ class Extender:
             node = self.state.node(node_name)
             if node is None:
                 raise BindError(BindFailure.UNKNOWN_NODE, f"node {node_name}: reports no vGPU inventory")
-            fit = place(node.cards, self.preempting.usage_for(node, req), req,
-                        self._policy(req.card_policy, self._card_policy))
+            fit = place(
+                node.cards, self.preempting.usage_for(node, req), req, self._policy(req.card_policy, self._card_policy)
+            )
             if isinstance(fit, NoFit):
                 raise BindError(BindFailure.NO_FIT, f"node {node_name}: {fit.reason}")
             alloc = Allocation.build(namespace, name, uid, node_name, fit.slices)
@@ -427,8 +456,11 @@ class Extender:
         except CommitUnknown as e:
             with self._held_mu:
                 self._held[key] = (uid, self.clock() + self.settings.bind_hold_s)
-            raise BindError(e.reason, f"pod {key}: {e}; its slice stays reserved until the pod shows bound "
-                            f"or {self.settings.bind_hold_s:.0f}s pass") from None
+            raise BindError(
+                e.reason,
+                f"pod {key}: {e}; its slice stays reserved until the pod shows bound "
+                f"or {self.settings.bind_hold_s:.0f}s pass",
+            ) from None
         except CommitError as e:
             self.state.forget(key, uid)
             raise BindError(e.reason, f"pod {key}: {e}") from None
@@ -450,8 +482,11 @@ class Extender:
             return
         now = self.clock()
         with self._held_mu:
-            done = [(k, uid) for k, (uid, until) in self._held.items()
-                    if until <= now or self.state.state_of(k) is not AllocState.ASSUMED]
+            done = [
+                (k, uid)
+                for k, (uid, until) in self._held.items()
+                if until <= now or self.state.state_of(k) is not AllocState.ASSUMED
+            ]
             for k, _ in done:
                 del self._held[k]
         for k, uid in done:
@@ -477,8 +512,13 @@ class Extender:
         namespaces = {ns for q in self.state.quotas.quotas_for(req.namespace) for ns in self.state.quotas.members(q)}
         released = 0
         for ns in namespaces:
-            counted = [(k, a.uid) for k in self.state.keys() if k.startswith(ns + "/")
-                       for a in (self.state.allocation(k),) if a is not None and k != req.key]
+            counted = [
+                (k, a.uid)
+                for k in self.state.keys()
+                if k.startswith(ns + "/")
+                for a in (self.state.allocation(k),)
+                if a is not None and k != req.key
+            ]
             if not counted:
                 continue
             try:
@@ -527,7 +567,9 @@ class Extender:
             raise BindError(BindFailure.POD_GONE, f"pod {namespace}/{name}: not found")
         got_uid = _uid_of(pod)
         if uid and got_uid and got_uid != uid:
-            raise BindError(BindFailure.POD_GONE, f"pod {namespace}/{name}: UID {got_uid} is not {uid} (pod was recreated)")
+            raise BindError(
+                BindFailure.POD_GONE, f"pod {namespace}/{name}: UID {got_uid} is not {uid} (pod was recreated)"
+            )
         spec = pod.get("spec")
         bound_to = spec.get("nodeName") if isinstance(spec, dict) else None
         if bound_to:
@@ -659,8 +701,14 @@ def _kind(node: NodeState) -> NodeKind:
 def _task(req: PodRequest) -> TaskClass:
     """A pod as a task class (weight 1): app containers' vGPUs, the largest share, host request, models."""
     app = [c for c in req.containers if not c.init and c.vgpus]
-    return TaskClass(sum(c.vgpus for c in app), max((c.cores for c in app), default=0), 1.0, req.cpu_milli,
-                     req.memory_mib, frozenset(req.selector.models))
+    return TaskClass(
+        sum(c.vgpus for c in app),
+        max((c.cores for c in app), default=0),
+        1.0,
+        req.cpu_milli,
+        req.memory_mib,
+        frozenset(req.selector.models),
+    )
 
 
 def _uid_of(pod: Mapping[str, Any]) -> str:

@@ -30,9 +30,10 @@ import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from flexai_core.requests import RequestError
+
 from .extender import Extender, invalid_outcome
 from .metrics import Metrics
-from flexai_core.requests import RequestError
 
 log = logging.getLogger("flexai_sched")
 
@@ -92,14 +93,24 @@ class Hot:
                 out = invalid_outcome(e, names)
             else:
                 out = ext.filter_request(req, names)
-            reply = {"Nodes": None, "NodeNames": out.fits, "FailedNodes": out.failed,
-                     "FailedAndUnresolvableNodes": out.unresolvable, "Error": ""}
+            reply = {
+                "Nodes": None,
+                "NodeNames": out.fits,
+                "FailedNodes": out.failed,
+                "FailedAndUnresolvableNodes": out.unresolvable,
+                "Error": "",
+            }
         except (msgspec.DecodeError, UnicodeError):  # the pod's JSON: the app's 422
             raise
         except Exception as e:  # an answer kube-scheduler shows in the pod's events, not a 500
             log.exception("filter")
-            reply = {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
-                     "Error": f"internal error: {e}"}
+            reply = {
+                "Nodes": None,
+                "NodeNames": None,
+                "FailedNodes": {},
+                "FailedAndUnresolvableNodes": {},
+                "Error": f"internal error: {e}",
+            }
         raw = _encode(reply)
         self._filter_seconds.observe(time.perf_counter() - t)
         return raw
@@ -150,10 +161,16 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         path = _HOT.get(self.url)
-        if (path is not None and self.parser.get_method() == b"POST" and not self.expect_100_continue
-                and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
-                and self.limit_concurrency is None and not self.parser.should_upgrade()
-                and self._declared() <= self.hot.limit):
+        if (
+            path is not None
+            and self.parser.get_method() == b"POST"
+            and not self.expect_100_continue
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+            and self.limit_concurrency is None
+            and not self.parser.should_upgrade()
+            and self._declared() <= self.hot.limit
+        ):
             self._hot_path = path
             return
         super().on_headers_complete()
@@ -269,7 +286,11 @@ async def _read(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _send(send: Send, status: int, raw: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON, (b"content-length", str(len(raw)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON, (b"content-length", str(len(raw)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": raw})
-

@@ -81,11 +81,12 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from flexai_core import annotations as ann
 from flexai_core.allocation_check import check_allocation
+from flexai_core.model import Allocation
+from flexai_core.requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
+
 from .backend import CommitError, CommitUnknown
 from .errors import BindFailure, SchedError
-from flexai_core.model import Allocation
 from .preemption import Budget, Requirement
-from flexai_core.requests import BOUND_RULES, RequestError, host_request, parse_cpu_milli, parse_memory_mib, parse_pod
 from .state import AllocState, ClusterState, Rejected
 
 log = logging.getLogger("flexai_sched.kube")
@@ -190,31 +191,72 @@ class KubeBackend:
         self._state = state
         # A client each: a watch holds its connection for minutes, binds must not queue behind it.
         self._api = k8s.CoreV1Api(self._client())
-        pods = _Watcher("pods", self._client(), self._list_pods, self._begin_pod_list, self._pod_event,
-                        self._stop, self._watch_timeout, self._backoff)
-        nodes = _Watcher("nodes", self._client(), self._list_nodes, self._begin_node_list, self._node_event,
-                         self._stop, self._watch_timeout, self._backoff, after=pods.synced)
+        pods = _Watcher(
+            "pods",
+            self._client(),
+            self._list_pods,
+            self._begin_pod_list,
+            self._pod_event,
+            self._stop,
+            self._watch_timeout,
+            self._backoff,
+        )
+        nodes = _Watcher(
+            "nodes",
+            self._client(),
+            self._list_nodes,
+            self._begin_node_list,
+            self._node_event,
+            self._stop,
+            self._watch_timeout,
+            self._backoff,
+            after=pods.synced,
+        )
         self._watchers = [pods, nodes]
         if self._quota_namespace:
             quota_ns = self._quota_namespace
             self._watchers += [
-                _Watcher("namespaces", self._client(), self._list_namespaces, self._begin_namespace_list,
-                         self._namespace_event, self._stop, self._watch_timeout, self._backoff),
-                _Watcher("quota configmaps", self._client(),
-                         lambda api, **kw: api.list_namespaced_config_map(
-                             quota_ns, label_selector=ann.QUOTA_LABEL, **kw),
-                         self._begin_quota_list, self._quota_event, self._stop, self._watch_timeout, self._backoff),
+                _Watcher(
+                    "namespaces",
+                    self._client(),
+                    self._list_namespaces,
+                    self._begin_namespace_list,
+                    self._namespace_event,
+                    self._stop,
+                    self._watch_timeout,
+                    self._backoff,
+                ),
+                _Watcher(
+                    "quota configmaps",
+                    self._client(),
+                    lambda api, **kw: api.list_namespaced_config_map(quota_ns, label_selector=ann.QUOTA_LABEL, **kw),
+                    self._begin_quota_list,
+                    self._quota_event,
+                    self._stop,
+                    self._watch_timeout,
+                    self._backoff,
+                ),
             ]
         self._watchers.append(
-            _Watcher("poddisruptionbudgets", self._client(), self._list_budgets, self._begin_budget_list,
-                     self._budget_event, self._stop, self._watch_timeout, self._backoff))
+            _Watcher(
+                "poddisruptionbudgets",
+                self._client(),
+                self._list_budgets,
+                self._begin_budget_list,
+                self._budget_event,
+                self._stop,
+                self._watch_timeout,
+                self._backoff,
+            )
+        )
         for w in self._watchers:
             w.start()
         # Serve once nodes are known and quotas declared: before, a pod could overshoot its quota.
         for w in self._watchers[1:]:
             if not w.synced.wait(self._sync_timeout):
-                log.warning("%s not synced after %.0fs; serving anyway (unknown nodes fit nothing)",
-                            w.kind, self._sync_timeout)
+                log.warning(
+                    "%s not synced after %.0fs; serving anyway (unknown nodes fit nothing)", w.kind, self._sync_timeout
+                )
 
     def stop(self) -> None:
         self._stop.set()
@@ -248,8 +290,11 @@ class KubeBackend:
         try:
             with _translated(f"bind {alloc.key} to {alloc.node}"):
                 resp: Any = self._core().create_namespaced_pod_binding(
-                    alloc.name, alloc.namespace, body,  # type: ignore[arg-type]  # a dict is sent as is
-                    _preload_content=False, _request_timeout=self._commit_timeout,
+                    alloc.name,
+                    alloc.namespace,
+                    body,  # type: ignore[arg-type]  # a dict is sent as is
+                    _preload_content=False,
+                    _request_timeout=self._commit_timeout,
                 )
                 resp.read()  # the body is a Status, not a V1Binding; read so the connection is reusable
                 resp.release_conn()
@@ -266,14 +311,21 @@ class KubeBackend:
     def evict(self, alloc: Allocation) -> None:
         """POST pods/{name}/eviction with the victim's UID as a precondition: the apiserver
         refuses (429) an eviction its PodDisruptionBudgets do not allow."""
-        body = {"apiVersion": "policy/v1", "kind": "Eviction",
-                "metadata": {"name": alloc.name, "namespace": alloc.namespace},
-                "deleteOptions": {"preconditions": {"uid": alloc.uid}} if alloc.uid else {}}
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": alloc.name, "namespace": alloc.namespace},
+            "deleteOptions": {"preconditions": {"uid": alloc.uid}} if alloc.uid else {},
+        }
         try:
             with _translated(f"evict {alloc.key}"):
                 resp: Any = self._core().create_namespaced_pod_eviction(
-                    alloc.name, alloc.namespace, body,  # type: ignore[arg-type]  # a dict is sent as is
-                    _preload_content=False, _request_timeout=self._commit_timeout)
+                    alloc.name,
+                    alloc.namespace,
+                    body,  # type: ignore[arg-type]  # a dict is sent as is
+                    _preload_content=False,
+                    _request_timeout=self._commit_timeout,
+                )
                 resp.read()
                 resp.release_conn()
         except ApiError as e:
@@ -283,10 +335,16 @@ class KubeBackend:
 
     def running_pods(self, namespace: str) -> set[tuple[str, str]]:
         with _translated(f"list pods of {namespace}"):
-            doc = _json(self._core().list_namespaced_pod(namespace, field_selector=BOUND_PODS,
-                                                         _preload_content=False, _request_timeout=(5, 10)))
-        return {(str(p["metadata"]["name"]), str(p["metadata"].get("uid") or "")) for p in doc.get("items") or []
-                if (p.get("status") or {}).get("phase") not in FINISHED_PHASES}
+            doc = _json(
+                self._core().list_namespaced_pod(
+                    namespace, field_selector=BOUND_PODS, _preload_content=False, _request_timeout=(5, 10)
+                )
+            )
+        return {
+            (str(p["metadata"]["name"]), str(p["metadata"].get("uid") or ""))
+            for p in doc.get("items") or []
+            if (p.get("status") or {}).get("phase") not in FINISHED_PHASES
+        }
 
     # ---- calls ----
 
@@ -438,8 +496,11 @@ class KubeBackend:
         if error:
             log.warning("quotas of %s not applied: %s", source, error)
         else:
-            log.info("quotas of %s applied: %s", source, ", ".join(q.quota.name for q in book.status()
-                                                                  if q.quota.source == source) or "none")
+            log.info(
+                "quotas of %s applied: %s",
+                source,
+                ", ".join(q.quota.name for q in book.status() if q.quota.source == source) or "none",
+            )
 
     # ---- PodDisruptionBudgets (preemption respects them) ----
 
@@ -533,10 +594,14 @@ class KubeBackend:
         # the same; a rejected allocation's release drops them again.
         priority = spec.get("priority")
         labels = meta.get("labels") or {}
-        state.set_pod_meta(key, uid, priority if isinstance(priority, int) else 0,
-                           {str(k): str(v) for k, v in labels.items()})
-        if (state.allocation(key) == alloc and state.state_of(key) is AllocState.BOUND
-                and key not in self._cards_unchecked):
+        state.set_pod_meta(
+            key, uid, priority if isinstance(priority, int) else 0, {str(k): str(v) for k, v in labels.items()}
+        )
+        if (
+            state.allocation(key) == alloc
+            and state.state_of(key) is AllocState.BOUND
+            and key not in self._cards_unchecked
+        ):
             # Counted as checked; a pod's vGPU requests cannot change: a status update.
             if state.clear_rejection(key):
                 log.info("pod %s: allocation counted again", key)
@@ -555,10 +620,19 @@ class KubeBackend:
         cards (when the node is known yet), and only as first seen once the pod is bound."""
         st = self._st()
         current = st.allocation(alloc.key)
-        if (current is not None and current.uid == alloc.uid and st.state_of(alloc.key) is AllocState.BOUND
-                and (current.node, current.slices) != (alloc.node, alloc.slices)):
-            return Rejected(alloc.key, alloc.uid, node, CHANGED,
-                            "the allocation changed after the pod was bound; the one it was bound with stays counted")
+        if (
+            current is not None
+            and current.uid == alloc.uid
+            and st.state_of(alloc.key) is AllocState.BOUND
+            and (current.node, current.slices) != (alloc.node, alloc.slices)
+        ):
+            return Rejected(
+                alloc.key,
+                alloc.uid,
+                node,
+                CHANGED,
+                "the allocation changed after the pod was bound; the one it was bound with stays counted",
+            )
         try:
             request = parse_pod(pod, BOUND_RULES)
         except RequestError as e:  # the apiserver validated the pod: a rule of ours it breaks
@@ -733,12 +807,18 @@ def budget_of(pdb: Obj) -> Budget:
     exprs = []
     for e in sel.get("matchExpressions") or []:
         if isinstance(e, dict) and e.get("operator") in ("In", "NotIn", "Exists", "DoesNotExist"):
-            exprs.append(Requirement(str(e.get("key")), str(e["operator"]),
-                                     frozenset(str(v) for v in e.get("values") or [])))
+            exprs.append(
+                Requirement(str(e.get("key")), str(e["operator"]), frozenset(str(v) for v in e.get("values") or []))
+            )
     allowed = status.get("disruptionsAllowed")
-    return Budget(meta.get("namespace") or "", str(meta["name"]),
-                  tuple(sorted((str(k), str(v)) for k, v in match.items())), tuple(exprs),
-                  allowed if isinstance(allowed, int) else 0, frozenset(status.get("disruptedPods") or {}))
+    return Budget(
+        meta.get("namespace") or "",
+        str(meta["name"]),
+        tuple(sorted((str(k), str(v)) for k, v in match.items())),
+        tuple(exprs),
+        allowed if isinstance(allowed, int) else 0,
+        frozenset(status.get("disruptedPods") or {}),
+    )
 
 
 def _source(obj: Obj) -> str:

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from flexai_core.allocation_check import REASONS
+
 from .state import ClusterState
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -39,7 +40,9 @@ class _CardCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["node", "card", "uuid", "model"]
-        cores = GaugeMetricFamily("flexai_card_allocated_cores_percent", "Cores allocated on a card (percent)", labels=labels)
+        cores = GaugeMetricFamily(
+            "flexai_card_allocated_cores_percent", "Cores allocated on a card (percent)", labels=labels
+        )
         mem = GaugeMetricFamily("flexai_card_allocated_memory_mib", "Memory allocated on a card (MiB)", labels=labels)
         total = GaugeMetricFamily("flexai_card_memory_mib", "Memory of a card (MiB)", labels=labels)
         vgpus = GaugeMetricFamily("flexai_card_vgpus_used", "vGPU slices on a card", labels=labels)

@@ -29,10 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from flexai_core.model import Allocation, CardUsage, PodRequest
+
 from . import preemption
 from .allocator import NoFit, Placement, place
 from .backend import CommitError
-from flexai_core.model import Allocation, CardUsage, PodRequest
 from .quota import Usage, allocation_usage
 from .state import AllocState, NodeState
 
@@ -104,7 +105,9 @@ class Preempting:
         return {choice.node: (uids + extra, max(pdb, choice.pdb_violations))}
 
     def _best_victims(
-        self, req: PodRequest, victims: Mapping[str, tuple[list[str], int]],
+        self,
+        req: PodRequest,
+        victims: Mapping[str, tuple[list[str], int]],
     ) -> tuple[preemption.Choice, list[str], int] | None:
         """The best (choice, proposed UIDs, proposed PDB violations) over the proposed nodes."""
         max_checks = min(preemption.MAX_CHECKS, max(MIN_NODE_CHECKS, CHECKS_PER_PREEMPTION // max(1, len(victims))))
@@ -114,12 +117,14 @@ class Preempting:
             if reason and not resolvable:
                 return None
             if reason:
+
                 def frees_quota(gone: Sequence[Allocation]) -> bool:
                     freed = Usage()
                     for a in gone:
                         if a.namespace == req.namespace:  # only its own namespace's pods free its quota
                             freed = freed.plus(allocation_usage(a))
                     return not self._ext.quota_reason(req, less=freed)[0]
+
         policy = self._ext._policy(req.card_policy, self._ext._card_policy)
         budgets = self._ext.state.budgets()
         choices: list[tuple[preemption.Choice, list[str], int]] = []
@@ -141,8 +146,20 @@ class Preempting:
                     pods.append(c)
             # Proposed victims we hold no allocation of (no vGPUs) are kept as kube-scheduler sent them.
             others = len(proposed) - len(must)
-            got = preemption.choose(node_name, node.cards, self.usage_for(node, req), req, req.priority, pods,
-                                    policy, must, budgets, frees_quota, max_checks, others=others)
+            got = preemption.choose(
+                node_name,
+                node.cards,
+                self.usage_for(node, req),
+                req,
+                req.priority,
+                pods,
+                policy,
+                must,
+                budgets,
+                frees_quota,
+                max_checks,
+                others=others,
+            )
             if got is not None and (got.victims or proposed):
                 choices.append((got, list(uids), pdb))
         if not choices:
@@ -165,8 +182,12 @@ class Preempting:
                 self._one_at_a_time.release()
                 return
             self._preempting[req.uid] = self._ext.clock() + NOMINATION_S
-        threading.Thread(target=self._preempt_and_evict, args=(req, list(names)[:OWN_PREEMPTION_NODES]),
-                         name=f"preempt-{req.key}", daemon=True).start()
+        threading.Thread(
+            target=self._preempt_and_evict,
+            args=(req, list(names)[:OWN_PREEMPTION_NODES]),
+            name=f"preempt-{req.key}",
+            daemon=True,
+        ).start()
 
     def _preempting_itself(self, req: PodRequest) -> bool:
         """Whether an eviction for this pod is under way (ours, or kube-scheduler's after our verb)."""
@@ -183,8 +204,13 @@ class Preempting:
                 return
             choice = got[0]
             self._nominate(req, choice)
-            log.info("pod %s (priority %d): evicting %s on %s to make room", req.key, req.priority,
-                     ", ".join(a.key for a in choice.victims), choice.node)
+            log.info(
+                "pod %s (priority %d): evicting %s on %s to make room",
+                req.key,
+                req.priority,
+                ", ".join(a.key for a in choice.victims),
+                choice.node,
+            )
             for a in choice.victims:
                 try:
                     self._ext.backend.evict(a)
@@ -223,8 +249,11 @@ class Preempting:
                 left += 1
                 continue
             meta = (pod or {}).get("metadata") or {}
-            if pod is None or meta.get("uid") != uid or ((pod.get("status") or {}).get("phase")
-                                                          in ("Succeeded", "Failed")):
+            if (
+                pod is None
+                or meta.get("uid") != uid
+                or ((pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"))
+            ):
                 self._ext.state.release(key, uid)  # what the watch will say too (idempotent)
                 self._ext.state.drop_pod_host(key, uid)
             else:
@@ -251,18 +280,31 @@ class Preempting:
             for index, held in a.card_usage.items():
                 if index in by_index:
                     left[by_index[index]] = left[by_index[index]].minus(held)
-        got = self._ext.fit(node, req) if not choice.victims else place(
-            node.cards, left, req, self._ext._policy(req.card_policy, self._ext._card_policy))
+        got = (
+            self._ext.fit(node, req)
+            if not choice.victims
+            else place(node.cards, left, req, self._ext._policy(req.card_policy, self._ext._card_policy))
+        )
         if not isinstance(got, Placement):
             return
-        reserved = {c.index: after.minus(before) for c, before, after in zip(node.cards, left, got.usage_after, strict=True)
-                    if after != before}
-        nom = Nomination(req.uid, req.priority, reserved, self._ext.clock() + NOMINATION_S,
-                         tuple((a.key, a.uid) for a in choice.victims))
+        reserved = {
+            c.index: after.minus(before)
+            for c, before, after in zip(node.cards, left, got.usage_after, strict=True)
+            if after != before
+        }
+        nom = Nomination(
+            req.uid,
+            req.priority,
+            reserved,
+            self._ext.clock() + NOMINATION_S,
+            tuple((a.key, a.uid) for a in choice.victims),
+        )
         with self._mu:
             self._drop_nomination(req.key)
-            self.nominations = {**self.nominations,
-                                 choice.node: {**self.nominations.get(choice.node, {}), req.key: nom}}
+            self.nominations = {
+                **self.nominations,
+                choice.node: {**self.nominations.get(choice.node, {}), req.key: nom},
+            }
 
     def hold(self, out: FilterOutcome, req: PodRequest, nodes: Mapping[str, NodeState]) -> None:
         """Move to ``failed`` the fitting nodes whose room is held for a preemptor of at least

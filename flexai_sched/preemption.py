@@ -34,8 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from .allocator import Placement, place
 from flexai_core.model import Allocation, Card, CardUsage, PodRequest
+
+from .allocator import Placement, place
 from .policies.interface import Policy
 
 MAX_CHECKS = 4096
@@ -84,7 +85,8 @@ class Budget:
         if namespace != self.namespace or not (self.match_labels or self.expressions):
             return False
         return all(labels.get(k) == v for k, v in self.match_labels) and all(
-            r.matches(labels) for r in self.expressions)
+            r.matches(labels) for r in self.expressions
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +150,13 @@ def choose(
     usable = {c.index for c in cards if req.selector.allows(c) and c.healthy}
     # Only lower-priority pods that hold a card the pod could use, or (over a quota) whose
     # eviction could free some of it, are worth considering.
-    pool = [p for p in pods if p.priority < priority and p.alloc.key not in must_keys
-            and (set(p.alloc.card_usage) & usable or frees_quota is not None)]
+    pool = [
+        p
+        for p in pods
+        if p.priority < priority
+        and p.alloc.key not in must_keys
+        and (set(p.alloc.card_usage) & usable or frees_quota is not None)
+    ]
     checks = 0
 
     def works(extra: Sequence[Candidate]) -> bool:
@@ -168,9 +175,14 @@ def choose(
 
     def choice(extra: Sequence[Candidate]) -> Choice:
         gone = [*must, *extra]
-        return Choice(node, tuple(v.alloc for v in gone), pdb_violations(gone, budgets),
-                      evicted_cost([v.alloc for v in gone]), max((v.priority for v in gone), default=-(2**31)),
-                      others)
+        return Choice(
+            node,
+            tuple(v.alloc for v in gone),
+            pdb_violations(gone, budgets),
+            evicted_cost([v.alloc for v in gone]),
+            max((v.priority for v in gone), default=-(2**31)),
+            others,
+        )
 
     if works(()):
         return choice(())  # fits with the proposed victims alone (or none at all)
@@ -192,8 +204,9 @@ def choose(
     return best
 
 
-def _greedy(pool: Sequence[Candidate], works: Callable[[Sequence[Candidate]], bool],
-            budgets: Sequence[Budget]) -> list[Candidate]:
+def _greedy(
+    pool: Sequence[Candidate], works: Callable[[Sequence[Candidate]], bool], budgets: Sequence[Budget]
+) -> list[Candidate]:
     """kube-scheduler's set: all candidates go, then each is given back if the pod still fits;
     budget-protected pods are given back first, then by priority, highest first."""
     protected = {id(p) for p in pool if pdb_violations([p], budgets)}

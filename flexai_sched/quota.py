@@ -65,8 +65,7 @@ class Usage:
 
     def minus(self, o: Usage) -> Usage:
         # Clamped: a bookkeeping slip must never show negative usage (and so free quota).
-        return Usage(max(0, self.cores - o.cores), max(0, self.memory_mib - o.memory_mib),
-                     max(0, self.vgpus - o.vgpus))
+        return Usage(max(0, self.cores - o.cores), max(0, self.memory_mib - o.memory_mib), max(0, self.vgpus - o.vgpus))
 
     def peak(self, o: Usage) -> Usage:
         return Usage(max(self.cores, o.cores), max(self.memory_mib, o.memory_mib), max(self.vgpus, o.vgpus))
@@ -104,6 +103,7 @@ class Quota:
 
 # ---- what a pod counts ----
 
+
 def _container_usage(c: ContainerRequest) -> Usage:
     return Usage(c.vgpus * c.cores, c.vgpus * (c.memory_mib or 0), c.vgpus)
 
@@ -137,6 +137,7 @@ def allocation_usage(a: Allocation) -> Usage:
 
 
 # ---- declarations ----
+
 
 def parse_quotas(text: str, source: str) -> tuple[Quota, ...]:
     """Quotas from a ConfigMap's ``quotas.yaml``; ``QuotaError`` names ``source`` and the field.
@@ -178,8 +179,10 @@ def _quota(item: object, where: str, source: str) -> Quota:
         raise QuotaError(f"{where}: must be a mapping")
     unknown = set(item) - {"name", "namespace", "namespaceSelector", "hard"}
     if unknown:
-        raise QuotaError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
-                         "(known: name, namespace, namespaceSelector, hard)")
+        raise QuotaError(
+            f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
+            "(known: name, namespace, namespaceSelector, hard)"
+        )
     name = item.get("name")
     if not isinstance(name, str) or not name.strip():
         raise QuotaError(f"{where}.name: must be a non-empty string")
@@ -190,10 +193,15 @@ def _quota(item: object, where: str, source: str) -> Quota:
     if ns is not None and (not isinstance(ns, str) or not ns):
         raise QuotaError(f"{where}.namespace: must be a non-empty string")
     if sel is not None:
-        if not isinstance(sel, dict) or set(sel) != {"matchLabels"} or not isinstance(sel["matchLabels"], dict) \
-                or not sel["matchLabels"]:
-            raise QuotaError(f"{where}.namespaceSelector: must be {{matchLabels: {{key: value, ...}}}} "
-                             "with at least one label")
+        if (
+            not isinstance(sel, dict)
+            or set(sel) != {"matchLabels"}
+            or not isinstance(sel["matchLabels"], dict)
+            or not sel["matchLabels"]
+        ):
+            raise QuotaError(
+                f"{where}.namespaceSelector: must be {{matchLabels: {{key: value, ...}}}} with at least one label"
+            )
         labels = sel["matchLabels"]
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise QuotaError(f"{where}.namespaceSelector.matchLabels: keys and values must be strings")
@@ -211,8 +219,15 @@ def _quota(item: object, where: str, source: str) -> Quota:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise QuotaError(f"{where}.hard.{key}: {value!r}: must be a whole non-negative number")
         values[key] = value
-    return Quota(name.strip(), ns, selector, values.get(res.VGPU_NUMBER), values.get(res.VGPU_CORES),
-                 values.get(res.VGPU_MEMORY), source)
+    return Quota(
+        name.strip(),
+        ns,
+        selector,
+        values.get(res.VGPU_NUMBER),
+        values.get(res.VGPU_CORES),
+        values.get(res.VGPU_MEMORY),
+        source,
+    )
 
 
 def _one_line(e: Exception) -> str:
@@ -220,6 +235,7 @@ def _one_line(e: Exception) -> str:
 
 
 # ---- the book ----
+
 
 @dataclass(frozen=True, slots=True)
 class QuotaStatus:
@@ -361,7 +377,8 @@ class QuotaBook:
         quotas = tuple(sorted((q for qs in self._sources.values() for q in qs), key=lambda q: q.name))
         members = {
             q.name: tuple(sorted(ns for ns, labels in self._labels.items() if q.applies_to(ns, labels)))
-            for q in quotas if q.selector is not None
+            for q in quotas
+            if q.selector is not None
         }
         self._index = _Index(quotas, self._labels, {}, members)
         self.active = bool(quotas)
@@ -383,8 +400,10 @@ def unsized_reason(q: Quota, namespace: str, need: Usage, unsized: str) -> str:
     """Why a pod with a container of unknown memory (``unsized``) cannot count against ``q``."""
     if q.memory_gib is None or not unsized or not need.vgpus:
         return ""
-    return (f"{_scope(q, namespace)}: quota {q.name} limits {res.VGPU_MEMORY}, so container {unsized!r} "
-            f"must give {res.VGPU_MEMORY} (a vGPU without it takes all of a card's memory)")
+    return (
+        f"{_scope(q, namespace)}: quota {q.name} limits {res.VGPU_MEMORY}, so container {unsized!r} "
+        f"must give {res.VGPU_MEMORY} (a vGPU without it takes all of a card's memory)"
+    )
 
 
 def over_quota(q: Quota, namespace: str, used: Usage, need: Usage) -> str:
@@ -392,13 +411,20 @@ def over_quota(q: Quota, namespace: str, used: Usage, need: Usage) -> str:
     checks = (
         (res.VGPU_NUMBER, q.vgpus, used.vgpus, need.vgpus, ""),
         (res.VGPU_CORES, q.cores, used.cores, need.cores, " (card-%)"),
-        (res.VGPU_MEMORY, None if q.memory_gib is None else q.memory_gib * _MIB_PER_GIB,
-         used.memory_mib, need.memory_mib, " (MiB)"),
+        (
+            res.VGPU_MEMORY,
+            None if q.memory_gib is None else q.memory_gib * _MIB_PER_GIB,
+            used.memory_mib,
+            need.memory_mib,
+            " (MiB)",
+        ),
     )
     for name, limit, have, want, unit in checks:
         if limit is not None and want and have + want > limit:
-            return (f"{_scope(q, namespace)}: over vGPU quota {q.name}: {name} in use {have} + this pod "
-                    f"{want} = {have + want} > limit {limit}{unit}")
+            return (
+                f"{_scope(q, namespace)}: over vGPU quota {q.name}: {name} in use {have} + this pod "
+                f"{want} = {have + want} > limit {limit}{unit}"
+            )
     return ""
 
 

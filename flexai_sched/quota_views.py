@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from flexai_core import resources as res
+
 from .quota import QuotaBook, QuotaStatus
 
 _GIB = 1024
@@ -53,7 +54,9 @@ class QuotaList(BaseModel):
 def quota_view(s: QuotaStatus) -> QuotaView:
     q = s.quota
     return QuotaView(
-        name=q.name, source=q.source, namespace=q.namespace,
+        name=q.name,
+        source=q.source,
+        namespace=q.namespace,
         namespace_selector=dict(q.selector) if q.selector is not None else None,
         namespaces=list(s.namespaces),
         hard=QuotaAmounts(vgpus=q.vgpus, cores=q.cores, memory_gib=q.memory_gib),
@@ -69,8 +72,11 @@ def router(book: QuotaBook) -> APIRouter:
     def list_quotas() -> QuotaList:
         return QuotaList(quotas=[quota_view(s) for s in book.status()], errors=book.errors())
 
-    @r.get("/v1/quotas/{name}", response_model=QuotaView,
-           responses={404: {"model": QuotaNotDeclared, "description": "No quota of that name is declared"}})
+    @r.get(
+        "/v1/quotas/{name}",
+        response_model=QuotaView,
+        responses={404: {"model": QuotaNotDeclared, "description": "No quota of that name is declared"}},
+    )
     def get_quota(name: str) -> QuotaView:
         for s in book.status():
             if s.quota.name == name:
@@ -87,15 +93,23 @@ class QuotaCollector(Collector):
         self._book = book
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        hard = GaugeMetricFamily("flexai_quota_hard", "vGPU quota limit (vGPUs; card-% or GiB summed over vGPUs)",
-                                 labels=["quota", "resource"])
-        used = GaugeMetricFamily("flexai_quota_used", "vGPU quota usage (vGPUs; card-% or GiB summed over vGPUs)",
-                                 labels=["quota", "resource"])
+        hard = GaugeMetricFamily(
+            "flexai_quota_hard",
+            "vGPU quota limit (vGPUs; card-% or GiB summed over vGPUs)",
+            labels=["quota", "resource"],
+        )
+        used = GaugeMetricFamily(
+            "flexai_quota_used",
+            "vGPU quota usage (vGPUs; card-% or GiB summed over vGPUs)",
+            labels=["quota", "resource"],
+        )
         for s in self._book.status():
             q = s.quota
-            for name, limit, value in ((res.VGPU_NUMBER, q.vgpus, s.used.vgpus),
-                                       (res.VGPU_CORES, q.cores, s.used.cores),
-                                       (res.VGPU_MEMORY, q.memory_gib, s.used.memory_mib / _GIB)):
+            for name, limit, value in (
+                (res.VGPU_NUMBER, q.vgpus, s.used.vgpus),
+                (res.VGPU_CORES, q.cores, s.used.cores),
+                (res.VGPU_MEMORY, q.memory_gib, s.used.memory_mib / _GIB),
+            ):
                 if limit is not None:
                     hard.add_metric([q.name, name], limit)
                 used.add_metric([q.name, name], value)

@@ -45,12 +45,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from .workload import Host
 from flexai_core.model import Allocation, Card, CardUsage, NodeInventory
-from .preemption import Budget
-from .errors import BindFailure, SchedError
-from .quota import QuotaBook, allocation_usage
 
+from .errors import BindFailure, SchedError
+from .preemption import Budget
+from .quota import QuotaBook, allocation_usage
+from .workload import Host
 
 # Bound on the interned node contents: a few per live node (each bind makes a new one).
 MAX_CONTENTS = 20_000
@@ -169,8 +169,7 @@ class ClusterState:
         facts = self._facts
         if facts is None:
             nodes = list(self._nodes.values())
-            facts = (max((len(n.cards) for n in nodes), default=0),
-                     frozenset(c.model for n in nodes for c in n.cards))
+            facts = (max((len(n.cards) for n in nodes), default=0), frozenset(c.model for n in nodes for c in n.cards))
             self._facts = facts
         return facts
 
@@ -182,7 +181,9 @@ class ClusterState:
     def upsert_node(self, inventory: NodeInventory) -> None:
         if self._max_vgpus is not None and any(c.max_vgpus > self._max_vgpus for c in inventory.cards):
             cap = self._max_vgpus
-            inventory = replace(inventory, cards=tuple(replace(c, max_vgpus=min(c.max_vgpus, cap)) for c in inventory.cards))
+            inventory = replace(
+                inventory, cards=tuple(replace(c, max_vgpus=min(c.max_vgpus, cap)) for c in inventory.cards)
+            )
         with self._mu:
             old = self._nodes.get(inventory.name)
             if old is not None and old.inventory.cards == inventory.cards:
@@ -283,7 +284,7 @@ class ClusterState:
         end = base + len(log)
         if seq < base:
             return end, None
-        return end, log[seq - base:end - base]
+        return end, log[seq - base : end - base]
 
     def host_capacity_nodes(self) -> list[str]:
         """Names of the nodes whose host capacity is known (with an inventory or not)."""
@@ -315,8 +316,9 @@ class ClusterState:
             if existing is not None:
                 # Never a silent replacement: a new pod under an old name is bound only after
                 # the old one's allocation is released (the caller proved that pod gone).
-                raise Conflict(f"pod {alloc.key}: already allocated on {existing.node} (UID {existing.uid})",
-                               BindFailure.DUPLICATE)
+                raise Conflict(
+                    f"pod {alloc.key}: already allocated on {existing.node} (UID {existing.uid})", BindFailure.DUPLICATE
+                )
             if not fits(node):
                 raise Conflict(f"node {alloc.node}: the slice no longer fits (another pod took it)")
             self._put(alloc, AllocState.ASSUMED)
@@ -464,7 +466,11 @@ class ClusterState:
                     usage[pos] = usage[pos].plus(held)
         self._versions += 1
         self._nodes[inventory.name] = NodeState(
-            inventory, tuple(usage), self._versions, pods, host=self._host(inventory.name),
+            inventory,
+            tuple(usage),
+            self._versions,
+            pods,
+            host=self._host(inventory.name),
             content=self._content(inventory.name, inventory.cards, tuple(usage)),
         )
         self._changed(inventory.name)
@@ -479,8 +485,9 @@ class ClusterState:
     def _content(self, name: str, cards: tuple[Card, ...], usage: tuple[CardUsage, ...]) -> int:
         seen = self._specs.get(name)
         if seen is None or seen[0] is not cards:  # the spec is worked out once per inventory
-            spec = tuple((c.index, c.model, c.memory_mib, c.max_vgpus, c.healthy, c.numa, c.used_outside_mib)
-                         for c in cards)
+            spec = tuple(
+                (c.index, c.model, c.memory_mib, c.max_vgpus, c.healthy, c.numa, c.used_outside_mib) for c in cards
+            )
             seen = self._specs[name] = (cards, self._intern_content(spec))
         return self._intern_content((seen[1], usage))
 

@@ -65,14 +65,24 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
     # a millisecond or two: they parse the body with pydantic's Rust JSON parser, run on the
     # event loop (no thread hop), and write plain dicts straight to JSON. The models still
     # document both shapes in /docs.
-    @r.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_body_doc(ExtenderArgs),
-            responses=_POSTED, tags=["extender"])
+    @r.post(
+        "/filter",
+        response_model=ExtenderFilterResult,
+        openapi_extra=_body_doc(ExtenderArgs),
+        responses=_POSTED,
+        tags=["extender"],
+    )
     async def filter_(request: Request) -> Response:
         args = _parse(ExtenderArgs, await request.body())
         with metrics.latency.labels("filter").time():
             out = extender.filter(args.Pod, args.node_names())
-            reply: dict[str, Any] = {"Nodes": None, "NodeNames": None, "FailedNodes": out.failed,
-                                     "FailedAndUnresolvableNodes": out.unresolvable, "Error": ""}
+            reply: dict[str, Any] = {
+                "Nodes": None,
+                "NodeNames": None,
+                "FailedNodes": out.failed,
+                "FailedAndUnresolvableNodes": out.unresolvable,
+                "Error": "",
+            }
             if args.NodeNames is not None or args.Nodes is None:
                 reply["NodeNames"] = out.fits
             else:  # full-NodeList mode: kube-scheduler reads only Nodes
@@ -81,15 +91,25 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
                 reply["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
             return _json(reply)
 
-    @r.post("/prioritize", response_model=list[HostPriority], openapi_extra=_body_doc(ExtenderArgs),
-            responses=_POSTED, tags=["extender"])
+    @r.post(
+        "/prioritize",
+        response_model=list[HostPriority],
+        openapi_extra=_body_doc(ExtenderArgs),
+        responses=_POSTED,
+        tags=["extender"],
+    )
     async def prioritize(request: Request) -> Response:
         args = _parse(ExtenderArgs, await request.body())
         with metrics.latency.labels("prioritize").time():
             return _json([{"Host": h, "Score": s} for h, s in extender.prioritize(args.Pod, args.node_names())])
 
-    @r.post("/bind", response_model=ExtenderBindingResult, openapi_extra=_body_doc(ExtenderBindingArgs),
-            responses=_POSTED, tags=["extender"])
+    @r.post(
+        "/bind",
+        response_model=ExtenderBindingResult,
+        openapi_extra=_body_doc(ExtenderBindingArgs),
+        responses=_POSTED,
+        tags=["extender"],
+    )
     async def bind(request: Request) -> ExtenderBindingResult:
         args = _parse(ExtenderBindingArgs, await request.body())
         return await run_in_threadpool(bind_, args)  # may wait on the apiserver
@@ -109,8 +129,13 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
             metrics.binds.inc()
             return ExtenderBindingResult()
 
-    @r.post("/preempt", response_model=ExtenderPreemptionResult, openapi_extra=_body_doc(ExtenderPreemptionArgs),
-            responses=_POSTED, tags=["extender"])
+    @r.post(
+        "/preempt",
+        response_model=ExtenderPreemptionResult,
+        openapi_extra=_body_doc(ExtenderPreemptionArgs),
+        responses=_POSTED,
+        tags=["extender"],
+    )
     async def preempt(request: Request) -> ExtenderPreemptionResult:
         args = _parse(ExtenderPreemptionArgs, await request.body())
         return await run_in_threadpool(preempt_, args)

@@ -4,14 +4,14 @@ router of ``/v1/nodes``, ``/v1/nodes/{name}``, ``/v1/allocations``, ``/v1/pods/{
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
-from .allocator import free_memory
 from flexai_core.model import FULL_CORES, Allocation
+
+from .allocator import free_memory
 from .state import AllocState, ClusterState, NodeState
 
 
@@ -78,7 +78,6 @@ class AllocationView(BaseModel):
     slices: list[dict[str, object]]
 
 
-
 class Refused(BaseModel):
     """404, 413, 503: why."""
 
@@ -106,8 +105,7 @@ def router(state: ClusterState) -> APIRouter:
     def list_allocations() -> list[AllocationView]:
         return [allocation_view(a, st) for a, st in sorted(state.allocations(), key=lambda x: x[0].key)]
 
-    @r.get("/v1/pods/{namespace}/{name}", response_model=AllocationView, responses=NOT_FOUND,
-           tags=["views"])
+    @r.get("/v1/pods/{namespace}/{name}", response_model=AllocationView, responses=NOT_FOUND, tags=["views"])
     def get_pod(namespace: str, name: str) -> AllocationView:
         key = f"{namespace}/{name}"
         a = state.allocation(key)
@@ -131,7 +129,9 @@ def node_summary(node: NodeState) -> NodeSummary:
         cores_allocated_pct=round(100 * sum(u.cores for u in node.usage) / total_cores, 2),
         memory_allocated_pct=round(100 * sum(u.memory_mib for u in node.usage) / total_mem, 2),
         pods=len(node.pods),
-        host=None if node.host is None else HostView(
+        host=None
+        if node.host is None
+        else HostView(
             cpu_milli_allocatable=node.host.cpu_milli,
             cpu_milli_requested=node.host.cpu_used,
             cpu_milli_free=node.host.cpu_free,
@@ -148,8 +148,14 @@ def node_detail(node: NodeState, state: ClusterState) -> NodeDetail:
         st = state.state_of(a.key) or AllocState.BOUND
         for s in a.slices:
             slices.setdefault(s.card_index, []).append(
-                SliceView(pod=a.key, container=s.container, cores=s.cores, memory_mib=s.memory_mib, init=s.init,
-                          state=st.value)
+                SliceView(
+                    pod=a.key,
+                    container=s.container,
+                    cores=s.cores,
+                    memory_mib=s.memory_mib,
+                    init=s.init,
+                    state=st.value,
+                )
             )
     cards = [
         CardView(
@@ -182,8 +188,14 @@ def allocation_view(a: Allocation, st: AllocState | None) -> AllocationView:
         node=a.node,
         state=(st or AllocState.BOUND).value,
         slices=[
-            {"container": s.container, "card": s.card_index, "uuid": s.card_uuid, "cores": s.cores,
-             "memory_mib": s.memory_mib, "init": s.init}
+            {
+                "container": s.container,
+                "card": s.card_index,
+                "uuid": s.card_uuid,
+                "cores": s.cores,
+                "memory_mib": s.memory_mib,
+                "init": s.init,
+            }
             for s in a.slices
         ],
     )

@@ -122,8 +122,11 @@ def test_node_and_core_import_without_the_web_stack() -> None:
 
 @pytest.mark.parametrize(
     ("package", "root"),
-    [("flexai_core", "flexai_core.errors.CoreError"), ("flexai_sched", "flexai_sched.errors.SchedError"),
-     ("flexai_node", "flexai_node.errors.NodeError")],
+    [
+        ("flexai_core", "flexai_core.errors.CoreError"),
+        ("flexai_sched", "flexai_sched.errors.SchedError"),
+        ("flexai_node", "flexai_node.errors.NodeError"),
+    ],
 )
 def test_every_error_of_a_package_has_its_root(package: str, root: str) -> None:
     module_name, _, cls_name = root.rpartition(".")
@@ -133,7 +136,10 @@ def test_every_error_of_a_package_has_its_root(package: str, root: str) -> None:
         if name.endswith("_pb2_grpc") or name.endswith("_pb2"):
             continue
         module = importlib.import_module(name)
-        errors += [v for v in vars(module).values()
-                   if isinstance(v, type) and issubclass(v, BaseException) and v.__module__ == name]
+        errors += [
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, BaseException) and v.__module__ == name
+        ]
     assert errors, package
     assert [e.__qualname__ for e in errors if not issubclass(e, base)] == []

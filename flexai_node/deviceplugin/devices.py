@@ -33,7 +33,9 @@ def devices(cards: Sequence[Card]) -> list[pb.Device]:
     for c in cards:
         topology = pb.TopologyInfo(nodes=[pb.NUMANode(ID=c.numa)]) if c.numa is not None else None
         for k in range(c.max_vgpus):
-            out.append(pb.Device(ID=device_id(c.uuid, k), health=HEALTHY if c.healthy else UNHEALTHY, topology=topology))
+            out.append(
+                pb.Device(ID=device_id(c.uuid, k), health=HEALTHY if c.healthy else UNHEALTHY, topology=topology)
+            )
     return out
 
 

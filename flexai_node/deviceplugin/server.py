@@ -127,7 +127,9 @@ def options() -> pb.DevicePluginOptions:
 def _response(g: ContainerGrant) -> pb.ContainerAllocateResponse:
     return pb.ContainerAllocateResponse(
         envs=dict(g.envs),
-        mounts=[pb.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only) for m in g.mounts],
+        mounts=[
+            pb.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only) for m in g.mounts
+        ],
         annotations=dict(g.annotations),
     )
 

@@ -71,8 +71,13 @@ class _Attempt:
 class RefClocks:
     """Per card UUID, the MHz the agent writes as ``ref_clock_mhz`` (0: share of time)."""
 
-    def __init__(self, mode: str | int, cache: Path | None = None, measure: Measure | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        mode: str | int,
+        cache: Path | None = None,
+        measure: Measure | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._mode = mode
         self._cache = cache
         self._measure = measure
@@ -114,23 +119,44 @@ class RefClocks:
                 cal = self._measure(uuid)
             except CalibrationError as e:
                 self._tried[uuid] = _Attempt(self._clock(), e.busy)
-                log.log(logging.INFO if e.busy else logging.WARNING, "%s%s", e,
-                        "; trying again when it is idle" if e.busy else "; its vGPUs get shares of time")
+                log.log(
+                    logging.INFO if e.busy else logging.WARNING,
+                    "%s%s",
+                    e,
+                    "; trying again when it is idle" if e.busy else "; its vGPUs get shares of time",
+                )
                 continue
             if not MIN_MHZ <= cal.sm_clock_mhz <= MAX_MHZ and power_capped(cal):
                 self._tried[uuid] = _Attempt(self._clock(), False)
-                log.warning("card %s: implausible full-load clock %d MHz; its vGPUs get shares of time",
-                            uuid, cal.sm_clock_mhz)
+                log.warning(
+                    "card %s: implausible full-load clock %d MHz; its vGPUs get shares of time", uuid, cal.sm_clock_mhz
+                )
                 continue
             fig = figures_of(cal)
             if not fig.gap_power_mw and not power_capped(cal):
-                log.warning("card %s: the calibration burst ran at the top clock (%d MHz, %.1f of %.1f W): the power "
-                            "limit was not reached, so there is no full-load figure; its core limits stay shares "
-                            "of time", uuid, cal.sm_clock_mhz, cal.power_mw / 1e3, cal.power_limit_mw / 1e3)
-            log.info("card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W, idle %.1f W, "
-                     "between windows %.1f W); speed-up by duty 10-90%%: %s", uuid, cal.sm_clock_mhz,
-                     cal.max_sm_clock_mhz, cal.samples, cal.kernel, cal.power_mw / 1e3, cal.power_limit_mw / 1e3,
-                     cal.idle_power_mw / 1e3, cal.gap_power_mw / 1e3, cal.speedup_pm or "not measured")
+                log.warning(
+                    "card %s: the calibration burst ran at the top clock (%d MHz, %.1f of %.1f W): the power "
+                    "limit was not reached, so there is no full-load figure; its core limits stay shares "
+                    "of time",
+                    uuid,
+                    cal.sm_clock_mhz,
+                    cal.power_mw / 1e3,
+                    cal.power_limit_mw / 1e3,
+                )
+            log.info(
+                "card %s: full-load SM clock %d MHz (top %d, %d samples, %s kernel, %.1f of %.1f W, idle %.1f W, "
+                "between windows %.1f W); speed-up by duty 10-90%%: %s",
+                uuid,
+                cal.sm_clock_mhz,
+                cal.max_sm_clock_mhz,
+                cal.samples,
+                cal.kernel,
+                cal.power_mw / 1e3,
+                cal.power_limit_mw / 1e3,
+                cal.idle_power_mw / 1e3,
+                cal.gap_power_mw / 1e3,
+                cal.speedup_pm or "not measured",
+            )
             self._cards[uuid] = fig
             new[uuid] = fig.ref_clock_mhz
         if new:
@@ -155,25 +181,42 @@ class RefClocks:
         out: dict[str, CardFigures] = {}
         for u, v in cards.items():
             try:
-                fig = CardFigures(ref_clock_mhz=v["sm_clock_mhz"], speedup_pm=tuple(v.get("speedup_pm", ())),
-                                  idle_power_mw=v.get("idle_power_mw", 0), gap_power_mw=v.get("gap_power_mw", 0))
+                fig = CardFigures(
+                    ref_clock_mhz=v["sm_clock_mhz"],
+                    speedup_pm=tuple(v.get("speedup_pm", ())),
+                    idle_power_mw=v.get("idle_power_mw", 0),
+                    gap_power_mw=v.get("gap_power_mw", 0),
+                )
             except (TypeError, KeyError, AttributeError):
                 continue
-            if (isinstance(u, str) and isinstance(fig.ref_clock_mhz, int)
-                    and (fig.ref_clock_mhz == 0 or MIN_MHZ <= fig.ref_clock_mhz <= MAX_MHZ)
-                    and _curve_ok(fig.speedup_pm) and isinstance(fig.idle_power_mw, int)
-                    and 0 <= fig.idle_power_mw <= MAX_POWER_MW and isinstance(fig.gap_power_mw, int)
-                    and 0 <= fig.gap_power_mw <= MAX_POWER_MW):
+            if (
+                isinstance(u, str)
+                and isinstance(fig.ref_clock_mhz, int)
+                and (fig.ref_clock_mhz == 0 or MIN_MHZ <= fig.ref_clock_mhz <= MAX_MHZ)
+                and _curve_ok(fig.speedup_pm)
+                and isinstance(fig.idle_power_mw, int)
+                and 0 <= fig.idle_power_mw <= MAX_POWER_MW
+                and isinstance(fig.gap_power_mw, int)
+                and 0 <= fig.gap_power_mw <= MAX_POWER_MW
+            ):
                 out[u] = fig
         return out
 
     def _save(self) -> None:
         if self._cache is None:
             return
-        body = {"version": CACHE_VERSION,
-                "cards": {u: {"sm_clock_mhz": f.ref_clock_mhz, "speedup_pm": list(f.speedup_pm),
-                              "idle_power_mw": f.idle_power_mw, "gap_power_mw": f.gap_power_mw}
-                          for u, f in sorted(self._cards.items())}}
+        body = {
+            "version": CACHE_VERSION,
+            "cards": {
+                u: {
+                    "sm_clock_mhz": f.ref_clock_mhz,
+                    "speedup_pm": list(f.speedup_pm),
+                    "idle_power_mw": f.idle_power_mw,
+                    "gap_power_mw": f.gap_power_mw,
+                }
+                for u, f in sorted(self._cards.items())
+            },
+        }
         self._cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._cache.parent, prefix=".ref-clocks-", suffix=".tmp")
         try:
@@ -186,8 +229,9 @@ class RefClocks:
 
 
 def _curve_ok(curve: tuple[int, ...]) -> bool:
-    return curve == () or (len(curve) == SPEEDUP_POINTS and all(isinstance(v, int) and 1000 <= v <= 3000
-                                                                 for v in curve))
+    return curve == () or (
+        len(curve) == SPEEDUP_POINTS and all(isinstance(v, int) and 1000 <= v <= 3000 for v in curve)
+    )
 
 
 def power_capped(cal: Calibration) -> bool:

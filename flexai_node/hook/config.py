@@ -52,8 +52,18 @@ MAX_VGPUS = 16  # FLEXAI_MAX_DEVICES in csrc/hook/include/flexai_hook.h
 MAX_CONFIG_BYTES = 16383  # what the hook reads of the file
 _DIGITS = re.compile(r"[0-9]+")
 _DEVICE_KEY = re.compile(r"device\.([0-9]+)\.(.+)")
-_DEVICE_FIELDS = ("uuid", "cuda_index", "memory_bytes", "cores", "core_offset", "context_overhead_bytes", "ref_clock_mhz",
-                  "speedup_pm", "idle_power_mw", "gap_power_mw")
+_DEVICE_FIELDS = (
+    "uuid",
+    "cuda_index",
+    "memory_bytes",
+    "cores",
+    "core_offset",
+    "context_overhead_bytes",
+    "ref_clock_mhz",
+    "speedup_pm",
+    "idle_power_mw",
+    "gap_power_mw",
+)
 
 
 SPEEDUP_POINTS = 5  # duties 10, 30, 50, 70, 90%
@@ -107,8 +117,9 @@ class VGPULimit:
             raise ValueError(f"core_offset {self.core_offset}: expected 0..99")
         if not 0 <= self.ref_clock_mhz <= 10000:
             raise ValueError(f"ref_clock_mhz {self.ref_clock_mhz}: expected 0..10000")
-        if self.speedup_pm and (len(self.speedup_pm) != SPEEDUP_POINTS
-                                or not all(1000 <= v <= 3000 for v in self.speedup_pm)):
+        if self.speedup_pm and (
+            len(self.speedup_pm) != SPEEDUP_POINTS or not all(1000 <= v <= 3000 for v in self.speedup_pm)
+        ):
             raise ValueError(f"speedup_pm {self.speedup_pm}: expected {SPEEDUP_POINTS} values 1000..3000")
         if not 0 <= self.idle_power_mw <= 10_000_000:
             raise ValueError(f"idle_power_mw {self.idle_power_mw}: expected 0..10000000")
@@ -212,13 +223,17 @@ def parse(text: str) -> HookConfig:
         raise ValueError(f"devices {sorted(fields)}: expected device.0 .. device.{len(fields) - 1}")
     vgpus = []
     for i in sorted(fields):
-        f = {name: _number(line, f"device.{i}.{name}", v) if name not in ("uuid", "speedup_pm") else v
-             for name, (line, v) in fields[i].items()}
+        f = {
+            name: _number(line, f"device.{i}.{name}", v) if name not in ("uuid", "speedup_pm") else v
+            for name, (line, v) in fields[i].items()
+        }
         if "speedup_pm" in f:
             at = fields[i]["speedup_pm"][0]
             if not re.fullmatch(rf"\d+(,\d+){{{SPEEDUP_POINTS - 1}}}", str(f["speedup_pm"])):
-                raise ValueError(f"line {at}: device.{i}.speedup_pm: {f['speedup_pm']!r} is not "
-                                 f"{SPEEDUP_POINTS} comma-separated numbers")
+                raise ValueError(
+                    f"line {at}: device.{i}.speedup_pm: {f['speedup_pm']!r} is not "
+                    f"{SPEEDUP_POINTS} comma-separated numbers"
+                )
         vgpus.append(
             VGPULimit(
                 uuid=str(f["uuid"]) if "uuid" in f else None,

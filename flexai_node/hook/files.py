@@ -23,9 +23,9 @@ from pathlib import Path
 
 from flexai_core.model import Slice
 
-from . import config as hc
 from ..grant import MountSpec
 from ..hostfs import chmod_dir, ensure_dir, read_file
+from . import config as hc
 
 __all__ = ["CONFIG_NAME", "CONTAINER_CONFIG", "CONTAINER_REGION_DIR", "HookConfigFiles", "REGION_DIR"]
 
@@ -61,14 +61,26 @@ class HookConfigFiles:
             if 0 < s.cores < 100:
                 free = hc.first_free_window(taken.get(s.card_uuid, []), s.cores)
                 if free is None:
-                    log.warning("no free %d%% compute window on %s for %s: sharing by time-slicing",
-                                s.cores, s.card_uuid, host_dir)
+                    log.warning(
+                        "no free %d%% compute window on %s for %s: sharing by time-slicing",
+                        s.cores,
+                        s.card_uuid,
+                        host_dir,
+                    )
                 offset = free or 0
             fig = self._figures(s.card_uuid) if 0 < s.cores < 100 else hc.CardFigures()
-            vgpus.append(hc.VGPULimit(uuid=s.card_uuid, memory_bytes=s.memory_mib * MIB, cores=s.cores,
-                                      core_offset=offset, ref_clock_mhz=fig.ref_clock_mhz,
-                                      speedup_pm=fig.speedup_pm, idle_power_mw=fig.idle_power_mw,
-                                      gap_power_mw=fig.gap_power_mw))
+            vgpus.append(
+                hc.VGPULimit(
+                    uuid=s.card_uuid,
+                    memory_bytes=s.memory_mib * MIB,
+                    cores=s.cores,
+                    core_offset=offset,
+                    ref_clock_mhz=fig.ref_clock_mhz,
+                    speedup_pm=fig.speedup_pm,
+                    idle_power_mw=fig.idle_power_mw,
+                    gap_power_mw=fig.gap_power_mw,
+                )
+            )
         region = host_dir / REGION_DIR
         ensure_dir(region)
         # Containers run as any user: every one of them must be able to create the region.

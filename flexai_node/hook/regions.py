@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from .shim import RegionSnapshot, ShimError
 from ..metrics import VgpuUsage
+from .shim import RegionSnapshot, ShimError
 
 __all__ = ["RegionSource", "RegionUsageReader"]
 
@@ -57,8 +57,13 @@ class RegionUsageReader:
             snap = self._shim.snapshot(path)
         except ShimError as e:
             refused = e.errno in (errno.ELOOP, errno.EPERM, errno.ENOTDIR)
-            log.log(logging.WARNING if refused else logging.DEBUG, "region %s %s: %s",
-                    path, "refused" if refused else "unreadable", e)
+            log.log(
+                logging.WARNING if refused else logging.DEBUG,
+                "region %s %s: %s",
+                path,
+                "refused" if refused else "unreadable",
+                e,
+            )
             return {}
         now = self._monotonic()
         out = {}

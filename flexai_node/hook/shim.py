@@ -15,8 +15,16 @@ from pathlib import Path
 
 from ..errors import NodeError
 
-__all__ = ["Calibration", "CalibrationError", "HookShim", "ProcessUsage", "RegionSnapshot", "ShimError", "VGPUUsage",
-           "find_shim"]
+__all__ = [
+    "Calibration",
+    "CalibrationError",
+    "HookShim",
+    "ProcessUsage",
+    "RegionSnapshot",
+    "ShimError",
+    "VGPUUsage",
+    "find_shim",
+]
 
 API_VERSION = 1
 MAX_DEVICES = 16
@@ -178,8 +186,13 @@ class HookShim:
         self._lib.flexai_region_snapshot.restype = ctypes.c_int
         self._calibrate = getattr(self._lib, "flexai_calibrate", None)  # a shim older than calibration: None
         if self._calibrate is not None:
-            self._calibrate.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                        ctypes.POINTER(_Calibration), ctypes.c_size_t]
+            self._calibrate.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_uint32,
+                ctypes.c_uint32,
+                ctypes.POINTER(_Calibration),
+                ctypes.c_size_t,
+            ]
             self._calibrate.restype = ctypes.c_int
         version = int(self._lib.flexai_api_version())
         if version != API_VERSION:
@@ -195,14 +208,20 @@ class HookShim:
         rc = int(self._calibrate(uuid.encode(), burst_ms, max_busy_pct, ctypes.byref(raw), ctypes.sizeof(raw)))
         if rc != 0:
             name = errno.errorcode.get(-rc, str(rc))
-            why = (f": {raw.busy_pct_before}% busy, {raw.procs_before} compute processes"
-                   if rc == -errno.EBUSY else "")
+            why = f": {raw.busy_pct_before}% busy, {raw.procs_before} compute processes" if rc == -errno.EBUSY else ""
             raise CalibrationError(f"calibrating {uuid}: {name} ({os.strerror(-rc)}){why}", busy=rc == -errno.EBUSY)
-        return Calibration(sm_clock_mhz=int(raw.sm_clock_mhz), max_sm_clock_mhz=int(raw.max_sm_clock_mhz),
-                           samples=int(raw.samples), kernel="mma" if raw.kernel == 1 else "fma",
-                           power_mw=int(raw.power_mw), power_limit_mw=int(raw.power_limit_mw),
-                           burst_ms=round(raw.burst_ns / 1e6, 1), idle_power_mw=int(raw.idle_power_mw),
-                           speedup_pm=tuple(int(v) for v in raw.speedup_pm), gap_power_mw=int(raw.gap_power_mw))
+        return Calibration(
+            sm_clock_mhz=int(raw.sm_clock_mhz),
+            max_sm_clock_mhz=int(raw.max_sm_clock_mhz),
+            samples=int(raw.samples),
+            kernel="mma" if raw.kernel == 1 else "fma",
+            power_mw=int(raw.power_mw),
+            power_limit_mw=int(raw.power_limit_mw),
+            burst_ms=round(raw.burst_ns / 1e6, 1),
+            idle_power_mw=int(raw.idle_power_mw),
+            speedup_pm=tuple(int(v) for v in raw.speedup_pm),
+            gap_power_mw=int(raw.gap_power_mw),
+        )
 
     def snapshot(self, region_path: str | os.PathLike[str]) -> RegionSnapshot:
         raw = _Snapshot()

@@ -58,7 +58,6 @@ from ..workload import DEFAULT_WORKLOAD, Host, NodeKind, TaskClass, Workload
 from .leftover import leftover_table, leftover_tables
 from .scarcity import model_pressure
 
-
 # ---- the measure ----
 
 
@@ -304,8 +303,9 @@ class Fragmentation(_Measured):
         constrained = any(c.models for c in workload.classes)
         if constrained and price and self.MODEL_TABLES:  # models differ: each has its own holes
             by_model = {m: max((p for k, p in price.items() if k.model == m), default=0.0) for m in self._capacity}
-            tables = leftover_tables(((c.vgpus, c.cores, c.weight, c.models) for c in workload.classes),
-                                     self._capacity, by_model)
+            tables = leftover_tables(
+                ((c.vgpus, c.cores, c.weight, c.models) for c in workload.classes), self._capacity, by_model
+            )
         if constrained and self.MODEL_RATIOS:  # and its own tasks' CPU per GPU
             cpu_only = sum(w * m for m, w in workload.cpu_only)
             for model in self._capacity:
@@ -361,6 +361,7 @@ class _PriceBook:
                 return got
         got = self._by_shape.get((model, len(cards)))
         return got if got is not None else self._by_model.get(model, 0.0)
+
 
 # Bits per packed field of a node summary (_Measure._card_part): counts and free percents
 # of up to 655 cards a node.

@@ -45,7 +45,9 @@ class CapacityAware(Protocol):
     them as a model-constrained task needs its model).
     """
 
-    def use_capacity(self, cards_by_model: Mapping[str, int], node_kinds: Mapping[NodeKind, int] | None = None) -> None: ...
+    def use_capacity(
+        self, cards_by_model: Mapping[str, int], node_kinds: Mapping[NodeKind, int] | None = None
+    ) -> None: ...
 
 
 @runtime_checkable

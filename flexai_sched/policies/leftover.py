@@ -100,9 +100,7 @@ def _arrivals(rng: random.Random, draws: Sequence[Draw], cards: int = CARDS) -> 
             out.extend(kinds[i])
 
 
-def replay_cards(
-    tasks: Sequence[int], table: Sequence[float], cards: int, sums: list[float], counts: list[int]
-) -> int:
+def replay_cards(tasks: Sequence[int], table: Sequence[float], cards: int, sums: list[float], counts: list[int]) -> int:
     """Place ``tasks`` (a share as its percent, n whole cards as -n) on ``cards`` idle cards
     with ``table``; add each opened card's final hole to ``sums``/``counts`` of every hole it
     had. Returns the free capacity left, in percent of one card."""
@@ -118,7 +116,7 @@ def replay_cards(
                 idle += task
             continue
         best, best_cost = -1, 0.0
-        for h in frees[bisect_left(frees, task):]:
+        for h in frees[bisect_left(frees, task) :]:
             cost = table[h - task] - table[h]
             if best < 0 or cost < best_cost:
                 best, best_cost = h, cost
@@ -263,7 +261,7 @@ def _replay_models(
         for m in usable:
             t, p = tables[m], price.get(m, 0.0) * task
             fs = frees[m]
-            for h in fs[bisect_left(fs, task):]:
+            for h in fs[bisect_left(fs, task) :]:
                 cost = t[h - task] - t[h] + p
                 if best_h < 0 or cost < best_cost:
                     best_m, best_h, best_cost = m, h, cost

@@ -59,11 +59,19 @@ def add_parser(sub: Any) -> None:
     from ..config import Settings
 
     p = sub.add_parser("sim", help="replay the Alibaba GPU trace and compare policies with the FGD paper")
-    p.add_argument("--trace", type=Path, help=f"trace folder or pod list (default: ${TRACE_ENV}, else {TRACE_DIR} "
-                   "in this folder, the package's, or one above)")
+    p.add_argument(
+        "--trace",
+        type=Path,
+        help=f"trace folder or pod list (default: ${TRACE_ENV}, else {TRACE_DIR} "
+        "in this folder, the package's, or one above)",
+    )
     p.add_argument("--nodes", type=Path, help=f"node list (default: {NODE_FILE} of the trace folder)")
-    p.add_argument("--variants", default="default", help=f"comma-separated names or pod list paths; 'all' "
-                   f"({', '.join(VARIANTS)}), 'generated' ({', '.join(GENERATED)})")
+    p.add_argument(
+        "--variants",
+        default="default",
+        help=f"comma-separated names or pod list paths; 'all' "
+        f"({', '.join(VARIANTS)}), 'generated' ({', '.join(GENERATED)})",
+    )
     p.add_argument(
         "--policies",
         default=Settings().node_policy,
@@ -83,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         if args.load:
-            runs = [report.Run(**{**r, "allocated_on_grid": tuple(r["allocated_on_grid"])}) for r in json.loads(args.load.read_text())]
+            runs = [
+                report.Run(**{**r, "allocated_on_grid": tuple(r["allocated_on_grid"])})
+                for r in json.loads(args.load.read_text())
+            ]
         else:
             jobs = plan(args.trace, args.variants, args.policies, args.seeds, args.nodes)
             runs = list(_progress(execute(jobs, args.jobs), len(jobs), not args.no_progress))
@@ -113,8 +124,9 @@ def default_trace() -> Path:
         for base in (start, *start.parents):
             if (base / TRACE_DIR / NODE_FILE).is_file():
                 return base / TRACE_DIR
-    raise TraceError(f"no trace found ({TRACE_DIR} in no folder above {Path.cwd()} or the package): "
-                     f"pass --trace or set {TRACE_ENV}")
+    raise TraceError(
+        f"no trace found ({TRACE_DIR} in no folder above {Path.cwd()} or the package): pass --trace or set {TRACE_ENV}"
+    )
 
 
 def sources(trace: Path | None, variants: str, nodes: Path | None = None) -> list[Source]:
@@ -125,8 +137,9 @@ def sources(trace: Path | None, variants: str, nodes: Path | None = None) -> lis
     elif trace.is_dir():
         folder, names = trace, _split(variants)
     else:
-        raise TraceError(f"{trace}: no such folder or pod list (a trace folder holds {NODE_FILE} and "
-                         f"{POD_PREFIX}NAME.csv)")
+        raise TraceError(
+            f"{trace}: no such folder or pod list (a trace folder holds {NODE_FILE} and {POD_PREFIX}NAME.csv)"
+        )
     node_file = str(nodes or folder / NODE_FILE)
     default = str(folder / f"{POD_PREFIX}default.csv")
     out: list[Source] = []
@@ -143,8 +156,10 @@ def sources(trace: Path | None, variants: str, nodes: Path | None = None) -> lis
             out.append((node_file, str(folder / f"{POD_PREFIX}{v}.csv"), ""))
         else:
             known = sorted(p.stem.removeprefix(POD_PREFIX) for p in folder.glob(f"{POD_PREFIX}*.csv"))
-            raise ValueError(f"variant {v!r}: unknown (pod lists in {folder}: {', '.join(known) or 'none'}; "
-                             f"generated: {', '.join(GENERATED)}; or a pod list path)")
+            raise ValueError(
+                f"variant {v!r}: unknown (pod lists in {folder}: {', '.join(known) or 'none'}; "
+                f"generated: {', '.join(GENERATED)}; or a pod list path)"
+            )
     for src in out:
         _trace(src)  # a missing or broken file fails before any replay
     return out
@@ -172,8 +187,15 @@ def one(job: Job) -> report.Run:
         folder = Path(pod_file).parent
         prior = target_workload(_trace(sources(folder, prior_name, Path(node_file))[0]))
     name = policy.removesuffix(CARDS_ONLY).removesuffix(LEARNED)
-    curve = replay(trace, arrivals(trace, seed), name, seed, not policy.endswith(CARDS_ONLY),
-                   learned=policy.endswith(LEARNED), prior=prior)
+    curve = replay(
+        trace,
+        arrivals(trace, seed),
+        name,
+        seed,
+        not policy.endswith(CARDS_ONLY),
+        learned=policy.endswith(LEARNED),
+        prior=prior,
+    )
     return report.Run.of(trace.variant, spec, seed, curve, time.perf_counter() - started, trace.published)
 
 

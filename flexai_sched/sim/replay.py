@@ -38,14 +38,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
+from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
+
 from .. import policies
 from ..allocator import NoFit, Placement, place
-from ..policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
-from ..workload import Host, NodeKind, TaskClass, Workload
-from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
-from ..policies.interface import Policy
+from ..policies.interface import CapacityAware, HostAware, Observing, Policy, Seeded, WorkloadAware
 from ..state import ClusterState, NodeState
-from ..policies.interface import Seeded
+from ..workload import Host, NodeKind, TaskClass, Workload
 from .board import Board, Memo
 from .trace import Trace, TracePod, request, smallest_card_mib
 from .workload import LEARN_EVERY, LEARN_FIRST, target_workload, workload_of
@@ -189,8 +188,9 @@ class Cluster:
             self._boards.clear()
             self._memos.clear()
 
-    def _choose_in_window(self, board: Board, exact: Callable[[int], float] | None,
-                          passes: Callable[[int], bool]) -> int | None:
+    def _choose_in_window(
+        self, board: Board, exact: Callable[[int], float] | None, passes: Callable[[int], bool]
+    ) -> int | None:
         """kube-scheduler's sampled search: the best-scored node among the first
         ``_window`` nodes that pass NodeResourcesFit from ``_start`` on; ties to the first
         in node order (a random one for ``random_ties``)."""
@@ -292,6 +292,7 @@ def task_class(pod: TracePod) -> TaskClass:
     """The task class of one trace pod (weight 1), as the extender sees a pod in filter."""
     cores = (FULL_CORES if pod.gpu_milli >= 1000 else pod.cores) if pod.num_gpu else 0
     return TaskClass(pod.num_gpu if cores else 0, cores, 1.0, pod.cpu_milli, pod.memory_mib, pod.gpu_spec)
+
 
 def feasible_to_find(nodes: int, percent: int) -> int:
     """kube-scheduler's numFeasibleNodesToFind: ``percent`` of the nodes (0: adaptive,

@@ -109,11 +109,31 @@ def write_csv(runs: Sequence[Run], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "policy", "seeds", "arrived_pct", "allocated_pct_mean", "allocated_pct_min", "allocated_pct_max"])
+        w.writerow(
+            [
+                "variant",
+                "policy",
+                "seeds",
+                "arrived_pct",
+                "allocated_pct_mean",
+                "allocated_pct_min",
+                "allocated_pct_max",
+            ]
+        )
         for (variant, policy), rs in _groups(runs).items():
             for k, x in enumerate(grid()):
                 ys = [r.allocated_on_grid[k] for r in rs]
-                w.writerow([variant, policy, len(rs), f"{x:.0f}", f"{statistics.fmean(ys):.3f}", f"{min(ys):.3f}", f"{max(ys):.3f}"])
+                w.writerow(
+                    [
+                        variant,
+                        policy,
+                        len(rs),
+                        f"{x:.0f}",
+                        f"{statistics.fmean(ys):.3f}",
+                        f"{min(ys):.3f}",
+                        f"{max(ys):.3f}",
+                    ]
+                )
 
 
 def grid() -> list[float]:

@@ -128,8 +128,9 @@ def load_files(node_file: str | Path, pod_file: str | Path) -> Trace:
     if unknown:
         raise TraceError(f"{node_file}: GPU models without a memory size: {', '.join(unknown)}")
     name = variant_name(pod_file)
-    published = pod_file.name == f"{POD_PREFIX}{name}.csv" and (
-        len(nodes), sum(n.gpus for n in nodes)) == PUBLISHED_NODES
+    published = (
+        pod_file.name == f"{POD_PREFIX}{name}.csv" and (len(nodes), sum(n.gpus for n in nodes)) == PUBLISHED_NODES
+    )
     return Trace(name, nodes, tuple(_pods(pod_file)), published)
 
 
@@ -194,7 +195,9 @@ def _pods(path: Path) -> Iterable[TracePod]:
         if num_gpu == 0:
             milli = 0
         elif milli == 0 or (milli < 1000 and num_gpu != 1) or milli > 1000 or milli % 10:
-            raise TraceError(f"{path}:{line}: num_gpu={num_gpu} gpu_milli={milli}: not a whole-percent share of one GPU or whole GPUs")
+            raise TraceError(
+                f"{path}:{line}: num_gpu={num_gpu} gpu_milli={milli}: not a whole-percent share of one GPU or whole GPUs"
+            )
         spec = frozenset(m for m in (row.get("gpu_spec") or "").split("|") if m)
         yield TracePod(
             row.get("name") or f"pod-{line}",

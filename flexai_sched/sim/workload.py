@@ -11,8 +11,9 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 
-from ..workload import TaskClass, Workload
 from flexai_core.model import FULL_CORES
+
+from ..workload import TaskClass, Workload
 from .trace import Trace, TracePod
 
 SEEDS = tuple(range(42, 52))
@@ -49,8 +50,13 @@ def workload_of(pods: Iterable[TracePod], models: bool = True) -> Workload:
     (what a planner that never saw the pods' selectors would learn; the extender records
     the selector of each pod it binds, ``Extender.learn_workload``)."""
     counts = Counter(
-        (p.num_gpu, FULL_CORES if p.gpu_milli >= 1000 else p.cores, p.cpu_milli, p.memory_mib,
-         p.gpu_spec if models else frozenset())
+        (
+            p.num_gpu,
+            FULL_CORES if p.gpu_milli >= 1000 else p.cores,
+            p.cpu_milli,
+            p.memory_mib,
+            p.gpu_spec if models else frozenset(),
+        )
         for p in pods
     )
     return Workload.of(

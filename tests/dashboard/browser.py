@@ -78,15 +78,24 @@ def drawn_node(page: Page, name: str) -> list[dict[str, Any]]:
             slices: [...c.querySelectorAll('.bar:first-child .slice')].map((s) => [s.dataset.pod, s.dataset.container,
                      +s.dataset.cores, s.style.width]),
             mibs: [...c.querySelectorAll('.bar:nth-child(2) .slice')].map((s) => +s.dataset.mib),
-        }))""", name)
+        }))""",
+        name,
+    )
     return cards
 
 
 def expected_node(base: str, name: str) -> list[dict[str, Any]]:
     detail = api(base, f"/v1/nodes/{name}")
-    return [{"card": c["index"], "cores_free": c["cores_free"], "mib_free": c["memory_mib_free"],
-             "slices": [[s["pod"], s["container"], s["cores"], f"{s['cores']}%"] for s in c["slices"]],
-             "mibs": [s["memory_mib"] for s in c["slices"]]} for c in detail["card_details"]]
+    return [
+        {
+            "card": c["index"],
+            "cores_free": c["cores_free"],
+            "mib_free": c["memory_mib_free"],
+            "slices": [[s["pod"], s["container"], s["cores"], f"{s['cores']}%"] for s in c["slices"]],
+            "mibs": [s["memory_mib"] for s in c["slices"]],
+        }
+        for c in detail["card_details"]
+    ]
 
 
 def assert_page_matches_api(page: Page, base: str) -> list[str]:
@@ -99,7 +108,8 @@ def assert_page_matches_api(page: Page, base: str) -> list[str]:
         page.wait_for_selector(f'.row[data-node="{name}"]')
         want = expected_node(base, name)
         page.wait_for_function(
-            "([n, k]) => document.querySelectorAll(`.row[data-node=\"${n}\"] .card`).length === k", arg=[name, len(want)])
+            '([n, k]) => document.querySelectorAll(`.row[data-node="${n}"] .card`).length === k', arg=[name, len(want)]
+        )
         assert drawn_node(page, name) == want, name
     page.select_option("#f-node", "")
     return names
@@ -112,5 +122,7 @@ def filter_reasons(base: str, pod: dict[str, Any], names: list[str]) -> dict[str
 
 def explained_on_page(page: Page) -> dict[str, str]:
     page.wait_for_selector("#explain .verdict")
-    return dict(page.evaluate("""() => [...document.querySelectorAll('#explain .per-node tr[data-node]')]
-        .map((r) => [r.dataset.node, r.querySelector('.reason').textContent])"""))
+    return dict(
+        page.evaluate("""() => [...document.querySelectorAll('#explain .per-node tr[data-node]')]
+        .map((r) => [r.dataset.node, r.querySelector('.reason').textContent])""")
+    )

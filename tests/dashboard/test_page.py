@@ -43,8 +43,9 @@ def test_a_bind_shows_without_a_reload(browser: Browser, demo_url: str) -> None:
     assert page.locator('[data-pod="default/llm"]').count() == 0
     p = pod("llm", {"name": "vllm", "resources": {"limits": limits(1, cores=20, memory_gib=3)}}, uid="u-1")
     assert api(demo_url, "/filter", {"Pod": p, "NodeNames": ["gpu-t4"]})["NodeNames"] == ["gpu-t4"]
-    assert api(demo_url, "/bind", {"PodName": "llm", "PodNamespace": "default", "PodUID": "u-1",
-                                   "Node": "gpu-t4"}) == {"Error": ""}
+    assert api(demo_url, "/bind", {"PodName": "llm", "PodNamespace": "default", "PodUID": "u-1", "Node": "gpu-t4"}) == {
+        "Error": ""
+    }
     page.wait_for_selector('.row[data-node="gpu-t4"] [data-pod="default/llm"]', timeout=15_000)
     assert page.evaluate("window.__sameDocument") is True
     assert_page_matches_api(page, demo_url)
@@ -65,14 +66,19 @@ def test_why_pending_gives_the_filters_reasons(browser: Browser, demo_url: str) 
     # The closest card is outlined on the map; "Show on the map" brings its node alone into view.
     page.click("#explain button[data-show]")
     page.wait_for_function("document.querySelectorAll('.row[data-node]').length === 1")
-    assert page.locator(".card.closest").evaluate("(c) => [c.closest('.row').dataset.node, +c.dataset.card]") == ["gpu-h200-a", 2]
+    assert page.locator(".card.closest").evaluate("(c) => [c.closest('.row').dataset.node, +c.dataset.card]") == [
+        "gpu-h200-a",
+        2,
+    ]
     page.wait_for_selector("#detail h2:has-text('gpu-h200-a')")
     screenshot(page, "demo-why-pending")
     page.select_option("#f-node", "")
     # A manifest typed in: too much memory for a T4, whole cards elsewhere taken or not.
-    manifest = ("apiVersion: v1\nkind: Pod\nmetadata: {name: big, namespace: default}\nspec:\n  containers:\n"
-                "  - name: main\n    resources:\n      limits: {huawei.com/vgpu-number: '1', huawei.com/vgpu-cores: '50',"
-                " huawei.com/vgpu-memory-1Gi: '100'}\n")
+    manifest = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: big, namespace: default}\nspec:\n  containers:\n"
+        "  - name: main\n    resources:\n      limits: {huawei.com/vgpu-number: '1', huawei.com/vgpu-cores: '50',"
+        " huawei.com/vgpu-memory-1Gi: '100'}\n"
+    )
     page.fill("#w-yaml", manifest)
     page.click("#why-yaml button")
     page.wait_for_selector("#explain .verdict:has-text('default/big')")

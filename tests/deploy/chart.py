@@ -43,20 +43,30 @@ class Helm:
         if values:
             # One values file rather than --set: nested maps and types stay as written.
             argv += ["--values", "-"]
-        r = subprocess.run(argv, input=yaml.safe_dump(dict(values)) if values else None, cwd=cwd,
-                           capture_output=True, text=True, check=False, timeout=120)
+        r = subprocess.run(
+            argv,
+            input=yaml.safe_dump(dict(values)) if values else None,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         if r.returncode != 0:
             raise HelmError(f"helm {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r.stdout
 
     def lint(self, values: Mapping[str, Any] | None = None) -> str:
-        return self.run("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION,
-                        "--namespace", NAMESPACE, values=values)
+        return self.run(
+            "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, "--namespace", NAMESPACE, values=values
+        )
 
-    def template(self, values: Mapping[str, Any] | None = None, release: str = RELEASE,
-                 namespace: str = NAMESPACE) -> "Rendered":
-        out = self.run("template", release, str(CHART), "--kube-version", KUBE_VERSION,
-                       "--namespace", namespace, values=values)
+    def template(
+        self, values: Mapping[str, Any] | None = None, release: str = RELEASE, namespace: str = NAMESPACE
+    ) -> Rendered:
+        out = self.run(
+            "template", release, str(CHART), "--kube-version", KUBE_VERSION, "--namespace", namespace, values=values
+        )
         docs = [d for d in yaml.safe_load_all(out) if d]
         return Rendered(docs, release, namespace)
 

@@ -18,7 +18,7 @@ from tests.e2e.controlplane import Process, live_planes
 from .chart import Helm
 
 _HERE = Path(__file__).parent
-_LIVE: list["Procs"] = []
+_LIVE: list[Procs] = []
 
 
 class Procs:
@@ -73,9 +73,9 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
-                                                                          pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
         for plane in live_planes():

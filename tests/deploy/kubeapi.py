@@ -58,17 +58,18 @@ def ensure_namespace(core: k8s.CoreV1Api, name: str) -> None:
             raise
 
 
-def mint_token(core: k8s.CoreV1Api, namespace: str, account: str,
-               bound_pod: k8s.V1Pod | None = None) -> str:
+def mint_token(core: k8s.CoreV1Api, namespace: str, account: str, bound_pod: k8s.V1Pod | None = None) -> str:
     """A service-account token from the TokenRequest API, as a pod's projected volume
     gets one; bound to `bound_pod` it also names the pod's node (1.30+)."""
     ref = None
     if bound_pod is not None:
         assert bound_pod.metadata is not None
-        ref = k8s.V1BoundObjectReference(api_version="v1", kind="Pod", name=bound_pod.metadata.name,
-                                         uid=bound_pod.metadata.uid)
+        ref = k8s.V1BoundObjectReference(
+            api_version="v1", kind="Pod", name=bound_pod.metadata.name, uid=bound_pod.metadata.uid
+        )
     req = k8s.AuthenticationV1TokenRequest(
-        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600, bound_object_ref=ref))
+        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600, bound_object_ref=ref)
+    )
     resp = core.create_namespaced_service_account_token(account, namespace, req)
     assert resp.status is not None and resp.status.token
     return str(resp.status.token)
@@ -78,9 +79,12 @@ def token_kubeconfig(plane: ControlPlane, token: str, path: Path) -> Path:
     """A kubeconfig that authenticates with `token` only: no client certificate."""
     assert plane.pki is not None
     cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "e2e", "cluster": {"server": plane.api_url,
-                                                 "certificate-authority": str(plane.pki.ca_crt)}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "sa",
+        "clusters": [
+            {"name": "e2e", "cluster": {"server": plane.api_url, "certificate-authority": str(plane.pki.ca_crt)}}
+        ],
         "users": [{"name": "sa", "user": {"token": token}}],
         "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "sa"}}],
     }
@@ -121,10 +125,14 @@ def wait_allocation_writes_open(core: k8s.CoreV1Api, namespace: str, timeout: fl
     """After the chart's allocation-write policy is deleted: wait until the apiserver has
     unloaded it, i.e. admin may create an annotated pod again (a dry run). The rest of the
     session's tests write allocations as admin."""
-    body = {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "allocation-writes-open", "annotations": {ann.POD_ALLOCATION: "{}"}},
-            "spec": {"containers": [{"name": "main", "image": "registry.invalid/fake:1"}]}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "allocation-writes-open", "annotations": {ann.POD_ALLOCATION: "{}"}},
+        "spec": {"containers": [{"name": "main", "image": "registry.invalid/fake:1"}]},
+    }
 
     def open_() -> bool:
         return status_of(lambda: core.create_namespaced_pod(namespace, body, dry_run="All")) == 200  # type: ignore[arg-type]  # a dict is sent as is
+
     wait_until(open_, timeout, "the allocation-write policy to be unloaded")

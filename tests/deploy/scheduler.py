@@ -21,19 +21,25 @@ def with_kubeconfig(cfg: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
     return out
 
 
-def start_kube_scheduler(procs: Procs, bin_dir: Path, cfg: dict[str, Any], name: str = "kube-scheduler",
-                         delegate_to: Path | None = None) -> tuple[Process, int]:
+def start_kube_scheduler(
+    procs: Procs, bin_dir: Path, cfg: dict[str, Any], name: str = "kube-scheduler", delegate_to: Path | None = None
+) -> tuple[Process, int]:
     """Start it; returns the process and its secure port (/healthz, /readyz over HTTPS).
     ``delegate_to``: the kubeconfig for authenticating and authorising requests to its
     own endpoints (in a pod: the in-cluster account, as for its client)."""
     path = procs.log_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     port = free_port()
-    argv = [str(bin_dir / "kube-scheduler"), f"--config={path}",
-            f"--secure-port={port}", f"--bind-address={LOOPBACK}",
-            # anonymous health checks on loopback, as the chart's probes need
-            "--authorization-always-allow-paths=/healthz,/readyz,/livez",
-            f"--cert-dir={procs.log_dir / (name + '-certs')}", "--v=2"]
+    argv = [
+        str(bin_dir / "kube-scheduler"),
+        f"--config={path}",
+        f"--secure-port={port}",
+        f"--bind-address={LOOPBACK}",
+        # anonymous health checks on loopback, as the chart's probes need
+        "--authorization-always-allow-paths=/healthz,/readyz,/livez",
+        f"--cert-dir={procs.log_dir / (name + '-certs')}",
+        "--v=2",
+    ]
     if delegate_to is not None:
         argv += [f"--authentication-kubeconfig={delegate_to}", f"--authorization-kubeconfig={delegate_to}"]
     return procs.start(name, argv), port

@@ -47,23 +47,31 @@ def allocation(pod: str, cores: int = 0, memory_mib: int = 143771) -> str:
 
 def pod_body(name: str, annotations: dict[str, str] | None = None, node: str | None = None) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "namespace": TENANT_NS, "annotations": annotations or {}},
         "spec": {
             "schedulerName": "nobody",  # no scheduler binds it: the tests do
             **({"nodeName": node} if node else {}),
             "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "main", "image": "registry.invalid/fake:1",
-                            "resources": {"limits": {res.VGPU_NUMBER: "1", res.VGPU_CORES: "20",
-                                                     res.VGPU_MEMORY: "4"}}}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.invalid/fake:1",
+                    "resources": {"limits": {res.VGPU_NUMBER: "1", res.VGPU_CORES: "20", res.VGPU_MEMORY: "4"}},
+                }
+            ],
         },
     }
 
 
 def binding_body(pod: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": pod, "namespace": TENANT_NS, "annotations": annotations or {}},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": pod, "namespace": TENANT_NS, "annotations": annotations or {}},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+    }
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ class Actor:
             else:
                 resp = self.core.create_namespaced_pod_binding(pod, TENANT_NS, body, _preload_content=False)  # type: ignore[arg-type]
             resp.release_conn()
+
         return outcome(call)
 
 
@@ -140,19 +149,28 @@ class Cluster:
 
 
 TENANT_ROLE = {
-    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "Role",
     "metadata": {"name": "pod-writer", "namespace": TENANT_NS},
-    "rules": [{"apiGroups": [""], "resources": ["pods", "pods/status"],
-               "verbs": ["create", "get", "update", "patch", "delete"]},
-              {"apiGroups": [""], "resources": ["pods/binding", "bindings"], "verbs": ["create"]}],
+    "rules": [
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "pods/status"],
+            "verbs": ["create", "get", "update", "patch", "delete"],
+        },
+        {"apiGroups": [""], "resources": ["pods/binding", "bindings"], "verbs": ["create"]},
+    ],
 }
 
 
 def role_binding(name: str, namespace: str, account: str) -> dict[str, Any]:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": TENANT_NS},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-writer"},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": TENANT_NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-writer"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -168,15 +186,27 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
     try:
         policies = rendered.all("ValidatingAdmissionPolicy") + rendered.all("ValidatingAdmissionPolicyBinding")
         assert POLICY in {p["metadata"]["name"] for p in policies}
-        tenant_sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tenant", "namespace": TENANT_NS}}
+        tenant_sa = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "tenant", "namespace": TENANT_NS},
+        }
         for obj in [*rendered.rbac(), *policies, tenant_sa, TENANT_ROLE, role_binding("tenant", TENANT_NS, "tenant")]:
             created.append(objects.create(obj))
         make_fake_node(core, NODE)
         agent_sa = rendered.service_account("node")
-        agent_pod = core.create_namespaced_pod(NS, k8s.V1Pod(
-            metadata=k8s.V1ObjectMeta(name="agent"),
-            spec=k8s.V1PodSpec(node_name=NODE, service_account_name=agent_sa, termination_grace_period_seconds=0,
-                               containers=[k8s.V1Container(name="main", image="registry.invalid/fake:1")])))
+        agent_pod = core.create_namespaced_pod(
+            NS,
+            k8s.V1Pod(
+                metadata=k8s.V1ObjectMeta(name="agent"),
+                spec=k8s.V1PodSpec(
+                    node_name=NODE,
+                    service_account_name=agent_sa,
+                    termination_grace_period_seconds=0,
+                    containers=[k8s.V1Container(name="main", image="registry.invalid/fake:1")],
+                ),
+            ),
+        )
         # A second account as the agent's, which RBAC also lets write pods: the policy alone refuses it.
         agent_plus = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "agent-plus", "namespace": NS}}
         for obj in (agent_plus, role_binding("agent-plus", NS, "agent-plus")):
@@ -189,9 +219,15 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
         }
         actors = {who: Actor(client_for(control_plane, t)) for who, t in tokens.items()}
         # The policy is in force once the apiserver has loaded it: wait for its first refusal.
-        wait_until(lambda: actors["tenant"].create_pod(pod_body("probe", {ann.POD_ALLOCATION: allocation("probe")}),
-                                                       dry_run=True).by_policy,
-                   30, "the allocation policy to refuse a tenant's annotated pod")
+        wait_until(
+            lambda: (
+                actors["tenant"]
+                .create_pod(pod_body("probe", {ann.POD_ALLOCATION: allocation("probe")}), dry_run=True)
+                .by_policy
+            ),
+            30,
+            "the allocation policy to refuse a tenant's annotated pod",
+        )
         yield Cluster(core, actors, rendered)
     finally:
         for actor in actors.values():
@@ -227,9 +263,15 @@ def test_a_tenant_cannot_create_a_pod_with_an_allocation(cluster: Cluster) -> No
 
 
 def test_a_tenants_pod_with_its_own_annotations_is_admitted(cluster: Cluster) -> None:
-    users = {ann.GPU_MODELS: "NVIDIA H200", ann.GPU_MODELS_EXCLUDE: "Tesla T4", ann.GPU_UUIDS: "GPU-authz-0",
-             ann.GPU_UUIDS_EXCLUDE: "GPU-x", ann.NODE_POLICY: "spread", ann.CARD_POLICY: "binpack",
-             "example.com/team": "a"}
+    users = {
+        ann.GPU_MODELS: "NVIDIA H200",
+        ann.GPU_MODELS_EXCLUDE: "Tesla T4",
+        ann.GPU_UUIDS: "GPU-authz-0",
+        ann.GPU_UUIDS_EXCLUDE: "GPU-x",
+        ann.NODE_POLICY: "spread",
+        ann.CARD_POLICY: "binpack",
+        "example.com/team": "a",
+    }
     assert set(ann.USER_POD_ANNOTATIONS) <= set(users)
     fresh_pod(cluster, "mine", users)
     assert cluster["tenant"].patch("mine", {ann.NODE_POLICY: "binpack", "example.com/team": "b"}).status == 200
@@ -266,8 +308,9 @@ def test_the_agent_cannot_write_an_allocation(cluster: Cluster) -> None:
     assert chart_rbac.by_rbac, chart_rbac
     # ...and an account that RBAC does let write pods is still refused by the policy.
     for status in (False, True):
-        got = cluster["agent-plus"].patch("agent-target", {ann.POD_ALLOCATION: allocation("agent-target")},
-                                          status=status)
+        got = cluster["agent-plus"].patch(
+            "agent-target", {ann.POD_ALLOCATION: allocation("agent-target")}, status=status
+        )
         assert got.by_policy, (status, got)
     assert cluster["agent-plus"].bind("agent-target", {ann.POD_ALLOCATION: allocation("agent-target")}).by_policy
 

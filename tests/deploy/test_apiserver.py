@@ -30,12 +30,23 @@ def objects(control_plane: ControlPlane) -> Iterator[Objects]:
 
 
 @pytest.mark.parametrize("values", [{}, TLS_VALUES], ids=["defaults", "tls"])
-def test_every_rendered_manifest_passes_a_server_side_dry_run(helm: Helm, objects: Objects,
-                                                              values: dict[str, object]) -> None:
+def test_every_rendered_manifest_passes_a_server_side_dry_run(
+    helm: Helm, objects: Objects, values: dict[str, object]
+) -> None:
     rendered = helm.template(values, namespace=NAMESPACE)
     kinds = {d["kind"] for d in rendered.docs}
-    assert {"Deployment", "DaemonSet", "ConfigMap", "Service", "ServiceAccount", "ClusterRole",
-            "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy"} <= kinds
+    assert {
+        "Deployment",
+        "DaemonSet",
+        "ConfigMap",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ValidatingAdmissionPolicy",
+    } <= kinds
     refused = {}
     for doc in rendered.docs:
         try:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.cli import parse_args
 from flexai_core import annotations as ann
+from flexai_node.cli import parse_args
 from flexai_sched import config, policies
 from tests.e2e.controlplane import extender_block
 
@@ -33,8 +33,13 @@ def test_extender_block_is_the_shared_file(helm: Helm) -> None:
 
 
 def test_tls_switches_https_on_and_names_the_ca(helm: Helm) -> None:
-    values = {"scheduler": {"extender": {"tls": {"enabled": True, "secretName": "s",
-                                                 "serverName": "flexai-extender", "mountPath": "/tls"}}}}
+    values = {
+        "scheduler": {
+            "extender": {
+                "tls": {"enabled": True, "secretName": "s", "serverName": "flexai-extender", "mountPath": "/tls"}
+            }
+        }
+    }
     r = helm.template(values)
     want = extender_block("https://127.0.0.1:8888")
     want.update(enableHTTPS=True, tlsConfig={"caFile": "/tls/ca.crt", "serverName": "flexai-extender"})
@@ -60,19 +65,37 @@ def test_scheduler_profile_and_leader_election(helm: Helm) -> None:
     assert le["resourceName"] != "kube-scheduler"
     assert le["resourceNamespace"] == "ns1"
     lease_rule = [rule for rule in r.one("Role", "-leader-election")["rules"] if "resourceNames" in rule]
-    assert lease_rule == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                           "resourceNames": [le["resourceName"]], "verbs": ["get", "update"]}]
+    assert lease_rule == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [le["resourceName"]],
+            "verbs": ["get", "update"],
+        }
+    ]
 
 
 def test_policy_config_map_is_what_flexai_sched_loads(helm: Helm, tmp_path: Path) -> None:
-    values = {"policy": {"nodePolicy": "spread", "cardPolicy": "fgd", "coreGranularity": 10,
-                         "maxVgpusPerCard": 3, "heartbeatTTLSeconds": 90}}
+    values = {
+        "policy": {
+            "nodePolicy": "spread",
+            "cardPolicy": "fgd",
+            "coreGranularity": 10,
+            "maxVgpusPerCard": 3,
+            "heartbeatTTLSeconds": 90,
+        }
+    }
     r = helm.template(values)
     path = tmp_path / "flexai-sched.yaml"
     path.write_text(r.config_map["data"]["flexai-sched.yaml"])
     settings = config.load(path)
-    assert (settings.node_policy, settings.card_policy, settings.granularity,
-            settings.max_vgpus_per_card, settings.heartbeat_ttl_s) == ("spread", "fgd", 10, 3, 90.0)
+    assert (
+        settings.node_policy,
+        settings.card_policy,
+        settings.granularity,
+        settings.max_vgpus_per_card,
+        settings.heartbeat_ttl_s,
+    ) == ("spread", "fgd", 10, 3, 90.0)
     # the extender reads that file: the path in its args is where the ConfigMap is mounted
     args = r.container("Deployment", "extender")["args"]
     assert arg_value(args, "--config") == "/etc/flexai/scheduler/flexai-sched.yaml"
@@ -85,12 +108,16 @@ def test_every_flexai_sched_policy_is_accepted(helm: Helm, name: str) -> None:
     assert f"node_policy: {name}" in r.config_map["data"]["flexai-sched.yaml"]
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"policy": {"nodePolicy": "firstfit"}}, "policy.nodePolicy"),
-    ({"scheduler": {"extender": {"tls": {"enabled": True}}}}, "tls.secretName"),
-    # TTL at or under the heartbeat period: every node would look silent at times
-    ({"policy": {"heartbeatTTLSeconds": 30}, "node": {"reportEverySeconds": 30}}, "heartbeatTTLSeconds"),
-], ids=["unknown-policy", "tls-without-secret", "ttl-not-above-heartbeat"])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"policy": {"nodePolicy": "firstfit"}}, "policy.nodePolicy"),
+        ({"scheduler": {"extender": {"tls": {"enabled": True}}}}, "tls.secretName"),
+        # TTL at or under the heartbeat period: every node would look silent at times
+        ({"policy": {"heartbeatTTLSeconds": 30}, "node": {"reportEverySeconds": 30}}, "heartbeatTTLSeconds"),
+    ],
+    ids=["unknown-policy", "tls-without-secret", "ttl-not-above-heartbeat"],
+)
 def test_bad_values_fail_at_render_time(helm: Helm, values: dict[str, object], message: str) -> None:
     with pytest.raises(HelmError, match=message):
         helm.template(values)
@@ -110,8 +137,12 @@ def test_node_agent_env_is_understood_by_flexai_node(helm: Helm) -> None:
     spec = r.one("DaemonSet")["spec"]["template"]["spec"]
     host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
-    assert host["device-plugins"] == mounts["device-plugins"] == str(args.device_plugin_dir) \
+    assert (
+        host["device-plugins"]
+        == mounts["device-plugins"]
+        == str(args.device_plugin_dir)
         == "/var/lib/kubelet/device-plugins"
+    )
     assert host["state"] == mounts["state"] == str(args.state_dir)
     assert str(Path(args.pod_resources_socket).parent) == host["pod-resources"] == mounts["pod-resources"]
     # The hook library the kubelet mounts is the one the init container installs on the host.
@@ -121,8 +152,11 @@ def test_node_agent_env_is_understood_by_flexai_node(helm: Helm) -> None:
     assert spec["nodeSelector"] == {ann.GPU_NODE_LABEL: "true"}
 
 
-@pytest.mark.parametrize("ref,mode,caps", [(None, "auto", "compute,utility"), ("off", "off", "utility"),
-                                           (1485, 1485, "utility")], ids=["default-auto", "off", "fixed"])
+@pytest.mark.parametrize(
+    "ref,mode,caps",
+    [(None, "auto", "compute,utility"), ("off", "off", "utility"), (1485, 1485, "utility")],
+    ids=["default-auto", "off", "fixed"],
+)
 def test_node_agent_ref_clock_and_driver_capabilities(helm: Helm, ref: object, mode: object, caps: str) -> None:
     """auto measures each card (calibration.py), which needs libcuda in the agent's container."""
     r = helm.template({"node": {"refClockMHz": ref}} if ref is not None else {})
@@ -141,8 +175,7 @@ def test_rbac_names_every_verb_and_resource(helm: Helm) -> None:
     refs = {b["roleRef"]["name"] for b in r.all("ClusterRoleBinding") + r.all("RoleBinding")}
     own = {d["metadata"]["name"] for d in r.all("ClusterRole") + r.all("Role")}
     builtin = refs - own
-    assert builtin == {"system:kube-scheduler", "system:volume-scheduler",
-                       "extension-apiserver-authentication-reader"}
+    assert builtin == {"system:kube-scheduler", "system:volume-scheduler", "extension-apiserver-authentication-reader"}
 
 
 def test_every_container_has_requests_and_probes(helm: Helm) -> None:

@@ -37,7 +37,19 @@ def run(image: str, *argv: str, entrypoint: str | None = None) -> subprocess.Com
     built()
     # Explicit limits: podman's defaults (and "host") are refused by these VMs' runc; runc, not
     # crun, because crun refuses hosts that mount cgroup v1 beside an empty v2 hierarchy.
-    cmd = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+    cmd = [
+        "podman",
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=4096:4096",
+    ]
     if entrypoint is not None:
         cmd += ["--entrypoint", entrypoint]
     return subprocess.run([*cmd, image, *argv], capture_output=True, text=True, timeout=120, check=False)
@@ -82,9 +94,13 @@ def test_the_node_image_has_the_agent_and_the_hook_but_no_web_stack() -> None:
     for web in ("fastapi", "starlette", "uvicorn", "httptools", "uvloop"):
         r = run(NODE, "python", "-c", f"import {web}")
         assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, f"{web} is in the node image"
-    r = run(NODE, "python", "-c",
-            "import ctypes; [ctypes.CDLL('/usr/local/flexai/lib/' + n) for n in "
-            "('libflexai_shim.so',)]; print(open('/usr/local/flexai/lib/libflexai_hook.so','rb').read(4))")
+    r = run(
+        NODE,
+        "python",
+        "-c",
+        "import ctypes; [ctypes.CDLL('/usr/local/flexai/lib/' + n) for n in "
+        "('libflexai_shim.so',)]; print(open('/usr/local/flexai/lib/libflexai_hook.so','rb').read(4))",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(b"\x7fELF")
 

@@ -34,9 +34,9 @@ GPU_MODELS = {"policy": {"gpuModels": ["NVIDIA-H200", "A100"]}}
 
 
 @pytest.mark.parametrize("values", [{}, TLS_VALUES, GPU_MODELS], ids=["defaults", "tls", "gpu-models"])
-def test_real_kube_scheduler_runs_the_rendered_config(helm: Helm, control_plane: ControlPlane,
-                                                      procs: Procs, bin_dir: Any,
-                                                      values: dict[str, object]) -> None:
+def test_real_kube_scheduler_runs_the_rendered_config(
+    helm: Helm, control_plane: ControlPlane, procs: Procs, bin_dir: Any, values: dict[str, object]
+) -> None:
     rendered = helm.template(values, namespace=NAMESPACE, release="ks")
     cfg = rendered.scheduler_config
     if values is GPU_MODELS:
@@ -77,17 +77,24 @@ def _no_weight(cfg: dict[str, Any]) -> None:
     cfg["extenders"][0]["weight"] = 0
 
 
-@pytest.mark.parametrize(("breakage", "message"), [
-    (_unknown_field, "strict decoding error: unknown field"),
-    (_second_binder, "only one extender can implement bind"),
-    (_no_weight, "weight"),
-], ids=["unknown-field", "two-binders", "zero-weight"])
-def test_real_kube_scheduler_rejects_a_broken_config(helm: Helm, control_plane: ControlPlane,
-                                                     procs: Procs, bin_dir: Any,
-                                                     breakage: Callable[[dict[str, Any]], None],
-                                                     message: str) -> None:
-    cfg = with_kubeconfig(helm.template(namespace=NAMESPACE, release="ks").scheduler_config,
-                          control_plane.kubeconfig)
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (_unknown_field, "strict decoding error: unknown field"),
+        (_second_binder, "only one extender can implement bind"),
+        (_no_weight, "weight"),
+    ],
+    ids=["unknown-field", "two-binders", "zero-weight"],
+)
+def test_real_kube_scheduler_rejects_a_broken_config(
+    helm: Helm,
+    control_plane: ControlPlane,
+    procs: Procs,
+    bin_dir: Any,
+    breakage: Callable[[dict[str, Any]], None],
+    message: str,
+) -> None:
+    cfg = with_kubeconfig(helm.template(namespace=NAMESPACE, release="ks").scheduler_config, control_plane.kubeconfig)
     breakage(cfg)
     p, _ = start_kube_scheduler(procs, bin_dir, cfg)
     wait_until(lambda: not p.alive, 60, "kube-scheduler to exit")

@@ -35,8 +35,17 @@ from tests.e2e.controlplane import LOOPBACK, ControlPlane, free_port, http_ok, m
 
 from .chart import Helm, Rendered
 from .conftest import Procs
-from .kubeapi import (Objects, client_for, close, ensure_namespace, mint_token, name_of, status_of, token_kubeconfig,
-                      wait_allocation_writes_open)
+from .kubeapi import (
+    Objects,
+    client_for,
+    close,
+    ensure_namespace,
+    mint_token,
+    name_of,
+    status_of,
+    token_kubeconfig,
+    wait_allocation_writes_open,
+)
 from .scheduler import healthy, start_kube_scheduler, with_kubeconfig
 
 pytestmark = pytest.mark.e2e
@@ -45,8 +54,12 @@ NS = "flexai-rbac"
 RELEASE = "rbac"
 NODE, OTHER_NODE = "gpu-rbac-a", "gpu-rbac-b"
 VENV_BIN = Path(sys.executable).parent
-CARDS = {"cards": [{"index": i, "uuid": f"GPU-rbac-{i}", "model": "NVIDIA H200", "memoryMiB": 143771,
-                    "healthy": True} for i in range(2)]}
+CARDS = {
+    "cards": [
+        {"index": i, "uuid": f"GPU-rbac-{i}", "model": "NVIDIA H200", "memoryMiB": 143771, "healthy": True}
+        for i in range(2)
+    ]
+}
 
 
 @dataclass
@@ -62,9 +75,14 @@ class Cluster:
 
 
 def _fake_pod(name: str, **spec: Any) -> k8s.V1Pod:
-    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name), spec=k8s.V1PodSpec(
-        containers=[k8s.V1Container(name="main", image="registry.invalid/fake:1")],
-        termination_grace_period_seconds=0, **spec))
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(
+            containers=[k8s.V1Container(name="main", image="registry.invalid/fake:1")],
+            termination_grace_period_seconds=0,
+            **spec,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +90,11 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
     port = free_port()
     # The extender runs as the extender-only account here (see the docstring), so the
     # allocation-write policy must let that account write allocations too.
-    rendered = helm.template({"scheduler": {"extender": {"port": port},
-                                            "allocationWriters": [f"system:serviceaccount:{NS}:extender-only"]}},
-                             release=RELEASE, namespace=NS)
+    rendered = helm.template(
+        {"scheduler": {"extender": {"port": port}, "allocationWriters": [f"system:serviceaccount:{NS}:extender-only"]}},
+        release=RELEASE,
+        namespace=NS,
+    )
     api = control_plane.api_client()
     core = k8s.CoreV1Api(api)
     objects = Objects(api)
@@ -89,16 +109,23 @@ def cluster(control_plane: ControlPlane, helm: Helm) -> Iterator[Cluster]:
         ext_role = rendered.one("ClusterRole", "-scheduler-extender")["metadata"]["name"]
         quota_role = rendered.one("Role", "-scheduler-extender-quotas")["metadata"]["name"]
         only = [{"kind": "ServiceAccount", "name": "extender-only", "namespace": NS}]
-        for obj in ({"apiVersion": "v1", "kind": "ServiceAccount",
-                     "metadata": {"name": "extender-only", "namespace": NS}},
-                    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                     "metadata": {"name": "test-extender-only"},
-                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ext_role},
-                     "subjects": only},
-                    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                     "metadata": {"name": "test-extender-only-quotas", "namespace": NS},
-                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": quota_role},
-                     "subjects": only}):
+        for obj in (
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "extender-only", "namespace": NS}},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "test-extender-only"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ext_role},
+                "subjects": only,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "test-extender-only-quotas", "namespace": NS},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": quota_role},
+                "subjects": only,
+            },
+        ):
             created.append(objects.create(obj))
         labels = {ann.GPU_NODE_LABEL: "true"}
         make_fake_node(core, NODE, labels=labels)
@@ -139,20 +166,37 @@ def _forbidden_lines(*logs: str) -> list[str]:
     return [line for log in logs for line in log.splitlines() if "forbidden" in line.lower()]
 
 
-def test_real_components_schedule_a_vgpu_pod_under_the_charts_accounts(cluster: Cluster, procs: Procs,
-                                                                         bin_dir: Path) -> None:
+def test_real_components_schedule_a_vgpu_pod_under_the_charts_accounts(
+    cluster: Cluster, procs: Procs, bin_dir: Path
+) -> None:
     plane, rendered = cluster.plane, cluster.rendered
     admin = plane.core_api()
     try:
         # 1. The node agent (the real flexai-node) writes the node's inventory annotation.
         cards = cluster.dir / "cards.json"
         cards.write_text(json.dumps(CARDS))
-        agent = procs.start("flexai-node", [
-            str(VENV_BIN / "flexai-node"), "--kubeconfig", str(cluster.kubeconfig("agent")),
-            "--node-name", NODE, "--inventory", f"file:{cards}",
-            "--device-plugin-dir", str(cluster.dir / "dp"), "--state-dir", str(cluster.dir / "state"),
-            "--hook-library", str(cluster.dir / "libflexai_hook.so"),
-            "--pod-resources-socket", "", "--metrics-port", "0"])
+        agent = procs.start(
+            "flexai-node",
+            [
+                str(VENV_BIN / "flexai-node"),
+                "--kubeconfig",
+                str(cluster.kubeconfig("agent")),
+                "--node-name",
+                NODE,
+                "--inventory",
+                f"file:{cards}",
+                "--device-plugin-dir",
+                str(cluster.dir / "dp"),
+                "--state-dir",
+                str(cluster.dir / "state"),
+                "--hook-library",
+                str(cluster.dir / "libflexai_hook.so"),
+                "--pod-resources-socket",
+                "",
+                "--metrics-port",
+                "0",
+            ],
+        )
         inv = wait_until(lambda: _inventory(admin, NODE) or not agent.alive, 60, "the agent's annotation")
         assert agent.alive, agent.tail()
         assert [c["uuid"] for c in inv["cards"]] == ["GPU-rbac-0", "GPU-rbac-1"]
@@ -161,9 +205,14 @@ def test_real_components_schedule_a_vgpu_pod_under_the_charts_accounts(cluster: 
         #    extender-only account's kubeconfig, the ConfigMap's file a local copy.
         settings = cluster.dir / "flexai-sched.yaml"
         settings.write_text(rendered.config_map["data"]["flexai-sched.yaml"])
-        args = [("--kubeconfig=" + str(cluster.kubeconfig("extender"))) if a == "--in-cluster"
-                else f"--config={settings}" if a.startswith("--config=") else a
-                for a in rendered.container("Deployment", "extender")["args"]]
+        args = [
+            ("--kubeconfig=" + str(cluster.kubeconfig("extender")))
+            if a == "--in-cluster"
+            else f"--config={settings}"
+            if a.startswith("--config=")
+            else a
+            for a in rendered.container("Deployment", "extender")["args"]
+        ]
         ext = procs.start("flexai-sched", [str(VENV_BIN / "flexai-sched"), *args])
         ready = f"http://{LOOPBACK}:{cluster.extender_port}/readyz"
         wait_until(lambda: http_ok(ready) or not ext.alive, 60, "extender /readyz")
@@ -182,16 +231,19 @@ def test_real_components_schedule_a_vgpu_pod_under_the_charts_accounts(cluster: 
         pod = _fake_pod("vgpu-pod", scheduler_name=cfg["profiles"][0]["schedulerName"])
         assert pod.spec is not None
         pod.spec.containers[0].resources = k8s.V1ResourceRequirements(
-            limits={res.VGPU_NUMBER: "1", res.VGPU_CORES: "30", res.VGPU_MEMORY: "10"})
+            limits={res.VGPU_NUMBER: "1", res.VGPU_CORES: "30", res.VGPU_MEMORY: "10"}
+        )
         admin.create_namespaced_pod(NS, pod)
 
         def bound() -> k8s.V1Pod | None:
             p: k8s.V1Pod = admin.read_namespaced_pod("vgpu-pod", NS)
             return p if p.spec is not None and p.spec.node_name else None
+
         placed = wait_until(bound, 90, "vgpu-pod bound")
         assert placed.spec.node_name == NODE
-        alloc = ann.decode_allocation(NS, "vgpu-pod", placed.metadata.uid,
-                                      placed.metadata.annotations[ann.POD_ALLOCATION])
+        alloc = ann.decode_allocation(
+            NS, "vgpu-pod", placed.metadata.uid, placed.metadata.annotations[ann.POD_ALLOCATION]
+        )
         (slice_,) = alloc.slices
         assert (slice_.cores, slice_.memory_mib) == (30, 10 * 1024)
 
@@ -200,6 +252,7 @@ def test_real_components_schedule_a_vgpu_pod_under_the_charts_accounts(cluster: 
             inv = _inventory(admin, NODE) or {"cards": []}
             card = [c for c in inv["cards"] if c["index"] == slice_.card_index]
             return bool(card) and card[0].get("allocatedCores") == 30
+
         wait_until(reported, 60, "the agent's annotation showing the pod's slice")
 
         # Every call of the three was allowed: no 403 anywhere in their logs.
@@ -223,16 +276,24 @@ CALLS: dict[str, Callable[[k8s.CoreV1Api], Any]] = {
     "patch pod": lambda core: core.patch_namespaced_pod("agent", NS, {"metadata": {"labels": {"x": "y"}}}),
     "delete pod": lambda core: core.delete_namespaced_pod("agent", NS),
     "create pod": lambda core: core.create_namespaced_pod(NS, _fake_pod("intruder")),
-    "create event": lambda core: core.create_namespaced_event(NS, {  # type: ignore[arg-type]
-        "metadata": {"generateName": "agent."}, "involvedObject": {"kind": "Pod", "namespace": NS, "name": "agent"},
-        "reason": "Test", "message": "rbac test", "type": "Warning"}),
+    "create event": lambda core: core.create_namespaced_event(
+        NS,
+        {  # type: ignore[arg-type]
+            "metadata": {"generateName": "agent."},
+            "involvedObject": {"kind": "Pod", "namespace": NS, "name": "agent"},
+            "reason": "Test",
+            "message": "rbac test",
+            "type": "Warning",
+        },
+    ),
     "list secrets": lambda core: core.list_namespaced_secret("kube-system"),
     "list quota configmaps": lambda core: core.list_namespaced_config_map(NS, label_selector=ann.QUOTA_LABEL),
     "list other configmaps": lambda core: core.list_namespaced_config_map("kube-system"),
     "list namespaces": lambda core: core.list_namespace(),
     "list pdbs": lambda core: k8s.PolicyV1Api(core.api_client).list_pod_disruption_budget_for_all_namespaces(),
     "create service account token": lambda core: core.create_namespaced_service_account_token(
-        "extender-only", NS, k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[]))),
+        "extender-only", NS, k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[]))
+    ),
 }
 
 # (account, call, HTTP status): 403 is "authenticated, not allowed"; the 200s show the
@@ -278,8 +339,9 @@ def test_what_each_account_may_do(cluster: Cluster, who: str, call: str, status:
         close(api)
 
 
-def _agent_patch(cluster: Cluster, token: str, node: str, meta: dict[str, Any],
-                 spec: dict[str, Any] | None = None) -> int:
+def _agent_patch(
+    cluster: Cluster, token: str, node: str, meta: dict[str, Any], spec: dict[str, Any] | None = None
+) -> int:
     api = client_for(cluster.plane, cluster.tokens[token])
     try:
         return status_of(lambda: _patch_node(node, meta, spec)(k8s.CoreV1Api(api)))
@@ -292,8 +354,11 @@ def test_agent_writes_only_its_own_nodes_vgpu_annotations(cluster: Cluster) -> N
     ok = _agent_patch(cluster, "agent", NODE, OUR_ANNOTATION)
     assert ok == 200
     # The policy is in force once the apiserver has loaded it: wait for its first refusal.
-    wait_until(lambda: _agent_patch(cluster, "agent", OTHER_NODE, OUR_ANNOTATION) == 403, 30,
-               "the policy to refuse a patch of another node")
+    wait_until(
+        lambda: _agent_patch(cluster, "agent", OTHER_NODE, OUR_ANNOTATION) == 403,
+        30,
+        "the policy to refuse a patch of another node",
+    )
     assert _agent_patch(cluster, "agent", NODE, {"labels": {"team": "x"}}) == 403
     assert _agent_patch(cluster, "agent", NODE, {"annotations": {"example.com/other": "x"}}) == 403
     assert _agent_patch(cluster, "agent", NODE, {}, spec={"unschedulable": True}) == 403

@@ -32,10 +32,13 @@ def test_the_run_steps_use_exactly_the_variables_the_test_sets() -> None:
     assert used - _LOCAL == set(readme.VARIABLES)
 
 
-@pytest.mark.parametrize("broken, message", [
-    ("```bash\necho unmarked\n```\n", "bash blocks"),
-    ("<!-- step: install (run) -->\n```bash\nhelm version\n```\n", "used twice"),
-])
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("```bash\necho unmarked\n```\n", "bash blocks"),
+        ("<!-- step: install (run) -->\n```bash\nhelm version\n```\n", "used twice"),
+    ],
+)
 def test_a_readme_out_of_step_is_refused(broken: str, message: str) -> None:
     with pytest.raises(readme.ReadmeError, match=message):
         readme.steps(readme.README.read_text() + "\n" + broken)
@@ -50,11 +53,17 @@ def test_a_run_step_marked_not_run_is_refused() -> None:
 def _one_machine_values(tmp_path: Path) -> dict[str, object]:
     """The README's values-one-machine step, run as written with the test's variables."""
     env = {name: str(20000 + i) for i, name in enumerate(readme.VARIABLES)}
-    env.update(NODE="n1", INVENTORY="/srv/cards.json", POD_RESOURCES_DIR="/k/pod-resources",
-               STATE_DIR="/srv/state", HOOK_DIR="/srv/hook")
+    env.update(
+        NODE="n1",
+        INVENTORY="/srv/cards.json",
+        POD_RESOURCES_DIR="/k/pod-resources",
+        STATE_DIR="/srv/state",
+        HOOK_DIR="/srv/hook",
+    )
     script = readme.run_steps()["values-one-machine"].script
-    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env},
-                   check=True)
+    subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env}, check=True
+    )
     values: dict[str, object] = yaml.safe_load((tmp_path / "flexai-values.yaml").read_text())
     return values
 
@@ -91,7 +100,12 @@ def test_by_default_the_pods_use_the_cluster_network_nvml_and_the_in_cluster_api
     env = {e["name"]: e.get("value") for e in r.container("DaemonSet", "agent")["env"]}
     assert env["FLEXAI_INVENTORY"] == "nvml"
     assert {v["name"] for v in agent["spec"]["template"]["spec"]["volumes"]} == {
-        "device-plugins", "pod-resources", "state", "hook", "tmp"}
+        "device-plugins",
+        "pod-resources",
+        "state",
+        "hook",
+        "tmp",
+    }
 
 
 def test_an_apiserver_host_without_a_port_fails_at_render_time(helm: Helm) -> None:

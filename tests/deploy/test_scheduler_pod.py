@@ -50,13 +50,14 @@ def _probe(container: dict[str, Any], kind: str) -> list[str]:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_scheduler_pod_schedules_through_its_extender(helm: Helm, control_plane: ControlPlane,
-                                                      gpu_node_ready: k8s.CoreV1Api, procs: Procs,
-                                                      bin_dir: Path, tls: bool) -> None:
+def test_scheduler_pod_schedules_through_its_extender(
+    helm: Helm, control_plane: ControlPlane, gpu_node_ready: k8s.CoreV1Api, procs: Procs, bin_dir: Path, tls: bool
+) -> None:
     core = gpu_node_ready
     mount = procs.log_dir / "tls"
-    values: dict[str, Any] = {"scheduler": {"name": f"flexai-{'https' if tls else 'http'}",
-                                            "extender": {"port": free_port()}}}
+    values: dict[str, Any] = {
+        "scheduler": {"name": f"flexai-{'https' if tls else 'http'}", "extender": {"port": free_port()}}
+    }
     if tls:
         values["scheduler"]["extender"]["tls"] = {"enabled": True, "secretName": "s", "mountPath": str(mount)}
         # The Secret's three files, as a kubernetes.io/tls Secret (plus ca.crt) mounts them;
@@ -70,13 +71,20 @@ def test_scheduler_pod_schedules_through_its_extender(helm: Helm, control_plane:
     ext = rendered.container("Deployment", "extender")
     settings = procs.log_dir / "flexai-sched.yaml"
     settings.write_text(rendered.config_map["data"]["flexai-sched.yaml"])
-    args = [f"--kubeconfig={control_plane.kubeconfig}" if a == "--in-cluster"
-            else f"--config={settings}" if a.startswith("--config=") else a for a in ext["args"]]
+    args = [
+        f"--kubeconfig={control_plane.kubeconfig}"
+        if a == "--in-cluster"
+        else f"--config={settings}"
+        if a.startswith("--config=")
+        else a
+        for a in ext["args"]
+    ]
     extender = procs.start("flexai-sched", [str(Path(sys.executable).with_name("flexai-sched")), *args])
 
     def probe_ok(kind: str) -> bool:
         r = subprocess.run(_probe(ext, kind), capture_output=True, timeout=10, check=False)
         return r.returncode == 0
+
     wait_until(lambda: probe_ok("readinessProbe") or not extender.alive, 60, "the readiness probe")
     assert extender.alive, extender.tail()
     assert probe_ok("livenessProbe")
@@ -88,11 +96,14 @@ def test_scheduler_pod_schedules_through_its_extender(helm: Helm, control_plane:
     assert sched.alive, sched.tail()
 
     name = f"vgpu-{'https' if tls else 'http'}"
-    core.create_namespaced_pod(NS, pod_body(name, {"main": vgpu_limits(1, 50, 8)},
-                                            scheduler=cfg["profiles"][0]["schedulerName"]))
+    core.create_namespaced_pod(
+        NS, pod_body(name, {"main": vgpu_limits(1, 50, 8)}, scheduler=cfg["profiles"][0]["schedulerName"])
+    )
+
     def bound() -> k8s.V1Pod | None:
         p: k8s.V1Pod = core.read_namespaced_pod(name, NS)
         return p if p.spec is not None and p.spec.node_name else None
+
     pod = wait_until(bound, 90, f"{name} bound")
     assert pod.spec.node_name == NODE
     assert ann.POD_ALLOCATION in pod.metadata.annotations  # bound by the extender, not the default binder

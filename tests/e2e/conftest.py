@@ -34,8 +34,7 @@ def _binaries() -> tuple[Path | None, str | None]:
         if override:
             _build = (Path(override), None)
             return _build
-        r = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True,
-                           text=True, check=False)
+        r = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         out = (r.stdout + r.stderr).strip()
         lines = r.stdout.strip().splitlines()
         if r.returncode != 0 or not lines or not Path(lines[-1]).is_dir():
@@ -51,8 +50,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.get_closest_marker("e2e") for item in session.items):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and _build is None:
-            reporter.write_line(f"e2e: {BUILD_SCRIPT.relative_to(REPO_ROOT)} (cached: instant; "
-                                "first build: 10-25 minutes)")
+            reporter.write_line(
+                f"e2e: {BUILD_SCRIPT.relative_to(REPO_ROOT)} (cached: instant; first build: 10-25 minutes)"
+            )
         _binaries()
 
 
@@ -87,9 +87,9 @@ def core_api(_session_core_api: k8s.CoreV1Api) -> Iterator[k8s.CoreV1Api]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
-                                                                          pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
         for plane in live_planes():

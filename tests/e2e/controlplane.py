@@ -43,14 +43,14 @@ EXTENDER_CONFIG = REPO_ROOT / "deploy" / "helm" / "flexai" / "files" / "extender
 LOOPBACK = "127.0.0.1"
 
 # The live planes, so the pytest hook can attach their logs to any failed test.
-_LIVE: list["ControlPlane"] = []
+_LIVE: list[ControlPlane] = []
 
 
 class ControlPlaneError(RuntimeError):
     """A component failed to start or to become ready (message carries the log tails)."""
 
 
-def live_planes() -> list["ControlPlane"]:
+def live_planes() -> list[ControlPlane]:
     return list(_LIVE)
 
 
@@ -105,8 +105,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class Process:
     """One component: a child in its own process group, output appended to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, cwd: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -121,9 +122,15 @@ class Process:
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self._log.write(f"=== {stamp} start: {shlex.join(self.argv)}\n".encode())
         self._log.flush()
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+            env=self.env,
+            start_new_session=True,
+        )
 
     @property
     def alive(self) -> bool:
@@ -173,6 +180,7 @@ class Process:
 
 # ---------------------------------------------------------------------------- certificates
 
+
 def _name(cn: str, org: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org:
@@ -180,23 +188,46 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-          server_sans: Sequence[str] = (), client: bool = False) -> x509.Certificate:
+def _cert(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    server_sans: Sequence[str] = (),
+    client: bool = False,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                          content_commitment=False, key_encipherment=False,
-                                          data_encipherment=False, key_agreement=False,
-                                          encipher_only=False, decipher_only=False), critical=True)
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_sans else []) + \
-                 ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_sans else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
         b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     if server_sans:
         sans: list[x509.GeneralName] = []
@@ -210,9 +241,9 @@ def _cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
@@ -240,13 +271,20 @@ def generate_pki(d: Path) -> Pki:
     ca_name = _name("flexai-e2e-ca")
     ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
     srv_key = ec.generate_private_key(ec.SECP256R1())
-    srv = _cert(_name("kube-apiserver"), srv_key, ca_name, ca_key,
-                server_sans=(LOOPBACK, "localhost"))
+    srv = _cert(_name("kube-apiserver"), srv_key, ca_name, ca_key, server_sans=(LOOPBACK, "localhost"))
     adm_key = ec.generate_private_key(ec.SECP256R1())
     adm = _cert(_name("flexai-e2e-admin", "system:masters"), adm_key, ca_name, ca_key, client=True)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pki = Pki(d / "ca.crt", d / "apiserver.crt", d / "apiserver.key", d / "admin.crt",
-              d / "admin.key", d / "sa.pub", d / "sa.key", d / "ca.key")
+    pki = Pki(
+        d / "ca.crt",
+        d / "apiserver.crt",
+        d / "apiserver.key",
+        d / "admin.crt",
+        d / "admin.key",
+        d / "sa.pub",
+        d / "sa.key",
+        d / "ca.key",
+    )
     _write_cert(pki.ca_crt, ca)
     _write_key(pki.ca_key, ca_key)
     _write_cert(pki.server_crt, srv)
@@ -254,13 +292,21 @@ def generate_pki(d: Path) -> Pki:
     _write_cert(pki.admin_crt, adm)
     _write_key(pki.admin_key, adm_key)
     _write_key(pki.sa_key, sa_key)
-    pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pki.sa_pub.write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return pki
 
 
-def issue_certificate(pki: Pki, crt: Path, key: Path, cn: str, org: str | None = None,
-                      server_sans: Sequence[str] = (), client: bool = False) -> None:
+def issue_certificate(
+    pki: Pki,
+    crt: Path,
+    key: Path,
+    cn: str,
+    org: str | None = None,
+    server_sans: Sequence[str] = (),
+    client: bool = False,
+) -> None:
     """A certificate signed by the plane's CA (e.g. a kubelet's client and serving pair)."""
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
     ca = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
@@ -293,12 +339,15 @@ class ExtenderSpec:
 def flexai_sched_extender(*extra_args: str, env: Mapping[str, str] | None = None) -> ExtenderSpec:
     """Our extender on the Kubernetes backend: `flexai-sched serve`, from this venv."""
     exe = Path(sys.executable).with_name("flexai-sched")
-    return ExtenderSpec([str(exe), "serve", "--kubeconfig", "{kubeconfig}", "--host", "{host}",
-                         "--port", "{port}", *extra_args], env=dict(env or {}))
+    return ExtenderSpec(
+        [str(exe), "serve", "--kubeconfig", "{kubeconfig}", "--host", "{host}", "--port", "{port}", *extra_args],
+        env=dict(env or {}),
+    )
 
 
-def extender_block(url_prefix: str, node_cache_capable: bool | None = None,
-                   source: Path = EXTENDER_CONFIG) -> dict[str, Any]:
+def extender_block(
+    url_prefix: str, node_cache_capable: bool | None = None, source: Path = EXTENDER_CONFIG
+) -> dict[str, Any]:
     """The scheduler's `extenders:` entry, from the file the helm chart embeds."""
     block: dict[str, Any] = yaml.safe_load(source.read_text())
     if block.get("urlPrefix") != "URL_PREFIX":
@@ -315,9 +364,16 @@ def extender_block(url_prefix: str, node_cache_capable: bool | None = None,
 # accounts and their CA, garbage collection (an uninstall's ReplicaSets and pods), namespace
 # deletion, and Endpoints (the apiserver's service proxy reads them). Node lifecycle stays
 # off: a node without a CNI is never Ready, and it would taint it.
-CONTROLLERS = ("serviceaccount-controller", "root-ca-certificate-publisher-controller",
-               "deployment-controller", "replicaset-controller", "daemonset-controller",
-               "garbage-collector-controller", "namespace-controller", "endpoints-controller")
+CONTROLLERS = (
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "endpoints-controller",
+)
 
 
 class ControlPlane:
@@ -331,10 +387,16 @@ class ControlPlane:
     plane.stop()                                   # idempotent; also runs at exit
     """
 
-    def __init__(self, bin_dir: Path, workdir: Path | None = None,
-                 scheduler_config: Mapping[str, Any] | None = None,
-                 startup_timeout: float = 60.0, kwok_all_nodes: bool = True,
-                 controller_manager: bool = False, kwok: bool = True) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        workdir: Path | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
+        startup_timeout: float = 60.0,
+        kwok_all_nodes: bool = True,
+        controller_manager: bool = False,
+        kwok: bool = True,
+    ) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flexai-cp-"))
@@ -396,8 +458,7 @@ class ControlPlane:
 
     # -- lifecycle
 
-    def start(self, extender: ExtenderSpec | None = None,
-              node_cache_capable: bool | None = None) -> "ControlPlane":
+    def start(self, extender: ExtenderSpec | None = None, node_cache_capable: bool | None = None) -> ControlPlane:
         assert not self._started, "start() once; use restart_scheduler()/start_extender() after"
         self._started = True
         _LIVE.append(self)
@@ -434,7 +495,7 @@ class ControlPlane:
         if self._own_workdir and not os.environ.get("FLEXAI_E2E_KEEP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> ControlPlane:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -473,8 +534,7 @@ class ControlPlane:
 
     # -- scheduler
 
-    def restart_scheduler(self, with_extender: bool | None = None,
-                          node_cache_capable: bool | None = None) -> None:
+    def restart_scheduler(self, with_extender: bool | None = None, node_cache_capable: bool | None = None) -> None:
         """Restart kube-scheduler, e.g. to switch nodeCacheCapable mode or add/remove the
         extender. with_extender=None keeps the current choice; node_cache_capable=None keeps
         what extender.yaml says."""
@@ -511,8 +571,7 @@ class ControlPlane:
         parts = []
         for name, p in self.procs.items():
             state = "running" if p.alive else "stopped"
-            parts.append(f"----- {name} ({state}) {p.log_path} (last {lines} lines) -----\n"
-                         f"{p.tail(lines)}")
+            parts.append(f"----- {name} ({state}) {p.log_path} (last {lines} lines) -----\n{p.tail(lines)}")
         return "\n".join(parts) if parts else "(no components started)"
 
     # -- internals
@@ -545,6 +604,7 @@ class ControlPlane:
             if not p.alive:
                 raise ControlPlaneError(f"{p.name} exited while waiting for {what}")
             return check()
+
         wait_until(ready, timeout, what, interval=0.1)
 
     def _start_kine(self) -> None:
@@ -553,11 +613,19 @@ class ControlPlane:
         db.parent.mkdir(exist_ok=True)
         # kine's own default SQLite parameters (WAL, busy timeout): an endpoint with a query
         # string replaces them, so pass them along with our path.
-        params = ("_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate"
-                  "&_stmt_cache_size=20&cache=shared")
-        argv = [self._bin("kine"), "--listen-address", f"{LOOPBACK}:{port}",
-                "--endpoint", f"sqlite://{db}?{params}",
-                "--metrics-bind-address", "0"]  # default :8080 would listen on all interfaces
+        params = (
+            "_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate"
+            "&_stmt_cache_size=20&cache=shared"
+        )
+        argv = [
+            self._bin("kine"),
+            "--listen-address",
+            f"{LOOPBACK}:{port}",
+            "--endpoint",
+            f"sqlite://{db}?{params}",
+            "--metrics-bind-address",
+            "0",
+        ]  # default :8080 would listen on all interfaces
         p = self._spawn("kine", argv, _child_env())
         self.etcd_url = f"http://{LOOPBACK}:{port}"
         self._wait_ready(p, lambda: _tcp_open(port), self.startup_timeout, f"kine on {port}")
@@ -566,38 +634,43 @@ class ControlPlane:
         pki = self.pki
         assert pki is not None
         self.api_port = free_port()
-        argv = [self._bin("kube-apiserver"),
-                f"--etcd-servers={self.etcd_url}",
-                f"--cert-dir={self.workdir / 'apiserver-certs'}",
-                f"--tls-cert-file={pki.server_crt}", f"--tls-private-key-file={pki.server_key}",
-                f"--client-ca-file={pki.ca_crt}",
-                f"--secure-port={self.api_port}",
-                f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                # Node: a real kubelet (tests/realnode) may touch only its own Node and pods.
-                "--authorization-mode=Node,RBAC",
-                # logs and exec reach a real kubelet as the admin (kwok nodes serve none)
-                f"--kubelet-client-certificate={pki.admin_crt}",
-                f"--kubelet-client-key={pki.admin_key}",
-                "--kubelet-preferred-address-types=InternalIP",  # node names do not resolve here
-                "--allow-privileged=true",
-                # Without a controller-manager nothing would create default service accounts;
-                # and none here lifts the not-ready taint that TaintNodesByCondition puts on
-                # every new node (so no pod would ever schedule).
-                "--disable-admission-plugins=" + ("TaintNodesByCondition" if self.controller_manager
-                                                  else "ServiceAccount,TaintNodesByCondition"),
-                # no "kubernetes" service endpoints pointing at this host
-                "--endpoint-reconciler-type=none",
-                f"--service-account-issuer=https://{LOOPBACK}:{self.api_port}",
-                f"--service-account-key-file={pki.sa_pub}",
-                f"--service-account-signing-key-file={pki.sa_key}",
-                "--profiling=false"]
+        argv = [
+            self._bin("kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki.server_crt}",
+            f"--tls-private-key-file={pki.server_key}",
+            f"--client-ca-file={pki.ca_crt}",
+            f"--secure-port={self.api_port}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            # Node: a real kubelet (tests/realnode) may touch only its own Node and pods.
+            "--authorization-mode=Node,RBAC",
+            # logs and exec reach a real kubelet as the admin (kwok nodes serve none)
+            f"--kubelet-client-certificate={pki.admin_crt}",
+            f"--kubelet-client-key={pki.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",  # node names do not resolve here
+            "--allow-privileged=true",
+            # Without a controller-manager nothing would create default service accounts;
+            # and none here lifts the not-ready taint that TaintNodesByCondition puts on
+            # every new node (so no pod would ever schedule).
+            "--disable-admission-plugins="
+            + ("TaintNodesByCondition" if self.controller_manager else "ServiceAccount,TaintNodesByCondition"),
+            # no "kubernetes" service endpoints pointing at this host
+            "--endpoint-reconciler-type=none",
+            f"--service-account-issuer=https://{LOOPBACK}:{self.api_port}",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--profiling=false",
+        ]
         p = self._spawn("kube-apiserver", argv, _child_env())
         self._write_kubeconfig()
         ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
         ctx.load_cert_chain(str(pki.admin_crt), str(pki.admin_key))
-        self._wait_ready(p, lambda: http_ok(self.api_url + "/readyz", ctx), self.startup_timeout,
-                         "kube-apiserver /readyz")
+        self._wait_ready(
+            p, lambda: http_ok(self.api_url + "/readyz", ctx), self.startup_timeout, "kube-apiserver /readyz"
+        )
 
     def _write_kubeconfig(self) -> None:
         pki = self.pki
@@ -605,11 +678,15 @@ class ControlPlane:
         # Certificate paths rather than inline data: the python client would copy inline
         # data into temp files it never removes.
         cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-            "clusters": [{"name": "e2e", "cluster": {
-                "server": self.api_url, "certificate-authority": str(pki.ca_crt)}}],
-            "users": [{"name": "admin", "user": {
-                "client-certificate": str(pki.admin_crt), "client-key": str(pki.admin_key)}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "e2e",
+            "clusters": [
+                {"name": "e2e", "cluster": {"server": self.api_url, "certificate-authority": str(pki.ca_crt)}}
+            ],
+            "users": [
+                {"name": "admin", "user": {"client-certificate": str(pki.admin_crt), "client-key": str(pki.admin_key)}}
+            ],
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
         }
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
@@ -618,20 +695,29 @@ class ControlPlane:
         pki = self.pki
         assert pki is not None
         port = free_port()
-        argv = [self._bin("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}", "--leader-elect=false",
-                # the CA that pods' service-account volumes carry (ConfigMap kube-root-ca.crt)
-                f"--root-ca-file={pki.ca_crt}",
-                f"--bind-address={LOOPBACK}", f"--secure-port={port}",
-                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
-                "--v=2"]
+        argv = [
+            self._bin("kube-controller-manager"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--controllers={','.join(CONTROLLERS)}",
+            "--leader-elect=false",
+            # the CA that pods' service-account volumes carry (ConfigMap kube-root-ca.crt)
+            f"--root-ca-file={pki.ca_crt}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+            "--v=2",
+        ]
         p = self._spawn("kube-controller-manager", argv, _child_env())
         url = f"https://{LOOPBACK}:{port}/healthz"
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        self._wait_ready(p, lambda: http_ok(url, ctx) and self._default_service_account(),
-                         self.startup_timeout, "kube-controller-manager /healthz and the default service account")
+        self._wait_ready(
+            p,
+            lambda: http_ok(url, ctx) and self._default_service_account(),
+            self.startup_timeout,
+            "kube-controller-manager /healthz and the default service account",
+        )
 
     def _default_service_account(self) -> bool:
         api = self.core_api()
@@ -649,18 +735,22 @@ class ControlPlane:
         port = free_port()
         home = self.workdir / "kwok-home"
         home.mkdir(exist_ok=True)
-        argv = [self._bin("kwok"), f"--kubeconfig={self.kubeconfig}",
-                *(["--manage-all-nodes=true"] if self.kwok_all_nodes else
-                  ["--manage-all-nodes=false",
-                   f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"]),
-                # its health server only, on loopback; no --node-port, so no kubelet endpoints
-                f"--server-address={LOOPBACK}:{port}",
-                f"--node-ip={LOOPBACK}",
-                "--cidr=10.244.0.1/16"]  # fake pod IPs, apart from the service range
+        argv = [
+            self._bin("kwok"),
+            f"--kubeconfig={self.kubeconfig}",
+            *(
+                ["--manage-all-nodes=true"]
+                if self.kwok_all_nodes
+                else ["--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"]
+            ),
+            # its health server only, on loopback; no --node-port, so no kubelet endpoints
+            f"--server-address={LOOPBACK}:{port}",
+            f"--node-ip={LOOPBACK}",
+            "--cidr=10.244.0.1/16",
+        ]  # fake pod IPs, apart from the service range
         p = self._spawn("kwok", argv, _child_env(home=home))
         # kwok starts serving only after its controllers started, so healthz means "managing".
-        self._wait_ready(p, lambda: http_ok(f"http://{LOOPBACK}:{port}/healthz"),
-                         self.startup_timeout, "kwok /healthz")
+        self._wait_ready(p, lambda: http_ok(f"http://{LOOPBACK}:{port}/healthz"), self.startup_timeout, "kwok /healthz")
 
     def _scheduler_config(self, with_extender: bool) -> dict[str, Any]:
         cfg: dict[str, Any] = {
@@ -686,13 +776,17 @@ class ControlPlane:
         cfg_path.write_text(yaml.safe_dump(self._scheduler_config(with_extender), sort_keys=False))
         self.scheduler_uses_extender = with_extender
         self.scheduler_port = free_port()
-        argv = [self._bin("kube-scheduler"), f"--config={cfg_path}",
-                f"--secure-port={self.scheduler_port}", f"--bind-address={LOOPBACK}",
-                # No delegated authn/authz (the apiserver has no request-header CA for it):
-                # anonymous may read health and metrics, on loopback only.
-                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
-                f"--cert-dir={self.workdir / 'scheduler-certs'}",
-                "--v=2"]  # v2 logs each binding decision, which is what a failed test needs
+        argv = [
+            self._bin("kube-scheduler"),
+            f"--config={cfg_path}",
+            f"--secure-port={self.scheduler_port}",
+            f"--bind-address={LOOPBACK}",
+            # No delegated authn/authz (the apiserver has no request-header CA for it):
+            # anonymous may read health and metrics, on loopback only.
+            "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            f"--cert-dir={self.workdir / 'scheduler-certs'}",
+            "--v=2",
+        ]  # v2 logs each binding decision, which is what a failed test needs
         p = self._spawn("kube-scheduler", argv, _child_env())
         # Self-signed serving cert on loopback: nothing to verify it against.
         ctx = ssl.create_default_context()
@@ -736,7 +830,7 @@ def _proc_addr(hex_addr: str) -> str:
     ip_hex, port_hex = hex_addr.split(":")
     raw = bytes.fromhex(ip_hex)
     # each 32-bit word is in host (little-endian) order
-    ip = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return f"{ipaddress.ip_address(ip)}:{int(port_hex, 16)}"
 
 
@@ -764,9 +858,14 @@ def node_ready(core: k8s.CoreV1Api, name: str) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
-def make_fake_node(core: k8s.CoreV1Api, name: str, annotations: Mapping[str, str] | None = None,
-                   capacity: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
-                   wait_ready: float = 30.0) -> k8s.V1Node:
+def make_fake_node(
+    core: k8s.CoreV1Api,
+    name: str,
+    annotations: Mapping[str, str] | None = None,
+    capacity: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    wait_ready: float = 30.0,
+) -> k8s.V1Node:
     """Create a kwok-managed Node and wait until kwok has made it Ready.
 
     capacity: extra or overriding status.capacity entries (e.g. extended resources); the
@@ -779,10 +878,17 @@ def make_fake_node(core: k8s.CoreV1Api, name: str, annotations: Mapping[str, str
         metadata=k8s.V1ObjectMeta(
             name=name,
             annotations={KWOK_ANNOTATION: "fake", **(annotations or {})},
-            labels={"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", **(labels or {})}),
+            labels={
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                **(labels or {}),
+            },
+        ),
         # The apiserver keeps a Node's status on create (a kubelet registers that way).
-        status=k8s.V1NodeStatus(capacity=dict(res), allocatable=dict(res)))
+        status=k8s.V1NodeStatus(capacity=dict(res), allocatable=dict(res)),
+    )
     core.create_node(body)
     if wait_ready:
         wait_until(lambda: node_ready(core, name), wait_ready, f"node {name} Ready")
@@ -790,19 +896,30 @@ def make_fake_node(core: k8s.CoreV1Api, name: str, annotations: Mapping[str, str
     return node
 
 
-def make_pod(core: k8s.CoreV1Api, name: str, namespace: str = "default",
-             requests: Mapping[str, str] | None = None, limits: Mapping[str, str] | None = None,
-             annotations: Mapping[str, str] | None = None) -> k8s.V1Pod:
+def make_pod(
+    core: k8s.CoreV1Api,
+    name: str,
+    namespace: str = "default",
+    requests: Mapping[str, str] | None = None,
+    limits: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> k8s.V1Pod:
     """A one-container pod left for the scheduler (no nodeName)."""
     body = k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, annotations=dict(annotations or {})),
         spec=k8s.V1PodSpec(
-            containers=[k8s.V1Container(
-                name="main", image="registry.invalid/fake:1",  # kwok never pulls it
-                resources=k8s.V1ResourceRequirements(
-                    requests=dict(requests) if requests else None,
-                    limits=dict(limits) if limits else None))],
-            termination_grace_period_seconds=30))
+            containers=[
+                k8s.V1Container(
+                    name="main",
+                    image="registry.invalid/fake:1",  # kwok never pulls it
+                    resources=k8s.V1ResourceRequirements(
+                        requests=dict(requests) if requests else None, limits=dict(limits) if limits else None
+                    ),
+                )
+            ],
+            termination_grace_period_seconds=30,
+        ),
+    )
     pod: k8s.V1Pod = core.create_namespaced_pod(namespace, body)
     return pod
 

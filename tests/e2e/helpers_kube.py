@@ -27,13 +27,19 @@ NS = "default"
 GIB = 1024
 
 
-def cards(n: int, model: str = "NVIDIA H200", memory_gib: int = 80, max_vgpus: int = 5,
-          prefix: str = "GPU") -> tuple[Card, ...]:
+def cards(
+    n: int, model: str = "NVIDIA H200", memory_gib: int = 80, max_vgpus: int = 5, prefix: str = "GPU"
+) -> tuple[Card, ...]:
     return tuple(Card(i, f"{prefix}-{i}", model, memory_gib * GIB, max_vgpus) for i in range(n))
 
 
-def gpu_node(core: k8s.CoreV1Api, name: str, node_cards: Sequence[Card],
-             heartbeat: datetime | None = None, wait_ready: float = 30.0) -> None:
+def gpu_node(
+    core: k8s.CoreV1Api,
+    name: str,
+    node_cards: Sequence[Card],
+    heartbeat: datetime | None = None,
+    wait_ready: float = 30.0,
+) -> None:
     """A kwok node annotated exactly as flexai_node writes it."""
     text = ann.encode_inventory(tuple(node_cards), heartbeat or datetime.now(UTC))
     make_fake_node(core, name, annotations={ann.NODE_INVENTORY: text}, wait_ready=wait_ready)
@@ -52,34 +58,54 @@ def vgpu_limits(number: int, cores: int | None = None, memory_gib: int | None = 
     return limits
 
 
-def pod_body(name: str, containers: Mapping[str, Mapping[str, str]],
-             init_containers: Mapping[str, Mapping[str, str]] | None = None,
-             annotations: Mapping[str, str] | None = None, scheduler: str | None = None) -> k8s.V1Pod:
+def pod_body(
+    name: str,
+    containers: Mapping[str, Mapping[str, str]],
+    init_containers: Mapping[str, Mapping[str, str]] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    scheduler: str | None = None,
+) -> k8s.V1Pod:
     """A pod left for the scheduler (``scheduler``: another name, that none serves);
     container name -> resource limits."""
+
     def one(cname: str, limits: Mapping[str, str]) -> k8s.V1Container:
-        return k8s.V1Container(name=cname, image="registry.invalid/fake:1",
-                               resources=k8s.V1ResourceRequirements(limits=dict(limits) or None))
+        return k8s.V1Container(
+            name=cname,
+            image="registry.invalid/fake:1",
+            resources=k8s.V1ResourceRequirements(limits=dict(limits) or None),
+        )
+
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, annotations=dict(annotations) if annotations else None),
         spec=k8s.V1PodSpec(
             containers=[one(n, lim) for n, lim in containers.items()],
             init_containers=[one(n, lim) for n, lim in (init_containers or {}).items()] or None,
-            scheduler_name=scheduler, termination_grace_period_seconds=0))
+            scheduler_name=scheduler,
+            termination_grace_period_seconds=0,
+        ),
+    )
 
 
-def vgpu_pod(core: k8s.CoreV1Api, name: str, number: int = 1, cores: int | None = None,
-             memory_gib: int | None = None, annotations: Mapping[str, str] | None = None,
-             scheduler: str | None = None) -> str:
+def vgpu_pod(
+    core: k8s.CoreV1Api,
+    name: str,
+    number: int = 1,
+    cores: int | None = None,
+    memory_gib: int | None = None,
+    annotations: Mapping[str, str] | None = None,
+    scheduler: str | None = None,
+) -> str:
     """A one-container vGPU pod; returns its UID."""
     pod: k8s.V1Pod = core.create_namespaced_pod(
-        NS, pod_body(name, {"main": vgpu_limits(number, cores, memory_gib)}, annotations=annotations,
-                     scheduler=scheduler))
+        NS,
+        pod_body(name, {"main": vgpu_limits(number, cores, memory_gib)}, annotations=annotations, scheduler=scheduler),
+    )
     assert pod.metadata is not None and pod.metadata.uid is not None
     return pod.metadata.uid
 
 
 # ---------------------------------------------------------------------------- reading back
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -112,11 +138,14 @@ def wait_bound(core: k8s.CoreV1Api, names: Iterable[str], timeout: float = 60.0)
     def done() -> dict[str, PodView] | None:
         now = bound(core)
         return now if want <= set(now) else None
+
     result: dict[str, PodView] = wait_until(done, timeout, f"pods bound: {sorted(want)[:5]}...", interval=0.25)
     return result
 
 
-def assert_within_capacity(core: k8s.CoreV1Api, inventory: Mapping[str, Sequence[Card]]) -> dict[tuple[str, int], CardUsage]:
+def assert_within_capacity(
+    core: k8s.CoreV1Api, inventory: Mapping[str, Sequence[Card]]
+) -> dict[tuple[str, int], CardUsage]:
     """No card over 100% cores, over its memory or over its vGPU count; exclusive cards alone.
 
     Every bound vGPU pod must carry an allocation naming its own node and real cards.
@@ -140,7 +169,9 @@ def assert_within_capacity(core: k8s.CoreV1Api, inventory: Mapping[str, Sequence
         card = {c.index: c for c in inventory[node]}[index]
         who = holders[(node, index)]
         assert u.cores <= FULL_CORES, f"{node} card {index}: {u.cores}% cores: {who}"
-        assert u.memory_mib <= card.memory_mib - card.used_outside_mib, f"{node} card {index}: {u.memory_mib} MiB: {who}"
+        assert u.memory_mib <= card.memory_mib - card.used_outside_mib, (
+            f"{node} card {index}: {u.memory_mib} MiB: {who}"
+        )
         assert u.vgpus <= card.max_vgpus, f"{node} card {index}: {u.vgpus} vGPUs: {who}"
         if any(h.cores >= FULL_CORES for _, h in who):
             assert len(who) == 1, f"{node} card {index}: an exclusive slice shares the card: {who}"
@@ -160,6 +191,7 @@ def delete_pods(core: k8s.CoreV1Api, names: Iterable[str]) -> None:
 
 # ---------------------------------------------------------------------------- the extender
 
+
 def extender_get(plane: ControlPlane, path: str) -> object:
     return json.loads(extender_text(plane, path))
 
@@ -171,8 +203,7 @@ def extender_text(plane: ControlPlane, path: str) -> str:
 
 
 @contextlib.contextmanager
-def extender_running(plane: ControlPlane, *args: str,
-                     node_cache_capable: bool | None = None) -> Iterator[ControlPlane]:
+def extender_running(plane: ControlPlane, *args: str, node_cache_capable: bool | None = None) -> Iterator[ControlPlane]:
     """Our extender (Kubernetes backend) with ``args``, and kube-scheduler using it;
     afterwards the plane is left as the session expects it: no extender."""
     # /readyz, not /healthz: ready means the first lists are applied.

@@ -53,12 +53,12 @@ def test_everything_listens_on_loopback_only(control_plane: ControlPlane) -> Non
     assert not any(bad.values()), f"non-loopback listeners: {bad}"
 
 
-def test_apiserver_answers_and_kwok_node_becomes_ready(control_plane: ControlPlane,
-                                                       core_api: k8s.CoreV1Api) -> None:
+def test_apiserver_answers_and_kwok_node_becomes_ready(control_plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
     version = k8s.VersionApi(core_api.api_client).get_code()
     assert version.git_version.startswith("v1.34."), version.git_version
-    node = make_fake_node(core_api, "kwok-a", annotations={"example.com/note": "x"},
-                          capacity={"example.com/widgets": "4"})
+    node = make_fake_node(
+        core_api, "kwok-a", annotations={"example.com/note": "x"}, capacity={"example.com/widgets": "4"}
+    )
     # kwok made it Ready and kept the capacity we gave, extended resources included.
     assert node.metadata is not None and node.status is not None
     assert (node.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake"
@@ -93,13 +93,15 @@ def test_extender_block_comes_from_the_chart_file() -> None:
 
 
 def test_scheduler_accepts_extender_config_and_extender_restarts(
-        control_plane: ControlPlane, core_api: k8s.CoreV1Api, tmp_path: Path) -> None:
+    control_plane: ControlPlane, core_api: k8s.CoreV1Api, tmp_path: Path
+) -> None:
     # A stand-in extender (the real one is flexai-sched serve): a static file server whose
     # /healthz is a file. kube-scheduler only calls the extender for pods that request a
     # managed (vGPU) resource, so plain pods must still schedule with it configured.
     (tmp_path / "healthz").write_text("ok")
-    spec = ExtenderSpec([sys.executable, "-m", "http.server", "--bind", "{host}",
-                         "--directory", str(tmp_path), "{port}"])
+    spec = ExtenderSpec(
+        [sys.executable, "-m", "http.server", "--bind", "{host}", "--directory", str(tmp_path), "{port}"]
+    )
     try:
         control_plane.start_extender(spec)
         for mode in (False, True):  # both nodeCacheCapable modes pass strict config decoding
@@ -113,8 +115,9 @@ def test_scheduler_accepts_extender_config_and_extender_restarts(
         assert control_plane.procs["extender"].alive
         make_fake_node(core_api, "kwok-d")
         make_pod(core_api, "with-extender-configured")
-        node = wait_until(lambda: _running_on(core_api, "with-extender-configured"), 30,
-                          "pod Running with the extender configured")
+        node = wait_until(
+            lambda: _running_on(core_api, "with-extender-configured"), 30, "pod Running with the extender configured"
+        )
         assert node == "kwok-d"
     finally:
         # Leave the session's plane as the other tests expect it: no extender.

@@ -11,21 +11,20 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-
 import pytest
 import urllib3
 from kubernetes import client as k8s
 from prometheus_client import generate_latest
 
 from flexai_core import annotations as ann
+from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.backend import CommitError, CommitUnknown
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
-from flexai_sched.workload import Host
 from flexai_sched.kube import KubeBackend
 from flexai_sched.metrics import Metrics
-from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
+from flexai_sched.workload import Host
 
 from .controlplane import ControlPlane, wait_until
 from .helpers_kube import NS, cards, gpu_node, pod_body, pods, set_inventory, set_phase, vgpu_pod
@@ -60,8 +59,9 @@ def wait_state(what: str, pred: object) -> None:
     wait_until(pred, 15, what, interval=0.05)
 
 
-def test_commit_binds_and_annotates_in_one_write(backend: KubeBackend, state: ClusterState,
-                                                 core_api: k8s.CoreV1Api) -> None:
+def test_commit_binds_and_annotates_in_one_write(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
     a = alloc_for("p", uid)
@@ -75,8 +75,7 @@ def test_commit_binds_and_annotates_in_one_write(backend: KubeBackend, state: Cl
     assert node is not None and node.usage[0] == CardUsage(30, 4096, 1)
 
 
-def test_commit_refuses_a_recreated_pod(backend: KubeBackend, state: ClusterState,
-                                        core_api: k8s.CoreV1Api) -> None:
+def test_commit_refuses_a_recreated_pod(backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
     gpu_node(core_api, "g1", H200)
     old_uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
     core_api.delete_namespaced_pod("p", NS, grace_period_seconds=0)
@@ -90,13 +89,21 @@ def test_commit_refuses_a_recreated_pod(backend: KubeBackend, state: ClusterStat
 
 
 def test_commit_refuses_a_pod_bound_elsewhere_and_writes_nothing(
-        backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     gpu_node(core_api, "g2", H200)
     uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
     # Someone else binds it first (no allocation annotation).
-    core_api.create_namespaced_pod_binding("p", NS, {  # type: ignore[arg-type]
-        "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "g2"}}, _preload_content=False)
+    core_api.create_namespaced_pod_binding(
+        "p",
+        NS,
+        {  # type: ignore[arg-type]
+            "metadata": {"name": "p"},
+            "target": {"kind": "Node", "name": "g2"},
+        },
+        _preload_content=False,
+    )
     with pytest.raises(CommitError, match="already assigned"):
         backend.commit(alloc_for("p", uid, node="g1"))
     p = pods(core_api)["p"]
@@ -104,9 +111,9 @@ def test_commit_refuses_a_pod_bound_elsewhere_and_writes_nothing(
     assert state.allocation("default/p") is None
 
 
-def test_commit_without_an_answer_is_unknown_not_refused(backend: KubeBackend, state: ClusterState,
-                                                       core_api: k8s.CoreV1Api,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_without_an_answer_is_unknown_not_refused(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Binding's answer is lost (a read timeout injected in the client, before sending);
     the pod, read back from the real apiserver, is not bound: the outcome is unknown, which
     the extender must treat differently from a refusal (it keeps the slice reserved)."""
@@ -122,9 +129,9 @@ def test_commit_without_an_answer_is_unknown_not_refused(backend: KubeBackend, s
     assert pods(core_api)["p"].node is None
 
 
-def test_commit_whose_answer_is_lost_but_landed_counts_as_done(backend: KubeBackend, state: ClusterState,
-                                                               core_api: k8s.CoreV1Api,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_whose_answer_is_lost_but_landed_counts_as_done(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Binding lands but its answer is lost: the read-back shows the pod bound as asked."""
     gpu_node(core_api, "g1", H200)
     uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
@@ -141,8 +148,9 @@ def test_commit_whose_answer_is_lost_but_landed_counts_as_done(backend: KubeBack
     assert pods(core_api)["p"].allocation == a
 
 
-def test_finished_and_deleted_pods_free_their_slices(backend: KubeBackend, state: ClusterState,
-                                                     core_api: k8s.CoreV1Api) -> None:
+def test_finished_and_deleted_pods_free_their_slices(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     uid_a = vgpu_pod(core_api, "a", 1, 30, 4, scheduler=NOBODY)
     uid_b = vgpu_pod(core_api, "b", 1, 30, 4, scheduler=NOBODY)
@@ -160,7 +168,8 @@ def test_finished_and_deleted_pods_free_their_slices(backend: KubeBackend, state
 
 
 def test_unbound_pod_events_never_release_an_assumed_allocation(
-        backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     uid = vgpu_pod(core_api, "inflight", 1, 30, 4, scheduler=NOBODY)
     wait_state("node known", lambda: state.node("g1") is not None)
@@ -175,8 +184,9 @@ def test_unbound_pod_events_never_release_an_assumed_allocation(
     assert state.state_of("default/inflight") is AllocState.ASSUMED
 
 
-def test_node_inventory_decides_whether_a_node_is_known(backend: KubeBackend, state: ClusterState,
-                                                        core_api: k8s.CoreV1Api) -> None:
+def test_node_inventory_decides_whether_a_node_is_known(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     wait_state("node known", lambda: state.node("g1") is not None)
     set_inventory(core_api, "g1", '{"v": 1, "cards": [{"index": 0}]}')  # malformed: no uuid
@@ -191,8 +201,9 @@ def test_node_inventory_decides_whether_a_node_is_known(backend: KubeBackend, st
     wait_state("deleted: gone", lambda: state.node("g1") is None)
 
 
-def test_a_new_backend_rebuilds_the_same_state(backend: KubeBackend, state: ClusterState,
-                                              control_plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+def test_a_new_backend_rebuilds_the_same_state(
+    backend: KubeBackend, state: ClusterState, control_plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     gpu_node(core_api, "g2", H200)
     made = []
@@ -247,7 +258,8 @@ class Faults:
 
 @pytest.mark.parametrize("fault", ["expired", "dropped"])
 def test_pod_watch_relists_when_expired_and_reconnects_when_dropped(
-        control_plane: ControlPlane, core_api: k8s.CoreV1Api, fault: str) -> None:
+    control_plane: ControlPlane, core_api: k8s.CoreV1Api, fault: str
+) -> None:
     gpu_node(core_api, "g1", H200)
     state = ClusterState()
     b = KubeBackend(kubeconfig=str(control_plane.kubeconfig), backoff_s=(0.05, 0.5))
@@ -270,7 +282,8 @@ def test_pod_watch_relists_when_expired_and_reconnects_when_dropped(
 
 
 def test_a_relist_releases_pods_deleted_while_no_watch_ran(
-        control_plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    control_plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     state = ClusterState()
     # The server ends each watch after 1 s, so a second watch call comes soon.
@@ -294,15 +307,23 @@ def test_a_relist_releases_pods_deleted_while_no_watch_ran(
         b.stop()
 
 
-def test_host_capacity_and_every_bound_pods_requests_are_counted(backend: KubeBackend, state: ClusterState,
-                                                                 core_api: k8s.CoreV1Api) -> None:
+def test_host_capacity_and_every_bound_pods_requests_are_counted(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)  # kwok: 32 CPUs, 256 GiB allocatable
     wait_state("capacity", lambda: state.host_of("g1") == Host(32000, 256 * 1024))
     for name, cpu in (("cpu-a", "1"), ("cpu-b", "250m")):
         body = pod_body(name, {"main": {"cpu": cpu, "memory": "1Gi"}}, scheduler=NOBODY)
         core_api.create_namespaced_pod(NS, body)
-        core_api.create_namespaced_pod_binding(name, NS, {  # type: ignore[arg-type]
-            "metadata": {"name": name}, "target": {"kind": "Node", "name": "g1"}}, _preload_content=False)
+        core_api.create_namespaced_pod_binding(
+            name,
+            NS,
+            {  # type: ignore[arg-type]
+                "metadata": {"name": name},
+                "target": {"kind": "Node", "name": "g1"},
+            },
+            _preload_content=False,
+        )
     wait_state("both pods counted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 1250, 2048))
     node = state.node("g1")
     assert node is not None and node.host == Host(32000, 256 * 1024, 1250, 2048)
@@ -315,8 +336,9 @@ def test_host_capacity_and_every_bound_pods_requests_are_counted(backend: KubeBa
 # ---- the extender's bind on this backend: a bound pod keeps its allocation ----
 
 
-def test_a_bind_for_a_bound_pod_never_replaces_its_allocation(backend: KubeBackend, state: ClusterState,
-                                                              core_api: k8s.CoreV1Api) -> None:
+def test_a_bind_for_a_bound_pod_never_replaces_its_allocation(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     """Replays with an empty or another UID, to its node or another: each is refused naming
     the pod and its node; the apiserver's pod and the scheduler's record stay as they were,
     and the card it holds exclusively is not handed out again."""
@@ -344,15 +366,23 @@ def test_a_bind_for_a_bound_pod_never_replaces_its_allocation(backend: KubeBacke
 
 
 def test_a_bind_for_a_pod_the_apiserver_shows_bound_elsewhere_is_refused(
-        backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     """Bound by someone else (the scheduler holds no allocation for it): refused from the
     pod as read back, before anything is assumed or written."""
     gpu_node(core_api, "g1", H200)
     gpu_node(core_api, "g2", H200)
     wait_state("nodes known", lambda: state.node("g1") is not None)
     uid = vgpu_pod(core_api, "p", 1, 100, scheduler=NOBODY)
-    core_api.create_namespaced_pod_binding("p", NS, {  # type: ignore[arg-type]
-        "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "g2"}}, _preload_content=False)
+    core_api.create_namespaced_pod_binding(
+        "p",
+        NS,
+        {  # type: ignore[arg-type]
+            "metadata": {"name": "p"},
+            "target": {"kind": "Node", "name": "g2"},
+        },
+        _preload_content=False,
+    )
     ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
     for replay_uid in ("", uid):
         with pytest.raises(BindError, match="pod default/p: already bound to g2"):
@@ -363,7 +393,8 @@ def test_a_bind_for_a_pod_the_apiserver_shows_bound_elsewhere_is_refused(
 
 
 def test_a_new_pod_under_an_old_name_is_bound_once_the_old_one_is_gone(
-        backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api) -> None:
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     """The replacement is told from a replay by the apiserver: the name now belongs to an
     unbound pod of another UID. It binds at once, whether or not the watch has shown the
     old pod's deletion yet, and the old pod's card is free for it."""
@@ -388,8 +419,9 @@ def test_a_new_pod_under_an_old_name_is_bound_once_the_old_one_is_gone(
 # ---- an allocation counts only if it is the pod's own ----
 
 
-def test_an_allocation_that_is_not_the_pods_own_is_not_counted(backend: KubeBackend, state: ClusterState,
-                                                               core_api: k8s.CoreV1Api) -> None:
+def test_an_allocation_that_is_not_the_pods_own_is_not_counted(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     # The finding, through real watches: a pod that asks for 30% and 4 GiB, bound with an
     # allocation of no compute limit and the whole card (a Binding like the scheduler's).
     gpu_node(core_api, "g1", H200)
@@ -413,8 +445,9 @@ def test_an_allocation_that_is_not_the_pods_own_is_not_counted(backend: KubeBack
     wait_state("rejection forgotten", lambda: state.rejected() == [])
 
 
-def test_editing_a_bound_pods_allocation_moves_nothing_in_the_books(backend: KubeBackend, state: ClusterState,
-                                                                    core_api: k8s.CoreV1Api) -> None:
+def test_editing_a_bound_pods_allocation_moves_nothing_in_the_books(
+    backend: KubeBackend, state: ClusterState, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "g1", H200)
     uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
     backend.commit(alloc_for("p", uid, card=0))

@@ -52,8 +52,9 @@ def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     try:
         # These nodes' agents never beat again (the annotation is written once): a TTL past the
         # tests' length, so a slow machine never sees them go stale halfway.
-        with extender_running(control_plane, "--node-policy", "binpack", "--card-policy", "binpack",
-                              "--heartbeat-ttl", "3600") as p:
+        with extender_running(
+            control_plane, "--node-policy", "binpack", "--card-policy", "binpack", "--heartbeat-ttl", "3600"
+        ) as p:
             yield p
     finally:
         for name in PRIORITY:
@@ -62,8 +63,16 @@ def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
         sched.api_client.close()
 
 
-def make(core: k8s.CoreV1Api, name: str, cls: str, cores: int | None = None, gib: int | None = None,
-         cpu: str | None = None, labels: Mapping[str, str] | None = None, node: str | None = None) -> None:
+def make(
+    core: k8s.CoreV1Api,
+    name: str,
+    cls: str,
+    cores: int | None = None,
+    gib: int | None = None,
+    cpu: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    node: str | None = None,
+) -> None:
     """A pod of that PriorityClass: one vGPU (cores/gib) unless both are None, and CPU."""
     lim: dict[str, str] = dict(vgpu_limits(1, cores, gib)) if cores is not None else {}
     if cpu:
@@ -88,7 +97,8 @@ def cards_of(core: k8s.CoreV1Api, name: str) -> tuple[str | None, list[int]]:
 
 
 def test_the_extender_chooses_the_node_by_fewest_victims_then_cores_times_gib(
-        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     core = core_api
     # Three nodes of 2 H200 cards; on each a CPU filler (30 of 32 CPUs, low priority, no vGPU),
     # so kube-scheduler's dry run proposes exactly the filler on every node for a pod asking 4 CPUs.
@@ -99,9 +109,16 @@ def test_the_extender_chooses_the_node_by_fewest_victims_then_cores_times_gib(
     #   n1: card 0 u + v (50% / 5 GiB each), card 1 s + t (the same): an empty card needs 2 victims.
     #   n2: card 0 big0, card 1 big1 (100% / 40 GiB): 1 victim, 100 x 40 = 4000 card-%.GiB.
     #   n3: card 0 small0, card 1 small1 (100% / 5 GiB): 1 victim, 100 x 5 = 500.
-    for name, node, cores, gib in (("u", "n1", 50, 5), ("v", "n1", 50, 5), ("s", "n1", 50, 5), ("t", "n1", 50, 5),
-                                   ("big0", "n2", 100, 40), ("big1", "n2", 100, 40),
-                                   ("small0", "n3", 100, 5), ("small1", "n3", 100, 5)):
+    for name, node, cores, gib in (
+        ("u", "n1", 50, 5),
+        ("v", "n1", 50, 5),
+        ("s", "n1", 50, 5),
+        ("t", "n1", 50, 5),
+        ("big0", "n2", 100, 40),
+        ("big1", "n2", 100, 40),
+        ("small0", "n3", 100, 5),
+        ("small1", "n3", 100, 5),
+    ):
         make(core, name, "flexai-low", cores, gib, node=node)
         wait_bound(core, [name], 30)  # one at a time: binpack fills card 0 first
     wait_bound(core, [f"filler-{n}" for n in ("n1", "n2", "n3")], 30)
@@ -120,7 +137,8 @@ def test_the_extender_chooses_the_node_by_fewest_victims_then_cores_times_gib(
 
 
 def test_a_pdb_protected_pod_is_spared_for_a_larger_unprotected_set(
-        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     core = core_api
     policy = k8s.PolicyV1Api(core.api_client)
     gpu_node(core, "n1", H200)
@@ -132,9 +150,15 @@ def test_a_pdb_protected_pod_is_spared_for_a_larger_unprotected_set(
     make(core, "w2", "flexai-low", 50, 10, cpu="10")
     wait_bound(core, ["w1", "w2"], 30)
     assert cards_of(core, "db") == ("n1", [0]) and cards_of(core, "w1")[1] == cards_of(core, "w2")[1] == [1]
-    policy.create_namespaced_pod_disruption_budget(NS, k8s.V1PodDisruptionBudget(
-        metadata=k8s.V1ObjectMeta(name="db"),
-        spec=k8s.V1PodDisruptionBudgetSpec(min_available=1, selector=k8s.V1LabelSelector(match_labels={"app": "db"}))))
+    policy.create_namespaced_pod_disruption_budget(
+        NS,
+        k8s.V1PodDisruptionBudget(
+            metadata=k8s.V1ObjectMeta(name="db"),
+            spec=k8s.V1PodDisruptionBudgetSpec(
+                min_available=1, selector=k8s.V1LabelSelector(match_labels={"app": "db"})
+            ),
+        ),
+    )
     try:
         # hi: 1 x 100% / 1 GiB, 10 CPUs. kube-scheduler's dry run needs one pod gone for CPU and
         # keeps the PDB-protected db first, so it proposes w1 or w2. A whole card then needs card
@@ -155,6 +179,7 @@ def test_three_priority_levels_of_twenty_pods_on_two_nodes(plane: ControlPlane, 
     inventory = {"a": H200, "b": H200}
     for n in inventory:
         gpu_node(core, n, H200)
+
     # Every pod: 1 x 20% / 8 GiB and 3 CPUs. A node holds 2 cards x 5 vGPUs = 10 pods
     # (10 x 20% = 100% per 5 pods on a card; 5 x 8 = 40 GiB of 80), and 10 x 3 = 30 of its 32 CPUs
     # (an 11th would need 33): vGPUs and CPU run out together, so kube-scheduler's dry run
@@ -184,11 +209,13 @@ def test_three_priority_levels_of_twenty_pods_on_two_nodes(plane: ControlPlane, 
     assert [len(v) for v in per_node.values()] == [10, 10]
     usage = assert_within_capacity(core, inventory)
     assert {k: (u.cores, u.memory_mib, u.vgpus) for k, u in usage.items()} == {
-        (n, c): (100, 40 * 1024, 5) for n in inventory for c in (0, 1)}
+        (n, c): (100, 40 * 1024, 5) for n in inventory for c in (0, 1)
+    }
 
 
 def test_a_pod_contending_only_for_vgpus_is_preempted_for_by_the_extender(
-        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     # No CPU asked: kube-scheduler's own filters pass, so its dry run finds no victim and never
     # calls the preempt verb; the extender's filter chooses by the same rule and evicts itself.
     core = core_api

@@ -44,8 +44,17 @@ ONE = cards(2, "NVIDIA H200", 80, prefix="Q")
 
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    with extender_running(control_plane, "--node-policy", "binpack", "--card-policy", "binpack",
-                          "--quota-namespace", NS, "--heartbeat-ttl", "3600") as p:
+    with extender_running(
+        control_plane,
+        "--node-policy",
+        "binpack",
+        "--card-policy",
+        "binpack",
+        "--quota-namespace",
+        NS,
+        "--heartbeat-ttl",
+        "3600",
+    ) as p:
         yield p
 
 
@@ -58,8 +67,9 @@ def quotas(plane: ControlPlane, core_api: k8s.CoreV1Api) -> Iterator[k8s.CoreV1A
 
 
 def declare(core: k8s.CoreV1Api, text: str) -> None:
-    body = k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name=CM, labels={ann.QUOTA_LABEL: "true"}),
-                           data={"quotas.yaml": text})
+    body = k8s.V1ConfigMap(
+        metadata=k8s.V1ObjectMeta(name=CM, labels={ann.QUOTA_LABEL: "true"}), data={"quotas.yaml": text}
+    )
     try:
         core.create_namespaced_config_map(NS, body)
     except ApiException as e:
@@ -85,15 +95,19 @@ def nudge_until_bound(core: k8s.CoreV1Api, node: str, pod: str, timeout: float =
 
 
 def test_a_pod_over_quota_waits_and_runs_when_usage_falls_or_the_quota_rises(
-        plane: ControlPlane, quotas: k8s.CoreV1Api) -> None:
+    plane: ControlPlane, quotas: k8s.CoreV1Api
+) -> None:
     core = quotas
     gpu_node(core, "q1", ONE)
-    declare(core, f"""
+    declare(
+        core,
+        f"""
 quotas:
   - name: team-default
     namespace: {NS}
     hard: {{{res.VGPU_NUMBER}: 2, {res.VGPU_CORES}: 100, {res.VGPU_MEMORY}: 40}}
-""")
+""",
+    )
     wait_until(lambda: quota_view(plane, "team-default"), 15, "the extender watching the quota")
     # Each pod: 1 x 40% / 10 GiB. Two fit the quota (2 vGPUs, 80 card-%, 20 GiB); a third would
     # make 3 vGPUs > 2 (and 120 card-% > 100: the reason names the first limit checked, vGPUs).
@@ -101,7 +115,7 @@ quotas:
         vgpu_pod(core, n, number=1, cores=40, memory_gib=10)
     wait_bound(core, ["p1", "p2"], 30)
     vgpu_pod(core, "p3", number=1, cores=40, memory_gib=10)
-    want = (f"namespace {NS}: over vGPU quota team-default: {res.VGPU_NUMBER} in use 2 + this pod 1 = 3 > limit 2")
+    want = f"namespace {NS}: over vGPU quota team-default: {res.VGPU_NUMBER} in use 2 + this pod 1 = 3 > limit 2"
     wait_until(lambda: any(want in m for m in failed_scheduling_messages(core, "p3")), 30, "p3's quota reason")
     assert pods(core)["p3"].node is None
     assert quota_view(plane, "team-default")["used"] == {"vgpus": 2, "cores": 80, "memory_gib": 20.0}  # type: ignore[index]
@@ -115,14 +129,20 @@ quotas:
     # The quota rises in the ConfigMap: no restart, the next retry fits.
     vgpu_pod(core, "p4", number=1, cores=20, memory_gib=10)
     wait_until(lambda: any("3 > limit 2" in m for m in failed_scheduling_messages(core, "p4")), 30, "p4 refused")
-    declare(core, f"""
+    declare(
+        core,
+        f"""
 quotas:
   - name: team-default
     namespace: {NS}
     hard: {{{res.VGPU_NUMBER}: 3, {res.VGPU_CORES}: 100, {res.VGPU_MEMORY}: 40}}
-""")
-    wait_until(lambda: cast(dict[str, object], (quota_view(plane, "team-default") or {}).get("hard", {})).get("vgpus") == 3,
-               15, "the raised quota watched")
+""",
+    )
+    wait_until(
+        lambda: cast(dict[str, object], (quota_view(plane, "team-default") or {}).get("hard", {})).get("vgpus") == 3,
+        15,
+        "the raised quota watched",
+    )
     nudge_until_bound(core, "q1", "p4")
     # 40 + 40 + 20 = 100 card-% of the 100 allowed; 3 vGPUs; 30 GiB.
     assert quota_view(plane, "team-default")["used"] == {"vgpus": 3, "cores": 100, "memory_gib": 30.0}  # type: ignore[index]
@@ -131,18 +151,22 @@ quotas:
 def test_a_quota_selects_namespaces_by_label(plane: ControlPlane, quotas: k8s.CoreV1Api) -> None:
     core = quotas
     gpu_node(core, "q1", ONE)
-    declare(core, f"""
+    declare(
+        core,
+        f"""
 quotas:
   - name: group
     namespaceSelector: {{matchLabels: {{flexai-test-group: g1}}}}
     hard: {{{res.VGPU_NUMBER}: 1}}
-""")
+""",
+    )
     # Not labelled yet: no quota applies; then labelled: the group's quota does.
     vgpu_pod(core, "free", number=1, cores=10, memory_gib=1)
     wait_bound(core, ["free"], 30)
     core.patch_namespace(NS, {"metadata": {"labels": {"flexai-test-group": "g1"}}})
-    wait_until(lambda: (quota_view(plane, "group") or {}).get("namespaces") == [NS], 15,
-               "the namespace's label watched")
+    wait_until(
+        lambda: (quota_view(plane, "group") or {}).get("namespaces") == [NS], 15, "the namespace's label watched"
+    )
     vgpu_pod(core, "grouped", number=1, cores=10, memory_gib=1)
     want = f"namespace {NS} (in quota group's group): over vGPU quota group: {res.VGPU_NUMBER} in use 1 + this pod 1"
     wait_until(lambda: any(want in m for m in failed_scheduling_messages(core, "grouped")), 30, "the group's reason")
@@ -161,12 +185,15 @@ def test_a_pod_over_quota_preempts_in_its_own_namespace_only(plane: ControlPlane
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=other)))
     try:
         gpu_node(core, "q1", ONE)
-        declare(core, f"""
+        declare(
+            core,
+            f"""
 quotas:
   - name: team-default
     namespace: {NS}
     hard: {{{res.VGPU_NUMBER}: 2}}
-""")
+""",
+        )
         wait_until(lambda: quota_view(plane, "team-default"), 15, "the extender watching the quota")
 
         def low(name: str, cores: int, gib: int, namespace: str = NS) -> None:

@@ -51,6 +51,7 @@ def create_many(core: k8s.CoreV1Api, bodies: list[k8s.V1Pod], threads: int = 8) 
     def run(chunk: list[k8s.V1Pod]) -> None:
         for b in chunk:
             core.create_namespaced_pod(NS, b)
+
     ts = [threading.Thread(target=run, args=(c,)) for c in chunks]
     for t in ts:
         t.start()
@@ -68,8 +69,7 @@ def pair(name: str) -> k8s.V1Pod:
     return pod_body(name, {"main": vgpu_limits(2, 50, 16)}, annotations={ann.GPU_MODELS: "NVIDIA A100"})
 
 
-def test_200_pods_at_once_fill_every_card_and_no_card_overflows(
-        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+def test_200_pods_at_once_fill_every_card_and_no_card_overflows(plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
     inventory = {"h1": H200, "h2": H200, "a1": A100}
     for name, node_cards in inventory.items():
         gpu_node(core_api, name, node_cards)
@@ -109,8 +109,9 @@ def test_deleting_pods_frees_their_slices_for_new_pods(plane: ControlPlane, core
     wait_until(lambda: not set(victims) & _held(plane), 30, "the extender freed the victims' slices")
     create_many(core_api, [small(f"new{i:02}") for i in range(1, 5)], threads=2)
     got = wait_bound(core_api, [f"new{i:02}" for i in range(5)], 120)
-    assert sorted(p.allocation.slices[0].card_index for n, p in got.items()
-                  if n.startswith("new") and p.allocation) == [1, 1, 1, 3, 3]
+    assert sorted(
+        p.allocation.slices[0].card_index for n, p in got.items() if n.startswith("new") and p.allocation
+    ) == [1, 1, 1, 3, 3]
     usage = assert_within_capacity(core_api, inventory)
     assert all(u.vgpus == 5 for u in usage.values())
 
@@ -130,8 +131,10 @@ def test_extender_killed_and_restarted_while_scheduling(plane: ControlPlane, cor
     try:
         # Crash it three times while binds are in flight: after 5, 15 and 25 pods are bound.
         for mark in (5, 15, 25):
+
             def reached(m: int = mark) -> bool:
                 return len(bound(core_api)) >= m
+
             wait_until(reached, 120, f"{mark} pods bound", interval=0.05)
             plane.kill_extender()  # SIGKILL: no cleanup, no goodbye
             assert_within_capacity(core_api, inventory)
@@ -143,9 +146,13 @@ def test_extender_killed_and_restarted_while_scheduling(plane: ControlPlane, cor
     assert all(u.vgpus == 5 and u.cores == 100 for u in usage.values()) and len(usage) == 8
     now = bound(core_api)
     assert len(now) == 40 and all(p.allocation is not None for p in now.values())
+
     # The restarted extender rebuilt exactly what the cluster holds (no state file).
     def views() -> set[tuple[str, str, str]]:
-        return {(a["namespace"] + "/" + a["name"], a["node"], a["state"])
-                for a in cast(list[dict[str, str]], extender_get(plane, "/v1/allocations"))}
+        return {
+            (a["namespace"] + "/" + a["name"], a["node"], a["state"])
+            for a in cast(list[dict[str, str]], extender_get(plane, "/v1/allocations"))
+        }
+
     expect = {(f"{NS}/{n}", p.node or "", "bound") for n, p in now.items()}
     wait_until(lambda: views() == expect, 30, "the extender's view equals the cluster")

@@ -68,8 +68,7 @@ def test_mixed_requests_land_where_binpack_says(plane: ControlPlane, core_api: k
 
     # 1. model-selected, 50%/20 GiB on H200 only. h1, h2: (0.5 + 0.25)/2 / 2 cards = 0.1875 each
     #    (a tie); without the selector a1 would win: (0.5 + 0.5)/2 / 2 = 0.25.
-    h, c = place(core_api, "pinned", number=1, cores=50, memory_gib=20,
-                 annotations={ann.GPU_MODELS: "NVIDIA H200"})
+    h, c = place(core_api, "pinned", number=1, cores=50, memory_gib=20, annotations={ann.GPU_MODELS: "NVIDIA H200"})
     assert h in ("h1", "h2") and c == [0]
     other = "h2" if h == "h1" else "h1"
     # 2. fractional 50%/20 GiB: h card 0 -> (1.0 + 0.5)/2 = 0.75, node 0.375 > a1 0.25 > other 0.1875.
@@ -97,24 +96,31 @@ def test_mixed_requests_land_where_binpack_says(plane: ControlPlane, core_api: k
 
 
 def test_a_pod_that_fits_nowhere_stays_pending_with_the_extenders_reason(
-        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     gpu_node(core_api, "h1", H200)
     vgpu_pod(core_api, "three-cards", number=3, cores=10, memory_gib=1)
     vgpu_pod(core_api, "too-much-memory", number=1, cores=10, memory_gib=100)
 
     def reasons(pod: str, text: str) -> list[str]:
         return [m for m in failed_scheduling_messages(core_api, pod) if text in m]
-    got = wait_until(lambda: reasons("three-cards", "asks for 3 vGPUs but the largest node has 2 cards"),
-                     30, "FailedScheduling of three-cards")
+
+    got = wait_until(
+        lambda: reasons("three-cards", "asks for 3 vGPUs but the largest node has 2 cards"),
+        30,
+        "FailedScheduling of three-cards",
+    )
     assert got[0].startswith("0/1 nodes are available"), got
-    wait_until(lambda: reasons("too-much-memory", 'container "main": needs 1 cards'),
-               30, "FailedScheduling of too-much-memory")
+    wait_until(
+        lambda: reasons("too-much-memory", 'container "main": needs 1 cards'), 30, "FailedScheduling of too-much-memory"
+    )
     assert {n: p.node for n, p in pods(core_api).items()} == {"three-cards": None, "too-much-memory": None}
 
 
 @pytest.mark.parametrize("node_cache_capable", [True, False], ids=["node-names", "full-node-list"])
 def test_both_node_cache_modes_through_kube_scheduler(
-        plane: ControlPlane, core_api: k8s.CoreV1Api, node_cache_capable: bool) -> None:
+    plane: ControlPlane, core_api: k8s.CoreV1Api, node_cache_capable: bool
+) -> None:
     plane.restart_scheduler(with_extender=True, node_cache_capable=node_cache_capable)
     try:
         inventory = {"h1": H200, "h2": H200}
@@ -129,9 +135,11 @@ def test_both_node_cache_modes_through_kube_scheduler(
         assert sorted(u.cores for u in usage.values()) == [100, 100, 100, 100]
         pending = [n for n, p in pods(core_api).items() if not p.node]
         assert len(pending) == 1
-        wait_until(lambda: any("needs 1 cards with room" in m
-                               for m in failed_scheduling_messages(core_api, pending[0])),
-                   30, "the extender's reason for the 9th pod")
+        wait_until(
+            lambda: any("needs 1 cards with room" in m for m in failed_scheduling_messages(core_api, pending[0])),
+            30,
+            "the extender's reason for the 9th pod",
+        )
     finally:
         plane.restart_scheduler(with_extender=True, node_cache_capable=None)
 
@@ -148,8 +156,11 @@ def test_a_node_with_a_stale_heartbeat_gets_no_new_pods(plane: ControlPlane, cor
     placed = pods(core_api)
     assert {p.node for p in placed.values() if p.node} == {"fresh"}
     waiting = next(n for n, p in placed.items() if not p.node)
-    wait_until(lambda: any("heartbeat is stale" in m for m in failed_scheduling_messages(core_api, waiting)),
-               30, "the stale-heartbeat reason")
+    wait_until(
+        lambda: any("heartbeat is stale" in m for m in failed_scheduling_messages(core_api, waiting)),
+        30,
+        "the stale-heartbeat reason",
+    )
     # The agent reports again (every few seconds here, every 30 s in a cluster): the node takes
     # the pod that waited. Each report is a node update, which is what makes kube-scheduler
     # retry a pod an extender refused; the retry right after the first report can still meet
@@ -161,7 +172,6 @@ def test_a_node_with_a_stale_heartbeat_gets_no_new_pods(plane: ControlPlane, cor
         time.sleep(2)
     assert pods(core_api)[waiting].node == "stale"
     assert_within_capacity(core_api, {"fresh": one, "stale": one})
-
 
 
 def test_the_extender_counts_every_bound_pods_host_requests(plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
@@ -179,15 +189,21 @@ def test_the_extender_counts_every_bound_pods_host_requests(plane: ControlPlane,
         return got["host"]  # type: ignore[no-any-return]
 
     wait_until(lambda: host()["cpu_milli_requested"] == 1500, 15, "the pod's CPU counted on c1's host")
-    assert host() == {"cpu_milli_allocatable": 32000, "cpu_milli_requested": 1500, "cpu_milli_free": 30500,
-                      "memory_mib_allocatable": 256 * 1024, "memory_mib_requested": 2048,
-                      "memory_mib_free": 254 * 1024}
+    assert host() == {
+        "cpu_milli_allocatable": 32000,
+        "cpu_milli_requested": 1500,
+        "cpu_milli_free": 30500,
+        "memory_mib_allocatable": 256 * 1024,
+        "memory_mib_requested": 2048,
+        "memory_mib_free": 254 * 1024,
+    }
     core_api.delete_namespaced_pod("cpu-only", NS, grace_period_seconds=0)
     wait_until(lambda: host()["cpu_milli_requested"] == 0, 15, "the deleted pod's CPU left c1's host")
 
 
 def test_a_self_granted_allocation_is_not_counted_and_the_extender_says_so(
-        plane: ControlPlane, core_api: k8s.CoreV1Api) -> None:
+    plane: ControlPlane, core_api: k8s.CoreV1Api
+) -> None:
     # The finding's pod, created straight onto the node (spec.nodeName, no scheduler) with its
     # own allocation: a 20%/4 GiB request holding card 0 whole, without a compute limit. No
     # admission policy runs in this cluster: the extender's books are the guard under test.
@@ -202,10 +218,13 @@ def test_a_self_granted_allocation_is_not_counted_and_the_extender_says_so(
 
     def rejected() -> bool:
         return 'flexai_rejected_allocations{reason="cores"} 1.0' in extender_text(plane, "/metrics")
+
     wait_until(rejected, 15, "the extender's metric of the rejected allocation")
     log = plane.procs["extender"].tail(200)
-    assert ("pod default/greedy on g1: allocation not counted (cores): "
-            "container 'main' asks for 20 percent of a card's cores") in log
+    assert (
+        "pod default/greedy on g1: allocation not counted (cores): "
+        "container 'main' asks for 20 percent of a card's cores"
+    ) in log
     # Card 0 is free in the books: an exclusive pod still lands on it.
     vgpu_pod(core_api, "honest", number=1)
     placed = wait_bound(core_api, ["honest"], 30)["honest"]

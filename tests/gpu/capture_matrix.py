@@ -40,18 +40,26 @@ def main() -> int:
         "card 0 only, cores+memory, both visible": ((30,), both_mem[:1], "0,1", {}),
         "card 0 only, cores+memory, card 0 visible": ((30,), both_mem[:1], "0", {}),
         "two vGPUs, cores+memory, relaxed capture": ((30, 60), both_mem, "0,1", {"CAPTURE_MODE": "relaxed"}),
-        "two vGPUs, cores+memory, thread_local capture": ((30, 60), both_mem, "0,1",
-                                                          {"CAPTURE_MODE": "thread_local"}),
+        "two vGPUs, cores+memory, thread_local capture": ((30, 60), both_mem, "0,1", {"CAPTURE_MODE": "thread_local"}),
     }
     failed = 0
     for i, (name, (cores, mem, visible, extra)) in enumerate(variants.items()):
         conf = tmp / f"{i}.conf"
-        write_config(conf, HookConfig(vgpus=tuple(
-            VGPULimit(uuid=uuids[k], memory_bytes=mem[k], cores=cores[k]) for k in range(len(cores))),
-            region_path=str(tmp / f"{i}.region")))
+        write_config(
+            conf,
+            HookConfig(
+                vgpus=tuple(VGPULimit(uuid=uuids[k], memory_bytes=mem[k], cores=cores[k]) for k in range(len(cores))),
+                region_path=str(tmp / f"{i}.region"),
+            ),
+        )
         env = base_env(CUDA_VISIBLE_DEVICES=visible, FLEXAI_DEBUG="1", **container_env(str(conf), hook), **extra)
-        r = subprocess.run([sys.executable, "-c", PROBE, "compute", "graph", "0", "1"], env=env,
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", PROBE, "compute", "graph", "0", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         ok = r.returncode == 0
         failed += not ok
         hook_lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flexai-hook")][:10]
@@ -59,8 +67,13 @@ def main() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {r.stdout.strip()[-80:]}")
         for ln in hook_lines + errors:
             print(f"       {ln}")
-    r = subprocess.run([sys.executable, "-c", PROBE, "compute", "graph", "0", "1"],
-                       env=base_env(CUDA_VISIBLE_DEVICES="0,1"), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, "compute", "graph", "0", "1"],
+        env=base_env(CUDA_VISIBLE_DEVICES="0,1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     print(f"{'ok  ' if r.returncode == 0 else 'FAIL'} no hook (control): {r.stdout.strip()[-80:]}")
     return 1 if failed else 0
 

@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from flexai_core.model import Slice  # noqa: E402
 from flexai_node.hook import config as hc  # noqa: E402
 from flexai_node.hook.calibration import RefClocks, parse_mode  # noqa: E402
 from flexai_node.hook.files import CONFIG_NAME, HookConfigFiles  # noqa: E402
 from flexai_node.hook.shim import Calibration, CalibrationError, HookShim  # noqa: E402
-from flexai_core.model import Slice  # noqa: E402
 
 WORKLOAD = str(REPO / "tests" / "gpu" / "fw_workload.py")
 BUILD = Path(os.environ.get("FLEXAI_HOOK_BUILD", str(REPO / "build" / "hook-gpu")))
@@ -48,6 +48,7 @@ T0 = time.time()
 
 
 # ---- configs as the agent writes them ---------------------------------------------------
+
 
 class Agent:
     """The node agent's config writer with its default ref-clock mode, on this card."""
@@ -79,6 +80,7 @@ def region_of(conf: Path) -> str:
 
 # ---- children and NVML -------------------------------------------------------------------
 
+
 class Sampler(threading.Thread):
     """NVML every 0.1 s: utilisation %, SM clock MHz, power W (NVML's average, and instant where
     the driver has it)."""
@@ -99,9 +101,15 @@ class Sampler(threading.Thread):
                 p_inst = inst.value.uiVal / 1e3 if inst.nvmlReturn == 0 else -1.0
             except Exception:
                 p_inst = -1.0
-            self.samples.append((time.time(), pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
-                                 pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-                                 pynvml.nvmlDeviceGetPowerUsage(h) / 1e3, p_inst))
+            self.samples.append(
+                (
+                    time.time(),
+                    pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+                    pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                    pynvml.nvmlDeviceGetPowerUsage(h) / 1e3,
+                    p_inst,
+                )
+            )
         pynvml.nvmlShutdown()
 
     def during(self, t0: float, t1: float) -> dict[str, float]:
@@ -113,9 +121,13 @@ class Sampler(threading.Thread):
             xs = sorted(xs)
             return round(xs[len(xs) // 2], 1)
 
-        return {"util": round(sum(s[1] for s in inside) / len(inside), 1), "clock": med([s[2] for s in inside]),
-                "power_w": med([s[3] for s in inside]), "power_inst_w": med([s[4] for s in inside]),
-                "nvml_n": len(inside)}
+        return {
+            "util": round(sum(s[1] for s in inside) / len(inside), 1),
+            "clock": med([s[2] for s in inside]),
+            "power_w": med([s[3] for s in inside]),
+            "power_inst_w": med([s[4] for s in inside]),
+            "nvml_n": len(inside),
+        }
 
 
 def pinned(cpus: list[int]) -> Callable[[], None]:
@@ -134,16 +146,29 @@ def env_for(conf: Path | None, hook: bool, extra: dict[str, str] | None = None) 
     return e
 
 
-def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, env: dict[str, str] | None = None,
-          timeout: float = 120, sample: bool = True) -> dict[str, Any]:
+def child(
+    kind: str,
+    *args: str,
+    conf: Path | None = None,
+    hook: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    sample: bool = True,
+) -> dict[str, Any]:
     """Run one workload; its JSON, its wall time, the tail of its stderr, NVML over its timed part."""
     sampler = Sampler() if sample else None
     if sampler:
         sampler.start()
     t0 = time.time()
     try:
-        r = subprocess.run([sys.executable, WORKLOAD, kind, *args], env=env_for(conf, hook, env), capture_output=True,
-                           text=True, timeout=timeout, preexec_fn=pinned(CPUS[0] + CPUS[1]))
+        r = subprocess.run(
+            [sys.executable, WORKLOAD, kind, *args],
+            env=env_for(conf, hook, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=pinned(CPUS[0] + CPUS[1]),
+        )
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
         out: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": f"no result, rc={r.returncode}"}
         out["rc"] = r.returncode
@@ -161,9 +186,17 @@ def child(kind: str, *args: str, conf: Path | None = None, hook: bool = True, en
     return out
 
 
-def started(kind: str, *args: str, conf: Path, cpus: list[int], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, WORKLOAD, kind, *args], env=env_for(conf, True, env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pinned(cpus))
+def started(
+    kind: str, *args: str, conf: Path, cpus: list[int], env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, WORKLOAD, kind, *args],
+        env=env_for(conf, True, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=pinned(cpus),
+    )
 
 
 def collect(p: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -182,10 +215,14 @@ def save(out: Path) -> None:
 
 # ---- phases ------------------------------------------------------------------------------
 
+
 def phase_calibrate(a: argparse.Namespace) -> None:
     shim = HookShim(SHIM)
-    R["compute_apps_before"] = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,name,used_memory",
-                                               "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    R["compute_apps_before"] = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,name,used_memory", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     cal: Calibration | None = None
     for attempt in range(3):
         try:
@@ -220,7 +257,9 @@ def baseline(kind: str, a: argparse.Namespace, timeout: float = 180) -> float:
     if key not in R:
         R[key] = child(kind, "--seconds", str(seconds_for(kind, a)), hook=False, timeout=timeout, env=env)
         if kind == "llama":
-            R[f"{key}_again"] = child(kind, "--seconds", str(seconds_for(kind, a)), hook=False, timeout=timeout, env=env)
+            R[f"{key}_again"] = child(
+                kind, "--seconds", str(seconds_for(kind, a)), hook=False, timeout=timeout, env=env
+            )
     rates = [float(R[k].get("rate", 0) or 0) for k in (key, f"{key}_again") if k in R]
     rates = [r for r in rates if r > 0]
     return sum(rates) / len(rates) if rates else 0.0
@@ -230,8 +269,14 @@ def limited(kind: str, pct: int, a: argparse.Namespace, mode: str = "", timeout:
     agent = AGENT if not mode else Agent(UUID, mode, None)
     conf = agent.config(f"{kind}{pct}{mode}", cores=pct, memory_gib=24)
     trace = TMP / f"{kind}{pct}{mode}.trace"
-    r = child(kind, "--seconds", str(seconds_for(kind, a)), conf=conf, timeout=timeout,
-              env={"FLEXAI_TRACE": str(trace), "FLEXAI_DEBUG": "1", "TORCHINDUCTOR_CACHE_DIR": str(TMP / "inductor")})
+    r = child(
+        kind,
+        "--seconds",
+        str(seconds_for(kind, a)),
+        conf=conf,
+        timeout=timeout,
+        env={"FLEXAI_TRACE": str(trace), "FLEXAI_DEBUG": "1", "TORCHINDUCTOR_CACHE_DIR": str(TMP / "inductor")},
+    )
     base = baseline(kind, a)
     r["relative_pct"] = round(100 * float(r.get("rate", 0) or 0) / base, 1) if base else None
     if trace.exists():  # duty, busy power and speed-up the hook booked (D, P, C), the tail only
@@ -271,12 +316,15 @@ def pair(kind_a: str, kind_b: str, a: argparse.Namespace, name: str) -> dict[str
     ba, bb = baseline(kind_a, a), baseline(kind_b, a)
     rel_a = float(oa.get("rate", 0) or 0) / ba if ba else 0.0
     rel_b = float(ob.get("rate", 0) or 0) / bb if bb else 0.0
-    return {"a": {k: oa.get(k) for k in ("rate", "unit", "t_start", "t_end", "error")},
-            "b": {k: ob.get(k) for k in ("rate", "unit", "t_start", "t_end", "error")},
-            "offsets": [hc.parse(ca.read_text()).vgpus[0].core_offset, hc.parse(cb.read_text()).vgpus[0].core_offset],
-            "rel_a_pct": round(100 * rel_a, 1), "rel_b_pct": round(100 * rel_b, 1),
-            "ratio": round(rel_a / rel_b, 4) if rel_b else None,
-            "nvml": sampler.during(float(oa.get("t_start", 0) or 0), float(oa.get("t_end", 0) or 0))}
+    return {
+        "a": {k: oa.get(k) for k in ("rate", "unit", "t_start", "t_end", "error")},
+        "b": {k: ob.get(k) for k in ("rate", "unit", "t_start", "t_end", "error")},
+        "offsets": [hc.parse(ca.read_text()).vgpus[0].core_offset, hc.parse(cb.read_text()).vgpus[0].core_offset],
+        "rel_a_pct": round(100 * rel_a, 1),
+        "rel_b_pct": round(100 * rel_b, 1),
+        "ratio": round(rel_a / rel_b, 4) if rel_b else None,
+        "nvml": sampler.during(float(oa.get("t_start", 0) or 0), float(oa.get("t_end", 0) or 0)),
+    }
 
 
 def phase_pair(a: argparse.Namespace) -> None:
@@ -305,25 +353,37 @@ def phase_memory(a: argparse.Namespace) -> None:
 
     res["torch"] = child("mem_torch", conf=conf("mem-torch"), timeout=90, sample=False)
     res["jax_prealloc"] = child("mem_jax", conf=conf("mem-jax"), timeout=90, sample=False)
-    res["jax_no_prealloc"] = child("mem_jax", conf=conf("mem-jax-np"), timeout=90, sample=False,
-                                   env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    res["jax_no_prealloc"] = child(
+        "mem_jax", conf=conf("mem-jax-np"), timeout=90, sample=False, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    )
     # XLA's own limit (75%) out of the way: the hook must refuse on JAX's allocation path.
-    res["jax_fraction_1"] = child("mem_jax", conf=conf("mem-jax-f1"), timeout=90, sample=False,
-                                  env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": "1.0"})
+    res["jax_fraction_1"] = child(
+        "mem_jax",
+        conf=conf("mem-jax-f1"),
+        timeout=90,
+        sample=False,
+        env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": "1.0"},
+    )
     res["cupy"] = child("mem_cupy", conf=conf("mem-cupy"), timeout=90, sample=False)
 
 
 def phase_workers(a: argparse.Namespace) -> None:
     conf = AGENT.config("workers", cores=0, memory_gib=a.workers_gib)
-    R["workers"] = child("workers", conf=conf, timeout=180, sample=False,
-                         env={"FW_REGION": region_of(conf), "FW_REPO": str(REPO), "FLEXAI_SHIM_LIBRARY": SHIM})
+    R["workers"] = child(
+        "workers",
+        conf=conf,
+        timeout=180,
+        sample=False,
+        env={"FW_REGION": region_of(conf), "FW_REPO": str(REPO), "FLEXAI_SHIM_LIBRARY": SHIM},
+    )
     R["workers"]["slice_mib"] = a.workers_gib * GiB_MIB
 
 
 def phase_fork(a: argparse.Namespace) -> None:
     conf = AGENT.config("fork", cores=0, memory_gib=a.slice_gib)
-    R["fork"] = child("fork", "--hold-mib", "1024", "--slice-mib", str(a.slice_gib * GiB_MIB), conf=conf,
-                      timeout=180, sample=False)
+    R["fork"] = child(
+        "fork", "--hold-mib", "1024", "--slice-mib", str(a.slice_gib * GiB_MIB), conf=conf, timeout=180, sample=False
+    )
     R["fork"]["slice_mib"] = a.slice_gib * GiB_MIB
 
 
@@ -342,8 +402,11 @@ def phase_overhead(a: argparse.Namespace) -> None:
             res[name] = {"skipped": "deadline"}
             continue
         args: tuple[str, ...] = ("--repeat", "3") if name in ("jax", "cupy", "triton") else ()
-        configs: hg.Configs = {"nohook": (args, {}, False), "nohook_again": (args, {}, False),
-                               "hook_noconfig": (args, {}, True)}
+        configs: hg.Configs = {
+            "nohook": (args, {}, False),
+            "nohook_again": (args, {}, False),
+            "hook_noconfig": (args, {}, True),
+        }
         # Processes alive at once: 3 configurations x WAVE. A training transformer holds ~5 GiB,
         # a Llama ~4 GiB: 18 of them did not fit an H100's 80 GiB (the workers died, run 1).
         hg.WAVE = min(a.overhead_procs, HEAVY_WAVE) if name in ("transformer", "llama") else a.overhead_procs
@@ -356,12 +419,19 @@ def phase_overhead(a: argparse.Namespace) -> None:
 
 # ---- verdicts ----------------------------------------------------------------------------
 
+
 def verdicts() -> list[str]:
     card = R.get("card", "?")
-    rows = [f"# Issue 23 on {card} ({R.get('driver', '')}), ref clock mode {R.get('ref_mode')}", "",
-            f"calibration: {json.dumps(R.get('calibration'))}; repeat: {json.dumps(R.get('calibration_repeat'))}", "",
-            f"written to every limited vGPU's config: {R.get('figures_written')}", "",
-            "| check | figure | verdict |", "| --- | --- | --- |"]
+    rows = [
+        f"# Issue 23 on {card} ({R.get('driver', '')}), ref clock mode {R.get('ref_mode')}",
+        "",
+        f"calibration: {json.dumps(R.get('calibration'))}; repeat: {json.dumps(R.get('calibration_repeat'))}",
+        "",
+        f"written to every limited vGPU's config: {R.get('figures_written')}",
+        "",
+        "| check | figure | verdict |",
+        "| --- | --- | --- |",
+    ]
 
     def row(check: str, figure: str, ok: bool | None) -> None:
         rows.append(f"| {check} | {figure} | {'met' if ok else ('MISS' if ok is not None else 'shown')} |")
@@ -382,23 +452,34 @@ def verdicts() -> list[str]:
         cells, ok = within_3("compute", kind, LIMITS)
         if cells:
             base = R.get(f"base_{kind}", {})
-            row(f"compute {kind} (base {base.get('rate', 0):.1f} {base.get('unit', '')}, clock "
-                f"{base.get('nvml', {}).get('clock')})", " ".join(cells), ok)
+            row(
+                f"compute {kind} (base {base.get('rate', 0):.1f} {base.get('unit', '')}, clock "
+                f"{base.get('nvml', {}).get('clock')})",
+                " ".join(cells),
+                ok,
+            )
     for key, r in R.get("compute", {}).items():
         if key.endswith("_off"):
             row(f"compute {key} (share of time, for comparison)", str(r.get("relative_pct")), None)
     for name in ("pair_torch", "pair_mixed"):
         p = R.get(name)
         if p:
-            row(f"{name} 30%+70% ratio (0.386-0.471)", f"{p['ratio']} ({p['rel_a_pct']}% / {p['rel_b_pct']}%, "
-                f"offsets {p['offsets']})", p["ratio"] is not None and abs(p["ratio"] / (3 / 7) - 1) <= 0.10)
+            row(
+                f"{name} 30%+70% ratio (0.386-0.471)",
+                f"{p['ratio']} ({p['rel_a_pct']}% / {p['rel_b_pct']}%, offsets {p['offsets']})",
+                p["ratio"] is not None and abs(p["ratio"] / (3 / 7) - 1) <= 0.10,
+            )
     for kind in ("triton", "jax", "llama"):
         cells, ok = within_3("frameworks", kind, FW_LIMITS)
         if cells:
             base = R.get(f"base_{kind}", {})
             again = R.get(f"base_{kind}_again", {}).get("rate")
-            row(f"{kind} (base {base.get('rate', 0):.1f} {base.get('unit', '')}"
-                f"{f'; a second unlimited process {again:.1f}' if again else ''})", " ".join(cells), ok)
+            row(
+                f"{kind} (base {base.get('rate', 0):.1f} {base.get('unit', '')}"
+                f"{f'; a second unlimited process {again:.1f}' if again else ''})",
+                " ".join(cells),
+                ok,
+            )
     m = R.get("memory", {})
     s = m.get("slice_mib", 0)
     for fw in ("torch", "jax_prealloc", "jax_no_prealloc", "jax_fraction_1", "cupy"):
@@ -412,37 +493,62 @@ def verdicts() -> list[str]:
             lim = (r.get("stats_before_mib") or {}).get("bytes_limit", 0)
             extra = f"; JAX pool {lim} MiB = {100 * lim / s:.0f}% of the slice" if s else ""
             refused = refused and abs(lim - 0.75 * s) <= 0.05 * s
-        row(f"memory {fw}", f"sees {seen}; allocated {r.get('allocated_mib')} MiB of {s}; "
-            f"{r.get('error', '')[:80]}; smi '{r.get('nvidia_smi')}'; pynvml {r.get('pynvml_mib')}{extra}", refused)
+        row(
+            f"memory {fw}",
+            f"sees {seen}; allocated {r.get('allocated_mib')} MiB of {s}; "
+            f"{r.get('error', '')[:80]}; smi '{r.get('nvidia_smi')}'; pynvml {r.get('pynvml_mib')}{extra}",
+            refused,
+        )
     w = R.get("workers")
     if w:
         got = sum(v[0] for v in w.get("workers", {}).values())
         cap = w.get("slice_mib", 0)
         used = w.get("region_used_mib")
         # A worker refused at its context (no room left for it) fails at CUDA init: "out of memory" too.
-        ok = (len(w.get("workers", {})) == 4
-              and all(v[1] == "OutOfMemoryError" or "out of memory" in v[1].lower() for v in w["workers"].values())
-              and all(c == 0 for c in w.get("exitcodes", [])) and used is not None and used <= cap)
-        row("4 spawned workers + parent share one slice", f"workers {got} MiB + parent 1024 MiB + contexts; region "
+        ok = (
+            len(w.get("workers", {})) == 4
+            and all(v[1] == "OutOfMemoryError" or "out of memory" in v[1].lower() for v in w["workers"].values())
+            and all(c == 0 for c in w.get("exitcodes", []))
+            and used is not None
+            and used <= cap
+        )
+        row(
+            "4 spawned workers + parent share one slice",
+            f"workers {got} MiB + parent 1024 MiB + contexts; region "
             f"{used}/{w.get('region_limit_mib')} MiB over {w.get('region_processes')} processes; per worker "
-            f"{w.get('workers')}", ok)
+            f"{w.get('workers')}",
+            ok,
+        )
     f = R.get("fork")
     if f:
         c = f.get("child", {})
         ex = f.get("exec_allocator", {})
         cap = f.get("slice_mib", 0)
-        ok = (f.get("child_exit") == 0 and "allocated" != c.get("torch_in_child")
-              and isinstance(c.get("driver_in_child"), dict) and c["driver_in_child"].get("alloc_whole_slice") != 0
-              and (ex.get("allocated_mib") or 0) + 1024 <= cap and bool(ex.get("error")))
-        row("fork after CUDA init", f"child exit {f.get('child_exit')}; torch: {c.get('torch_in_child')}; driver: "
-            f"{c.get('driver_in_child')}; exec'd allocator {ex}", ok)
+        ok = (
+            f.get("child_exit") == 0
+            and "allocated" != c.get("torch_in_child")
+            and isinstance(c.get("driver_in_child"), dict)
+            and c["driver_in_child"].get("alloc_whole_slice") != 0
+            and (ex.get("allocated_mib") or 0) + 1024 <= cap
+            and bool(ex.get("error"))
+        )
+        row(
+            "fork after CUDA init",
+            f"child exit {f.get('child_exit')}; torch: {c.get('torch_in_child')}; driver: "
+            f"{c.get('driver_in_child')}; exec'd allocator {ex}",
+            ok,
+        )
     for name, o in R.get("overhead", {}).items():
         h = o.get("hook_noconfig") if isinstance(o, dict) else None
         if h:
             aa = o.get("nohook_again", {})
-            row(f"overhead {name} (time per block, hook/no hook)", f"{h['ratio_mean']} (95% {h['ratio_mean_ci95']}); "
+            row(
+                f"overhead {name} (time per block, hook/no hook)",
+                f"{h['ratio_mean']} (95% {h['ratio_mean_ci95']}); "
                 f"A/A {aa.get('ratio_mean')} ({aa.get('ratio_mean_ci95')}); {o.get('processes_per_config')} "
-                "processes each (met: mean within 1%)", h["ratio_mean"] <= 1.01)
+                "processes each (met: mean within 1%)",
+                h["ratio_mean"] <= 1.01,
+            )
         else:
             row(f"overhead {name}", json.dumps(o)[:200], False)
     for k, v in R.items():
@@ -478,10 +584,20 @@ def main() -> None:
     LIMITS, FW_LIMITS = a.limits, a.fw_limits
     OUTDIR = Path(a.out)
     OUTDIR.mkdir(parents=True, exist_ok=True)
-    os.environ.update(CUDA_VISIBLE_DEVICES="0", CUDA_DEVICE_ORDER="PCI_BUS_ID", PYTHONUNBUFFERED="1",
-                      FLEXAI_SHIM_LIBRARY=SHIM)
-    q = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=uuid,name,driver_version,memory.total,power.limit,"
-                        "clocks.max.sm", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    os.environ.update(
+        CUDA_VISIBLE_DEVICES="0", CUDA_DEVICE_ORDER="PCI_BUS_ID", PYTHONUNBUFFERED="1", FLEXAI_SHIM_LIBRARY=SHIM
+    )
+    q = subprocess.run(
+        [
+            "nvidia-smi",
+            "-i",
+            "0",
+            "--query-gpu=uuid,name,driver_version,memory.total,power.limit,clocks.max.sm",
+            "--format=csv,noheader",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     parts = [p.strip() for p in q.split(",")]
     UUID = parts[0]
     import hook_gpu as hg
@@ -489,11 +605,26 @@ def main() -> None:
     hg.GPU = 0
     local = hg.gpu_local_cpus(8)
     CPUS = (local[:4], local[4:])
-    R.update(card=parts[1], driver=parts[2], memory_total=parts[3], power_limit=parts[4], max_sm_clock=parts[5],
-             uuid=UUID, args={k: v for k, v in vars(a).items()})
-    phases = {"calibrate": phase_calibrate, "memory": phase_memory, "workers": phase_workers, "fork": phase_fork,
-              "compute": phase_compute, "pair": phase_pair, "frameworks": phase_frameworks, "mixed": phase_mixed,
-              "overhead": phase_overhead}
+    R.update(
+        card=parts[1],
+        driver=parts[2],
+        memory_total=parts[3],
+        power_limit=parts[4],
+        max_sm_clock=parts[5],
+        uuid=UUID,
+        args={k: v for k, v in vars(a).items()},
+    )
+    phases = {
+        "calibrate": phase_calibrate,
+        "memory": phase_memory,
+        "workers": phase_workers,
+        "fork": phase_fork,
+        "compute": phase_compute,
+        "pair": phase_pair,
+        "frameworks": phase_frameworks,
+        "mixed": phase_mixed,
+        "overhead": phase_overhead,
+    }
     wanted = a.phases.split(",")
     if "calibrate" not in wanted:
         wanted.insert(0, "calibrate")  # every config needs the agent's figure

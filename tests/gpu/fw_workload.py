@@ -42,8 +42,15 @@ def wait_until(t: float | None) -> None:
             time.sleep(0.001)
 
 
-def timed(step: Callable[[], object], sync: Callable[[], object], seconds: float, per_step: float,
-          start_at: float | None, sync_every: int, warm_s: float = 0.5) -> dict[str, Any]:
+def timed(
+    step: Callable[[], object],
+    sync: Callable[[], object],
+    seconds: float,
+    per_step: float,
+    start_at: float | None,
+    sync_every: int,
+    warm_s: float = 0.5,
+) -> dict[str, Any]:
     """Steps for `seconds` after a warm-up, synchronising every `sync_every` steps (~10+ ms of
     GPU work apart, so the unlimited baseline keeps the card busy). Rate = per_step units / s."""
     for _ in range(5):
@@ -68,14 +75,16 @@ def timed(step: Callable[[], object], sync: Callable[[], object], seconds: float
 
 # ---- PyTorch ----------------------------------------------------------------------------
 
+
 def torch_matmul(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     a = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(N, N, device="cuda", dtype=torch.bfloat16)
     c = torch.empty_like(a)
-    r = timed(lambda: torch.matmul(a, b, out=c), torch.cuda.synchronize, args.seconds, MATMUL_FLOP / 1e12,
-              args.start_at, 256)
+    r = timed(
+        lambda: torch.matmul(a, b, out=c), torch.cuda.synchronize, args.seconds, MATMUL_FLOP / 1e12, args.start_at, 256
+    )
     return {**r, "unit": "TFLOP/s"}
 
 
@@ -127,8 +136,24 @@ def triton_step() -> tuple[Callable[[], None], float]:
     import triton.language as tl
 
     @triton.jit
-    def kernel(a_ptr, b_ptr, c_ptr, M, N_, K, sam, sak, sbk, sbn, scm, scn,
-               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr):
+    def kernel(
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        M,
+        N_,
+        K,
+        sam,
+        sak,
+        sbk,
+        sbn,
+        scm,
+        scn,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        GM: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         npm, npn = tl.cdiv(M, BM), tl.cdiv(N_, BN)
         group = GM * npn
@@ -156,8 +181,26 @@ def triton_step() -> tuple[Callable[[], None], float]:
     grid = (triton.cdiv(N, 128) * triton.cdiv(N, 128),)
 
     def step() -> None:
-        kernel[grid](a, b, c, N, N, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-                     BM=128, BN=128, BK=64, GM=8, num_warps=8, num_stages=3)
+        kernel[grid](
+            a,
+            b,
+            c,
+            N,
+            N,
+            N,
+            a.stride(0),
+            a.stride(1),
+            b.stride(0),
+            b.stride(1),
+            c.stride(0),
+            c.stride(1),
+            BM=128,
+            BN=128,
+            BK=64,
+            GM=8,
+            num_warps=8,
+            num_stages=3,
+        )
 
     c.fill_(float("nan"))
     step()
@@ -178,6 +221,7 @@ def triton_matmul(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- JAX --------------------------------------------------------------------------------
 
+
 def jax_matmul(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
@@ -197,13 +241,21 @@ def jax_matmul(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- transformers Llama -----------------------------------------------------------------
 
+
 def build_llama() -> tuple[Any, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     # 1.09B parameters: d 2048, 16 layers, MLP 8192, grouped-query attention (4 KV heads).
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg)
@@ -242,8 +294,12 @@ def llama_generator(batch: int, prompt: int, new: int) -> tuple[Callable[[], Any
     torch.cuda.synchronize()
     import torch._dynamo.utils as du
 
-    info = {"params": params, "how": how, "first_call_s": round(first, 1),
-            "dynamo_graphs": int(du.counters["stats"].get("unique_graphs", 0))}
+    info = {
+        "params": params,
+        "how": how,
+        "first_call_s": round(first, 1),
+        "dynamo_graphs": int(du.counters["stats"].get("unique_graphs", 0)),
+    }
     return gen, info
 
 
@@ -258,11 +314,15 @@ def llama(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- memory -----------------------------------------------------------------------------
 
+
 def smi_and_nvml() -> dict[str, Any]:
     """What nvidia-smi and pynvml show from inside this (hooked) process, for card 0."""
     out: dict[str, Any] = {}
-    r = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=memory.total,memory.used,memory.free",
-                        "--format=csv,noheader"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["nvidia-smi", "-i", "0", "--query-gpu=memory.total,memory.used,memory.free", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    )
     out["nvidia_smi"] = r.stdout.strip() or r.stderr.strip()[-200:]
     try:
         import pynvml
@@ -288,8 +348,13 @@ def mem_torch(args: argparse.Namespace) -> dict[str, Any]:
     except torch.cuda.OutOfMemoryError as e:
         err = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     free1, _ = torch.cuda.mem_get_info()
-    return {"mem_get_info_mib": [free0 >> 20, total0 >> 20], "free_after_mib": free1 >> 20,
-            "allocated_mib": allocated >> 20, "error": err, **smi_and_nvml()}
+    return {
+        "mem_get_info_mib": [free0 >> 20, total0 >> 20],
+        "free_after_mib": free1 >> 20,
+        "allocated_mib": allocated >> 20,
+        "error": err,
+        **smi_and_nvml(),
+    }
 
 
 def mem_jax(args: argparse.Namespace) -> dict[str, Any]:
@@ -309,12 +374,22 @@ def mem_jax(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as e:  # XlaRuntimeError / JaxRuntimeError: RESOURCE_EXHAUSTED
         err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     stats1 = dev.memory_stats() or {}
-    keys = ("bytes_limit", "bytes_in_use", "peak_bytes_in_use", "bytes_reserved", "largest_free_block_bytes",
-            "pool_bytes")
-    return {"preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "default"),
-            "stats_before_mib": {k: stats0[k] >> 20 for k in keys if k in stats0},
-            "stats_after_mib": {k: stats1[k] >> 20 for k in keys if k in stats1},
-            "allocated_mib": allocated >> 20, "error": err, **seen}
+    keys = (
+        "bytes_limit",
+        "bytes_in_use",
+        "peak_bytes_in_use",
+        "bytes_reserved",
+        "largest_free_block_bytes",
+        "pool_bytes",
+    )
+    return {
+        "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "default"),
+        "stats_before_mib": {k: stats0[k] >> 20 for k in keys if k in stats0},
+        "stats_after_mib": {k: stats1[k] >> 20 for k in keys if k in stats1},
+        "allocated_mib": allocated >> 20,
+        "error": err,
+        **seen,
+    }
 
 
 def mem_cupy(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,9 +405,14 @@ def mem_cupy(args: argparse.Namespace) -> dict[str, Any]:
     except cupy.cuda.memory.OutOfMemoryError as e:
         err = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     pool = cupy.get_default_memory_pool()
-    return {"memGetInfo_mib": [free0 >> 20, total0 >> 20], "device_mem_info_mib": [dev_info[0] >> 20, dev_info[1] >> 20],
-            "allocated_mib": allocated >> 20, "pool_total_mib": pool.total_bytes() >> 20, "error": err,
-            **smi_and_nvml()}
+    return {
+        "memGetInfo_mib": [free0 >> 20, total0 >> 20],
+        "device_mem_info_mib": [dev_info[0] >> 20, dev_info[1] >> 20],
+        "allocated_mib": allocated >> 20,
+        "pool_total_mib": pool.total_bytes() >> 20,
+        "error": err,
+        **smi_and_nvml(),
+    }
 
 
 def _worker(rank: int, chunk_mib: int, barrier: Any, results: Any) -> None:
@@ -375,8 +455,12 @@ def workers(args: argparse.Namespace) -> dict[str, Any]:
         for p in procs:
             p.join(timeout=60)
     del parent
-    return {"parent_mib": 1024, "workers": {str(k): list(v) for k, v in results.items()},
-            "exitcodes": [p.exitcode for p in procs], **shim_view}
+    return {
+        "parent_mib": 1024,
+        "workers": {str(k): list(v) for k, v in results.items()},
+        "exitcodes": [p.exitcode for p in procs],
+        **shim_view,
+    }
 
 
 def region_view() -> dict[str, Any]:
@@ -390,8 +474,11 @@ def region_view() -> dict[str, Any]:
 
     snap = HookShim(shim).snapshot(region)
     v = snap.vgpus[0]
-    return {"region_used_mib": v.memory_used >> 20, "region_limit_mib": v.memory_limit >> 20,
-            "region_processes": sum(1 for p in snap.processes if p.alive and p.memory_used[0] > 0)}
+    return {
+        "region_used_mib": v.memory_used >> 20,
+        "region_limit_mib": v.memory_limit >> 20,
+        "region_processes": sum(1 for p in snap.processes if p.alive and p.memory_used[0] > 0),
+    }
 
 
 def driver_probe(slice_mib: int) -> dict[str, Any]:
@@ -454,12 +541,17 @@ def fork(args: argparse.Namespace) -> dict[str, Any]:
     execd = json.loads(lines[-1]) if lines else {}
     parent_view = torch.cuda.mem_get_info()
     del held
-    return {"hold_mib": args.hold_mib, "child": child, "child_exit": os.waitstatus_to_exitcode(status),
-            "exec_allocator": {k: execd.get(k) for k in ("allocated_mib", "error", "mem_get_info_mib")},
-            "parent_mem_get_info_mib": [parent_view[0] >> 20, parent_view[1] >> 20]}
+    return {
+        "hold_mib": args.hold_mib,
+        "child": child,
+        "child_exit": os.waitstatus_to_exitcode(status),
+        "exec_allocator": {k: execd.get(k) for k in ("allocated_mib", "error", "mem_get_info_mib")},
+        "parent_mem_get_info_mib": [parent_view[0] >> 20, parent_view[1] >> 20],
+    }
 
 
 # ---- overhead: long-lived workers (bench/hook_gpu.py interleaved()) -----------------------
+
 
 def serve_block(name: str, args: argparse.Namespace) -> Callable[[], float]:
     """One block of `name` work; returns its time in ms (lower is better)."""
@@ -543,16 +635,26 @@ def serve(args: argparse.Namespace) -> None:
 
 
 KINDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "matmul": torch_matmul, "graph": torch_graph, "elementwise": torch_elementwise, "triton": triton_matmul,
-    "jax": jax_matmul, "llama": llama, "mem_torch": mem_torch, "mem_jax": mem_jax, "mem_cupy": mem_cupy,
-    "workers": workers, "fork": fork,
+    "matmul": torch_matmul,
+    "graph": torch_graph,
+    "elementwise": torch_elementwise,
+    "triton": triton_matmul,
+    "jax": jax_matmul,
+    "llama": llama,
+    "mem_torch": mem_torch,
+    "mem_jax": mem_jax,
+    "mem_cupy": mem_cupy,
+    "workers": workers,
+    "fork": fork,
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=[*KINDS, "serve"])
-    ap.add_argument("--serve", default="transformer", help="with kind serve: transformer, tiny, jax, cupy, triton, llama")
+    ap.add_argument(
+        "--serve", default="transformer", help="with kind serve: transformer, tiny, jax, cupy, triton, llama"
+    )
     ap.add_argument("--seconds", type=float, default=2.5)
     ap.add_argument("--start-at", type=float, default=None)
     ap.add_argument("--chunk-mib", type=int, default=256)

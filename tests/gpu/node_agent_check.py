@@ -63,26 +63,38 @@ def check_inventory(lines: list[str]) -> bool:
         readings = inv.read()
     finally:
         inv.close()
-    smi = subprocess.run(
-        ["nvidia-smi", "--query-gpu=uuid,name,memory.total", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()
+    smi = (
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=uuid,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     ok = len(smi) == len(readings)
-    lines += ["## 1. Inventory (NVML) vs nvidia-smi", "",
-              "| index | UUID (agent) | model (agent) | MiB (agent) | nvidia-smi | numa | healthy | match |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## 1. Inventory (NVML) vs nvidia-smi",
+        "",
+        "| index | UUID (agent) | model (agent) | MiB (agent) | nvidia-smi | numa | healthy | match |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r, row in zip(readings, smi, strict=False):
         uuid, name, mib = (x.strip() for x in row.split(","))
         match = (r.card.uuid, r.card.model, r.card.memory_mib) == (uuid, name, int(mib))
         ok &= match
-        lines.append(f"| {r.card.index} | {r.card.uuid} | {r.card.model} | {r.card.memory_mib} | "
-                     f"{uuid}, {name}, {mib} | {r.card.numa} | {r.card.healthy} | {'yes' if match else 'NO'} |")
+        lines.append(
+            f"| {r.card.index} | {r.card.uuid} | {r.card.model} | {r.card.memory_mib} | "
+            f"{uuid}, {name}, {mib} | {r.card.numa} | {r.card.healthy} | {'yes' if match else 'NO'} |"
+        )
     lines.append("")
     return ok
 
 
-def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
-             lines: list[str]) -> tuple[dict[str, str], list[Any], Path]:
+def allocate(
+    hook: Path, slice_gib: int, ncards: int, state: Path, lines: list[str]
+) -> tuple[dict[str, str], list[Any], Path]:
     """The grant for a pod with one vGPU on each of the first ``ncards`` cards, through gRPC when
     grpc is importable."""
     from flexai_node.admitter import NodeAdmitter
@@ -96,11 +108,23 @@ def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
     cards = [r.card for r in inv.read()]
     inv.close()
     api = FakeNodeApi()
-    api.add(bound_pod("torch", "uid-torch", [container("main", ncards, memory_gib=slice_gib)],
-                      [slice_on(cards[i], "main", 0, slice_gib * 1024) for i in range(ncards)]))
+    api.add(
+        bound_pod(
+            "torch",
+            "uid-torch",
+            [container("main", ncards, memory_gib=slice_gib)],
+            [slice_on(cards[i], "main", 0, slice_gib * 1024) for i in range(ncards)],
+        )
+    )
     workdirs = Workdirs(state / "containers")
-    admitter = NodeAdmitter("gpu-1", api, Ledger(state / "ledger.json"), workdirs,
-                            GrantBuilder(HookConfigFiles(workdirs.root, hook)), lambda: cards)
+    admitter = NodeAdmitter(
+        "gpu-1",
+        api,
+        Ledger(state / "ledger.json"),
+        workdirs,
+        GrantBuilder(HookConfigFiles(workdirs.root, hook)),
+        lambda: cards,
+    )
     try:
         from flexai_node.deviceplugin import api_pb2 as pb
         from flexai_node.deviceplugin.devices import device_id
@@ -117,13 +141,22 @@ def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
     try:
         reg = kubelet.registrations.get(timeout=30)
         devices = kubelet.device_lists.get(timeout=30)
-        lines += ["## 2. Device plugin (gRPC over a unix socket, fake kubelet)", "",
-                  f"Register: version={reg.version} endpoint={reg.endpoint} resource={reg.resource_name}; "
-                  f"ListAndWatch: {len(devices)} devices, {sum(h == 'Healthy' for h in devices.values())} healthy", ""]
+        lines += [
+            "## 2. Device plugin (gRPC over a unix socket, fake kubelet)",
+            "",
+            f"Register: version={reg.version} endpoint={reg.endpoint} resource={reg.resource_name}; "
+            f"ListAndWatch: {len(devices)} devices, {sum(h == 'Healthy' for h in devices.values())} healthy",
+            "",
+        ]
         stub = kubelet.plugin(reg.endpoint)
-        resp = stub.Allocate(pb.AllocateRequest(container_requests=[
-            pb.ContainerAllocateRequest(devices_ids=[device_id(cards[i].uuid, 0) for i in range(ncards)])]),
-            timeout=30)
+        resp = stub.Allocate(
+            pb.AllocateRequest(
+                container_requests=[
+                    pb.ContainerAllocateRequest(devices_ids=[device_id(cards[i].uuid, 0) for i in range(ncards)])
+                ]
+            ),
+            timeout=30,
+        )
         c = resp.container_responses[0]
         return dict(c.envs), [(m.container_path, m.host_path, m.read_only) for m in c.mounts], workdirs.root
     finally:
@@ -131,8 +164,9 @@ def allocate(hook: Path, slice_gib: int, ncards: int, state: Path,
         kubelet.stop()
 
 
-def apply_by_hand(envs: dict[str, str], mounts: list[Any], symlinks: bool, made: list[Path],
-                  lines: list[str]) -> dict[str, str]:
+def apply_by_hand(
+    envs: dict[str, str], mounts: list[Any], symlinks: bool, made: list[Path], lines: list[str]
+) -> dict[str, str]:
     """What the container runtime would do. With ``symlinks`` (a scratch machine, as root):
     each mount as a symlink at its container path, recorded in ``made`` for removal.
     Otherwise env values are rewritten to host paths (the config's region path then stays
@@ -155,7 +189,7 @@ def apply_by_hand(envs: dict[str, str], mounts: list[Any], symlinks: bool, made:
         lines.append(f"- mount {cpath} -> {hpath}: env rewritten to the host path")
         for key, value in envs.items():
             if value == cpath or value.startswith(cpath + "/"):
-                env[key] = hpath + value[len(cpath):]
+                env[key] = hpath + value[len(cpath) :]
     env["CUDA_VISIBLE_DEVICES"] = env.pop("NVIDIA_VISIBLE_DEVICES")
     lines.append("")
     return env
@@ -175,7 +209,9 @@ def remove(made: list[Path]) -> None:
 
 def probe(env: dict[str, str], hold: bool = False) -> tuple[list[dict[str, Any]], subprocess.Popen[str]]:
     args = [sys.executable, "-c", PROBE, "hold" if hold else "look"]
-    p = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert p.stdout is not None
     line = p.stdout.readline()
     if not line:
@@ -186,9 +222,15 @@ def probe(env: dict[str, str], hold: bool = False) -> tuple[list[dict[str, Any]]
 
 def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
     envs, mounts, root = allocate(args.hook.resolve(), args.slice_gib, args.cards, tmp, lines)
-    lines += ["## 3. Allocate response applied by hand to PyTorch", "", "```",
-              *(f"env   {k}={v}" for k, v in sorted(envs.items())),
-              *(f"mount {c} <- {h} ({'ro' if ro else 'rw'})" for c, h, ro in mounts), "```", ""]
+    lines += [
+        "## 3. Allocate response applied by hand to PyTorch",
+        "",
+        "```",
+        *(f"env   {k}={v}" for k, v in sorted(envs.items())),
+        *(f"mount {c} <- {h} ({'ro' if ro else 'rw'})" for c, h, ro in mounts),
+        "```",
+        "",
+    ]
     config = next(h for c, h, _ in mounts if c.endswith(".conf"))
     lines += ["Hook config written by the agent:", "", "```", Path(config).read_text().strip(), "```", ""]
     control, first = probe(dict(os.environ, CUDA_VISIBLE_DEVICES=envs["NVIDIA_VISIBLE_DEVICES"]))
@@ -202,17 +244,19 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
         try:
             if args.shim is not None:
                 from flexai_node.hook.files import HookConfigFiles
-                from flexai_node.hook.shim import HookShim
                 from flexai_node.hook.regions import RegionUsageReader
+                from flexai_node.hook.shim import HookShim
 
                 files = HookConfigFiles(root, args.hook)
                 reader = RegionUsageReader(lambda uid, c: files.region_file(root / uid / c), HookShim(args.shim))
                 usage = reader.read("uid-torch", "main")
-                usage_line = (f"region reader while the probe holds "
-                              f"{[d['held_bytes'] >> 20 for d in sliced]} MiB: {usage}")
+                usage_line = (
+                    f"region reader while the probe holds {[d['held_bytes'] >> 20 for d in sliced]} MiB: {usage}"
+                )
                 used = sorted(u.memory_used_mib for u in usage.values())
                 ok &= len(used) == len(sliced) and all(
-                    u >= h for u, h in zip(used, sorted(d["held_bytes"] >> 20 for d in sliced), strict=False))
+                    u >= h for u, h in zip(used, sorted(d["held_bytes"] >> 20 for d in sliced), strict=False)
+                )
         finally:
             assert child.stdin is not None and child.stderr is not None
             child.stdin.write("go\n")
@@ -223,17 +267,29 @@ def check_slice(args: argparse.Namespace, tmp: Path, lines: list[str]) -> bool:
         remove(made)
     slice_bytes = args.slice_gib * GIB
     ok &= len(sliced) == len(control) == args.cards
-    lines += ["| process | device | mem_get_info total | free | allocated before OOM | OOM raised |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| process | device | mem_get_info total | free | allocated before OOM | OOM raised |",
+        "|---|---|---|---|---|---|",
+    ]
     for d, (c, s) in enumerate(zip(control, sliced, strict=False)):
         ok &= bool(s["total"] <= slice_bytes and s.get("oom") == "OutOfMemoryError")
         ok &= bool(slice_bytes - GIB <= s["held_bytes"] <= slice_bytes and c["total"] > slice_bytes)
-        lines += [f"| control (no hook; looks only) | {d} | {c['total'] / GIB:.2f} GiB | {c['free'] / GIB:.2f} GiB "
-                  "| - | - |",
-                  f"| with the Allocate response ({args.slice_gib} GiB slice) | {d} | {s['total'] / GIB:.2f} GiB | "
-                  f"{s['free'] / GIB:.2f} GiB | {s['held_bytes'] / GIB:.2f} GiB | {s.get('oom', 'no')} |"]
-    lines += ["", "stderr of the sliced process (the hook's messages), last lines:", "", "```", *hook_log, "```", "",
-              f"## 4. Metrics\n\n{usage_line}", ""]
+        lines += [
+            f"| control (no hook; looks only) | {d} | {c['total'] / GIB:.2f} GiB | {c['free'] / GIB:.2f} GiB | - | - |",
+            f"| with the Allocate response ({args.slice_gib} GiB slice) | {d} | {s['total'] / GIB:.2f} GiB | "
+            f"{s['free'] / GIB:.2f} GiB | {s['held_bytes'] / GIB:.2f} GiB | {s.get('oom', 'no')} |",
+        ]
+    lines += [
+        "",
+        "stderr of the sliced process (the hook's messages), last lines:",
+        "",
+        "```",
+        *hook_log,
+        "```",
+        "",
+        f"## 4. Metrics\n\n{usage_line}",
+        "",
+    ]
     return ok
 
 
@@ -244,8 +300,11 @@ def main() -> int:
     ap.add_argument("--slice-gib", type=int, default=8)
     ap.add_argument("--cards", type=int, default=1, help="vGPUs in the pod, one on each of the first N cards")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--symlink-mounts", action="store_true",
-                    help="make each mount a symlink at its container path (scratch machines only)")
+    ap.add_argument(
+        "--symlink-mounts",
+        action="store_true",
+        help="make each mount a symlink at its container path (scratch machines only)",
+    )
     args = ap.parse_args()
     lines = ["# Node agent on a real GPU", "", f"`{' '.join(sys.argv)}`", ""]
     ok = check_inventory(lines)

@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from flexai_node.hook.config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
 from hook_gpu import NvmlSampler  # noqa: E402
+
+from flexai_node.hook.config import HookConfig, VGPULimit, container_env, write_config  # noqa: E402
 from tests.gpu.report import finish_report  # noqa: E402
 
 GIB = 1 << 30
@@ -101,8 +102,12 @@ print(json.dumps({str(d): result.get(d, 0.0) for d in devices}), flush=True)
 
 
 def smi(*query: str) -> list[list[str]]:
-    out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [[x.strip() for x in line.split(",")] for line in out.strip().splitlines()]
 
 
@@ -110,8 +115,7 @@ ERRORS: list[str] = []  # stderr of probes that reported a failure, for the repo
 
 
 def child(args: list[str], env: dict[str, str], timeout: float = 180) -> Any:
-    r = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("{", "["))]
     if not lines:
         raise RuntimeError(f"probe {args} failed (rc {r.returncode}): {r.stderr[-2000:]}")
@@ -165,57 +169,90 @@ def main() -> int:
             if how == "matmul":
                 clocks = sorted(s[2] for s in sampler.samples[4:]) or [0]
                 ref.append(clocks[len(clocks) // 2])
-    lines += ["## Unlimited, each card alone", "",
-              *(f"- card {i}: matmul {base[('matmul', i)]:.1f} TFLOP/s (SM clock {ref[i]} MHz), "
-                f"graph {base[('graph', i)]:.1f} TFLOP/s" for i in range(2)), ""]
+    lines += [
+        "## Unlimited, each card alone",
+        "",
+        *(
+            f"- card {i}: matmul {base[('matmul', i)]:.1f} TFLOP/s (SM clock {ref[i]} MHz), "
+            f"graph {base[('graph', i)]:.1f} TFLOP/s"
+            for i in range(2)
+        ),
+        "",
+    ]
 
     tmp = Path(tempfile.mkdtemp(prefix="two-gpu-"))
     conf = tmp / "vgpu.conf"
-    write_config(conf, HookConfig(vgpus=tuple(
-        VGPULimit(uuid=uuids[i], memory_bytes=LIMITS[i][0] * GIB, cores=LIMITS[i][1], ref_clock_mhz=ref[i])
-        for i in range(2)), region_path=str(tmp / "region")))
+    write_config(
+        conf,
+        HookConfig(
+            vgpus=tuple(
+                VGPULimit(uuid=uuids[i], memory_bytes=LIMITS[i][0] * GIB, cores=LIMITS[i][1], ref_clock_mhz=ref[i])
+                for i in range(2)
+            ),
+            region_path=str(tmp / "region"),
+        ),
+    )
     lines += ["Config (flexai_node.hook.config):", "", "```", conf.read_text().strip(), "```", ""]
 
     def hooked(visible: str) -> dict[str, str]:
         return base_env(CUDA_VISIBLE_DEVICES=visible, FLEXAI_DEBUG="1", **container_env(str(conf), hook))
 
     # 1 + 2. Memory, in three orders. `order` lists the physical card behind each ordinal.
-    lines += ["## Memory", "", "| CUDA_VISIBLE_DEVICES | ordinal | card | mem_get_info total | held at OOM | "
-              "limit |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Memory",
+        "",
+        "| CUDA_VISIBLE_DEVICES | ordinal | card | mem_get_info total | held at OOM | limit |",
+        "|---|---|---|---|---|---|",
+    ]
     checks: list[tuple[bool, str]] = []
     for visible, order in (("0,1", (0, 1)), ("1", (1,)), (f"{uuids[1]},{uuids[0]}", (1, 0))):
         res = child(["memory"], hooked(visible))
         for d, card in enumerate(order):
             r = res[d]
             lim = LIMITS[card][0] * GIB
-            good = (r["total"] == lim and r["error"] == "OutOfMemoryError" and lim - GIB <= r["held"] <= lim)
+            good = r["total"] == lim and r["error"] == "OutOfMemoryError" and lim - GIB <= r["held"] <= lim
             shown = visible if len(visible) < 12 else "uuid1,uuid0"
-            lines.append(f"| {shown} | {d} | {card} | {r['total'] / GIB:.2f} GiB | {r['held'] / GIB:.2f} GiB "
-                         f"({r['error'] or 'no OOM'}) | {LIMITS[card][0]} GiB |")
-            checks.append((good, f"CUDA_VISIBLE_DEVICES={shown}: ordinal {d} holds card {card}'s "
-                                 f"{LIMITS[card][0]} GiB limit"))
+            lines.append(
+                f"| {shown} | {d} | {card} | {r['total'] / GIB:.2f} GiB | {r['held'] / GIB:.2f} GiB "
+                f"({r['error'] or 'no OOM'}) | {LIMITS[card][0]} GiB |"
+            )
+            checks.append(
+                (good, f"CUDA_VISIBLE_DEVICES={shown}: ordinal {d} holds card {card}'s {LIMITS[card][0]} GiB limit")
+            )
     lines.append("")
     for good, what in checks:
         check(good, what)
-    shown = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total,memory.used", "--format=csv,noheader"],
-                           env=hooked("0,1"), capture_output=True, text=True).stdout.strip()
+    shown = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index,memory.total,memory.used", "--format=csv,noheader"],
+        env=hooked("0,1"),
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     lines += ["", "nvidia-smi under the hook:", "", "```", shown, "```", ""]
     totals = [row.split(",")[1].strip() for row in shown.splitlines()]
-    check(totals == [f"{LIMITS[0][0] * 1024} MiB", f"{LIMITS[1][0] * 1024} MiB"],
-          f"nvidia-smi shows {LIMITS[0][0]} and {LIMITS[1][0]} GiB")
+    check(
+        totals == [f"{LIMITS[0][0] * 1024} MiB", f"{LIMITS[1][0] * 1024} MiB"],
+        f"nvidia-smi shows {LIMITS[0][0]} and {LIMITS[1][0]} GiB",
+    )
 
     # 3. Compute.
-    lines += ["", "## Compute (share of each card's unlimited throughput)", "",
-              "| workload | CUDA_VISIBLE_DEVICES | ordinal: card, delivered / limit | checked |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Compute (share of each card's unlimited throughput)",
+        "",
+        "| workload | CUDA_VISIBLE_DEVICES | ordinal: card, delivered / limit | checked |",
+        "|---|---|---|---|",
+    ]
     # (label, workload, CUDA_VISIBLE_DEVICES, card behind each ordinal, ordinals run, hooked, checked)
     runs: list[tuple[str, str, str, tuple[int, ...], str, bool, bool]] = [
-            ("graph, both at once, no hook (control)", "graph", "0,1", (0, 1), "0,1", False, False),
-            ("graph, both at once", "graph", "0,1", (0, 1), "0,1", True, True),
-            ("graph, both at once, renumbered", "graph", "1,0", (1, 0), "0,1", True, True),
-            ("matmul loop, card 0 alone", "matmul", "0,1", (0, 1), "0", True, True),
-            ("matmul loop, card 1 alone", "matmul", "0,1", (0, 1), "1", True, True),
-            ("matmul loop, card 1 as ordinal 0 (only card 1 visible)", "matmul", "1", (1,), "0", True, True),
-            ("matmul loop, both at once (two Python threads)", "matmul", "0,1", (0, 1), "0,1", True, False)]
+        ("graph, both at once, no hook (control)", "graph", "0,1", (0, 1), "0,1", False, False),
+        ("graph, both at once", "graph", "0,1", (0, 1), "0,1", True, True),
+        ("graph, both at once, renumbered", "graph", "1,0", (1, 0), "0,1", True, True),
+        ("matmul loop, card 0 alone", "matmul", "0,1", (0, 1), "0", True, True),
+        ("matmul loop, card 1 alone", "matmul", "0,1", (0, 1), "1", True, True),
+        ("matmul loop, card 1 as ordinal 0 (only card 1 visible)", "matmul", "1", (1,), "0", True, True),
+        ("matmul loop, both at once (two Python threads)", "matmul", "0,1", (0, 1), "0,1", True, False),
+    ]
     verdicts: list[tuple[bool, str]] = []
     for label, how, visible, behind, devices, with_hook, checked in runs:
         env = hooked(visible) if with_hook else base_env(CUDA_VISIBLE_DEVICES=visible)

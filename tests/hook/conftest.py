@@ -34,7 +34,15 @@ class HookBuild:
 
 @pytest.fixture(scope="session")
 def hook_build() -> HookBuild:
-    configure = ["cmake", "-S", str(SOURCE), "-B", str(BUILD), "-DFLEXAI_WERROR=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
+    configure = [
+        "cmake",
+        "-S",
+        str(SOURCE),
+        "-B",
+        str(BUILD),
+        "-DFLEXAI_WERROR=ON",
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+    ]
     subprocess.run(configure, check=True, capture_output=True, text=True)
     build = subprocess.run(
         ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)], capture_output=True, text=True

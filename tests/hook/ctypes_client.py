@@ -46,16 +46,27 @@ def main() -> None:
     if action == "init_routes":  # cuInit reached directly, through cuGetProcAddress_v2, then a context
         fn = ctypes.c_void_p()
         status = ctypes.c_int()
-        check(cuda.cuGetProcAddress_v2(b"cuInit", ctypes.byref(fn), 13000, ctypes.c_uint64(0), ctypes.byref(status)), "gpa")
+        check(
+            cuda.cuGetProcAddress_v2(b"cuInit", ctypes.byref(fn), 13000, ctypes.c_uint64(0), ctypes.byref(status)),
+            "gpa",
+        )
         assert fn.value is not None
         via_gpa = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint)(fn.value)(0)
         direct = cuda.cuInit(0)
         ctx, dev = ctypes.c_void_p(), ctypes.c_int()
         retain = cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), ctypes.c_int(0))
         count = ctypes.c_int()
-        print(json.dumps({"direct": direct, "gpa": via_gpa, "retain": retain,
-                          "device_get": cuda.cuDeviceGet(ctypes.byref(dev), 0),
-                          "device_count": cuda.cuDeviceGetCount(ctypes.byref(count))}))
+        print(
+            json.dumps(
+                {
+                    "direct": direct,
+                    "gpa": via_gpa,
+                    "retain": retain,
+                    "device_get": cuda.cuDeviceGet(ctypes.byref(dev), 0),
+                    "device_count": cuda.cuDeviceGetCount(ctypes.byref(count)),
+                }
+            )
+        )
         return
     open_ctx()
     ptr = ctypes.c_uint64()
@@ -66,7 +77,10 @@ def main() -> None:
     elif action == "gpa_alloc":  # the same through cuGetProcAddress_v2
         fn = ctypes.c_void_p()
         status = ctypes.c_int()
-        check(cuda.cuGetProcAddress_v2(b"cuMemAlloc", ctypes.byref(fn), 13000, ctypes.c_uint64(0), ctypes.byref(status)), "gpa")
+        check(
+            cuda.cuGetProcAddress_v2(b"cuMemAlloc", ctypes.byref(fn), 13000, ctypes.c_uint64(0), ctypes.byref(status)),
+            "gpa",
+        )
         assert fn.value is not None
         alloc = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)(fn.value)
         first = alloc(ctypes.byref(ptr), mib * MiB)

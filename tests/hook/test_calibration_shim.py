@@ -23,11 +23,23 @@ except CalibrationError as e:
 
 
 def calibrate(hook_build: HookBuild, uuid: str, **env: str) -> dict[str, object]:
-    e = {"PYTHONPATH": str(REPO), "FLEXAI_REAL_LIBCUDA": str(hook_build.fake_dir / "libcuda.so.1"),
-         "FLEXAI_REAL_LIBNVML": str(hook_build.fake_dir / "libnvidia-ml.so.1"), "FAKECUDA_KERNEL_US": "2000",
-         "FAKECUDA_SM_MAX_CLOCK": "1980", "FAKECUDA_SM_CLOCK": "1455", **env}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(hook_build.shim), uuid], env=e, capture_output=True,
-                         text=True, timeout=60, check=True)
+    e = {
+        "PYTHONPATH": str(REPO),
+        "FLEXAI_REAL_LIBCUDA": str(hook_build.fake_dir / "libcuda.so.1"),
+        "FLEXAI_REAL_LIBNVML": str(hook_build.fake_dir / "libnvidia-ml.so.1"),
+        "FAKECUDA_KERNEL_US": "2000",
+        "FAKECUDA_SM_MAX_CLOCK": "1980",
+        "FAKECUDA_SM_CLOCK": "1455",
+        **env,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(hook_build.shim), uuid],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

@@ -122,33 +122,77 @@ def assert_no_gpu(r: subprocess.CompletedProcess[str]) -> None:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=lots\n", "line 3: device.0.memory_bytes: 'lots' is not a byte count"),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=lots\n",
+            "line 3: device.0.memory_bytes: 'lots' is not a byte count",
+        ),
         ("version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1G\n", "line 3: device.0.memory_bytes: '1G'"),
-        ("version=7\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\n", "line 1: version: '7' is not supported"),
+        (
+            "version=7\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\n",
+            "line 1: version: '7' is not supported",
+        ),
         ("device.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\n", "no version line"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\nbogus line\n", "line 4: expected key=value"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\ncolour=blue\n", "line 4: unknown key 'colour'"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.memory_byte=1073741824\n", "line 3: unknown field 'device.0.memory_byte'"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\ndevice.0.cores=150\n", "line 4: device.0.cores"),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\nbogus line\n",
+            "line 4: expected key=value",
+        ),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\ncolour=blue\n",
+            "line 4: unknown key 'colour'",
+        ),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.memory_byte=1073741824\n",
+            "line 3: unknown field 'device.0.memory_byte'",
+        ),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\ndevice.0.cores=150\n",
+            "line 4: device.0.cores",
+        ),
         ("version=1\ndevice.99.cuda_index=0\n", "line 2: 'device.99.cuda_index': device index must be 0..15"),
         ("version=1\ndevice.0.memory_bytes=1073741824\n", "device.0 has neither uuid nor cuda_index"),
         ("version=1\nperiod_ms=1\ndevice.0.cuda_index=0\ndevice.0.memory_bytes=1073741824\n", "line 2: period_ms: '1'"),
         ("version=1\nregion=\ndevice.0.cuda_index=0\n", "line 2: region: empty path"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.speedup_pm=1200,1100,1000,1000\n",
-         "line 4: device.0.speedup_pm: '1200,1100,1000,1000' is not 5 per-mille speeds"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.speedup_pm=1200,1100,900,1000,1000\n",
-         "line 4: device.0.speedup_pm"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.idle_power_mw=lots\n",
-         "line 4: device.0.idle_power_mw: 'lots' is not a power in mW"),
-        ("version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.gap_power_mw=20000000\n",
-         "line 4: device.0.gap_power_mw: '20000000' is not a power in mW"),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.speedup_pm=1200,1100,1000,1000\n",
+            "line 4: device.0.speedup_pm: '1200,1100,1000,1000' is not 5 per-mille speeds",
+        ),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.speedup_pm=1200,1100,900,1000,1000\n",
+            "line 4: device.0.speedup_pm",
+        ),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.idle_power_mw=lots\n",
+            "line 4: device.0.idle_power_mw: 'lots' is not a power in mW",
+        ),
+        (
+            "version=1\ndevice.0.cuda_index=0\ndevice.0.cores=30\ndevice.0.gap_power_mw=20000000\n",
+            "line 4: device.0.gap_power_mw: '20000000' is not a power in mW",
+        ),
         ("\x00\x01garbage\xff", "NUL byte at offset 0"),
         ("\x01\x02garbage\xff\n", "line 1: expected key=value"),
         ("version=1\n" + "# padding\n" * 2000, "longer than"),
     ],
-    ids=["bytes", "unit", "version", "no-version", "no-equals", "unknown-key", "unknown-field", "cores", "index",
-         "no-card", "period", "empty-region", "speedup-count", "speedup-range", "idle-power", "gap-power", "binary",
-         "control-chars", "too-long"],
+    ids=[
+        "bytes",
+        "unit",
+        "version",
+        "no-version",
+        "no-equals",
+        "unknown-key",
+        "unknown-field",
+        "cores",
+        "index",
+        "no-card",
+        "period",
+        "empty-region",
+        "speedup-count",
+        "speedup-range",
+        "idle-power",
+        "gap-power",
+        "binary",
+        "control-chars",
+        "too-long",
+    ],
 )
 def test_malformed_config_gives_no_gpu(hook_build: HookBuild, tmp_path: Path, text: str, message: str) -> None:
     conf = tmp_path / "vgpu.conf"
@@ -156,8 +200,9 @@ def test_malformed_config_gives_no_gpu(hook_build: HookBuild, tmp_path: Path, te
     r = run_client(hook_build, conf, "init_routes")
     assert_no_gpu(r)
     assert f"flexai-hook: config {conf}" in r.stderr and message in r.stderr, r.stderr
-    checker = subprocess.run([str(hook_build.build_dir / "flexai_config_check"), str(conf)], capture_output=True,
-                             text=True)
+    checker = subprocess.run(
+        [str(hook_build.build_dir / "flexai_config_check"), str(conf)], capture_output=True, text=True
+    )
     assert checker.returncode == 1 and message in checker.stderr, checker.stderr
     with pytest.raises(ValueError):  # the agent's parser refuses what the hook refuses
         parse(text)
@@ -209,8 +254,9 @@ def test_every_config_in_the_docs_parses(hook_build: HookBuild, tmp_path: Path) 
         path = tmp_path / f"example{i}.conf"
         path.write_text(text)
         parse(text)  # the agent's reader
-        checker = subprocess.run([str(hook_build.build_dir / "flexai_config_check"), str(path)], capture_output=True,
-                                 text=True)
+        checker = subprocess.run(
+            [str(hook_build.build_dir / "flexai_config_check"), str(path)], capture_output=True, text=True
+        )
         assert checker.returncode == 0, f"{where}: {checker.stderr}"
 
 

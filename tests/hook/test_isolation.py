@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from flexai_node.hook.config import HookConfig, VGPULimit, write_config
-from flexai_node.hook.shim import HookShim, ShimError
 from flexai_node.hook.monitor import main as gpu_monitor
 from flexai_node.hook.regions import RegionUsageReader
+from flexai_node.hook.shim import HookShim, ShimError
 
 from .conftest import HookBuild
 
@@ -41,7 +41,9 @@ def slice_config(tmp_path: Path, name: str = "vgpu.conf") -> tuple[Path, Path]:
     conf = tmp_path / name
     write_config(
         conf,
-        HookConfig(vgpus=(VGPULimit(cuda_index=0, memory_bytes=GiB, context_overhead_bytes=0),), region_path=str(region)),
+        HookConfig(
+            vgpus=(VGPULimit(cuda_index=0, memory_bytes=GiB, context_overhead_bytes=0),), region_path=str(region)
+        ),
     )
     return conf, region
 
@@ -85,7 +87,10 @@ def tenants(hook_build: HookBuild) -> Iterator[list[Tenant]]:
 def other_tenant_alloc(build: HookBuild, conf: Path, mib: int) -> int:
     """Another process of the container, in a third PID namespace: its cuMemAlloc's result."""
     r = subprocess.run(
-        [*UNSHARE, sys.executable, CLIENT, "alloc", str(mib)], env=build.env(conf), capture_output=True, text=True,
+        [*UNSHARE, sys.executable, CLIENT, "alloc", str(mib)],
+        env=build.env(conf),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
@@ -108,8 +113,23 @@ def test_readers_in_other_pid_namespaces_free_nothing(
     assert json.loads(capsys.readouterr().out)["vgpus"][0]["memory_used_mb"] == 700
     # gpu-monitor in a namespace of its own, as `kubectl exec` into a sidecar would run it
     monitor = subprocess.run(
-        [*UNSHARE, sys.executable, "-m", "flexai_node.hook.monitor", "-p", "0.01", "-o", "json", "--region", str(region),
-         "--shim", str(hook_build.shim)], capture_output=True, text=True, timeout=60,
+        [
+            *UNSHARE,
+            sys.executable,
+            "-m",
+            "flexai_node.hook.monitor",
+            "-p",
+            "0.01",
+            "-o",
+            "json",
+            "--region",
+            str(region),
+            "--shim",
+            str(hook_build.shim),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert json.loads(monitor.stdout)["vgpus"][0]["processes"][0]["memory_mb"] == 700, monitor.stderr
     # A process of the container in a third namespace attaches (and sweeps) too: 700 + 700 > 1024.
@@ -216,13 +236,19 @@ def test_a_region_that_is_not_a_regular_file_is_refused_without_blocking(
 def test_a_reader_survives_the_tenant_truncating_the_region(hook_build: HookBuild, tmp_path: Path) -> None:
     """The tenant can truncate its region at any moment: the reader copies, it never maps (SIGBUS)."""
     conf, region = slice_config(tmp_path)
-    r = subprocess.run([sys.executable, CLIENT, "alloc", "1"], env=hook_build.env(conf), capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, CLIENT, "alloc", "1"], env=hook_build.env(conf), capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     size = region.stat().st_size
     tenant = subprocess.Popen(
-        [sys.executable, "-c", "import os, sys\nwhile True:\n os.truncate(sys.argv[1], 0); os.truncate(sys.argv[1], int(sys.argv[2]))",
-         str(region), str(size)]
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\nwhile True:\n os.truncate(sys.argv[1], 0); os.truncate(sys.argv[1], int(sys.argv[2]))",
+            str(region),
+            str(size),
+        ]
     )
     code = (
         "import sys, time; from flexai_node.hook.shim import HookShim, ShimError\n"

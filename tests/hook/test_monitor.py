@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from flexai_node.hook.config import HookConfig, VGPULimit, write_config
-from flexai_node.hook.shim import HookShim, ShimError
 from flexai_node.hook.monitor import main
+from flexai_node.hook.shim import HookShim, ShimError
 
 from .conftest import HookBuild
 

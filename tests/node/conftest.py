@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from flexai_node.hook import config as hook_config
 from flexai_node.admitter import KubeletPods, NodeAdmitter
 from flexai_node.deviceplugin.server import DevicePluginService, PluginServer
 from flexai_node.grant import GrantBuilder
+from flexai_node.hook import config as hook_config
 from flexai_node.hook.files import HookConfigFiles
 from flexai_node.ledger import Ledger
 from flexai_node.workdirs import Workdirs
@@ -33,8 +33,15 @@ HOOK = Path("/opt/flexai/libflexai_hook.so")
 
 def make_admitter(api: FakeNodeApi, state: Path, kubelet: KubeletPods | None = None) -> NodeAdmitter:
     workdirs = Workdirs(state / "containers")
-    return NodeAdmitter(NODE, api, Ledger(state / "admissions.json"), workdirs,
-                        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)), lambda: CARDS, kubelet)
+    return NodeAdmitter(
+        NODE,
+        api,
+        Ledger(state / "admissions.json"),
+        workdirs,
+        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)),
+        lambda: CARDS,
+        kubelet,
+    )
 
 
 def config_of(host_dir: str | Path) -> hook_config.HookConfig:

@@ -112,16 +112,22 @@ class FakePodResources(pr_grpc.PodResourcesListerServicer):
     def List(self, request: pr.ListPodResourcesRequest, context: grpc.ServicerContext) -> pr.ListPodResourcesResponse:
         if self.fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "kubelet busy")
-        return pr.ListPodResourcesResponse(pod_resources=[
-            pr.PodResources(
-                namespace=key.split("/")[0], name=key.split("/")[1],
-                containers=[
-                    pr.ContainerResources(name=c, devices=[
-                        pr.ContainerDevices(resource_name="huawei.com/vgpu-number", device_ids=ids),
-                        pr.ContainerDevices(resource_name="example.com/other", device_ids=["x"]),
-                    ])
-                    for c, ids in containers.items()
-                ],
-            )
-            for key, containers in self.pods.items()
-        ])
+        return pr.ListPodResourcesResponse(
+            pod_resources=[
+                pr.PodResources(
+                    namespace=key.split("/")[0],
+                    name=key.split("/")[1],
+                    containers=[
+                        pr.ContainerResources(
+                            name=c,
+                            devices=[
+                                pr.ContainerDevices(resource_name="huawei.com/vgpu-number", device_ids=ids),
+                                pr.ContainerDevices(resource_name="example.com/other", device_ids=["x"]),
+                            ],
+                        )
+                        for c, ids in containers.items()
+                    ],
+                )
+                for key, containers in self.pods.items()
+            ]
+        )

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
+from flexai_core.model import Slice
 from flexai_node.admission import KubeletView, NoCandidate, PodRefused, choose
 from flexai_node.pods import BoundPod
-
-from flexai_core.model import Slice
 
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on
 
@@ -26,8 +25,11 @@ def parse(pods: list[dict[str, Any]]) -> list[BoundPod]:
 def one(name: str, uid: str, card: Any = A, vgpus: int = 1, mem: int = 10, **kw: Any) -> dict[str, Any]:
     cards = list(CARDS)[:vgpus] if vgpus > 1 else [card]
     return bound_pod(
-        name, uid, [container("main", vgpus, 20, mem)],
-        [slice_on(c, "main", 20, mem * 1024) for c in cards], **kw,
+        name,
+        uid,
+        [container("main", vgpus, 20, mem)],
+        [slice_on(c, "main", 20, mem * 1024) for c in cards],
+        **kw,
     )
 
 
@@ -47,20 +49,28 @@ def never(*_: str) -> bool:
         ([one("big", "u1", vgpus=2), one("small", "u2", B)], [2], set(), ("big", ["main"])),
         # Bound a second earlier wins even though created (and written) later.
         (
-            [one("late", "u1", bound_at="2026-11-29T10:00:01Z"), one("early", "u2", B, bound_at="2026-11-29T10:00:00Z")],
-            [1], set(), ("early", ["main"]),
+            [
+                one("late", "u1", bound_at="2026-11-29T10:00:01Z"),
+                one("early", "u2", B, bound_at="2026-11-29T10:00:00Z"),
+            ],
+            [1],
+            set(),
+            ("early", ["main"]),
         ),
     ],
     ids=["same-second-first", "same-second-second", "by-size-1", "by-size-2", "bind-time-order"],
 )
-def test_choose(pods: list[dict[str, Any]], counts: list[int], admitted: set[tuple[str, str]], expect: tuple[str, list[str]]) -> None:
+def test_choose(
+    pods: list[dict[str, Any]], counts: list[int], admitted: set[tuple[str, str]], expect: tuple[str, list[str]]
+) -> None:
     choice = choose(parse(pods), counts, lambda u, c: (u, c) in admitted, never)
     assert (choice.pod.name, [c.name for c in choice.containers]) == expect
 
 
 def two_containers(name: str, uid: str) -> dict[str, Any]:
     return bound_pod(
-        name, uid,
+        name,
+        uid,
         [container("a", 1, 20, 4), container("sidecar", 0), container("b", 2, 30, 8)],
         [slice_on(A, "a", 20, 4096), slice_on(A, "b", 30, 8192), slice_on(B, "b", 30, 8192)],
     )
@@ -84,7 +94,9 @@ def test_one_call_for_all_containers_of_a_pod() -> None:
 
 def test_init_containers_are_admitted_first() -> None:
     pod = bound_pod(
-        "init", "u1", [container("main", 1, 50, 8)],
+        "init",
+        "u1",
+        [container("main", 1, 50, 8)],
         [slice_on(A, "setup", 10, 1024, init=True), slice_on(A, "main", 50, 8192)],
         init_containers=[container("setup", 1, 10, 1)],
     )
@@ -112,8 +124,12 @@ def test_init_containers_are_admitted_first() -> None:
             "two of its vGPUs on one card",
         ),
         (
-            bound_pod("stray", "u1", [container("main", 1, 20, 4)],
-                      [slice_on(A, "main", 20, 4096), slice_on(B, "ghost", 20, 4096)]),
+            bound_pod(
+                "stray",
+                "u1",
+                [container("main", 1, 20, 4)],
+                [slice_on(A, "main", 20, 4096), slice_on(B, "ghost", 20, 4096)],
+            ),
             "slices for 'ghost'",
         ),
         # The finding: a pod that asks for 20% and 4 GiB, annotated with no compute limit
@@ -133,14 +149,29 @@ def test_init_containers_are_admitted_first() -> None:
             f"card 0 of node 'gpu-1' is {A.uuid}, the allocation names {B.uuid}",
         ),
         (
-            bound_pod("init-greedy", "u1", [container("main", 1, 20, 4)],
-                      [slice_on(A, "setup", 100, A.memory_mib, init=True), slice_on(A, "main", 20, 4096)],
-                      init_containers=[container("setup", 1, 10, 1)]),
+            bound_pod(
+                "init-greedy",
+                "u1",
+                [container("main", 1, 20, 4)],
+                [slice_on(A, "setup", 100, A.memory_mib, init=True), slice_on(A, "main", 20, 4096)],
+                init_containers=[container("setup", 1, 10, 1)],
+            ),
             "container 'setup' asks for 10 percent of a card's cores per vGPU, the allocation gives 100 percent on card 0",
         ),
     ],
-    ids=["missing", "not-json", "bad-version", "other-node", "too-few-slices", "same-card", "stray-container",
-         "self-granted-card", "card-not-on-node", "uuid-of-another-card", "init-container"],
+    ids=[
+        "missing",
+        "not-json",
+        "bad-version",
+        "other-node",
+        "too-few-slices",
+        "same-card",
+        "stray-container",
+        "self-granted-card",
+        "card-not-on-node",
+        "uuid-of-another-card",
+        "init-container",
+    ],
 )
 def test_malformed_allocation_refuses_that_pod(pod: dict[str, Any], message: str) -> None:
     if pod["spec"]["nodeName"] != NODE:  # the annotation says gpu-2, the pod is here
@@ -172,8 +203,16 @@ def test_a_refused_pod_does_not_shadow_the_next() -> None:
         ([one("p1", "u1")], [2], set()),
         ([one("p1", "u1")], [1], {("u1", "main")}),
         ([dict(one("p1", "u1"), status={"phase": "Failed"})], [1], set()),
-        ([{**one("p1", "u1"), "metadata": {**one("p1", "u1")["metadata"], "deletionTimestamp": "2026-11-29T10:00:05Z"}}],
-         [1], set()),
+        (
+            [
+                {
+                    **one("p1", "u1"),
+                    "metadata": {**one("p1", "u1")["metadata"], "deletionTimestamp": "2026-11-29T10:00:05Z"},
+                }
+            ],
+            [1],
+            set(),
+        ),
     ],
     ids=["no-pods", "size-mismatch", "already-admitted", "terminal", "deleting"],
 )

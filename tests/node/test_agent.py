@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from flexai_node.hook import config as hook_config
 from flexai_node.admitter import NodeAdmitter
 from flexai_node.agent import AgentSettings, NodeAgent
 from flexai_node.cli import parse_args
-from flexai_node.inventory import CardReading, FileInventory, dumps
+from flexai_node.hook import config as hook_config
+from flexai_node.hook.regions import RegionUsageReader
 from flexai_node.hook.shim import RegionSnapshot, VGPUUsage
+from flexai_node.inventory import CardReading, FileInventory, dumps
 from flexai_node.ledger import Ledger, LedgerError
 from flexai_node.metrics import VgpuUsage
-from flexai_node.hook.regions import RegionUsageReader
 
 from .conftest import make_admitter
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on
@@ -107,7 +107,7 @@ def test_a_deleted_pod_frees_its_compute_window_before_the_next_prune(tmp_path: 
 
 
 def test_a_corrupt_ledger_stops_the_agent_rather_than_double_allocating(tmp_path: Path) -> None:
-    (tmp_path / "ledger.json").write_text("{\"v\": 1, \"admitted\": 3}")
+    (tmp_path / "ledger.json").write_text('{"v": 1, "admitted": 3}')
     with pytest.raises(LedgerError, match="move it aside"):
         Ledger(tmp_path / "ledger.json")
 
@@ -125,7 +125,12 @@ def test_seed_records_pods_the_kubelet_already_admitted(tmp_path: Path) -> None:
 
 def test_cli_flags_and_env() -> None:
     args = parse_args([], env={"NODE_NAME": "n1", "FLEXAI_INVENTORY": "file:/x.yaml", "FLEXAI_MAX_VGPUS": "3"})
-    assert (args.node_name, args.inventory, args.max_vgpus_per_card, args.metrics_port) == ("n1", "file:/x.yaml", 3, 9400)
+    assert (args.node_name, args.inventory, args.max_vgpus_per_card, args.metrics_port) == (
+        "n1",
+        "file:/x.yaml",
+        3,
+        9400,
+    )
     args = parse_args(["--node-name", "n2", "--device-plugin-dir", "/tmp/dp"], env={"NODE_NAME": "n1"})
     assert (args.node_name, str(args.device_plugin_dir)) == ("n2", "/tmp/dp")
     with pytest.raises(SystemExit):
@@ -155,14 +160,16 @@ class FakeShim:
     def snapshot(self, region_path: object) -> RegionSnapshot:
         def v(i: int, uuid: str, cores: int) -> VGPUUsage:
             return VGPUUsage(i, uuid, -1, 4 << 30, 3 << 30, self.busy_ns, 50_000_000, cores, 0)
+
         return RegionSnapshot((v(0, A.uuid, 30), v(1, B.uuid, 0)), ())
 
 
 def test_region_usage_memory_and_utilisation_between_reads(tmp_path: Path) -> None:
     region = tmp_path / "region"
     shim, clock = FakeShim(), [100.0]
-    reader = RegionUsageReader(lambda uid, c: region if (uid, c) == ("u1", "main") else tmp_path / "none",
-                               shim, monotonic=lambda: clock[0])
+    reader = RegionUsageReader(
+        lambda uid, c: region if (uid, c) == ("u1", "main") else tmp_path / "none", shim, monotonic=lambda: clock[0]
+    )
     assert reader.read("u1", "main") == {}  # no CUDA process yet: no region
     region.write_bytes(b"")
     first = reader.read("u1", "main")
@@ -181,8 +188,9 @@ def test_agent_start_registers_and_reports_and_stops(short_tmp: Path) -> None:
     api = FakeNodeApi()
     inv = short_tmp / "cards.json"
     inv.write_text(dumps([CardReading(A), CardReading(B)]))
-    settings = AgentSettings("gpu-1", short_tmp / "state", Path("/hook.so"), plugin_dir=kubelet.dir,
-                             metrics_port=None, poll_every_s=3600)
+    settings = AgentSettings(
+        "gpu-1", short_tmp / "state", Path("/hook.so"), plugin_dir=kubelet.dir, metrics_port=None, poll_every_s=3600
+    )
     agent = NodeAgent(settings, api, FileInventory(inv))
     agent.start()
     try:

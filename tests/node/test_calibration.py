@@ -18,9 +18,18 @@ CURVE = (1210, 1160, 1140, 1110, 1040)
 
 
 def cal(mhz: int, curve: tuple[int, ...] = CURVE, idle: int = 120000, top: int = 1980, gap: int = 0) -> Calibration:
-    return Calibration(sm_clock_mhz=mhz, max_sm_clock_mhz=top, samples=200, kernel="mma", power_mw=699000,
-                       power_limit_mw=700000, burst_ms=4000.0, idle_power_mw=idle, speedup_pm=curve,
-                       gap_power_mw=gap)
+    return Calibration(
+        sm_clock_mhz=mhz,
+        max_sm_clock_mhz=top,
+        samples=200,
+        kernel="mma",
+        power_mw=699000,
+        power_limit_mw=700000,
+        burst_ms=4000.0,
+        idle_power_mw=idle,
+        speedup_pm=curve,
+        gap_power_mw=gap,
+    )
 
 
 class FakeCards:
@@ -38,8 +47,11 @@ class FakeCards:
         return cal(a)
 
 
-@pytest.mark.parametrize("text,mode", [("auto", "auto"), (" AUTO ", "auto"), ("off", "off"), ("0", "off"),
-                                       ("1455", 1455)], ids=["auto", "auto-spaced", "off", "zero", "mhz"])
+@pytest.mark.parametrize(
+    "text,mode",
+    [("auto", "auto"), (" AUTO ", "auto"), ("off", "off"), ("0", "off"), ("1455", 1455)],
+    ids=["auto", "auto-spaced", "off", "zero", "mhz"],
+)
 def test_parse_mode(text: str, mode: str | int) -> None:
     assert parse_mode(text) == mode
 
@@ -59,8 +71,12 @@ def test_auto_measures_each_card_once_and_caches(tmp_path: Path) -> None:
     assert (clocks.get(A), clocks.get(B)) == (1455, 1755)
     assert clocks.calibrate_missing([A, B]) == {} and cards.calls == [A, B]
     assert clocks.figures(A) == CardFigures(1455, CURVE, 120000)
-    assert json.loads(cache.read_text())["cards"][B] == {"sm_clock_mhz": 1755, "speedup_pm": list(CURVE),
-                                                         "idle_power_mw": 120000, "gap_power_mw": 0}
+    assert json.loads(cache.read_text())["cards"][B] == {
+        "sm_clock_mhz": 1755,
+        "speedup_pm": list(CURVE),
+        "idle_power_mw": 120000,
+        "gap_power_mw": 0,
+    }
     # A restarted agent reads the cache and measures nothing.
     again = FakeCards({})
     restarted = RefClocks("auto", cache, again)
@@ -100,18 +116,36 @@ def test_off_and_fixed_measure_nothing(tmp_path: Path, mode: str | int, expect: 
     assert clocks.get(A) == expect
 
 
-V = f'"version": {CACHE_VERSION}, '
+V = f'{{"version": {CACHE_VERSION}, '  # a versioned document's opening
 
 
-@pytest.mark.parametrize("text", ["not json", '{%s"cards": []}' % V, '{%s"cards": {"GPU-a": {"sm_clock_mhz": 99999}}}' % V,
-                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": "1455"}}}' % V, "[1, 2]",
-                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": 1455, "speedup_pm": [1200, 900, 1, 2, 3]}}}' % V,
-                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": 1455, "idle_power_mw": -4}}}' % V,
-                                  '{%s"cards": {"GPU-a": {"sm_clock_mhz": 0, "gap_power_mw": 2e9}}}' % V,
-                                  '{%s"cards": {"GPU-a": 7}}' % V,
-                                  '{"cards": {"GPU-a": {"sm_clock_mhz": 1980, "idle_power_mw": 70000}}}'],
-                         ids=["garbage", "list", "out-of-range", "string", "top-list", "bad-curve", "bad-power",
-                              "bad-gap", "not-a-dict", "version-1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        V + '"cards": []}',
+        V + '"cards": {"GPU-a": {"sm_clock_mhz": 99999}}}',
+        V + '"cards": {"GPU-a": {"sm_clock_mhz": "1455"}}}',
+        "[1, 2]",
+        V + '"cards": {"GPU-a": {"sm_clock_mhz": 1455, "speedup_pm": [1200, 900, 1, 2, 3]}}}',
+        V + '"cards": {"GPU-a": {"sm_clock_mhz": 1455, "idle_power_mw": -4}}}',
+        V + '"cards": {"GPU-a": {"sm_clock_mhz": 0, "gap_power_mw": 2e9}}}',
+        V + '"cards": {"GPU-a": 7}}',
+        '{"cards": {"GPU-a": {"sm_clock_mhz": 1980, "idle_power_mw": 70000}}}',
+    ],
+    ids=[
+        "garbage",
+        "list",
+        "out-of-range",
+        "string",
+        "top-list",
+        "bad-curve",
+        "bad-power",
+        "bad-gap",
+        "not-a-dict",
+        "version-1",
+    ],
+)
 def test_bad_cache_is_measured_again(tmp_path: Path, text: str) -> None:
     """Version 1 (no gap power) too: those cards are measured again for the power model."""
     cache = tmp_path / "c.json"
@@ -122,12 +156,16 @@ def test_bad_cache_is_measured_again(tmp_path: Path, text: str) -> None:
     assert clocks.calibrate_missing(["GPU-a"]) == {"GPU-a": 1455}
 
 
-@pytest.mark.parametrize("curve,expect", [
-    ((1210, 1160, 1140, 1110, 1040), (1210, 1160, 1140, 1110, 1040)),
-    ((1210, 1160, 1140, 1010, 995), (1210, 1160, 1140, 1010, 1000)),  # a little under 1000: noise, no speed-up
-    ((1210, 0, 1140, 1110, 1040), ()),  # a point not measured: no curve (the hook falls back to the clock)
-    ((), ()),
-], ids=["measured", "clamped", "missing-point", "none"])
+@pytest.mark.parametrize(
+    "curve,expect",
+    [
+        ((1210, 1160, 1140, 1110, 1040), (1210, 1160, 1140, 1110, 1040)),
+        ((1210, 1160, 1140, 1010, 995), (1210, 1160, 1140, 1010, 1000)),  # a little under 1000: noise, no speed-up
+        ((1210, 0, 1140, 1110, 1040), ()),  # a point not measured: no curve (the hook falls back to the clock)
+        ((), ()),
+    ],
+    ids=["measured", "clamped", "missing-point", "none"],
+)
 def test_figures_of_a_calibration(curve: tuple[int, ...], expect: tuple[int, ...]) -> None:
     assert figures_of(cal(1455, curve)) == CardFigures(1455, expect, 120000)
 

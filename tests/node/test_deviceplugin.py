@@ -11,13 +11,12 @@ from typing import Any
 import grpc
 import pytest
 
+from flexai_core.resources import VGPU_NUMBER
 from flexai_node.admitter import REFUSED_REASON
 from flexai_node.deviceplugin import api_pb2 as pb
-from flexai_node.nodeapi import KubeError
 from flexai_node.deviceplugin.devices import device_id, preferred
-from flexai_core.resources import VGPU_NUMBER
-
 from flexai_node.hook import config as hook_config
+from flexai_node.nodeapi import KubeError
 
 from .conftest import HOOK, Rig, config_of, make_admitter
 from .fakes import CARDS, bound_pod, container, slice_on
@@ -106,7 +105,8 @@ def test_allocate_one_pod(rig: Rig) -> None:
 
 def two_container_pod() -> dict[str, Any]:
     return bound_pod(
-        "two", "uid-2",
+        "two",
+        "uid-2",
         [container("a", 1, 20, 4), container("b", 2, 50, 16)],
         [slice_on(A, "a", 20, 4096), slice_on(A, "b", 50, 16384), slice_on(B, "b", 50, 16384)],
     )
@@ -160,9 +160,16 @@ def test_two_pods_bound_in_the_same_second_each_get_their_own_slice(rig: Rig) ->
 
 
 def test_malformed_allocation_gets_a_clear_error_and_the_next_pod_is_served(rig: Rig) -> None:
-    rig.api.add(bound_pod("bad", "uid-bad", [container("main", 1, 20, 4)], None,
-                          allocation_text='{"v": 1, "node": "gpu-1", "slices": [{"card": "zero"}]}',
-                          bound_at="2026-11-29T09:00:00Z"))
+    rig.api.add(
+        bound_pod(
+            "bad",
+            "uid-bad",
+            [container("main", 1, 20, 4)],
+            None,
+            allocation_text='{"v": 1, "node": "gpu-1", "slices": [{"card": "zero"}]}',
+            bound_at="2026-11-29T09:00:00Z",
+        )
+    )
     rig.api.add(bound_pod("good", "uid-good", [container("main", 1, 20, 4)], [slice_on(A, "main", 20, 4096)]))
     with pytest.raises(grpc.RpcError) as e:
         allocate(rig, 1)
@@ -174,14 +181,23 @@ def test_malformed_allocation_gets_a_clear_error_and_the_next_pod_is_served(rig:
 def test_a_self_granted_allocation_is_refused_with_an_event_and_writes_no_hook_config(rig: Rig) -> None:
     # The finding: a pod that asks for 20% and 4 GiB carries an allocation of its own making,
     # no compute limit and the whole card.
-    rig.api.add(bound_pod("greedy", "uid-greedy", [container("main", 1, 20, 4)],
-                          [slice_on(A, "main", 0, A.memory_mib)], bound_at="2026-11-29T09:00:00Z"))
+    rig.api.add(
+        bound_pod(
+            "greedy",
+            "uid-greedy",
+            [container("main", 1, 20, 4)],
+            [slice_on(A, "main", 0, A.memory_mib)],
+            bound_at="2026-11-29T09:00:00Z",
+        )
+    )
     rig.api.add(bound_pod("good", "uid-good", [container("main", 1, 20, 4)], [slice_on(B, "main", 20, 4096)]))
     with pytest.raises(grpc.RpcError) as e:
         allocate(rig, 1)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    why = ("container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0; "
-           f"container 'main' asks for 4096 MiB per vGPU, the allocation gives {A.memory_mib} MiB on card 0")
+    why = (
+        "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0; "
+        f"container 'main' asks for 4096 MiB per vGPU, the allocation gives {A.memory_mib} MiB on card 0"
+    )
     assert why in str(e.value.details())
     assert not (rig.state / "containers" / "uid-greedy").exists()  # no hook config, no directory
     # The pod's owner sees why, once, on the pod.
@@ -229,9 +245,9 @@ def test_preferred_allocation_spreads_over_cards(rig: Rig) -> None:
     stub = rig.kubelet.plugin(rig.plugin.socket.name)
     avail = [device_id(A.uuid, k) for k in range(5)] + [device_id(B.uuid, k) for k in range(5)]
     resp = stub.GetPreferredAllocation(
-        pb.PreferredAllocationRequest(container_requests=[
-            pb.ContainerPreferredAllocationRequest(available_deviceIDs=avail, allocation_size=2)
-        ]),
+        pb.PreferredAllocationRequest(
+            container_requests=[pb.ContainerPreferredAllocationRequest(available_deviceIDs=avail, allocation_size=2)]
+        ),
         timeout=WAIT,
     )
     assert list(resp.container_responses[0].deviceIDs) == [device_id(A.uuid, 0), device_id(B.uuid, 0)]

@@ -79,8 +79,9 @@ def test_ref_clock_per_card(tmp_path: Path) -> None:
     """The agent's measured figures (calibration.RefClocks.figures): each card its own; unknown: none."""
     measured = hook_config.CardFigures(1455, (1210, 1160, 1140, 1110, 1040), 120000)
     power = hook_config.CardFigures(idle_power_mw=69000, gap_power_mw=134000)
-    files = HookConfigFiles(tmp_path, Path("/hook.so"),
-                            ref_clock_mhz=lambda uuid: measured if uuid == A.uuid else power)
+    files = HookConfigFiles(
+        tmp_path, Path("/hook.so"), ref_clock_mhz=lambda uuid: measured if uuid == A.uuid else power
+    )
     d = tmp_path / "uid" / "main"
     d.mkdir(parents=True)
     files.prepare(d, (slice_on(A, "main", 30, 2048), slice_on(B, "main", 40, 4096)))
@@ -89,4 +90,6 @@ def test_ref_clock_per_card(tmp_path: Path) -> None:
     config = hook_config.parse(text)
     assert "device.1.idle_power_mw=69000\ndevice.1.gap_power_mw=134000\n" in text
     assert [(v.uuid, v.ref_clock_mhz, v.speedup_pm, v.idle_power_mw, v.gap_power_mw) for v in config.vgpus] == [
-        (A.uuid, 1455, (1210, 1160, 1140, 1110, 1040), 120000, 0), (B.uuid, 0, (), 69000, 134000)]
+        (A.uuid, 1455, (1210, 1160, 1140, 1110, 1040), 120000, 0),
+        (B.uuid, 0, (), 69000, 134000),
+    ]

@@ -29,8 +29,10 @@ def test_file_inventory_reads_json_and_yaml_and_sees_edits(tmp_path: Path) -> No
     [
         ("cards: 3", "needs a 'cards' list"),
         ("cards: [{index: 0}]", r"cards\[0\]: KeyError\(.uuid.\)"),
-        ("cards: [{index: 0, uuid: a, model: m, memoryMiB: 1}, {index: 0, uuid: b, model: m, memoryMiB: 1}]",
-         "duplicate card index"),
+        (
+            "cards: [{index: 0, uuid: a, model: m, memoryMiB: 1}, {index: 0, uuid: b, model: m, memoryMiB: 1}]",
+            "duplicate card index",
+        ),
         ("{", "inventory file"),
     ],
     ids=["not-a-list", "missing-field", "duplicate", "not-yaml"],
@@ -119,7 +121,12 @@ def test_nvml_reads_cards() -> None:
     inv = NvmlInventory(max_vgpus=4, nvml=FakeNvml(), watch_xids=False)
     r0, r1 = inv.read()
     assert (r0.card.uuid, r0.card.model, r0.card.memory_mib, r0.card.numa, r0.card.max_vgpus) == (
-        "GPU-0", "NVIDIA H200", 143771, 0, 4)
+        "GPU-0",
+        "NVIDIA H200",
+        143771,
+        0,
+        4,
+    )
     assert (r1.utilisation_pct, r1.memory_used_mib, r1.card.healthy) == (37, 1000, True)
 
 

@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from flexai_core import annotations as ann
+from flexai_core import resources as res
+from flexai_core.model import Allocation
 from flexai_node.admission import NoCandidate, PodRefused
 from flexai_node.admitter import REFUSED_REASON, NodeAdmitter
 from flexai_node.agent import AgentSettings, NodeAgent
@@ -21,9 +24,6 @@ from flexai_node.inventory import CardReading, FileInventory, dumps
 from flexai_node.kube import KubeError, KubeNodeApi
 from flexai_node.ledger import Ledger
 from flexai_node.workdirs import Workdirs
-from flexai_core import annotations as ann
-from flexai_core import resources as res
-from flexai_core.model import Allocation
 from tests.e2e.controlplane import ControlPlane, make_fake_node, wait_until
 
 from .conftest import HOOK, config_of
@@ -37,7 +37,11 @@ NODE = "gpu-e2e"
 def limits_of(vgpus: int, slices: list[Any]) -> dict[str, str]:
     """What a container asks for to be given these slices (the agent checks they match)."""
     first = slices[0]
-    return {res.VGPU_NUMBER: str(vgpus), res.VGPU_CORES: str(first.cores), res.VGPU_MEMORY: str(first.memory_mib // 1024)}
+    return {
+        res.VGPU_NUMBER: str(vgpus),
+        res.VGPU_CORES: str(first.cores),
+        res.VGPU_MEMORY: str(first.memory_mib // 1024),
+    }
 
 
 def create_pod(core: k8s.CoreV1Api, name: str, containers: dict[str, int], slices: list[Any]) -> k8s.V1Pod:
@@ -50,7 +54,8 @@ def create_pod(core: k8s.CoreV1Api, name: str, containers: dict[str, int], slice
             scheduler_name="nobody",
             containers=[
                 k8s.V1Container(
-                    name=c, image="registry.invalid/fake:1",
+                    name=c,
+                    image="registry.invalid/fake:1",
                     resources=k8s.V1ResourceRequirements(limits=limits_of(n, [s for s in slices if s.container == c])),
                 )
                 for c, n in containers.items()
@@ -85,7 +90,8 @@ def test_reporter_patches_the_node_and_the_scheduler_can_read_it(
     bind(core_api, "held")
     agent = NodeAgent(
         AgentSettings(NODE, tmp_path / "state", Path("/hook.so"), plugin_dir=tmp_path / "dp", metrics_port=None),
-        node_api, FileInventory(inventory),
+        node_api,
+        FileInventory(inventory),
     )
     agent.tick()
     node = core_api.read_node(NODE)
@@ -101,8 +107,15 @@ def test_reporter_patches_the_node_and_the_scheduler_can_read_it(
 
 def admitter_for(node_api: KubeNodeApi, state: Path, kubelet: Any = None) -> NodeAdmitter:
     workdirs = Workdirs(state / "c")
-    return NodeAdmitter(NODE, node_api, Ledger(state / "ledger.json"), workdirs,
-                        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)), lambda: CARDS, kubelet)
+    return NodeAdmitter(
+        NODE,
+        node_api,
+        Ledger(state / "ledger.json"),
+        workdirs,
+        GrantBuilder(HookConfigFiles(workdirs.root, HOOK)),
+        lambda: CARDS,
+        kubelet,
+    )
 
 
 def host_dir(grant: Any) -> Path:
@@ -119,8 +132,12 @@ def test_pods_bound_together_are_admitted_as_the_kubelet_admits_them(
 
     create_pod(core_api, "first", {"main": 1}, [slice_on(A, "main", 50, 4096)])
     create_pod(core_api, "second", {"main": 1}, [slice_on(B, "main", 50, 8192)])
-    create_pod(core_api, "two", {"a": 1, "b": 2},
-               [slice_on(A, "a", 10, 4096), slice_on(A, "b", 10, 4096), slice_on(B, "b", 10, 4096)])
+    create_pod(
+        core_api,
+        "two",
+        {"a": 1, "b": 2},
+        [slice_on(A, "a", 10, 4096), slice_on(A, "b", 10, 4096), slice_on(B, "b", 10, 4096)],
+    )
     for name in ("first", "second", "two"):
         bind(core_api, name)  # within a second or two
     kubelet = FakePodResources(short_tmp / "pr" / "kubelet.sock")
@@ -140,8 +157,10 @@ def test_pods_bound_together_are_admitted_as_the_kubelet_admits_them(
     finally:
         kubelet.stop()
     assert got == [
-        (uids["two"], "a", A.uuid), (uids["two"], "b", f"{A.uuid},{B.uuid}"),
-        (uids["second"], "main", B.uuid), (uids["first"], "main", A.uuid),
+        (uids["two"], "a", A.uuid),
+        (uids["two"], "b", f"{A.uuid},{B.uuid}"),
+        (uids["second"], "main", B.uuid),
+        (uids["first"], "main", A.uuid),
     ]
     assert config_of(host_dir_of(short_tmp, uids["second"])).vgpus[0].memory_bytes == 8192 << 20
 
@@ -165,8 +184,9 @@ def test_without_the_kubelet_view_pods_bound_together_still_get_distinct_slices(
         admitter.allocate([[device_id(A.uuid, 0)]])
     # Once a pod is deleted, its directories go.
     gone = host_dir(grants[0]).parent.name
-    core_api.delete_namespaced_pod(next(p.name for p in admitter.bound_pods() if p.uid == gone), "default",
-                                   grace_period_seconds=0)
+    core_api.delete_namespaced_pod(
+        next(p.name for p in admitter.bound_pods() if p.uid == gone), "default", grace_period_seconds=0
+    )
     wait_until(lambda: gone not in {p.uid for p in admitter.bound_pods()}, 30, "the pod deleted")
     assert admitter.prune() == [gone]
     assert not host_dir(grants[0]).exists() and host_dir(grants[1]).exists()
@@ -179,13 +199,17 @@ def test_a_self_granted_allocation_is_refused_with_an_event_on_the_pod(
     # 4 GiB and carries an allocation of no compute limit and the whole card.
     create_pod(core_api, "greedy", {"main": 1}, [slice_on(A, "main", 20, 4096)])
     whole = Allocation.build("default", "greedy", "", NODE, (slice_on(A, "main", 0, A.memory_mib),))
-    core_api.patch_namespaced_pod("greedy", "default",
-                                  {"metadata": {"annotations": {ann.POD_ALLOCATION: ann.encode_allocation(whole)}}})
+    core_api.patch_namespaced_pod(
+        "greedy", "default", {"metadata": {"annotations": {ann.POD_ALLOCATION: ann.encode_allocation(whole)}}}
+    )
     bind(core_api, "greedy")
     admitter = admitter_for(node_api, tmp_path)
     with pytest.raises(PodRefused) as e:
         admitter.allocate([[device_id(A.uuid, 0)]])
-    assert "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0" in str(e.value)
+    assert (
+        "container 'main' asks for 20 percent of a card's cores per vGPU, the allocation gives 0 percent on card 0"
+        in str(e.value)
+    )
     assert not list((tmp_path / "c").glob("*/main"))  # no hook config was written
     events = core_api.list_namespaced_event("default", field_selector="involvedObject.name=greedy").items
     (event,) = [ev for ev in events if ev.reason == REFUSED_REASON]
@@ -196,11 +220,18 @@ def test_a_self_granted_allocation_is_refused_with_an_event_on_the_pod(
 
 def test_an_unreachable_api_server_is_a_kube_error(tmp_path: Path) -> None:
     cfg = tmp_path / "kubeconfig"
-    cfg.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": "http://127.0.0.1:1"}}],
-        "users": [{"name": "x", "user": {}}], "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [{"name": "x", "cluster": {"server": "http://127.0.0.1:1"}}],
+                "users": [{"name": "x", "user": {}}],
+                "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+            }
+        )
+    )
     api = KubeNodeApi.connect(str(cfg))
     with pytest.raises(KubeError, match="cannot list the pods of node n"):
         api.list_pods("n")
@@ -226,11 +257,32 @@ def test_flexai_node_cli_runs_the_agent(control_plane: ControlPlane, core_api: k
     inventory.write_text(dumps([CardReading(A), CardReading(B)]))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flexai_node.cli", "--node-name", NODE, "--kubeconfig", str(control_plane.kubeconfig),
-         "--inventory", f"file:{inventory}", "--device-plugin-dir", str(kubelet.dir),
-         "--state-dir", str(short_tmp / "state"), "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
-         "--hook-library", "/hook.so", "--pod-resources-socket", ""],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "flexai_node.cli",
+            "--node-name",
+            NODE,
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+            "--inventory",
+            f"file:{inventory}",
+            "--device-plugin-dir",
+            str(kubelet.dir),
+            "--state-dir",
+            str(short_tmp / "state"),
+            "--metrics-port",
+            str(port),
+            "--metrics-address",
+            "127.0.0.1",
+            "--hook-library",
+            "/hook.so",
+            "--pod-resources-socket",
+            "",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert kubelet.registrations.get(timeout=60).resource_name == res.VGPU_NUMBER

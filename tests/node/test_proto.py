@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from flexai_node.deviceplugin import api_pb2 as pb
-from flexai_node.deviceplugin import podresources_pb2 as pr
 from flexai_node.deviceplugin import generate
+from flexai_node.deviceplugin import podresources_pb2 as pr
 
 FIELDS = {
     "RegisterRequest": {"version": 1, "endpoint": 2, "resource_name": 3, "options": 4},
@@ -18,7 +18,10 @@ FIELDS = {
     "NUMANode": {"ID": 1},
     "PreferredAllocationRequest": {"container_requests": 1},
     "ContainerPreferredAllocationRequest": {
-        "available_deviceIDs": 1, "must_include_deviceIDs": 2, "allocation_size": 3},
+        "available_deviceIDs": 1,
+        "must_include_deviceIDs": 2,
+        "allocation_size": 3,
+    },
     "PreferredAllocationResponse": {"container_responses": 1},
     "ContainerPreferredAllocationResponse": {"deviceIDs": 1},
     "AllocateRequest": {"container_requests": 1},
@@ -42,8 +45,10 @@ def test_field_names_and_numbers(message: str) -> None:
 
 
 def test_services_and_methods() -> None:
-    services = {s.full_name: {m.name: (m.input_type.name, m.output_type.name, m.server_streaming)
-                              for m in s.methods} for s in pb.DESCRIPTOR.services_by_name.values()}
+    services = {
+        s.full_name: {m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in s.methods}
+        for s in pb.DESCRIPTOR.services_by_name.values()
+    }
     assert services == {
         "v1beta1.Registration": {"Register": ("RegisterRequest", "Empty", False)},
         "v1beta1.DevicePlugin": {

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from flexai_core import annotations as ann
 from flexai_node.inventory import CardReading
 from flexai_node.pods import BoundPod
 from flexai_node.reporter import Reporter, node_annotation
-from flexai_core import annotations as ann
 
 from .fakes import CARDS, FakeNodeApi, bound_pod, container, slice_on
 
@@ -21,20 +21,38 @@ T0 = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
 def pods() -> list[BoundPod]:
     raw = [
         # 2 app containers on card A: 20+30 cores, 4+6 GiB; one of them also on B.
-        bound_pod("p", "u1", [container("a", 1, 20, 4), container("b", 2, 30, 6)],
-                  [slice_on(A, "a", 20, 4096), slice_on(A, "b", 30, 6144), slice_on(B, "b", 30, 6144)]),
+        bound_pod(
+            "p",
+            "u1",
+            [container("a", 1, 20, 4), container("b", 2, 30, 6)],
+            [slice_on(A, "a", 20, 4096), slice_on(A, "b", 30, 6144), slice_on(B, "b", 30, 6144)],
+        ),
         # An init container holds its slice only before the app: the peak, not the sum, counts.
-        bound_pod("q", "u2", [container("main", 1, 10, 2)],
-                  [slice_on(B, "setup", 50, 8192, init=True), slice_on(B, "main", 10, 2048)],
-                  init_containers=[container("setup", 1, 50, 8)]),
+        bound_pod(
+            "q",
+            "u2",
+            [container("main", 1, 10, 2)],
+            [slice_on(B, "setup", 50, 8192, init=True), slice_on(B, "main", 10, 2048)],
+            init_containers=[container("setup", 1, 50, 8)],
+        ),
         # Deleting pods still hold theirs (containers run through the grace period) ...
-        dict(bound_pod("leaving", "u4", [container("main", 1, 5, 1)], [slice_on(B, "main", 5, 1024)]),
-             metadata={"namespace": "default", "name": "leaving", "uid": "u4",
-                       "deletionTimestamp": "2026-11-29T10:00:00Z",
-                       "annotations": bound_pod("leaving", "u4", [], [slice_on(B, "main", 5, 1024)])["metadata"]["annotations"]}),
+        dict(
+            bound_pod("leaving", "u4", [container("main", 1, 5, 1)], [slice_on(B, "main", 5, 1024)]),
+            metadata={
+                "namespace": "default",
+                "name": "leaving",
+                "uid": "u4",
+                "deletionTimestamp": "2026-11-29T10:00:00Z",
+                "annotations": bound_pod("leaving", "u4", [], [slice_on(B, "main", 5, 1024)])["metadata"][
+                    "annotations"
+                ],
+            },
+        ),
         # ... finished pods hold nothing.
-        dict(bound_pod("done", "u3", [container("main", 1, 100, 1)], [slice_on(A, "main", 100, 1024)]),
-             status={"phase": "Succeeded"}),
+        dict(
+            bound_pod("done", "u3", [container("main", 1, 100, 1)], [slice_on(A, "main", 100, 1024)]),
+            status={"phase": "Succeeded"},
+        ),
     ]
     parsed = [BoundPod.parse(p, "gpu-1") for p in raw]
     return [p for p in parsed if p is not None]

@@ -27,8 +27,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from flexai_node.inventory import CardReading, dumps
 from flexai_core.model import Card
+from flexai_node.inventory import CardReading, dumps
 from tests.e2e.conftest import _binaries
 from tests.e2e.conftest import pytest_collection_finish as _e2e_collection_finish
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, flexai_sched_extender, wait_until
@@ -108,8 +108,7 @@ def _require_root_and_tools() -> None:
         pytest.fail("tests/realnode run a kubelet and containerd: they need root (CI runs as root)", pytrace=False)
     missing = [t for t in ("containerd", "runc", "ctr", "unshare", "debootstrap") if shutil.which(t) is None]
     if missing:
-        pytest.fail(f"missing {missing}: run {SETUP_SCRIPT.relative_to(REPO_ROOT)} (make test does)",
-                    pytrace=False)
+        pytest.fail(f"missing {missing}: run {SETUP_SCRIPT.relative_to(REPO_ROOT)} (make test does)", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -197,12 +196,11 @@ def cluster(real_cluster: RealCluster) -> Iterator[RealCluster]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
-                                                                          pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
         for node in _LIVE:
             report.sections.append((f"real node logs ({report.when})", node.log_tails(60)))
     return report
-

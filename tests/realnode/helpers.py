@@ -9,9 +9,9 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from flexai_node.hook import config as hook_config
 from flexai_core import annotations as ann
 from flexai_core.model import Allocation
+from flexai_node.hook import config as hook_config
 from tests.e2e.controlplane import wait_until
 
 from .conftest import NS, RealCluster
@@ -46,6 +46,7 @@ def wait_running(cluster: RealCluster, core: k8s.CoreV1Api, names: Iterable[str]
 
     def done() -> bool:
         return all(running(core, n) for n in want)
+
     try:
         wait_until(done, timeout, f"pods running: {want[:6]}...", interval=0.5)
     except TimeoutError:
@@ -59,9 +60,14 @@ def _state(core: k8s.CoreV1Api, name: str) -> Any:
     if st is None:
         return None
     events = core.list_namespaced_event(NS, field_selector=f"involvedObject.name={name}").items
-    return {"phase": st.phase, "node": p.spec.node_name, "reason": st.reason, "message": st.message,
-            "containers": [(cs.name, cs.state.to_dict() if cs.state else None) for cs in st.container_statuses or []],
-            "events": [f"{e.reason}: {e.message}" for e in events][-4:]}
+    return {
+        "phase": st.phase,
+        "node": p.spec.node_name,
+        "reason": st.reason,
+        "message": st.message,
+        "containers": [(cs.name, cs.state.to_dict() if cs.state else None) for cs in st.container_statuses or []],
+        "events": [f"{e.reason}: {e.message}" for e in events][-4:],
+    }
 
 
 @dataclass(frozen=True)

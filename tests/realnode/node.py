@@ -39,7 +39,6 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from flexai_core import resources as res
-
 from tests.e2e.controlplane import (
     LOOPBACK,
     ControlPlane,
@@ -89,7 +88,7 @@ class RealNode:
 
     # -- lifecycle
 
-    def start(self, images: Mapping[str, Path]) -> "RealNode":
+    def start(self, images: Mapping[str, Path]) -> RealNode:
         """containerd, then ``images`` (name -> archive) imported, then the kubelet, until the
         Node is registered and its kubelet healthy."""
         t0 = time.monotonic()
@@ -136,11 +135,11 @@ class RealNode:
 
     def _make_mount_namespace(self) -> None:
         """A process that holds a private mount namespace, with FIXED_PATHS bound to the work dir."""
-        self._holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",
-                                         "sleep", "infinity"], start_new_session=True)
+        self._holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sleep", "infinity"], start_new_session=True
+        )
         host_ns = os.readlink("/proc/self/ns/mnt")
-        wait_until(lambda: os.readlink(f"/proc/{self._holder.pid}/ns/mnt") != host_ns,
-                   10, "the node's mount namespace")
+        wait_until(lambda: os.readlink(f"/proc/{self._holder.pid}/ns/mnt") != host_ns, 10, "the node's mount namespace")
         for path in FIXED_PATHS:
             Path(path).mkdir(parents=True, exist_ok=True)  # the mount point, left empty on the host
             inside = self.workdir / "fixed" / path.strip("/").replace("/", "_")
@@ -157,8 +156,12 @@ class RealNode:
 
     def start_containerd(self) -> None:
         p = self._spawn("containerd", [*self._in_ns(), "containerd", "--config", str(self.ctd_dir / "config.toml")])
-        self._wait(p, lambda: self.socket.exists() and self._ctr("version", check=False).returncode == 0,
-                   30, "containerd socket")
+        self._wait(
+            p,
+            lambda: self.socket.exists() and self._ctr("version", check=False).returncode == 0,
+            30,
+            "containerd socket",
+        )
 
     def restart_containerd(self) -> None:
         """Stop containerd (SIGTERM) and start it again; the shims keep the containers running."""
@@ -179,8 +182,8 @@ class RealNode:
         (d / "cni").mkdir(parents=True, exist_ok=True)
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         text = f"""version = 2
-root = "{d / 'root'}"
-state = "{d / 'state'}"
+root = "{d / "root"}"
+state = "{d / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
 [grpc]
@@ -190,7 +193,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [metrics]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{d / 'opt'}"
+  path = "{d / "opt"}"
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
   stream_server_address = "{LOOPBACK}"
@@ -204,17 +207,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "{d / 'runc'}"
+        Root = "{d / "runc"}"
   [{cri}.cni]
-    bin_dir = "{d / 'cni'}"
-    conf_dir = "{d / 'cni'}"
+    bin_dir = "{d / "cni"}"
+    conf_dir = "{d / "cni"}"
 """
         (d / "config.toml").write_text(text)
 
     def _ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         argv = ["ctr", "--address", str(self.socket), "--namespace", K8S_NS, *args]
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                           check=False)
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
         if check and r.returncode != 0:
             raise NodeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
@@ -222,9 +224,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # -- kubelet
 
     def start_kubelet(self) -> None:
-        argv = [*self._in_ns(), str(self.kubelet_bin), f"--config={self.kubelet_dir / 'config.yaml'}",
-                f"--kubeconfig={self.kubelet_dir / 'kubeconfig'}", f"--root-dir={self.kubelet_dir}",
-                f"--hostname-override={self.name}", f"--node-ip={self.ip}", "--v=2"]
+        argv = [
+            *self._in_ns(),
+            str(self.kubelet_bin),
+            f"--config={self.kubelet_dir / 'config.yaml'}",
+            f"--kubeconfig={self.kubelet_dir / 'kubeconfig'}",
+            f"--root-dir={self.kubelet_dir}",
+            f"--hostname-override={self.name}",
+            f"--node-ip={self.ip}",
+            "--v=2",
+        ]
         p = self._spawn("kubelet", argv)
         healthz = f"http://{LOOPBACK}:{self.healthz_port}/healthz"
         self._wait(p, lambda: http_ok(healthz) and self._registered(), 90, "kubelet healthy and Node registered")
@@ -253,40 +262,71 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         d = self.kubelet_dir
         (d / "pki").mkdir(parents=True, exist_ok=True)
         # Its identity as the Node authorizer and NodeRestriction know it.
-        issue_certificate(pki, d / "pki" / "client.crt", d / "pki" / "client.key",
-                          f"system:node:{self.name}", "system:nodes", client=True)
-        issue_certificate(pki, d / "pki" / "serving.crt", d / "pki" / "serving.key", self.name,
-                          server_sans=(self.ip, self.name))
+        issue_certificate(
+            pki,
+            d / "pki" / "client.crt",
+            d / "pki" / "client.key",
+            f"system:node:{self.name}",
+            "system:nodes",
+            client=True,
+        )
+        issue_certificate(
+            pki, d / "pki" / "serving.crt", d / "pki" / "serving.key", self.name, server_sans=(self.ip, self.name)
+        )
         kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "node",
-            "clusters": [{"name": "e2e", "cluster": {"server": self.plane.api_url,
-                                                     "certificate-authority": str(pki.ca_crt)}}],
-            "users": [{"name": "node", "user": {"client-certificate": str(d / "pki" / "client.crt"),
-                                                "client-key": str(d / "pki" / "client.key")}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "node",
+            "clusters": [
+                {"name": "e2e", "cluster": {"server": self.plane.api_url, "certificate-authority": str(pki.ca_crt)}}
+            ],
+            "users": [
+                {
+                    "name": "node",
+                    "user": {
+                        "client-certificate": str(d / "pki" / "client.crt"),
+                        "client-key": str(d / "pki" / "client.key"),
+                    },
+                }
+            ],
             "contexts": [{"name": "node", "context": {"cluster": "e2e", "user": "node"}}],
         }
         (d / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
         self.port = free_port()
         self.healthz_port = free_port()
         config: dict[str, Any] = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
             # The node's own address (the kubelet refuses a loopback node IP); x509 clients only.
-            "address": self.ip, "port": self.port, "readOnlyPort": 0,
-            "healthzBindAddress": LOOPBACK, "healthzPort": self.healthz_port,
-            "tlsCertFile": str(d / "pki" / "serving.crt"), "tlsPrivateKeyFile": str(d / "pki" / "serving.key"),
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                               "x509": {"clientCAFile": str(pki.ca_crt)}},
+            "address": self.ip,
+            "port": self.port,
+            "readOnlyPort": 0,
+            "healthzBindAddress": LOOPBACK,
+            "healthzPort": self.healthz_port,
+            "tlsCertFile": str(d / "pki" / "serving.crt"),
+            "tlsPrivateKeyFile": str(d / "pki" / "serving.key"),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": False},
+                "x509": {"clientCAFile": str(pki.ca_crt)},
+            },
             "authorization": {"mode": "AlwaysAllow"},
             "containerRuntimeEndpoint": f"unix://{self.socket}",
             "imageServiceEndpoint": f"unix://{self.socket}",
-            "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{self.cgroup_parent}",
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/{self.cgroup_parent}",
             "failCgroupV1": False,  # these machines mount cgroup v1
             "failSwapOn": False,
             "podLogsDir": str(self.workdir / "pod-logs"),
             # Images come from archives, never from a registry: never collect them.
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                             "nodefs.inodesFree": "1%"},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "1Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
             "nodeStatusUpdateFrequency": "5s",
             "registerNode": True,
             "serializeImagePulls": False,
@@ -319,27 +359,55 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     @staticmethod
     def _hierarchies() -> list[Path]:
-        return [h for h in sorted(CGROUP_ROOT.iterdir())
-                if h.is_dir() and not h.is_symlink() and h.name != "unified"
-                and (h / "cgroup.procs").exists()]
+        return [
+            h
+            for h in sorted(CGROUP_ROOT.iterdir())
+            if h.is_dir() and not h.is_symlink() and h.name != "unified" and (h / "cgroup.procs").exists()
+        ]
 
     # -- flexai-node
 
-    def start_agent(self, inventory: Path, hook_library: Path, kubeconfig: Path | None = None,
-                    extra_args: Sequence[str] = ()) -> None:
+    def start_agent(
+        self, inventory: Path, hook_library: Path, kubeconfig: Path | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         """flexai-node on a file inventory, as the DaemonSet runs it but in its own PID and
         mount namespaces here (unshare): it sees the containers' processes as another
         namespace does, and its mounts are its own."""
         exe = Path(sys.executable).with_name("flexai-node")
         self.metrics_port = free_port()
         self._agent_argv = [
-            *self._in_ns(), "unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "--",
-            str(exe), "--node-name", self.name, "--kubeconfig", str(kubeconfig or self.plane.kubeconfig),
-            "--inventory", f"file:{inventory}", "--device-plugin-dir", FIXED_PATHS[0],
-            "--pod-resources-socket", str(self.pod_resources_socket),
-            "--hook-library", str(hook_library), "--state-dir", str(self.agent_dir),
-            "--metrics-address", LOOPBACK, "--metrics-port", str(self.metrics_port),
-            "--report-every", "5", *extra_args]
+            *self._in_ns(),
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "--",
+            str(exe),
+            "--node-name",
+            self.name,
+            "--kubeconfig",
+            str(kubeconfig or self.plane.kubeconfig),
+            "--inventory",
+            f"file:{inventory}",
+            "--device-plugin-dir",
+            FIXED_PATHS[0],
+            "--pod-resources-socket",
+            str(self.pod_resources_socket),
+            "--hook-library",
+            str(hook_library),
+            "--state-dir",
+            str(self.agent_dir),
+            "--metrics-address",
+            LOOPBACK,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--report-every",
+            "5",
+            *extra_args,
+        ]
         self._start_agent()
 
     def _start_agent(self) -> None:
@@ -370,8 +438,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(f"http://{LOOPBACK}:{self.metrics_port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
 
     def plugin_registered(self) -> bool:
         """The kubelet has our plugin's devices, healthy: the Node's allocatable shows them."""
@@ -396,10 +467,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def container_id(self, pod: str, container: str, namespace: str = "default") -> str:
         """The running container's ID (a restarted container has a new one)."""
-        r = self._ctr("containers", "ls", "-q",
-                      f'labels."io.kubernetes.pod.name"=={pod},'
-                      f'labels."io.kubernetes.pod.namespace"=={namespace},'
-                      f'labels."io.kubernetes.container.name"=={container}')
+        r = self._ctr(
+            "containers",
+            "ls",
+            "-q",
+            f'labels."io.kubernetes.pod.name"=={pod},'
+            f'labels."io.kubernetes.pod.namespace"=={namespace},'
+            f'labels."io.kubernetes.container.name"=={container}',
+        )
         running = [c for c in r.stdout.split() if self._task_pid(c)]
         if len(running) != 1:
             raise NodeError(f"{namespace}/{pod}/{container}: {len(running)} running containers")
@@ -411,8 +486,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         assert pid is not None
         return pid
 
-    def exec(self, pod: str, container: str, argv: Sequence[str], namespace: str = "default",
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, pod: str, container: str, argv: Sequence[str], namespace: str = "default", timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv in the container, with its process spec (env, user, cwd) and namespaces,
         as `kubectl exec` would; returns the finished process. Its output goes to files in
         the container's /tmp, read from the host through /proc/PID/root: ctr can drop the
@@ -423,16 +499,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         out = f"/tmp/.flexai-exec-{exec_id}"
         wrapped = ["/bin/sh", "-c", 'o=$1; shift; "$@" >"$o.out" 2>"$o.err"; echo $? >"$o.rc"', "sh", out, *argv]
         fifos = self.workdir / "fifo"  # not ctr's default, /run/containerd/fifo
-        r = self._ctr("tasks", "exec", "--fifo-dir", str(fifos), "--exec-id", exec_id, cid, *wrapped,
-                      check=False, timeout=timeout)
+        r = self._ctr(
+            "tasks", "exec", "--fifo-dir", str(fifos), "--exec-id", exec_id, cid, *wrapped, check=False, timeout=timeout
+        )
         root = Path(f"/proc/{pid}/root")
         try:
             rc = int((root / f"{out[1:]}.rc").read_text())
             stdout = (root / f"{out[1:]}.out").read_text()
             stderr = (root / f"{out[1:]}.err").read_text()
         except (OSError, ValueError) as e:
-            raise NodeError(f"exec {argv} in {namespace}/{pod}/{container}: no result ({e}); "
-                            f"ctr: {r.returncode} {r.stderr.strip()}") from None
+            raise NodeError(
+                f"exec {argv} in {namespace}/{pod}/{container}: no result ({e}); ctr: {r.returncode} {r.stderr.strip()}"
+            ) from None
         for suffix in (".rc", ".out", ".err"):
             (root / f"{out[1:]}{suffix}").unlink(missing_ok=True)
         return subprocess.CompletedProcess(list(argv), rc, stdout, stderr)
@@ -448,8 +526,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # -- logs
 
     def log_tails(self, lines: int = 40) -> str:
-        return "\n".join(f"----- node {name} ({'running' if p.alive else 'stopped'}) {p.log_path} -----\n"
-                         f"{p.tail(lines)}" for name, p in self.procs.items())
+        return "\n".join(
+            f"----- node {name} ({'running' if p.alive else 'stopped'}) {p.log_path} -----\n{p.tail(lines)}"
+            for name, p in self.procs.items()
+        )
 
     # -- internals
 
@@ -469,6 +549,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if not p.alive:
                 raise NodeError(f"{p.name} exited while waiting for {what}:\n{p.tail(30)}")
             return bool(check())
+
         try:
             wait_until(ready, timeout, what, interval=0.2)
         except TimeoutError as e:

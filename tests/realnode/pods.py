@@ -48,40 +48,63 @@ class C:
     script: str = SLEEP
 
 
-def gpu_pod(name: str, containers: Mapping[str, C], hook_build: Path,
-            init: Mapping[str, C] | None = None, restart: str = "Always",
-            annotations: Mapping[str, str] | None = None) -> k8s.V1Pod:
+def gpu_pod(
+    name: str,
+    containers: Mapping[str, C],
+    hook_build: Path,
+    init: Mapping[str, C] | None = None,
+    restart: str = "Always",
+    annotations: Mapping[str, str] | None = None,
+) -> k8s.V1Pod:
     volumes = [
-        k8s.V1Volume(name="driver", host_path=k8s.V1HostPathVolumeSource(
-            path=str(hook_build / "fake" / "libcuda.so.1"), type="File")),
-        k8s.V1Volume(name="hook-build", host_path=k8s.V1HostPathVolumeSource(
-            path=str(hook_build), type="Directory")),
-        k8s.V1Volume(name="package", host_path=k8s.V1HostPathVolumeSource(
-            path=str(REPO / "flexai_node"), type="Directory")),
+        k8s.V1Volume(
+            name="driver",
+            host_path=k8s.V1HostPathVolumeSource(path=str(hook_build / "fake" / "libcuda.so.1"), type="File"),
+        ),
+        k8s.V1Volume(name="hook-build", host_path=k8s.V1HostPathVolumeSource(path=str(hook_build), type="Directory")),
+        k8s.V1Volume(
+            name="package", host_path=k8s.V1HostPathVolumeSource(path=str(REPO / "flexai_node"), type="Directory")
+        ),
     ]
     mounts = [
         k8s.V1VolumeMount(name="driver", mount_path=DRIVER_PATH, read_only=True),
         k8s.V1VolumeMount(name="hook-build", mount_path=f"{TOOLS}/build/hook", read_only=True),
         k8s.V1VolumeMount(name="package", mount_path=f"{TOOLS}/flexai_node", read_only=True),
     ]
-    env = [k8s.V1EnvVar(name=k, value=v) for k, v in {
-        "FAKECUDA_DEVICES": str(FAKE_CARDS), "FAKECUDA_MEM_MB": str(CARD_MIB),
-        "PYTHONPATH": TOOLS, "PYTHONDONTWRITEBYTECODE": "1"}.items()]
+    env = [
+        k8s.V1EnvVar(name=k, value=v)
+        for k, v in {
+            "FAKECUDA_DEVICES": str(FAKE_CARDS),
+            "FAKECUDA_MEM_MB": str(CARD_MIB),
+            "PYTHONPATH": TOOLS,
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }.items()
+    ]
 
     def one(cname: str, c: C) -> k8s.V1Container:
         return k8s.V1Container(
-            name=cname, image=BASE_IMAGE, image_pull_policy="Never",
-            command=["/bin/sh", "-c", c.script], env=env, volume_mounts=mounts,
-            resources=k8s.V1ResourceRequirements(limits=dict(c.limits)) if c.limits else None)
+            name=cname,
+            image=BASE_IMAGE,
+            image_pull_policy="Never",
+            command=["/bin/sh", "-c", c.script],
+            env=env,
+            volume_mounts=mounts,
+            resources=k8s.V1ResourceRequirements(limits=dict(c.limits)) if c.limits else None,
+        )
 
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, annotations=dict(annotations) if annotations else None),
         spec=k8s.V1PodSpec(
-            host_network=True, dns_policy="Default", enable_service_links=False,
-            restart_policy=restart, termination_grace_period_seconds=1,
+            host_network=True,
+            dns_policy="Default",
+            enable_service_links=False,
+            restart_policy=restart,
+            termination_grace_period_seconds=1,
             containers=[one(n, c) for n, c in containers.items()],
             init_containers=[one(n, c) for n, c in (init or {}).items()] or None,
-            volumes=volumes))
+            volumes=volumes,
+        ),
+    )
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -22,12 +22,23 @@ README = REPO_ROOT / "deploy" / "README.md"
 # What the helm test runs, in this order (the README's order too).
 # The variables those steps use, which the test sets for its node (ports free on the machine,
 # paths under the test's work dir).
-VARIABLES = ("NODE", "APISERVER_PORT", "SCHEDULER_PORT", "EXTENDER_PORT", "VIEWS_PORT", "METRICS_PORT",
-             "INVENTORY", "POD_RESOURCES_DIR", "STATE_DIR", "HOOK_DIR")
+VARIABLES = (
+    "NODE",
+    "APISERVER_PORT",
+    "SCHEDULER_PORT",
+    "EXTENDER_PORT",
+    "VIEWS_PORT",
+    "METRICS_PORT",
+    "INVENTORY",
+    "POD_RESOURCES_DIR",
+    "STATE_DIR",
+    "HOOK_DIR",
+)
 RUN = ("images-local", "label", "values-one-machine", "install", "check", "workload", "policy", "uninstall")
 
-_MARKED = re.compile(r"<!-- step: (?P<name>[a-z0-9-]+) \((?P<how>run|not run: [^\n]*?)\) -->\n```bash\n(?P<script>.*?)```",
-                     re.S)
+_MARKED = re.compile(
+    r"<!-- step: (?P<name>[a-z0-9-]+) \((?P<how>run|not run: [^\n]*?)\) -->\n```bash\n(?P<script>.*?)```", re.S
+)
 _BASH = re.compile(r"^```bash$", re.M)
 
 
@@ -46,8 +57,15 @@ class Step:
 def steps(text: str | None = None) -> list[Step]:
     """Every marked block, in the README's order; each bash block must be marked, once."""
     text = README.read_text() if text is None else text
-    found = [Step(m["name"], m["how"] == "run", m["how"].removeprefix("not run:").strip() if m["how"] != "run" else "",
-                  m["script"]) for m in _MARKED.finditer(text)]
+    found = [
+        Step(
+            m["name"],
+            m["how"] == "run",
+            m["how"].removeprefix("not run:").strip() if m["how"] != "run" else "",
+            m["script"],
+        )
+        for m in _MARKED.finditer(text)
+    ]
     blocks = len(_BASH.findall(text))
     if blocks != len(found):
         raise ReadmeError(f"{README.name}: {blocks} bash blocks, {len(found)} with a step marker before them")
@@ -91,8 +109,15 @@ class Runner:
             raise ReadmeError(f"the README's variables {sorted(missing)} are not set")
         env.update(self.env)
         t0 = time.monotonic()
-        r = subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=self.cwd, env=env, capture_output=True,
-                           text=True, timeout=timeout, check=False)
+        r = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", text],
+            cwd=self.cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         self.seconds[name if script is None else f"{name} (variant)"] = time.monotonic() - t0
         out = r.stdout + r.stderr
         if r.returncode != 0:

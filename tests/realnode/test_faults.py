@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
-from typing import cast
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from kubernetes import client as k8s
@@ -39,8 +39,9 @@ def _check_own(cluster: RealCluster, core: k8s.CoreV1Api, names: Iterable[str]) 
         s = [x for x in allocation(pod(core, n)).slices if x.container == "main"]
         g = given(cluster, n, "main")
         assert g.env["NVIDIA_VISIBLE_DEVICES"] == ",".join(x.card_uuid for x in s), n
-        assert [(v.uuid, v.cores, v.memory_bytes // MIB) for v in g.config.vgpus] == \
-            [(x.card_uuid, x.cores, x.memory_mib) for x in s], n
+        assert [(v.uuid, v.cores, v.memory_bytes // MIB) for v in g.config.vgpus] == [
+            (x.card_uuid, x.cores, x.memory_mib) for x in s
+        ], n
         out[n] = g
     return out
 
@@ -115,8 +116,9 @@ def test_agent_killed_and_restarted_hands_out_no_slice_twice(cluster: RealCluste
 
 
 def _admitted(ledger: Path, pods: list[str]) -> list[dict[str, object]]:
-    return sorted((e for e in json.loads(ledger.read_text())["admitted"] if e["pod"] in pods),
-                  key=lambda e: str(e["pod"]))
+    return sorted(
+        (e for e in json.loads(ledger.read_text())["admitted"] if e["pod"] in pods), key=lambda e: str(e["pod"])
+    )
 
 
 def test_containerd_restart_keeps_pods_and_admits_new_ones(cluster: RealCluster) -> None:
@@ -155,8 +157,11 @@ def test_deleted_pods_free_their_slices_for_new_pods(cluster: RealCluster) -> No
 
         # A pod waiting for a full node runs on the card of the next pod deleted.
         _create(cluster, core, ["late"], limits(1))
-        wait_until(lambda: any("cards with room" in m for m in failed_scheduling_messages(core, "late")),
-                   30, "late refused while the node is full")
+        wait_until(
+            lambda: any("cards with room" in m for m in failed_scheduling_messages(core, "late")),
+            30,
+            "late refused while the node is full",
+        )
         core.delete_namespaced_pod("whole-2", NS, grace_period_seconds=1)
         wait_running(cluster, core, ["late"], timeout=60)
         assert allocation(pod(core, "late")).slices[0].card_uuid == cards["whole-2"]

@@ -50,12 +50,17 @@ NODE = "helmnode"
 SYSTEM_NS = "flexai-system"
 WORKLOAD_NS = "deepseek-test"
 CARDS = tuple(Card(i, fake_uuid(i), "Fake GPU 80GB", 80 * 1024, 5) for i in range(4))
-CHART_IMAGES = ("docker.io/flexai/flexai-sched:0.1.0", "docker.io/flexai/flexai-node:0.1.0",
-                "localhost/kube-scheduler:v1.34.4", "localhost/flexai-views-nginx:bookworm")
+CHART_IMAGES = (
+    "docker.io/flexai/flexai-sched:0.1.0",
+    "docker.io/flexai/flexai-node:0.1.0",
+    "localhost/kube-scheduler:v1.34.4",
+    "localhost/flexai-views-nginx:bookworm",
+)
 MODEL_MARK = "config.json"  # a file in the stand-in model directory, listed by the workload
 # The workload's command: its environment, its hook config, the model directory, then hold.
-WORKLOAD_SCRIPT = ('env; echo @@@; cat "$FLEXAI_VGPU_CONFIG"; echo @@@; ls /models/DeepSeek-R1-Distill-Llama-8B; '
-                   "exec sleep infinity")
+WORKLOAD_SCRIPT = (
+    'env; echo @@@; cat "$FLEXAI_VGPU_CONFIG"; echo @@@; ls /models/DeepSeek-R1-Distill-Llama-8B; exec sleep infinity'
+)
 
 
 @dataclass
@@ -142,8 +147,9 @@ def helm_cluster() -> Iterator[HelmCluster]:
             # The node's containerd store holds the four images unpacked: removing it took 80 s
             # here, so it goes on beside the next tests (on this file system only: nothing
             # mounted under it is touched, should an unmount have failed).
-            subprocess.run(["sh", "-c", 'rm -rf --one-file-system "$1" >/dev/null 2>&1 &', "sh", str(workdir)],
-                           check=True)
+            subprocess.run(
+                ["sh", "-c", 'rm -rf --one-file-system "$1" >/dev/null 2>&1 &', "sh", str(workdir)], check=True
+            )
 
 
 def test_the_readme_installs_runs_upgrades_and_uninstalls_the_chart(helm_cluster: HelmCluster) -> None:
@@ -154,8 +160,11 @@ def test_the_readme_installs_runs_upgrades_and_uninstalls_the_chart(helm_cluster
     try:
         # The kubelet's own Lease comes a moment after its Node: part of "before".
         coord = k8s.CoordinationV1Api(core.api_client)
-        wait_until(lambda: _exists(lambda: coord.read_namespaced_lease(NODE, "kube-node-lease")), 60,
-                   "the kubelet's node lease")
+        wait_until(
+            lambda: _exists(lambda: coord.read_namespaced_lease(NODE, "kube-node-lease")),
+            60,
+            "the kubelet's node lease",
+        )
         before = _objects(c)
         node_meta = _node_meta(core)
         assert c.node.capacity(res.VGPU_NUMBER) == 0, "a device plugin before the chart"
@@ -213,12 +222,15 @@ def test_the_readme_installs_runs_upgrades_and_uninstalls_the_chart(helm_cluster
         assert c.steps.done == list(readme.RUN)
     finally:
         core.api_client.close()
-    print(f"\nREADME steps (s): { {k: round(v, 1) for k, v in c.steps.seconds.items()} }"
-          f"\nhelm install -> both pods Running (the check step): {installed_s:.1f} s; "
-          f"workload applied -> Running: {workload_s:.1f} s")
+    print(
+        f"\nREADME steps (s): { {k: round(v, 1) for k, v in c.steps.seconds.items()} }"
+        f"\nhelm install -> both pods Running (the check step): {installed_s:.1f} s; "
+        f"workload applied -> Running: {workload_s:.1f} s"
+    )
 
 
 # ---- what the steps made
+
 
 def _check_agent(c: HelmCluster, core: k8s.CoreV1Api) -> None:
     """The agent runs in its DaemonSet's pod (none was started beside it here), registered the
@@ -232,7 +244,9 @@ def _check_agent(c: HelmCluster, core: k8s.CoreV1Api) -> None:
     assert c.node.allocatable(res.VGPU_NUMBER) == sum(card.max_vgpus for card in CARDS)
     text = (core.read_node(NODE).metadata.annotations or {})[ann.NODE_INVENTORY]
     written = ann.decode_inventory(NODE, text).cards
-    assert [(w.uuid, w.memory_mib, w.max_vgpus) for w in written] == [(k.uuid, k.memory_mib, k.max_vgpus) for k in CARDS]
+    assert [(w.uuid, w.memory_mib, w.max_vgpus) for w in written] == [
+        (k.uuid, k.memory_mib, k.max_vgpus) for k in CARDS
+    ]
 
 
 def _check_scheduler(core: k8s.CoreV1Api) -> None:
@@ -262,7 +276,7 @@ def _workload(model_dir: Path) -> str:
 def _readme_yaml() -> str:
     text = readme.README.read_text()
     start = text.index("```yaml\n") + len("```yaml\n")
-    return text[start:text.index("```", start)]
+    return text[start : text.index("```", start)]
 
 
 def _workload_pods(core: k8s.CoreV1Api) -> list[k8s.V1Pod]:
@@ -279,9 +293,11 @@ def _allocation(p: k8s.V1Pod) -> Allocation:
 
 def _check_workload_output(core: k8s.CoreV1Api, pod: str, card_uuid: str) -> None:
     """What the container printed: the card it was given, the hook preloaded, its slice."""
+
     def printed() -> str:
         log = core.read_namespaced_pod_log(pod, WORKLOAD_NS, container="deepseek-r1")
         return log if log.count("@@@") == 2 else ""
+
     log = wait_until(printed, 30, "the workload's output")
     environ, config, models = log.split("@@@\n")
     env = dict(line.split("=", 1) for line in environ.splitlines() if "=" in line)
@@ -303,6 +319,7 @@ def _scale(apps: k8s.AppsV1Api, core: k8s.CoreV1Api, replicas: int) -> k8s.V1Pod
         if len(pods) == replicas and len(new) == 1 and new[0].status.phase == "Running":
             return new[0]
         return None
+
     pod: k8s.V1Pod = wait_until(new_running, 300, f"replica {replicas} running", interval=1)
     return pod
 
@@ -314,11 +331,15 @@ def _scheduler_pods(core: k8s.CoreV1Api) -> set[str]:
 
 def _objects(c: HelmCluster) -> set[tuple[str, str, str]]:
     """(resource, namespace, name) of every object the apiserver lists, events aside."""
-    kinds = [k for k in c.kubectl("api-resources", "--verbs=list", "-o", "name").split()
-             if k not in ("events", "events.events.k8s.io", "componentstatuses")]
+    kinds = [
+        k
+        for k in c.kubectl("api-resources", "--verbs=list", "-o", "name").split()
+        if k not in ("events", "events.events.k8s.io", "componentstatuses")
+    ]
     items = json.loads(c.kubectl("get", ",".join(kinds), "--all-namespaces", "-o", "json"))["items"]
-    return {(f"{i['kind']}.{i['apiVersion']}", i["metadata"].get("namespace", ""), i["metadata"]["name"])
-            for i in items}
+    return {
+        (f"{i['kind']}.{i['apiVersion']}", i["metadata"].get("namespace", ""), i["metadata"]["name"]) for i in items
+    }
 
 
 def _exists(read: Callable[[], object]) -> bool:

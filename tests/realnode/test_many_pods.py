@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import pytest
 from kubernetes import client as k8s
 
-from flexai_node.hook import config as hook_config
 from flexai_core.model import Slice
+from flexai_node.hook import config as hook_config
 from tests.e2e.controlplane import wait_until
 from tests.e2e.helpers_kube import assert_within_capacity, failed_scheduling_messages
 
@@ -28,11 +28,11 @@ INIT_SCRIPT = 'echo "visible=$NVIDIA_VISIBLE_DEVICES"; cat "$FLEXAI_VGPU_CONFIG"
 
 # name prefix -> (count, app containers, init containers)
 SHAPES: dict[str, tuple[int, dict[str, C], dict[str, C]]] = {
-    "whole": (2, {"main": C(limits(1))}, {}),                                   # an exclusive card
+    "whole": (2, {"main": C(limits(1))}, {}),  # an exclusive card
     "init": (4, {"main": C(limits(1, 20, 4))}, {"prep": C(limits(1, 60, 8), INIT_SCRIPT)}),
-    "two": (4, {"a": C(limits(1, 20, 2)), "b": C(limits(2, 10, 1))}, {}),      # two containers
-    "multi": (6, {"main": C(limits(3, 10, 1))}, {}),                            # several vGPUs
-    "zero": (4, {"main": C(limits(1, 0, 2))}, {}),                              # cores 0
+    "two": (4, {"a": C(limits(1, 20, 2)), "b": C(limits(2, 10, 1))}, {}),  # two containers
+    "multi": (6, {"main": C(limits(3, 10, 1))}, {}),  # several vGPUs
+    "zero": (4, {"main": C(limits(1, 0, 2))}, {}),  # cores 0
     "small": (20, {"main": C(limits(1, 30, 3))}, {}),
 }
 
@@ -61,8 +61,12 @@ def test_forty_pods_at_once_each_on_its_own_slice(cluster: RealCluster) -> None:
             # The ones still waiting run once these are gone.
             for name in placed:
                 core.delete_namespaced_pod(name, NS, grace_period_seconds=1)
-            wait_until(lambda: not placed & {p.metadata.name for p in core.list_namespaced_pod(NS).items},  # noqa: B023
-                       120, "the deleted pods gone", 0.5)
+            wait_until(
+                lambda: not placed & {p.metadata.name for p in core.list_namespaced_pod(NS).items},  # noqa: B023
+                120,
+                "the deleted pods gone",
+                0.5,
+            )
         assert ran == set(specs), f"never ran: {sorted(set(specs) - ran)}"
         assert round_ >= 1, "every pod fitted at once: the shapes no longer test waiting"
     finally:
@@ -81,19 +85,25 @@ def _settle(core: k8s.CoreV1Api, specs: Mapping[str, object]) -> set[str]:
         if bound != last:
             stable_since, last = time.monotonic(), bound
         waiting = [n for n in items if n not in bound]
-        if (time.monotonic() - stable_since >= 10 and all(running(core, n) for n in bound)
-                and all(_extender_refused(core, n) for n in waiting)):
+        if (
+            time.monotonic() - stable_since >= 10
+            and all(running(core, n) for n in bound)
+            and all(_extender_refused(core, n) for n in waiting)
+        ):
             return set(bound)
         time.sleep(1)
 
 
 def _extender_refused(core: k8s.CoreV1Api, name: str) -> bool:
-    return any(m.startswith("0/1 nodes are available") and "cards with room" in m
-               for m in failed_scheduling_messages(core, name))
+    return any(
+        m.startswith("0/1 nodes are available") and "cards with room" in m
+        for m in failed_scheduling_messages(core, name)
+    )
 
 
-def _check_round(cluster: RealCluster, core: k8s.CoreV1Api, placed: set[str],
-                 specs: Mapping[str, tuple[dict[str, C], dict[str, C]]]) -> None:
+def _check_round(
+    cluster: RealCluster, core: k8s.CoreV1Api, placed: set[str], specs: Mapping[str, tuple[dict[str, C], dict[str, C]]]
+) -> None:
     # The scheduler's record: no card over its cores, memory or vGPU count.
     assert_within_capacity(core, {NODE: cluster.cards})
     # The node's record: what every running container was given, summed per card.
@@ -112,8 +122,7 @@ def _check_round(cluster: RealCluster, core: k8s.CoreV1Api, placed: set[str],
             assert host.read_text() == g.config_text, f"{name}/{cname}: config differs from {host}"
             for v in g.config.vgpus:
                 assert v.uuid is not None
-                cores[v.uuid] = cores.get(v.uuid, 0) + (v.cores if 0 < v.cores < 100 else
-                                                        100 if v.cores == 100 else 0)
+                cores[v.uuid] = cores.get(v.uuid, 0) + (v.cores if 0 < v.cores < 100 else 100 if v.cores == 100 else 0)
                 memory[v.uuid] = memory.get(v.uuid, 0) + v.memory_bytes // MIB
         for cname in init:
             log = core.read_namespaced_pod_log(name, NS, container=cname)
@@ -127,8 +136,9 @@ def _check_round(cluster: RealCluster, core: k8s.CoreV1Api, placed: set[str],
         assert m <= CARD_MIB, f"{uuid}: containers hold {m} MiB of its {CARD_MIB}"
 
 
-def _assert_own_slices(name: str, cname: str, env: Mapping[str, str], config: hook_config.HookConfig,
-                       slices: list[Slice]) -> None:
+def _assert_own_slices(
+    name: str, cname: str, env: Mapping[str, str], config: hook_config.HookConfig, slices: list[Slice]
+) -> None:
     assert slices, f"{name}/{cname}: no slice in its pod's allocation"
     uuids = [s.card_uuid for s in slices]
     assert env["NVIDIA_VISIBLE_DEVICES"] == ",".join(uuids), f"{name}/{cname}: {env['NVIDIA_VISIBLE_DEVICES']}"

@@ -9,8 +9,8 @@ from functools import partial
 
 import pytest
 
-from flexai_node.hook import config as hook_config
 from flexai_core import annotations as ann
+from flexai_node.hook import config as hook_config
 from tests.e2e.controlplane import wait_until
 
 from .conftest import NS, RealCluster
@@ -27,10 +27,12 @@ def test_two_tenants_on_one_card_each_held_to_its_own_memory(cluster: RealCluste
     pinned = {ann.GPU_UUIDS: card.uuid}
     core = cluster.core()
     try:
-        core.create_namespaced_pod(NS, gpu_pod("tenant-a", {"main": C(limits(1, 30, 4))}, cluster.hook.build_dir,
-                                               annotations=pinned))
-        core.create_namespaced_pod(NS, gpu_pod("tenant-b", {"main": C(limits(1, 40, 2))}, cluster.hook.build_dir,
-                                               annotations=pinned))
+        core.create_namespaced_pod(
+            NS, gpu_pod("tenant-a", {"main": C(limits(1, 30, 4))}, cluster.hook.build_dir, annotations=pinned)
+        )
+        core.create_namespaced_pod(
+            NS, gpu_pod("tenant-b", {"main": C(limits(1, 40, 2))}, cluster.hook.build_dir, annotations=pinned)
+        )
         wait_running(cluster, core, ["tenant-a", "tenant-b"])
         slices = {n: only(allocation(pod(core, n)).slices) for n in ("tenant-a", "tenant-b")}
     finally:
@@ -45,8 +47,11 @@ def test_two_tenants_on_one_card_each_held_to_its_own_memory(cluster: RealCluste
     fills = {n: Background(partial(probe, cluster, n, "main", "fill", "256", "20", timeout=90)) for n in quota}
     wait_until(lambda: all(_used(cluster, n) >= quota[n] for n in quota), 30, "both tenants holding their slice")
     # The agent read both regions, from its own PID namespace, while they were held.
-    wait_until(lambda: all(_agent_sees(cluster, n) == quota[n] for n in quota), 30,
-               "the agent's metrics showing both tenants' memory")
+    wait_until(
+        lambda: all(_agent_sees(cluster, n) == quota[n] for n in quota),
+        30,
+        "the agent's metrics showing both tenants' memory",
+    )
     during = {n: only(monitor(cluster, n, "main")["vgpus"]) for n in quota}
     results = {n: f.result() for n, f in fills.items()}
     for n, q in quota.items():
@@ -75,15 +80,14 @@ def _agent_sees(cluster: RealCluster, name: str) -> float | None:
 CRASH = (
     "R=/var/run/flexai/vgpu; "
     '{ echo "visible=$NVIDIA_VISIBLE_DEVICES inode=$(stat -c %i $R) region=$(test -f $R/region && echo yes)"; '
-    f'{PROBE} fill 256 0; }} >> $R/runs.log; exit 3'
+    f"{PROBE} fill 256 0; }} >> $R/runs.log; exit 3"
 )
 
 
 def test_a_crash_looping_container_keeps_its_slice_and_region(cluster: RealCluster) -> None:
     core = cluster.core()
     try:
-        core.create_namespaced_pod(NS, gpu_pod("crashy", {"main": C(limits(1, 25, 2), CRASH)},
-                                               cluster.hook.build_dir))
+        core.create_namespaced_pod(NS, gpu_pod("crashy", {"main": C(limits(1, 25, 2), CRASH)}, cluster.hook.build_dir))
         wait_until(lambda: pod(core, "crashy").spec.node_name, 60, "crashy bound")
         p = pod(core, "crashy")
         s = only(allocation(p).slices)
@@ -95,10 +99,12 @@ def test_a_crash_looping_container_keeps_its_slice_and_region(cluster: RealClust
             given = [dict(f.split("=", 1) for f in line.split()) for line in lines if line.startswith("visible=")]
             fills = json_lines("\n".join(lines))
             return list(zip(given, fills, strict=False))
+
         wait_until(lambda: len(runs()) >= 3, 150, "three runs of the crashing container", 1)
         # The kubelet restarted that one container (its status may lag the runs by a moment).
-        wait_until(lambda: (pod(core, "crashy").status.container_statuses or [])[0].restart_count >= 2, 30,
-                   "restartCount 2")
+        wait_until(
+            lambda: (pod(core, "crashy").status.container_statuses or [])[0].restart_count >= 2, 30, "restartCount 2"
+        )
     finally:
         core.api_client.close()
     done = runs()
@@ -110,5 +116,11 @@ def test_a_crash_looping_container_keeps_its_slice_and_region(cluster: RealClust
     assert len({g["inode"] for g, _ in done}) == 1, done
     assert [g.get("region") for g, _ in done[1:]] == ["yes"] * (len(done) - 1), done
     assert hook_config.parse((host / "vgpu.conf").read_text()).vgpus[0].memory_bytes == 2 << 30
-    assert sum(1 for e in json.loads((cluster.node.agent_dir / "admissions.json").read_text())["admitted"]
-               if e["pod"] == "crashy") == 1, "the restarts were admitted again"
+    assert (
+        sum(
+            1
+            for e in json.loads((cluster.node.agent_dir / "admissions.json").read_text())["admitted"]
+            if e["pod"] == "crashy"
+        )
+        == 1
+    ), "the restarts were admitted again"

@@ -11,8 +11,14 @@ from flexai_core.model import Card, NodeInventory
 H200_MIB = 143771
 
 
-def node(name: str, cards: int = 8, memory_mib: int = H200_MIB, model: str = "NVIDIA H200", max_vgpus: int = 5,
-         heartbeat: datetime | None = None) -> NodeInventory:
+def node(
+    name: str,
+    cards: int = 8,
+    memory_mib: int = H200_MIB,
+    model: str = "NVIDIA H200",
+    max_vgpus: int = 5,
+    heartbeat: datetime | None = None,
+) -> NodeInventory:
     return NodeInventory(
         name,
         tuple(Card(i, f"GPU-{name}-{i}", model, memory_mib, max_vgpus) for i in range(cards)),
@@ -20,8 +26,9 @@ def node(name: str, cards: int = 8, memory_mib: int = H200_MIB, model: str = "NV
     )
 
 
-def limits(number: int | None = None, cores: int | None = None, memory_gib: int | None = None,
-           **extra: Any) -> dict[str, Any]:
+def limits(
+    number: int | None = None, cores: int | None = None, memory_gib: int | None = None, **extra: Any
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if number is not None:
         out[res.VGPU_NUMBER] = str(number)
@@ -33,8 +40,14 @@ def limits(number: int | None = None, cores: int | None = None, memory_gib: int 
     return out
 
 
-def pod(name: str, *containers: dict[str, Any], init: tuple[dict[str, Any], ...] = (), uid: str | None = None,
-        namespace: str = "default", annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def pod(
+    name: str,
+    *containers: dict[str, Any],
+    init: tuple[dict[str, Any], ...] = (),
+    uid: str | None = None,
+    namespace: str = "default",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """``containers`` are limit dicts (from ``limits``) or full container dicts."""
 
     def container(i: int, c: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from flexai_core.model import Card, CardSelector, CardUsage, ContainerRequest, PodRequest
 from flexai_sched import policies
 from flexai_sched.allocator import NoFit, Placement, place, slice_fits
-from flexai_core.model import Card, CardSelector, CardUsage, ContainerRequest, PodRequest
 
 CARD = Card(0, "GPU-0", "H200", 1000, max_vgpus=3)
 
 
-def req(*containers: ContainerRequest, init: tuple[ContainerRequest, ...] = (),
-        selector: CardSelector = CardSelector()) -> PodRequest:
+def req(
+    *containers: ContainerRequest, init: tuple[ContainerRequest, ...] = (), selector: CardSelector = CardSelector()
+) -> PodRequest:
     return PodRequest("ns", "p", "uid", tuple(containers), init, selector)
 
 

@@ -25,9 +25,17 @@ def test_naive_heartbeat_is_read_as_utc_not_local_time() -> None:
 
 
 def test_allocation_round_trip_and_peak_usage() -> None:
-    a = Allocation.build("ns", "p", "u", "n1", (
-        Slice("main", 0, "GPU-a", 30, 1024), Slice("side", 0, "GPU-a", 20, 512), Slice("init", 0, "GPU-a", 90, 100, True),
-    ))
+    a = Allocation.build(
+        "ns",
+        "p",
+        "u",
+        "n1",
+        (
+            Slice("main", 0, "GPU-a", 30, 1024),
+            Slice("side", 0, "GPU-a", 20, 512),
+            Slice("init", 0, "GPU-a", 90, 100, True),
+        ),
+    )
     b = ann.decode_allocation("ns", "p", "u", ann.encode_allocation(a))
     assert b == a
     # app phase: 30+20 cores, 1536 MiB, 2 slices; init phase: 90 cores, 100 MiB, 1 slice -> peak
@@ -39,15 +47,24 @@ def test_allocation_round_trip_and_peak_usage() -> None:
     [
         ("nope", "vgpu.flexai.io/inventory: not valid JSON"),
         ('{"v":2,"cards":[]}', "unsupported version 2"),
-        ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":0}]}', "cards[0]: field 'memoryMiB' must be a positive"),
+        (
+            '{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":0}]}',
+            "cards[0]: field 'memoryMiB' must be a positive",
+        ),
         ('{"v":1,"cards":[{"index":true,"uuid":"g","model":"m","memoryMiB":1}]}', "field 'index' must be int"),
-        ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1},{"index":0,"uuid":"h","model":"m","memoryMiB":1}]}',
-         "duplicate card index"),
+        (
+            '{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1},{"index":0,"uuid":"h","model":"m","memoryMiB":1}]}',
+            "duplicate card index",
+        ),
         ('{"v":1,"heartbeat":"yesterday","cards":[]}', "heartbeat: not an ISO-8601 time"),
-        ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1,"usedOutsideMiB":"abc"}]}',
-         "cards[0]: field 'usedOutsideMiB' must be a non-negative integer, got str"),
-        ('{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1,"usedOutsideMiB":[1]}]}',
-         "field 'usedOutsideMiB' must be a non-negative integer, got list"),
+        (
+            '{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1,"usedOutsideMiB":"abc"}]}',
+            "cards[0]: field 'usedOutsideMiB' must be a non-negative integer, got str",
+        ),
+        (
+            '{"v":1,"cards":[{"index":0,"uuid":"g","model":"m","memoryMiB":1,"usedOutsideMiB":[1]}]}',
+            "field 'usedOutsideMiB' must be a non-negative integer, got list",
+        ),
         ('{"v":1,"cards":[' + "1" * 5000 + "]}", "vgpu.flexai.io/inventory: not valid JSON"),
         ("[" * 100_000 + "]" * 100_000, "vgpu.flexai.io/inventory: not valid JSON"),
     ],
@@ -60,7 +77,9 @@ def test_bad_inventory(text: str, message: str) -> None:
 
 def test_bad_allocation_names_the_field() -> None:
     with pytest.raises(ann.EncodingError, match=r"slices\[0\]: field 'cores' must be int"):
-        ann.decode_allocation("ns", "p", "u", '{"v":1,"node":"n","slices":[{"container":"c","card":0,"uuid":"g","memoryMiB":1}]}')
+        ann.decode_allocation(
+            "ns", "p", "u", '{"v":1,"node":"n","slices":[{"container":"c","card":0,"uuid":"g","memoryMiB":1}]}'
+        )
 
 
 def test_every_pod_annotation_is_the_users_or_the_schedulers() -> None:

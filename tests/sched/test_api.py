@@ -40,8 +40,11 @@ def cache_args(p: dict[str, Any], names: list[str] = NODES) -> dict[str, Any]:
 
 
 def full_args(p: dict[str, Any], names: list[str] = NODES) -> dict[str, Any]:
-    return {"Pod": p, "Nodes": {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [node_obj(n) for n in names]},
-            "NodeNames": None}
+    return {
+        "Pod": p,
+        "Nodes": {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [node_obj(n) for n in names]},
+        "NodeNames": None,
+    }
 
 
 def test_filter_node_cache_capable_returns_every_fitting_node(env: Any) -> None:
@@ -110,7 +113,9 @@ def test_bind_records_the_allocation_and_views_show_it(env: Any) -> None:
     p = pod("train", limits(2, cores=30, memory_gib=8))
     backend.create_pod(p)
     client.post("/filter", json=cache_args(p))
-    r = client.post("/bind", json={"PodName": "train", "PodNamespace": "default", "PodUID": "uid-train", "Node": "small"})
+    r = client.post(
+        "/bind", json={"PodName": "train", "PodNamespace": "default", "PodUID": "uid-train", "Node": "small"}
+    )
     assert r.json() == {"Error": ""}
     stored = backend.get_pod("default", "train")
     assert stored is not None and stored["spec"]["nodeName"] == "small"
@@ -131,7 +136,7 @@ def test_bind_of_a_pod_that_no_longer_fits_is_a_bind_error(env: Any) -> None:
     assert bind(client, backend, "a", "t4", limits(1)) == ""
     assert bind(client, backend, "b", "t4", limits(1)) == ""
     err = bind(client, backend, "c", "t4", limits(1))
-    assert "node t4: container \"c0\": needs 1 cards with room" in err
+    assert 'node t4: container "c0": needs 1 cards with room' in err
     assert state.allocation("default/c") is None
 
 
@@ -275,8 +280,10 @@ def test_preempt_with_full_victim_pods(env: Any) -> None:
     client, backend, _ = env
     backend.create_pod(pod("v", limits(2, cores=100)))
     client.post("/bind", json={"PodName": "v", "PodNamespace": "default", "PodUID": "uid-v", "Node": "small"})
-    args = {"Pod": pod("hi", limits(1, cores=100)),
-            "NodeNameToVictims": {"small": {"Pods": [pod("v", limits(2, cores=100))], "NumPDBViolations": 0}}}
+    args = {
+        "Pod": pod("hi", limits(1, cores=100)),
+        "NodeNameToVictims": {"small": {"Pods": [pod("v", limits(2, cores=100))], "NumPDBViolations": 0}},
+    }
     kept = client.post("/preempt", json=args).json()["NodeNameToMetaVictims"]
     assert kept == {"small": {"Pods": [{"UID": "uid-v"}], "NumPDBViolations": 0}}
 
@@ -304,7 +311,9 @@ def test_unknown_node_has_a_reason(env: Any) -> None:
         pytest.param("/filter", b'{"Pod": {}, "NodeNames": "a"}', id="names-not-a-list"),
         pytest.param("/prioritize", b'{"Pod": 5}', id="pod-wrong-type"),
         pytest.param("/bind", b'{"PodName": "a"}', id="bind-missing-fields"),
-        pytest.param("/preempt", b'{"Pod": {}, "NodeNameToMetaVictims": {"a": {"Pods": [{"X": 1}]}}}', id="victim-no-uid"),
+        pytest.param(
+            "/preempt", b'{"Pod": {}, "NodeNameToMetaVictims": {"a": {"Pods": [{"X": 1}]}}}', id="victim-no-uid"
+        ),
     ],
 )
 def test_malformed_bodies_get_4xx_naming_the_field(env: Any, path: str, raw: bytes) -> None:
@@ -406,7 +415,9 @@ def test_a_bind_for_a_pod_the_apiserver_shows_bound_is_refused_before_any_write(
     p = pod("a", limits(1, cores=100))
     p["spec"]["nodeName"] = "small"  # bound by someone else; the scheduler has no record of it
     backend.create_pod(p)
-    err = client.post("/bind", json={"PodName": "a", "PodNamespace": "default", "PodUID": "", "Node": "big"}).json()["Error"]
+    err = client.post("/bind", json={"PodName": "a", "PodNamespace": "default", "PodUID": "", "Node": "big"}).json()[
+        "Error"
+    ]
     assert "pod default/a" in err and "already bound to small" in err
     assert state.allocation("default/a") is None
     assert exclusive_cards_used(state, "big") == 0

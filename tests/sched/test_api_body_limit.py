@@ -30,8 +30,11 @@ def server() -> Iterator[tuple[int, int]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "flexai_sched.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flexai_sched.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -78,8 +81,10 @@ def post_chunked(port: int, path: str, chunks: Iterable[bytes]) -> tuple[int, by
     reader.start()
     sent = 0
     try:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
         for chunk in chunks:
             sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             sent += len(chunk)
@@ -102,7 +107,7 @@ def post_chunked(port: int, path: str, chunks: Iterable[bytes]) -> tuple[int, by
             if n == 0:
                 break
             out += rest[:n]
-            rest = rest[n + 2:]
+            rest = rest[n + 2 :]
         body = bytes(out)
     return status, body, sent
 
@@ -110,7 +115,7 @@ def post_chunked(port: int, path: str, chunks: Iterable[bytes]) -> tuple[int, by
 def test_a_chunked_body_within_the_limit_is_served(server: tuple[int, int]) -> None:
     port, _ = server
     raw = json.dumps({"Pod": pod("p", limits(1, cores=20)), "Nodes": None, "NodeNames": ["gpu-h200-a"]}).encode()
-    status, body, _ = post_chunked(port, "/filter", (raw[i:i + 7] for i in range(0, len(raw), 7)))
+    status, body, _ = post_chunked(port, "/filter", (raw[i : i + 7] for i in range(0, len(raw), 7)))
     assert status == 200, body
     assert json.loads(body)["NodeNames"] == ["gpu-h200-a"]
 
@@ -135,8 +140,10 @@ def test_a_chunked_body_past_the_limit_is_refused_with_413_and_never_held_in_mem
 def test_a_declared_length_past_the_limit_is_refused_before_the_body(server: tuple[int, int]) -> None:
     port, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"POST /bind HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /bind HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode()
+        )
         head = sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 413"), head[:100]
 
@@ -146,8 +153,9 @@ def test_a_few_mib_of_bad_items_do_not_cost_the_server_gigabytes(server: tuple[i
     port, pid = server
     before = peak_rss_mib(pid)
     raw = b'{"Pod": {}, "NodeNames": [' + b",".join([b"1"] * 4_000_000) + b"]}"
-    r = httpx.post(f"http://127.0.0.1:{port}/filter", content=raw, headers={"content-type": "application/json"},
-                   timeout=60)
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/filter", content=raw, headers={"content-type": "application/json"}, timeout=60
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "NodeNames", 0]
     grew = peak_rss_mib(pid) - before
     assert grew < 400, f"peak RSS grew {grew:.0f} MiB"

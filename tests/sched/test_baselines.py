@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
+from flexai_core.model import Card, CardUsage, ContainerRequest, PodRequest
 from flexai_sched import policies
 from flexai_sched.allocator import Placement, place
-from flexai_sched.workload import Host
-from flexai_core.model import Card, CardUsage, ContainerRequest, PodRequest
 from flexai_sched.policies.baselines import BestFit, GpuPacking, RandomFit
+from flexai_sched.workload import Host
 
 CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
 

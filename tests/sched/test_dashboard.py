@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from flexai_core.model import Card, CardSelector, CardUsage
 from flexai_sched import capacity, dashboard, demo
 from flexai_sched.app import create_app
 from flexai_sched.backend import MemoryBackend
@@ -18,9 +19,8 @@ from flexai_sched.capacity import Shape
 from flexai_sched.cli import make_backend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
-from flexai_sched.workload import DEFAULT_WORKLOAD
-from flexai_core.model import Card, CardSelector, CardUsage
 from flexai_sched.state import ClusterState
+from flexai_sched.workload import DEFAULT_WORKLOAD
 
 from .fixtures import limits, node, pod
 
@@ -53,9 +53,14 @@ def test_the_feed_draws_what_v1_nodes_says(env: Any) -> None:
         detail = client.get(f"/v1/nodes/{n['name']}").json()
         for card, want in zip(n["cards"], detail["card_details"], strict=True):
             assert (card["i"], card["cores"], card["used"], card["mib"]) == (
-                want["index"], want["cores_allocated"], want["memory_mib_allocated"], want["memory_mib_total"])
+                want["index"],
+                want["cores_allocated"],
+                want["memory_mib_allocated"],
+                want["memory_mib_total"],
+            )
             assert [(f"{s['ns']}/{s['pod']}", s["c"], s["cores"], s["mib"]) for s in card["slices"]] == [
-                (s["pod"], s["container"], s["cores"], s["memory_mib"]) for s in want["slices"]]
+                (s["pod"], s["container"], s["cores"], s["memory_mib"]) for s in want["slices"]
+            ]
     assert got["summary"]["cores_allocated"] == 60 and got["summary"]["memory_mib_allocated"] == 16 * GIB
 
 
@@ -103,20 +108,24 @@ def test_the_page_and_its_files_are_served_and_nothing_else(env: Any) -> None:
 H200 = Card(0, "G0", "NVIDIA H200", 80 * GIB)
 
 
-@pytest.mark.parametrize(("usage", "shapes", "stranded"), [
-    # 95% cores taken: 5% and 70 GiB free, no typical shape (10% at least) fits: all stranded.
-    pytest.param(CardUsage(95, 10 * GIB, 1), [Shape(1, 10)], (5, 70 * GIB), id="5-percent-left"),
-    # 50% free: a 50% shape (40 GiB, in proportion) fits: nothing stranded.
-    pytest.param(CardUsage(50, 10 * GIB, 1), [Shape(1, 50)], (0, 0), id="a-shape-fits"),
-    # 50% free but 75 of 80 GiB taken: a 25% shape in proportion wants 20 GiB: stranded.
-    pytest.param(CardUsage(50, 75 * GIB, 1), [Shape(1, 25)], (50, 5 * GIB), id="memory-short"),
-    # ... unless a waiting pod asks 25% with 4 GiB.
-    pytest.param(CardUsage(50, 75 * GIB, 1), [Shape(1, 25), Shape(1, 25, 4 * GIB)], (0, 0), id="waiting-pod-fits"),
-    # Every vGPU slot used: the free part is stranded whatever the shapes.
-    pytest.param(CardUsage(50, 10 * GIB, 5), [Shape(1, 10, GIB)], (50, 70 * GIB), id="slots-full"),
-])
-def test_stranded_is_free_capacity_no_shape_can_use(usage: CardUsage, shapes: list[Shape],
-                                                    stranded: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("usage", "shapes", "stranded"),
+    [
+        # 95% cores taken: 5% and 70 GiB free, no typical shape (10% at least) fits: all stranded.
+        pytest.param(CardUsage(95, 10 * GIB, 1), [Shape(1, 10)], (5, 70 * GIB), id="5-percent-left"),
+        # 50% free: a 50% shape (40 GiB, in proportion) fits: nothing stranded.
+        pytest.param(CardUsage(50, 10 * GIB, 1), [Shape(1, 50)], (0, 0), id="a-shape-fits"),
+        # 50% free but 75 of 80 GiB taken: a 25% shape in proportion wants 20 GiB: stranded.
+        pytest.param(CardUsage(50, 75 * GIB, 1), [Shape(1, 25)], (50, 5 * GIB), id="memory-short"),
+        # ... unless a waiting pod asks 25% with 4 GiB.
+        pytest.param(CardUsage(50, 75 * GIB, 1), [Shape(1, 25), Shape(1, 25, 4 * GIB)], (0, 0), id="waiting-pod-fits"),
+        # Every vGPU slot used: the free part is stranded whatever the shapes.
+        pytest.param(CardUsage(50, 10 * GIB, 5), [Shape(1, 10, GIB)], (50, 70 * GIB), id="slots-full"),
+    ],
+)
+def test_stranded_is_free_capacity_no_shape_can_use(
+    usage: CardUsage, shapes: list[Shape], stranded: tuple[int, int]
+) -> None:
     got = capacity.node_capacity([H200], [usage], shapes)
     assert (got.cores_stranded, got.memory_mib_stranded) == stranded
     assert (got.cores_free, got.memory_mib_free) == (100 - usage.cores, 80 * GIB - usage.memory_mib)
@@ -138,11 +147,18 @@ def test_essential_shapes_strand_exactly_what_all_shapes_strand() -> None:
         usage = []
         for c in cards:
             v = rng.randint(0, c.max_vgpus)
-            usage.append(CardUsage(rng.choice([0, 5, 30, 55, 90, 100]) if v else 0, rng.randint(0, c.memory_mib) if v else 0, v))
-        shapes = [Shape(rng.choice([1, 1, 2, 3]), rng.choice([0, 5, 10, 25, 50, 100]),
-                        rng.choice([None, GIB, 8 * GIB, 40 * GIB]),
-                        rng.choice([CardSelector(), CardSelector(models=frozenset({rng.choice(models)}))]))
-                  for _ in range(rng.randint(1, 6))]
+            usage.append(
+                CardUsage(rng.choice([0, 5, 30, 55, 90, 100]) if v else 0, rng.randint(0, c.memory_mib) if v else 0, v)
+            )
+        shapes = [
+            Shape(
+                rng.choice([1, 1, 2, 3]),
+                rng.choice([0, 5, 10, 25, 50, 100]),
+                rng.choice([None, GIB, 8 * GIB, 40 * GIB]),
+                rng.choice([CardSelector(), CardSelector(models=frozenset({rng.choice(models)}))]),
+            )
+            for _ in range(rng.randint(1, 6))
+        ]
         kept = capacity.essential(shapes)
         assert len(kept) <= len(set(shapes))
         assert capacity.node_capacity(cards, usage, kept) == capacity.node_capacity(cards, usage, shapes)
@@ -168,6 +184,7 @@ def test_the_summary_counts_a_waiting_pods_shape(env: Any) -> None:
 
 # ---- the demo ----
 
+
 def test_the_demo_starts_with_pods_placed_and_one_waiting() -> None:
     backend = make_backend(Settings())
     assert isinstance(backend, MemoryBackend)
@@ -185,17 +202,32 @@ def test_the_demo_starts_with_pods_placed_and_one_waiting() -> None:
         assert client.get("/v1/pods/alice/notebook").json()["slices"][0]["card"] == 2
 
 
-@pytest.mark.parametrize(("pods", "message"), [
-    pytest.param("[{name: p, node: nope, containers: [{name: c, cards: [0], cores: 10}]}]",
-                 r"pods\[0\].node: 'nope' is not a demo node", id="unknown-node"),
-    pytest.param("[{name: p, node: a, containers: [{name: c, cards: [5], cores: 10}]}]",
-                 r"pods\[0\].containers\[0\].cards: 5 is not a card of a", id="unknown-card"),
-    pytest.param("[{name: p, node: a, containers: [{name: c, cards: [0], cores: 60}]},"
-                 " {name: q, node: a, containers: [{name: c, cards: [0], cores: 60}]}]",
-                 r"pods\[1\].containers\[0\]: 60% / 15360 MiB does not fit card 0 of a", id="over-full"),
-    pytest.param("[{name: p, node: a, containers: [{name: c, cards: [0], cores: 130}]}]",
-                 r"pods\[0\].containers\[0\].cores: must be an integer from 0 to 100", id="bad-cores"),
-])
+@pytest.mark.parametrize(
+    ("pods", "message"),
+    [
+        pytest.param(
+            "[{name: p, node: nope, containers: [{name: c, cards: [0], cores: 10}]}]",
+            r"pods\[0\].node: 'nope' is not a demo node",
+            id="unknown-node",
+        ),
+        pytest.param(
+            "[{name: p, node: a, containers: [{name: c, cards: [5], cores: 10}]}]",
+            r"pods\[0\].containers\[0\].cards: 5 is not a card of a",
+            id="unknown-card",
+        ),
+        pytest.param(
+            "[{name: p, node: a, containers: [{name: c, cards: [0], cores: 60}]},"
+            " {name: q, node: a, containers: [{name: c, cards: [0], cores: 60}]}]",
+            r"pods\[1\].containers\[0\]: 60% / 15360 MiB does not fit card 0 of a",
+            id="over-full",
+        ),
+        pytest.param(
+            "[{name: p, node: a, containers: [{name: c, cards: [0], cores: 130}]}]",
+            r"pods\[0\].containers\[0\].cores: must be an integer from 0 to 100",
+            id="bad-cores",
+        ),
+    ],
+)
 def test_demo_pods_are_checked(tmp_path: Path, pods: str, message: str) -> None:
     f = tmp_path / "demo.yaml"
     f.write_text(f"nodes: [{{name: a, cards: [{{model: T4, memoryMiB: 15360, count: 2}}]}}]\npods: {pods}\n")

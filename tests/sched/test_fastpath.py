@@ -47,19 +47,23 @@ def test_a_chunked_body_over_the_limit_is_refused(small_limit: TestClient) -> No
     assert r.status_code == 413 and "1000" in r.json()["detail"]
 
 
-@pytest.mark.parametrize(("raw", "loc"), [
-    (b'{"Pod": {}, "NodeNames": "a"}', ["body", "NodeNames"]),
-    (b'{"Pod": {}, "NodeNames": ["a", 5]}', ["body", "NodeNames", 1]),
-    (b'{"Pod": null, "NodeNames": []}', ["body", "Pod"]),
-    (b'{"NodeNames": []}', ["body", "Pod"]),
-    (b'{"Pod": {}, "NodeNames": ["\\ud800"]}', ["body"]),
-])
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        (b'{"Pod": {}, "NodeNames": "a"}', ["body", "NodeNames"]),
+        (b'{"Pod": {}, "NodeNames": ["a", 5]}', ["body", "NodeNames", 1]),
+        (b'{"Pod": null, "NodeNames": []}', ["body", "Pod"]),
+        (b'{"NodeNames": []}', ["body", "Pod"]),
+        (b'{"Pod": {}, "NodeNames": ["\\ud800"]}', ["body"]),
+    ],
+)
 def test_a_body_the_fast_path_refuses_gets_the_apps_422_naming_the_field(
-        small_limit: TestClient, raw: bytes, loc: list[object]) -> None:
+    small_limit: TestClient, raw: bytes, loc: list[object]
+) -> None:
     for verb in ("/filter", "/prioritize"):
         r = small_limit.post(verb, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422, r.text
-        assert r.json()["detail"][0]["loc"][:len(loc)] == loc
+        assert r.json()["detail"][0]["loc"][: len(loc)] == loc
 
 
 def test_invalid_json_gets_the_apps_422(small_limit: TestClient) -> None:
@@ -111,8 +115,12 @@ def test_alike_nodes_share_answers_that_equal_their_own(policy: str) -> None:
             backend.create_pod(q)
             ext.parse(q)
             ext.bind("default", f"f{i}{j}", f"uid-f{i}{j}", n)
-    shapes = [pod("p1", limits(1, cores=20)), pod("p2", limits(4, cores=50)), pod("p3", limits(2, cores=100)),
-              pod("p4", limits(1, cores=70, memory_gib=100))]
+    shapes = [
+        pod("p1", limits(1, cores=20)),
+        pod("p2", limits(4, cores=50)),
+        pod("p3", limits(2, cores=100)),
+        pod("p4", limits(1, cores=70, memory_gib=100)),
+    ]
     for p in shapes:
         got = scores(ext, p, NAMES)
         for n in NAMES:  # each node on its own, in a cluster that never saw the others' answers

@@ -52,8 +52,7 @@ class Served:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, http=protocol(counted), log_level="warning", access_log=False,
-                                lifespan="off")
+        config = uvicorn.Config(self.app, http=protocol(counted), log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
@@ -115,25 +114,29 @@ def test_answers_are_the_apps_and_come_from_the_protocol(served: Served) -> None
     assert json.loads(post(c, "/filter", body(p, NAMES))[1])["NodeNames"] == ["b", "c", "d"]
 
 
-@pytest.mark.parametrize(("raw", "loc"), [
-    (b'{"Pod": {}, "NodeNames": "a"}', ["body", "NodeNames"]),
-    (b'{"Pod": {}, "NodeNames": ["a", 5]}', ["body", "NodeNames", 1]),
-    (b'{"Pod": null, "NodeNames": []}', ["body", "Pod"]),
-    (b'{"Pod": [], "NodeNames": []}', ["body", "Pod"]),
-    (b'{"NodeNames": []}', ["body", "Pod"]),
-    (b'{"Pod": {}, "NodeNames": ["\\ud800"]}', ["body"]),
-    (b'{"Pod": {"metadata": {"name": "\\udfff"}}, "NodeNames": []}', ["body"]),
-    (b'{"Pod": {}, "NodeNames": ["\xc3\x28"]}', ["body"]),
-    (b'{"Pod": {"spec": "\xff"}, "NodeNames": []}', ["body"]),
-    (b'{nope', ["body"]),
-])
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        (b'{"Pod": {}, "NodeNames": "a"}', ["body", "NodeNames"]),
+        (b'{"Pod": {}, "NodeNames": ["a", 5]}', ["body", "NodeNames", 1]),
+        (b'{"Pod": null, "NodeNames": []}', ["body", "Pod"]),
+        (b'{"Pod": [], "NodeNames": []}', ["body", "Pod"]),
+        (b'{"NodeNames": []}', ["body", "Pod"]),
+        (b'{"Pod": {}, "NodeNames": ["\\ud800"]}', ["body"]),
+        (b'{"Pod": {"metadata": {"name": "\\udfff"}}, "NodeNames": []}', ["body"]),
+        (b'{"Pod": {}, "NodeNames": ["\xc3\x28"]}', ["body"]),
+        (b'{"Pod": {"spec": "\xff"}, "NodeNames": []}', ["body"]),
+        (b"{nope", ["body"]),
+    ],
+)
 def test_a_body_the_fast_path_refuses_gets_the_apps_422_on_the_same_connection(
-        served: Served, raw: bytes, loc: list[object]) -> None:
+    served: Served, raw: bytes, loc: list[object]
+) -> None:
     c = served.conn()
     for verb in ("/filter", "/prioritize"):
         status, reply, _ = post(c, verb, raw)
         assert status == 422, reply
-        assert json.loads(reply)["detail"][0]["loc"][:len(loc)] == loc
+        assert json.loads(reply)["detail"][0]["loc"][: len(loc)] == loc
     p = pod("q", limits(1, cores=10))
     assert post(c, "/filter", body(p, NAMES))[0] == 200  # the connection still serves
 
@@ -145,23 +148,29 @@ def test_a_pod_the_extender_refuses_is_answered_as_the_app_does(served: Served) 
         for path in ("/filter", "/prioritize"):
             status, raw, _ = post(c, path, body(bad, NAMES))
             assert status == 200
-            assert json.loads(raw) == asgi.post(path, content=body(bad, NAMES),
-                                                headers={"content-type": "application/json"}).json()
-    assert "invalid vGPU request" in json.loads(post(c, "/filter", body(bad, NAMES))[1])["FailedAndUnresolvableNodes"]["a"]
+            assert (
+                json.loads(raw)
+                == asgi.post(path, content=body(bad, NAMES), headers={"content-type": "application/json"}).json()
+            )
+    assert (
+        "invalid vGPU request" in json.loads(post(c, "/filter", body(bad, NAMES))[1])["FailedAndUnresolvableNodes"]["a"]
+    )
 
 
 def test_bodies_over_the_limit_get_the_apps_413(served: Served) -> None:
     big = body(pod("q", limits(1, cores=10)), [f"node-{i}" for i in range(LIMIT // 8)])
     assert len(big) > LIMIT
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 500]), big[i:i + 500]) for i in range(0, len(big), 500))
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i : i + 500]), big[i : i + 500]) for i in range(0, len(big), 500))
     for path, head, payload in (
         ("/filter", b"content-length: %d" % len(big), big),  # declared over the limit
         ("/prioritize", b"transfer-encoding: chunked", chunked + b"0\r\n\r\n"),  # found over it while read
     ):
         s = served.socket()
         try:
-            s.sendall(b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n%s\r\n\r\n"
-                      % (path.encode(), head) + payload)
+            s.sendall(
+                b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n%s\r\n\r\n" % (path.encode(), head)
+                + payload
+            )
         except OSError:  # the server may answer and close before all of it is sent
             pass
         got = b""
@@ -178,8 +187,7 @@ def test_bodies_over_the_limit_get_the_apps_413(served: Served) -> None:
 def test_http_10_gets_its_answer_then_the_connection_closes(served: Served) -> None:
     s = served.socket()
     raw = body(pod("q", limits(1, cores=10)), NAMES)
-    s.sendall(b"POST /filter HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(raw)
-              + raw)
+    s.sendall(b"POST /filter HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(raw) + raw)
     got = b""
     while chunk := s.recv(65536):  # the server closes: recv returns b"" at the end
         got += chunk
@@ -194,8 +202,7 @@ def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     raw = body(p, ["a", "b"])
     request = b"POST /filter HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
     s = served.socket()
-    s.sendall(b"GET /v1/nodes HTTP/1.1\r\nhost: x\r\n\r\n" + request % len(raw) + raw
-              + request % len(raw) + raw)
+    s.sendall(b"GET /v1/nodes HTTP/1.1\r\nhost: x\r\n\r\n" + request % len(raw) + raw + request % len(raw) + raw)
     got = b""
     deadline = time.time() + 10
     while got.count(b"HTTP/1.1 200") < 3 and time.time() < deadline:

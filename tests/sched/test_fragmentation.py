@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
-from flexai_sched.workload import Host, NodeKind, TaskClass, Workload
-from flexai_sched.policies.interface import HostAware, WorkloadAware
 from flexai_core.model import FULL_CORES, Card, CardUsage
+from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
+from flexai_sched.policies.interface import HostAware, WorkloadAware
+from flexai_sched.workload import Host, NodeKind, TaskClass, Workload
 
 CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
 
@@ -65,8 +65,12 @@ def test_fgd_target_is_the_typical_pods() -> None:
     # 60 tasks of a half card, 30 whole cards, 6 without GPUs, 4 of a 10% share:
     # 95% is reached with the first three; the 10% share is left out, weights renormalized.
     w = Workload.of(
-        [TaskClass(1, 50, 60.0, 4000, 1000), TaskClass(1, 100, 30.0, 8000, 2000), TaskClass(0, 0, 6.0, 2000),
-         TaskClass(1, 10, 4.0, 1000)]
+        [
+            TaskClass(1, 50, 60.0, 4000, 1000),
+            TaskClass(1, 100, 30.0, 8000, 2000),
+            TaskClass(0, 0, 6.0, 2000),
+            TaskClass(1, 10, 4.0, 1000),
+        ]
     )
     t = w.typical(Fgd.POPULAR)
     assert {(c.vgpus, c.cores): round(c.weight, 4) for c in t.classes} == {(1, 50): 0.625, (1, 100): 0.3125}
@@ -80,9 +84,16 @@ def test_fgd_target_is_the_typical_pods() -> None:
 def test_fast_measure_equals_the_definition() -> None:
     # Fgd's fast evaluation (prefix sums over classes by CPU) against node_fragmentation.
     rng = random.Random(7)
-    classes = [TaskClass(rng.choice([1, 1, 2]), rng.choice([20, 35, 50, 100]), rng.random(), cpu_milli=rng.randrange(0, 20000, 1000)) for _ in range(12)]
+    classes = [
+        TaskClass(
+            rng.choice([1, 1, 2]), rng.choice([20, 35, 50, 100]), rng.random(), cpu_milli=rng.randrange(0, 20000, 1000)
+        )
+        for _ in range(12)
+    ]
     classes.append(TaskClass(0, 0, 0.5, cpu_milli=3000))
-    w = Workload.of(c if c.cores == 100 or c.vgpus <= 1 else TaskClass(1, c.cores, c.weight, c.cpu_milli) for c in classes)
+    w = Workload.of(
+        c if c.cores == 100 or c.vgpus <= 1 else TaskClass(1, c.cores, c.weight, c.cpu_milli) for c in classes
+    )
     typical = w.typical(Fgd.POPULAR)
     fgd = Fgd(w)
     cards = tuple(Card(i, f"u{i}", "G2", 32768, 100) for i in range(4))
@@ -159,8 +170,14 @@ def test_fragmentation_feeds_tasks_without_gpus_from_the_host_cpu_too() -> None:
 
 def test_fragmentation_puts_a_share_on_the_best_card_of_the_cluster() -> None:
     # Shares of 47 and 32 (4 cores each), 12% shares (2 cores), whole cards (8 cores).
-    w = Workload.of([TaskClass(1, 47, 3.0, cpu_milli=4000), TaskClass(1, 32, 1.0, cpu_milli=4000),
-                     TaskClass(1, 12, 0.5, cpu_milli=2000), TaskClass(1, FULL_CORES, 4.0, cpu_milli=8000)])
+    w = Workload.of(
+        [
+            TaskClass(1, 47, 3.0, cpu_milli=4000),
+            TaskClass(1, 32, 1.0, cpu_milli=4000),
+            TaskClass(1, 12, 0.5, cpu_milli=2000),
+            TaskClass(1, FULL_CORES, 4.0, cpu_milli=8000),
+        ]
+    )
     # A 47% share: node a has a card with a 47 on it (53 free) and an idle card, and 6 cores
     # left; node b a card with a 32 on it (68 free) beside a full one, and 14 cores. The
     # node measure alone puts it beside the 32 on b (21 left, that only a 12 fits; more CPU
@@ -170,8 +187,10 @@ def test_fragmentation_puts_a_share_on_the_best_card_of_the_cluster() -> None:
     def place(policy: Fragmentation) -> tuple[str, int]:
         options = []
         for name, (usage, host) in nodes.items():
-            card = min((i for i in range(2) if usage[i].cores + 47 <= FULL_CORES),
-                       key=lambda i: policy.card_cost(CARDS[i], usage[i], 47, 0))
+            card = min(
+                (i for i in range(2) if usage[i].cores + 47 <= FULL_CORES),
+                key=lambda i: policy.card_cost(CARDS[i], usage[i], 47, 0),
+            )
             after = tuple(u.plus(CardUsage(47, 0, 1)) if i == card else u for i, u in enumerate(usage))
             options.append((policy.host_node_score(CARDS, usage, after, host, 4000, 0), name, card))
         _, name, card = max(options)
@@ -196,7 +215,9 @@ def test_fragmentation_keeps_the_cards_constrained_tasks_need() -> None:
     g2 = (Card(0, "g2", "G2", 32768, 100),)
 
     def workload(t4_only: bool) -> Workload:
-        return Workload.of([TaskClass(1, 47, 6.0), TaskClass(1, 47, 5.0, models=frozenset({"T4"}) if t4_only else frozenset())])
+        return Workload.of(
+            [TaskClass(1, 47, 6.0), TaskClass(1, 47, 5.0, models=frozenset({"T4"}) if t4_only else frozenset())]
+        )
 
     def choice(policy: Fragmentation) -> str:
         on_t4 = policy.node_score(t4, used(47), used(94))
@@ -241,7 +262,9 @@ def test_a_host_request_confines_a_class_to_the_node_kinds_that_fit_it() -> None
     assert G3_KIND.takes(w.classes[1]) and not G2_KIND.takes(w.classes[1])
 
     def score(cards: tuple[Card, ...], kind: NodeKind) -> float:
-        return policy.host_node_score(cards, used(*[0] * 8), used(100, *[0] * 7), Host(kind.cpu_milli, kind.memory_mib), 8000, 0)
+        return policy.host_node_score(
+            cards, used(*[0] * 8), used(100, *[0] * 7), Host(kind.cpu_milli, kind.memory_mib), 8000, 0
+        )
 
     gap = score(G2_NODE, G2_KIND) - score(G3_NODE, G3_KIND)
     assert gap > Fragmentation.CARD * 100 * Fragmentation.PRICE * 0.99

@@ -13,8 +13,8 @@ from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
 from flexai_sched.policies.fragmentation import Fragmentation
-from flexai_sched.workload import NodeKind, TaskClass, Workload
 from flexai_sched.state import ClusterState
+from flexai_sched.workload import NodeKind, TaskClass, Workload
 
 from .fixtures import limits, node, pod
 
@@ -24,8 +24,14 @@ CPU_WORKLOAD = Workload.of([TaskClass(1, 100, 1.0, 8000), TaskClass(1, 50, 1.0, 
 
 
 def gpu_pod(name: str, cpu: str = "1") -> dict[str, Any]:
-    return pod(name, {"name": "m", "image": "x",
-                      "resources": {"limits": limits(1, cores=50, memory_gib=1), "requests": {"cpu": cpu}}})
+    return pod(
+        name,
+        {
+            "name": "m",
+            "image": "x",
+            "resources": {"limits": limits(1, cores=50, memory_gib=1), "requests": {"cpu": cpu}},
+        },
+    )
 
 
 def make(policy: str = "fragmentation", hosts: bool = True) -> tuple[Extender, ClusterState]:
@@ -99,11 +105,18 @@ def test_bind_counts_the_pods_host_request_and_views_show_the_host() -> None:
     backend.create_pod(p)
     with TestClient(create_app(ext)) as client:
         state.set_host_capacity("a", CPU, 2048)
-        assert client.post("/bind", json={"PodName": "p", "PodNamespace": "default", "PodUID": "uid-p",
-                                          "Node": "a"}).json() == {"Error": ""}
+        assert client.post(
+            "/bind", json={"PodName": "p", "PodNamespace": "default", "PodUID": "uid-p", "Node": "a"}
+        ).json() == {"Error": ""}
         host = client.get("/v1/nodes/a").json()["host"]
-        assert host == {"cpu_milli_allocatable": CPU, "cpu_milli_requested": 1500, "cpu_milli_free": CPU - 1500,
-                        "memory_mib_allocatable": 2048, "memory_mib_requested": 0, "memory_mib_free": 2048}
+        assert host == {
+            "cpu_milli_allocatable": CPU,
+            "cpu_milli_requested": 1500,
+            "cpu_milli_free": CPU - 1500,
+            "memory_mib_allocatable": 2048,
+            "memory_mib_requested": 0,
+            "memory_mib_free": 2048,
+        }
         backend.delete_pod("default", "p")
         assert client.get("/v1/nodes").json()[0]["host"]["cpu_milli_requested"] == 0
 
@@ -168,8 +181,14 @@ def test_prioritize_without_a_prior_filter_scores_a_node_that_no_longer_fits() -
     # A bind between filter and prioritize empties the node's caches; if the pod no longer
     # fits, prioritize must say so (0), not fail looking for a score that was never made.
     ext, _ = make()
-    too_big = pod("big", {"name": "m", "image": "x",
-                          "resources": {"limits": limits(9, cores=50, memory_gib=1), "requests": {"cpu": "1"}}})
+    too_big = pod(
+        "big",
+        {
+            "name": "m",
+            "image": "x",
+            "resources": {"limits": limits(9, cores=50, memory_gib=1), "requests": {"cpu": "1"}},
+        },
+    )
     assert ranks(ext, too_big) == {"a": 0, "b": 0}
 
 
@@ -196,11 +215,15 @@ def test_the_learned_workload_keeps_the_gpu_models_pods_asked_for() -> None:
     assert models == {frozenset(), frozenset({"T4"})}
     # T4-only: 2/3 of the demand against 1/9 of the cards: pressure 6, price capped at PRICE,
     # on the kind of node "t" (the policy learned each node's cards and host).
-    assert policy._m.price.exact == {("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
-                                     ("H200", 8, CPU, 1024 * 1024): 0.0}
+    assert policy._m.price.exact == {
+        ("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
+        ("H200", 8, CPU, 1024 * 1024): 0.0,
+    }
 
 
-def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The default policy plans for no constraint; T4-only pods arrive. Filter hands each to
     the policy (``Observing``); after ``REPRICE_EVERY`` of them it prices T4 against the
     cards left, and every cached score goes."""
@@ -213,7 +236,9 @@ def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(
     policy = ext._node_policy
     assert isinstance(policy, Fragmentation)
     policy.use_workload(Workload.of([TaskClass(1, 20, 1.0)]))  # planned: shares that go anywhere
-    policy.use_capacity({"H200": 8, "T4": 1}, {NodeKind("H200", 8, CPU, 1024 * 1024): 1, NodeKind("T4", 1, CPU, 1024 * 1024): 1})
+    policy.use_capacity(
+        {"H200": 8, "T4": 1}, {NodeKind("H200", 8, CPU, 1024 * 1024): 1, NodeKind("T4", 1, CPU, 1024 * 1024): 1}
+    )
     assert not policy._m.price
     lim = limits(1, cores=20, memory_gib=1) | {"huawei.com/vgpu-type.T4": "1"}
     q = pod("q", {"name": "m", "image": "x", "resources": {"limits": lim, "requests": {"cpu": "1"}}})
@@ -223,8 +248,10 @@ def test_filter_shows_the_policy_each_pod_and_a_reprice_drops_the_cached_scores(
     drops: list[int] = []
     monkeypatch.setattr(state, "drop_scores", lambda: drops.append(1))
     ext.filter(q, ["a", "t"])  # the last one: re-priced, cached scores dropped
-    assert policy._m.price.exact == {("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
-                                     ("H200", 8, CPU, 1024 * 1024): 0.0}
+    assert policy._m.price.exact == {
+        ("T4", 1, CPU, 1024 * 1024): pytest.approx(Fragmentation.PRICE),
+        ("H200", 8, CPU, 1024 * 1024): 0.0,
+    }
     assert drops == [1]
 
 

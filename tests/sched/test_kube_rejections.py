@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from flexai_core import annotations as ann
+from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.errors import BindFailure
 from flexai_sched.kube import ApiError, KubeBackend, _bind_refusal
 from flexai_sched.metrics import Metrics
-from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState
 
 from .fixtures import H200_MIB, limits, node, pod
@@ -45,8 +45,11 @@ def bound(name: str, *slices: Slice, text: str | None = None, cores: int = 20, g
     p = pod(name, limits(1, cores=cores, memory_gib=gib))
     p["spec"]["nodeName"] = "gpu-1"
     p["metadata"]["resourceVersion"] = "1"
-    encoded = text if text is not None else ann.encode_allocation(
-        Allocation.build("default", name, f"uid-{name}", "gpu-1", slices))
+    encoded = (
+        text
+        if text is not None
+        else ann.encode_allocation(Allocation.build("default", name, f"uid-{name}", "gpu-1", slices))
+    )
     p["metadata"]["annotations"] = {ann.POD_ALLOCATION: encoded}
     return p
 
@@ -71,8 +74,9 @@ def test_the_pods_own_allocation_counts(backend: KubeBackend, state: ClusterStat
     assert state.rejected() == []
 
 
-def test_a_self_granted_card_is_not_counted_and_says_why(backend: KubeBackend, state: ClusterState,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_a_self_granted_card_is_not_counted_and_says_why(
+    backend: KubeBackend, state: ClusterState, caplog: pytest.LogCaptureFixture
+) -> None:
     greedy = bound("greedy", on(0, cores=0, mib=H200_MIB))
     with caplog.at_level(logging.WARNING, "flexai_sched.kube"):
         backend._pod_event("ADDED", greedy)
@@ -97,8 +101,11 @@ def test_a_self_granted_card_is_not_counted_and_says_why(backend: KubeBackend, s
         pytest.param(bound("p", on(0), on(1)), "count", id="two-slices-for-one-vgpu"),
         pytest.param(bound("p", Slice("c0", 7, "GPU-x", 20, 4096)), "card", id="card-not-on-node"),
         pytest.param(bound("p", Slice("c0", 0, C1.uuid, 20, 4096)), "card", id="uuid-of-another-card"),
-        pytest.param(bound("p", on(0), text='{"v": 1, "node": "gpu-1", "slices": [{"card": "zero"}]}'),
-                     "malformed", id="malformed"),
+        pytest.param(
+            bound("p", on(0), text='{"v": 1, "node": "gpu-1", "slices": [{"card": "zero"}]}'),
+            "malformed",
+            id="malformed",
+        ),
         pytest.param(bound("p", Slice("other", 0, C0.uuid, 20, 4096)), "container", id="other-container"),
     ],
 )
@@ -149,8 +156,9 @@ def test_a_relist_forgets_rejections_of_pods_gone(backend: KubeBackend, state: C
     assert state.allocation("default/p") is not None
 
 
-def test_what_the_owner_may_still_edit_never_stops_a_slice_from_counting(backend: KubeBackend,
-                                                                        state: ClusterState) -> None:
+def test_what_the_owner_may_still_edit_never_stops_a_slice_from_counting(
+    backend: KubeBackend, state: ClusterState
+) -> None:
     # The policy annotations stay user-writable after the bind: an unknown value must not make
     # the request unreadable and free the card in the books.
     p = bound("p", on(0))
@@ -167,7 +175,8 @@ def test_cores_off_the_default_granularity_count(backend: KubeBackend, state: Cl
 
 
 def test_a_pod_counted_before_its_node_was_known_is_checked_with_the_cards_on_its_next_event(
-        backend: KubeBackend, state: ClusterState) -> None:
+    backend: KubeBackend, state: ClusterState
+) -> None:
     state.remove_node("gpu-1")
     ghost = bound("p", Slice("c0", 0, "GPU-not-on-gpu-1", 20, 4096))  # right size, card unknowable yet
     backend._pod_event("ADDED", ghost)
@@ -178,8 +187,9 @@ def test_a_pod_counted_before_its_node_was_known_is_checked_with_the_cards_on_it
     assert [r.reason for r in state.rejected()] == ["card"]
 
 
-def test_status_updates_of_a_counted_pod_skip_the_check(backend: KubeBackend, state: ClusterState,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_updates_of_a_counted_pod_skip_the_check(
+    backend: KubeBackend, state: ClusterState, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = bound("p", on(0))
     backend._pod_event("ADDED", p)
     calls: list[tuple[object, ...]] = []
@@ -197,10 +207,17 @@ def test_status_updates_of_a_counted_pod_skip_the_check(backend: KubeBackend, st
     ("status", "message", "reason"),
     [
         (404, 'pods "p" not found', BindFailure.POD_GONE),
-        (409, 'Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "n"',
-         BindFailure.DUPLICATE),
-        (409, 'Operation cannot be fulfilled on pods/binding "p": Precondition failed: UID in precondition: a, '
-              "UID in object meta: b", BindFailure.POD_GONE),
+        (
+            409,
+            'Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "n"',
+            BindFailure.DUPLICATE,
+        ),
+        (
+            409,
+            'Operation cannot be fulfilled on pods/binding "p": Precondition failed: UID in precondition: a, '
+            "UID in object meta: b",
+            BindFailure.POD_GONE,
+        ),
         (403, "forbidden: not found in any role", BindFailure.BACKEND),
         (422, "already invalid", BindFailure.BACKEND),
     ],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from flexai_sched.policies.fragmentation import Fragmentation
-from flexai_sched.workload import TaskClass, Workload
-from flexai_sched.policies.leftover import CARDS, _arrivals, leftover_table, learn, replay_cards
 from flexai_core.model import FULL_CORES, Card, CardUsage
+from flexai_sched.policies.fragmentation import Fragmentation
+from flexai_sched.policies.leftover import CARDS, _arrivals, learn, leftover_table, replay_cards
+from flexai_sched.workload import TaskClass, Workload
 
 # Shares of 47 (frequent) and 32, and whole cards: (cards, percent, weight).
 PAIRS = ((1, 47, 3.0), (1, 32, 1.0), (1, FULL_CORES, 4.0))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_sched import policies
 from flexai_core.model import Allocation, Card, CardUsage, PodRequest, Slice, peak_usage
-from flexai_sched.preemption import Budget, Candidate, Choice, Requirement, best, choose, evicted_cost, pdb_violations
 from flexai_core.requests import parse_pod
+from flexai_sched import policies
+from flexai_sched.preemption import Budget, Candidate, Choice, Requirement, best, choose, evicted_cost, pdb_violations
 
 from .fixtures import limits, pod
 
@@ -19,8 +19,13 @@ def cards(n: int, gib: int = 80) -> tuple[Card, ...]:
     return tuple(Card(i, f"G{i}", "H200", gib * GIB, 5) for i in range(n))
 
 
-def victim(name: str, *slices: tuple[int, int, int], priority: int = 0, namespace: str = "default",
-           labels: dict[str, str] | None = None) -> Candidate:
+def victim(
+    name: str,
+    *slices: tuple[int, int, int],
+    priority: int = 0,
+    namespace: str = "default",
+    labels: dict[str, str] | None = None,
+) -> Candidate:
     """A bound pod: (card, cores, GiB) per slice."""
     ss = tuple(Slice("c", card, f"G{card}", cores, gib * GIB) for card, cores, gib in slices)
     return Candidate(Allocation.build(namespace, name, f"uid-{name}", "n", ss), priority, labels or {})
@@ -93,8 +98,12 @@ def test_a_fraction_needs_only_part_of_a_card() -> None:
     # Card 0: p 40%, q 40%, r 20% (100%); card 1: s 100%. The pod asks 1 x 40% / 5 GiB.
     # Evicting r frees 20% (not enough); q alone frees 40%: 60 + 40 = 100 fits. One victim: q or p
     # (equal cost 40 x 10 GiB); lowest priority breaks the tie: p has 5, q has 1 -> q.
-    pods = [victim("p", (0, 40, 10), priority=5), victim("q", (0, 40, 10), priority=1), victim("r", (0, 20, 10)),
-            victim("s", (1, 100, 10))]
+    pods = [
+        victim("p", (0, 40, 10), priority=5),
+        victim("q", (0, 40, 10), priority=1),
+        victim("r", (0, 20, 10)),
+        victim("s", (1, 100, 10)),
+    ]
     assert names(run(pods, req(40, 5))) == ["q"]
 
 
@@ -110,8 +119,7 @@ def test_multi_vgpu_preemptor_needs_room_on_two_cards() -> None:
 def test_pdb_violations_rank_first_as_kube_scheduler_ranks_them() -> None:
     # a (card 0) is protected by a budget with 0 disruptions allowed; b and c share card 1.
     # Evicting a alone would do (1 victim, 1 violation); b + c (2 victims, 0 violations) win.
-    pods = [victim("a", (0, 100, 80), labels={"app": "db"}),
-            victim("b", (1, 50, 10)), victim("c", (1, 50, 10))]
+    pods = [victim("a", (0, 100, 80), labels={"app": "db"}), victim("b", (1, 50, 10)), victim("c", (1, 50, 10))]
     pdb = Budget("default", "db", (("app", "db"),), (), 0)
     c = run(pods, req(100, 80), budgets=[pdb])
     assert names(c) == ["b", "c"] and c is not None and c.pdb_violations == 0
@@ -169,13 +177,24 @@ def test_a_large_node_stays_within_its_check_budget(n: int) -> None:
 def test_a_pdb_object_reads_as_kube_scheduler_reads_it() -> None:
     from flexai_sched.kube import budget_of
 
-    b = budget_of({"metadata": {"namespace": "ns", "name": "db"},
-                   "spec": {"selector": {"matchLabels": {"app": "db"},
-                                         "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]},
-                                                              {"key": "x", "operator": "Bogus"}]}},
-                   "status": {"disruptionsAllowed": 2, "disruptedPods": {"db-0": "2026-12-06T00:00:00Z"}}})
-    assert b == Budget("ns", "db", (("app", "db"),), (Requirement("tier", "In", frozenset({"a"})),), 2,
-                       frozenset({"db-0"}))
+    b = budget_of(
+        {
+            "metadata": {"namespace": "ns", "name": "db"},
+            "spec": {
+                "selector": {
+                    "matchLabels": {"app": "db"},
+                    "matchExpressions": [
+                        {"key": "tier", "operator": "In", "values": ["a"]},
+                        {"key": "x", "operator": "Bogus"},
+                    ],
+                }
+            },
+            "status": {"disruptionsAllowed": 2, "disruptedPods": {"db-0": "2026-12-06T00:00:00Z"}},
+        }
+    )
+    assert b == Budget(
+        "ns", "db", (("app", "db"),), (Requirement("tier", "In", frozenset({"a"})),), 2, frozenset({"db-0"})
+    )
     assert b.selects("ns", {"app": "db", "tier": "a"}) and not b.selects("ns", {"app": "db", "tier": "b"})
     # No status yet (no disruption controller has written it): nothing may be disrupted.
     assert budget_of({"metadata": {"namespace": "ns", "name": "x"}, "spec": {}}).disruptions_allowed == 0

@@ -12,10 +12,10 @@ from typing import Any, cast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flexai_core.model import FULL_CORES
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
-from flexai_core.model import FULL_CORES
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod
@@ -26,12 +26,17 @@ container = st.one_of(
     st.builds(lambda n: limits(n), st.integers(1, 3)),
     st.builds(lambda n, cores: limits(n, cores=cores), st.integers(1, 3), st.sampled_from([0, 5, 25, 50, 100])),
     st.builds(lambda n, mem: limits(n, memory_gib=mem), st.integers(1, 2), st.integers(1, MEM_GIB)),
-    st.builds(lambda n, cores, mem: limits(n, cores=cores, memory_gib=mem),
-              st.integers(1, 2), st.sampled_from([0, 10, 35, 100]), st.integers(1, MEM_GIB)),
+    st.builds(
+        lambda n, cores, mem: limits(n, cores=cores, memory_gib=mem),
+        st.integers(1, 2),
+        st.sampled_from([0, 10, 35, 100]),
+        st.integers(1, MEM_GIB),
+    ),
 )
 step = st.one_of(
-    st.tuples(st.just("add"), st.lists(container, min_size=1, max_size=3), st.lists(container, max_size=1),
-              st.integers(0, 2)),
+    st.tuples(
+        st.just("add"), st.lists(container, min_size=1, max_size=3), st.lists(container, max_size=1), st.integers(0, 2)
+    ),
     st.tuples(st.just("delete"), st.integers(0, 1000)),
 )
 
@@ -65,8 +70,9 @@ def check_invariants(ext: Extender) -> None:
 @given(st.lists(step, min_size=1, max_size=40), st.sampled_from(["binpack", "spread"]))
 def test_random_streams_never_overcommit(steps: list[tuple[object, ...]], policy: str) -> None:
     state = ClusterState(max_vgpus_per_card=4)
-    backend = MemoryBackend([node("a", 2, MEM_GIB * 1024, max_vgpus=4), node("b", 3, MEM_GIB * 1024, max_vgpus=4)],
-                            heartbeat_every=None)
+    backend = MemoryBackend(
+        [node("a", 2, MEM_GIB * 1024, max_vgpus=4), node("b", 3, MEM_GIB * 1024, max_vgpus=4)], heartbeat_every=None
+    )
     backend.start(state)
     ext = Extender(state, backend, Settings(node_policy=policy, card_policy=policy))
     names = ["a", "b"]

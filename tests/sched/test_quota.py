@@ -6,8 +6,8 @@ import pytest
 
 from flexai_core import resources as res
 from flexai_core.model import Allocation, Slice
-from flexai_sched.quota import Quota, QuotaBook, QuotaError, Usage, allocation_usage, parse_quotas, request_usage
 from flexai_core.requests import parse_pod
+from flexai_sched.quota import Quota, QuotaBook, QuotaError, Usage, allocation_usage, parse_quotas, request_usage
 
 from .fixtures import limits, pod
 
@@ -18,24 +18,42 @@ def _sidecar(name: str, lim: dict[str, str]) -> dict[str, object]:
     return {"name": name, "restartPolicy": "Always", "resources": {"limits": lim}}
 
 
-@pytest.mark.parametrize(("p", "want"), [
-    # 2 vGPUs x 30% x 10 GiB: 60 card-%, 20 GiB, 2 vGPUs.
-    pytest.param(pod("a", limits(2, cores=30, memory_gib=10)), Usage(60, 20 * GIB, 2), id="number-times-amount"),
-    # Two app containers add up: 1x20%/4 + 3x10%/2 = 50%, 10 GiB, 4 vGPUs.
-    pytest.param(pod("b", limits(1, cores=20, memory_gib=4), limits(3, cores=10, memory_gib=2)),
-                 Usage(50, 10 * GIB, 4), id="app-containers-sum"),
-    # An init container of 1 x 100% / 8 GiB runs alone before an app of 2 x 20% / 5 GiB:
-    # per dimension the peak: cores max(40, 100) = 100, memory max(10, 8) = 10 GiB, vGPUs max(2, 1) = 2.
-    pytest.param(pod("c", limits(2, cores=20, memory_gib=5), init=(limits(1, cores=100, memory_gib=8),)),
-                 Usage(100, 10 * GIB, 2), id="init-peak-per-dimension"),
-    # Two init containers: each alone, the larger counts: max(3x10%, 1x50%) = 50, not 80.
-    pytest.param(pod("d", limits(1, cores=10, memory_gib=1),
-                     init=(limits(3, cores=10, memory_gib=1), limits(1, cores=50, memory_gib=1))),
-                 Usage(50, 3 * GIB, 3), id="init-containers-one-at-a-time"),
-    # A sidecar counts with the app: 1x20%/2 + sidecar 1x10%/1 = 30%, 3 GiB, 2 vGPUs.
-    pytest.param(pod("e", limits(1, cores=20, memory_gib=2), init=(_sidecar("side", limits(1, cores=10, memory_gib=1)),)),
-                 Usage(30, 3 * GIB, 2), id="sidecar-is-app"),
-])
+@pytest.mark.parametrize(
+    ("p", "want"),
+    [
+        # 2 vGPUs x 30% x 10 GiB: 60 card-%, 20 GiB, 2 vGPUs.
+        pytest.param(pod("a", limits(2, cores=30, memory_gib=10)), Usage(60, 20 * GIB, 2), id="number-times-amount"),
+        # Two app containers add up: 1x20%/4 + 3x10%/2 = 50%, 10 GiB, 4 vGPUs.
+        pytest.param(
+            pod("b", limits(1, cores=20, memory_gib=4), limits(3, cores=10, memory_gib=2)),
+            Usage(50, 10 * GIB, 4),
+            id="app-containers-sum",
+        ),
+        # An init container of 1 x 100% / 8 GiB runs alone before an app of 2 x 20% / 5 GiB:
+        # per dimension the peak: cores max(40, 100) = 100, memory max(10, 8) = 10 GiB, vGPUs max(2, 1) = 2.
+        pytest.param(
+            pod("c", limits(2, cores=20, memory_gib=5), init=(limits(1, cores=100, memory_gib=8),)),
+            Usage(100, 10 * GIB, 2),
+            id="init-peak-per-dimension",
+        ),
+        # Two init containers: each alone, the larger counts: max(3x10%, 1x50%) = 50, not 80.
+        pytest.param(
+            pod(
+                "d",
+                limits(1, cores=10, memory_gib=1),
+                init=(limits(3, cores=10, memory_gib=1), limits(1, cores=50, memory_gib=1)),
+            ),
+            Usage(50, 3 * GIB, 3),
+            id="init-containers-one-at-a-time",
+        ),
+        # A sidecar counts with the app: 1x20%/2 + sidecar 1x10%/1 = 30%, 3 GiB, 2 vGPUs.
+        pytest.param(
+            pod("e", limits(1, cores=20, memory_gib=2), init=(_sidecar("side", limits(1, cores=10, memory_gib=1)),)),
+            Usage(30, 3 * GIB, 2),
+            id="sidecar-is-app",
+        ),
+    ],
+)
 def test_a_pod_counts_number_times_amount_with_init_peaks(p: dict[str, object], want: Usage) -> None:
     got, unsized = request_usage(parse_pod(p))
     assert got == want and unsized == ""
@@ -48,8 +66,11 @@ def test_a_container_without_memory_is_unsized() -> None:
 
 def test_a_bound_pod_counts_what_its_slices_hold() -> None:
     # App "a" holds 2 slices (30% / 80 GiB of a whole card each: it gave no memory), init "i" 1 x 100%.
-    slices = (Slice("a", 0, "g0", 30, 80 * GIB), Slice("a", 1, "g1", 30, 80 * GIB),
-              Slice("i", 0, "g0", 100, 8 * GIB, init=True))
+    slices = (
+        Slice("a", 0, "g0", 30, 80 * GIB),
+        Slice("a", 1, "g1", 30, 80 * GIB),
+        Slice("i", 0, "g0", 100, 8 * GIB, init=True),
+    )
     # cores max(60, 100) = 100; memory max(160, 8) = 160 GiB; vGPUs max(2, 1) = 2.
     assert allocation_usage(Allocation.build("ns", "p", "u", "n", slices)) == Usage(100, 160 * GIB, 2)
 
@@ -71,20 +92,28 @@ def test_parse_quotas_reads_one_namespace_and_a_label_group() -> None:
     assert r == Quota("research", None, (("group", "research"),), 3, None, None, "sys/q")
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("quotas: [{name: x, hard: {huawei.com/vgpu-number: 1}}]", "exactly one of namespace and namespaceSelector"),
-    ("quotas: [{name: x, namespace: a, hard: {huawei.com/vgpu-number: -1}}]", "hard.huawei.com/vgpu-number: -1"),
-    ("quotas: [{name: x, namespace: a, hard: {cpu: 1}}]", "unknown resource 'cpu'"),
-    ("quotas: [{name: x, namespace: a, hard: {}}]", "quotas[0].hard: must map"),
-    ("quotas: [{name: x, namespace: a, hrad: {}}]", "unknown field(s) hrad"),
-    ("quotas: [{namespace: a, hard: {huawei.com/vgpu-number: 1}}]", "quotas[0].name"),
-    ("quotas: [{name: x, namespace: a, hard: {huawei.com/vgpu-number: 1}},"
-     " {name: x, namespace: b, hard: {huawei.com/vgpu-number: 1}}]", "'x' is declared twice"),
-    ("quotas: [{name: x, namespaceSelector: {matchLabels: {}}, hard: {huawei.com/vgpu-number: 1}}]",
-     "namespaceSelector"),
-    ("quotas: {", "not valid YAML"),
-    ("- a", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("quotas: [{name: x, hard: {huawei.com/vgpu-number: 1}}]", "exactly one of namespace and namespaceSelector"),
+        ("quotas: [{name: x, namespace: a, hard: {huawei.com/vgpu-number: -1}}]", "hard.huawei.com/vgpu-number: -1"),
+        ("quotas: [{name: x, namespace: a, hard: {cpu: 1}}]", "unknown resource 'cpu'"),
+        ("quotas: [{name: x, namespace: a, hard: {}}]", "quotas[0].hard: must map"),
+        ("quotas: [{name: x, namespace: a, hrad: {}}]", "unknown field(s) hrad"),
+        ("quotas: [{namespace: a, hard: {huawei.com/vgpu-number: 1}}]", "quotas[0].name"),
+        (
+            "quotas: [{name: x, namespace: a, hard: {huawei.com/vgpu-number: 1}},"
+            " {name: x, namespace: b, hard: {huawei.com/vgpu-number: 1}}]",
+            "'x' is declared twice",
+        ),
+        (
+            "quotas: [{name: x, namespaceSelector: {matchLabels: {}}, hard: {huawei.com/vgpu-number: 1}}]",
+            "namespaceSelector",
+        ),
+        ("quotas: {", "not valid YAML"),
+        ("- a", "must be a mapping"),
+    ],
+)
 def test_bad_declarations_name_the_field(text: str, error: str) -> None:
     with pytest.raises(QuotaError) as e:
         parse_quotas(text, "sys/q")
@@ -101,8 +130,11 @@ def test_book_checks_a_namespace_and_its_group_with_the_numbers() -> None:
     book.add("a", Usage(80, 16 * GIB, 3))
     # 80 card-% in use + 30 = 110 > 100.
     reason, resolvable = book.check("a", Usage(30, 1 * GIB, 1))
-    assert reason == (f"namespace a: over vGPU quota team-a: {res.VGPU_CORES} in use 80 + this pod 30 = 110 "
-                      "> limit 100 (card-%)") and resolvable
+    assert (
+        reason
+        == (f"namespace a: over vGPU quota team-a: {res.VGPU_CORES} in use 80 + this pod 30 = 110 > limit 100 (card-%)")
+        and resolvable
+    )
     # 20 fits exactly: 80 + 20 = 100; memory 16 + 4 = 20 GiB fits too.
     assert book.check("a", Usage(20, 4 * GIB, 1)) == ("", True)
     # The group counts both namespaces: 2 (r1) + 1 (r2) in use, a third pod of 1 would make 4 > 3.

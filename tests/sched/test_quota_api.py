@@ -143,9 +143,13 @@ def test_bind_rechecks_the_quota_so_two_pods_filtered_together_cannot_overshoot(
 
 
 def preempt(client: TestClient, p: dict[str, Any], proposed: dict[str, list[str]]) -> dict[str, Any]:
-    args = {"Pod": p, "NodeNameToVictims": None,
-            "NodeNameToMetaVictims": {n: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": 0}
-                                      for n, uids in proposed.items()}}
+    args = {
+        "Pod": p,
+        "NodeNameToVictims": None,
+        "NodeNameToMetaVictims": {
+            n: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": 0} for n, uids in proposed.items()
+        },
+    }
     r = client.post("/preempt", json=args)
     assert r.status_code == 200
     got: dict[str, Any] = r.json()["NodeNameToMetaVictims"]
@@ -156,12 +160,20 @@ def test_a_pod_over_quota_preempts_only_in_its_namespace_and_that_frees_quota(en
     client, backend, _ = env
     backend.declare_quotas(QUOTA_A)
     # small: card 0 a-low (ns a, 50%), card 1 b-low (ns b, 100%); big holds a-mid (ns a, 40%).
-    assert bind(client, backend, with_priority(pod("a-low", limits(1, cores=50, memory_gib=5), namespace="a"), 1),
-                "small") == ""
-    assert bind(client, backend, with_priority(pod("b-low", limits(1, cores=100, memory_gib=1), namespace="b"), 1),
-                "small") == ""
-    assert bind(client, backend, with_priority(pod("a-mid", limits(1, cores=40, memory_gib=5), namespace="a"), 50),
-                "big") == ""
+    assert (
+        bind(client, backend, with_priority(pod("a-low", limits(1, cores=50, memory_gib=5), namespace="a"), 1), "small")
+        == ""
+    )
+    assert (
+        bind(
+            client, backend, with_priority(pod("b-low", limits(1, cores=100, memory_gib=1), namespace="b"), 1), "small"
+        )
+        == ""
+    )
+    assert (
+        bind(client, backend, with_priority(pod("a-mid", limits(1, cores=40, memory_gib=5), namespace="a"), 50), "big")
+        == ""
+    )
     # hi (ns a, priority 100) asks 1 x 60% / 5 GiB: quota cores 90 + 60 = 150 > 100.
     hi = with_priority(pod("hi", limits(1, cores=60, memory_gib=5), namespace="a"), 100)
     # On small, evicting a-low frees 50 card-% of the quota (90 - 50 + 60 = 100) and card 0
@@ -180,8 +192,9 @@ def test_a_pod_over_quota_preempts_only_in_its_namespace_and_that_frees_quota(en
 def test_preempt_respects_a_pdb_and_holds_the_freed_cards_for_the_preemptor(env: Any) -> None:
     client, backend, state = env
     # small: card 0 db (protected, 100%), card 1 w1 + w2 (50% each).
-    assert bind(client, backend, with_priority(pod("db", limits(1, cores=100, memory_gib=5)), 1, app="db"),
-                "small") == ""
+    assert (
+        bind(client, backend, with_priority(pod("db", limits(1, cores=100, memory_gib=5)), 1, app="db"), "small") == ""
+    )
     for n in ("w1", "w2"):
         assert bind(client, backend, with_priority(pod(n, limits(1, cores=50, memory_gib=5)), 1), "small") == ""
     state.set_budget(Budget("default", "db", (("app", "db"),), (), 0))
@@ -221,8 +234,15 @@ def test_a_pod_contending_only_for_vgpus_preempts_through_filter(env: Any) -> No
     # so the extender's filter starts the preemption itself, in the background.
     client, backend, state = env
     for n, prio in (("x", 1), ("y", 1)):  # small: card 0 x (100%), card 1 y (60% / 20 GiB)
-        assert bind(client, backend, with_priority(pod(n, limits(1, cores=100 if n == "x" else 60,
-                                                               memory_gib=20)), prio), "small") == ""
+        assert (
+            bind(
+                client,
+                backend,
+                with_priority(pod(n, limits(1, cores=100 if n == "x" else 60, memory_gib=20)), prio),
+                "small",
+            )
+            == ""
+        )
     # big is out of the picture: kube-scheduler's filters (node selector, say) passed small only.
     hi = with_priority(pod("hi", limits(1, cores=100, memory_gib=5)), 100)
     body = filter_(client, hi, ["small"])
@@ -241,8 +261,9 @@ def test_a_pod_contending_only_for_vgpus_preempts_through_filter(env: Any) -> No
 
 def test_filter_never_preempts_a_pdb_protected_pod_or_for_a_pod_without_priority(env: Any) -> None:
     client, backend, state = env
-    assert bind(client, backend, with_priority(pod("db", limits(2, cores=100, memory_gib=5)), 1, app="db"),
-                "small") == ""
+    assert (
+        bind(client, backend, with_priority(pod("db", limits(2, cores=100, memory_gib=5)), 1, app="db"), "small") == ""
+    )
     state.set_budget(Budget("default", "db", (("app", "db"),), (), 0))
     hi = with_priority(pod("hi", limits(1, cores=100, memory_gib=5)), 100)
     assert filter_(client, hi, ["small"])["NodeNames"] == []

@@ -52,8 +52,15 @@ class Cluster:
         self.rng = random.Random(seed)
         self.clock = Clock()
         self.state = ClusterState()
-        inv = [node(f"n{i:02d}", self.rng.choice((2, 4, 8)), heartbeat=self.clock.now,
-                    model=self.rng.choice(("NVIDIA H200", "NVIDIA A100"))) for i in range(nodes)]
+        inv = [
+            node(
+                f"n{i:02d}",
+                self.rng.choice((2, 4, 8)),
+                heartbeat=self.clock.now,
+                model=self.rng.choice(("NVIDIA H200", "NVIDIA A100")),
+            )
+            for i in range(nodes)
+        ]
         self.backend = MemoryBackend(inv, heartbeat_every=None)
         self.backend.start(self.state)
         for n in inv[: nodes // 2]:  # half the nodes have a host: host-aware scores there

@@ -41,15 +41,22 @@ def test_requests_equal_to_limits_are_accepted_and_requests_alone_too() -> None:
 @pytest.mark.parametrize(
     ("lim", "message"),
     [
-        pytest.param(limits(1, cores=130), 'container "c0": huawei.com/vgpu-cores=130: must be at most 100', id="cores>100"),
+        pytest.param(
+            limits(1, cores=130), 'container "c0": huawei.com/vgpu-cores=130: must be at most 100', id="cores>100"
+        ),
         pytest.param(limits(1, cores=22), "huawei.com/vgpu-cores=22: must be a multiple of 5", id="granularity"),
-        pytest.param(limits(1, cores=-5), "huawei.com/vgpu-cores='-5': must be a whole non-negative number", id="negative"),
+        pytest.param(
+            limits(1, cores=-5), "huawei.com/vgpu-cores='-5': must be a whole non-negative number", id="negative"
+        ),
         pytest.param(limits(1, memory_gib=0), "huawei.com/vgpu-memory-1Gi=0: must be at least 1 GiB", id="memory-zero"),
         pytest.param({res.VGPU_NUMBER: "1.5"}, "huawei.com/vgpu-number='1.5': must be a whole", id="fraction"),
         pytest.param({res.VGPU_NUMBER: "2Gi"}, "huawei.com/vgpu-number='2Gi'", id="suffix"),
         pytest.param({res.VGPU_CORES: "20"}, "need huawei.com/vgpu-number >= 1", id="cores-without-number"),
-        pytest.param({res.VGPU_NUMBER: "1", res.VGPU_MEMORY: "1", res.VGPU_MEMORY_ALT: "1"}, "give memory once",
-                     id="both-memory-spellings"),
+        pytest.param(
+            {res.VGPU_NUMBER: "1", res.VGPU_MEMORY: "1", res.VGPU_MEMORY_ALT: "1"},
+            "give memory once",
+            id="both-memory-spellings",
+        ),
         pytest.param({res.VGPU_NUMBER: "65"}, "more than 64 vGPUs", id="absurd-count"),
     ],
 )
@@ -61,7 +68,9 @@ def test_bad_requests_name_container_resource_and_rule(lim: dict[str, object], m
 
 def test_requests_differing_from_limits_are_rejected() -> None:
     c = {"name": "m", "resources": {"limits": limits(1, cores=20), "requests": limits(1, cores=30)}}
-    with pytest.raises(RequestError, match=r'container "m": huawei.com/vgpu-cores: requests \(30\) must equal limits \(20\)'):
+    with pytest.raises(
+        RequestError, match=r'container "m": huawei.com/vgpu-cores: requests \(30\) must equal limits \(20\)'
+    ):
         parse_pod(pod("p", c))
 
 
@@ -121,8 +130,14 @@ def test_pod_without_vgpu_resources_wants_no_gpu() -> None:
 # ---- host requests: CPU and memory as kube-scheduler counts them ----
 
 
-def _c(name: str, cpu: str | None = None, mem: str | None = None, gpu: bool = False, where: str = "requests",
-       restart: str | None = None) -> dict[str, object]:
+def _c(
+    name: str,
+    cpu: str | None = None,
+    mem: str | None = None,
+    gpu: bool = False,
+    where: str = "requests",
+    restart: str | None = None,
+) -> dict[str, object]:
     r: dict[str, object] = {}
     if cpu is not None:
         r["cpu"] = cpu
@@ -154,8 +169,11 @@ def test_host_request_init_containers_peak_sidecars_and_overhead() -> None:
     req = parse_pod(p)
     assert (req.cpu_milli, req.memory_mib) == (4000, 8192)  # per resource: max(app sum, each init's)
     # A sidecar (restartable init) runs with the app and with every init container after it.
-    p = pod("p", _c("app", "1", "1Gi", gpu=True),
-            init=(_c("side", "500m", "256Mi", restart="Always"), _c("big", "3", "100Mi")))
+    p = pod(
+        "p",
+        _c("app", "1", "1Gi", gpu=True),
+        init=(_c("side", "500m", "256Mi", restart="Always"), _c("big", "3", "100Mi")),
+    )
     req = parse_pod(p)
     assert (req.cpu_milli, req.memory_mib) == (3500, 1280)  # init: 3 + 0.5; memory: 1024 + 256
     p["spec"]["overhead"] = {"cpu": "250m", "memory": "64Mi"}
@@ -166,13 +184,24 @@ def test_host_request_init_containers_peak_sidecars_and_overhead() -> None:
 @pytest.mark.parametrize(
     ("container", "overhead", "message"),
     [
-        pytest.param(_c("app", cpu="lots", gpu=True), None,
-                     "container \"app\": resources.requests.cpu='lots': not a quantity", id="cpu-not-a-quantity"),
-        pytest.param(_c("app", mem="-1Gi", gpu=True), None,
-                     "container \"app\": resources.requests.memory='-1Gi': must be a non-negative quantity",
-                     id="memory-negative"),
-        pytest.param(_c("app", cpu="2x", where="limits", gpu=True), None,
-                     "container \"app\": resources.limits.cpu='2x'", id="limit-named-when-it-is-the-request"),
+        pytest.param(
+            _c("app", cpu="lots", gpu=True),
+            None,
+            "container \"app\": resources.requests.cpu='lots': not a quantity",
+            id="cpu-not-a-quantity",
+        ),
+        pytest.param(
+            _c("app", mem="-1Gi", gpu=True),
+            None,
+            "container \"app\": resources.requests.memory='-1Gi': must be a non-negative quantity",
+            id="memory-negative",
+        ),
+        pytest.param(
+            _c("app", cpu="2x", where="limits", gpu=True),
+            None,
+            "container \"app\": resources.limits.cpu='2x'",
+            id="limit-named-when-it-is-the-request",
+        ),
         pytest.param(_c("app", gpu=True), {"memory": "1ki"}, "pod: spec.overhead.memory='1ki'", id="overhead"),
     ],
 )
@@ -191,12 +220,34 @@ def test_host_request_helper_is_the_one_the_backend_uses_for_pods_without_gpus()
     assert host_request(pod("cpu-only", _c("a", "2", "4Gi"))) == (2000, 4096)
     assert parse_cpu_milli("64", "cpu") == 64000
     assert parse_memory_mib("1049000Ki", "memory", round_up=False) == 1024  # capacity rounds down
-    with pytest.raises(RequestError, match="init container \"i\": resources.requests.cpu"):
+    with pytest.raises(RequestError, match='init container "i": resources.requests.cpu'):
         host_request(pod("bad", _c("a"), init=(_c("i", cpu="?"),)))
 
 
-QUANTITIES = ["500m", "2", "1.5", ".5", "1Ki", "512Mi", "1.25Gi", "1G", "1e3", "1E3", "1E", "100n", "3u", "12k",
-              "7910m", "32Gi", "1073741824", "1e-3", "5Ei", "2P", 1, 2.5]
+QUANTITIES = [
+    "500m",
+    "2",
+    "1.5",
+    ".5",
+    "1Ki",
+    "512Mi",
+    "1.25Gi",
+    "1G",
+    "1e3",
+    "1E3",
+    "1E",
+    "100n",
+    "3u",
+    "12k",
+    "7910m",
+    "32Gi",
+    "1073741824",
+    "1e-3",
+    "5Ei",
+    "2P",
+    1,
+    2.5,
+]
 
 
 @pytest.mark.parametrize("value", QUANTITIES)

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from flexai_sched.workload import Host
 from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.state import AllocState, ClusterState, Conflict
+from flexai_sched.workload import Host
 
 from .fixtures import node
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
-POD_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+POD_HEADER = (
+    "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+)
 
 
 def write_trace(folder: Path, nodes: list[str], pods: list[str], variant: str = "default") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "openb_node_list_gpu_node.csv").write_text(NODE_HEADER + "".join(n + "\n" for n in nodes))
-    (folder / f"openb_pod_list_{variant}.csv").write_text(
-        POD_HEADER + "".join(p + ",LS,Running,0,1,0\n" for p in pods)
-    )
+    (folder / f"openb_pod_list_{variant}.csv").write_text(POD_HEADER + "".join(p + ",LS,Running,0,1,0\n" for p in pods))
     return folder
 
 

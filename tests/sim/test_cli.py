@@ -9,10 +9,26 @@ from flexai_sched.cli import main
 from tests.sim.conftest import write_trace
 
 
-def test_sim_prints_the_table_and_writes_csv_png_json(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sim_prints_the_table_and_writes_csv_png_json(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    rc = main(["sim", "--trace", str(tiny), "--policies", "fragmentation,fragmentation:cards,spread", "--seeds", "42,43",
-               "--out", str(out), "--raw", str(out / "runs.json"), "--no-progress"])
+    rc = main(
+        [
+            "sim",
+            "--trace",
+            str(tiny),
+            "--policies",
+            "fragmentation,fragmentation:cards,spread",
+            "--seeds",
+            "42,43",
+            "--out",
+            str(out),
+            "--raw",
+            str(out / "runs.json"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "| default | fragmentation | 2 |" in text and "| default | spread | 2 |" in text
@@ -29,10 +45,16 @@ def test_sim_prints_the_table_and_writes_csv_png_json(tiny: Path, tmp_path: Path
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--policies", "nope"], "policy 'nope'"), (["--variants", "cpu999"], "variant 'cpu999'"), (["--seeds", "a-b"], "seeds")],
+    [
+        (["--policies", "nope"], "policy 'nope'"),
+        (["--variants", "cpu999"], "variant 'cpu999'"),
+        (["--seeds", "a-b"], "seeds"),
+    ],
     ids=["policy", "variant", "seeds"],
 )
-def test_sim_rejects_bad_arguments(tiny: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sim_rejects_bad_arguments(
+    tiny: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["sim", "--trace", str(tiny), "--no-progress", *args]) == 2
     assert message in capsys.readouterr().err
 
@@ -42,25 +64,53 @@ def test_sim_names_a_missing_trace(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "openb_node_list_gpu_node.csv" in capsys.readouterr().err
 
 
-def test_sim_takes_a_pod_list_without_gpu_spec_and_a_node_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sim_takes_a_pod_list_without_gpu_spec_and_a_node_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # As the published multigpu files: five columns, no gpu_spec (any model).
     nodes = tmp_path / "nodes.csv"
     nodes.write_text("sn,cpu_milli,memory_mib,gpu,model\nn0,8000,32768,1,T4\nn1,8000,32768,1,V100M32\n")
     pods = tmp_path / "my_pods.csv"
     pods.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1000,1024,1,500\nb,1000,1024,1,1000\n")
-    rc = main(["sim", "--trace", str(pods), "--nodes", str(nodes), "--policies", "fragmentation,fgd", "--seeds", "1",
-               "--no-progress"])
+    rc = main(
+        [
+            "sim",
+            "--trace",
+            str(pods),
+            "--nodes",
+            str(nodes),
+            "--policies",
+            "fragmentation,fgd",
+            "--seeds",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "| my_pods | fragmentation | 1 |" in text and "| my_pods | fgd | 1 |" in text
 
 
-def test_sim_takes_any_pod_list_of_a_folder_and_generated_variants(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sim_takes_any_pod_list_of_a_folder_and_generated_variants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = [f"p{i},1000,1024,1,{'1000' if i % 3 else '470'}," for i in range(30)] + ["m,4000,4096,2,1000,"]
     folder = write_trace(tmp_path / "t", ["n0,64000,262144,4,G2", "n1,16000,65536,2,T4"], rows)
     write_trace(folder, ["n0,64000,262144,4,G2", "n1,16000,65536,2,T4"], rows[:5], variant="mine")
-    rc = main(["sim", "--trace", str(folder), "--variants", "mine,gen-gpuspec33,gen-multigpu50", "--policies", "fgd",
-               "--seeds", "1", "--no-progress"])
+    rc = main(
+        [
+            "sim",
+            "--trace",
+            str(folder),
+            "--variants",
+            "mine,gen-gpuspec33,gen-multigpu50",
+            "--policies",
+            "fgd",
+            "--seeds",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     for name in ("mine", "gen-gpuspec33", "gen-multigpu50"):

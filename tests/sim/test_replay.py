@@ -79,7 +79,13 @@ def test_cpu_only_pods_take_host_resources_only(tiny: Path) -> None:
 
 def test_replay_is_deterministic_per_seed(tmp_path: Path) -> None:
     nodes = [f"n{i},16000,65536,2,T4" for i in range(6)] + [f"g{i},32000,65536,4,V100M16" for i in range(3)]
-    pods = ["s,2000,1024,1,300,", "m,4000,1024,1,650,", "w,6000,1024,1,1000,", "d,8000,1024,2,1000,", "c,3000,1024,0,0,"]
+    pods = [
+        "s,2000,1024,1,300,",
+        "m,4000,1024,1,650,",
+        "w,6000,1024,1,1000,",
+        "d,8000,1024,2,1000,",
+        "c,3000,1024,0,0,",
+    ]
     t = trace.load(write_trace(tmp_path, nodes, pods))
     from flexai_sched.sim.workload import arrivals
 
@@ -127,7 +133,13 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
     nodes = [f"n{i},{8000 + 4000 * (i % 3)},65536,2,T4" for i in range(8)] + [
         f"g{i},24000,65536,4,V100M16" for i in range(4)
     ]
-    pods = ["s,2000,1024,1,300,", "m,6000,1024,1,650,", "w,4000,1024,1,1000,", "d,9000,1024,2,1000,", "c,3000,1024,0,0,"]
+    pods = [
+        "s,2000,1024,1,300,",
+        "m,6000,1024,1,650,",
+        "w,4000,1024,1,1000,",
+        "d,9000,1024,2,1000,",
+        "c,3000,1024,0,0,",
+    ]
     t = trace.load(write_trace(tmp_path, nodes, pods))
     from flexai_sched.sim import board
     from flexai_sched.sim.workload import arrivals
@@ -149,8 +161,8 @@ def test_memoized_real_scores_change_no_placement(tmp_path: Path, policy: str, m
 def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
     """``learned``: the built-in prior first; then the placed pods' workload (GPU-model
     constraints included, as the extender records them), every cached score and placement dropped."""
-    from flexai_sched.workload import DEFAULT_WORKLOAD
     from flexai_sched.policies.fragmentation import Fragmentation
+    from flexai_sched.workload import DEFAULT_WORKLOAD
 
     t = trace.load(write_trace(tmp_path, ["n0,64000,262144,2,T4", "n1,64000,262144,2,T4"], []))
     cluster = sim.Cluster(t, "fragmentation", 42, learned=True)
@@ -162,7 +174,9 @@ def test_learned_replay_plans_for_the_placed_pods(tmp_path: Path) -> None:
     assert any(n.fit_cache for n in cluster.state.nodes())
     cluster.learn(placed)
     assert sorted(cluster.policy._m.shapes, key=repr) == [  # type: ignore[attr-defined]
-        (1, 32, frozenset()), (1, 47, frozenset({"T4"}))]
+        (1, 32, frozenset()),
+        (1, 47, frozenset({"T4"})),
+    ]
     assert not any(n.fit_cache for n in cluster.state.nodes())
     assert cluster.schedule(pod("c", 470))  # scoring works again from empty caches
 
@@ -194,7 +208,7 @@ def test_a_replay_shows_the_policy_each_pod_and_it_reprices_a_wrong_plan(
     assert cluster.policy._m.price.of(card, None) == 0  # type: ignore[attr-defined]
     for i in range(4):
         assert cluster.schedule(pod(f"p{i}", 200, spec=frozenset({"T4"})))
-    (key, board), = cluster._boards.items()
+    ((key, board),) = cluster._boards.items()
     assert cluster.schedule(pod("p4", 200, spec=frozenset({"T4"})))  # the 5th: re-priced first
     assert cluster._boards[key] is not board  # scored afresh
     assert cluster.policy._m.price.of(card, None) == pytest.approx(Fragmentation.PRICE)  # type: ignore[attr-defined]

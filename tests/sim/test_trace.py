@@ -73,7 +73,9 @@ def test_optional_columns_take_their_defaults(tmp_path: Path) -> None:
     t = trace.load_files(tmp_path / "n.csv", tmp_path / "openb_pod_list_x.csv")
     assert t.variant == "x" and not t.published  # named by its file; not the published cluster
     assert [(p.name, p.cpu_milli, p.memory_mib, p.gpu_spec) for p in t.pods] == [
-        ("pod-2", 0, 0, frozenset()), ("pod-3", 0, 0, frozenset())]
+        ("pod-2", 0, 0, frozenset()),
+        ("pod-3", 0, 0, frozenset()),
+    ]
     (tmp_path / "bad.csv").write_text("name,num_gpu\na,1\n")
     with pytest.raises(trace.TraceError, match="missing columns gpu_milli"):
         trace.load_files(tmp_path / "n.csv", tmp_path / "bad.csv")

@@ -31,7 +31,12 @@ def test_gpuspec_constrains_that_share_of_gpu_pods(pct: int) -> None:
     # Row for row the same pods; only gpu_spec changes, and only on GPU pods, from the mix.
     mix = {k: {frozenset(s.split("|")) for s, _ in v} for k, v in variants.SPEC_MIX.items()}
     for old, new in zip(base, got, strict=True):
-        assert (old.name, old.num_gpu, old.gpu_milli, old.cpu_milli) == (new.name, new.num_gpu, new.gpu_milli, new.cpu_milli)
+        assert (old.name, old.num_gpu, old.gpu_milli, old.cpu_milli) == (
+            new.name,
+            new.num_gpu,
+            new.gpu_milli,
+            new.cpu_milli,
+        )
         if new.gpu_spec:
             assert new.num_gpu and new.gpu_spec in mix["share" if new.gpu_milli < 1000 else "whole"]
 

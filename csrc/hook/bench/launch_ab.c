@@ -48,13 +48,13 @@ static void *sym(void *lib, const char *name)
     return f;
 }
 
-#define OK(call)                                                                  \
-    do {                                                                          \
-        CUresult r_ = (call);                                                     \
-        if (r_ != CUDA_SUCCESS) {                                                 \
-            fprintf(stderr, "launch_ab: %s = %d\n", #call, (int)r_);              \
-            exit(2);                                                              \
-        }                                                                         \
+#define OK(call)                                                     \
+    do {                                                             \
+        CUresult r_ = (call);                                        \
+        if (r_ != CUDA_SUCCESS) {                                    \
+            fprintf(stderr, "launch_ab: %s = %d\n", #call, (int)r_); \
+            exit(2);                                                 \
+        }                                                            \
     } while (0)
 
 static int cmp_double(const void *a, const void *b)
@@ -117,8 +117,8 @@ int main(int argc, char **argv)
     PFN_cuLaunchKernel_v4000 a = (PFN_cuLaunchKernel_v4000)sym(cuda, "cuLaunchKernel");
     PFN_cuLaunchKernel_v4000 b = (PFN_cuLaunchKernel_v4000)sym(hook, "cuLaunchKernel");
     /* The context through the hook, as an application's would be (it charges the context). */
-    PFN_cuDevicePrimaryCtxRetain_v7000 retain =
-        (PFN_cuDevicePrimaryCtxRetain_v7000)sym(hook, "cuDevicePrimaryCtxRetain");
+    PFN_cuDevicePrimaryCtxRetain_v7000 retain = (PFN_cuDevicePrimaryCtxRetain_v7000)sym(
+        hook, "cuDevicePrimaryCtxRetain");
 
     CUdevice d;
     CUcontext ctx;
@@ -147,13 +147,14 @@ int main(int argc, char **argv)
         }
         diff[r] = tb[r] - ta[r];
     }
-    double d50 = quantile(diff, rounds, 0.5), d10 = quantile(diff, rounds, 0.1), d90 = quantile(diff, rounds, 0.9);
+    double d50 = quantile(diff, rounds, 0.5), d10 = quantile(diff, rounds, 0.1),
+           d90 = quantile(diff, rounds, 0.9);
     double a50 = quantile(ta, rounds, 0.5), b50 = quantile(tb, rounds, 0.5);
     const char *conf = getenv("FLEXAI_VGPU_CONFIG");
     printf("{\"launches_per_block\": %d, \"rounds\": %d, \"gap_ns\": %llu, \"config\": \"%s\", "
            "\"driver_ns\": %.1f, \"hook_ns\": %.1f, \"diff_ns_median\": %.2f, \"diff_ns_p10\": %.2f, "
            "\"diff_ns_p90\": %.2f, \"hook_over_driver\": %.5f}\n",
-           n, rounds, (unsigned long long)gap, conf != NULL && *conf ? "yes" : "none", a50, b50, d50,
-           d10, d90, b50 / a50);
+           n, rounds, (unsigned long long)gap, conf != NULL && *conf ? "yes" : "none", a50, b50, d50, d10,
+           d90, b50 / a50);
     return 0;
 }

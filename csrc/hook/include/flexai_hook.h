@@ -35,24 +35,24 @@ struct flexai_device_usage {
     uint64_t period_ns;         /* compute period of the duty cycle */
     uint64_t reserved0;
     uint64_t reserved1;
-    uint32_t cores;             /* percent of the card, 0 or 100 = no compute limit */
-    uint32_t core_offset;       /* percent: where this vGPU's window opens in each period */
-    int32_t cuda_index;         /* -1 when matched by uuid */
+    uint32_t cores;       /* percent of the card, 0 or 100 = no compute limit */
+    uint32_t core_offset; /* percent: where this vGPU's window opens in each period */
+    int32_t cuda_index;   /* -1 when matched by uuid */
     uint32_t reserved2;
 };
 
 struct flexai_proc_usage {
-    int32_t pid;                            /* in the tenant's PID namespace: shown, not trusted */
-    uint32_t alive;                         /* 1: only processes alive at the snapshot are listed */
+    int32_t pid;                              /* in the tenant's PID namespace: shown, not trusted */
+    uint32_t alive;                           /* 1: only processes alive at the snapshot are listed */
     uint64_t memory_used[FLEXAI_MAX_DEVICES]; /* bytes per vGPU slot */
     uint64_t busy_ns[FLEXAI_MAX_DEVICES];     /* measured GPU time per vGPU slot, cumulative */
 };
 
 struct flexai_snapshot {
-    uint32_t version;    /* FLEXAI_API_VERSION of the library that filled it */
-    uint32_t size;       /* sizeof(struct flexai_snapshot) of that library */
-    uint32_t ndevices;   /* valid entries in devices[] */
-    uint32_t nprocs;     /* valid entries in procs[] */
+    uint32_t version;  /* FLEXAI_API_VERSION of the library that filled it */
+    uint32_t size;     /* sizeof(struct flexai_snapshot) of that library */
+    uint32_t ndevices; /* valid entries in devices[] */
+    uint32_t nprocs;   /* valid entries in procs[] */
     struct flexai_device_usage devices[FLEXAI_MAX_DEVICES];
     struct flexai_proc_usage procs[FLEXAI_MAX_PROCS];
 };
@@ -114,8 +114,8 @@ struct flexai_calibration {
  * run), -ENOSYS (no CUDA driver or NVML), -EIO (a driver or NVML call
  * failed), -EINVAL / -ENOSPC (bad arguments, `out_size` too small).
  */
-int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t max_busy_pct, struct flexai_calibration *out,
-                     size_t out_size);
+int flexai_calibrate(const char *uuid, uint32_t burst_ms, uint32_t max_busy_pct,
+                     struct flexai_calibration *out, size_t out_size);
 
 #ifdef __cplusplus
 }

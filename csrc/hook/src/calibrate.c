@@ -76,12 +76,13 @@ static const char k_fma_ptx[] =
     "add.f32 x4, x0, 0f40800000;\nadd.f32 x5, x0, 0f40A00000;\nadd.f32 x6, x0, 0f40C00000;\n"
     "add.f32 x7, x0, 0f40E00000;\nld.param.u32 n, [iters];\nmov.u32 i, 0;\nLOOP:\n"
 #define FMA(k) "fma.rn.f32 x" #k ", x" #k ", 0f3F7FFFEF, 0f3A800000;\n"
-    FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6) FMA(7)
-    "add.u32 i, i, 1;\nsetp.lt.u32 p, i, n;\n@p bra LOOP;\n"
-    "add.f32 x0, x0, x1;\nadd.f32 x0, x0, x2;\nadd.f32 x0, x0, x3;\nadd.f32 x0, x0, x4;\n"
-    "add.f32 x0, x0, x5;\nadd.f32 x0, x0, x6;\nadd.f32 x0, x0, x7;\n"
-    "mov.u32 t, %ctaid.x;\nmov.u32 i, %ntid.x;\nmov.u32 w, %tid.x;\nmad.lo.u32 t, t, i, w;\n"
-    "mul.wide.u32 off, t, 4;\nld.param.u64 o, [out];\nadd.u64 o, o, off;\nst.global.f32 [o], x0;\nret;\n}\n";
+    FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6)
+        FMA(7) "add.u32 i, i, 1;\nsetp.lt.u32 p, i, n;\n@p bra LOOP;\n"
+               "add.f32 x0, x0, x1;\nadd.f32 x0, x0, x2;\nadd.f32 x0, x0, x3;\nadd.f32 x0, x0, x4;\n"
+               "add.f32 x0, x0, x5;\nadd.f32 x0, x0, x6;\nadd.f32 x0, x0, x7;\n"
+               "mov.u32 t, %ctaid.x;\nmov.u32 i, %ntid.x;\nmov.u32 w, %tid.x;\nmad.lo.u32 t, t, i, w;\n"
+               "mul.wide.u32 off, t, 4;\nld.param.u64 o, [out];\nadd.u64 o, o, off;\nst.global.f32 [o], "
+               "x0;\nret;\n}\n";
 
 #define BLOCK 256
 #define BLOCKS_PER_SM 4
@@ -144,7 +145,8 @@ static void sleep_until_ns(uint64_t t)
 {
     uint64_t now = mono_ns();
     if (t > now) {
-        struct timespec d = {.tv_sec = (time_t)((t - now) / 1000000000ull), .tv_nsec = (long)((t - now) % 1000000000ull)};
+        struct timespec d = {.tv_sec = (time_t)((t - now) / 1000000000ull),
+                             .tv_nsec = (long)((t - now) % 1000000000ull)};
         nanosleep(&d, NULL);
     }
 }
@@ -182,7 +184,8 @@ static int load_nvml(struct nvml *n)
     SYM(lib, n->power_limit, "nvmlDeviceGetEnforcedPowerLimit");
     SYM(lib, n->energy, "nvmlDeviceGetTotalEnergyConsumption");
     return SYM(lib, n->init, "nvmlInit_v2") && SYM(lib, n->by_uuid, "nvmlDeviceGetHandleByUUID") &&
-           SYM(lib, n->clock, "nvmlDeviceGetClockInfo") && SYM(lib, n->max_clock, "nvmlDeviceGetMaxClockInfo") &&
+           SYM(lib, n->clock, "nvmlDeviceGetClockInfo") &&
+           SYM(lib, n->max_clock, "nvmlDeviceGetMaxClockInfo") &&
            SYM(lib, n->util, "nvmlDeviceGetUtilizationRates");
 }
 
@@ -191,15 +194,18 @@ static int load_cuda(struct cuda *c)
     void *lib = open_lib("FLEXAI_REAL_LIBCUDA", "libcuda.so.1");
     if (lib == NULL)
         return 0;
-    return SYM(lib, c->init, "cuInit") && SYM(lib, c->count, "cuDeviceGetCount") && SYM(lib, c->get, "cuDeviceGet") &&
-           SYM(lib, c->uuid, "cuDeviceGetUuid_v2") && SYM(lib, c->attr, "cuDeviceGetAttribute") &&
-           SYM(lib, c->retain, "cuDevicePrimaryCtxRetain") && SYM(lib, c->release, "cuDevicePrimaryCtxRelease_v2") &&
+    return SYM(lib, c->init, "cuInit") && SYM(lib, c->count, "cuDeviceGetCount") &&
+           SYM(lib, c->get, "cuDeviceGet") && SYM(lib, c->uuid, "cuDeviceGetUuid_v2") &&
+           SYM(lib, c->attr, "cuDeviceGetAttribute") && SYM(lib, c->retain, "cuDevicePrimaryCtxRetain") &&
+           SYM(lib, c->release, "cuDevicePrimaryCtxRelease_v2") &&
            SYM(lib, c->set_current, "cuCtxSetCurrent") && SYM(lib, c->sync, "cuCtxSynchronize") &&
            SYM(lib, c->load, "cuModuleLoadData") && SYM(lib, c->function, "cuModuleGetFunction") &&
            SYM(lib, c->unload, "cuModuleUnload") && SYM(lib, c->alloc, "cuMemAlloc_v2") &&
            SYM(lib, c->free, "cuMemFree_v2") && SYM(lib, c->launch, "cuLaunchKernel") &&
            SYM(lib, c->event_create, "cuEventCreate") && SYM(lib, c->event_record, "cuEventRecord") &&
-           SYM(lib, c->event_sync, "cuEventSynchronize") && (SYM(lib, c->event_elapsed, "cuEventElapsedTime_v2") || SYM(lib, c->event_elapsed, "cuEventElapsedTime")) &&
+           SYM(lib, c->event_sync, "cuEventSynchronize") &&
+           (SYM(lib, c->event_elapsed, "cuEventElapsedTime_v2") ||
+            SYM(lib, c->event_elapsed, "cuEventElapsedTime")) &&
            SYM(lib, c->event_destroy, "cuEventDestroy_v2");
 }
 
@@ -207,8 +213,8 @@ static int load_cuda(struct cuda *c)
 static void uuid_string(const CUuuid *u, char *out, size_t len)
 {
     const unsigned char *b = (const unsigned char *)u->bytes;
-    snprintf(out, len, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
-             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    snprintf(out, len, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
 static int find_device(const struct cuda *c, const char *uuid, CUdevice *out)
@@ -248,8 +254,8 @@ static uint32_t median(uint32_t *v, uint32_t n)
 struct burst {
     CUfunction fn;
     CUdeviceptr out;
-    CUdeviceptr buf;     /* what the matrix kernel streams through */
-    uint64_t mask;       /* 16-byte units in buf, minus 1 (a power of two) */
+    CUdeviceptr buf; /* what the matrix kernel streams through */
+    uint64_t mask;   /* 16-byte units in buf, minus 1 (a power of two) */
     unsigned int blocks;
     unsigned int iters;
 };
@@ -277,8 +283,8 @@ static int size_launch(const struct cuda *c, struct burst *b, CUevent e0, CUeven
 
 /* The burst itself: one launch always queued behind the running one, the
  * clock read as each completes. */
-static int run_burst(const struct cuda *c, const struct nvml *n, nvmlDevice_t h, struct burst *b, uint32_t burst_ms,
-                     struct flexai_calibration *out)
+static int run_burst(const struct cuda *c, const struct nvml *n, nvmlDevice_t h, struct burst *b,
+                     uint32_t burst_ms, struct flexai_calibration *out)
 {
     CUevent ev[2] = {NULL, NULL};
     if (c->event_create(&ev[0], CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
@@ -325,12 +331,13 @@ static int run_burst(const struct cuda *c, const struct nvml *n, nvmlDevice_t h,
 }
 
 #define CURVE_PERIOD_NS 50000000ull /* the hook's default period */
-#define CURVE_STEP_NS 1200000000ull  /* per duty; the second half is measured */
+#define CURVE_STEP_NS 1200000000ull /* per duty; the second half is measured */
 #define CURVE_BATCH 10
 
 /* GPU time of one launch, median over the second half of `ns` of batches of
  * CURVE_BATCH back-to-back launches (no idle time: full load). */
-static int full_load_per_launch(const struct cuda *c, struct burst *b, CUevent e0, CUevent e1, uint64_t ns, double *out)
+static int full_load_per_launch(const struct cuda *c, struct burst *b, CUevent e0, CUevent e1, uint64_t ns,
+                                double *out)
 {
     double v[256];
     int n = 0;
@@ -446,7 +453,8 @@ static int measure_curve(const struct cuda *c, const struct nvml *n, nvmlDevice_
     static const uint32_t duties[5] = {10, 30, 50, 70, 90};
     struct step steps[5] = {{0, 0, 0}};
     CUevent e0 = NULL, e1 = NULL;
-    if (c->event_create(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS || c->event_create(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+    if (c->event_create(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
+        c->event_create(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
         return -EIO;
     unsigned int iters = b->iters;
     b->iters = iters / 5 > 0 ? iters / 5 : 1;
@@ -455,7 +463,9 @@ static int measure_curve(const struct cuda *c, const struct nvml *n, nvmlDevice_
     for (int i = 4; rc == 0 && i >= 0; i--) {
         rc = paced_step(c, n, h, b, e0, e1, duties[i], full, &steps[i]);
         if (rc == 0)
-            out->speedup_pm[i] = steps[i].per_launch_ns > 0 ? (uint32_t)(1000.0 * full / steps[i].per_launch_ns + 0.5) : 0;
+            out->speedup_pm[i] = steps[i].per_launch_ns > 0
+                                     ? (uint32_t)(1000.0 * full / steps[i].per_launch_ns + 0.5)
+                                     : 0;
     }
     if (rc == 0)
         out->gap_power_mw = gap_power(&steps[0], &steps[1], out->power_limit_mw);
@@ -492,7 +502,8 @@ static int prepare(const struct cuda *c, CUdevice dev, CUmodule *mod, struct bur
 /* Busy: NVML's utilisation above the bound in every one of 5 samples (one
  * high sample right after the card was touched is not a tenant), or a compute
  * process other than ours on it. */
-static int card_busy(const struct nvml *n, nvmlDevice_t h, uint32_t max_busy_pct, struct flexai_calibration *out)
+static int card_busy(const struct nvml *n, nvmlDevice_t h, uint32_t max_busy_pct,
+                     struct flexai_calibration *out)
 {
     uint32_t low = UINT32_MAX;
     for (int i = 0; i < 5; i++) {

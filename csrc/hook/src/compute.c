@@ -173,7 +173,8 @@ static void report(void)
                 (unsigned long long)p->timeouts, (unsigned long long)p->busy_max / 1000,
                 (long long)atomic_load(&p->lead_ns) / 1000, atomic_load(&p->marker_every), p->duty_pm,
                 atomic_load(&p->card_busy_pct), atomic_load(&p->top_mhz), p->ref_clock_mhz,
-                atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), p->gap_power_mw, atomic_load(&p->gate_pm));
+                atomic_load(&p->power_mw), atomic_load(&p->power_cap_mw), p->gap_power_mw,
+                atomic_load(&p->gate_pm));
     }
     flexai_trace_dump();
 }

@@ -140,7 +140,8 @@ static void set_device_field(struct flexai_config *c, const char *origin, int li
             d->ref_clock_mhz = (uint32_t)v;
     } else if (strcmp(field, "speedup_pm") == 0) {
         if (flexai_config_parse_speedup(val, d->speedup_pm) != 0) {
-            bad(c, origin, line, "%s: '%s' is not %d per-mille speeds 1000..3000", key, val, FLEXAI_SPEEDUP_POINTS);
+            bad(c, origin, line, "%s: '%s' is not %d per-mille speeds 1000..3000", key, val,
+                FLEXAI_SPEEDUP_POINTS);
             memset(d->speedup_pm, 0, sizeof d->speedup_pm);
         }
     } else if (strcmp(field, "idle_power_mw") == 0) {
@@ -290,7 +291,8 @@ static void load(void)
     }
     if (flexai_config_load(path, &g_config) > 0) {
         flexai_log("config %s is not usable: CUDA is disabled for this process (no GPU) until it "
-                   "is fixed", path);
+                   "is fixed",
+                   path);
         g_config.ndev = 0;
     }
 }

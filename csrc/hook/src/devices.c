@@ -21,10 +21,8 @@ static _Atomic int g_map[MAX_ORDINALS]; /* slot + 2; 0 = not resolved yet */
 static void format_uuid(const CUuuid *u, char *out, size_t n)
 {
     const unsigned char *b = (const unsigned char *)u->bytes;
-    snprintf(out, n,
-             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
+    snprintf(out, n, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
 int flexai_slot_of_uuid(const char *uuid)

@@ -79,13 +79,14 @@ static void resolve(void)
     g_drv.event_record_ptsz = (PFN_cuEventRecord_v7000_ptsz)first_of("cuEventRecord_ptsz", "cuEventRecord");
     g_drv.event_query = (PFN_cuEventQuery_v2000)flexai_driver_sym("cuEventQuery");
     g_drv.event_synchronize = (PFN_cuEventSynchronize_v2000)flexai_driver_sym("cuEventSynchronize");
-    g_drv.event_elapsed = (PFN_cuEventElapsedTime_v2000)first_of("cuEventElapsedTime_v2", "cuEventElapsedTime");
+    g_drv.event_elapsed = (PFN_cuEventElapsedTime_v2000)first_of("cuEventElapsedTime_v2",
+                                                                 "cuEventElapsedTime");
     g_drv.event_destroy = (PFN_cuEventDestroy_v4000)first_of("cuEventDestroy_v2", "cuEventDestroy");
     g_drv.stream_is_capturing = (PFN_cuStreamIsCapturing_v10000)flexai_driver_sym("cuStreamIsCapturing");
     g_drv.stream_query = (PFN_cuStreamQuery_v2000)flexai_driver_sym("cuStreamQuery");
     g_drv.stream_query_ptsz = (PFN_cuStreamQuery_v7000_ptsz)first_of("cuStreamQuery_ptsz", "cuStreamQuery");
-    g_drv.stream_is_capturing_ptsz =
-        (PFN_cuStreamIsCapturing_v10000_ptsz)first_of("cuStreamIsCapturing_ptsz", "cuStreamIsCapturing");
+    g_drv.stream_is_capturing_ptsz = (PFN_cuStreamIsCapturing_v10000_ptsz)first_of("cuStreamIsCapturing_ptsz",
+                                                                                   "cuStreamIsCapturing");
 }
 
 const struct flexai_driver *flexai_driver(void)

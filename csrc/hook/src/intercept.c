@@ -23,8 +23,7 @@
 static void *wrapper_of(int id);
 
 #define REAL(name) ((PFN_##name##_t)flexai_procaddr_real(FLEXAI_HOOK_##name))
-#define CALL_REAL(name, ...)                                                      \
-    (REAL(name) != NULL ? REAL(name)(__VA_ARGS__) : CUDA_ERROR_NOT_FOUND)
+#define CALL_REAL(name, ...) (REAL(name) != NULL ? REAL(name)(__VA_ARGS__) : CUDA_ERROR_NOT_FOUND)
 
 /* PFN_<name>_t: the typedef of each hooked function, from the list. */
 #define FLEXAI_TYPEDEF(name, pfn, base, ver, ptsz) typedef pfn PFN_##name##_t;
@@ -57,16 +56,15 @@ FLEXAI_EXPORT CUresult cuInit(unsigned int Flags)
 
 /* ---- allocations --------------------------------------------------------- */
 
-#define ALLOC_BODY(name, slot, bytes, kind, key_expr, ...)                        \
-    do {                                                                          \
-        int s_ = (slot);                                                          \
-        uint64_t b_ = (bytes);                                                    \
-        if (!flexai_mem_reserve(s_, b_))                                          \
-            return CUDA_ERROR_OUT_OF_MEMORY;                                      \
-        CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
-        flexai_mem_commit(s_, kind, r_ == CUDA_SUCCESS ? (uint64_t)(key_expr) : 0, b_, \
-                          r_ == CUDA_SUCCESS);                                    \
-        return r_;                                                                \
+#define ALLOC_BODY(name, slot, bytes, kind, key_expr, ...)                                                  \
+    do {                                                                                                    \
+        int s_ = (slot);                                                                                    \
+        uint64_t b_ = (bytes);                                                                              \
+        if (!flexai_mem_reserve(s_, b_))                                                                    \
+            return CUDA_ERROR_OUT_OF_MEMORY;                                                                \
+        CUresult r_ = CALL_REAL(name, __VA_ARGS__);                                                         \
+        flexai_mem_commit(s_, kind, r_ == CUDA_SUCCESS ? (uint64_t)(key_expr) : 0, b_, r_ == CUDA_SUCCESS); \
+        return r_;                                                                                          \
     } while (0)
 
 FLEXAI_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
@@ -86,22 +84,21 @@ FLEXAI_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstr
 
 FLEXAI_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
 {
-    ALLOC_BODY(cuMemAllocAsync_ptsz, slot_now(), bytesize, FLEXAI_MEM_PTR, *dptr, dptr, bytesize,
-               hStream);
+    ALLOC_BODY(cuMemAllocAsync_ptsz, slot_now(), bytesize, FLEXAI_MEM_PTR, *dptr, dptr, bytesize, hStream);
 }
 
 FLEXAI_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                                CUstream hStream)
 {
-    ALLOC_BODY(cuMemAllocFromPoolAsync, slot_now(), bytesize, FLEXAI_MEM_PTR, *dptr, dptr, bytesize,
-               pool, hStream);
+    ALLOC_BODY(cuMemAllocFromPoolAsync, slot_now(), bytesize, FLEXAI_MEM_PTR, *dptr, dptr, bytesize, pool,
+               hStream);
 }
 
-FLEXAI_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
-                                                    CUmemoryPool pool, CUstream hStream)
+FLEXAI_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                                    CUstream hStream)
 {
-    ALLOC_BODY(cuMemAllocFromPoolAsync_ptsz, slot_now(), bytesize, FLEXAI_MEM_PTR, *dptr, dptr,
-               bytesize, pool, hStream);
+    ALLOC_BODY(cuMemAllocFromPoolAsync_ptsz, slot_now(), bytesize, FLEXAI_MEM_PTR, *dptr, dptr, bytesize,
+               pool, hStream);
 }
 
 FLEXAI_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
@@ -123,8 +120,8 @@ FLEXAI_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, siz
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult r = CALL_REAL(cuMemAllocPitch_v2, dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     int ok = r == CUDA_SUCCESS;
-    flexai_mem_commit_resized(slot, FLEXAI_MEM_PTR, ok ? *dptr : 0, guess, ok ? (uint64_t)*pPitch * Height : 0,
-                              ok);
+    flexai_mem_commit_resized(slot, FLEXAI_MEM_PTR, ok ? *dptr : 0, guess,
+                              ok ? (uint64_t)*pPitch * Height : 0, ok);
     return r;
 }
 
@@ -163,12 +160,10 @@ FLEXAI_EXPORT CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCR
 FLEXAI_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
 {
     uint64_t bytes = d ? array_bytes(d->Width, d->Height, d->Depth, d->Format, d->NumChannels) : 0;
-    ALLOC_BODY(cuArray3DCreate_v2, slot_now(), bytes, FLEXAI_MEM_ARRAY, (uintptr_t)*pHandle, pHandle,
-               d);
+    ALLOC_BODY(cuArray3DCreate_v2, slot_now(), bytes, FLEXAI_MEM_ARRAY, (uintptr_t)*pHandle, pHandle, d);
 }
 
-FLEXAI_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle,
-                                              const CUDA_ARRAY3D_DESCRIPTOR *d,
+FLEXAI_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d,
                                               unsigned int numMipmapLevels)
 {
     uint64_t bytes = 0;
@@ -181,18 +176,18 @@ FLEXAI_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle,
             z = z > 1 ? z / 2 : z;
         }
     }
-    ALLOC_BODY(cuMipmappedArrayCreate, slot_now(), bytes, FLEXAI_MEM_MIPMAP, (uintptr_t)*pHandle,
-               pHandle, d, numMipmapLevels);
+    ALLOC_BODY(cuMipmappedArrayCreate, slot_now(), bytes, FLEXAI_MEM_MIPMAP, (uintptr_t)*pHandle, pHandle, d,
+               numMipmapLevels);
 }
 
 /* ---- frees --------------------------------------------------------------- */
 
-#define FREE_BODY(name, kind, key, ...)                                           \
-    do {                                                                          \
-        CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
-        if (r_ == CUDA_SUCCESS)                                                   \
-            flexai_mem_release(kind, (uint64_t)(key));                            \
-        return r_;                                                                \
+#define FREE_BODY(name, kind, key, ...)                \
+    do {                                               \
+        CUresult r_ = CALL_REAL(name, __VA_ARGS__);    \
+        if (r_ == CUDA_SUCCESS)                        \
+            flexai_mem_release(kind, (uint64_t)(key)); \
+        return r_;                                     \
     } while (0)
 
 FLEXAI_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
@@ -222,8 +217,7 @@ FLEXAI_EXPORT CUresult cuArrayDestroy(CUarray hArray)
 
 FLEXAI_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
 {
-    FREE_BODY(cuMipmappedArrayDestroy, FLEXAI_MEM_MIPMAP, (uintptr_t)hMipmappedArray,
-              hMipmappedArray);
+    FREE_BODY(cuMipmappedArrayDestroy, FLEXAI_MEM_MIPMAP, (uintptr_t)hMipmappedArray, hMipmappedArray);
 }
 
 /* ---- what the program sees ----------------------------------------------- */
@@ -248,13 +242,13 @@ FLEXAI_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
 
 /* ---- contexts: charge their overhead once per process and vGPU ----------- */
 
-#define CONTEXT_RESERVE(dev)                                          \
-    int ctx_charge_ = flexai_mem_context_reserve(dev);                \
-    if (ctx_charge_ == FLEXAI_CTX_REFUSED)                            \
-        return CUDA_ERROR_OUT_OF_MEMORY
-#define CONTEXT_SETTLE(dev, r)                                        \
-    if ((r) != CUDA_SUCCESS && ctx_charge_ == FLEXAI_CTX_CHARGED)     \
-        flexai_mem_context_unreserve(dev)
+#define CONTEXT_RESERVE(dev)                           \
+    int ctx_charge_ = flexai_mem_context_reserve(dev); \
+    if (ctx_charge_ == FLEXAI_CTX_REFUSED)             \
+    return CUDA_ERROR_OUT_OF_MEMORY
+#define CONTEXT_SETTLE(dev, r)                                    \
+    if ((r) != CUDA_SUCCESS && ctx_charge_ == FLEXAI_CTX_CHARGED) \
+    flexai_mem_context_unreserve(dev)
 
 FLEXAI_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 {
@@ -301,47 +295,45 @@ FLEXAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params
 /* ---- launches: one load when nothing is limited -------------------------- */
 
 #define COMPUTE_ON() atomic_load_explicit(&flexai_compute_on, memory_order_relaxed)
-#define LAUNCH_BODY(name, stream, flags, ...)                                     \
-    do {                                                                          \
-        if (COMPUTE_ON())                                                         \
-            flexai_compute_before_launch((stream), (flags));                      \
-        CUresult r_ = CALL_REAL(name, __VA_ARGS__);                               \
-        if (r_ != CUDA_SUCCESS)                                                   \
-            flexai_driver_note_error(#name, r_);                                 \
-        else if (COMPUTE_ON())                                                    \
-            flexai_compute_after_launch((stream), (flags));                       \
-        return r_;                                                                \
+#define LAUNCH_BODY(name, stream, flags, ...)                \
+    do {                                                     \
+        if (COMPUTE_ON())                                    \
+            flexai_compute_before_launch((stream), (flags)); \
+        CUresult r_ = CALL_REAL(name, __VA_ARGS__);          \
+        if (r_ != CUDA_SUCCESS)                              \
+            flexai_driver_note_error(#name, r_);             \
+        else if (COMPUTE_ON())                               \
+            flexai_compute_after_launch((stream), (flags));  \
+        return r_;                                           \
     } while (0)
 
 FLEXAI_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
-                                      unsigned int bx, unsigned int by, unsigned int bz,
-                                      unsigned int shmem, CUstream s, void **params, void **extra)
+                                      unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem,
+                                      CUstream s, void **params, void **extra)
 {
-    LAUNCH_BODY(cuLaunchKernel, s, FLEXAI_LAUNCH_KERNEL, f, gx, gy, gz, bx, by, bz, shmem, s, params,
-                extra);
+    LAUNCH_BODY(cuLaunchKernel, s, FLEXAI_LAUNCH_KERNEL, f, gx, gy, gz, bx, by, bz, shmem, s, params, extra);
 }
 
-FLEXAI_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
-                                           unsigned int gz, unsigned int bx, unsigned int by,
-                                           unsigned int bz, unsigned int shmem, CUstream s,
-                                           void **params, void **extra)
+FLEXAI_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                           unsigned int bx, unsigned int by, unsigned int bz,
+                                           unsigned int shmem, CUstream s, void **params, void **extra)
 {
-    LAUNCH_BODY(cuLaunchKernel_ptsz, s, FLEXAI_LAUNCH_PTSZ, f, gx, gy, gz, bx, by, bz, shmem, s,
-                params, extra);
+    LAUNCH_BODY(cuLaunchKernel_ptsz, s, FLEXAI_LAUNCH_PTSZ, f, gx, gy, gz, bx, by, bz, shmem, s, params,
+                extra);
 }
 
 FLEXAI_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params,
                                         void **extra)
 {
-    LAUNCH_BODY(cuLaunchKernelEx, config ? config->hStream : NULL, FLEXAI_LAUNCH_KERNEL, config, f,
-                params, extra);
+    LAUNCH_BODY(cuLaunchKernelEx, config ? config->hStream : NULL, FLEXAI_LAUNCH_KERNEL, config, f, params,
+                extra);
 }
 
-FLEXAI_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f,
-                                             void **params, void **extra)
+FLEXAI_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **params,
+                                             void **extra)
 {
-    LAUNCH_BODY(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL, FLEXAI_LAUNCH_PTSZ, config,
-                f, params, extra);
+    LAUNCH_BODY(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL, FLEXAI_LAUNCH_PTSZ, config, f, params,
+                extra);
 }
 
 FLEXAI_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy,
@@ -349,17 +341,17 @@ FLEXAI_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, 
                                                  unsigned int bz, unsigned int shmem, CUstream s,
                                                  void **params)
 {
-    LAUNCH_BODY(cuLaunchCooperativeKernel, s, FLEXAI_LAUNCH_KERNEL, f, gx, gy, gz, bx, by, bz, shmem,
-                s, params);
+    LAUNCH_BODY(cuLaunchCooperativeKernel, s, FLEXAI_LAUNCH_KERNEL, f, gx, gy, gz, bx, by, bz, shmem, s,
+                params);
 }
 
 FLEXAI_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
-                                                      unsigned int gz, unsigned int bx,
-                                                      unsigned int by, unsigned int bz,
-                                                      unsigned int shmem, CUstream s, void **params)
+                                                      unsigned int gz, unsigned int bx, unsigned int by,
+                                                      unsigned int bz, unsigned int shmem, CUstream s,
+                                                      void **params)
 {
-    LAUNCH_BODY(cuLaunchCooperativeKernel_ptsz, s, FLEXAI_LAUNCH_PTSZ, f, gx, gy, gz, bx, by, bz,
-                shmem, s, params);
+    LAUNCH_BODY(cuLaunchCooperativeKernel_ptsz, s, FLEXAI_LAUNCH_PTSZ, f, gx, gy, gz, bx, by, bz, shmem, s,
+                params);
 }
 
 FLEXAI_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
@@ -385,8 +377,7 @@ static void swap(const char *symbol, void **pfn, int version, cuuint64_t flags)
         *pfn = wrapper_of(id);
 }
 
-FLEXAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
-                                        cuuint64_t flags)
+FLEXAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
 {
     CUresult r = CALL_REAL(cuGetProcAddress, symbol, pfn, cudaVersion, flags);
     if (r == CUDA_SUCCESS)
@@ -394,8 +385,8 @@ FLEXAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cuda
     return r;
 }
 
-FLEXAI_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
-                                           cuuint64_t flags, CUdriverProcAddressQueryResult *found)
+FLEXAI_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                                           CUdriverProcAddressQueryResult *found)
 {
     CUresult r = CALL_REAL(cuGetProcAddress_v2, symbol, pfn, cudaVersion, flags, found);
     if (r == CUDA_SUCCESS)
@@ -404,8 +395,7 @@ FLEXAI_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int c
 }
 
 FLEXAI_EXPORT CUresult cuGetProcAddress_v2_ptsz(const char *symbol, void **pfn, int cudaVersion,
-                                                cuuint64_t flags,
-                                                CUdriverProcAddressQueryResult *found)
+                                                cuuint64_t flags, CUdriverProcAddressQueryResult *found)
 {
     CUresult r = CALL_REAL(cuGetProcAddress_v2_ptsz, symbol, pfn, cudaVersion, flags, found);
     if (r == CUDA_SUCCESS)
@@ -440,8 +430,7 @@ static void *wrapper_of(int id)
     return g_wrapper[id];
 }
 
-#define FLEXAI_CHECK(name, pfn, base, ver, ptsz)                                  \
-    _Static_assert(__builtin_types_compatible_p(__typeof__(&name), pfn),          \
-                   #name " does not match " #pfn);
+#define FLEXAI_CHECK(name, pfn, base, ver, ptsz) \
+    _Static_assert(__builtin_types_compatible_p(__typeof__(&name), pfn), #name " does not match " #pfn);
 FLEXAI_HOOKS(FLEXAI_CHECK)
 #undef FLEXAI_CHECK

@@ -63,12 +63,12 @@ struct flexai_dev_config {
 };
 
 struct flexai_config {
-    int ndev;                   /* 0 = no limits at all: the hook only passes calls through */
-    int closed;                 /* problems found: named but unusable, no GPU for this process */
-    int memory_limited;         /* some vGPU has a memory limit */
-    int compute_limited;        /* some vGPU has a core limit */
+    int ndev;            /* 0 = no limits at all: the hook only passes calls through */
+    int closed;          /* problems found: named but unusable, no GPU for this process */
+    int memory_limited;  /* some vGPU has a memory limit */
+    int compute_limited; /* some vGPU has a core limit */
     uint64_t period_ns;
-    char region_path[512];      /* "" = a private region (this process only) */
+    char region_path[512]; /* "" = a private region (this process only) */
     struct flexai_dev_config dev[FLEXAI_MAX_DEVICES];
 };
 

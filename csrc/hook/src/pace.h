@@ -22,9 +22,9 @@
 
 #include "internal.h"
 
-#define RING 16 /* marker events per vGPU */
-#define DUTY_RING 64                    /* bookings remembered for the duty (~20 ms or more apart) */
-#define DUTY_SPAN_NS 1000000000ull      /* the duty covers the last second: NVML averages power over one */
+#define RING 16                    /* marker events per vGPU */
+#define DUTY_RING 64               /* bookings remembered for the duty (~20 ms or more apart) */
+#define DUTY_SPAN_NS 1000000000ull /* the duty covers the last second: NVML averages power over one */
 
 struct marker {
     CUevent ev;
@@ -49,10 +49,10 @@ struct pace {
     uint32_t ref_clock_mhz;    /* from the config; 0 = no normalisation */
     uint16_t curve_pm[FLEXAI_SPEEDUP_POINTS]; /* the card's measured speed-up by duty; [0] = 0: none */
     uint32_t idle_power_mw;                   /* the card's idle power (calibration); 0 = unknown */
-    uint32_t gap_power_mw;                    /* the card's power between windows (calibration); 0 = unknown */
-    _Atomic uint32_t power_mw;                /* NVML's average power at the last close; 0 = unknown */
-    _Atomic uint32_t power_cap_mw;            /* the card's enforced power limit; 0 = unknown */
-    _Atomic uint32_t gate_pm;                 /* the last power gate, for $FLEXAI_DEBUG */
+    uint32_t gap_power_mw;         /* the card's power between windows (calibration); 0 = unknown */
+    _Atomic uint32_t power_mw;     /* NVML's average power at the last close; 0 = unknown */
+    _Atomic uint32_t power_cap_mw; /* the card's enforced power limit; 0 = unknown */
+    _Atomic uint32_t gate_pm;      /* the last power gate, for $FLEXAI_DEBUG */
     /* --- slow path, under lock ------------------------------------------- */
     pthread_mutex_t lock;
     int events_ok; /* event pool created in this context */
@@ -73,7 +73,7 @@ struct pace {
     uint32_t duty_pm;          /* our busy fraction over the last DUTY_SPAN_NS of bookings, per mille */
     struct {
         uint64_t at_ns, wall_ns, busy_ns;
-    } duty_ring[DUTY_RING];    /* the last bookings, for duty_pm */
+    } duty_ring[DUTY_RING]; /* the last bookings, for duty_pm */
     int duty_next;
     /* --- statistics for $FLEXAI_DEBUG (slow path only) --------------------- */
     uint64_t windows, markers, timeouts, busy_max;

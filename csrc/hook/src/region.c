@@ -338,8 +338,7 @@ static void attach(void)
     const struct flexai_config *c = flexai_config();
     if (c->ndev == 0)
         return;
-    struct flexai_region *r =
-        c->region_path[0] != '\0' ? map_file(c->region_path) : map_private();
+    struct flexai_region *r = c->region_path[0] != '\0' ? map_file(c->region_path) : map_private();
     if (r == NULL) {
         flexai_log("no usable region: CUDA is disabled for this process (limits could not be shared)");
         return;

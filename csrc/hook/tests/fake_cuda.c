@@ -41,11 +41,27 @@
 #define API __attribute__((visibility("default")))
 #define MAXDEV 16
 
-struct timeline { _Atomic uint64_t busy_until[MAXDEV]; };
-struct fctx { int dev; };
-struct fstream { _Atomic uint64_t last_end; int dev; };
-struct fevent { uint64_t ts; int recorded; };
-struct alloc { uint64_t key; uint64_t size; int dev; int kind; struct alloc *next; };
+struct timeline {
+    _Atomic uint64_t busy_until[MAXDEV];
+};
+struct fctx {
+    int dev;
+};
+struct fstream {
+    _Atomic uint64_t last_end;
+    int dev;
+};
+struct fevent {
+    uint64_t ts;
+    int recorded;
+};
+struct alloc {
+    uint64_t key;
+    uint64_t size;
+    int dev;
+    int kind;
+    struct alloc *next;
+};
 
 static int g_ndev = 1, g_nvis, g_visible[MAXDEV];
 static uint64_t g_total;
@@ -76,7 +92,8 @@ static void sleep_until(uint64_t t)
     uint64_t n = now_ns();
     if (t <= n)
         return;
-    struct timespec ts = {.tv_sec = (time_t)((t - n) / 1000000000ull), .tv_nsec = (long)((t - n) % 1000000000ull)};
+    struct timespec ts = {.tv_sec = (time_t)((t - n) / 1000000000ull),
+                          .tv_nsec = (long)((t - n) % 1000000000ull)};
     nanosleep(&ts, NULL);
 }
 
@@ -92,8 +109,8 @@ API void fakecuda_uuid_string(int phys, char *out, int len)
     unsigned char b[16];
     uuid_bytes(phys, b);
     snprintf(out, (size_t)len, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
 }
 
 /* The physical devices a visible-devices list names (indices or UUIDs), in its
@@ -131,7 +148,10 @@ static int parse_visible(const char *list, const int *from, int n, int out[MAXDE
     return k;
 }
 
-static int phys_of(CUdevice d) { return (d >= 0 && d < g_nvis) ? g_visible[d] : -1; }
+static int phys_of(CUdevice d)
+{
+    return (d >= 0 && d < g_nvis) ? g_visible[d] : -1;
+}
 
 API CUresult cuInit(unsigned int flags)
 {
@@ -167,7 +187,11 @@ API CUresult cuInit(unsigned int flags)
     return CUDA_SUCCESS;
 }
 
-API CUresult cuDriverGetVersion(int *v) { *v = 13000; return CUDA_SUCCESS; }
+API CUresult cuDriverGetVersion(int *v)
+{
+    *v = 13000;
+    return CUDA_SUCCESS;
+}
 /* Like the real driver, nothing about devices answers before cuInit. */
 API CUresult cuDeviceGetCount(int *n)
 {
@@ -198,7 +222,10 @@ API CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d)
     uuid_bytes(p, (unsigned char *)u->bytes);
     return CUDA_SUCCESS;
 }
-API CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d) { return cuDeviceGetUuid_v2(u, d); }
+API CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d)
+{
+    return cuDeviceGetUuid_v2(u, d);
+}
 API CUresult cuDeviceTotalMem_v2(size_t *b, CUdevice d)
 {
     if (phys_of(d) < 0)
@@ -215,10 +242,15 @@ API CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d)
     *c = (CUcontext)&g_primary[d];
     return CUDA_SUCCESS;
 }
-API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { (void)d; return CUDA_SUCCESS; }
+API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d)
+{
+    (void)d;
+    return CUDA_SUCCESS;
+}
 API CUresult cuCtxCreate_v4(CUcontext *c, CUctxCreateParams *p, unsigned int flags, CUdevice d)
 {
-    (void)p; (void)flags;
+    (void)p;
+    (void)flags;
     if (phys_of(d) < 0)
         return CUDA_ERROR_INVALID_DEVICE;
     struct fctx *x = malloc(sizeof *x);
@@ -227,8 +259,16 @@ API CUresult cuCtxCreate_v4(CUcontext *c, CUctxCreateParams *p, unsigned int fla
     t_ctx = x;
     return CUDA_SUCCESS;
 }
-API CUresult cuCtxSetCurrent(CUcontext c) { t_ctx = (struct fctx *)c; return CUDA_SUCCESS; }
-API CUresult cuCtxGetCurrent(CUcontext *c) { *c = (CUcontext)t_ctx; return CUDA_SUCCESS; }
+API CUresult cuCtxSetCurrent(CUcontext c)
+{
+    t_ctx = (struct fctx *)c;
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxGetCurrent(CUcontext *c)
+{
+    *c = (CUcontext)t_ctx;
+    return CUDA_SUCCESS;
+}
 API CUresult cuCtxGetDevice(CUdevice *d)
 {
     if (t_ctx == NULL)
@@ -236,7 +276,10 @@ API CUresult cuCtxGetDevice(CUdevice *d)
     *d = t_ctx->dev;
     return CUDA_SUCCESS;
 }
-static int cur_dev(void) { return t_ctx ? t_ctx->dev : -1; }
+static int cur_dev(void)
+{
+    return t_ctx ? t_ctx->dev : -1;
+}
 
 /* ---- memory ---- */
 static CUresult fake_alloc(uint64_t *key, uint64_t size, int dev, int kind)
@@ -288,28 +331,55 @@ API CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n)
     return r;
 }
 /* A pretend future version of cuMemAlloc that only cuGetProcAddress knows. */
-static CUresult future_cuMemAlloc_v3(CUdeviceptr *p, size_t n) { return cuMemAlloc_v2(p, n); }
+static CUresult future_cuMemAlloc_v3(CUdeviceptr *p, size_t n)
+{
+    return cuMemAlloc_v2(p, n);
+}
 API CUresult cuMemAllocPitch_v2(CUdeviceptr *p, size_t *pitch, size_t w, size_t h, unsigned int e)
 {
     (void)e;
     *pitch = (w + 511) & ~(size_t)511;
     return cuMemAlloc_v2(p, *pitch * h);
 }
-API CUresult cuMemAllocManaged(CUdeviceptr *p, size_t n, unsigned int f) { (void)f; return cuMemAlloc_v2(p, n); }
-API CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, CUstream s) { (void)s; return cuMemAlloc_v2(p, n); }
-API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *p, size_t n, CUstream s) { (void)s; return cuMemAlloc_v2(p, n); }
+API CUresult cuMemAllocManaged(CUdeviceptr *p, size_t n, unsigned int f)
+{
+    (void)f;
+    return cuMemAlloc_v2(p, n);
+}
+API CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, CUstream s)
+{
+    (void)s;
+    return cuMemAlloc_v2(p, n);
+}
+API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *p, size_t n, CUstream s)
+{
+    (void)s;
+    return cuMemAlloc_v2(p, n);
+}
 API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *p, size_t n, CUmemoryPool pool, CUstream s)
 {
-    (void)pool; (void)s;
+    (void)pool;
+    (void)s;
     return cuMemAlloc_v2(p, n);
 }
 API CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *p, size_t n, CUmemoryPool pool, CUstream s)
 {
     return cuMemAllocFromPoolAsync(p, n, pool, s);
 }
-API CUresult cuMemFree_v2(CUdeviceptr p) { return fake_free((uint64_t)p, 1); }
-API CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) { (void)s; return fake_free((uint64_t)p, 1); }
-API CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) { (void)s; return fake_free((uint64_t)p, 1); }
+API CUresult cuMemFree_v2(CUdeviceptr p)
+{
+    return fake_free((uint64_t)p, 1);
+}
+API CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s)
+{
+    (void)s;
+    return fake_free((uint64_t)p, 1);
+}
+API CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s)
+{
+    (void)s;
+    return fake_free((uint64_t)p, 1);
+}
 API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop,
                          unsigned long long flags)
 {
@@ -320,12 +390,19 @@ API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemA
         *h = k;
     return r;
 }
-API CUresult cuMemRelease(CUmemGenericAllocationHandle h) { return fake_free(h, 2); }
-static uint64_t fmt_bytes(CUarray_format f) { return f == CU_AD_FORMAT_UNSIGNED_INT8 ? 1 : f == CU_AD_FORMAT_HALF ? 2 : 4; }
+API CUresult cuMemRelease(CUmemGenericAllocationHandle h)
+{
+    return fake_free(h, 2);
+}
+static uint64_t fmt_bytes(CUarray_format f)
+{
+    return f == CU_AD_FORMAT_UNSIGNED_INT8 ? 1 : f == CU_AD_FORMAT_HALF ? 2 : 4;
+}
 API CUresult cuArrayCreate_v2(CUarray *a, const CUDA_ARRAY_DESCRIPTOR *d)
 {
     uint64_t k;
-    CUresult r = fake_alloc(&k, d->Width * (d->Height ? d->Height : 1) * d->NumChannels * fmt_bytes(d->Format), cur_dev(), 3);
+    CUresult r = fake_alloc(
+        &k, d->Width * (d->Height ? d->Height : 1) * d->NumChannels * fmt_bytes(d->Format), cur_dev(), 3);
     if (r == CUDA_SUCCESS)
         *a = (CUarray)(uintptr_t)k;
     return r;
@@ -333,26 +410,37 @@ API CUresult cuArrayCreate_v2(CUarray *a, const CUDA_ARRAY_DESCRIPTOR *d)
 API CUresult cuArray3DCreate_v2(CUarray *a, const CUDA_ARRAY3D_DESCRIPTOR *d)
 {
     uint64_t k;
-    CUresult r = fake_alloc(&k, d->Width * (d->Height ? d->Height : 1) * (d->Depth ? d->Depth : 1) *
-                                    d->NumChannels * fmt_bytes(d->Format), cur_dev(), 3);
+    CUresult r = fake_alloc(&k,
+                            d->Width * (d->Height ? d->Height : 1) * (d->Depth ? d->Depth : 1) *
+                                d->NumChannels * fmt_bytes(d->Format),
+                            cur_dev(), 3);
     if (r == CUDA_SUCCESS)
         *a = (CUarray)(uintptr_t)k;
     return r;
 }
-API CUresult cuArrayDestroy(CUarray a) { return fake_free((uint64_t)(uintptr_t)a, 3); }
-API CUresult cuMipmappedArrayCreate(CUmipmappedArray *a, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels)
+API CUresult cuArrayDestroy(CUarray a)
+{
+    return fake_free((uint64_t)(uintptr_t)a, 3);
+}
+API CUresult cuMipmappedArrayCreate(CUmipmappedArray *a, const CUDA_ARRAY3D_DESCRIPTOR *d,
+                                    unsigned int levels)
 {
     uint64_t k, bytes = 0, w = d->Width, h = d->Height ? d->Height : 1, z = d->Depth ? d->Depth : 1;
     for (unsigned int l = 0; l < levels; l++) {
         bytes += w * h * z * d->NumChannels * fmt_bytes(d->Format);
-        w = w > 1 ? w / 2 : 1; h = h > 1 ? h / 2 : 1; z = z > 1 ? z / 2 : 1;
+        w = w > 1 ? w / 2 : 1;
+        h = h > 1 ? h / 2 : 1;
+        z = z > 1 ? z / 2 : 1;
     }
     CUresult r = fake_alloc(&k, bytes, cur_dev(), 4);
     if (r == CUDA_SUCCESS)
         *a = (CUmipmappedArray)(uintptr_t)k;
     return r;
 }
-API CUresult cuMipmappedArrayDestroy(CUmipmappedArray a) { return fake_free((uint64_t)(uintptr_t)a, 4); }
+API CUresult cuMipmappedArrayDestroy(CUmipmappedArray a)
+{
+    return fake_free((uint64_t)(uintptr_t)a, 4);
+}
 API CUresult cuMemGetInfo_v2(size_t *f, size_t *t)
 {
     int p = phys_of(cur_dev());
@@ -378,8 +466,16 @@ API CUresult cuStreamCreate(CUstream *s, unsigned int f)
     *s = (CUstream)x;
     return CUDA_SUCCESS;
 }
-API CUresult cuStreamDestroy_v2(CUstream s) { free(s); return CUDA_SUCCESS; }
-API CUresult cuStreamSynchronize(CUstream s) { sleep_until(atomic_load(&stream_of(s)->last_end)); return CUDA_SUCCESS; }
+API CUresult cuStreamDestroy_v2(CUstream s)
+{
+    free(s);
+    return CUDA_SUCCESS;
+}
+API CUresult cuStreamSynchronize(CUstream s)
+{
+    sleep_until(atomic_load(&stream_of(s)->last_end));
+    return CUDA_SUCCESS;
+}
 /* $FAKECUDA_STREAM_BUSY: streams always answer "not ready", as a real one
  * does while work outside the hooked launches (a library's memset) runs. */
 API CUresult cuStreamQuery(CUstream s)
@@ -391,15 +487,24 @@ API CUresult cuStreamQuery(CUstream s)
         return CUDA_ERROR_NOT_READY;
     return now_ns() >= atomic_load(&stream_of(s)->last_end) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
-API CUresult cuStreamQuery_ptsz(CUstream s) { return cuStreamQuery(s); }
-API void fakecuda_set_capturing(int on) { atomic_store(&g_capturing, on); }
+API CUresult cuStreamQuery_ptsz(CUstream s)
+{
+    return cuStreamQuery(s);
+}
+API void fakecuda_set_capturing(int on)
+{
+    atomic_store(&g_capturing, on);
+}
 API CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *st)
 {
     (void)s;
     *st = atomic_load(&g_capturing) ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
     return CUDA_SUCCESS;
 }
-API CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus *st) { return cuStreamIsCapturing(s, st); }
+API CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus *st)
+{
+    return cuStreamIsCapturing(s, st);
+}
 API CUresult cuCtxSynchronize(void)
 {
     for (int i = 0; i < MAXDEV; i++)
@@ -418,9 +523,11 @@ static void run_for(struct fstream *s, uint64_t dur)
     uint64_t b = atomic_load(busy), start, end;
     do {
         start = now_ns();
-        if (b > start) start = b;
+        if (b > start)
+            start = b;
         uint64_t le = atomic_load(&s->last_end);
-        if (le > start) start = le;
+        if (le > start)
+            start = le;
         end = start + dur;
     } while (!atomic_compare_exchange_weak(busy, &b, end));
     atomic_store(&s->last_end, end);
@@ -428,12 +535,30 @@ static void run_for(struct fstream *s, uint64_t dur)
     atomic_fetch_add(&g_busy_ns, dur);
 }
 
-API CUfunction fakecuda_kernel(unsigned int us) { return (CUfunction)(uintptr_t)(((uint64_t)us << 4) | 1); }
-API CUgraphExec fakecuda_graph(unsigned int us) { return (CUgraphExec)(uintptr_t)(((uint64_t)us << 4) | 2); }
-API uint64_t fakecuda_used(int phys) { return atomic_load(&g_used[phys]); }
-API uint64_t fakecuda_launches(void) { return atomic_load(&g_launches); }
-API uint64_t fakecuda_busy_ns(void) { return atomic_load(&g_busy_ns); }
-static uint64_t dur_of(const void *h) { return ((uint64_t)(uintptr_t)h >> 4) * 1000ull; }
+API CUfunction fakecuda_kernel(unsigned int us)
+{
+    return (CUfunction)(uintptr_t)(((uint64_t)us << 4) | 1);
+}
+API CUgraphExec fakecuda_graph(unsigned int us)
+{
+    return (CUgraphExec)(uintptr_t)(((uint64_t)us << 4) | 2);
+}
+API uint64_t fakecuda_used(int phys)
+{
+    return atomic_load(&g_used[phys]);
+}
+API uint64_t fakecuda_launches(void)
+{
+    return atomic_load(&g_launches);
+}
+API uint64_t fakecuda_busy_ns(void)
+{
+    return atomic_load(&g_busy_ns);
+}
+static uint64_t dur_of(const void *h)
+{
+    return ((uint64_t)(uintptr_t)h >> 4) * 1000ull;
+}
 /* Modules (the launch bench loads PTX): every function is a kernel of
  * $FAKECUDA_KERNEL_US microseconds (default 0). */
 API CUresult cuModuleLoadData(CUmodule *m, const void *image)
@@ -442,7 +567,11 @@ API CUresult cuModuleLoadData(CUmodule *m, const void *image)
     *m = (CUmodule)(uintptr_t)0x10;
     return CUDA_SUCCESS;
 }
-API CUresult cuModuleUnload(CUmodule m) { (void)m; return CUDA_SUCCESS; }
+API CUresult cuModuleUnload(CUmodule m)
+{
+    (void)m;
+    return CUDA_SUCCESS;
+}
 API CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
 {
     if (phys_of(d) < 0)
@@ -452,49 +581,84 @@ API CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
 }
 API CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
 {
-    (void)m; (void)name;
+    (void)m;
+    (void)name;
     const char *us = getenv("FAKECUDA_KERNEL_US");
     *f = fakecuda_kernel(us != NULL ? (unsigned int)atoi(us) : 0);
     return CUDA_SUCCESS;
 }
 
 API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                            unsigned int by, unsigned int bz, unsigned int sh, CUstream s, void **pa, void **ex)
+                            unsigned int by, unsigned int bz, unsigned int sh, CUstream s, void **pa,
+                            void **ex)
 {
-    (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)sh; (void)pa; (void)ex;
+    (void)gx;
+    (void)gy;
+    (void)gz;
+    (void)bx;
+    (void)by;
+    (void)bz;
+    (void)sh;
+    (void)pa;
+    (void)ex;
     run_for(stream_of(s), dur_of(f));
     return CUDA_SUCCESS;
 }
-API CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                                 unsigned int by, unsigned int bz, unsigned int sh, CUstream s, void **pa, void **ex)
+API CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                 unsigned int bx, unsigned int by, unsigned int bz, unsigned int sh,
+                                 CUstream s, void **pa, void **ex)
 {
     return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, sh, s, pa, ex);
 }
 API CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **pa, void **ex)
 {
-    (void)pa; (void)ex;
+    (void)pa;
+    (void)ex;
     run_for(stream_of(c->hStream), dur_of(f));
     return CUDA_SUCCESS;
 }
-API CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void **pa, void **ex) { return cuLaunchKernelEx(c, f, pa, ex); }
-API CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                                       unsigned int by, unsigned int bz, unsigned int sh, CUstream s, void **pa)
+API CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void **pa, void **ex)
+{
+    return cuLaunchKernelEx(c, f, pa, ex);
+}
+API CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                       unsigned int bx, unsigned int by, unsigned int bz, unsigned int sh,
+                                       CUstream s, void **pa)
 {
     return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, sh, s, pa, NULL);
 }
 API CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
-                                            unsigned int bx, unsigned int by, unsigned int bz, unsigned int sh,
-                                            CUstream s, void **pa)
+                                            unsigned int bx, unsigned int by, unsigned int bz,
+                                            unsigned int sh, CUstream s, void **pa)
 {
     return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, sh, s, pa, NULL);
 }
-API CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { run_for(stream_of(s), dur_of(g)); return CUDA_SUCCESS; }
-API CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { return cuGraphLaunch(g, s); }
+API CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
+{
+    run_for(stream_of(s), dur_of(g));
+    return CUDA_SUCCESS;
+}
+API CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s)
+{
+    return cuGraphLaunch(g, s);
+}
 
-API CUresult cuEventCreate(CUevent *e, unsigned int f) { (void)f; *e = calloc(1, sizeof(struct fevent)); return CUDA_SUCCESS; }
-API CUresult cuEventDestroy_v2(CUevent e) { free(e); return CUDA_SUCCESS; }
+API CUresult cuEventCreate(CUevent *e, unsigned int f)
+{
+    (void)f;
+    *e = calloc(1, sizeof(struct fevent));
+    return CUDA_SUCCESS;
+}
+API CUresult cuEventDestroy_v2(CUevent e)
+{
+    free(e);
+    return CUDA_SUCCESS;
+}
 static _Atomic int g_records_in_capture;
-API int fakecuda_records_in_capture(void) { return atomic_load(&g_records_in_capture); }
+API int fakecuda_records_in_capture(void)
+{
+    return atomic_load(&g_records_in_capture);
+}
 API CUresult cuEventRecord(CUevent e, CUstream s)
 {
     if (atomic_load(&g_capturing))
@@ -505,13 +669,20 @@ API CUresult cuEventRecord(CUevent e, CUstream s)
     x->recorded = 1;
     return CUDA_SUCCESS;
 }
-API CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return cuEventRecord(e, s); }
+API CUresult cuEventRecord_ptsz(CUevent e, CUstream s)
+{
+    return cuEventRecord(e, s);
+}
 API CUresult cuEventQuery(CUevent e)
 {
     struct fevent *x = (struct fevent *)e;
     return (!x->recorded || now_ns() >= x->ts) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
-API CUresult cuEventSynchronize(CUevent e) { sleep_until(((struct fevent *)e)->ts); return CUDA_SUCCESS; }
+API CUresult cuEventSynchronize(CUevent e)
+{
+    sleep_until(((struct fevent *)e)->ts);
+    return CUDA_SUCCESS;
+}
 API CUresult cuEventElapsedTime_v2(float *ms, CUevent a, CUevent b)
 {
     struct fevent *x = (struct fevent *)a, *y = (struct fevent *)b;
@@ -524,36 +695,62 @@ API CUresult cuEventElapsedTime_v2(float *ms, CUevent a, CUevent b)
 }
 
 /* ---- cuGetProcAddress ---- */
-struct entry { const char *base; int version; int ptsz; void *fn; };
-#define E(base, ver, ptsz, fn) {base, ver, ptsz, (void *)fn}
+struct entry {
+    const char *base;
+    int version;
+    int ptsz;
+    void *fn;
+};
+#define E(base, ver, ptsz, fn)      \
+    {                               \
+        base, ver, ptsz, (void *)fn \
+    }
 static const struct entry g_table[] = {
-    E("cuInit", 2000, 0, cuInit), E("cuDriverGetVersion", 2020, 0, cuDriverGetVersion),
-    E("cuDeviceGetCount", 2000, 0, cuDeviceGetCount), E("cuDeviceGet", 2000, 0, cuDeviceGet),
-    E("cuDeviceGetName", 2000, 0, cuDeviceGetName), E("cuDeviceGetUuid", 11040, 0, cuDeviceGetUuid_v2),
+    E("cuInit", 2000, 0, cuInit),
+    E("cuDriverGetVersion", 2020, 0, cuDriverGetVersion),
+    E("cuDeviceGetCount", 2000, 0, cuDeviceGetCount),
+    E("cuDeviceGet", 2000, 0, cuDeviceGet),
+    E("cuDeviceGetName", 2000, 0, cuDeviceGetName),
+    E("cuDeviceGetUuid", 11040, 0, cuDeviceGetUuid_v2),
     E("cuDeviceTotalMem", 3020, 0, cuDeviceTotalMem_v2),
     E("cuDevicePrimaryCtxRetain", 7000, 0, cuDevicePrimaryCtxRetain),
-    E("cuCtxCreate", 12050, 0, cuCtxCreate_v4), E("cuCtxSetCurrent", 4000, 0, cuCtxSetCurrent),
-    E("cuCtxGetCurrent", 4000, 0, cuCtxGetCurrent), E("cuCtxGetDevice", 2000, 0, cuCtxGetDevice),
-    E("cuMemAlloc", 3020, 0, cuMemAlloc_v2), E("cuMemAlloc", 14000, 0, future_cuMemAlloc_v3),
-    E("cuMemAllocPitch", 3020, 0, cuMemAllocPitch_v2), E("cuMemAllocManaged", 6000, 0, cuMemAllocManaged),
-    E("cuMemAllocAsync", 11020, 0, cuMemAllocAsync), E("cuMemAllocAsync", 11020, 1, cuMemAllocAsync_ptsz),
+    E("cuCtxCreate", 12050, 0, cuCtxCreate_v4),
+    E("cuCtxSetCurrent", 4000, 0, cuCtxSetCurrent),
+    E("cuCtxGetCurrent", 4000, 0, cuCtxGetCurrent),
+    E("cuCtxGetDevice", 2000, 0, cuCtxGetDevice),
+    E("cuMemAlloc", 3020, 0, cuMemAlloc_v2),
+    E("cuMemAlloc", 14000, 0, future_cuMemAlloc_v3),
+    E("cuMemAllocPitch", 3020, 0, cuMemAllocPitch_v2),
+    E("cuMemAllocManaged", 6000, 0, cuMemAllocManaged),
+    E("cuMemAllocAsync", 11020, 0, cuMemAllocAsync),
+    E("cuMemAllocAsync", 11020, 1, cuMemAllocAsync_ptsz),
     E("cuMemAllocFromPoolAsync", 11020, 0, cuMemAllocFromPoolAsync),
     E("cuMemAllocFromPoolAsync", 11020, 1, cuMemAllocFromPoolAsync_ptsz),
-    E("cuMemFree", 3020, 0, cuMemFree_v2), E("cuMemFreeAsync", 11020, 0, cuMemFreeAsync),
-    E("cuMemFreeAsync", 11020, 1, cuMemFreeAsync_ptsz), E("cuMemCreate", 10020, 0, cuMemCreate),
-    E("cuMemRelease", 10020, 0, cuMemRelease), E("cuArrayCreate", 3020, 0, cuArrayCreate_v2),
-    E("cuArray3DCreate", 3020, 0, cuArray3DCreate_v2), E("cuArrayDestroy", 2000, 0, cuArrayDestroy),
+    E("cuMemFree", 3020, 0, cuMemFree_v2),
+    E("cuMemFreeAsync", 11020, 0, cuMemFreeAsync),
+    E("cuMemFreeAsync", 11020, 1, cuMemFreeAsync_ptsz),
+    E("cuMemCreate", 10020, 0, cuMemCreate),
+    E("cuMemRelease", 10020, 0, cuMemRelease),
+    E("cuArrayCreate", 3020, 0, cuArrayCreate_v2),
+    E("cuArray3DCreate", 3020, 0, cuArray3DCreate_v2),
+    E("cuArrayDestroy", 2000, 0, cuArrayDestroy),
     E("cuMipmappedArrayCreate", 5000, 0, cuMipmappedArrayCreate),
     E("cuMipmappedArrayDestroy", 5000, 0, cuMipmappedArrayDestroy),
-    E("cuMemGetInfo", 3020, 0, cuMemGetInfo_v2), E("cuLaunchKernel", 4000, 0, cuLaunchKernel),
-    E("cuLaunchKernel", 7000, 1, cuLaunchKernel_ptsz), E("cuLaunchKernelEx", 11060, 0, cuLaunchKernelEx),
+    E("cuMemGetInfo", 3020, 0, cuMemGetInfo_v2),
+    E("cuLaunchKernel", 4000, 0, cuLaunchKernel),
+    E("cuLaunchKernel", 7000, 1, cuLaunchKernel_ptsz),
+    E("cuLaunchKernelEx", 11060, 0, cuLaunchKernelEx),
     E("cuLaunchKernelEx", 11060, 1, cuLaunchKernelEx_ptsz),
     E("cuLaunchCooperativeKernel", 9000, 0, cuLaunchCooperativeKernel),
     E("cuLaunchCooperativeKernel", 9000, 1, cuLaunchCooperativeKernel_ptsz),
-    E("cuGraphLaunch", 10000, 0, cuGraphLaunch), E("cuGraphLaunch", 10000, 1, cuGraphLaunch_ptsz),
-    E("cuStreamCreate", 2000, 0, cuStreamCreate), E("cuStreamSynchronize", 2000, 0, cuStreamSynchronize),
-    E("cuEventCreate", 2000, 0, cuEventCreate), E("cuEventRecord", 2000, 0, cuEventRecord),
-    E("cuEventQuery", 2000, 0, cuEventQuery), E("cuEventSynchronize", 2000, 0, cuEventSynchronize),
+    E("cuGraphLaunch", 10000, 0, cuGraphLaunch),
+    E("cuGraphLaunch", 10000, 1, cuGraphLaunch_ptsz),
+    E("cuStreamCreate", 2000, 0, cuStreamCreate),
+    E("cuStreamSynchronize", 2000, 0, cuStreamSynchronize),
+    E("cuEventCreate", 2000, 0, cuEventCreate),
+    E("cuEventRecord", 2000, 0, cuEventRecord),
+    E("cuEventQuery", 2000, 0, cuEventQuery),
+    E("cuEventSynchronize", 2000, 0, cuEventSynchronize),
 };
 
 static CUresult lookup(const char *sym, void **pfn, int version, cuuint64_t flags)

@@ -5,16 +5,21 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #define API __attribute__((visibility("default")))
 
-typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
-typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
+typedef struct {
+    unsigned long long total, free, used;
+} nvmlMemory_t;
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvmlMemory_v2_t;
 
 static unsigned long long total(void)
 {
@@ -27,10 +32,24 @@ static int ndev(void)
     return n ? atoi(n) : 1;
 }
 
-API int nvmlInit_v2(void) { return 0; }
-API int nvmlInitWithFlags(unsigned int f) { (void)f; return 0; }
-API int nvmlShutdown(void) { return 0; }
-API int nvmlDeviceGetCount_v2(unsigned int *n) { *n = (unsigned int)ndev(); return 0; }
+API int nvmlInit_v2(void)
+{
+    return 0;
+}
+API int nvmlInitWithFlags(unsigned int f)
+{
+    (void)f;
+    return 0;
+}
+API int nvmlShutdown(void)
+{
+    return 0;
+}
+API int nvmlDeviceGetCount_v2(unsigned int *n)
+{
+    *n = (unsigned int)ndev();
+    return 0;
+}
 API int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void **dev)
 {
     if ((int)i >= ndev())
@@ -90,7 +109,9 @@ API int nvmlDeviceGetMaxClockInfo(void *dev, int type, unsigned int *mhz)
     *mhz = (unsigned int)atoi(c);
     return 0;
 }
-typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+typedef struct {
+    unsigned int gpu, memory;
+} nvmlUtilization_t;
 API int nvmlDeviceGetUtilizationRates(void *dev, nvmlUtilization_t *u)
 {
     (void)dev;
@@ -137,7 +158,11 @@ API int nvmlDeviceGetClockInfo(void *dev, int type, unsigned int *mhz)
     }
     return env_value("FAKECUDA_SM_CLOCK", mhz);
 }
-typedef struct { unsigned int pid; unsigned long long used; unsigned int gi, ci; } proc_info_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long used;
+    unsigned int gi, ci;
+} proc_info_t;
 API int nvmlDeviceGetComputeRunningProcesses_v3(void *dev, unsigned int *count, void *infos)
 {
     (void)dev;
@@ -152,7 +177,11 @@ API int nvmlDeviceGetComputeRunningProcesses_v3(void *dev, unsigned int *count, 
     *count = n;
     return 0;
 }
-API int nvmlDeviceGetPowerUsage(void *dev, unsigned int *mw) { (void)dev; return env_value("FAKECUDA_POWER_MW", mw); }
+API int nvmlDeviceGetPowerUsage(void *dev, unsigned int *mw)
+{
+    (void)dev;
+    return env_value("FAKECUDA_POWER_MW", mw);
+}
 /* The energy counter (mJ): FAKECUDA_GAP_POWER_MW while idle and
  * FAKECUDA_BUSY_POWER_MW while fake kernels run (fake_cuda's busy total), or
  * FAKECUDA_POWER_MW all the time; "not supported" when none is set. */

@@ -10,10 +10,10 @@
 #include <cudaTypedefs.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,14 +40,14 @@ static int g_fail;
 static char g_dir[256], g_cfg[300], g_region[300];
 static const char *g_self;
 
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        if (!(cond)) {                                                            \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fprintf(stderr, "\n");                                                \
-            g_fail = 1;                                                           \
-        }                                                                         \
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fprintf(stderr, "\n");                                          \
+            g_fail = 1;                                                     \
+        }                                                                   \
     } while (0)
 #define CHECK_OK(call) CHECK((call) == CUDA_SUCCESS, "%s", #call)
 
@@ -121,15 +121,27 @@ static int run_self(const char *arg1, const char *arg2)
 typedef CUresult (*alloc_fn)(uint64_t *key, size_t bytes);
 typedef CUresult (*free_fn)(uint64_t key);
 
-static CUresult a_plain(uint64_t *k, size_t n) { return cuMemAlloc((CUdeviceptr *)k, n); }
+static CUresult a_plain(uint64_t *k, size_t n)
+{
+    return cuMemAlloc((CUdeviceptr *)k, n);
+}
 static CUresult a_pitch(uint64_t *k, size_t n)
 {
     size_t pitch;
     return cuMemAllocPitch((CUdeviceptr *)k, &pitch, 1024 * 1024, n / (1024 * 1024), 4);
 }
-static CUresult a_managed(uint64_t *k, size_t n) { return cuMemAllocManaged((CUdeviceptr *)k, n, CU_MEM_ATTACH_GLOBAL); }
-static CUresult a_async(uint64_t *k, size_t n) { return cuMemAllocAsync((CUdeviceptr *)k, n, NULL); }
-static CUresult a_pool(uint64_t *k, size_t n) { return cuMemAllocFromPoolAsync((CUdeviceptr *)k, n, NULL, NULL); }
+static CUresult a_managed(uint64_t *k, size_t n)
+{
+    return cuMemAllocManaged((CUdeviceptr *)k, n, CU_MEM_ATTACH_GLOBAL);
+}
+static CUresult a_async(uint64_t *k, size_t n)
+{
+    return cuMemAllocAsync((CUdeviceptr *)k, n, NULL);
+}
+static CUresult a_pool(uint64_t *k, size_t n)
+{
+    return cuMemAllocFromPoolAsync((CUdeviceptr *)k, n, NULL, NULL);
+}
 static CUresult a_create(uint64_t *k, size_t n)
 {
     CUmemAllocationProp p;
@@ -141,30 +153,64 @@ static CUresult a_create(uint64_t *k, size_t n)
 }
 static CUresult a_array(uint64_t *k, size_t n)
 {
-    CUDA_ARRAY_DESCRIPTOR d = {.Width = 1024 * 1024, .Height = n / (4 * 1024 * 1024), .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+    CUDA_ARRAY_DESCRIPTOR d = {.Width = 1024 * 1024,
+                               .Height = n / (4 * 1024 * 1024),
+                               .Format = CU_AD_FORMAT_FLOAT,
+                               .NumChannels = 1};
     return cuArrayCreate((CUarray *)k, &d);
 }
 static CUresult a_array3d(uint64_t *k, size_t n)
 {
-    CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 1024, .Height = 1024, .Depth = n / (4 * 1024 * 1024), .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+    CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 1024,
+                                 .Height = 1024,
+                                 .Depth = n / (4 * 1024 * 1024),
+                                 .Format = CU_AD_FORMAT_FLOAT,
+                                 .NumChannels = 1};
     return cuArray3DCreate((CUarray *)k, &d);
 }
 static CUresult a_mipmap(uint64_t *k, size_t n)
 {
-    CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 1024, .Height = 1024, .Depth = n / (4 * 1024 * 1024), .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+    CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 1024,
+                                 .Height = 1024,
+                                 .Depth = n / (4 * 1024 * 1024),
+                                 .Format = CU_AD_FORMAT_FLOAT,
+                                 .NumChannels = 1};
     return cuMipmappedArrayCreate((CUmipmappedArray *)k, &d, 1);
 }
-static CUresult f_ptr(uint64_t k) { return cuMemFree((CUdeviceptr)k); }
-static CUresult f_async(uint64_t k) { return cuMemFreeAsync((CUdeviceptr)k, NULL); }
-static CUresult f_handle(uint64_t k) { return cuMemRelease(k); }
-static CUresult f_array(uint64_t k) { return cuArrayDestroy((CUarray)(uintptr_t)k); }
-static CUresult f_mipmap(uint64_t k) { return cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)k); }
+static CUresult f_ptr(uint64_t k)
+{
+    return cuMemFree((CUdeviceptr)k);
+}
+static CUresult f_async(uint64_t k)
+{
+    return cuMemFreeAsync((CUdeviceptr)k, NULL);
+}
+static CUresult f_handle(uint64_t k)
+{
+    return cuMemRelease(k);
+}
+static CUresult f_array(uint64_t k)
+{
+    return cuArrayDestroy((CUarray)(uintptr_t)k);
+}
+static CUresult f_mipmap(uint64_t k)
+{
+    return cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)k);
+}
 
-static const struct { const char *name; alloc_fn a; free_fn f; } k_paths[] = {
-    {"cuMemAlloc_v2", a_plain, f_ptr},          {"cuMemAllocPitch_v2", a_pitch, f_ptr},
-    {"cuMemAllocManaged", a_managed, f_ptr},    {"cuMemAllocAsync", a_async, f_async},
-    {"cuMemAllocFromPoolAsync", a_pool, f_async}, {"cuMemCreate", a_create, f_handle},
-    {"cuArrayCreate_v2", a_array, f_array},     {"cuArray3DCreate_v2", a_array3d, f_array},
+static const struct {
+    const char *name;
+    alloc_fn a;
+    free_fn f;
+} k_paths[] = {
+    {"cuMemAlloc_v2", a_plain, f_ptr},
+    {"cuMemAllocPitch_v2", a_pitch, f_ptr},
+    {"cuMemAllocManaged", a_managed, f_ptr},
+    {"cuMemAllocAsync", a_async, f_async},
+    {"cuMemAllocFromPoolAsync", a_pool, f_async},
+    {"cuMemCreate", a_create, f_handle},
+    {"cuArrayCreate_v2", a_array, f_array},
+    {"cuArray3DCreate_v2", a_array3d, f_array},
     {"cuMipmappedArrayCreate", a_mipmap, f_mipmap},
 };
 
@@ -177,9 +223,12 @@ static void t_alloc_paths(void)
     for (size_t i = 0; i < sizeof k_paths / sizeof k_paths[0]; i++) {
         uint64_t a = 0, b = 0;
         CHECK(k_paths[i].a(&a, 600 * MiB) == CUDA_SUCCESS, "%s first", k_paths[i].name);
-        CHECK(region_used(0) == 600 * MiB, "%s used %llu", k_paths[i].name, (unsigned long long)region_used(0));
-        CHECK(k_paths[i].a(&b, 600 * MiB) == CUDA_ERROR_OUT_OF_MEMORY, "%s second must fail", k_paths[i].name);
-        CHECK(fakecuda_used(0) == 600 * MiB, "%s: the failed call must not reach the driver", k_paths[i].name);
+        CHECK(region_used(0) == 600 * MiB, "%s used %llu", k_paths[i].name,
+              (unsigned long long)region_used(0));
+        CHECK(k_paths[i].a(&b, 600 * MiB) == CUDA_ERROR_OUT_OF_MEMORY, "%s second must fail",
+              k_paths[i].name);
+        CHECK(fakecuda_used(0) == 600 * MiB, "%s: the failed call must not reach the driver",
+              k_paths[i].name);
         /* the refusal swept the region: our own (live) slot must have survived it */
         CHECK(region_used(0) == 600 * MiB, "%s used after refusal %llu", k_paths[i].name,
               (unsigned long long)region_used(0));
@@ -212,9 +261,12 @@ static void t_getters(void)
     void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW);
     CHECK(nvml != NULL, "%s", dlerror());
     if (nvml != NULL) {
-        typedef struct { unsigned long long total, free, used; } mem_t;
+        typedef struct {
+            unsigned long long total, free, used;
+        } mem_t;
         int (*get)(void *, mem_t *) = (int (*)(void *, mem_t *))dlsym(nvml, "nvmlDeviceGetMemoryInfo");
-        int (*handle)(unsigned int, void **) = (int (*)(unsigned int, void **))dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
+        int (*handle)(unsigned int,
+                      void **) = (int (*)(unsigned int, void **))dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
         void *dev;
         mem_t m;
         handle(0, &dev);
@@ -229,25 +281,34 @@ static void t_nvml(void)
 {
     char uuid[64];
     fakecuda_uuid_string(0, uuid, sizeof uuid);
-    config("device.0.uuid=%s\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=0\n", uuid, 4 * GiB);
+    config("device.0.uuid=%s\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=0\n", uuid,
+           4 * GiB);
     open_ctx(0);
     CUdeviceptr p;
     CHECK_OK(cuMemAlloc(&p, GiB));
     void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW);
     CHECK(nvml != NULL, "%s", dlerror());
-    typedef struct { unsigned long long total, free, used; } mem_t;
-    typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } mem2_t;
+    typedef struct {
+        unsigned long long total, free, used;
+    } mem_t;
+    typedef struct {
+        unsigned int version;
+        unsigned long long total, reserved, free, used;
+    } mem2_t;
     int (*get)(void *, mem_t *) = (int (*)(void *, mem_t *))dlsym(nvml, "nvmlDeviceGetMemoryInfo");
     int (*get2)(void *, mem2_t *) = (int (*)(void *, mem2_t *))dlsym(nvml, "nvmlDeviceGetMemoryInfo_v2");
-    int (*handle)(unsigned int, void **) = (int (*)(unsigned int, void **))dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
+    int (*handle)(unsigned int,
+                  void **) = (int (*)(unsigned int, void **))dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
     void *dev;
     mem_t m;
     mem2_t m2 = {.version = 2};
     handle(0, &dev);
     CHECK(get(dev, &m) == 0, "get");
-    CHECK(m.total == 4 * GiB && m.used == GiB && m.free == 3 * GiB, "nvml %llu %llu %llu", m.total, m.used, m.free);
+    CHECK(m.total == 4 * GiB && m.used == GiB && m.free == 3 * GiB, "nvml %llu %llu %llu", m.total, m.used,
+          m.free);
     CHECK(get2(dev, &m2) == 0, "get2");
-    CHECK(m2.total == 4 * GiB && m2.used == GiB && m2.free == 3 * GiB, "nvml v2 %llu %llu", m2.total, m2.used);
+    CHECK(m2.total == 4 * GiB && m2.used == GiB && m2.free == 3 * GiB, "nvml v2 %llu %llu", m2.total,
+          m2.used);
     CHECK_OK(cuMemFree(p));
 }
 
@@ -260,7 +321,8 @@ static void t_two_procs(void)
     CHECK_OK(cuMemAlloc(&p, 600 * MiB));
     CHECK(run_self("child_alloc", "600") == 2, "child must get OOM for 600 MiB");
     CHECK(run_self("child_alloc", "300") == 0, "child must get 300 MiB");
-    CHECK(region_used(0) == 600 * MiB, "child's memory returned at exit: %llu", (unsigned long long)region_used(0));
+    CHECK(region_used(0) == 600 * MiB, "child's memory returned at exit: %llu",
+          (unsigned long long)region_used(0));
     CHECK_OK(cuMemFree(p));
 }
 
@@ -479,7 +541,8 @@ static void t_closed(void)
     int n = -1;
     CHECK(cuDeviceGetCount(&n) != CUDA_SUCCESS, "no device is counted: %d", n);
     void *lib = dlopen("libcuda.so.1", RTLD_NOW);
-    CHECK(lib != NULL && dlsym(lib, "cuInit") == dlsym(RTLD_DEFAULT, "cuInit"), "dlsym hands out the refusal");
+    CHECK(lib != NULL && dlsym(lib, "cuInit") == dlsym(RTLD_DEFAULT, "cuInit"),
+          "dlsym hands out the refusal");
 }
 
 /* dlsym on libcuda and cuGetProcAddress hand out the hook's functions. */
@@ -497,7 +560,8 @@ static void t_lookup(void)
     CHECK(dlsym(lib, "cuNoSuchFunction") == NULL, "absent names stay absent");
 
     PFN_cuGetProcAddress_v12000 gpa = (PFN_cuGetProcAddress_v12000)dlsym(lib, "cuGetProcAddress_v2");
-    CHECK(gpa == (PFN_cuGetProcAddress_v12000)dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"), "gpa itself hooked");
+    CHECK(gpa == (PFN_cuGetProcAddress_v12000)dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"),
+          "gpa itself hooked");
     void *fn = NULL;
     CUdriverProcAddressQueryResult st;
     CHECK_OK(gpa("cuMemAlloc", &fn, 13000, 0, &st));
@@ -536,7 +600,8 @@ static void t_no_config(void)
     PFN_cuGetProcAddress_v12000 gpa = (PFN_cuGetProcAddress_v12000)dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2");
     PFN_cuGetProcAddress_v12000 real_gpa = (PFN_cuGetProcAddress_v12000)dlsym(lib, "cuGetProcAddress_v2");
     CHECK(gpa != real_gpa, "the hook's cuGetProcAddress is the one asked");
-    const char *names[] = {"cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch", "cuMemAlloc", "cuMemGetInfo"};
+    const char *names[] = {"cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch", "cuMemAlloc",
+                           "cuMemGetInfo"};
     for (unsigned i = 0; i < sizeof names / sizeof *names; i++) {
         void *fn = NULL;
         CUdriverProcAddressQueryResult st;
@@ -646,8 +711,10 @@ static void t_compute(const char *pct, const char *graph)
          * at 1.5, and 1 where the busy power is within the limit). */
         char uuid[64];
         fakecuda_uuid_string(0, uuid, sizeof uuid);
-        config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.gap_power_mw=%s\n", uuid, cores, gap);
-        double g = atof(gap), avg = atof(getenv("FAKECUDA_POWER_MW")), lim = atof(getenv("FAKECUDA_POWER_LIMIT_MW"));
+        config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.gap_power_mw=%s\n", uuid, cores,
+               gap);
+        double g = atof(gap), avg = atof(getenv("FAKECUDA_POWER_MW")),
+               lim = atof(getenv("FAKECUDA_POWER_LIMIT_MW"));
         double duty = cores / 100.0;
         for (int i = 0; i < 200; i++) {
             double busy = g + (avg - g) / duty;
@@ -664,7 +731,8 @@ static void t_compute(const char *pct, const char *graph)
         fakecuda_uuid_string(0, uuid, sizeof uuid);
         const char *idle = getenv("TEST_IDLE_POWER");
         config("period_ms=50\ndevice.0.uuid=%s\ndevice.0.cores=%d\ndevice.0.speedup_pm=%s\n"
-               "device.0.idle_power_mw=%s\n", uuid, cores, curve, idle ? idle : "0");
+               "device.0.idle_power_mw=%s\n",
+               uuid, cores, curve, idle ? idle : "0");
         weight = atof(getenv("TEST_WEIGHT"));
         expect = cores / weight;
     } else if (ref != NULL) {
@@ -781,8 +849,10 @@ static void t_pair(void)
             snprintf(g_region, sizeof g_region, "%s/region%d", g_dir, i);
             snprintf(g_cfg, sizeof g_cfg, "%s/vgpu%d.conf", g_dir, i);
             FILE *f = fopen(g_cfg, "w");
-            fprintf(f, "version=1\nregion=%s\nperiod_ms=50\ndevice.0.cuda_index=0\ndevice.0.cores=%d\n"
-                       "device.0.core_offset=%d\n", g_region, i == 0 ? 30 : 70, i == 0 ? 0 : 30);
+            fprintf(f,
+                    "version=1\nregion=%s\nperiod_ms=50\ndevice.0.cuda_index=0\ndevice.0.cores=%d\n"
+                    "device.0.core_offset=%d\n",
+                    g_region, i == 0 ? 30 : 70, i == 0 ? 0 : 30);
             fclose(f);
             setenv("FLEXAI_VGPU_CONFIG", g_cfg, 1);
             open_ctx(0);
@@ -815,8 +885,8 @@ static void t_pair(void)
  * with room, it is charged once. */
 static void t_context_refused(void)
 {
-    config("device.0.cuda_index=0\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=%llu\n", 512 * MiB,
-           768 * MiB);
+    config("device.0.cuda_index=0\ndevice.0.memory_bytes=%llu\ndevice.0.context_overhead_bytes=%llu\n",
+           512 * MiB, 768 * MiB);
     CUdevice d;
     CUcontext c = NULL;
     CHECK_OK(cuInit(0));
@@ -869,15 +939,18 @@ static void t_calibrate(void)
     CHECK(cal.kernel == FLEXAI_CALIBRATION_MMA, "kernel %u", cal.kernel);
     CHECK(cal.burst_ns >= 600000000ull && cal.burst_ns < 2000000000ull, "burst %llu ns",
           (unsigned long long)cal.burst_ns);
-    CHECK(cal.power_mw == 699000 && cal.power_limit_mw == 700000, "power %u / %u", cal.power_mw, cal.power_limit_mw);
-    CHECK(fakecuda_launches() - before >= 250, "launches %llu", (unsigned long long)(fakecuda_launches() - before));
+    CHECK(cal.power_mw == 699000 && cal.power_limit_mw == 700000, "power %u / %u", cal.power_mw,
+          cal.power_limit_mw);
+    CHECK(fakecuda_launches() - before >= 250, "launches %llu",
+          (unsigned long long)(fakecuda_launches() - before));
     /* The fake kernel takes the same time at any duty: a flat curve. */
     for (int i = 0; i < 5; i++)
         CHECK(cal.speedup_pm[i] >= 950 && cal.speedup_pm[i] <= 1050, "speedup[%d] %u", i, cal.speedup_pm[i]);
     CHECK(cal.idle_power_mw == 699000 && cal.procs_before == 0, "idle %u mW, %u processes", cal.idle_power_mw,
           cal.procs_before);
     /* A card that draws the same at every duty: the gap power is that power. */
-    CHECK(cal.gap_power_mw > 699000 * 0.97 && cal.gap_power_mw < 699000 * 1.03, "gap %u mW", cal.gap_power_mw);
+    CHECK(cal.gap_power_mw > 699000 * 0.97 && cal.gap_power_mw < 699000 * 1.03, "gap %u mW",
+          cal.gap_power_mw);
 
     /* 130 W between kernels, 600 W while one runs: the line through the 10%
      * and 30% steps finds the 130 W at duty 0 (the energy counter). */
@@ -900,7 +973,8 @@ static void t_calibrate(void)
     CHECK(fakecuda_launches() == before, "launched on a busy card");
     unsetenv("FAKECUDA_PROCS");
 
-    CHECK((rc = flexai_calibrate("GPU-00000000-0000-0000-0000-000000000000", 100, 10, &cal, sizeof cal)) == -ENODEV,
+    CHECK((rc = flexai_calibrate("GPU-00000000-0000-0000-0000-000000000000", 100, 10, &cal, sizeof cal)) ==
+              -ENODEV,
           "unknown card: rc %d", rc);
     CHECK((rc = flexai_calibrate(uuid, 0, 10, &cal, sizeof cal)) == -EINVAL, "0 ms: rc %d", rc);
     CHECK((rc = flexai_calibrate(NULL, 100, 10, &cal, sizeof cal)) == -EINVAL, "no uuid: rc %d", rc);
@@ -943,29 +1017,58 @@ int main(int argc, char **argv)
         return child_die(argv[2]);
     if (strcmp(c, "child_exec") == 0)
         return child_exec(argv[2]);
-    if (strcmp(c, "alloc_paths") == 0) t_alloc_paths();
-    else if (strcmp(c, "getters") == 0) t_getters();
-    else if (strcmp(c, "nvml") == 0) t_nvml();
-    else if (strcmp(c, "two_procs") == 0) { tmpdir(); setenv("FLEXAI_TEST_DIR", g_dir, 1); t_two_procs(); }
-    else if (strcmp(c, "sweep") == 0) { tmpdir(); setenv("FLEXAI_TEST_DIR", g_dir, 1); t_sweep(); }
-    else if (strcmp(c, "threads") == 0) t_threads();
-    else if (strcmp(c, "fork") == 0) t_fork();
-    else if (strcmp(c, "fork_lock") == 0) t_fork_lock();
-    else if (strcmp(c, "exec") == 0) { tmpdir(); setenv("FLEXAI_TEST_DIR", g_dir, 1); t_exec(); }
-    else if (strcmp(c, "lookup") == 0) t_lookup();
-    else if (strcmp(c, "closed") == 0) t_closed();
-    else if (strcmp(c, "no_config") == 0) t_no_config();
-    else if (strcmp(c, "visible") == 0) t_visible();
-    else if (strcmp(c, "visible_index") == 0) t_visible_index();
-    else if (strcmp(c, "compute") == 0) t_compute(argv[2], argc > 3 ? argv[3] : NULL);
-    else if (strcmp(c, "pair") == 0) t_pair();
-    else if (strcmp(c, "duty") == 0) t_duty();
-    else if (strcmp(c, "capture") == 0) t_capture();
-    else if (strcmp(c, "launch_rate") == 0) t_launch_rate();
-    else if (strcmp(c, "calibrate") == 0) t_calibrate();
-    else if (strcmp(c, "context_refused") == 0) t_context_refused();
-    else if (strcmp(c, "context_charged_once") == 0) t_context_charged_once();
-    else if (strcmp(c, "calibrate_no_nvml") == 0) t_calibrate_no_nvml();
+    if (strcmp(c, "alloc_paths") == 0)
+        t_alloc_paths();
+    else if (strcmp(c, "getters") == 0)
+        t_getters();
+    else if (strcmp(c, "nvml") == 0)
+        t_nvml();
+    else if (strcmp(c, "two_procs") == 0) {
+        tmpdir();
+        setenv("FLEXAI_TEST_DIR", g_dir, 1);
+        t_two_procs();
+    } else if (strcmp(c, "sweep") == 0) {
+        tmpdir();
+        setenv("FLEXAI_TEST_DIR", g_dir, 1);
+        t_sweep();
+    } else if (strcmp(c, "threads") == 0)
+        t_threads();
+    else if (strcmp(c, "fork") == 0)
+        t_fork();
+    else if (strcmp(c, "fork_lock") == 0)
+        t_fork_lock();
+    else if (strcmp(c, "exec") == 0) {
+        tmpdir();
+        setenv("FLEXAI_TEST_DIR", g_dir, 1);
+        t_exec();
+    } else if (strcmp(c, "lookup") == 0)
+        t_lookup();
+    else if (strcmp(c, "closed") == 0)
+        t_closed();
+    else if (strcmp(c, "no_config") == 0)
+        t_no_config();
+    else if (strcmp(c, "visible") == 0)
+        t_visible();
+    else if (strcmp(c, "visible_index") == 0)
+        t_visible_index();
+    else if (strcmp(c, "compute") == 0)
+        t_compute(argv[2], argc > 3 ? argv[3] : NULL);
+    else if (strcmp(c, "pair") == 0)
+        t_pair();
+    else if (strcmp(c, "duty") == 0)
+        t_duty();
+    else if (strcmp(c, "capture") == 0)
+        t_capture();
+    else if (strcmp(c, "launch_rate") == 0)
+        t_launch_rate();
+    else if (strcmp(c, "calibrate") == 0)
+        t_calibrate();
+    else if (strcmp(c, "context_refused") == 0)
+        t_context_refused();
+    else if (strcmp(c, "context_charged_once") == 0)
+        t_context_charged_once();
+    else if (strcmp(c, "calibrate_no_nvml") == 0)
+        t_calibrate_no_nvml();
     else {
         fprintf(stderr, "unknown case %s\n", c);
         return 2;

@@ -47,8 +47,8 @@ static void check(CUresult r, const char *what)
 static void uuid_string(const CUuuid *u, char out[64])
 {
     const unsigned char *b = (const unsigned char *)u->bytes;
-    snprintf(out, 64, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
-             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    snprintf(out, 64, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
 typedef CUresult (*init_t)(unsigned int);
@@ -89,7 +89,8 @@ static int info(void)
     uuid_string(&u, s);
     check(CALL("cuDeviceTotalMem_v2", total_t, &total, dev), "cuDeviceTotalMem");
     check(CALL("cuMemGetInfo_v2", info_t, &mfree, &mtotal), "cuMemGetInfo");
-    printf("{\"count\": %d, \"uuid\": \"%s\", \"total_mem_mib\": %zu, \"info_total_mib\": %zu, \"info_free_mib\": %zu}\n",
+    printf("{\"count\": %d, \"uuid\": \"%s\", \"total_mem_mib\": %zu, \"info_total_mib\": %zu, "
+           "\"info_free_mib\": %zu}\n",
            count, s, total / MIB, mtotal / MIB, mfree / MIB);
     return 0;
 }
