@@ -241,7 +241,9 @@ def _check_agent(c: HelmCluster, core: k8s.CoreV1Api) -> None:
     assert agent.spec.host_network is True
     log = core.read_namespaced_pod_log(str(agent.metadata.name), SYSTEM_NS, container="agent")
     assert f"registered {res.VGPU_NUMBER} with the kubelet" in log, log[-2000:]
-    assert c.node.allocatable(res.VGPU_NUMBER) == sum(card.max_vgpus for card in CARDS)
+    # The kubelet publishes a registered plugin's devices with its next node status update.
+    vgpus = sum(card.max_vgpus for card in CARDS)
+    wait_until(lambda: c.node.allocatable(res.VGPU_NUMBER) == vgpus, 30, f"{vgpus} allocatable vGPUs on the node")
     text = (core.read_node(NODE).metadata.annotations or {})[ann.NODE_INVENTORY]
     written = ann.decode_inventory(NODE, text).cards
     assert [(w.uuid, w.memory_mib, w.max_vgpus) for w in written] == [
