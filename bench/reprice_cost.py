@@ -36,8 +36,8 @@ def main() -> None:
     ext = Extender(state, backend, Settings(node_policy="fragmentation"))
     backend.start(state)
     half = args.nodes // 2
-    ext._node_policy.use_capacity(
-        {"H200": 8 * half, "T4": 8 * half},  # type: ignore[attr-defined]
+    ext._node_policy.use_capacity(  # type: ignore[attr-defined]
+        {"H200": 8 * half, "T4": 8 * half},
         {NodeKind("H200", 8): half, NodeKind("T4", 8): half},
     )
     started = time.perf_counter()

@@ -103,23 +103,26 @@ class RealCluster:
         return self.plane.log_tails(30) + "\n" + self.node.log_tails(40)
 
 
-def _require_root_and_tools() -> None:
+def prerequisites() -> tuple[Path, dict[str, Path]]:
+    """Root, the node's tools, the control-plane binaries and the node's images: (bin dir, image
+    name -> archive); the test fails naming what is missing."""
     if os.geteuid() != 0:
         pytest.fail("tests/realnode run a kubelet and containerd: they need root (CI runs as root)", pytrace=False)
     missing = [t for t in ("containerd", "runc", "ctr", "unshare", "debootstrap") if shutil.which(t) is None]
     if missing:
         pytest.fail(f"missing {missing}: run {SETUP_SCRIPT.relative_to(REPO_ROOT)} (make test does)", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def real_cluster(hook_build: HookBuild) -> Iterator[RealCluster]:  # noqa: F811
-    _require_root_and_tools()
     bin_dir, err = _binaries()
     if bin_dir is None:
         pytest.fail(err or "no control-plane binaries", pytrace=False)
     images, err = _build_images()
     if images is None:
         pytest.fail(err or "no images", pytrace=False)
+    return bin_dir, images
+
+
+@pytest.fixture(scope="session")
+def real_cluster(hook_build: HookBuild) -> Iterator[RealCluster]:  # noqa: F811
+    bin_dir, images = prerequisites()
     # A short path: unix sockets (containerd's, the device plugins') are limited to 107 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="flexai-rn-", dir="/tmp"))
     plane = ControlPlane(bin_dir, workdir=workdir / "cp", kwok_all_nodes=False)

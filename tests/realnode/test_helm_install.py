@@ -36,11 +36,10 @@ from flexai_core import resources as res
 from flexai_core.model import Allocation, Card
 from flexai_node.hook import config as hook_config
 from flexai_node.inventory import CardReading, dumps
-from tests.e2e.conftest import _binaries
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, free_port, wait_until
 
 from . import readme
-from .conftest import _build_images, _require_root_and_tools
+from .conftest import prerequisites
 from .node import BASE_IMAGE, RealNode
 from .pods import fake_uuid
 
@@ -80,13 +79,7 @@ class HelmCluster:
 
 @pytest.fixture(scope="module")
 def helm_cluster() -> Iterator[HelmCluster]:
-    _require_root_and_tools()
-    bin_dir, err = _binaries()
-    if bin_dir is None:
-        pytest.fail(err or "no control-plane binaries", pytrace=False)
-    images, err = _build_images()
-    if images is None:
-        pytest.fail(err or "no images", pytrace=False)
+    bin_dir, images = prerequisites()
     workdir = Path(tempfile.mkdtemp(prefix="flexai-helm-", dir="/tmp"))  # short: unix socket paths
     plane = ControlPlane(bin_dir, workdir=workdir / "cp", controller_manager=True, kwok=False)
     node = RealNode(plane, bin_dir / "kubelet", workdir / "node", NODE)
