@@ -65,7 +65,6 @@ from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
 
 log = logging.getLogger("flexai_sched.extender")
 MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
-_NO_FIT = NO_FIT  # cached score of a node the pod does not fit
 # A reason is repeated for every node of a filter reply: a pod whose annotations make it
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
@@ -116,7 +115,6 @@ class Extender:
         self._free_seen: dict[str, tuple[int, object, NodeKind | None, int]] = {}
         self._learned: tuple[object, ...] = ()  # (workload, cards per model and per node kind, policies) last learned
         self.preempting = Preempting(self)
-        # (shape id, host id) -> its answers; one lock: the tables are filled and patched in place.
         # Per-shape answer tables (answers.py); off: every call decides node by node. Off by
         # default: with them on, tests/e2e/test_kube_preemption.py's three-level test stalls
         # on bind conflicts (bench/results/extender-latency.md); tests turn them on.
@@ -322,7 +320,7 @@ class Extender:
             else:
                 if len(got.reason) > MAX_REASON:
                     got = NoFit(_short(got.reason), got.resolvable)
-                verdict, score = self.caches.no_fit(got), _NO_FIT
+                verdict, score = self.caches.no_fit(got), NO_FIT
             if shared is not None:
                 self.caches.share(shared, verdict, score)
         if verdict is True and with_host:
@@ -360,18 +358,18 @@ class Extender:
                     node = nodes.get(name)
                     if node is not None:
                         scores[name] = self._score(node, req, fkey, hkey, policy)
-                got = list(map(scores.get, node_names, repeat(_NO_FIT)))
+                got = list(map(scores.get, node_names, repeat(NO_FIT)))
         return _normalised(cast(list[float], got))
 
     def _score(self, node: NodeState, req: PodRequest, fkey: int, hkey: int, policy: policies.Policy) -> float:
-        """The node's raw score for the pod (``_NO_FIT``: it does not fit), from its caches."""
+        """The node's raw score for the pod (``NO_FIT``: it does not fit), from its caches."""
         if hkey and node.host is not None:
             score = node.host_cache.get(hkey)
             if score is None:
                 verdict = node.fit_cache.get(fkey)
                 if verdict is None or verdict is True:
                     self._verdict(node, req, fkey, hkey, policy)  # scores a fit only
-                score = node.host_cache.setdefault(hkey, _NO_FIT)
+                score = node.host_cache.setdefault(hkey, NO_FIT)
             return score
         score = node.fit_cache.get(-fkey)
         if score is None:
@@ -392,7 +390,7 @@ class Extender:
         scores: list[float] = []
         for name in node_names:
             node = nodes.get(name)
-            scores.append(_NO_FIT if node is None else self._score(node, req, fkey, hkey, policy))
+            scores.append(NO_FIT if node is None else self._score(node, req, fkey, hkey, policy))
         return scores
 
     # ---- bind ----
@@ -738,7 +736,7 @@ def _normalised(scores: list[float]) -> list[int]:
     if len(scores) < 64:
         return _normalised_each(scores)
     a = np.array(scores, dtype=np.float64)
-    fit = a != _NO_FIT
+    fit = a != NO_FIT
     if not fit.any() or np.isnan(a).any():  # NaN: ``round`` raises, as before
         return _normalised_each(scores)
     fitting = a[fit]
@@ -753,11 +751,11 @@ def _normalised(scores: list[float]) -> list[int]:
 
 def _normalised_each(scores: list[float]) -> list[int]:
     """Best node MAX_SCORE, worst fitting node 0; nodes that do not fit get 0."""
-    fitting = list(filter(_NO_FIT.__ne__, scores))
+    fitting = list(filter(NO_FIT.__ne__, scores))
     if not fitting:
         return [0] * len(scores)
     lo, hi = min(fitting), max(fitting)
     if hi - lo < 1e-12:  # all equal: all best
-        return [0 if x == _NO_FIT else MAX_SCORE for x in scores]
+        return [0 if x == NO_FIT else MAX_SCORE for x in scores]
     k = MAX_SCORE / (hi - lo)
-    return [0 if x == _NO_FIT else round((x - lo) * k) for x in scores]
+    return [0 if x == NO_FIT else round((x - lo) * k) for x in scores]

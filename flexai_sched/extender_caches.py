@@ -58,24 +58,25 @@ class ExtenderCaches:
     # The tables are filled and patched in place: one call at a time.
     tables_mu: threading.Lock = field(default_factory=threading.Lock)
     parsed: dict[bytes, PodRequest | list[str]] = field(default_factory=dict)
-    # ``pending`` is written by filter and read by bind, on different threads.
-    _pending_mu: threading.Lock = field(default_factory=threading.Lock)
+    # ``pending`` and ``parsed`` are written by filter and read by bind and prioritize, on
+    # different threads.
+    _mu: threading.Lock = field(default_factory=threading.Lock)
 
     def remember(self, req: PodRequest) -> None:
         """Keep a pod filter parsed, for its bind."""
-        with self._pending_mu:
+        with self._mu:
             self.pending[req.uid] = req
             self.pending.move_to_end(req.uid)
             while len(self.pending) > PENDING_CACHE:
                 self.pending.popitem(last=False)
 
     def pending_request(self, uid: str) -> PodRequest | None:
-        with self._pending_mu:
+        with self._mu:
             return self.pending.get(uid)
 
     def pending_requests(self) -> list[PodRequest]:
         """The pods filter has seen, most recent last."""
-        with self._pending_mu:
+        with self._mu:
             return list(self.pending.values())
 
     def intern(self, shape: tuple[object, ...]) -> int:
@@ -123,7 +124,7 @@ class ExtenderCaches:
 
     def keep_parsed(self, raw: bytes, got: PodRequest | list[str]) -> None:
         if len(raw) <= MEMO_POD:
-            with self._pending_mu:
+            with self._mu:
                 if len(self.parsed) >= PARSED:
                     self.parsed.clear()  # filter and prioritize of one pod come back to back
                 self.parsed[raw] = got
