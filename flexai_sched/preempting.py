@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 NOMINATION_S = 120.0  # how long the cards freed by a preemption wait for the preemptor
 PREEMPT_RETRY_S = 5.0  # a pod for which no eviction helped is looked at again after this
+# The preempt verb for a pod whose own preemption is being worked out waits this long for it:
+# answering "none" meanwhile, then finding nothing to evict, would leave the pod waiting for a
+# cluster event that may never come.
+VERB_WAIT_S = 2.0
 # Fit checks one preemption may spend on its exhaustive search, over all its nodes (each node
 # gets an equal share, at least MIN_NODE_CHECKS; past its share a node keeps its greedy set):
 # kube-scheduler waits at most its httpTimeout (5 s) for the verb.
@@ -73,14 +77,20 @@ class Preempting:
         self._mu = threading.Lock()
         # Preemptors whose eviction this extender started itself: UID -> clock() deadline.
         self._preempting: dict[str, float] = {}
+        # Preemptors for which an own preemption found nothing to evict: UID -> clock() time
+        # before which filter does not start another (the preempt verb is not held back).
+        self._retry: dict[str, float] = {}
+        # Own preemptions being worked out: UID -> set when the background thread ends.
+        self._running: dict[str, threading.Event] = {}
         self._one_at_a_time = threading.Lock()  # held by the background thread of an own preemption
 
     def landed(self, key: str, uid: str) -> None:
         """The pod is bound: its held cards are its slices now."""
-        if self.nominations or self._preempting:
+        if self.nominations or self._preempting or self._retry:
             with self._mu:
                 self._drop_nomination(key)
                 self._preempting.pop(uid, None)
+                self._retry.pop(uid, None)
 
     def verb(self, req: PodRequest, victims: Mapping[str, tuple[list[str], int]]) -> dict[str, tuple[list[str], int]]:
         """kube-scheduler proposes, per node, the victims its own filters need; answer with ONE
@@ -89,6 +99,9 @@ class Preempting:
         only evict pods of its own namespace, and they must free enough of the quota. The freed
         cards are then held for the preemptor (``Nomination``) until it binds.
         """
+        running = self._running.get(req.uid)
+        if running is not None:  # our own preemption for it is being worked out: its outcome decides
+            running.wait(VERB_WAIT_S)
         until = self._preempting.get(req.uid)
         if until is not None and until > self._ext.clock():
             return {}  # the extender's own preemption for it (``filter``) is under way
@@ -178,10 +191,11 @@ class Preempting:
         if not self._one_at_a_time.acquire(blocking=False):
             return  # another pod's preemption is being worked out: this one tries on its next filter
         with self._mu:
-            if self._preempting_itself(req):
+            if self._preempting_itself(req) or self._retry.get(req.uid, 0.0) > self._ext.clock():
                 self._one_at_a_time.release()
                 return
             self._preempting[req.uid] = self._ext.clock() + NOMINATION_S
+            self._running[req.uid] = threading.Event()
         threading.Thread(
             target=self._preempt_and_evict,
             args=(req, list(names)[:OWN_PREEMPTION_NODES]),
@@ -223,9 +237,13 @@ class Preempting:
         except Exception:  # a background thread: log, never crash the service
             log.exception("pod %s: preemption failed", req.key)
         finally:
-            if not done:  # nothing evicted: try again on a later filter call, not on every one
-                with self._mu:
-                    self._preempting[req.uid] = self._ext.clock() + PREEMPT_RETRY_S
+            with self._mu:
+                if not done:  # nothing evicted: try again on a later filter call, not on every one
+                    self._preempting.pop(req.uid, None)
+                    self._retry[req.uid] = self._ext.clock() + PREEMPT_RETRY_S
+                running = self._running.pop(req.uid, None)
+            if running is not None:
+                running.set()
             self._one_at_a_time.release()
 
     def victims_left(self, req: PodRequest) -> int:
@@ -254,7 +272,7 @@ class Preempting:
                 or meta.get("uid") != uid
                 or ((pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"))
             ):
-                self._ext.state.release(key, uid)  # what the watch will say too (idempotent)
+                self._ext.state.release(key, uid, gone=True)  # what the watch will say too (idempotent)
                 self._ext.state.drop_pod_host(key, uid)
             else:
                 left += 1
@@ -354,10 +372,11 @@ class Preempting:
         return usage
 
     def expire(self) -> None:
-        if not self.nominations and not self._preempting:
+        if not self.nominations and not self._preempting and not self._retry:
             return
         now = self._ext.clock()
         with self._mu:
             self._preempting = {k: v for k, v in self._preempting.items() if v > now}
+            self._retry = {k: v for k, v in self._retry.items() if v > now}
             for key in [k for by in self.nominations.values() for k, n in by.items() if n.until <= now]:
                 self._drop_nomination(key)

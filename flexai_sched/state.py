@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,8 @@ from .workload import Host
 MAX_CONTENTS = 20_000
 # Bound on the change log: a reader further behind than this starts over (``changes_since``).
 MAX_CHANGES = 100_000
+# Bound on the pods remembered as gone (``release(..., gone=True)``); the oldest go first.
+MAX_GONE = 10_000
 
 
 class AllocState(enum.Enum):
@@ -140,6 +143,10 @@ class ClusterState:
         # in order, from sequence number ``_log[0]`` on: the extender's per-shape answer tables
         # forget only those nodes. Replaced whole (not cut in place) so readers need no lock.
         self._log: tuple[int, list[str]] = (0, [])
+        # (pod key, UID) of pods released because the cluster showed them gone when read back
+        # (``release(..., gone=True)``): a watch event that lags behind that read (the pod's last
+        # update before its deletion) must not count them again.
+        self._gone: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -227,6 +234,8 @@ class ClusterState:
         """A pod bound to ``node`` requests this much of its host; replaces what it asked before."""
         entry = (node, uid, max(0, int(cpu_milli)), max(0, int(memory_mib)))
         with self._mu:
+            if uid and (pod_key, uid) in self._gone:
+                return  # read back as gone since (``release``)
             old = self._pod_hosts.get(pod_key)
             if old == entry:
                 return
@@ -339,6 +348,8 @@ class ClusterState:
     def observe(self, alloc: Allocation) -> None:
         """The cluster shows this pod bound with this allocation (watch or restart)."""
         with self._mu:
+            if (alloc.key, alloc.uid) in self._gone:
+                return  # read back as gone since: this event is older than that read
             current = self._allocs.get(alloc.key)
             if current == alloc and self._states.get(alloc.key) is AllocState.BOUND:
                 return
@@ -346,9 +357,15 @@ class ClusterState:
                 self._drop(alloc.key)
             self._put(alloc, AllocState.BOUND)
 
-    def release(self, key: str, uid: str | None = None) -> bool:
-        """The pod is gone or finished: free its slices. Idempotent."""
+    def release(self, key: str, uid: str | None = None, gone: bool = False) -> bool:
+        """The pod is gone or finished: free its slices. Idempotent. ``gone`` (with ``uid``): the
+        cluster was read and showed that pod gone, so later ``observe`` and ``set_pod_host`` calls
+        for it (watch events that lag behind the read) are ignored."""
         with self._mu:
+            if gone and uid:
+                self._gone[(key, uid)] = None
+                while len(self._gone) > MAX_GONE:
+                    self._gone.popitem(last=False)
             a = self._allocs.get(key)
             meta = self._meta.get(key)
             if meta is not None and (uid is None or meta[0] == uid):

@@ -57,6 +57,29 @@ def test_release_checks_uid_so_a_recreated_pod_keeps_its_slice(state: ClusterSta
     assert state.allocation("ns/a") is not None
 
 
+def test_a_pod_read_back_as_gone_is_not_counted_again_by_a_late_watch_event(state: ClusterState) -> None:
+    # The preemptor's filter read its victim back and found it deleted; the watch then delivers
+    # the victim's last update from before the deletion: the victim must stay released (else
+    # filter says "no room" until the DELETED event, which kube-scheduler does not wait for).
+    state.set_host_capacity("n1", 32_000, 1 << 20)
+    state.observe(alloc("v", cores=60))
+    state.set_pod_host("ns/v", "n1", 4000, 1024, "uid-v")
+    assert state.release("ns/v", "uid-v", gone=True)
+    state.drop_pod_host("ns/v", "uid-v")
+    state.observe(alloc("v", cores=60))  # the late event
+    state.set_pod_host("ns/v", "n1", 4000, 1024, "uid-v")
+    assert state.allocation("ns/v") is None
+    assert state.node("n1").usage[0] == CardUsage()  # type: ignore[union-attr]
+    assert state.host_of("n1") == Host(32_000, 1 << 20, 0, 0)
+    # A new pod under that name (another UID) counts.
+    state.observe(alloc("v", cores=40, uid="uid-v2"))
+    assert state.node("n1").usage[0] == CardUsage(40, 100, 1)  # type: ignore[union-attr]
+    # A plain release (the watch's own DELETED) does not stop a later observe of that UID.
+    state.release("ns/v", "uid-v2")
+    state.observe(alloc("v", cores=40, uid="uid-v2"))
+    assert state.allocation("ns/v") is not None
+
+
 def test_a_new_pod_under_an_old_name_frees_the_old_pods_slice_on_its_node() -> None:
     s = ClusterState()
     s.upsert_node(node("n1", cards=2))
