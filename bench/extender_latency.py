@@ -64,7 +64,7 @@ def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, Any]:
     }
 
 
-def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = False) -> None:
+def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = False, tables: str = "default") -> None:
     global HOSTS
     HOSTS = hosts
     import uvicorn
@@ -91,6 +91,8 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
         for n in inv:
             state.set_host_capacity(n.name, 128_000, 2 * 1024 * 1024)
     ext = Extender(state, backend, Settings())
+    if tables != "default":  # answer tables on or off against the extender's default
+        ext.tables = tables == "on"
     rng = random.Random(7)
     names = [n.name for n in inv]
     filled, target, i = 0, nodes * 8 * 100 // 2, 0
@@ -124,11 +126,14 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--port", type=int, default=18931)
     ap.add_argument("--hosts", action="store_true", help="nodes with host CPU/memory; pods ask for CPU")
+    ap.add_argument("--tables", choices=("default", "on", "off"), default="default", help="Extender.tables")
     args = ap.parse_args()
     global HOSTS
     HOSTS = args.hosts
     ready = mp.get_context("spawn").Event()
-    proc = mp.get_context("spawn").Process(target=serve, args=(args.port, args.nodes, ready, args.hosts), daemon=True)
+    proc = mp.get_context("spawn").Process(
+        target=serve, args=(args.port, args.nodes, ready, args.hosts, args.tables), daemon=True
+    )
     t0 = time.time()
     proc.start()
     floor = mp.get_context("spawn").Process(target=floor_extender.serve, args=(args.port + 1,), daemon=True)

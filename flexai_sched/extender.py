@@ -115,10 +115,9 @@ class Extender:
         self._free_seen: dict[str, tuple[int, object, NodeKind | None, int]] = {}
         self._learned: tuple[object, ...] = ()  # (workload, cards per model and per node kind, policies) last learned
         self.preempting = Preempting(self)
-        # Per-shape answer tables (answers.py); off: every call decides node by node. Off by
-        # default: with them on, tests/e2e/test_kube_preemption.py's three-level test stalls
-        # on bind conflicts (bench/results/extender-latency.md); tests turn them on.
-        self.tables = False
+        # Per-shape answer tables (answers.py); off: every call decides node by node (the
+        # reference tests/sched/test_replies.py and test_tables_property.py compare them to).
+        self.tables = True
 
     # ---- parsing ----
 
