@@ -22,7 +22,8 @@ capacity left unallocated) shows FGD missing on this trace:
    each class fits the host, so CPU-only tasks can eat a host whose cards still look
    usable. Ours adds the free GPU the remaining CPU cannot feed at the workload's
    CPU-per-GPU ratio (CPU of all tasks, those without GPUs too, per GPU asked): the main
-   gain over FGD;
+   gain over FGD. Host memory strands GPUs the same way (at the GPU tasks' memory per
+   GPU); the shorter of the two counts;
 2. a shared card fills over many arrivals: ours adds the hole each shared card is
    expected to keep at the end (``flexai_sched.policies.leftover``, learned by replaying the
    workload on cards alone), and a share takes the card where that expectation grows
@@ -47,10 +48,12 @@ was tried and dropped: bench/results/trace-replay.md, "The settings of `fragment
 
 from __future__ import annotations
 
+import copy
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 
 from flexai_core.model import FULL_CORES, Card, CardUsage, card_free
 
@@ -138,7 +141,7 @@ class _Measured:
         pod_cpu_milli: int,
         pod_memory_mib: int,
     ) -> float:
-        return self._m.score(cards, before, after, host, pod_cpu_milli)
+        return self._m.score(cards, before, after, host, pod_cpu_milli, pod_memory_mib)
 
 
 class Fgd(_Measured):
@@ -168,11 +171,13 @@ class Fragmentation(_Measured):
     """Ours: FGD's measure weighted by GPU demand, plus the GPUs a short host strands.
 
     Phi_n = sum_m p_m F_n(m)                          (p_m: count x GPU demand)
-          + STRAND x max(0, free_n - cpu_free_n / r)  (free GPU the host CPU cannot feed)
+          + STRAND x max(0, free_n - min(cpu_free_n / r, mem_free_n / r_mem))
+                                                      (free GPU the host cannot feed)
           + LEFTOVER x sum_cards E[free_c]            (shared cards' expected final leftover)
 
-    with r the workload's CPU (all tasks, those without GPUs too) per percent of GPU.
-    The score is Phi before - Phi after (the pod's CPU taken from the host), minus TIE x
+    with r the workload's CPU (all tasks, those without GPUs too) per percent of GPU and
+    r_mem its GPU tasks' memory per percent of GPU (MEM x that; MEM 0: CPU alone).
+    The score is Phi before - Phi after (the pod's CPU and memory taken from the host), minus TIE x
     the free GPU left (best fit among equal growth). Without host information
     (``node_score``: what the extender uses for a node whose host capacity it does not
     know) only the cards count: the host terms drop out.
@@ -211,6 +216,9 @@ class Fragmentation(_Measured):
     # generated variant tried (same file): off.
     MODEL_TABLES = False
     MODEL_RATIOS = True
+    # Scale of the memory per GPU at which a host's free memory feeds its free GPU: 1, the
+    # workload's own ratio (0.5 and 2 compared: bench/results/trace-replay.md).
+    MEM = 1.0
 
     # A class that may use kinds holding this share of the cards counts as unconstrained:
     # most classes miss a few small nodes (8 cores, one card) and need nothing of the rest.
@@ -229,6 +237,8 @@ class Fragmentation(_Measured):
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
         self._capacity: dict[str, int] = {}
         self._kinds: dict[NodeKind, int] = {}
+        self._cards_by_kind: dict[NodeKind, float] = {}  # cards per kind, as kind_pressure counts them
+        self._usable_memo: dict[tuple[int, int, int, frozenset[str]], frozenset[NodeKind]] = {}
         self._free: dict[NodeKind, float] | None = None  # free cards per kind; None: all
         self._recent: deque[TaskClass] = deque(maxlen=self.OBSERVED)
         self._seen = 0
@@ -240,6 +250,8 @@ class Fragmentation(_Measured):
     def use_capacity(self, cards_by_model: Mapping[str, int], node_kinds: Mapping[NodeKind, int] | None = None) -> None:
         self._capacity = dict(cards_by_model)
         self._kinds = dict(node_kinds) if node_kinds else {NodeKind(m): k for m, k in cards_by_model.items() if k > 0}
+        self._cards_by_kind = {k: float(n * (k.gpus or 1)) for k, n in self._kinds.items()}
+        self._usable_memo = {}
         self._free = None
         self.use_workload(self._workload)
 
@@ -247,15 +259,24 @@ class Fragmentation(_Measured):
         """``model_pressure`` over node kinds: each class confined to the kinds it fits (its
         models, enough cards, enough host CPU and memory on an empty node), against the
         cards of each kind, or ``free`` cards of each kind."""
-        cards = {k: float(n * (k.gpus or 1)) for k, n in self._kinds.items()}
-        total = sum(cards.values())
+        cards = self._cards_by_kind
         demand: dict[frozenset[NodeKind], float] = {}
         for c in workload.classes:
-            usable = frozenset(k for k in cards if k.takes(c))
-            if sum(cards[k] for k in usable) >= self.ANYWHERE * total:
-                usable = frozenset()
+            usable = self._usable(c)
             demand[usable] = demand.get(usable, 0.0) + c.weight * c.vgpus * c.cores
         return model_pressure(demand, cards if free is None else {k: free.get(k, 0.0) for k in cards})
+
+    def _usable(self, c: TaskClass) -> frozenset[NodeKind]:
+        """The kinds class ``c`` fits (none: it fits nearly all), memoized per class shape."""
+        key = (c.vgpus, c.cpu_milli, c.memory_mib, c.models)
+        usable = self._usable_memo.get(key)
+        if usable is None:
+            cards = self._cards_by_kind
+            usable = frozenset(k for k in cards if k.takes(c))
+            if sum(cards[k] for k in usable) >= self.ANYWHERE * sum(cards.values()):
+                usable = frozenset()
+            self._usable_memo[key] = usable
+        return usable
 
     def observe(self, task: TaskClass) -> bool:
         """A pod was asked about (placed or not); True when it is time to ``reprice``."""
@@ -276,10 +297,16 @@ class Fragmentation(_Measured):
             seen = self.kind_pressure(recent, self._free)
             if any(u > planned.get(k, 0.0) + self.DRIFT for k, u in seen.items()):
                 self._observed = recent
-        if self._pressures() == self._pressure:
+        pressure = self._pressures()
+        if pressure == self._pressure:
             return False
-        self.use_workload(self._workload)
+        self._pressure = pressure
+        # Only the prices moved: the measure keeps its memos (summaries do not read prices).
+        self._m = self._m.priced(self._prices(), self._kinds)
         return True
+
+    def _prices(self) -> dict[NodeKind, float]:
+        return {k: self.PRICE * min(1.0, u) ** self.POWER for k, u in self._pressure.items()}
 
     def _pressures(self) -> dict[NodeKind, float]:
         raw = self.kind_pressure(self._observed or self._workload, self._free)
@@ -294,9 +321,10 @@ class Fragmentation(_Measured):
         # r counts the CPU of tasks without GPUs too: they land somewhere, and a host's
         # CPU must feed its share of them as well as its GPUs' tasks.
         cpu = sum(c.weight * c.cpu_milli for c in workload.classes) + sum(w * m for m, w in workload.cpu_only)
+        mem = sum(c.weight * c.memory_mib for c in workload.classes)
         self._static = self.kind_pressure(workload)
         self._pressure = self._pressures()
-        price = {k: self.PRICE * min(1.0, u) ** self.POWER for k, u in self._pressure.items()}
+        price = self._prices()
         shares = tuple((c.vgpus, c.cores, c.weight) for c in workload.classes)
         tables: dict[str, tuple[float, ...]] = {}
         ratios: dict[str, float] = {}
@@ -319,13 +347,14 @@ class Fragmentation(_Measured):
             self.STRAND,
             self.TIE,
             cpu / gpu if gpu else 0.0,
-            leftover=leftover_table(shares),
+            leftover=lambda: leftover_table(shares),
             leftover_weight=self.LEFTOVER,
             card_weight=self.CARD,
             price=price,
             kinds=self._kinds,
             leftover_by_model=tables,
             cpu_per_pct_by_model=ratios,
+            mem_per_pct=self.MEM * mem / gpu if gpu else 0.0,
         )
 
 
@@ -399,15 +428,17 @@ class _Measure:
         tie: float,
         cpu_per_pct: float = 0.0,
         rounded: bool = False,
-        leftover: Sequence[float] = (),
+        leftover: Callable[[], Sequence[float]] | None = None,
         leftover_weight: float = 0.0,
         card_weight: float = 0.0,
         price: Mapping[NodeKind, float] | None = None,
         kinds: Mapping[NodeKind, int] | None = None,
         leftover_by_model: Mapping[str, Sequence[float]] | None = None,
         cpu_per_pct_by_model: Mapping[str, float] | None = None,
+        mem_per_pct: float = 0.0,
     ) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
+        self.mem_per_pct = mem_per_pct
         self.card_weight = card_weight
         # Per node kind: the cost of a percent of its cards; looked up by the node's cards
         # and host, by its cards alone (no host known), or by its model.
@@ -415,7 +446,7 @@ class _Measure:
         # Per model where constrained tasks make models differ; else the one table / ratio.
         self.leftover_by_model = {m: tuple(t) for m, t in (leftover_by_model or {}).items()}
         self.cpu_per_pct_by_model = dict(cpu_per_pct_by_model or {})
-        self.leftover = tuple(leftover) if leftover else (0.0,) * (FULL_CORES + 1)
+        self._leftover_of = leftover
         self.leftover_weight = leftover_weight
         self.rounded = rounded
         groups: dict[tuple[int, int, frozenset[str]], list[tuple[int, float]]] = {}
@@ -434,11 +465,23 @@ class _Measure:
             self.prefix.append(prefix)
         self._cards: dict[tuple[object, ...], Summary] = {}
         self._by_id: dict[tuple[int, int], tuple[object, object, Summary]] = {}
-        self._phis: dict[tuple[int, int | None], float] = {}
+        self._phis: dict[tuple[int, int | None, int | None], float] = {}
         self._card_costs: dict[tuple[int, int, bool, str], float] = {}
         # (free, whole, model) of one card -> its part of every shape's (fits count, keeps),
         # packed in one int (``_FIELD`` bits each): a node's parts then add up as one sum.
         self._card_parts: dict[tuple[int, bool, str], int] = {}
+
+    def priced(self, price: Mapping[NodeKind, float], kinds: Mapping[NodeKind, int]) -> _Measure:
+        """This measure with other prices per node kind, sharing every memo."""
+        out = copy.copy(self)
+        out.price = _PriceBook(price, kinds)
+        return out
+
+    @cached_property
+    def leftover(self) -> tuple[float, ...]:
+        """The shared cards' hole values, learned on first use: a policy built and then handed
+        its workload (the replay, the extender) never learns the prior's."""
+        return tuple(self._leftover_of()) if self._leftover_of else (0.0,) * (FULL_CORES + 1)
 
     def card_cost(self, card: Card, used: CardUsage, cores: int) -> float:
         free = card_free(card, used)
@@ -465,12 +508,16 @@ class _Measure:
         after: Sequence[CardUsage],
         host: Host | None,
         pod_cpu: int,
+        pod_memory: int = 0,
     ) -> float:
         sum_b = self._summary(cards, before)
         sum_a = self._summary(cards, after)
         cpu_b = None if host is None else host.cpu_free
         cpu_a = None if host is None else host.cpu_free - pod_cpu
-        growth_avoided = self._phi(sum_b, cpu_b) - self._phi(sum_a, cpu_a)
+        mem_b = mem_a = None
+        if host is not None and self.mem_per_pct:
+            mem_b, mem_a = host.memory_free, host.memory_free - pod_memory
+        growth_avoided = self._phi(sum_b, cpu_b, mem_b) - self._phi(sum_a, cpu_a, mem_a)
         if self.rounded:  # percent of a card -> GPUs, as kube-scheduler's 0-100 integer
             return float(int(100 / (1 + math.exp(-growth_avoided / 100))))
         if self.card_weight:
@@ -489,16 +536,16 @@ class _Measure:
                 cost += self.card_cost(card, b, taken)
         return cost
 
-    def _phi(self, summary: Summary, cpu_free: int | None) -> float:
-        key = (id(summary), cpu_free)
+    def _phi(self, summary: Summary, cpu_free: int | None, mem_free: int | None = None) -> float:
+        key = (id(summary), cpu_free, mem_free)
         phi = self._phis.get(key)
         if phi is None:
             if len(self._phis) > 2 * MEMO:
                 self._phis.clear()
-            phi = self._phis[key] = self._phi_of(summary, cpu_free)
+            phi = self._phis[key] = self._phi_of(summary, cpu_free, mem_free)
         return phi
 
-    def _phi_of(self, summary: Summary, cpu_free: int | None) -> float:
+    def _phi_of(self, summary: Summary, cpu_free: int | None, mem_free: int | None = None) -> float:
         total, shapes, leftover, _ = summary
         if total == 0:
             return 0.0
@@ -511,7 +558,10 @@ class _Measure:
         phi += self.leftover_weight * leftover  # shared cards' expected final leftover
         r = summary[3]
         if cpu_free is not None and self.strand and r:
-            phi += self.strand * max(0.0, total - max(0, cpu_free) / r)
+            fed = max(0, cpu_free) / r
+            if mem_free is not None:  # memory strands GPUs as CPU does; the shorter of the two
+                fed = min(fed, max(0, mem_free) / self.mem_per_pct)
+            phi += self.strand * max(0.0, total - fed)
         return phi
 
     def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:

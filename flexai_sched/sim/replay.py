@@ -123,6 +123,9 @@ class Cluster:
         self._models = sorted({n.model for n in trace.nodes})
         self._random_ties = bool(getattr(self.policy, "random_ties", False))
         self._log: list[int] = []  # node index per change, read by the boards
+        # Free percent per node as of log position _priced_at (``reprice``).
+        self._left = [sum(card_free(c, u) for c, u in zip(n.cards, n.usage, strict=True)) for n in self._nodes()]
+        self._priced_at = 0
         self._boards: dict[Any, Board] = {}
         self._memos: dict[Any, Memo] = {}  # bounded: real scores per (board key, host request)
         # Pod shapes -> small ints for the fit cache, as the extender interns them.
@@ -176,17 +179,25 @@ class Cluster:
 
     def reprice(self) -> None:
         """Hand the policy the free cards per node kind; drop every cached score if it re-priced."""
-        free: dict[NodeKind, float] = {}
-        for i, name in enumerate(self.names):
-            node = self.state.node(name)
+        # Only the nodes changed since the last pass are summed again.
+        for i in set(self._log[self._priced_at :]):
+            node = self.state.node(self.names[i])
             assert node is not None
-            left = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
+            self._left[i] = sum(card_free(c, u) for c, u in zip(node.cards, node.usage, strict=True))
+        self._priced_at = len(self._log)
+        free: dict[NodeKind, float] = {}
+        for kind, left in zip(self._kinds, self._left, strict=True):
             if left:
-                free[self._kinds[i]] = free.get(self._kinds[i], 0.0) + left / FULL_CORES
+                free[kind] = free.get(kind, 0.0) + left / FULL_CORES
         if cast(Observing, self.policy).reprice(free):
             self.state.drop_scores()
             self._boards.clear()
             self._memos.clear()
+
+    def _nodes(self) -> list[NodeState]:
+        nodes = [self.state.node(name) for name in self.names]
+        assert all(n is not None for n in nodes)
+        return nodes  # type: ignore[return-value]
 
     def _choose_in_window(
         self, board: Board, exact: Callable[[int], float] | None, passes: Callable[[int], bool]

@@ -10,6 +10,7 @@ import pytest
 from flexai_core.model import FULL_CORES, Card, CardUsage
 from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
 from flexai_sched.policies.interface import HostAware, WorkloadAware
+from flexai_sched.policies.leftover import learn, leftover_table
 from flexai_sched.workload import Host, NodeKind, TaskClass, Workload
 
 CARDS = tuple(Card(i, f"u{i}", "T4", 16384, 100) for i in range(2))
@@ -302,3 +303,76 @@ def test_the_price_follows_the_cards_left_of_each_kind() -> None:
     assert policy._m.price.of(card, None) == pytest.approx(Fragmentation.PRICE)
     assert policy.reprice({t4: 5.0, g2: 5.0})  # back to the start
     assert policy._m.price.of(card, None) == pytest.approx(0.2**Fragmentation.POWER)
+
+
+def test_fragmentation_counts_gpus_a_short_host_memory_strands() -> None:
+    # r_mem = GPU tasks' memory per percent of GPU = (0.5*16384 + 0.5*32768) / 75 = 327.68 MiB.
+    # A CPU-only task of 32 GiB on an empty 2-card node with 64 GiB and CPU to spare:
+    # 64 GiB feeds 200% (nothing stranded), 32 GiB only 100%: 2 x 100 more stranded.
+    w = Workload.of(
+        [
+            TaskClass(1, 50, 1.0, cpu_milli=8000, memory_mib=16384),
+            TaskClass(1, 100, 1.0, cpu_milli=12000, memory_mib=32768),
+        ]
+    )
+    host = Host(1_000_000, 65536)
+    tie = Fragmentation.TIE * 200
+    ours = Fragmentation(w)
+    assert ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 32768) == pytest.approx(-2.0 * 100 - tie)
+    # A smaller request strands less; with the memory term off (MEM 0) memory counts for nothing.
+    assert ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 16384) == pytest.approx(-2.0 * 50 - tie)
+    cpu_only = type("CpuOnly", (Fragmentation,), {"MEM": 0.0})(w)
+    assert cpu_only.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 32768) == pytest.approx(-tie)
+    # Where memory is the shorter, the CPU term does not count it twice: a 4-core task beside
+    # it changes nothing more (1000 cores feed far more than 200%).
+    both = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 4000, 32768)
+    assert both == pytest.approx(-2.0 * 100 - tie)
+
+
+def test_repricing_scores_as_a_measure_built_afresh() -> None:
+    # Re-pricing keeps the measure's memos; the scores must be those of a measure rebuilt
+    # with the same prices.
+    t4, g2 = NodeKind("T4", 2, 48000, 1 << 17), NodeKind("G2", 2, 48000, 1 << 17)
+    w = Workload.of(
+        [
+            TaskClass(1, 50, 9.0, cpu_milli=8000, memory_mib=8192),
+            TaskClass(1, 100, 3.0, cpu_milli=12000, memory_mib=16384),
+            TaskClass(1, 50, 1.0, cpu_milli=4000, memory_mib=4096, models=frozenset({"T4"})),
+        ]
+    )
+    policy = Fragmentation(w)
+    policy.use_capacity({"T4": 10, "G2": 10}, {t4: 5, g2: 5})
+    rng = random.Random(7)
+    states = []
+    for model in ("T4", "G2"):
+        cards = tuple(Card(i, f"{model}{i}", model, 16384, 100) for i in range(2))
+        for _ in range(20):
+            before = used(rng.choice((0, 30, 50)), rng.choice((0, 50, 100)))
+            after = tuple(
+                CardUsage(b.cores + d, (b.cores + d) * 100, b.vgpus + (1 if d else 0))
+                for b, d in zip(before, (rng.choice((0, 50)) if b.cores <= 50 else 0 for b in before), strict=True)
+            )
+            host = Host(48000, 1 << 17, rng.choice((0, 16000, 40000)), rng.choice((0, 1 << 16)))
+            states.append((cards, before, after, host))
+
+    def scores(p: Fragmentation) -> list[float]:
+        return [p.host_node_score(c, b, a, h, 2000, 2048) for c, b, a, h in states]
+
+    scores(policy)  # fill the memos at the first prices
+    assert policy.reprice({t4: 0.5, g2: 10.0})  # T4 nearly gone: its price moves
+    kept = scores(policy)
+    policy.use_workload(policy._workload)  # rebuilt from nothing, same pressures
+    assert scores(policy) == kept
+
+
+def test_only_the_workload_scored_with_is_learned() -> None:
+    # The hole values are learned on first use: a policy built with the prior and handed
+    # its workload before any score learns that workload's table alone.
+    learn.cache_clear()
+    policy = Fragmentation()  # the built-in prior
+    w = Workload.of([TaskClass(1, 35, 1.0), TaskClass(1, 100, 1.0)])
+    policy.use_workload(w)
+    assert learn.cache_info().currsize == 0
+    cost = policy.card_cost(CARDS[0], used(0)[0], 35, 0)
+    assert learn.cache_info().currsize == 1
+    assert cost == pytest.approx(leftover_table([(1, 35, 1.0), (1, 100, 1.0)])[65] + Fragmentation.TIE * 100)
