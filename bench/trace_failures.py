@@ -74,9 +74,9 @@ def one(variant: str, policy: str, seed: int) -> None:
     # Whole cards idle while whole-card pods fail: what their hosts have left.
     short: collections.Counter[str] = collections.Counter()
     for i, name in enumerate(cluster.names):
-        node = cluster.state.node(name)
-        assert node is not None
-        n = sum(1 for u in node.usage if u.vgpus == 0 and u.cores == 0)
+        state = cluster.state.node(name)
+        assert state is not None
+        n = sum(1 for u in state.usage if u.vgpus == 0 and u.cores == 0)
         if n:
             h = cluster.hosts[i]
             why = (
