@@ -5,9 +5,10 @@
 Replays the trace as `flexai-sched sim` does (same arrivals, same Cluster) up to 100% of the
 cluster's GPU arrived, then prints per pod class (cards x share) the pods that failed and the
 GPU they asked, as a percent of the cluster, and what is free at that point: whole cards, and
-partly used cards by their free part. At 100% arrived the failed demand equals the free GPU
-(what arrived and was placed fills capacity minus what is free), so this splits the published
-metric into what failed and where the free capacity sits.
+partly used cards by their free part; the idle whole cards by what their host has left; the
+holes the most placed large share leaves that no share that arrived fits. At 100% arrived the
+failed demand equals the free GPU (what arrived and was placed fills capacity minus what is
+free), so this splits the published metric into what failed and where the free capacity sits.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def one(variant: str, policy: str, seed: int) -> None:
     failed: collections.Counter[tuple[int, int]] = collections.Counter()
     placed: collections.Counter[tuple[int, int]] = collections.Counter()
     failed_by_spec: collections.Counter[str] = collections.Counter()
+    arrived_shares: list[tuple[int, int]] = []
     for pod in arrivals(trace, seed):
         arrived += pod.gpu_demand_milli
         if arrived > cap:
             break
+        if 0 < pod.gpu_milli < 1000:
+            arrived_shares.append((pod.num_gpu, pod.gpu_milli))
         ok = cluster.schedule(pod)
         (placed if ok else failed)[(pod.num_gpu, pod.gpu_milli)] += 1
         if not ok:
@@ -67,6 +71,34 @@ def one(variant: str, policy: str, seed: int) -> None:
         f"(most common free parts: {top})"
     )
     print("  idle cards by model: " + ", ".join(f"{m} {k}/{cards[m]}" for m, k in idle.most_common()))
+    # Whole cards idle while whole-card pods fail: what their hosts have left.
+    short: collections.Counter[str] = collections.Counter()
+    for i, name in enumerate(cluster.names):
+        state = cluster.state.node(name)
+        assert state is not None
+        n = sum(1 for u in state.usage if u.vgpus == 0 and u.cores == 0)
+        if n:
+            h = cluster.hosts[i]
+            why = (
+                "0-2 cores free" if h.cpu_free < 3000 else "< 4 GiB free" if h.memory_free < 4096 else "host room left"
+            )
+            short[why] += n
+    print("  idle whole cards by their host: " + ", ".join(f"{w} {k}" for w, k in short.most_common()))
+    # The largest share placed most leaves a hole only smaller shares fit: each beyond those
+    # that arrived leaves it for good (a lower bound on that part of the free GPU).
+    big = max(
+        ((g, k) for (n, g), k in placed.items() if n == 1 and 500 < g < 1000),
+        key=lambda gk: gk[0] * gk[1],
+        default=None,
+    )
+    if big is not None:
+        g, k = big
+        small = sum(1 for n, share in arrived_shares if n == 1 and share <= 1000 - g)
+        bound = (1000 - g) * max(0, k - small) / cap
+        print(
+            f"  {g / 10:.0f}% shares placed {k}, shares of <= {100 - g / 10:.0f}% arrived {small}: "
+            f"holes nothing that arrived fits >= {100 * bound:.2f}% of the cluster"
+        )
 
 
 def main() -> int:

@@ -465,7 +465,7 @@ class _Measure:
             self.prefix.append(prefix)
         self._cards: dict[tuple[object, ...], Summary] = {}
         self._by_id: dict[tuple[int, int], tuple[object, object, Summary]] = {}
-        self._phis: dict[tuple[int, int | None, int | None], float] = {}
+        self._phis: dict[tuple[int, int | None], float] = {}
         self._card_costs: dict[tuple[int, int, bool, str], float] = {}
         # (free, whole, model) of one card -> its part of every shape's (fits count, keeps),
         # packed in one int (``_FIELD`` bits each): a node's parts then add up as one sum.
@@ -537,15 +537,23 @@ class _Measure:
         return cost
 
     def _phi(self, summary: Summary, cpu_free: int | None, mem_free: int | None = None) -> float:
-        key = (id(summary), cpu_free, mem_free)
+        key = (id(summary), cpu_free)
         phi = self._phis.get(key)
         if phi is None:
             if len(self._phis) > 2 * MEMO:
                 self._phis.clear()
-            phi = self._phis[key] = self._phi_of(summary, cpu_free, mem_free)
+            phi = self._phis[key] = self._fragment_of(summary, cpu_free)
+        # The stranding term outside the memo: free memory would multiply its keys.
+        r = summary[3]
+        if cpu_free is not None and self.strand and r:
+            fed = max(0, cpu_free) / r
+            if mem_free is not None:  # memory strands GPUs as CPU does; the shorter of the two
+                fed = min(fed, max(0, mem_free) / self.mem_per_pct)
+            phi += self.strand * max(0.0, summary[0] - fed)
         return phi
 
-    def _phi_of(self, summary: Summary, cpu_free: int | None, mem_free: int | None = None) -> float:
+    def _fragment_of(self, summary: Summary, cpu_free: int | None) -> float:
+        """Phi without the stranding term: the measure and the shared cards' expected leftover."""
         total, shapes, leftover, _ = summary
         if total == 0:
             return 0.0
@@ -555,14 +563,7 @@ class _Measure:
                 prefix = self.prefix[g]
                 usable += keeps * (prefix[-1] if cpu_free is None else prefix[bisect_right(self.cpus[g], cpu_free)])
         phi = total - usable  # weights sum to 1 with the tasks without GPUs: they use none
-        phi += self.leftover_weight * leftover  # shared cards' expected final leftover
-        r = summary[3]
-        if cpu_free is not None and self.strand and r:
-            fed = max(0, cpu_free) / r
-            if mem_free is not None:  # memory strands GPUs as CPU does; the shorter of the two
-                fed = min(fed, max(0, mem_free) / self.mem_per_pct)
-            phi += self.strand * max(0.0, total - fed)
-        return phi
+        return phi + self.leftover_weight * leftover  # shared cards' expected final leftover
 
     def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
         """Free percent, and per shape: does one task fit the cards, and how much free it could use."""
