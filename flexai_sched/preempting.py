@@ -12,9 +12,8 @@ Two roads share that rule:
 
 Either way the freed cards are held for the preemptor (``Nomination``: counted against pods of
 lower or equal priority, as kube-scheduler counts nominated pods) until it binds (``landed``)
-or ``NOMINATION_S`` pass. No second preemption starts for it while its victims are still on
-their node (nor, from filter, while its room waits for it: the verb is kube-scheduler saying
-its own filters still find no room, and goes on then). A victim our watch still shows is read back from the
+or ``NOMINATION_S`` pass, and no second preemption starts for it while its victims are still
+on their node or their room waits for it. A victim our watch still shows is read back from the
 cluster (``victims_left``): kube-scheduler retries the pod on a victim's deletion, which its
 informer may see before our watch does, and a lagging view would make it preempt a second node.
 
@@ -106,12 +105,9 @@ class Preempting:
         until = self._preempting.get(req.uid)
         if until is not None and until > self._ext.clock():
             return {}  # the extender's own preemption for it (``filter``) is under way
-        if self.victims_left(req):
-            # Its victims are still going (kube-scheduler may have tried it between two
-            # victims' deletions): their deletion retries it, no more evictions now. Once they
-            # are gone a call means kube-scheduler's own filters still find no room (its CPU,
-            # or other pods it nominated there): refusing then would leave the pod waiting for
-            # an event that never comes, so the choice below goes on.
+        if self.victims_left(req) or self._fits_where_nominated(req):
+            # Its victims are still going, or gone and their room waits for it (kube-scheduler
+            # may have tried it between two victims' deletions): no more evictions.
             return {}
         got = self._best_victims(req, victims)
         if got is None:
@@ -281,6 +277,15 @@ class Preempting:
             else:
                 left += 1
         return left
+
+    def _fits_where_nominated(self, req: PodRequest) -> bool:
+        for name, by in self.nominations.items():
+            nom = by.get(req.key)
+            node = self._ext.state.node(name)
+            if nom is not None and nom.uid == req.uid and node is not None:
+                policy = self._ext._policy(req.card_policy, self._ext._card_policy)
+                return isinstance(place(node.cards, self.usage_for(node, req), req, policy), Placement)
+        return False
 
     def _nominate(self, req: PodRequest, choice: preemption.Choice) -> None:
         """Hold the cards the victims free for the preemptor, against pods of lower priority."""

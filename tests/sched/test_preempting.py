@@ -52,27 +52,3 @@ def test_the_verb_answers_once_an_own_preemption_found_nothing_to_evict() -> Non
     assert backend.evicted == []  # the own preemption broke no PDB
     assert got == {"n1": (["uid-db1"], 1)}
     assert ext.preempt(hi, {"n1": (["uid-db1"], 0)}) == {}  # its victim is going now: no second choice
-
-
-def test_the_verb_goes_on_when_the_room_waits_but_kube_scheduler_still_finds_none() -> None:
-    # hi preempted lo1 through the verb (its card is held for hi). lo1 is gone, but
-    # kube-scheduler calls the verb again: its own filters still find no room on n1 (here a
-    # CPU-only pod it proposes; in the e2e test, other pods it nominated there). Answering
-    # "none" because the cards wait for hi would leave hi waiting for an event that never
-    # comes: the verb answers n1 with kube-scheduler's victim.
-    state = ClusterState()
-    backend = MemoryBackend([node("n1", 2, memory_mib=80 * GIB)], heartbeat_every=None)
-    backend.start(state)
-    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
-    for i in (0, 1):
-        p = prioritised(f"lo{i}", 100, 10, 100)
-        backend.create_pod(p)
-        ext.parse(p)
-        ext.bind("default", f"lo{i}", f"uid-lo{i}", "n1")
-    hi = prioritised("hi", 100, 5, 1000)
-    backend.create_pod(hi)
-    assert ext.preempt(hi, {"n1": (["uid-lo1"], 0)}) == {"n1": (["uid-lo1"], 0)}
-    assert ext.preempt(hi, {"n1": (["uid-lo1"], 0)}) == {}  # lo1 still there: its deletion retries hi
-    backend.delete_pod("default", "lo1")
-    assert ext.preempt(hi, {"n1": (["uid-cpu-only"], 0)}) == {"n1": (["uid-cpu-only"], 0)}
-    assert "n1" in ext.filter(hi, ["n1"]).fits  # and the held card is still there for hi
