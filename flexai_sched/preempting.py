@@ -155,6 +155,8 @@ class Preempting:
                 c = preemption.Candidate(a, priority, labels)
                 if a.uid in proposed:
                     must.append(c)
+                elif not self._ext.state.pod_meta_known(a.key, a.uid):
+                    continue  # bound so lately the watch has not shown its priority: not ours to pick
                 elif frees_quota is None or a.namespace == req.namespace:
                     pods.append(c)
             # Proposed victims we hold no allocation of (no vGPUs) are kept as kube-scheduler sent them.
