@@ -106,6 +106,7 @@ class MemoryBackend:
         for _, alloc in self._running:
             state.observe(alloc)
             state.set_pod_host(alloc.key, alloc.node, 0, 0, alloc.uid)
+            state.set_pod_meta(alloc.key, alloc.uid, 0, {})  # the demo's running pods: priority 0
         self.reload_quota_file()
         if self._every:
             self._thread = threading.Thread(target=self._beat, name="demo-heartbeat", daemon=True)

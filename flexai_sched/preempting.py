@@ -155,6 +155,8 @@ class Preempting:
                 c = preemption.Candidate(a, priority, labels)
                 if a.uid in proposed:
                     must.append(c)
+                elif not self._ext.state.pod_meta_known(a.key, a.uid):
+                    continue  # bound so lately the watch has not shown its priority: not ours to pick
                 elif frees_quota is None or a.namespace == req.namespace:
                     pods.append(c)
             # Proposed victims we hold no allocation of (no vGPUs) are kept as kube-scheduler sent them.
@@ -293,16 +295,14 @@ class Preempting:
         if node is None:
             return
         by_index = {c.index: pos for pos, c in enumerate(node.cards)}
-        left = list(node.usage)
+        # From the usage as this pod sees it (cards already held for other preemptors
+        # counted): its hold goes where nobody else's is, never onto another's cards.
+        left = list(self.usage_for(node, req))
         for a in choice.victims:
             for index, held in a.card_usage.items():
                 if index in by_index:
                     left[by_index[index]] = left[by_index[index]].minus(held)
-        got = (
-            self._ext.fit(node, req)
-            if not choice.victims
-            else place(node.cards, left, req, self._ext._policy(req.card_policy, self._ext._card_policy))
-        )
+        got = place(node.cards, left, req, self._ext._policy(req.card_policy, self._ext._card_policy))
         if not isinstance(got, Placement):
             return
         reserved = {

@@ -381,6 +381,11 @@ class ClusterState:
         """A bound pod's priority and labels (who may evict it, which budgets select it)."""
         self._meta[key] = (uid, priority, labels)
 
+    def pod_meta_known(self, key: str, uid: str) -> bool:
+        """Whether that incarnation's priority and labels were recorded (``set_pod_meta``)."""
+        got = self._meta.get(key)
+        return got is not None and got[0] == uid
+
     def pod_meta(self, key: str, uid: str) -> tuple[int, dict[str, str]]:
         """(priority, labels) of that incarnation of the pod; (0, {}) when not known."""
         got = self._meta.get(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from flexai_core.model import Allocation, Slice
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
@@ -52,3 +53,22 @@ def test_the_verb_answers_once_an_own_preemption_found_nothing_to_evict() -> Non
     assert backend.evicted == []  # the own preemption broke no PDB
     assert got == {"n1": (["uid-db1"], 1)}
     assert ext.preempt(hi, {"n1": (["uid-db1"], 0)}) == {}  # its victim is going now: no second choice
+
+
+def test_a_pod_whose_priority_the_watch_has_not_shown_yet_is_never_our_victim() -> None:
+    # x and y were bound a moment ago: their allocations count, but the watch has not shown
+    # the pods yet, so their priority is unknown (it read as 0: a high pod just bound was once
+    # evicted for a pod of equal priority in the e2e test). Only once known may one be chosen.
+    state = ClusterState()
+    backend = MemoryBackend([node("n1", 2, memory_mib=80 * GIB)], heartbeat_every=None)
+    backend.start(state)
+    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
+    for i, name in enumerate(("x", "y")):
+        state.observe(
+            Allocation.build("default", name, f"uid-{name}", "n1", (Slice("c0", i, f"GPU-n1-{i}", 100, GIB),))
+        )
+    hi = prioritised("hi", 100, 5, 300)
+    backend.create_pod(hi)
+    assert ext.preempt(hi, {"n1": ([], 0)}) == {}
+    state.set_pod_meta("default/y", "uid-y", 0, {})  # the watch shows y: priority 0
+    assert ext.preempt(hi, {"n1": ([], 0)}) == {"n1": (["uid-y"], 0)}
