@@ -14,36 +14,15 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections.abc import Iterator
 
 from extender_latency import SHAPES, pod
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from flexai_sched import demo
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
-from flexai_sched.metrics import CARD_FAMILIES, Metrics
+from flexai_sched.metrics import CardSamples, Metrics
 from flexai_sched.state import ClusterState
-
-
-class PerSample(Collector):
-    """The card gauges as prometheus_client families, rendered sample by sample."""
-
-    def __init__(self, state: ClusterState) -> None:
-        self._state = state
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        labels = ["node", "card", "uuid", "model"]
-        families = [GaugeMetricFamily(name, doc, labels=labels) for name, doc in CARD_FAMILIES]
-        for n in self._state.nodes():
-            for c, u in zip(n.cards, n.usage, strict=True):
-                lv = [n.name, str(c.index), c.uuid, c.model]
-                for family, value in zip(families, (u.cores, u.memory_mib, c.memory_mib, u.vgpus), strict=True):
-                    family.add_metric(lv, value)
-        yield from families
 
 
 def cpu_ms(f: object) -> tuple[float, bytes]:
@@ -74,10 +53,8 @@ def main() -> None:
         except BindError:
             pass
         i += 1
-    registry = CollectorRegistry()
-    registry.register(PerSample(state))
     metrics = Metrics(state)
-    old_ms, old = cpu_ms(lambda: generate_latest(registry))
+    old_ms, old = cpu_ms(CardSamples(state).render)
     cold_ms, page = cpu_ms(metrics.exposition)
     warm_ms, _ = cpu_ms(metrics.exposition)
     p = pod("one-more", SHAPES[0])

@@ -103,6 +103,30 @@ def _node_lines(node: NodeState) -> tuple[str, ...]:
     return tuple("".join(p) for p in per)
 
 
+class CardSamples(Collector):
+    """The per-card gauges through prometheus_client's families, sample by sample: not served,
+    the reference ``CardText`` is tested against byte for byte and the baseline
+    bench/metrics_scrape.py times it against."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["node", "card", "uuid", "model"]
+        families = [GaugeMetricFamily(name, doc, labels=labels) for name, doc in CARD_FAMILIES]
+        for n in self._state.nodes():
+            for c, u in zip(n.cards, n.usage, strict=True):
+                lv = [n.name, str(c.index), c.uuid, c.model]
+                for family, value in zip(families, (u.cores, u.memory_mib, c.memory_mib, u.vgpus), strict=True):
+                    family.add_metric(lv, value)
+        yield from families
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry()
+        registry.register(self)
+        return generate_latest(registry)
+
+
 class _RejectedCollector(Collector):
     def __init__(self, state: ClusterState) -> None:
         self._state = state

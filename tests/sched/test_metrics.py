@@ -3,40 +3,17 @@ after every kind of node change, from their per-node cache."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
 
 from flexai_core.model import Allocation, Card, NodeInventory, Slice
-from flexai_sched.metrics import CARD_FAMILIES, CardText, Metrics
+from flexai_sched.metrics import CardSamples, CardText, Metrics
 from flexai_sched.state import ClusterState
 
 from .fixtures import node
 
 
-class Reference(Collector):
-    """The gauges through prometheus_client (how they were written before ``CardText``)."""
-
-    def __init__(self, state: ClusterState) -> None:
-        self._state = state
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        labels = ["node", "card", "uuid", "model"]
-        families = [GaugeMetricFamily(name, doc, labels=labels) for name, doc in CARD_FAMILIES]
-        for n in self._state.nodes():
-            for c, u in zip(n.cards, n.usage, strict=True):
-                lv = [n.name, str(c.index), c.uuid, c.model]
-                for family, value in zip(families, (u.cores, u.memory_mib, c.memory_mib, u.vgpus), strict=True):
-                    family.add_metric(lv, value)
-        yield from families
-
-
 def reference(state: ClusterState) -> bytes:
-    registry = CollectorRegistry()
-    registry.register(Reference(state))
-    return generate_latest(registry)
+    return CardSamples(state).render()
 
 
 def test_card_text_is_what_prometheus_client_writes_after_every_change() -> None:
