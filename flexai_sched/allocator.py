@@ -15,7 +15,7 @@ against the other pods' usage only, preferring cards the pod already holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flexai_core.model import FULL_CORES, Card, CardSelector, CardUsage, ContainerRequest, PodRequest, Slice, peak_usage
 
@@ -33,6 +33,37 @@ class NoFit:
     reason: str
     # False when no amount of evicting other pods could make the pod fit this node.
     resolvable: bool
+
+
+# Entries per ``CardMemo``: one per distinct (slice, card kind, card usage); cleared when full.
+CARD_MEMO = 20_000
+_UNSEEN = object()
+
+
+@dataclass(slots=True, eq=False)
+class CardMemo:
+    """Per slice (cores, memory asked) and card state (usage, memory, vGPU slots, health,
+    model): the policy's ``card_cost`` of the slice there, or None where it does not fit.
+
+    What ``_choose`` works out per card depends only on these when the selector names no
+    card UUIDs and the policy says its ``card_cost`` reads only the card's state
+    (``card_cost_by_state``), so nodes whose cards differ still share it card by card.
+    Valid for one selector and one policy, as the policy prices now (the owner drops it
+    when the policy's workload changes).
+    """
+
+    selector: CardSelector
+    policy: Policy
+    costs: dict[tuple[object, ...], float | None] = field(default_factory=dict)
+
+    def serves(self, selector: CardSelector, policy: Policy) -> bool:
+        return (
+            policy is self.policy
+            and getattr(policy, "card_cost_by_state", False)
+            and not selector.uuids
+            and not selector.exclude_uuids
+            and selector == self.selector
+        )
 
 
 def free_memory(card: Card, used: CardUsage) -> int:
@@ -56,14 +87,23 @@ def could_ever_fit(card: Card, selector: CardSelector, c: ContainerRequest) -> b
     return c.memory_on(card) <= card.memory_mib - card.used_outside_mib
 
 
-def place(cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, policy: Policy) -> Placement | NoFit:
-    """Choose cards for every GPU container of ``pod`` on a node, or say why not."""
+def place(
+    cards: Sequence[Card],
+    usage: Sequence[CardUsage],
+    pod: PodRequest,
+    policy: Policy,
+    memo: CardMemo | None = None,
+) -> Placement | NoFit:
+    """Choose cards for every GPU container of ``pod`` on a node, or say why not (``memo``:
+    per card state, what ``_choose`` worked out for this pod's shape on other nodes)."""
+    if memo is not None and not memo.serves(pod.selector, policy):
+        memo = None
     work = list(usage)
     slices: list[Slice] = []
     for c in sorted(pod.containers, key=_hardness, reverse=True):
         if c.vgpus == 0:
             continue
-        chosen = _choose(cards, work, c, pod.selector, policy, prefer=())
+        chosen = _choose(cards, work, c, pod.selector, policy, (), memo)
         if chosen is None:
             return _no_fit(cards, work, pod, c)
         for pos in chosen:
@@ -78,7 +118,7 @@ def place(cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, po
         if c.vgpus == 0:
             continue
         # Runs before the app containers: only other pods' usage is on the cards then.
-        chosen = _choose(cards, list(usage), c, pod.selector, policy, prefer=app_cards)
+        chosen = _choose(cards, list(usage), c, pod.selector, policy, app_cards, memo)
         if chosen is None:
             return _no_fit(cards, list(usage), pod, c)
         for pos in chosen:
@@ -126,16 +166,44 @@ def _choose(
     selector: CardSelector,
     policy: Policy,
     prefer: tuple[int, ...],
+    memo: CardMemo | None = None,
 ) -> list[int] | None:
     """Positions of the ``c.vgpus`` cheapest cards the slice fits on, or None."""
-    candidates = []
+    candidates: list[tuple[int, float, int, int]] = []
     any_selector = not selector.empty
     cost = policy.card_cost
-    for pos, card in enumerate(cards):
-        mem = c.memory_on(card)
-        if (not any_selector or selector.allows(card)) and slice_fits(card, usage[pos], c.cores, mem):
-            rank = 0 if card.index in prefer else 1
-            candidates.append((rank, cost(card, usage[pos], c.cores, mem), card.index, pos))
+    if memo is not None:
+        costs = memo.costs
+        if len(costs) >= CARD_MEMO:
+            costs.clear()
+        cores, asked = c.cores, c.memory_mib
+        for pos, card in enumerate(cards):
+            used = usage[pos]
+            key = (
+                cores,
+                asked,
+                used.cores,
+                used.memory_mib,
+                used.vgpus,
+                card.memory_mib,
+                card.used_outside_mib,
+                card.max_vgpus,
+                card.healthy,
+                card.model,
+            )  # plain values: hashed and compared in C
+            got = costs.get(key, _UNSEEN)
+            if got is _UNSEEN:
+                mem = c.memory_on(card)
+                fits = (not any_selector or selector.allows(card)) and slice_fits(card, used, cores, mem)
+                got = costs[key] = cost(card, used, cores, mem) if fits else None
+            if got is not None:
+                candidates.append((0 if card.index in prefer else 1, got, card.index, pos))  # type: ignore[arg-type]
+    else:
+        for pos, card in enumerate(cards):
+            mem = c.memory_on(card)
+            if (not any_selector or selector.allows(card)) and slice_fits(card, usage[pos], c.cores, mem):
+                rank = 0 if card.index in prefer else 1
+                candidates.append((rank, cost(card, usage[pos], c.cores, mem), card.index, pos))
     if len(candidates) < c.vgpus:
         return None
     if c.vgpus == 1:
