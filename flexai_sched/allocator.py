@@ -36,7 +36,7 @@ class NoFit:
 
 
 # Entries per ``CardMemo``: one per distinct (slice, card kind, card usage); cleared when full.
-CARD_MEMO = 20_000
+CARD_MEMO = 2_048
 _UNSEEN = object()
 
 
