@@ -55,6 +55,8 @@ class CardMemo:
     selector: CardSelector
     policy: Policy
     costs: dict[tuple[object, ...], float | None] = field(default_factory=dict)
+    # (memory asked, card memory, outside memory, health, model) -> ``could_ever_fit``.
+    ever: dict[tuple[object, ...], bool] = field(default_factory=dict)
 
     def serves(self, selector: CardSelector, policy: Policy) -> bool:
         return (
@@ -104,8 +106,8 @@ def place(
         if c.vgpus == 0:
             continue
         chosen = _choose(cards, work, c, pod.selector, policy, (), memo)
-        if chosen is None:
-            return _no_fit(cards, work, pod, c)
+        if isinstance(chosen, int):
+            return _no_fit(cards, pod, c, chosen, memo)
         for pos in chosen:
             card = cards[pos]
             mem = c.memory_on(card)
@@ -119,8 +121,8 @@ def place(
             continue
         # Runs before the app containers: only other pods' usage is on the cards then.
         chosen = _choose(cards, list(usage), c, pod.selector, policy, app_cards, memo)
-        if chosen is None:
-            return _no_fit(cards, list(usage), pod, c)
+        if isinstance(chosen, int):
+            return _no_fit(cards, pod, c, chosen, memo)
         for pos in chosen:
             card = cards[pos]
             slices.append(Slice(c.name, card.index, card.uuid, c.cores, c.memory_on(card), init=True))
@@ -135,23 +137,33 @@ def _hardness(c: ContainerRequest) -> tuple[int, int, int]:
     return (c.vgpus, c.cores, c.memory_mib if c.memory_mib is not None else 1 << 40)
 
 
-def _no_fit(cards: Sequence[Card], usage: Sequence[CardUsage], pod: PodRequest, failed: ContainerRequest) -> NoFit:
-    """Why the pod does not fit: unresolvable if no eviction could help, else the usage."""
+def _no_fit(
+    cards: Sequence[Card], pod: PodRequest, failed: ContainerRequest, room: int, memo: CardMemo | None
+) -> NoFit:
+    """Why the pod does not fit: unresolvable if no eviction could help, else the usage
+    (``room``: how many cards had room for ``failed``'s slice, as ``_choose`` found)."""
     for c in (*pod.containers, *pod.init_containers):
         if c.vgpus == 0:
             continue
         if c.vgpus > len(cards):
             return NoFit(f'container "{c.name}": asks for {c.vgpus} vGPUs, node has {len(cards)} cards', False)
-        possible = sum(1 for card in cards if could_ever_fit(card, pod.selector, c))
+        if memo is None:
+            possible = sum(1 for card in cards if could_ever_fit(card, pod.selector, c))
+        else:
+            possible = 0
+            ever = memo.ever
+            if len(ever) >= CARD_MEMO:
+                ever.clear()
+            for card in cards:
+                key = (c.memory_mib, card.memory_mib, card.used_outside_mib, card.healthy, card.model)
+                got = ever.get(key)
+                if got is None:
+                    got = ever[key] = could_ever_fit(card, pod.selector, c)
+                possible += got
         if possible < c.vgpus:
             return NoFit(
                 f'container "{c.name}": needs {c.vgpus} cards{_describe(c, pod.selector)}, node has {possible}', False
             )
-    room = sum(
-        1
-        for card, u in zip(cards, usage, strict=True)
-        if pod.selector.allows(card) and slice_fits(card, u, failed.cores, failed.memory_on(card))
-    )
     return NoFit(
         f'container "{failed.name}": needs {failed.vgpus} cards with room{_describe(failed, pod.selector)}, '
         f"{room} of {len(cards)} have it",
@@ -167,8 +179,9 @@ def _choose(
     policy: Policy,
     prefer: tuple[int, ...],
     memo: CardMemo | None = None,
-) -> list[int] | None:
-    """Positions of the ``c.vgpus`` cheapest cards the slice fits on, or None."""
+) -> list[int] | int:
+    """Positions of the ``c.vgpus`` cheapest cards the slice fits on, or (too few) how many
+    it fits on."""
     candidates: list[tuple[int, float, int, int]] = []
     any_selector = not selector.empty
     cost = policy.card_cost
@@ -205,7 +218,7 @@ def _choose(
                 rank = 0 if card.index in prefer else 1
                 candidates.append((rank, cost(card, usage[pos], c.cores, mem), card.index, pos))
     if len(candidates) < c.vgpus:
-        return None
+        return len(candidates)
     if c.vgpus == 1:
         return [min(candidates)[3]]
     candidates.sort()

@@ -538,6 +538,8 @@ class _Measure:
         """``card_cost`` of the cards the pod takes a share of."""
         cost = 0.0
         for card, b, a in zip(cards, before, after, strict=True):
+            if a is b:
+                continue
             taken = a.cores - b.cores
             if 0 < taken < FULL_CORES:
                 cost += self.card_cost(card, b, taken)
@@ -577,7 +579,7 @@ class _Measure:
         much free it could use) with what it was made of, memoized by identity; ``base``: a
         state of the same cards whose usage objects ``usage`` shares where a card is unchanged."""
         ident = (id(cards), id(usage))
-        seen = self._by_id.get(ident)
+        seen = self._by_id.get(ident) if base is None else None  # derived states are not kept
         if seen is not None and seen[0] is cards and seen[1] is usage:
             return seen
         if base is None or base[0] is not cards:
