@@ -306,7 +306,8 @@ class Extender:
         if hit is not None:
             verdict, score = hit
         else:
-            got = self.fit(node, req)
+            card_policy = self._policy(req.card_policy, self._card_policy)
+            got = place(node.cards, node.usage, req, card_policy, self.caches.card_memo(key, req.selector, card_policy))
             if isinstance(got, Placement):
                 verdict = True
                 if with_host:

@@ -15,6 +15,9 @@ These are the extender's, across nodes and calls:
 - ``tables``: (shape id, host id) -> ``answers.ShapeAnswers``, each node's filter verdict and
   raw score for that shape, kept across calls and patched from the cluster state's change
   log; at most ``MAX_TABLES``, the least recently used go;
+- ``card_memos``: shape id -> ``allocator.CardMemo``, what placing the shape on a card in a
+  given state came to, shared by nodes that differ but hold cards alike; at most
+  ``MAX_TABLES``, all dropped when full;
 - ``parsed``: a pod's JSON bytes -> its request (or the reasons it is invalid), for the
   prioritize call that follows filter's (``Extender.parse_raw``); at most ``PARSED`` pods
   of up to ``MEMO_POD`` bytes each.
@@ -31,9 +34,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from flexai_core.model import PodRequest
+from flexai_core.model import CardSelector, PodRequest
 
-from .allocator import NoFit
+from .allocator import CardMemo, NoFit
 from .answers import ShapeAnswers
 from .policies.interface import HostAware, Policy
 from .state import ClusterState
@@ -58,6 +61,7 @@ class ExtenderCaches:
     # The tables are filled and patched in place: one call at a time.
     tables_mu: threading.Lock = field(default_factory=threading.Lock)
     parsed: dict[bytes, PodRequest | list[str]] = field(default_factory=dict)
+    card_memos: dict[int, CardMemo] = field(default_factory=dict)
     # ``pending`` and ``parsed`` are written by filter and read by bind and prioritize, on
     # different threads.
     _mu: threading.Lock = field(default_factory=threading.Lock)
@@ -119,6 +123,15 @@ class ExtenderCaches:
             table.sync(*state.changes_since(table.seq))
         return table
 
+    def card_memo(self, key: int, selector: CardSelector, policy: Policy) -> CardMemo:
+        """The card memo of shape ``key`` placed with ``policy`` (a new one if the policy changed)."""
+        memo = self.card_memos.get(key)
+        if memo is None or memo.policy is not policy:
+            if len(self.card_memos) >= MAX_TABLES:
+                self.card_memos.clear()
+            memo = self.card_memos[key] = CardMemo(selector, policy)
+        return memo
+
     def parsed_pod(self, raw: bytes) -> PodRequest | list[str] | None:
         return self.parsed.get(raw)
 
@@ -133,4 +146,5 @@ class ExtenderCaches:
         """Every cached verdict and score goes, across nodes and on each node (the policies'
         workload changed)."""
         self.shared.clear()
+        self.card_memos.clear()
         state.drop_scores()

@@ -25,6 +25,7 @@ def node_load(cards: Sequence[Card], usage: Sequence[CardUsage]) -> float:
 
 class Binpack:
     name = "binpack"
+    card_cost_by_state = True  # ``allocator.CardMemo``: the cost reads only the card's state
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         # The fuller the card already is, the cheaper: fill it before opening another.
@@ -36,6 +37,7 @@ class Binpack:
 
 class Spread:
     name = "spread"
+    card_cost_by_state = True
 
     def card_cost(self, card: Card, used: CardUsage, cores: int, memory_mib: int) -> float:
         return load(card, used)

@@ -118,6 +118,7 @@ class _Measured:
     """A policy that is one ``_Measure``: subclasses only say how to build it."""
 
     pod_host_dependent = True
+    card_cost_by_state = True  # ``allocator.CardMemo``: the cost reads only the card's state
     _m: _Measure
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD) -> None:
@@ -404,6 +405,9 @@ MEMO = 50_000
 # Free percent of a node; per workload GPU shape: (fits, free it could use); the shared
 # cards' expected leftover; the workload's CPU per percent of GPU for the node's model.
 Summary = tuple[int, tuple[tuple[int, int], ...], float, float]
+# A summarised node state: its cards, usage, summary, free percents, wholly free cards,
+# packed card parts (``_Measure._card_part``) and models.
+_Seen = tuple[Sequence[Card], Sequence[CardUsage], Summary, tuple[int, ...], tuple[bool, ...], int, tuple[str, ...]]
 
 
 class _Measure:
@@ -463,8 +467,9 @@ class _Measure:
                 acc += w
                 prefix.append(acc)
             self.prefix.append(prefix)
-        self._cards: dict[tuple[object, ...], Summary] = {}
-        self._by_id: dict[tuple[int, int], tuple[object, object, Summary]] = {}
+        # content -> (summary, its packed card parts); identity -> ``_Seen``.
+        self._cards: dict[tuple[object, ...], tuple[Summary, int]] = {}
+        self._by_id: dict[tuple[int, int], _Seen] = {}
         self._phis: dict[tuple[int, int | None], float] = {}
         self._card_costs: dict[tuple[int, int, bool, str], float] = {}
         # (free, whole, model) of one card -> its part of every shape's (fits count, keeps),
@@ -510,8 +515,10 @@ class _Measure:
         pod_cpu: int,
         pod_memory: int = 0,
     ) -> float:
-        sum_b = self._summary(cards, before)
-        sum_a = self._summary(cards, after)
+        seen_b = self._seen(cards, before)
+        sum_b = seen_b[2]
+        # The pod changes a few cards: the rest of ``after`` is ``before``'s objects.
+        sum_a = self._seen(cards, after, seen_b)[2]
         cpu_b = None if host is None else host.cpu_free
         cpu_a = None if host is None else host.cpu_free - pod_cpu
         mem_b = mem_a = None
@@ -531,6 +538,8 @@ class _Measure:
         """``card_cost`` of the cards the pod takes a share of."""
         cost = 0.0
         for card, b, a in zip(cards, before, after, strict=True):
+            if a is b:
+                continue
             taken = a.cores - b.cores
             if 0 < taken < FULL_CORES:
                 cost += self.card_cost(card, b, taken)
@@ -565,22 +574,43 @@ class _Measure:
         phi = total - usable  # weights sum to 1 with the tasks without GPUs: they use none
         return phi + self.leftover_weight * leftover  # shared cards' expected final leftover
 
-    def _summary(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
-        """Free percent, and per shape: does one task fit the cards, and how much free it could use."""
+    def _seen(self, cards: Sequence[Card], usage: Sequence[CardUsage], base: _Seen | None = None) -> _Seen:
+        """``usage``'s summary (free percent, and per shape: does one task fit the cards, and how
+        much free it could use) with what it was made of, memoized by identity; ``base``: a
+        state of the same cards whose usage objects ``usage`` shares where a card is unchanged."""
         ident = (id(cards), id(usage))
-        seen = self._by_id.get(ident)
+        seen = self._by_id.get(ident) if base is None else None  # derived states are not kept
         if seen is not None and seen[0] is cards and seen[1] is usage:
-            return seen[2]
-        summary = self._summary_of(cards, usage)
+            return seen
+        if base is None or base[0] is not cards:
+            frees = tuple(card_free(c, u) for c, u in zip(cards, usage, strict=True))
+            whole = tuple(_whole_free(c, u) for c, u in zip(cards, usage, strict=True))
+            models = tuple(c.model for c in cards)
+            changed: list[int] | None = None
+        else:  # only the cards whose usage object differs are worked out again
+            before = base[1]
+            changed = [pos for pos, (u, b) in enumerate(zip(usage, before, strict=True)) if u is not b]
+            free_l, whole_l = list(base[3]), list(base[4])
+            for pos in changed:
+                free_l[pos] = card_free(cards[pos], usage[pos])
+                whole_l[pos] = _whole_free(cards[pos], usage[pos])
+            frees, whole, models = tuple(free_l), tuple(whole_l), base[6]
+        summary, packed = self._summary_of(frees, whole, models, base if changed is not None else None, changed)
         if len(self._by_id) > MEMO:  # bounded: a long-lived extender sees many states
             self._by_id.clear()
-        self._by_id[ident] = (cards, usage, summary)
-        return summary
+        made: _Seen = (cards, usage, summary, frees, whole, packed, models)
+        if base is None:  # a state derived from ``base`` (a pod placed) is seldom asked about again
+            self._by_id[ident] = made
+        return made
 
-    def _summary_of(self, cards: Sequence[Card], usage: Sequence[CardUsage]) -> Summary:
-        frees = tuple(card_free(c, u) for c, u in zip(cards, usage, strict=True))
-        whole = tuple(_whole_free(c, u) for c, u in zip(cards, usage, strict=True))
-        models = tuple(c.model for c in cards)
+    def _summary_of(
+        self,
+        frees: tuple[int, ...],
+        whole: tuple[bool, ...],
+        models: tuple[str, ...],
+        base: _Seen | None = None,
+        changed: list[int] | None = None,
+    ) -> tuple[Summary, int]:
         key = (frees, whole, models)
         hit = self._cards.get(key)
         if hit is not None:
@@ -588,18 +618,23 @@ class _Measure:
         # Per shape: cards one task can use (whole and allowed; or free >= its cores and
         # allowed) and their free percent, summed over the cards as packed ints: a node's
         # summary costs a dict lookup and an addition per card, not a pass per shape.
-        parts = self._card_parts
-        packed = 0
-        for part_key in zip(frees, whole, models, strict=True):
-            part = parts.get(part_key)
-            if part is None:
-                part = parts[part_key] = self._card_part(*part_key)
-            packed += part
+        if base is not None and changed is not None:
+            # Exact: the packed sum is an integer, so swapping the changed cards' parts is the full sum.
+            packed = base[5]
+            for pos in changed:
+                packed += self._part(frees[pos], whole[pos], models[pos]) - self._part(
+                    base[3][pos], base[4][pos], models[pos]
+                )
+        else:
+            packed = 0
+            for free, w, model in zip(frees, whole, models, strict=True):
+                packed += self._part(free, w, model)
         out = []
+        rest = packed
         for vgpus, cores, _ in self.shapes:
-            count = packed & _MASK
-            keeps = (packed >> _FIELD) & _MASK
-            packed >>= 2 * _FIELD
+            count = rest & _MASK
+            keeps = (rest >> _FIELD) & _MASK
+            rest >>= 2 * _FIELD
             out.append((int(count >= vgpus if cores >= FULL_CORES else count >= 1), keeps))
         tables = self.leftover_by_model
         if tables:
@@ -607,7 +642,7 @@ class _Measure:
         else:
             left = sum(self.leftover[f] for f, w in zip(frees, whole, strict=True) if not w)
         r = self.cpu_per_pct_by_model.get(models[0], self.cpu_per_pct) if models else self.cpu_per_pct
-        hit = (sum(frees), tuple(out), left, r)
+        hit = ((sum(frees), tuple(out), left, r), packed)
         if len(self._cards) > MEMO:
             # Phi entries are keyed by summary ids: they go with the summaries.
             self._cards.clear()
@@ -615,6 +650,13 @@ class _Measure:
             self._phis.clear()
         self._cards[key] = hit
         return hit
+
+    def _part(self, free: int, whole: bool, model: str) -> int:
+        part_key = (free, whole, model)
+        part = self._card_parts.get(part_key)
+        if part is None:
+            part = self._card_parts[part_key] = self._card_part(free, whole, model)
+        return part
 
     def _card_part(self, free: int, whole: bool, model: str) -> int:
         """One card's (usable, free if usable) for every shape, packed as ``_summary_of`` adds them."""
