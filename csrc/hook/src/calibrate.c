@@ -399,8 +399,10 @@ static int paced_step(const struct cuda *c, const struct nvml *n, nvmlDevice_t h
         sleep_until_ns(start);
         int second = start - t0 >= CURVE_STEP_NS / 2;
         if (second && t_half == 0) {
-            t_half = mono_ns();
+            /* The clock read on both sides of the counter: a preempted read skews neither. */
+            uint64_t a = mono_ns();
             mj0 = energy_mj(n, h);
+            t_half = a + (mono_ns() - a) / 2;
         }
         if (c->event_record(e0, NULL) != CUDA_SUCCESS)
             return -EIO;
@@ -416,8 +418,9 @@ static int paced_step(const struct cuda *c, const struct nvml *n, nvmlDevice_t h
         }
     }
     sleep_until_ns(start); /* the last period's idle part belongs to the step */
-    uint64_t t1 = mono_ns();
+    uint64_t a = mono_ns();
     unsigned long long mj1 = energy_mj(n, h);
+    uint64_t t1 = a + (mono_ns() - a) / 2;
     if (k == 0 || t1 <= t_half)
         return -EIO;
     out->per_launch_ns = (double)median(v, k);
@@ -430,14 +433,25 @@ static int paced_step(const struct cuda *c, const struct nvml *n, nvmlDevice_t h
     return 0;
 }
 
+/* Power readings of two steps closer than this (per mille of the lower) are
+ * one flat line: the energy counter and the clock disagree by about that much
+ * on a loaded host, so a card drawing the same at every duty reads either way. */
+#define FLAT_PM 20
+
 /* The card's power between windows: the line through (duty, power) of the
  * 10% and 30% steps, where the card is below its power limit, taken at duty
- * 0; 0 when it cannot be told (no power reading, a slope that is not upwards,
- * or a figure outside (0, limit)). */
+ * 0; 0 when it cannot be told (no power reading, a slope that falls beyond
+ * FLAT_PM, or a figure outside (0, limit)). */
 static uint32_t gap_power(const struct step *lo, const struct step *hi, uint32_t limit_mw)
 {
-    if (lo->power_mw == 0 || hi->power_mw == 0 || hi->duty <= lo->duty + 0.05 || hi->power_mw < lo->power_mw)
+    if (lo->power_mw == 0 || hi->power_mw == 0 || hi->duty <= lo->duty + 0.05)
         return 0;
+    if (hi->power_mw < lo->power_mw) {
+        if ((uint64_t)(lo->power_mw - hi->power_mw) * 1000 > (uint64_t)lo->power_mw * FLAT_PM)
+            return 0;
+        /* Flat: the card draws the same between windows as in them. */
+        return limit_mw != 0 && lo->power_mw >= limit_mw ? 0 : lo->power_mw;
+    }
     double slope = ((double)hi->power_mw - (double)lo->power_mw) / (hi->duty - lo->duty);
     double gap = (double)lo->power_mw - slope * lo->duty;
     if (gap <= 0 || (limit_mw != 0 && gap >= limit_mw))
