@@ -54,6 +54,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
+from typing import NamedTuple
 
 from flexai_core.model import FULL_CORES, Card, CardUsage, card_free
 
@@ -405,9 +406,18 @@ MEMO = 50_000
 # Free percent of a node; per workload GPU shape: (fits, free it could use); the shared
 # cards' expected leftover; the workload's CPU per percent of GPU for the node's model.
 Summary = tuple[int, tuple[tuple[int, int], ...], float, float]
-# A summarised node state: its cards, usage, summary, free percents, wholly free cards,
-# packed card parts (``_Measure._card_part``) and models.
-_Seen = tuple[Sequence[Card], Sequence[CardUsage], Summary, tuple[int, ...], tuple[bool, ...], int, tuple[str, ...]]
+
+
+class _Seen(NamedTuple):
+    """A summarised node state and what its summary was made of."""
+
+    cards: Sequence[Card]
+    usage: Sequence[CardUsage]
+    summary: Summary
+    frees: tuple[int, ...]  # free percent per card
+    whole: tuple[bool, ...]  # wholly free per card
+    packed: int  # the cards' parts summed (``_Measure._card_part``)
+    models: tuple[str, ...]
 
 
 class _Measure:
@@ -516,9 +526,9 @@ class _Measure:
         pod_memory: int = 0,
     ) -> float:
         seen_b = self._seen(cards, before)
-        sum_b = seen_b[2]
+        sum_b = seen_b.summary
         # The pod changes a few cards: the rest of ``after`` is ``before``'s objects.
-        sum_a = self._seen(cards, after, seen_b)[2]
+        sum_a = self._seen(cards, after, seen_b).summary
         cpu_b = None if host is None else host.cpu_free
         cpu_a = None if host is None else host.cpu_free - pod_cpu
         mem_b = mem_a = None
@@ -580,25 +590,25 @@ class _Measure:
         state of the same cards whose usage objects ``usage`` shares where a card is unchanged."""
         ident = (id(cards), id(usage))
         seen = self._by_id.get(ident) if base is None else None  # derived states are not kept
-        if seen is not None and seen[0] is cards and seen[1] is usage:
+        if seen is not None and seen.cards is cards and seen.usage is usage:
             return seen
-        if base is None or base[0] is not cards:
+        if base is None or base.cards is not cards:
             frees = tuple(card_free(c, u) for c, u in zip(cards, usage, strict=True))
             whole = tuple(_whole_free(c, u) for c, u in zip(cards, usage, strict=True))
             models = tuple(c.model for c in cards)
             changed: list[int] | None = None
         else:  # only the cards whose usage object differs are worked out again
-            before = base[1]
+            before = base.usage
             changed = [pos for pos, (u, b) in enumerate(zip(usage, before, strict=True)) if u is not b]
-            free_l, whole_l = list(base[3]), list(base[4])
+            free_l, whole_l = list(base.frees), list(base.whole)
             for pos in changed:
                 free_l[pos] = card_free(cards[pos], usage[pos])
                 whole_l[pos] = _whole_free(cards[pos], usage[pos])
-            frees, whole, models = tuple(free_l), tuple(whole_l), base[6]
+            frees, whole, models = tuple(free_l), tuple(whole_l), base.models
         summary, packed = self._summary_of(frees, whole, models, base if changed is not None else None, changed)
         if len(self._by_id) > MEMO:  # bounded: a long-lived extender sees many states
             self._by_id.clear()
-        made: _Seen = (cards, usage, summary, frees, whole, packed, models)
+        made = _Seen(cards, usage, summary, frees, whole, packed, models)
         if base is None:  # a state derived from ``base`` (a pod placed) is seldom asked about again
             self._by_id[ident] = made
         return made
@@ -620,10 +630,10 @@ class _Measure:
         # summary costs a dict lookup and an addition per card, not a pass per shape.
         if base is not None and changed is not None:
             # Exact: the packed sum is an integer, so swapping the changed cards' parts is the full sum.
-            packed = base[5]
+            packed = base.packed
             for pos in changed:
                 packed += self._part(frees[pos], whole[pos], models[pos]) - self._part(
-                    base[3][pos], base[4][pos], models[pos]
+                    base.frees[pos], base.whole[pos], models[pos]
                 )
         else:
             packed = 0

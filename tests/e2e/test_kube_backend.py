@@ -54,6 +54,16 @@ def alloc_for(name: str, uid: str, node: str = "g1", card: int = 0, cores: int =
     return Allocation.build(NS, name, uid, node, (s,))
 
 
+def bind_as_another(core_api: k8s.CoreV1Api, name: str, node: str) -> None:
+    """Bind the pod as some other scheduler would: a plain Binding, no allocation annotation."""
+    core_api.create_namespaced_pod_binding(
+        name,
+        NS,
+        {"metadata": {"name": name}, "target": {"kind": "Node", "name": node}},  # type: ignore[arg-type]
+        _preload_content=False,
+    )
+
+
 def wait_state(what: str, pred: object) -> None:
     assert callable(pred)
     wait_until(pred, 15, what, interval=0.05)
@@ -95,15 +105,7 @@ def test_commit_refuses_a_pod_bound_elsewhere_and_writes_nothing(
     gpu_node(core_api, "g2", H200)
     uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
     # Someone else binds it first (no allocation annotation).
-    core_api.create_namespaced_pod_binding(
-        "p",
-        NS,
-        {  # type: ignore[arg-type]
-            "metadata": {"name": "p"},
-            "target": {"kind": "Node", "name": "g2"},
-        },
-        _preload_content=False,
-    )
+    bind_as_another(core_api, "p", "g2")
     with pytest.raises(CommitError, match="already assigned"):
         backend.commit(alloc_for("p", uid, node="g1"))
     p = pods(core_api)["p"]
@@ -315,15 +317,7 @@ def test_host_capacity_and_every_bound_pods_requests_are_counted(
     for name, cpu in (("cpu-a", "1"), ("cpu-b", "250m")):
         body = pod_body(name, {"main": {"cpu": cpu, "memory": "1Gi"}}, scheduler=NOBODY)
         core_api.create_namespaced_pod(NS, body)
-        core_api.create_namespaced_pod_binding(
-            name,
-            NS,
-            {  # type: ignore[arg-type]
-                "metadata": {"name": name},
-                "target": {"kind": "Node", "name": "g1"},
-            },
-            _preload_content=False,
-        )
+        bind_as_another(core_api, name, "g1")
     wait_state("both pods counted", lambda: state.host_of("g1") == Host(32000, 256 * 1024, 1250, 2048))
     node = state.node("g1")
     assert node is not None and node.host == Host(32000, 256 * 1024, 1250, 2048)
@@ -374,15 +368,7 @@ def test_a_bind_for_a_pod_the_apiserver_shows_bound_elsewhere_is_refused(
     gpu_node(core_api, "g2", H200)
     wait_state("nodes known", lambda: state.node("g1") is not None)
     uid = vgpu_pod(core_api, "p", 1, 100, scheduler=NOBODY)
-    core_api.create_namespaced_pod_binding(
-        "p",
-        NS,
-        {  # type: ignore[arg-type]
-            "metadata": {"name": "p"},
-            "target": {"kind": "Node", "name": "g2"},
-        },
-        _preload_content=False,
-    )
+    bind_as_another(core_api, "p", "g2")
     ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
     for replay_uid in ("", uid):
         with pytest.raises(BindError, match="pod default/p: already bound to g2"):
