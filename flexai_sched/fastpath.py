@@ -92,7 +92,7 @@ class Hot:
             except RequestError as e:
                 out = invalid_outcome(e, names)
             else:
-                out = ext.filter_request(req, names)
+                out = ext.filter_verb(req, names)
             reply = {
                 "Nodes": None,
                 "NodeNames": out.fits,
@@ -124,7 +124,7 @@ class Hot:
             except RequestError:
                 scores = [0] * len(names)
             else:
-                scores = ext.priorities(req, names)
+                scores = ext.prioritize_verb(req, names)
         except (msgspec.DecodeError, UnicodeError):  # the pod's JSON: the app's 422
             raise
         except Exception:  # prioritize errors are ignored by kube-scheduler: score nothing
