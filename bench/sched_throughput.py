@@ -195,6 +195,19 @@ def wipe_pods(plane: ControlPlane, core: k8s.CoreV1Api) -> None:
         wait_until(empty, 120, "extender released every allocation", interval=0.5)
 
 
+def reservation_counts(plane: ControlPlane) -> dict[str, float]:
+    """The extender's reservation counters from /metrics (empty where it has none)."""
+    with urlopen(plane.extender_url + "/metrics") as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("flexai_reserved_binds_total{"):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("flexai_reservations_expired_total "):
+            out["expired"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def urlopen(url: str) -> Any:
     return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10)
 
@@ -222,6 +235,7 @@ def run(
 
         plane._scheduler_config = config  # type: ignore[method-assign]
     cpu0: dict[str, float] = {}
+    reserved0 = reservation_counts(plane) if vgpu and extender and not floor else {}
     if mode == "burst":
         plane.procs["kube-scheduler"].stop()
         parallel(lambda i: core.create_namespaced_pod(NS, pod_body(names[i], vgpu)), pods)
@@ -267,6 +281,9 @@ def run(
     print(f"    {sum(e.count or 1 for e in mine)} FailedScheduling events for these pods", flush=True)
     for message in sorted({str(e.message)[:300] for e in mine})[:3]:
         print(f"      {message}", flush=True)
+    if reserved0:  # how binds met the extender's reservations (reserving.py), this run only
+        reserved = {k: v - reserved0.get(k, 0) for k, v in reservation_counts(plane).items()}
+        print("    binds by reservation: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(reserved.items())), flush=True)
     wipe_pods(plane, core)
     return result
 

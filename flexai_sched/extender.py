@@ -438,10 +438,13 @@ class Extender:
         """
         key = f"{namespace}/{name}"
         self.expire_holds()
+        reserved = self.state.reservations(key)
         try:
-            return self._bind(key, namespace, name, uid, node_name)
+            alloc = self._bind(key, namespace, name, uid, node_name)
         finally:
             self.reserving.end(key)  # bound (its allocation took its place) or refused
+        self.reserving.bound(reserved, node_name)
+        return alloc
 
     def _bind(self, key: str, namespace: str, name: str, uid: str, node_name: str) -> Allocation:
         existing = self.state.allocation(key)

@@ -53,6 +53,19 @@ class Reserving:
         self._mu = threading.Lock()
         self._until: dict[str, tuple[str, float]] = {}  # pod key -> (UID, clock() deadline)
         self._next = math.inf  # the earliest deadline: ``expire`` is one comparison until then
+        # Binds by where their pod was reserved ("there", "elsewhere", "none"), and "expired".
+        self._counts: dict[str, int] = {}
+
+    def counts(self) -> dict[str, int]:
+        """Outcomes so far (the metrics read them)."""
+        with self._mu:
+            return dict(self._counts)
+
+    def bound(self, reserved: tuple[Allocation, ...], node: str) -> None:
+        """A bind to ``node`` succeeded; ``reserved`` is what its pod held when it came."""
+        outcome = "none" if not reserved else "there" if any(r.node == node for r in reserved) else "elsewhere"
+        with self._mu:
+            self._counts[outcome] = self._counts.get(outcome, 0) + 1
 
     def begin(self, req: PodRequest) -> None:
         """A new cycle for the pod (its filter): what an earlier one reserved ends."""
@@ -108,5 +121,7 @@ class Reserving:
             for k, _ in done:
                 del self._until[k]
             self._next = min((until for _, until in self._until.values()), default=math.inf)
-        for k, uid in done:
-            self._ext.state.unreserve(k, uid)
+        expired = sum(self._ext.state.unreserve(k, uid) for k, uid in done)
+        if expired:
+            with self._mu:
+                self._counts["expired"] = self._counts.get("expired", 0) + expired

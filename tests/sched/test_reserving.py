@@ -75,6 +75,8 @@ def test_the_next_pod_is_not_offered_the_room_a_pod_in_flight_will_take() -> Non
     # Counted once: the allocation took the reservation's place.
     assert env.cores("a") == 100 and env.cores("b") == 50
     assert not env.state.reserved_pods()
+    # f0 came with no cycle; p1 was reserved on a, p2 (one node left) on b: both bound there.
+    assert env.ext.reserving.counts() == {"none": 1, "there": 2}
 
 
 def test_without_the_reservation_the_next_pod_would_lose_its_bind() -> None:
@@ -126,6 +128,7 @@ def test_a_bind_to_another_node_ends_the_reservation_on_the_first() -> None:
     assert env.bind(p1, "b") == ""  # kube-scheduler chose b (its own plugins' scores)
     assert env.cores("a") == 50 and env.cores("b") == 50
     assert not env.state.reserved_pods()
+    assert env.ext.reserving.counts()["elsewhere"] == 1
 
 
 def test_a_refused_bind_ends_the_reservation() -> None:
@@ -150,6 +153,7 @@ def test_a_reservation_never_bound_ends_after_its_timeout() -> None:
     env.now += 0.02
     assert env.cycle(env.pod("p3", 50))[0] == ["a", "b"]
     assert env.state.reservations("default/p1") == ()
+    assert env.ext.reserving.counts()["expired"] == 1  # p1's (p2's was ended, not expired)
 
 
 def test_a_new_cycle_replaces_the_pods_reservation_never_adding_to_it() -> None:
