@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +16,7 @@ from kubernetes import client as k8s
 
 from flexai_core import annotations as ann
 from flexai_core.model import Allocation, Slice
+from flexai_sched import kube
 from flexai_sched.backend import CommitError, CommitUnknown
 from flexai_sched.errors import BindFailure
 from flexai_sched.kube import KubeBackend
@@ -37,6 +39,7 @@ class Apiserver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -154,3 +157,21 @@ def test_no_apiserver_at_all_is_unknown(backend: KubeBackend, apiserver: Apiserv
     backend._core().api_client.rest_client.pool_manager.clear()
     with pytest.raises(CommitUnknown):
         backend.commit(ALLOC)
+
+
+def test_a_token_the_client_refreshes_is_sent_within_a_second(
+    apiserver: Apiserver, backend: KubeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.commit(ALLOC)
+    cfg = backend._core().api_client.configuration
+    cfg.refresh_api_key_hook = lambda c: c.api_key.update(BearerToken="Bearer rotated")  # an exec plugin's new token
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 0.5)
+    backend.commit(ALLOC)
+    monkeypatch.setattr(time, "monotonic", lambda: now + kube.AUTH_REFRESH_S + 0.01)
+    backend.commit(ALLOC)
+    assert [h["authorization"] for _, h, _, _ in apiserver.posts] == [
+        "Bearer s3cret",
+        "Bearer s3cret",
+        "Bearer rotated",
+    ]
