@@ -272,6 +272,7 @@ class HttpProtocol(HttpToolsProtocol):
         Meanwhile ``cycle`` is a bind in progress: uvicorn queues a request behind it."""
         self._hot_path = None
         self._chunks = []
+        self.hot.extender.reserving.bind_arrived(f"{args.PodNamespace}/{args.PodName}")
         pending = _Bind(self._keep_alive())
         self.cycle = pending  # type: ignore[assignment]  # what uvicorn reads of a cycle, nothing more
         loop = self.loop

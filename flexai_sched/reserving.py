@@ -18,8 +18,9 @@ calling prioritize.
 
 A reservation ends with the pod's allocation (its bind: in the same step), its bind failing,
 its next cycle (a new filter for it), its release, or after ``RESERVE_S`` without any of
-these (a pod deleted mid-cycle, a cycle that failed after prioritize, kube-scheduler choosing
-a node we did not reserve and never binding, or restarting).
+these (a pod deleted mid-cycle, a cycle that failed after prioritize, kube-scheduler
+restarting). Once the pod's bind has arrived (``bind_arrived``), the reservation waits for
+that bind (up to ``BIND_WAIT_S``): binds queue behind one another for the apiserver.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 # Longer than a bind takes to follow prioritize even on a loaded control plane, short enough
 # that room held for a pod that is never bound comes back before kube-scheduler's back-off.
 RESERVE_S = 1.0
+# Once its bind has arrived, a pod's reservation waits for that bind's outcome at most this
+# long (binds queue for the apiserver: hundreds of milliseconds each in a burst on 2 cores).
+BIND_WAIT_S = 30.0
 # Nodes one pod is reserved on at most: past that many equal best nodes kube-scheduler's
 # choice among them is a coin toss, and each is likely roomy.
 RESERVE_NODES = 3
@@ -71,6 +75,16 @@ class Reserving:
         """A new cycle for the pod (its filter): what an earlier one reserved ends."""
         if self._ext.state.reservations(req.key):
             self._ext.state.unreserve(req.key)
+
+    def bind_arrived(self, key: str) -> None:
+        """The pod's bind has come (it may wait for a thread, then for the apiserver): its
+        reservation stays until that bind is over, not ``RESERVE_S`` after prioritize."""
+        if key not in self._until:
+            return
+        with self._mu:
+            got = self._until.get(key)
+            if got is not None:
+                self._until[key] = (got[0], max(got[1], self._ext.clock() + BIND_WAIT_S))
 
     def end(self, key: str) -> None:
         """The pod's bind is over (bound, or refused): its reservation ends."""

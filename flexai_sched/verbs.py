@@ -112,6 +112,7 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
     )
     async def bind(request: Request) -> ExtenderBindingResult:
         args = _parse(ExtenderBindingArgs, await request.body())
+        extender.reserving.bind_arrived(f"{args.PodNamespace}/{args.PodName}")
         return await run_in_threadpool(bind_, args)  # may wait on the apiserver
 
     def bind_(args: ExtenderBindingArgs) -> ExtenderBindingResult:

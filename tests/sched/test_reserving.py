@@ -9,7 +9,7 @@ from flexai_core.model import Allocation, CardUsage, Slice
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
-from flexai_sched.reserving import RESERVE_NODES, RESERVE_S
+from flexai_sched.reserving import BIND_WAIT_S, RESERVE_NODES, RESERVE_S
 from flexai_sched.state import ClusterState
 
 from .fixtures import limits, node, pod
@@ -257,3 +257,28 @@ def test_a_reservation_made_while_a_bind_decides_does_not_void_that_bind() -> No
     late = Allocation.build("default", "p2", "uid-p2", "a", (Slice("c0", 0, "GPU-a-0", 50, 10240),))
     env.state.assume(late, lambda n: n.alloc_version == before.alloc_version)
     assert env.state.allocation("default/p2") == late
+
+
+def test_a_reservation_waits_for_a_bind_that_has_arrived_however_long_it_queues() -> None:
+    """Binds queue for the apiserver (hundreds of ms each in a burst): once a pod's bind has come,
+    its room is held until that bind is over, not RESERVE_S after its prioritize."""
+    env = Env()
+    env.bound("f0", "a", 50)
+    p1 = env.pod("p1", 50)
+    env.cycle(p1)
+    env.ext.reserving.bind_arrived("default/p1")  # what /bind does before the bind waits for a thread
+    env.now += RESERVE_S + 5
+    assert env.cycle(env.pod("p2", 50))[0] == ["b"]
+    env.ext.reserving.end("default/p2")
+    assert env.bind(p1, "a") == ""
+    assert env.cores("a") == 100 and env.ext.reserving.counts() == {"none": 1, "there": 1}
+
+
+def test_a_bind_that_arrived_but_never_ends_holds_the_room_at_most_bind_wait_s() -> None:
+    env = Env()
+    env.bound("f0", "a", 50)
+    env.cycle(env.pod("p1", 50))
+    env.ext.reserving.bind_arrived("default/p1")
+    env.now += BIND_WAIT_S + 0.01
+    assert env.cycle(env.pod("p2", 50))[0] == ["a", "b"]
+    assert env.state.reservations("default/p1") == ()
