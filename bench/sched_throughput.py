@@ -195,6 +195,24 @@ def wipe_pods(plane: ControlPlane, core: k8s.CoreV1Api) -> None:
         wait_until(empty, 120, "extender released every allocation", interval=0.5)
 
 
+def extender_counts(plane: ControlPlane) -> dict[str, float]:
+    """From the extender's /metrics: its reservation counters (where it has them) and, per
+    verb, the calls and the seconds spent answering them (``calls filter``, ``seconds filter``)."""
+    with urlopen(plane.extender_url + "/metrics") as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        value = line.rsplit(" ", 1)[-1]
+        if line.startswith("flexai_reserved_binds_total{"):
+            out[line.split('"')[1]] = float(value)
+        elif line.startswith("flexai_reservations_expired_total "):
+            out["expired"] = float(value)
+        elif line.startswith(("flexai_extender_request_seconds_count{", "flexai_extender_request_seconds_sum{")):
+            verb = line.split('verb="', 1)[1].split('"', 1)[0]
+            out[("calls " if "_count{" in line else "seconds ") + verb] = float(value)
+    return out
+
+
 def urlopen(url: str) -> Any:
     return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10)
 
@@ -222,6 +240,7 @@ def run(
 
         plane._scheduler_config = config  # type: ignore[method-assign]
     cpu0: dict[str, float] = {}
+    counts0 = extender_counts(plane) if vgpu and extender and not floor else {}
     if mode == "burst":
         plane.procs["kube-scheduler"].stop()
         parallel(lambda i: core.create_namespaced_pod(NS, pod_body(names[i], vgpu)), pods)
@@ -267,6 +286,22 @@ def run(
     print(f"    {sum(e.count or 1 for e in mine)} FailedScheduling events for these pods", flush=True)
     for message in sorted({str(e.message)[:300] for e in mine})[:3]:
         print(f"      {message}", flush=True)
+    if counts0:  # this run's calls into the extender, and how binds met its reservations (reserving.py)
+        got = {k: v - counts0.get(k, 0) for k, v in extender_counts(plane).items()}
+        verbs = sorted(k.split(" ", 1)[1] for k in got if k.startswith("calls ") and got[k])
+        print(
+            "    extender, per verb: "
+            + ", ".join(
+                f"{v} {got['calls ' + v]:.0f} calls, {1000 * got['seconds ' + v] / pods:.2f} ms/pod" for v in verbs
+            ),
+            flush=True,
+        )
+        reserved = {k: v for k, v in got.items() if " " not in k}
+        if reserved:
+            print(
+                "    binds by reservation: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(reserved.items())),
+                flush=True,
+            )
     wipe_pods(plane, core)
     return result
 

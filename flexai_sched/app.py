@@ -27,7 +27,7 @@ from . import __version__, dashboard, quota_views, verbs, views
 from .backend import Backend
 from .extender import Extender
 from .fastpath import Hot, HotVerbs
-from .metrics import Metrics
+from .metrics import Metrics, ReservationCollector
 from .state import ClusterState
 
 log = logging.getLogger("flexai_sched")
@@ -52,6 +52,7 @@ def create_app(extender: Extender, start_backend: bool = True, max_body: int = M
     state: ClusterState = extender.state
     backend: Backend = extender.backend
     metrics = Metrics(state)
+    metrics.registry.register(ReservationCollector(extender.reserving.counts))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

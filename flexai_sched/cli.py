@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(extender)
     uvicorn.run(
         app,
-        http=protocol(app.state.hot),  # filter and prioritize answered in the protocol (fastpath.py)
+        http=protocol(app.state.hot),  # filter, prioritize and bind answered in the protocol (fastpath.py)
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.tls_cert,

@@ -186,7 +186,7 @@ class Feed:
             )
 
     def _capacity(self, node: NodeState, stale: bool) -> Capacity:
-        return capacity.node_capacity(node.cards, node.usage, self._shapes, stranding=not stale)
+        return capacity.node_capacity(node.cards, node.allocated, self._shapes, stranding=not stale)
 
 
 def router(extender: Extender) -> APIRouter:
@@ -408,7 +408,7 @@ def _node_json(node: NodeState) -> bytes:
             "maxvg": c.max_vgpus,
             "slices": slices.get(c.index, []),
         }
-        for c, u in zip(node.cards, node.usage, strict=True)
+        for c, u in zip(node.cards, node.allocated, strict=True)
     ]
     return to_json({"name": node.name, "v": node.version, "hb": _epoch(node.heartbeat), "cards": cards})
 

@@ -10,6 +10,10 @@ Preemption: ``preemption`` chooses the victims; ``preempting`` acts (the preempt
 extender's own evictions for pods kube-scheduler's dry run cannot help, the cards held for a
 preemptor, which filter and bind count against pods of lower or equal priority).
 
+Reservations (``reserving``): prioritize (or a filter that leaves one node) holds the pod's
+room on the node(s) it will most likely be bound to until its bind, which kube-scheduler
+sends after it has started the next pod's cycle; filter and prioritize of other pods count it.
+
 Scores: a ``fragmentation.HostAware`` node policy (the default, ``fragmentation``) scores
 a node with its host too (allocatable CPU/memory and what bound pods request, from
 ``NodeState.host``) and the pod's own host request, as the trace replay does; a node
@@ -60,6 +64,7 @@ from .extender_caches import ExtenderCaches
 from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
+from .reserving import Reserving
 from .state import AllocState, ClusterState, Conflict, NodeState
 from .workload import DEFAULT_WORKLOAD, NodeKind, TaskClass, Workload
 
@@ -115,6 +120,7 @@ class Extender:
         self._free_seen: dict[str, tuple[int, object, NodeKind | None, int]] = {}
         self._learned: tuple[object, ...] = ()  # (workload, cards per model and per node kind, policies) last learned
         self.preempting = Preempting(self)
+        self.reserving = Reserving(self)
         # Per-shape answer tables (answers.py); off: every call decides node by node (the
         # reference tests/sched/test_replies.py and test_tables_property.py compare them to).
         self.tables = True
@@ -168,7 +174,16 @@ class Extender:
             req = self.parse(pod)
         except RequestError as e:
             return invalid_outcome(e, node_names)
-        return self.filter_request(req, node_names)
+        return self.filter_verb(req, node_names)
+
+    def filter_verb(self, req: PodRequest, node_names: Sequence[str]) -> FilterOutcome:
+        """kube-scheduler's filter of a parsed pod: a new cycle for it (what it reserved before
+        ends), the answer, and where one node is left, the pod reserved there (``reserving``)."""
+        self.reserving.begin(req)
+        out = self.filter_request(req, node_names)
+        if len(out.fits) == 1 and req.wants_gpu:
+            self.reserving.after_filter(req, out.fits, self.state.nodes_by_name())
+        return out
 
     def filter_request(self, req: PodRequest, node_names: Sequence[str]) -> FilterOutcome:
         """``filter`` of a parsed pod: the one place a node's reason is decided (explain reads it too)."""
@@ -337,18 +352,35 @@ class Extender:
             req = self.parse(pod)
         except RequestError:
             return [(n, 0) for n in node_names]
-        return list(zip(node_names, self.priorities(req, node_names), strict=True))
+        return list(zip(node_names, self.prioritize_verb(req, node_names), strict=True))
+
+    def prioritize_verb(self, req: PodRequest, node_names: Sequence[str]) -> list[int]:
+        """kube-scheduler's prioritize of a parsed pod: the scores, and the pod reserved on the
+        nodes it will most likely be bound to (``reserving``)."""
+        if not req.wants_gpu:
+            return [0] * len(node_names)
+        self.reserving.expire()
+        self.reserving.begin(req)  # never its own competitor (a prioritize without a filter first)
+        raw = self._raw_scores(req, node_names)
+        scores = _normalised(raw) if self.tables else _normalised_each(raw)
+        self.reserving.after_prioritize(req, node_names, raw, scores, MAX_SCORE)
+        return scores
 
     def priorities(self, req: PodRequest, node_names: Sequence[str]) -> list[int]:
         """prioritize's score (0 to MAX_SCORE) of each name, in order."""
         if not req.wants_gpu:
             return [0] * len(node_names)
+        raw = self._raw_scores(req, node_names)
+        return _normalised(raw) if self.tables else _normalised_each(raw)
+
+    def _raw_scores(self, req: PodRequest, node_names: Sequence[str]) -> list[float]:
+        """Each name's raw node score (``NO_FIT``: does not fit, or unknown), in order."""
         fkey = self._key(req)
         policy = self._policy(req.node_policy, self._node_policy)
         hkey = self._host_key(req, fkey, policy)
         nodes = self.state.nodes_by_name()
         if not self.tables:
-            return _normalised_each(self._scores_each(req, node_names, nodes, fkey, hkey, policy))
+            return self._scores_each(req, node_names, nodes, fkey, hkey, policy)
         with self.caches.tables_mu:
             table = self.caches.table(fkey, hkey, self.state)
             scores = table.scores
@@ -359,7 +391,7 @@ class Extender:
                     if node is not None:
                         scores[name] = self._score(node, req, fkey, hkey, policy)
                 got = list(map(scores.get, node_names, repeat(NO_FIT)))
-        return _normalised(cast(list[float], got))
+        return cast(list[float], got)
 
     def _score(self, node: NodeState, req: PodRequest, fkey: int, hkey: int, policy: policies.Policy) -> float:
         """The node's raw score for the pod (``NO_FIT``: it does not fit), from its caches."""
@@ -406,6 +438,15 @@ class Extender:
         """
         key = f"{namespace}/{name}"
         self.expire_holds()
+        reserved = self.state.reservations(key)
+        try:
+            alloc = self._bind(key, namespace, name, uid, node_name)
+        finally:
+            self.reserving.end(key)  # bound (its allocation took its place) or refused
+        self.reserving.bound(reserved, node_name)
+        return alloc
+
+    def _bind(self, key: str, namespace: str, name: str, uid: str, node_name: str) -> Allocation:
         existing = self.state.allocation(key)
         pod: dict[str, Any] | None = None
         if existing is not None:
@@ -426,18 +467,22 @@ class Extender:
             node = self.state.node(node_name)
             if node is None:
                 raise BindError(BindFailure.UNKNOWN_NODE, f"node {node_name}: reports no vGPU inventory")
+            # Against the allocations only: other pods' reservations are guesses, this bind is not.
             fit = place(
-                node.cards, self.preempting.usage_for(node, req), req, self._policy(req.card_policy, self._card_policy)
+                node.cards,
+                self.preempting.usage_for(node, req, node.allocated),
+                req,
+                self._policy(req.card_policy, self._card_policy),
             )
             if isinstance(fit, NoFit):
                 raise BindError(BindFailure.NO_FIT, f"node {node_name}: {fit.reason}")
             alloc = Allocation.build(namespace, name, uid, node_name, fit.slices)
-            version = node.version
+            version = node.alloc_version
 
             def fits(n: NodeState) -> bool:
-                # Same version = same usage the placement was computed on. The quota is checked
+                # Same version = same allocations the placement was computed on. The quota is checked
                 # here, under the state's lock, so concurrent binds of one namespace cannot overshoot it.
-                if n.version != version:
+                if n.alloc_version != version:
                     return False
                 if self.state.quotas.active:
                     reason, _ = self.quota_reason(req)
@@ -475,7 +520,9 @@ class Extender:
 
     def expire_holds(self) -> None:
         """End the holds the cluster has answered (the pod shows bound: BOUND now) and those
-        past their deadline (the Binding never landed: the slice is free again)."""
+        past their deadline (the Binding never landed: the slice is free again); and the
+        reservations past theirs (``reserving``)."""
+        self.reserving.expire()
         if not self._held:
             return
         now = self.clock()

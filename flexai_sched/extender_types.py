@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorF
 from typing_extensions import TypedDict
 
 # Kubernetes' DNS-1123 subdomain (pod and node names) and label (namespaces).
-_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-Subdomain = Annotated[str, StringConstraints(max_length=253, pattern=_SUBDOMAIN)]
-Label = Annotated[str, StringConstraints(max_length=63, pattern=_LABEL)]
-Uid = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._-]*$")]
+SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+UID = r"^[A-Za-z0-9._-]*$"
+Subdomain = Annotated[str, StringConstraints(max_length=253, pattern=SUBDOMAIN)]
+Label = Annotated[str, StringConstraints(max_length=63, pattern=LABEL)]
+Uid = Annotated[str, StringConstraints(max_length=128, pattern=UID)]
 
 
 # Each bad item of a list or a map costs pydantic an error object (~400 bytes): a 64 MiB

@@ -1,4 +1,4 @@
-"""The hot extender verbs, filter and prioritize, answered below FastAPI.
+"""The hot extender verbs, filter, prioritize and bind, answered below FastAPI.
 
 kube-scheduler calls filter and prioritize for every vGPU pod with up to every node's
 name, so what a call costs beyond the extender's decisions is framing and JSON.
@@ -12,7 +12,11 @@ Two ways in: ``HttpProtocol`` (uvicorn's httptools protocol, what ``flexai-sched
 runs) answers in its parser callback, without an ASGI request, task or response;
 ``HotVerbs`` is the same as an ASGI middleware (any ASGI server, the tests' client).
 
-Anything else goes to the FastAPI app, which documents both verbs in /docs and makes the
+bind (``HttpProtocol`` only) waits on the apiserver, so it runs in ``Hot.binder``'s threads
+and its reply is written when it is done; the connection's next request, if one comes
+meanwhile, waits its turn in uvicorn's pipeline as behind any answer in progress.
+
+Anything else goes to the FastAPI app, which documents the verbs in /docs and makes the
 same decisions: a body the fast path does not take (not the wire format, a full NodeList,
 a pod that is not an object, text that is not UTF-8 or holds a lone surrogate: msgspec
 refuses both, as pydantic does, when it decodes the names and the pod), a body over the
@@ -23,8 +27,11 @@ one the app is still answering. The edge's error answers (a 422 naming the field
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,7 +40,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from flexai_core.requests import RequestError
 
 from .extender import Extender, invalid_outcome
+from .extender_types import LABEL, SUBDOMAIN, UID
 from .metrics import Metrics
+from .verbs import bind_error
 
 log = logging.getLogger("flexai_sched")
 
@@ -53,10 +62,29 @@ class _HostPriority(msgspec.Struct):
     Score: int
 
 
+class _BindArgs(msgspec.Struct):
+    """ExtenderBindingArgs (unknown fields ignored); names checked as the app checks them."""
+
+    PodName: str
+    PodNamespace: str
+    Node: str
+    PodUID: str = ""
+
+
 _decode = msgspec.json.Decoder(_Args).decode
+_decode_bind = msgspec.json.Decoder(_BindArgs).decode
 _encode = msgspec.json.Encoder().encode
 _JSON = [(b"content-type", b"application/json")]
-_HOT = {b"/filter": "/filter", b"/prioritize": "/prioritize"}
+_HOT = {b"/filter": "/filter", b"/prioritize": "/prioritize", b"/bind": "/bind"}
+# The app's patterns (extender_types), matched whole: ``$`` alone would let a final newline pass.
+_NAMES = (
+    ("PodName", re.compile(SUBDOMAIN.rstrip("$")), 253),
+    ("PodNamespace", re.compile(LABEL.rstrip("$")), 63),
+    ("Node", re.compile(SUBDOMAIN.rstrip("$")), 253),
+    ("PodUID", re.compile(UID.rstrip("$")), 128),
+)
+# Binds at once: kube-scheduler binds each pod in its own goroutine, and each waits on the apiserver.
+BIND_THREADS = 32
 
 
 class Hot:
@@ -64,11 +92,14 @@ class Hot:
 
     def __init__(self, extender: Extender, metrics: Metrics, limit: int) -> None:
         self.extender = extender
+        self.metrics = metrics
         self.limit = limit
+        self.binder = ThreadPoolExecutor(BIND_THREADS, thread_name_prefix="bind")  # threads start with the first bind
         self._filter_seconds = metrics.latency.labels("filter")
         self._prioritize_seconds = metrics.latency.labels("prioritize")
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
+        """filter's or prioritize's reply (bind: see ``bind_args``)."""
         try:
             args = _decode(body)
         except (msgspec.DecodeError, UnicodeError):  # UnicodeError: bytes that are not UTF-8
@@ -82,6 +113,25 @@ class Hot:
             log.debug("%s: answered by the app", path, exc_info=True)
             return None
 
+    @staticmethod
+    def bind_args(body: bytes) -> _BindArgs | None:
+        """The bind's arguments, or None: the app answers (its 422 names the field)."""
+        try:
+            args = _decode_bind(body)
+        except (msgspec.DecodeError, UnicodeError):
+            return None
+        for field, pattern, most in _NAMES:
+            value = getattr(args, field)
+            if len(value) > most or pattern.fullmatch(value) is None:
+                return None
+        return args
+
+    def bind(self, args: _BindArgs) -> bytes:
+        """The bind's reply (blocks on the backend: run it in ``binder``)."""
+        return _encode(
+            {"Error": bind_error(self.extender, self.metrics, args.PodNamespace, args.PodName, args.PodUID, args.Node)}
+        )
+
     def filter(self, pod: bytes, names: list[str]) -> bytes:
         t = time.perf_counter()
         ext = self.extender
@@ -92,7 +142,7 @@ class Hot:
             except RequestError as e:
                 out = invalid_outcome(e, names)
             else:
-                out = ext.filter_request(req, names)
+                out = ext.filter_verb(req, names)
             reply = {
                 "Nodes": None,
                 "NodeNames": out.fits,
@@ -124,7 +174,7 @@ class Hot:
             except RequestError:
                 scores = [0] * len(names)
             else:
-                scores = ext.priorities(req, names)
+                scores = ext.prioritize_verb(req, names)
         except (msgspec.DecodeError, UnicodeError):  # the pod's JSON: the app's 422
             raise
         except Exception:  # prioritize errors are ignored by kube-scheduler: score nothing
@@ -142,7 +192,7 @@ class Hot:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering ``POST /filter`` and ``/prioritize`` itself.
+    """uvicorn's httptools protocol, answering ``POST /filter``, ``/prioritize`` and ``/bind`` itself.
 
     The request is taken at its headers (``on_headers_complete``) when nothing else is in
     flight on the connection; its body is gathered here, and the reply written straight to
@@ -196,6 +246,14 @@ class HttpProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         body = b"".join(self._chunks)
+        if path == "/bind":
+            args = self.hot.bind_args(body)
+            if args is None:
+                self._to_app()
+                super().on_message_complete()
+                return
+            self._start_bind(args)
+            return
         reply = self.hot(path, body)
         if reply is None:
             self._to_app()
@@ -203,7 +261,40 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self._hot_path = None
         self._chunks = []
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        self._reply(reply, self._keep_alive())
+        self.on_response_complete()
+
+    def _keep_alive(self) -> bool:
+        return bool(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())
+
+    def _start_bind(self, args: _BindArgs) -> None:
+        """Run the bind in a thread; its reply is written on the event loop when it is done.
+        Meanwhile ``cycle`` is a bind in progress: uvicorn queues a request behind it."""
+        self._hot_path = None
+        self._chunks = []
+        self.hot.extender.reserving.bind_arrived(f"{args.PodNamespace}/{args.PodName}")
+        pending = _Bind(self._keep_alive())
+        self.cycle = pending  # type: ignore[assignment]  # what uvicorn reads of a cycle, nothing more
+        loop = self.loop
+
+        def done(f: Future[bytes]) -> None:
+            loop.call_soon_threadsafe(self._bound, pending, f)
+
+        self.hot.binder.submit(self.hot.bind, args).add_done_callback(done)
+
+    def _bound(self, pending: _Bind, f: Future[bytes]) -> None:
+        if pending.disconnected or self.transport.is_closing():
+            return  # the client left: nobody to answer
+        try:
+            reply = f.result()
+        except Exception as e:  # bind_error answers every error; this is the pool refusing work
+            log.exception("bind")
+            reply = _encode({"Error": f"internal error: {e}"})
+        self._reply(reply, pending.keep_alive)
+        pending.response_complete = True
+        self.on_response_complete()
+
+    def _reply(self, reply: bytes, keep_alive: bool) -> None:
         head = [b"HTTP/1.1 200 OK\r\n"]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
@@ -214,7 +305,6 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head))
         if not keep_alive:
             self.transport.close()
-        self.on_response_complete()
 
     def _to_app(self) -> None:
         """Hand the request to uvicorn: the app answers it (and, past the limit, refuses it)."""
@@ -224,6 +314,18 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         for chunk in chunks:
             super().on_body(chunk)
+
+
+class _Bind:
+    """A bind in progress on a connection, as uvicorn reads its ``cycle``: whether its answer
+    is out (a request behind it waits until then), whether the client left, whether the
+    connection stays open after it (False once the server shuts down)."""
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.message_event = asyncio.Event()
 
 
 def protocol(hot: Hot) -> type[HttpProtocol]:

@@ -66,7 +66,7 @@ class CardText:
 
     def __init__(self, state: ClusterState) -> None:
         self._state = state
-        # Node name -> (its cards, its usage, its lines per family); a node's cards and usage
+        # Node name -> (its cards, its allocated usage, its lines per family); a node's cards and usage
         # tuples are replaced, never mutated, when they change (``ClusterState._rebuild``).
         self._lines: dict[str, tuple[object, object, tuple[str, ...]]] = {}
         self._mu = threading.Lock()  # two scrapes at once share the cache
@@ -77,8 +77,8 @@ class CardText:
             kept: dict[str, tuple[object, object, tuple[str, ...]]] = {}
             for node in self._state.nodes():
                 hit = self._lines.get(node.name)
-                if hit is None or hit[0] is not node.cards or hit[1] is not node.usage:
-                    hit = (node.cards, node.usage, _node_lines(node))
+                if hit is None or hit[0] is not node.cards or hit[1] is not node.allocated:
+                    hit = (node.cards, node.allocated, _node_lines(node))
                 kept[node.name] = hit
                 for part, text in zip(parts, hit[2], strict=True):
                     part.append(text)
@@ -94,7 +94,7 @@ def _node_lines(node: NodeState) -> tuple[str, ...]:
     """The node's samples of each family in ``CARD_FAMILIES``, one string per family."""
     per: list[list[str]] = [[] for _ in CARD_FAMILIES]
     n = _label(node.name)
-    for c, u in zip(node.cards, node.usage, strict=True):
+    for c, u in zip(node.cards, node.allocated, strict=True):
         labels = f'{{card="{c.index}",model="{_label(c.model)}",node="{n}",uuid="{_label(c.uuid)}"}}'
         for part, (name, _), value in zip(
             per, CARD_FAMILIES, (u.cores, u.memory_mib, c.memory_mib, u.vgpus), strict=True
@@ -115,7 +115,7 @@ class CardSamples(Collector):
         labels = ["node", "card", "uuid", "model"]
         families = [GaugeMetricFamily(name, doc, labels=labels) for name, doc in CARD_FAMILIES]
         for n in self._state.nodes():
-            for c, u in zip(n.cards, n.usage, strict=True):
+            for c, u in zip(n.cards, n.allocated, strict=True):
                 lv = [n.name, str(c.index), c.uuid, c.model]
                 for family, value in zip(families, (u.cores, u.memory_mib, c.memory_mib, u.vgpus), strict=True):
                     family.add_metric(lv, value)
@@ -125,6 +125,29 @@ class CardSamples(Collector):
         registry = CollectorRegistry()
         registry.register(self)
         return generate_latest(registry)
+
+
+class ReservationCollector(Collector):
+    """How binds met the reservations (``reserving``): on a node reserved for the pod, on
+    another, or with none; and the reservations that ran out unbound."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self._counts()
+        binds = CounterMetricFamily(
+            "flexai_reserved_binds",
+            "Successful binds by where the pod was reserved: there (as predicted), elsewhere, none",
+            labels=["reservation"],
+        )
+        for outcome in ("there", "elsewhere", "none"):
+            binds.add_metric([outcome], counts.get(outcome, 0))
+        expired = CounterMetricFamily(
+            "flexai_reservations_expired", "Reservations that ran out with no bind of their pod"
+        )
+        expired.add_metric([], counts.get("expired", 0))
+        yield from (binds, expired)
 
 
 class _RejectedCollector(Collector):

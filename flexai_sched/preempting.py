@@ -354,14 +354,17 @@ class Preempting:
             kept = {n: {k: v for k, v in by.items() if k != key} for n, by in self.nominations.items()}
             self.nominations = {n: by for n, by in kept.items() if by}
 
-    def usage_for(self, node: NodeState, req: PodRequest) -> Sequence[CardUsage]:
-        """The node's usage as ``req`` must see it: with the cards held for nominated pods of
-        at least its priority (kube-scheduler counts nominated pods the same way)."""
+    def usage_for(
+        self, node: NodeState, req: PodRequest, base: Sequence[CardUsage] | None = None
+    ) -> Sequence[CardUsage]:
+        """The node's usage (or ``base``) as ``req`` must see it: with the cards held for nominated
+        pods of at least its priority (kube-scheduler counts nominated pods the same way)."""
+        usage0 = node.usage if base is None else base
         held = self.nominations.get(node.name)
         if not held:
-            return node.usage
+            return usage0
         now = self._ext.clock()
-        usage = list(node.usage)
+        usage = list(usage0)
         by_index = {c.index: pos for pos, c in enumerate(node.cards)}
         for key, nom in held.items():
             if key == req.key or nom.priority < req.priority or nom.until <= now:

@@ -9,7 +9,7 @@ An allocation moves through these states (as kube-scheduler's cache does)::
                    v                                 |  e.g. after a restart)
                  (gone)  ----------------------------+
 
-``assume`` re-checks the fit against the node's current usage under the node's lock,
+``assume`` re-checks the fit against the node's current allocations under the node's lock,
 so two concurrent binds can never over-commit a card, and refuses a pod key that holds
 an allocation already (only the cluster, through ``observe``, replaces one). ``forget`` and ``release`` are
 idempotent. A node's usage is recomputed from its allocations on every change (no
@@ -23,6 +23,13 @@ also summed afresh on every change. A host change keeps the version and the fit 
 (cards unchanged: fit verdicts and card scores stay valid, and a bind decided on the
 cards is still valid) and gives the node a new, empty ``host_cache`` (scores that read
 the host). ``NodeState.host`` is None while the node's capacity is unknown.
+
+Reservations (``reserve`` / ``unreserve``): the slices a pod will most likely be bound with,
+held from the extender's prioritize until its bind; kube-scheduler starts the next pod's cycle
+before that bind arrives, and it must not be offered the room. They count in ``usage`` (what
+every new placement reads) but not in ``allocated`` (what a bind places against: a bind is
+the truth, a reservation a guess) nor in quotas; a pod's allocation (``assume``, ``observe``)
+or its ``release`` ends its reservation.
 
 ``quotas`` (``quota.QuotaBook``): the declared vGPU quotas and each namespace's usage, which
 moves with every allocation put or dropped (assumed ones count), under the same lock, so a
@@ -42,6 +49,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -88,7 +96,7 @@ class Conflict(SchedError):
 @dataclass(slots=True)
 class NodeState:
     inventory: NodeInventory
-    usage: tuple[CardUsage, ...]
+    usage: tuple[CardUsage, ...]  # allocations and reservations: what a new placement must leave
     version: int = 0
     pods: dict[str, Allocation] = field(default_factory=dict)
     # Interned pod-shape id -> True or NoFit (fit), -id -> node score; see Extender._verdict.
@@ -101,6 +109,10 @@ class NodeState:
     # Names what fit verdicts and scores read of the node: its cards but their UUIDs, and their
     # usage. Nodes with the same ``content`` get the same answers (the extender shares them).
     content: int = 0
+    # Allocations only (no reservations), and a version that moves only with them or the cards:
+    # what a bind places against and re-checks (``assume``).
+    allocated: tuple[CardUsage, ...] = ()
+    alloc_version: int = 0
 
     @property
     def name(self) -> str:
@@ -147,6 +159,8 @@ class ClusterState:
         # (``release(..., gone=True)``): a watch event that lags behind that read (the pod's last
         # update before its deletion) must not count them again.
         self._gone: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._reserved: dict[str, tuple[Allocation, ...]] = {}  # pod key -> its reservations, one per node
+        self._reserved_on: dict[str, dict[str, Allocation]] = {}  # node -> pod key -> reservation
 
     # ---- reads (lock-free: dict reads are atomic under the GIL; NodeState is replaced, not mutated in place
     # except for its fit cache) ----
@@ -370,10 +384,52 @@ class ClusterState:
             meta = self._meta.get(key)
             if meta is not None and (uid is None or meta[0] == uid):
                 del self._meta[key]
+            self.unreserve(key, uid)
             if a is None or (uid is not None and a.uid != uid):
                 return False
             self._drop(key)
             return True
+
+    # ---- reservations ----
+
+    def reserve(self, key: str, allocs: tuple[Allocation, ...]) -> None:
+        """The pod's reservations are ``allocs`` now (one per node; empty: none). Not for a
+        pod that holds an allocation: its slices are counted already."""
+        with self._mu:
+            if key in self._allocs:
+                allocs = ()
+            old = self._reserved.pop(key, ())
+            if not old and not allocs:
+                return
+            for a in old:
+                self._reserved_on.get(a.node, {}).pop(key, None)
+            for a in allocs:
+                self._reserved_on.setdefault(a.node, {})[key] = a
+            if allocs:
+                self._reserved[key] = allocs
+            for name in {a.node for a in (*old, *allocs)}:
+                node = self._nodes.get(name)
+                if node is not None:
+                    self._rebuild(node.inventory, reservations_only=True)
+
+    def unreserve(self, key: str, uid: str | None = None) -> bool:
+        """End the pod's reservations (with ``uid``: only that incarnation's). Idempotent."""
+        got = self._reserved.get(key)
+        if not got or (uid is not None and got[0].uid != uid):
+            return False
+        with self._mu:
+            if self._reserved.get(key) is not got:
+                return False
+            self.reserve(key, ())
+            return True
+
+    def reservations(self, key: str) -> tuple[Allocation, ...]:
+        """The pod's reservations (empty: none)."""
+        return self._reserved.get(key, ())
+
+    def reserved_pods(self) -> list[str]:
+        """Keys of the pods holding reservations."""
+        return list(self._reserved)
 
     # ---- what preemption reads ----
 
@@ -447,6 +503,12 @@ class ClusterState:
         self._states[alloc.key] = st
         self.quotas.add(alloc.namespace, allocation_usage(alloc))
         self._by_node.setdefault(alloc.node, {})[alloc.key] = alloc
+        # Its reservations end: on its node the allocation takes their place in one rebuild.
+        for r in self._reserved.pop(alloc.key, ()):
+            self._reserved_on.get(r.node, {}).pop(alloc.key, None)
+            other = self._nodes.get(r.node) if r.node != alloc.node else None
+            if other is not None:
+                self._rebuild(other.inventory, reservations_only=True)
         node = self._nodes.get(alloc.node)
         if node is not None:
             self._rebuild(node.inventory)
@@ -477,25 +539,34 @@ class ClusterState:
             self._nodes[name] = replace(node, host=host, host_cache={})
             self._changed(name)
 
-    def _rebuild(self, inventory: NodeInventory) -> None:
-        pods = dict(self._by_node.get(inventory.name, {}))
-        by_index = {c.index: pos for pos, c in enumerate(inventory.cards)}
-        usage = [CardUsage()] * len(inventory.cards)
-        for a in pods.values():
-            for index, held in a.card_usage.items():
-                pos = by_index.get(index)
-                if pos is not None:  # a card that vanished from the inventory holds nothing
-                    usage[pos] = usage[pos].plus(held)
+    def _rebuild(self, inventory: NodeInventory, reservations_only: bool = False) -> None:
+        """A new NodeState for the node; ``reservations_only``: its cards and allocations are
+        as they were (its ``allocated`` and ``alloc_version`` stay)."""
+        name = inventory.name
+        old = self._nodes.get(name)
         self._versions += 1
-        self._nodes[inventory.name] = NodeState(
+        pods = dict(self._by_node.get(name, {}))
+        if reservations_only and old is not None:
+            allocated, alloc_version = old.allocated, old.alloc_version
+        else:
+            allocated, alloc_version = _summed(inventory, pods.values()), self._versions
+        reserved = self._reserved_on.get(name)
+        usage = allocated
+        if reserved:
+            usage = tuple(u.plus(r) for u, r in zip(allocated, _summed(inventory, reserved.values()), strict=True))
+        elif reserved is not None:
+            del self._reserved_on[name]
+        self._nodes[name] = NodeState(
             inventory,
-            tuple(usage),
+            usage,
             self._versions,
             pods,
-            host=self._host(inventory.name),
-            content=self._content(inventory.name, inventory.cards, tuple(usage)),
+            host=self._host(name),
+            content=self._content(name, inventory.cards, usage),
+            allocated=allocated,
+            alloc_version=alloc_version,
         )
-        self._changed(inventory.name)
+        self._changed(name)
 
     def _changed(self, name: str) -> None:
         """Log a node whose answers may have changed, after its new state is in place."""
@@ -524,3 +595,15 @@ class ClusterState:
             self._next_content += 1
             got = self._contents[key] = self._next_content
         return got
+
+
+def _summed(inventory: NodeInventory, allocs: Iterable[Allocation]) -> tuple[CardUsage, ...]:
+    """What ``allocs`` hold on each card of the inventory, in its order."""
+    by_index = {c.index: pos for pos, c in enumerate(inventory.cards)}
+    usage = [CardUsage()] * len(inventory.cards)
+    for a in allocs:
+        for index, held in a.card_usage.items():
+            pos = by_index.get(index)
+            if pos is not None:  # a card that vanished from the inventory holds nothing
+                usage[pos] = usage[pos].plus(held)
+    return tuple(usage)

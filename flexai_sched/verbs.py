@@ -112,22 +112,13 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
     )
     async def bind(request: Request) -> ExtenderBindingResult:
         args = _parse(ExtenderBindingArgs, await request.body())
+        extender.reserving.bind_arrived(f"{args.PodNamespace}/{args.PodName}")
         return await run_in_threadpool(bind_, args)  # may wait on the apiserver
 
     def bind_(args: ExtenderBindingArgs) -> ExtenderBindingResult:
-        with metrics.latency.labels("bind").time():
-            try:
-                extender.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
-            except BindError as e:
-                metrics.bind_failures.labels(e.reason.value).inc()
-                log.info("bind %s/%s -> %s failed: %s", args.PodNamespace, args.PodName, args.Node, e)
-                return ExtenderBindingResult(Error=str(e))
-            except Exception as e:  # the API edge: a failure of the backend is an answer, not a 500
-                metrics.bind_failures.labels(BindFailure.INTERNAL.value).inc()
-                log.exception("bind %s/%s -> %s", args.PodNamespace, args.PodName, args.Node)
-                return ExtenderBindingResult(Error=f"internal error: {e}")
-            metrics.binds.inc()
-            return ExtenderBindingResult()
+        return ExtenderBindingResult(
+            Error=bind_error(extender, metrics, args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        )
 
     @r.post(
         "/preempt",
@@ -151,6 +142,23 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
             )
 
     return r
+
+
+def bind_error(extender: Extender, metrics: Metrics, namespace: str, name: str, uid: str, node: str) -> str:
+    """The bind verb's work, and its answer's ``Error``: "" when bound (blocks on the backend)."""
+    with metrics.latency.labels("bind").time():
+        try:
+            extender.bind(namespace, name, uid, node)
+        except BindError as e:
+            metrics.bind_failures.labels(e.reason.value).inc()
+            log.info("bind %s/%s -> %s failed: %s", namespace, name, node, e)
+            return str(e)
+        except Exception as e:  # the API edge: a failure of the backend is an answer, not a 500
+            metrics.bind_failures.labels(BindFailure.INTERNAL.value).inc()
+            log.exception("bind %s/%s -> %s", namespace, name, node)
+            return f"internal error: {e}"
+        metrics.binds.inc()
+        return ""
 
 
 def _json(body: object) -> Response:

@@ -126,8 +126,8 @@ def node_summary(node: NodeState) -> NodeSummary:
         heartbeat_age_s=(datetime.now(UTC) - hb).total_seconds() if hb else None,
         cards=len(node.cards),
         healthy_cards=sum(c.healthy for c in node.cards),
-        cores_allocated_pct=round(100 * sum(u.cores for u in node.usage) / total_cores, 2),
-        memory_allocated_pct=round(100 * sum(u.memory_mib for u in node.usage) / total_mem, 2),
+        cores_allocated_pct=round(100 * sum(u.cores for u in node.allocated) / total_cores, 2),
+        memory_allocated_pct=round(100 * sum(u.memory_mib for u in node.allocated) / total_mem, 2),
         pods=len(node.pods),
         host=None
         if node.host is None
@@ -175,7 +175,7 @@ def node_detail(node: NodeState, state: ClusterState) -> NodeDetail:
             vgpus_used=u.vgpus,
             slices=slices.get(c.index, []),
         )
-        for c, u in zip(node.cards, node.usage, strict=True)
+        for c, u in zip(node.cards, node.allocated, strict=True)
     ]
     return NodeDetail(**node_summary(node).model_dump(), card_details=cards)
 

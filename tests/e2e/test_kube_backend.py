@@ -125,7 +125,7 @@ def test_commit_without_an_answer_is_unknown_not_refused(
     def no_answer(*args: Any, **kwargs: Any) -> Any:
         raise urllib3.exceptions.ReadTimeoutError(None, "/binding", "read timed out")  # type: ignore[arg-type]
 
-    monkeypatch.setattr(backend._core(), "create_namespaced_pod_binding", no_answer)
+    monkeypatch.setattr(backend, "_post", no_answer)
     with pytest.raises(CommitUnknown, match="does not show it bound"):
         backend.commit(alloc_for("p", uid))
     assert pods(core_api)["p"].node is None
@@ -137,14 +137,13 @@ def test_commit_whose_answer_is_lost_but_landed_counts_as_done(
     """The Binding lands but its answer is lost: the read-back shows the pod bound as asked."""
     gpu_node(core_api, "g1", H200)
     uid = vgpu_pod(core_api, "p", 1, 30, 4, scheduler=NOBODY)
-    api = backend._core()
-    real = api.create_namespaced_pod_binding
+    real = backend._post
 
     def lands_then_times_out(*args: Any, **kwargs: Any) -> Any:
-        real(*args, **kwargs).release_conn()  # type: ignore[attr-defined]  # _preload_content=False: the raw reply
+        assert real(*args, **kwargs)[0] == 201  # landed
         raise urllib3.exceptions.ReadTimeoutError(None, "/binding", "read timed out")  # type: ignore[arg-type]
 
-    monkeypatch.setattr(api, "create_namespaced_pod_binding", lands_then_times_out)
+    monkeypatch.setattr(backend, "_post", lands_then_times_out)
     a = alloc_for("p", uid)
     backend.commit(a)  # no exception: the pod says it is done
     assert pods(core_api)["p"].allocation == a

@@ -211,3 +211,97 @@ def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     assert len(parts) == 3
     assert b'"name":"a"' in parts[0]  # the node list first, then both filter replies
     assert all(b'"NodeNames":["a","b"]' in part for part in parts[1:])
+
+
+def bind_body(name: str, node_name: str, uid: str | None = None) -> bytes:
+    return json.dumps(
+        {"PodName": name, "PodNamespace": "default", "PodUID": uid or f"uid-{name}", "Node": node_name}
+    ).encode()
+
+
+def test_bind_is_answered_from_the_protocol_as_the_app_answers_it(served: Served) -> None:
+    for name in ("p", "q"):
+        served.backend.create_pod(pod(name, limits(4, cores=80)))
+    real, threads = served.backend.commit, []
+
+    def seen(alloc: Any) -> None:
+        threads.append(threading.current_thread().name)
+        real(alloc)
+
+    served.backend.commit = seen  # type: ignore[method-assign]
+    c = served.conn()
+    status, raw, headers = post(c, "/bind", bind_body("p", "a"))
+    assert status == 200 and json.loads(raw) == {"Error": ""} and int(headers["content-length"]) == len(raw)
+    assert threads == ["bind_0"]  # the fast path's own thread, not the app's thread pool
+    assert served.ext.state.allocation("default/p").node == "a"  # type: ignore[union-attr]
+    # A refusal: the same words as the app's (a second 4-card pod does not fit on a's 4 cards).
+    status, raw, _ = post(c, "/bind", bind_body("q", "a"))
+    with TestClient(served.app) as asgi:
+        want = asgi.post("/bind", content=bind_body("q", "a"), headers={"content-type": "application/json"})
+    assert status == 200 and json.loads(raw) == want.json() and "0 of 4 have it" in want.json()["Error"]
+    assert post(c, "/bind", bind_body("q", "b"))[1] == b'{"Error":""}'  # the same connection still serves
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bind_body("p\n", "a"),  # a final newline: not a Kubernetes name
+        bind_body("P", "a"),
+        bind_body("p", "a", uid="u/1"),
+        json.dumps({"PodName": "p", "PodNamespace": "default"}).encode(),
+        b"{nope",
+    ],
+)
+def test_a_bind_body_the_fast_path_refuses_gets_the_apps_422(served: Served, raw: bytes) -> None:
+    c = served.conn()
+    status, reply, _ = post(c, "/bind", raw)
+    assert status == 422, reply
+    assert json.loads(reply)["detail"][0]["loc"][0] == "body"
+    assert served.ext.state.allocation("default/p") is None
+
+
+def test_a_request_behind_a_bind_in_progress_is_answered_after_it(served: Served) -> None:
+    served.backend.create_pod(pod("p", limits(1, cores=10)))
+    real = served.backend.commit
+
+    def slow(alloc: Any) -> None:
+        time.sleep(0.3)  # the apiserver takes its time
+        real(alloc)
+
+    served.backend.commit = slow  # type: ignore[method-assign]
+    raw = body(pod("q", limits(1, cores=10)), ["a", "b"])
+    b = bind_body("p", "a")
+    s = served.socket()
+    s.sendall(
+        b"POST /bind HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(b)
+        + b
+        + b"POST /filter HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(raw)
+        + raw
+    )
+    got = b""
+    deadline = time.time() + 10
+    while got.count(b"HTTP/1.1 200") < 2 and time.time() < deadline:
+        got += s.recv(65536)
+    parts = got.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert len(parts) == 2
+    assert parts[0].endswith(b'{"Error":""}')  # the bind's answer first, then the filter's
+    assert b'"NodeNames":["a","b"]' in parts[1]
+
+
+def test_a_client_that_leaves_mid_bind_leaves_the_server_serving(served: Served) -> None:
+    served.backend.create_pod(pod("p", limits(1, cores=10)))
+    real = served.backend.commit
+
+    def slow(alloc: Any) -> None:
+        time.sleep(0.3)
+        real(alloc)
+
+    served.backend.commit = slow  # type: ignore[method-assign]
+    s = served.socket()
+    b = bind_body("p", "a")
+    s.sendall(b"POST /bind HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(b) + b)
+    s.close()
+    time.sleep(0.5)
+    assert served.ext.state.allocation("default/p") is not None  # the bind itself went through
+    c = served.conn()
+    assert post(c, "/filter", body(pod("q", limits(1, cores=10)), ["a"]))[0] == 200
