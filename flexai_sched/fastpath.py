@@ -77,7 +77,8 @@ class Hot:
         if pod[:1] != b"{":  # the app's 422: Pod must be an object
             return None
         try:
-            return self.filter(pod, args.NodeNames) if path == "/filter" else self.prioritize(pod, args.NodeNames)
+            with self.extender.filler.call():  # the tables' filler waits meanwhile
+                return self.filter(pod, args.NodeNames) if path == "/filter" else self.prioritize(pod, args.NodeNames)
         except (msgspec.DecodeError, msgspec.EncodeError, UnicodeError):  # JSON the app refuses, or cannot encode
             log.debug("%s: answered by the app", path, exc_info=True)
             return None
@@ -92,7 +93,7 @@ class Hot:
             except RequestError as e:
                 out = invalid_outcome(e, names)
             else:
-                out = ext.filter_request(req, names)
+                out = ext.filter_request(req, names, bounded=True)
             reply = {
                 "Nodes": None,
                 "NodeNames": out.fits,
