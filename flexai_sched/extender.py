@@ -337,15 +337,18 @@ class Extender:
             verdicts, scores, names = table.verdicts, table.scores, job.names
             clock = self.budget_clock
             until = clock() + BATCH_S
-            while job.at < len(names) and clock() < until:
+            while job.at < len(names):  # at least one node a batch, whatever the clock says
                 name = names[job.at]
                 job.at += 1
-                if name in verdicts:
+                if name in scores:
                     continue
-                self._decide(table, [name], nodes, cutoff, job.req, job.key, job.hkey, job.policy, None, True)
+                if name not in verdicts:
+                    self._decide(table, [name], nodes, cutoff, job.req, job.key, job.hkey, job.policy, None, True)
                 node = nodes.get(name)
-                if node is not None and name not in scores:  # prioritize's raw score, from the caches just filled
+                if node is not None:  # prioritize's raw score, from the node's caches the verdict filled
                     scores[name] = self._score(node, job.req, job.key, job.hkey, job.policy)
+                if clock() >= until:
+                    break
             return job.at >= len(names)
 
     def _filter_each(
