@@ -4,9 +4,10 @@ A filter call from kube-scheduler works out new verdicts for at most the setting
 ``filter_budget_ms`` (``Extender.filter_request``) and defers the names it did not reach.
 ``Filler`` then works out every node the shape's table still lacks, on one daemon thread, in
 batches of at most ``BATCH_S`` under the tables' lock (``Extender.fill_step``), handing the
-GIL back between batches, and only while no filter or prioritize call is under way (``call``):
-a request waits for at most one batch, and the next pod of that shape finds a full table. While
-calls come back to back the thread waits, and each bounded call decides its budget's worth.
+GIL back between batches, and only once no filter or prioritize call has been under way for
+``IDLE_S`` (``call``): a request waits for at most one batch, and the next pod of that shape
+finds a full table. While calls come back to back the thread waits, and each bounded call of
+the shape decides its budget's worth instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from .policies.interface import Policy
 
 log = logging.getLogger("flexai_sched.filling")
 BATCH_S = 0.0005  # at most this much work per batch: the longest a request waits for the GIL and the lock
+# The calls of one pod (filter, prioritize, then the next pod's) come less than this apart when
+# kube-scheduler is busy: the fill then waits, and takes no CPU from the calls around it.
+IDLE_S = 0.005
 
 
 @dataclass(slots=True, eq=False)
@@ -53,6 +57,7 @@ class Filler:
         self._cv = threading.Condition()
         self._busy = False
         self._calls = 0  # filter and prioritize calls under way
+        self._last = 0.0  # when the last one ended (time.monotonic)
         self._thread: threading.Thread | None = None
 
     @contextmanager
@@ -65,8 +70,8 @@ class Filler:
         finally:
             with self._cv:
                 self._calls -= 1
-                if not self._calls:
-                    self._cv.notify_all()
+                self._last = time.monotonic()
+                self._cv.notify_all()
 
     def want(self, job: FillJob) -> None:
         """Fill ``job``'s table (a job for that table already queued goes over it once more)."""
@@ -98,7 +103,12 @@ class Filler:
     def _run(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: bool(self._jobs) and not self._calls)
+                while True:
+                    self._cv.wait_for(lambda: bool(self._jobs) and not self._calls)
+                    quiet = time.monotonic() - self._last
+                    if quiet >= IDLE_S:
+                        break
+                    self._cv.wait(IDLE_S - quiet)  # a call may start meanwhile: then wait for it
             self._one()
             time.sleep(0)  # a request waiting for the GIL takes it here, between batches
 
