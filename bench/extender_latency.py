@@ -177,6 +177,12 @@ def main() -> None:
             floor_conn.close()
             time.sleep(0.1)
 
+    def settle() -> None:
+        if args.settle:
+            time.sleep(args.settle)
+            conn.close()  # uvicorn closes a connection idle for 5 s: the next request opens another
+            floor_conn.close()
+
     cold: list[float] = []
     cold_floor: list[float] = []
     for j, shape in enumerate(SHAPES):  # the first pod of each shape computes every node's fit
@@ -191,7 +197,7 @@ def main() -> None:
         f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
         f"max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
     )
-    time.sleep(args.settle)
+    settle()
     # As kube-scheduler sends it at this size (10% of the nodes): 12 more shapes never seen.
     cold, cold_floor = [], []
     sample = max(1, len(names) // 10)
@@ -208,7 +214,7 @@ def main() -> None:
         f"first pod of a new shape, {sample} names: filter+prioritize mean={statistics.mean(cold):.1f} ms "
         f"p50={statistics.median(cold):.1f} ms max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
     )
-    time.sleep(args.settle)
+    settle()
     # kube-scheduler stops looking once it has enough feasible nodes (percentageOfNodesToScore:
     # 10% of 5,000), so real calls carry ~500 names; all 5,000 is the worst case.
     for label, count in (("all nodes", len(names)), ("10% sample", max(1, len(names) // 10))):
