@@ -70,9 +70,6 @@ MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
 _decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
-# A bounded filter call decides at least this many names whatever its budget, as kube-scheduler
-# looks for at least 100 feasible nodes: a sample to score from, even when one verdict is slow.
-MIN_DECIDED = 100
 
 
 @dataclass(slots=True)
@@ -128,7 +125,8 @@ class Extender:
         # Bounded filter calls (``filter_request``): the clock their budget is read from, and
         # the thread that completes the tables they leave partial.
         self.budget_clock = time.perf_counter
-        self.min_decided = MIN_DECIDED
+        # A sample to score from even when one verdict is slow (the first shape learns a table).
+        self.min_decided = settings.filter_min_nodes
         self._start = 0  # where the next bounded call starts among the names it must decide
         self.filler = Filler(self.fill_step)
 
@@ -293,9 +291,10 @@ class Extender:
         until: float | None,
         found: bool,
     ) -> list[str]:
-        """Put the verdicts of ``names`` in the table; with ``until``, from a start that moves on
-        by the names each bounded call decides (hold ``tables_mu``), stopping once ``budget_clock`` passed it, ``min_decided`` names are decided and
-        a name fits (``found``: one already did). Returns the names not decided."""
+        """Put the verdicts of ``names`` in the table. With ``until``: from a start that moves on
+        by the names each bounded call decides (hold ``tables_mu``), and only until
+        ``budget_clock`` passed it, ``min_decided`` names are decided and a name fits
+        (``found``: one already did). Returns the names not decided."""
         clock, least = self.budget_clock, self.min_decided
         if until is not None and len(names) > 1:  # not always the same first names: an unbiased sample
             start = self._start % len(names)

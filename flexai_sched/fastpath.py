@@ -67,6 +67,7 @@ class Hot:
         self.limit = limit
         self._filter_seconds = metrics.latency.labels("filter")
         self._prioritize_seconds = metrics.latency.labels("prioritize")
+        self._deferred = metrics.deferred
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
         try:
@@ -94,6 +95,8 @@ class Hot:
                 out = invalid_outcome(e, names)
             else:
                 out = ext.filter_request(req, names, bounded=True)
+                if out.deferred:
+                    self._deferred.inc(len(out.deferred))
             reply = {
                 "Nodes": None,
                 "NodeNames": out.fits,

@@ -76,6 +76,8 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
         args = _parse(ExtenderArgs, await request.body())
         with metrics.latency.labels("filter").time(), extender.filler.call():
             out = extender.filter(args.Pod, args.node_names(), bounded=True)
+            if out.deferred:
+                metrics.deferred.inc(len(out.deferred))
             reply: dict[str, Any] = {
                 "Nodes": None,
                 "NodeNames": None,
