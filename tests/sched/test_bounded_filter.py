@@ -13,9 +13,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from fastapi.testclient import TestClient
 
 from flexai_sched import dashboard
 from flexai_sched.answers import NOT_EVALUATED
+from flexai_sched.app import create_app
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import Extender
@@ -178,3 +180,15 @@ def test_the_fill_decides_from_the_state_as_it_is_when_it_runs() -> None:
     got = c.ext.filter(p, c.names, bounded=True)
     assert got.fits == [n for n in c.names if n != c.names[3]]
     assert got.failed == c.reference(p)[1]
+
+
+def test_the_apps_filter_route_is_bounded_too_and_counts_what_it_deferred() -> None:
+    c = Cluster()
+    client = TestClient(create_app(c.ext))
+    items = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in c.names]
+    args = {"Pod": pod("a", limits(1, cores=30)), "Nodes": {"kind": "NodeList", "items": items}, "NodeNames": None}
+    body = client.post("/filter", json=args).json()  # full-NodeList mode: the app answers, not the fast path
+    assert [n["metadata"]["name"] for n in body["Nodes"]["items"]] == c.names[:5]
+    assert body["FailedAndUnresolvableNodes"] == dict.fromkeys(c.names[5:], NOT_EVALUATED)
+    metrics = client.get("/metrics").text
+    assert f"flexai_filter_deferred_names_total {float(NODES - 5)}" in metrics
