@@ -71,7 +71,8 @@ class Filler:
             with self._cv:
                 self._calls -= 1
                 self._last = time.monotonic()
-                self._cv.notify_all()
+                if self._jobs:  # the thread waits for this only with work queued: no wake-up per call
+                    self._cv.notify_all()
 
     def want(self, job: FillJob) -> None:
         """Fill ``job``'s table (a job for that table already queued goes over it once more)."""
