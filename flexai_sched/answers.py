@@ -33,6 +33,8 @@ from .state import NodeState
 
 NO_FIT = float("-inf")  # the score of a node the pod does not fit
 NO_INVENTORY = "node reports no vGPU inventory (is flexai-node running there?)"
+# A name a bounded filter call did not reach (``Extender.filter_request``): not a verdict.
+NOT_EVALUATED = "not yet evaluated for this pod shape; retry"
 
 
 def stale_reason(hb: datetime | None) -> str:

@@ -34,6 +34,11 @@ class Settings:
     # A bind that got no answer and whose pod does not show it bound keeps its slice reserved
     # this long (unless the pod shows bound sooner): the Binding may still land.
     bind_hold_s: float = 120.0
+    # A filter call from kube-scheduler works out new verdicts (a pod shape not seen yet) for
+    # at most this long, then defers the other names (``Extender.filter_request``); 0: no bound.
+    filter_budget_ms: float = 10.0
+    # ... but decides at least this many names (kube-scheduler's own search looks for 100).
+    filter_min_nodes: int = 100
 
     def validate(self) -> Settings:
         from . import policies
@@ -52,6 +57,10 @@ class Settings:
             problems.append(f"workload_refresh_s={self.workload_refresh_s}: must be 0 (off) or positive")
         if self.bind_hold_s <= 0:
             problems.append(f"bind_hold_s={self.bind_hold_s}: must be positive")
+        if self.filter_budget_ms < 0:
+            problems.append(f"filter_budget_ms={self.filter_budget_ms}: must be 0 (no bound) or positive")
+        if self.filter_min_nodes < 1:
+            problems.append(f"filter_min_nodes={self.filter_min_nodes}: must be at least 1")
         if self.workload_min_pods < 1:
             problems.append(f"workload_min_pods={self.workload_min_pods}: must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):

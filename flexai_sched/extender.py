@@ -56,11 +56,12 @@ from flexai_core.requests import RequestError, RequestRules, parse_pod
 
 from . import policies
 from .allocator import NoFit, Placement, place
-from .answers import NO_FIT, NO_INVENTORY, stale_reason
+from .answers import NO_FIT, NO_INVENTORY, NOT_EVALUATED, ShapeAnswers, stale_reason
 from .backend import Backend, CommitError, CommitUnknown
 from .config import Settings
 from .errors import BindFailure, SchedError
 from .extender_caches import ExtenderCaches
+from .filling import BATCH_S, Filler, FillJob
 from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
@@ -81,6 +82,9 @@ class FilterOutcome:
     fits: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
+    # A bounded call's names not worked out yet (``filter_request``); each is in ``unresolvable``
+    # too, with NOT_EVALUATED, as kube-scheduler gets it. Never "does not fit".
+    deferred: list[str] = field(default_factory=list)
 
 
 class BindError(SchedError):
@@ -124,6 +128,13 @@ class Extender:
         # Per-shape answer tables (answers.py); off: every call decides node by node (the
         # reference tests/sched/test_replies.py and test_tables_property.py compare them to).
         self.tables = True
+        # Bounded filter calls (``filter_request``): the clock their budget is read from, and
+        # the thread that completes the tables they leave partial.
+        self.budget_clock = time.perf_counter
+        # A sample to score from even when one verdict is slow (the first shape learns a table).
+        self.min_decided = settings.filter_min_nodes
+        self._start = 0  # where the next bounded call starts among the names it must decide
+        self.filler = Filler(self.fill_step)
 
     # ---- parsing ----
 
@@ -168,25 +179,37 @@ class Extender:
 
     # ---- filter ----
 
-    def filter(self, pod: Mapping[str, Any], node_names: Sequence[str]) -> FilterOutcome:
+    def filter(self, pod: Mapping[str, Any], node_names: Sequence[str], bounded: bool = False) -> FilterOutcome:
         self.expire_holds()
         try:
             req = self.parse(pod)
         except RequestError as e:
             return invalid_outcome(e, node_names)
-        return self.filter_verb(req, node_names)
+        return self.filter_verb(req, node_names, bounded)
 
-    def filter_verb(self, req: PodRequest, node_names: Sequence[str]) -> FilterOutcome:
+    def filter_verb(self, req: PodRequest, node_names: Sequence[str], bounded: bool = False) -> FilterOutcome:
         """kube-scheduler's filter of a parsed pod: a new cycle for it (what it reserved before
         ends), the answer, and where one node is left, the pod reserved there (``reserving``)."""
         self.reserving.begin(req)
-        out = self.filter_request(req, node_names)
+        out = self.filter_request(req, node_names, bounded)
         if len(out.fits) == 1 and req.wants_gpu:
             self.reserving.after_filter(req, out.fits, self.state.nodes_by_name())
         return out
 
-    def filter_request(self, req: PodRequest, node_names: Sequence[str]) -> FilterOutcome:
-        """``filter`` of a parsed pod: the one place a node's reason is decided (explain reads it too)."""
+    def filter_request(self, req: PodRequest, node_names: Sequence[str], bounded: bool = False) -> FilterOutcome:
+        """``filter`` of a parsed pod: the one place a node's reason is decided (explain reads it too).
+
+        ``bounded`` (kube-scheduler's filter verb, never explain): new verdicts are worked out
+        for at most ``filter_budget_ms``, from a rotating start, and the names not reached are
+        deferred: answered unresolvable with NOT_EVALUATED (retry), and the table is completed
+        off the request path (``filling``). The rule that keeps this safe: names are deferred
+        only once some name of the call fits, so the pod is scheduled in this cycle and
+        kube-scheduler never preempts (it preempts only when no node passes); a call where
+        nothing evaluated fits goes on past the budget until a name fits or every name is
+        decided, so a pod is never refused while a fitting node exists, and our own
+        preemption starts only from a call that decided every name. The tables off, with
+        preemptors' holds (``hold`` may take fits away), or the budget 0: no bound.
+        """
         out = FilterOutcome()
         if not req.wants_gpu:
             out.fits = list(node_names)
@@ -218,7 +241,12 @@ class Extender:
         nodes = self.state.nodes_by_name()
         nominated = self.preempting.nominations  # cards held for preemptors; empty in the common case
         if self.tables:
-            self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy)
+            budget = self.settings.filter_budget_ms
+            until = self.budget_clock() + budget / 1000 if bounded and budget > 0 and not nominated else None
+            self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy, until)
+            if out.deferred:
+                self.filler.want(FillJob(key, hkey, req, policy))
+                out.unresolvable.update(dict.fromkeys(out.deferred, NOT_EVALUATED))
         else:
             self._filter_each(out, req, node_names, nodes, cutoff, key, hkey, policy)
         if nominated:  # rare: checked after the hot loop, which stays as it was
@@ -237,9 +265,11 @@ class Extender:
         key: int,
         hkey: int,
         policy: policies.Policy,
+        until: float | None = None,
     ) -> None:
         """The verdicts from the shape's table: the names are looked up by C-level set and dict
-        operations (``filter``/``filterfalse``), and only nodes changed since are decided."""
+        operations (``filter``/``filterfalse``), and only nodes changed since are decided (until
+        ``budget_clock`` reads ``until``, once a name fits: the rest go to ``out.deferred``)."""
         with self.caches.tables_mu:
             table = self.caches.table(key, hkey, self.state)
             table.expire(cutoff, nodes)
@@ -250,23 +280,90 @@ class Extender:
             rest = list(filterfalse(fits.__contains__, node_names))
             missing = list(filterfalse(table.verdicts.__contains__, rest))
             if missing:  # nodes changed since (or unknown: never stored, answered below)
-                for name in missing:
-                    node = nodes.get(name)
-                    if node is None:
-                        continue
-                    hb = node.inventory.heartbeat
-                    if hb is None or hb < cutoff:
-                        table.put_stale(name, hb)
-                        continue
-                    verdict = node.fit_cache.get(key)
-                    table.put(name, self._verdict(node, req, key, hkey, policy) if verdict is None else verdict, hb)
+                out.deferred = self._decide(
+                    table, missing, nodes, cutoff, req, key, hkey, policy, until, bool(out.fits)
+                )
                 out.fits = list(filter(fits.__contains__, node_names))
                 rest = list(filterfalse(fits.__contains__, node_names))
             failed = table.failed
             names = list(filter(failed.__contains__, rest))
             out.failed = dict(zip(names, map(failed.__getitem__, names), strict=True))
-            names = list(filterfalse(failed.__contains__, rest))  # the rest: unresolvable, or unknown
+            names = list(filterfalse(failed.__contains__, rest))  # the rest: unresolvable, unknown or deferred
+            if out.deferred:
+                names = list(filterfalse(set(out.deferred).__contains__, names))
             out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY)), strict=True))
+
+    def _decide(
+        self,
+        table: ShapeAnswers,
+        names: list[str],
+        nodes: Mapping[str, NodeState],
+        cutoff: datetime,
+        req: PodRequest,
+        key: int,
+        hkey: int,
+        policy: policies.Policy,
+        until: float | None,
+        found: bool,
+    ) -> list[str]:
+        """Put the verdicts of ``names`` in the table. With ``until``: from a start that moves on
+        by the names each bounded call decides (hold ``tables_mu``), and only until
+        ``budget_clock`` passed it, ``min_decided`` names are decided and a name fits
+        (``found``: one already did). Returns the names not decided."""
+        clock, least = self.budget_clock, self.min_decided
+        if until is not None and len(names) > 1:  # not always the same first names: an unbiased sample
+            start = self._start % len(names)
+            names = names[start:] + names[:start]
+        for i, name in enumerate(names):
+            if found and until is not None and i >= least and clock() >= until:
+                self._start += i
+                return names[i:]
+            node = nodes.get(name)
+            if node is None:
+                continue
+            hb = node.inventory.heartbeat
+            if hb is None or hb < cutoff:
+                table.put_stale(name, hb)
+                continue
+            verdict = node.fit_cache.get(key)
+            if verdict is None:
+                verdict = self._verdict(node, req, key, hkey, policy)
+            table.put(name, verdict, hb)
+            found = found or verdict is True
+        if until is not None:
+            self._start += len(names)
+        return []
+
+    def fill_step(self, job: FillJob) -> bool:
+        """One batch of completing a shape's table (``filling.Filler``): verdicts and raw scores
+        of the cluster's nodes it lacks, for at most ``filling.BATCH_S``; True when every node
+        has been gone over (or the table is gone)."""
+        with self.caches.tables_mu:
+            table = self.caches.tables.get((job.key, job.hkey))
+            if table is None:
+                return True  # evicted: a later call of the shape starts afresh
+            table.sync(*self.state.changes_since(table.seq))
+            nodes = self.state.nodes_by_name()  # read after the sync: a change after it is logged after it
+            if job.names is None:
+                job.names = list(nodes)
+            cutoff = self._heartbeat_cutoff()
+            table.expire(cutoff, nodes)
+            verdicts, scores, names = table.verdicts, table.scores, job.names
+            clock = self.budget_clock
+            until = clock() + BATCH_S
+            while job.at < len(names):  # at least one node a batch, whatever the clock says
+                name = names[job.at]
+                job.at += 1
+                if name in scores:
+                    continue
+                if name not in verdicts:
+                    self._decide(table, [name], nodes, cutoff, job.req, job.key, job.hkey, job.policy, None, True)
+                node = nodes.get(name)
+                if node is not None:  # prioritize's raw score, from the node's caches the verdict filled
+                    scores[name] = self._score(node, job.req, job.key, job.hkey, job.policy)
+                if clock() >= until:
+                    break
+            return job.at >= len(names)
 
     def _filter_each(
         self,

@@ -97,6 +97,7 @@ class Hot:
         self.binder = ThreadPoolExecutor(BIND_THREADS, thread_name_prefix="bind")  # threads start with the first bind
         self._filter_seconds = metrics.latency.labels("filter")
         self._prioritize_seconds = metrics.latency.labels("prioritize")
+        self._deferred = metrics.deferred
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
         """filter's or prioritize's reply (bind: see ``bind_args``)."""
@@ -108,7 +109,8 @@ class Hot:
         if pod[:1] != b"{":  # the app's 422: Pod must be an object
             return None
         try:
-            return self.filter(pod, args.NodeNames) if path == "/filter" else self.prioritize(pod, args.NodeNames)
+            with self.extender.filler.call():  # the tables' filler waits meanwhile
+                return self.filter(pod, args.NodeNames) if path == "/filter" else self.prioritize(pod, args.NodeNames)
         except (msgspec.DecodeError, msgspec.EncodeError, UnicodeError):  # JSON the app refuses, or cannot encode
             log.debug("%s: answered by the app", path, exc_info=True)
             return None
@@ -142,7 +144,9 @@ class Hot:
             except RequestError as e:
                 out = invalid_outcome(e, names)
             else:
-                out = ext.filter_verb(req, names)
+                out = ext.filter_verb(req, names, bounded=True)
+                if out.deferred:
+                    self._deferred.inc(len(out.deferred))
             reply = {
                 "Nodes": None,
                 "NodeNames": out.fits,

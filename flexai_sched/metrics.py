@@ -39,6 +39,11 @@ class Metrics:
             "flexai_bind_failures", "Binds that failed (the pod is requeued)", ["reason"], registry=self.registry
         )
         self.binds = Counter("flexai_binds", "Pods bound through the extender", registry=self.registry)
+        self.deferred = Counter(
+            "flexai_filter_deferred_names",
+            "Names a bounded filter call answered 'not yet evaluated' (filter_budget_ms)",
+            registry=self.registry,
+        )
         self.registry.register(_RejectedCollector(state))
         self.cards = CardText(state)
 

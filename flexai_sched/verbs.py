@@ -74,8 +74,10 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
     )
     async def filter_(request: Request) -> Response:
         args = _parse(ExtenderArgs, await request.body())
-        with metrics.latency.labels("filter").time():
-            out = extender.filter(args.Pod, args.node_names())
+        with metrics.latency.labels("filter").time(), extender.filler.call():
+            out = extender.filter(args.Pod, args.node_names(), bounded=True)
+            if out.deferred:
+                metrics.deferred.inc(len(out.deferred))
             reply: dict[str, Any] = {
                 "Nodes": None,
                 "NodeNames": None,
@@ -100,7 +102,7 @@ def router(extender: Extender, metrics: Metrics) -> APIRouter:
     )
     async def prioritize(request: Request) -> Response:
         args = _parse(ExtenderArgs, await request.body())
-        with metrics.latency.labels("prioritize").time():
+        with metrics.latency.labels("prioritize").time(), extender.filler.call():
             return _json([{"Host": h, "Score": s} for h, s in extender.prioritize(args.Pod, args.node_names())])
 
     @r.post(

@@ -6,7 +6,9 @@ preemptions, host and card changes, nodes added and removed, heartbeats and time
 After every step each probe pod (every shape, low and high priority) is decided both ways,
 side by side on the same state, without going through ``filter_request`` (whose own work,
 such as reading a victim back or starting a preemption, would move the state between the
-two answers).
+two answers). First, on the shape's table emptied, a bounded call (a budget that runs out
+after a few nodes): it may decide fewer names, never differently, defers names only once
+one fits, and finds a fit whenever one exists; the unbounded call then completes the table.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class World:
         self.ext._heartbeat_cutoff = lambda: self.now - timedelta(seconds=TTL)  # type: ignore[method-assign]
         self.ext.clock = lambda: self.mono
         self.ext.tables = True
+        self.ext.budget_clock = ticks
         self.serial = 0
         self.pods: dict[str, dict[str, Any]] = {}  # name -> the pod as created
 
@@ -172,9 +175,13 @@ class World:
                 key = ext._key(req)
                 policy = ext._policy(req.node_policy, ext._node_policy)
                 hkey = ext._host_key(req, key, policy)
-                got, want = FilterOutcome(), FilterOutcome()
-                ext._filter_table(got, req, names, nodes, cutoff, key, hkey, policy)
+                got, want, part = FilterOutcome(), FilterOutcome(), FilterOutcome()
                 ext._filter_each(want, req, names, nodes, cutoff, key, hkey, policy)
+                ext.caches.table(key, hkey, self.state).clear()
+                ext.min_decided = k % 3
+                ext._filter_table(part, req, names, nodes, cutoff, key, hkey, policy, until=ticks() + k % 4)
+                self.check_bounded(label, k, part, want)
+                ext._filter_table(got, req, names, nodes, cutoff, key, hkey, policy)
                 assert (got.fits, got.failed, got.unresolvable) == (want.fits, want.failed, want.unresolvable), (
                     f"{label}: filter of shape {k}"
                 )
@@ -185,6 +192,30 @@ class World:
                 ext.tables = False
                 assert scores == ext.priorities(req, names), f"{label}: prioritize of shape {k}"
                 ext.tables = True
+
+    @staticmethod
+    def check_bounded(label: str, k: int, part: FilterOutcome, want: FilterOutcome) -> None:
+        deferred = set(part.deferred)
+        assert not deferred & {*part.fits, *part.failed, *part.unresolvable}, f"{label}: shape {k}"
+        assert deferred | {*part.fits, *part.failed, *part.unresolvable} == {*NAMES, "ghost"}, f"{label}: {k}"
+        assert set(part.fits) <= set(want.fits) and part.failed.items() <= want.failed.items(), f"{label}: {k}"
+        assert part.unresolvable.items() <= want.unresolvable.items(), f"{label}: shape {k}"
+        assert not deferred or part.fits, f"{label}: shape {k}: names deferred while none fits"
+        assert bool(part.fits) == bool(want.fits), f"{label}: shape {k}: refused while a node fits"
+
+
+class Ticks:
+    """A budget clock moving one unit a read: ``until=ticks() + n`` runs out after n reads."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+ticks = Ticks()
 
 
 @settings(max_examples=200, deadline=None)
