@@ -345,7 +345,10 @@ class Extender:
             table.sync(*self.state.changes_since(table.seq))
             nodes = self.state.nodes_by_name()  # read after the sync: a change after it is logged after it
             if job.names is None:
-                job.names = list(nodes)
+                # Copies allocated together, as a decoded request's names are: every warm call
+                # compares its names with the table's keys, and keys scattered over the heap (the
+                # inventory's own strings) cost a cache miss each (bench/results/extender-latency.md).
+                job.names = [name.encode().decode() for name in nodes]
             cutoff = self._heartbeat_cutoff()
             table.expire(cutoff, nodes)
             verdicts, scores, names = table.verdicts, table.scores, job.names

@@ -25,6 +25,7 @@ that bind (up to ``BIND_WAIT_S``): binds queue behind one another for the apiser
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -44,9 +45,10 @@ RESERVE_S = 1.0
 # Once its bind has arrived, a pod's reservation waits for that bind's outcome at most this
 # long (binds queue for the apiserver: hundreds of milliseconds each in a burst on 2 cores).
 BIND_WAIT_S = 30.0
-# Nodes one pod is reserved on at most: past that many equal best nodes kube-scheduler's
-# choice among them is a coin toss, and each is likely roomy.
-RESERVE_NODES = 3
+# Nodes one pod is reserved on at most. Every reservation is a node change that each shape's
+# answer table must decide again: one node keeps that cost to the node the bind then changes
+# anyway, and the nodes it misses are equal best ones, which a burst's start leaves roomy.
+RESERVE_NODES = 1
 
 
 class Reserving:
@@ -56,6 +58,9 @@ class Reserving:
         self._ext = ext
         self._mu = threading.Lock()
         self._until: dict[str, tuple[str, float]] = {}  # pod key -> (UID, clock() deadline)
+        # Deadlines in a heap, so an expiry pops what is due instead of scanning every
+        # reservation; an entry whose pod's deadline moved (or ended) since is skipped.
+        self._heap: list[tuple[float, str, str]] = []
         self._next = math.inf  # the earliest deadline: ``expire`` is one comparison until then
         # Binds by where their pod was reserved ("there", "elsewhere", "none"), and "expired".
         self._counts: dict[str, int] = {}
@@ -84,7 +89,9 @@ class Reserving:
         with self._mu:
             got = self._until.get(key)
             if got is not None:
-                self._until[key] = (got[0], max(got[1], self._ext.clock() + BIND_WAIT_S))
+                until = max(got[1], self._ext.clock() + BIND_WAIT_S)
+                self._until[key] = (got[0], until)
+                heapq.heappush(self._heap, (until, key, got[0]))
 
     def end(self, key: str) -> None:
         """The pod's bind is over (bound, or refused): its reservation ends."""
@@ -123,7 +130,8 @@ class Reserving:
         with self._mu:
             ext.state.reserve(req.key, tuple(allocs))
             self._until[req.key] = (req.uid, until)
-            self._next = min(self._next, until)
+            heapq.heappush(self._heap, (until, req.key, req.uid))
+            self._next = self._heap[0][0]
 
     def expire(self) -> None:
         """End the reservations past their deadline."""
@@ -131,10 +139,14 @@ class Reserving:
         if now < self._next:
             return
         with self._mu:
-            done = [(k, uid) for k, (uid, until) in self._until.items() if until <= now]
-            for k, _ in done:
-                del self._until[k]
-            self._next = min((until for _, until in self._until.values()), default=math.inf)
+            done = []
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                until, k, uid = heapq.heappop(heap)
+                if self._until.get(k) == (uid, until):
+                    del self._until[k]
+                    done.append((k, uid))
+            self._next = heap[0][0] if heap else math.inf
         expired = sum(self._ext.state.unreserve(k, uid) for k, uid in done)
         if expired:
             with self._mu:
