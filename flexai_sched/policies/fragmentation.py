@@ -23,7 +23,8 @@ capacity left unallocated) shows FGD missing on this trace:
    usable. Ours adds the free GPU the remaining CPU cannot feed at the workload's
    CPU-per-GPU ratio (CPU of all tasks, those without GPUs too, per GPU asked): the main
    gain over FGD. Host memory strands GPUs the same way (at the GPU tasks' memory per
-   GPU); the shorter of the two counts;
+   GPU); the shorter of the two counts; and a host left with less than the smallest
+   one-card tasks that matter ask feeds none of its GPU;
 2. a shared card fills over many arrivals: ours adds the hole each shared card is
    expected to keep at the end (``flexai_sched.policies.leftover``, learned by replaying the
    workload on cards alone), and a share takes the card where that expectation grows
@@ -173,12 +174,14 @@ class Fragmentation(_Measured):
     """Ours: FGD's measure weighted by GPU demand, plus the GPUs a short host strands.
 
     Phi_n = sum_m p_m F_n(m)                          (p_m: count x GPU demand)
-          + STRAND x max(0, free_n - min(cpu_free_n / r, mem_free_n / r_mem))
-                                                      (free GPU the host cannot feed)
+          + STRAND x max(0, free_n - fed_n)           (free GPU the host cannot feed)
           + LEFTOVER x sum_cards E[free_c]            (shared cards' expected final leftover)
 
-    with r the workload's CPU (all tasks, those without GPUs too) per percent of GPU and
-    r_mem its GPU tasks' memory per percent of GPU (MEM x that; MEM 0: CPU alone).
+    fed_n = min(cpu_free_n / r, mem_free_n / r_mem), with r the workload's CPU (all tasks,
+    those without GPUs too) per percent of GPU and r_mem its GPU tasks' memory per percent
+    of GPU (MEM x that; MEM 0: CPU alone); fed_n = 0 where the host has less CPU (or memory)
+    free than the smallest one-card GPU tasks carrying FLOOR of the GPU demand ask
+    (``host_floor``): a card next to 2 free cores feeds no task of the workload.
     The score is Phi before - Phi after (the pod's CPU and memory taken from the host), minus TIE x
     the free GPU left (best fit among equal growth). Without host information
     (``node_score``: what the extender uses for a node whose host capacity it does not
@@ -221,6 +224,10 @@ class Fragmentation(_Measured):
     # Scale of the memory per GPU at which a host's free memory feeds its free GPU: 1, the
     # workload's own ratio (0.5 and 2 compared: bench/results/trace-replay.md).
     MEM = 1.0
+    # A host with less CPU (or memory) free than the smallest one-card GPU tasks that carry
+    # FLOOR of the GPU demand feeds none of its free GPU: the ratio alone lets it keep a card
+    # no task of the workload can use (0: off; values tried: bench/results/trace-replay.md).
+    FLOOR = 0.05
 
     # A class that may use kinds holding this share of the cards counts as unconstrained:
     # most classes miss a few small nodes (8 cores, one card) and need nothing of the rest.
@@ -357,7 +364,23 @@ class Fragmentation(_Measured):
             leftover_by_model=tables,
             cpu_per_pct_by_model=ratios,
             mem_per_pct=self.MEM * mem / gpu if gpu else 0.0,
+            cpu_floor=host_floor(workload, self.FLOOR, lambda c: c.cpu_milli),
+            mem_floor=host_floor(workload, self.FLOOR, lambda c: c.memory_mib),
         )
+
+
+def host_floor(workload: Workload, share: float, need: Callable[[TaskClass], int]) -> int:
+    """The least ``need`` (host CPU or memory) such that the one-card GPU tasks asking no
+    more carry ``share`` of the workload's GPU demand; 0 where they never do (or ``share`` 0)."""
+    gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
+    if share <= 0 or not gpu:
+        return 0
+    acc = 0.0
+    for amount, demand in sorted((need(c), c.weight * c.cores) for c in workload.classes if c.vgpus == 1):
+        acc += demand
+        if acc >= share * gpu:
+            return amount
+    return 0
 
 
 class _PriceBook:
@@ -450,9 +473,12 @@ class _Measure:
         leftover_by_model: Mapping[str, Sequence[float]] | None = None,
         cpu_per_pct_by_model: Mapping[str, float] | None = None,
         mem_per_pct: float = 0.0,
+        cpu_floor: int = 0,
+        mem_floor: int = 0,
     ) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
         self.mem_per_pct = mem_per_pct
+        self.cpu_floor, self.mem_floor = cpu_floor, mem_floor
         self.card_weight = card_weight
         # Per node kind: the cost of a percent of its cards; looked up by the node's cards
         # and host, by its cards alone (no host known), or by its model.
@@ -568,6 +594,10 @@ class _Measure:
             fed = max(0, cpu_free) / r
             if mem_free is not None:  # memory strands GPUs as CPU does; the shorter of the two
                 fed = min(fed, max(0, mem_free) / self.mem_per_pct)
+                if mem_free < self.mem_floor:
+                    fed = 0.0
+            if cpu_free < self.cpu_floor:  # too little left for the smallest task that matters
+                fed = 0.0
             phi += self.strand * max(0.0, summary[0] - fed)
         return phi
 

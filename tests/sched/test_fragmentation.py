@@ -8,7 +8,7 @@ import random
 import pytest
 
 from flexai_core.model import FULL_CORES, Card, CardUsage
-from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
+from flexai_sched.policies.fragmentation import Fgd, Fragmentation, host_floor, node_fragmentation
 from flexai_sched.policies.interface import HostAware, WorkloadAware
 from flexai_sched.policies.leftover import learn, leftover_table
 from flexai_sched.workload import Host, NodeKind, TaskClass, Workload
@@ -376,3 +376,63 @@ def test_only_the_workload_scored_with_is_learned() -> None:
     cost = policy.card_cost(CARDS[0], used(0)[0], 35, 0)
     assert learn.cache_info().currsize == 1
     assert cost == pytest.approx(leftover_table([(1, 35, 1.0), (1, 100, 1.0)])[65] + Fragmentation.TIE * 100)
+
+
+def test_a_host_below_the_floor_strands_all_its_free_gpu() -> None:
+    # HALF_WHOLE's smallest one-card task asks 8 cores and carries a third of the GPU demand:
+    # the floor is 8 cores. A CPU-only task of 17 cores on an empty 2-card node with 24 leaves
+    # 7 cores: below the floor nothing is fed (200 stranded), where the ratio alone would feed
+    # 7000 / 133.3 = 52.5% (147.5 stranded).
+    ours = Fragmentation(HALF_WHOLE)
+    fluid = type("Fluid", (Fragmentation,), {"FLOOR": 0.0})(HALF_WHOLE)
+    host = Host(24000, 1 << 20)
+    before = 2.0 * max(0.0, 200 - 24000 / (10000 / 75))
+    fgd_growth = 200.0  # neither class runs on 7 cores
+    tie = Fragmentation.TIE * 200
+    got = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 17000, 0)
+    assert got == pytest.approx(-(2.0 * 200 - before + fgd_growth) - tie)
+    assert fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 17000, 0) == pytest.approx(
+        -(2.0 * (200 - 7000 / (10000 / 75)) - before + fgd_growth) - tie
+    )
+    # At the floor the ratio counts again; a node with no free GPU strands nothing.
+    at_floor = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 16000, 0)
+    assert at_floor == fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 16000, 0)
+    assert ours.host_node_score(CARDS, used(100, 100), used(100, 100), host, 17000, 0) == 0.0
+
+
+def test_a_host_short_of_the_memory_floor_strands_all_its_free_gpu() -> None:
+    w = Workload.of(
+        [
+            TaskClass(1, 50, 1.0, cpu_milli=1000, memory_mib=16384),
+            TaskClass(1, 100, 1.0, cpu_milli=1000, memory_mib=32768),
+        ]
+    )
+    ours = Fragmentation(w)
+    fluid = type("Fluid", (Fragmentation,), {"FLOOR": 0.0})(w)
+    host = Host(1_000_000, 65536)
+    # 64 - 50 = 14 GiB left: below the 16 GiB floor, all 200 stranded (ratio alone: 200 - 14336 / 327.68).
+    ratio = (0.5 * 16384 + 0.5 * 32768) / 75
+    got = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 51200)
+    want = fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 51200) - 2.0 * (14336 / ratio)
+    assert got == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("small_weight", "share", "cpu", "memory"),
+    [
+        (1.0, 0.05, 3000, 4096),  # the small tasks carry a tenth of the GPU demand: their needs
+        (0.01, 0.05, 8000, 16384),  # too few to matter: the next tasks' needs
+        (1.0, 0.0, 0, 0),  # off
+    ],
+)
+def test_the_floor_follows_the_workload(small_weight: float, share: float, cpu: int, memory: int) -> None:
+    w = Workload.of(
+        [
+            TaskClass(1, 50, small_weight, cpu_milli=3000, memory_mib=4096),
+            TaskClass(1, 50, 1.0, cpu_milli=8000, memory_mib=16384),
+            TaskClass(4, 100, 1.0, cpu_milli=2000, memory_mib=2048),  # several cards: not a last card's task
+            TaskClass(0, 0, 5.0, cpu_milli=500),  # no GPU: feeds nothing
+        ]
+    )
+    assert host_floor(w, share, lambda c: c.cpu_milli) == cpu
+    assert host_floor(w, share, lambda c: c.memory_mib) == memory
