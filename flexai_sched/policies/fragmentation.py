@@ -228,6 +228,10 @@ class Fragmentation(_Measured):
     # FLOOR of the GPU demand feeds none of its free GPU: the ratio alone lets it keep a card
     # no task of the workload can use (0: off; values tried: bench/results/trace-replay.md).
     FLOOR = 0.05
+    # Weight, beside CARD, of the free GPU a pod leaves below the floor (what its node's cards
+    # were not already expected to keep): in the card term's own units, so a share does not
+    # take the best hole of the cluster at the price of a whole card left without CPU.
+    SHORT = 1.0
 
     # A class that may use kinds holding this share of the cards counts as unconstrained:
     # most classes miss a few small nodes (8 cores, one card) and need nothing of the rest.
@@ -324,6 +328,13 @@ class Fragmentation(_Measured):
             raw = {k: u if max(u, static.get(k, 0.0)) >= self.QUIET else static.get(k, 0.0) for k, u in raw.items()}
         return {k: round(u / self.STEP) * self.STEP for k, u in raw.items() if u >= self.STEP / 2}
 
+    def _tight(self, per_pct: float, host_has: Callable[[NodeKind], int]) -> bool:
+        """Does the workload ask at least the cluster's host CPU (or memory) per percent of GPU?
+        Then every core finds a task, and a host's last cores are no waste (unknown hosts: no)."""
+        known = [(k, n) for k, n in self._kinds.items() if host_has(k) and k.gpus]
+        gpu = sum(n * k.gpus * FULL_CORES for k, n in known)
+        return bool(gpu) and per_pct >= sum(n * host_has(k) for k, n in known) / gpu
+
     def use_workload(self, workload: Workload) -> None:
         self._workload = workload
         gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
@@ -351,6 +362,13 @@ class Fragmentation(_Measured):
                 # Tasks without GPUs land anywhere: a model's part of them as of its usable demand.
                 cpu_m = sum(c.weight * c.cpu_milli for c in usable) + cpu_only * gpu_m / gpu
                 ratios[model] = cpu_m / gpu_m if gpu_m else 0.0
+        floors = [
+            0 if gpu and self._tight(total / gpu, on_host) else host_floor(workload, self.FLOOR, asks)
+            for total, on_host, asks in (
+                (cpu, lambda k: k.cpu_milli, lambda c: c.cpu_milli),
+                (mem, lambda k: k.memory_mib, lambda c: c.memory_mib),
+            )
+        ]
         self._m = _Measure(
             workload.by_gpu_demand(),
             self.STRAND,
@@ -364,8 +382,9 @@ class Fragmentation(_Measured):
             leftover_by_model=tables,
             cpu_per_pct_by_model=ratios,
             mem_per_pct=self.MEM * mem / gpu if gpu else 0.0,
-            cpu_floor=host_floor(workload, self.FLOOR, lambda c: c.cpu_milli),
-            mem_floor=host_floor(workload, self.FLOOR, lambda c: c.memory_mib),
+            cpu_floor=floors[0],
+            mem_floor=floors[1],
+            short_weight=self.SHORT,
         )
 
 
@@ -475,10 +494,12 @@ class _Measure:
         mem_per_pct: float = 0.0,
         cpu_floor: int = 0,
         mem_floor: int = 0,
+        short_weight: float = 0.0,
     ) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
         self.mem_per_pct = mem_per_pct
         self.cpu_floor, self.mem_floor = cpu_floor, mem_floor
+        self.short_weight = short_weight
         self.card_weight = card_weight
         # Per node kind: the cost of a percent of its cards; looked up by the node's cards
         # and host, by its cards alone (no host known), or by its model.
@@ -565,6 +586,9 @@ class _Measure:
             return float(int(100 / (1 + math.exp(-growth_avoided / 100))))
         if self.card_weight:
             growth_avoided -= self.card_weight * self._cards_cost(cards, before, after)
+            if self.short_weight and cpu_a is not None:
+                jump = self._short(sum_a, cpu_a, mem_a) - self._short(sum_b, cpu_b, mem_b)
+                growth_avoided -= self.card_weight * self.short_weight * jump
             if self.price:  # the same on every card of the node: it weighs nodes, not cards
                 taken = sum(a.cores for a in after) - sum(b.cores for b in before)
                 growth_avoided -= self.card_weight * taken * self.price.of(cards, host)
@@ -580,6 +604,15 @@ class _Measure:
             if 0 < taken < FULL_CORES:
                 cost += self.card_cost(card, b, taken)
         return cost
+
+    def _short(self, summary: Summary, cpu_free: int | None, mem_free: int | None) -> float:
+        """What the node's free GPU keeps at the end beyond its cards' expected holes, where its
+        host is below the floor (every free percent stays), else 0."""
+        if cpu_free is None:
+            return 0.0
+        if cpu_free < self.cpu_floor or (mem_free is not None and mem_free < self.mem_floor):
+            return summary[0] - summary[2]
+        return 0.0
 
     def _phi(self, summary: Summary, cpu_free: int | None, mem_free: int | None = None) -> float:
         key = (id(summary), cpu_free)
