@@ -23,7 +23,8 @@ capacity left unallocated) shows FGD missing on this trace:
    usable. Ours adds the free GPU the remaining CPU cannot feed at the workload's
    CPU-per-GPU ratio (CPU of all tasks, those without GPUs too, per GPU asked): the main
    gain over FGD. Host memory strands GPUs the same way (at the GPU tasks' memory per
-   GPU); the shorter of the two counts;
+   GPU); the shorter of the two counts; and a host left with less than the smallest
+   one-card tasks that matter ask feeds none of its GPU;
 2. a shared card fills over many arrivals: ours adds the hole each shared card is
    expected to keep at the end (``flexai_sched.policies.leftover``, learned by replaying the
    workload on cards alone), and a share takes the card where that expectation grows
@@ -173,12 +174,14 @@ class Fragmentation(_Measured):
     """Ours: FGD's measure weighted by GPU demand, plus the GPUs a short host strands.
 
     Phi_n = sum_m p_m F_n(m)                          (p_m: count x GPU demand)
-          + STRAND x max(0, free_n - min(cpu_free_n / r, mem_free_n / r_mem))
-                                                      (free GPU the host cannot feed)
+          + STRAND x max(0, free_n - fed_n)           (free GPU the host cannot feed)
           + LEFTOVER x sum_cards E[free_c]            (shared cards' expected final leftover)
 
-    with r the workload's CPU (all tasks, those without GPUs too) per percent of GPU and
-    r_mem its GPU tasks' memory per percent of GPU (MEM x that; MEM 0: CPU alone).
+    fed_n = min(cpu_free_n / r, mem_free_n / r_mem), with r the workload's CPU (all tasks,
+    those without GPUs too) per percent of GPU and r_mem its GPU tasks' memory per percent
+    of GPU (MEM x that; MEM 0: CPU alone); fed_n = 0 where the host has less CPU (or memory)
+    free than the smallest one-card GPU tasks carrying FLOOR of the GPU demand ask
+    (``host_floor``): a card next to 2 free cores feeds no task of the workload.
     The score is Phi before - Phi after (the pod's CPU and memory taken from the host), minus TIE x
     the free GPU left (best fit among equal growth). Without host information
     (``node_score``: what the extender uses for a node whose host capacity it does not
@@ -221,6 +224,14 @@ class Fragmentation(_Measured):
     # Scale of the memory per GPU at which a host's free memory feeds its free GPU: 1, the
     # workload's own ratio (0.5 and 2 compared: bench/results/trace-replay.md).
     MEM = 1.0
+    # A host with less CPU (or memory) free than the smallest one-card GPU tasks that carry
+    # FLOOR of the GPU demand feeds none of its free GPU: the ratio alone lets it keep a card
+    # no task of the workload can use (0: off; values tried: bench/results/trace-replay.md).
+    FLOOR = 0.05
+    # Weight, beside CARD, of the free GPU a pod leaves below the floor (what its node's cards
+    # were not already expected to keep): in the card term's own units, so a share does not
+    # take the best hole of the cluster at the price of a whole card left without CPU.
+    SHORT = 1.0
 
     # A class that may use kinds holding this share of the cards counts as unconstrained:
     # most classes miss a few small nodes (8 cores, one card) and need nothing of the rest.
@@ -317,6 +328,13 @@ class Fragmentation(_Measured):
             raw = {k: u if max(u, static.get(k, 0.0)) >= self.QUIET else static.get(k, 0.0) for k, u in raw.items()}
         return {k: round(u / self.STEP) * self.STEP for k, u in raw.items() if u >= self.STEP / 2}
 
+    def _tight(self, per_pct: float, host_has: Callable[[NodeKind], int]) -> bool:
+        """Does the workload ask at least the cluster's host CPU (or memory) per percent of GPU?
+        Then every core finds a task, and a host's last cores are no waste (unknown hosts: no)."""
+        known = [(k, n) for k, n in self._kinds.items() if host_has(k) and k.gpus]
+        gpu = sum(n * k.gpus * FULL_CORES for k, n in known)
+        return bool(gpu) and per_pct >= sum(n * host_has(k) for k, n in known) / gpu
+
     def use_workload(self, workload: Workload) -> None:
         self._workload = workload
         gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
@@ -344,6 +362,13 @@ class Fragmentation(_Measured):
                 # Tasks without GPUs land anywhere: a model's part of them as of its usable demand.
                 cpu_m = sum(c.weight * c.cpu_milli for c in usable) + cpu_only * gpu_m / gpu
                 ratios[model] = cpu_m / gpu_m if gpu_m else 0.0
+        floors = [
+            0 if gpu and self._tight(total / gpu, on_host) else host_floor(workload, self.FLOOR, asks)
+            for total, on_host, asks in (
+                (cpu, lambda k: k.cpu_milli, lambda c: c.cpu_milli),
+                (mem, lambda k: k.memory_mib, lambda c: c.memory_mib),
+            )
+        ]
         self._m = _Measure(
             workload.by_gpu_demand(),
             self.STRAND,
@@ -357,7 +382,24 @@ class Fragmentation(_Measured):
             leftover_by_model=tables,
             cpu_per_pct_by_model=ratios,
             mem_per_pct=self.MEM * mem / gpu if gpu else 0.0,
+            cpu_floor=floors[0],
+            mem_floor=floors[1],
+            short_weight=self.SHORT,
         )
+
+
+def host_floor(workload: Workload, share: float, need: Callable[[TaskClass], int]) -> int:
+    """The least ``need`` (host CPU or memory) such that the one-card GPU tasks asking no
+    more carry ``share`` of the workload's GPU demand; 0 where they never do (or ``share`` 0)."""
+    gpu = sum(c.weight * c.vgpus * c.cores for c in workload.classes)
+    if share <= 0 or not gpu:
+        return 0
+    acc = 0.0
+    for amount, demand in sorted((need(c), c.weight * c.cores) for c in workload.classes if c.vgpus == 1):
+        acc += demand
+        if acc >= share * gpu:
+            return amount
+    return 0
 
 
 class _PriceBook:
@@ -450,9 +492,14 @@ class _Measure:
         leftover_by_model: Mapping[str, Sequence[float]] | None = None,
         cpu_per_pct_by_model: Mapping[str, float] | None = None,
         mem_per_pct: float = 0.0,
+        cpu_floor: int = 0,
+        mem_floor: int = 0,
+        short_weight: float = 0.0,
     ) -> None:
         self.strand, self.tie, self.cpu_per_pct = strand, tie, cpu_per_pct
         self.mem_per_pct = mem_per_pct
+        self.cpu_floor, self.mem_floor = cpu_floor, mem_floor
+        self.short_weight = short_weight
         self.card_weight = card_weight
         # Per node kind: the cost of a percent of its cards; looked up by the node's cards
         # and host, by its cards alone (no host known), or by its model.
@@ -539,6 +586,9 @@ class _Measure:
             return float(int(100 / (1 + math.exp(-growth_avoided / 100))))
         if self.card_weight:
             growth_avoided -= self.card_weight * self._cards_cost(cards, before, after)
+            if self.short_weight and cpu_a is not None:
+                jump = self._short(sum_a, cpu_a, mem_a) - self._short(sum_b, cpu_b, mem_b)
+                growth_avoided -= self.card_weight * self.short_weight * jump
             if self.price:  # the same on every card of the node: it weighs nodes, not cards
                 taken = sum(a.cores for a in after) - sum(b.cores for b in before)
                 growth_avoided -= self.card_weight * taken * self.price.of(cards, host)
@@ -555,6 +605,15 @@ class _Measure:
                 cost += self.card_cost(card, b, taken)
         return cost
 
+    def _short(self, summary: Summary, cpu_free: int | None, mem_free: int | None) -> float:
+        """What the node's free GPU keeps at the end beyond its cards' expected holes, where its
+        host is below the floor (every free percent stays), else 0."""
+        if cpu_free is None:
+            return 0.0
+        if cpu_free < self.cpu_floor or (mem_free is not None and mem_free < self.mem_floor):
+            return summary[0] - summary[2]
+        return 0.0
+
     def _phi(self, summary: Summary, cpu_free: int | None, mem_free: int | None = None) -> float:
         key = (id(summary), cpu_free)
         phi = self._phis.get(key)
@@ -568,6 +627,10 @@ class _Measure:
             fed = max(0, cpu_free) / r
             if mem_free is not None:  # memory strands GPUs as CPU does; the shorter of the two
                 fed = min(fed, max(0, mem_free) / self.mem_per_pct)
+                if mem_free < self.mem_floor:
+                    fed = 0.0
+            if cpu_free < self.cpu_floor:  # too little left for the smallest task that matters
+                fed = 0.0
             phi += self.strand * max(0.0, summary[0] - fed)
         return phi
 

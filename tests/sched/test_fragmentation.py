@@ -8,7 +8,7 @@ import random
 import pytest
 
 from flexai_core.model import FULL_CORES, Card, CardUsage
-from flexai_sched.policies.fragmentation import Fgd, Fragmentation, node_fragmentation
+from flexai_sched.policies.fragmentation import Fgd, Fragmentation, host_floor, node_fragmentation
 from flexai_sched.policies.interface import HostAware, WorkloadAware
 from flexai_sched.policies.leftover import learn, leftover_table
 from flexai_sched.workload import Host, NodeKind, TaskClass, Workload
@@ -179,11 +179,11 @@ def test_fragmentation_puts_a_share_on_the_best_card_of_the_cluster() -> None:
             TaskClass(1, FULL_CORES, 4.0, cpu_milli=8000),
         ]
     )
-    # A 47% share: node a has a card with a 47 on it (53 free) and an idle card, and 6 cores
+    # A 47% share: node a has a card with a 47 on it (53 free) and an idle card, and 10 cores
     # left; node b a card with a 32 on it (68 free) beside a full one, and 14 cores. The
     # node measure alone puts it beside the 32 on b (21 left, that only a 12 fits; more CPU
     # to spare); the card term beside the 47 on a (6 left).
-    nodes = {"a": (used(47, 0), Host(32000, 1 << 20, 26000)), "b": (used(32, 100), Host(32000, 1 << 20, 18000))}
+    nodes = {"a": (used(47, 0), Host(32000, 1 << 20, 22000)), "b": (used(32, 100), Host(32000, 1 << 20, 18000))}
 
     def place(policy: Fragmentation) -> tuple[str, int]:
         options = []
@@ -203,6 +203,11 @@ def test_fragmentation_puts_a_share_on_the_best_card_of_the_cluster() -> None:
         CARD = 0.0
 
     assert place(NodeMeasureOnly(w)) == ("b", 0)  # what the card term changes
+    # With 6 cores on a, the share would leave 2 there, below the 4 of the smallest tasks that
+    # matter: a's idle card would stay idle, which outweighs the better hole.
+    nodes["a"] = (used(47, 0), Host(32000, 1 << 20, 26000))
+    assert place(Fragmentation(w)) == ("b", 0)
+    assert place(type("NoFloor", (Fragmentation,), {"SHORT": 0.0})(w)) == ("a", 0)
 
 
 def test_fragmentation_keeps_the_cards_constrained_tasks_need() -> None:
@@ -376,3 +381,100 @@ def test_only_the_workload_scored_with_is_learned() -> None:
     cost = policy.card_cost(CARDS[0], used(0)[0], 35, 0)
     assert learn.cache_info().currsize == 1
     assert cost == pytest.approx(leftover_table([(1, 35, 1.0), (1, 100, 1.0)])[65] + Fragmentation.TIE * 100)
+
+
+def test_a_host_below_the_floor_strands_all_its_free_gpu() -> None:
+    # HALF_WHOLE's smallest one-card task asks 8 cores and carries a third of the GPU demand:
+    # the floor is 8 cores. A CPU-only task of 17 cores on an empty 2-card node with 24 leaves
+    # 7 cores: below the floor nothing is fed (200 stranded), where the ratio alone would feed
+    # 7000 / 133.3 = 52.5% (147.5 stranded). (The measure alone: the card term's part is SHORT's.)
+    ours = type("MeasureOnly", (Fragmentation,), {"SHORT": 0.0})(HALF_WHOLE)
+    fluid = type("Fluid", (Fragmentation,), {"FLOOR": 0.0})(HALF_WHOLE)
+    host = Host(24000, 1 << 20)
+    before = 2.0 * max(0.0, 200 - 24000 / (10000 / 75))
+    fgd_growth = 200.0  # neither class runs on 7 cores
+    tie = Fragmentation.TIE * 200
+    got = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 17000, 0)
+    assert got == pytest.approx(-(2.0 * 200 - before + fgd_growth) - tie)
+    assert fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 17000, 0) == pytest.approx(
+        -(2.0 * (200 - 7000 / (10000 / 75)) - before + fgd_growth) - tie
+    )
+    # At the floor the ratio counts again; a node with no free GPU strands nothing.
+    at_floor = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 16000, 0)
+    assert at_floor == fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 16000, 0)
+    assert ours.host_node_score(CARDS, used(100, 100), used(100, 100), host, 17000, 0) == 0.0
+
+
+def test_a_host_short_of_the_memory_floor_strands_all_its_free_gpu() -> None:
+    w = Workload.of(
+        [
+            TaskClass(1, 50, 1.0, cpu_milli=1000, memory_mib=16384),
+            TaskClass(1, 100, 1.0, cpu_milli=1000, memory_mib=32768),
+        ]
+    )
+    ours = type("MeasureOnly", (Fragmentation,), {"SHORT": 0.0})(w)
+    fluid = type("Fluid", (Fragmentation,), {"FLOOR": 0.0})(w)
+    host = Host(1_000_000, 65536)
+    # 64 - 50 = 14 GiB left: below the 16 GiB floor, all 200 stranded (ratio alone: 200 - 14336 / 327.68).
+    ratio = (0.5 * 16384 + 0.5 * 32768) / 75
+    got = ours.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 51200)
+    want = fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 0, 51200) - 2.0 * (14336 / ratio)
+    assert got == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("small_weight", "share", "cpu", "memory"),
+    [
+        (1.0, 0.05, 3000, 4096),  # the small tasks carry a tenth of the GPU demand: their needs
+        (0.01, 0.05, 8000, 16384),  # too few to matter: the next tasks' needs
+        (1.0, 0.0, 0, 0),  # off
+    ],
+)
+def test_the_floor_follows_the_workload(small_weight: float, share: float, cpu: int, memory: int) -> None:
+    w = Workload.of(
+        [
+            TaskClass(1, 50, small_weight, cpu_milli=3000, memory_mib=4096),
+            TaskClass(1, 50, 1.0, cpu_milli=8000, memory_mib=16384),
+            TaskClass(4, 100, 1.0, cpu_milli=2000, memory_mib=2048),  # several cards: not a last card's task
+            TaskClass(0, 0, 5.0, cpu_milli=500),  # no GPU: feeds nothing
+        ]
+    )
+    assert host_floor(w, share, lambda c: c.cpu_milli) == cpu
+    assert host_floor(w, share, lambda c: c.memory_mib) == memory
+
+
+def test_a_pod_that_takes_a_host_below_the_floor_pays_its_free_gpu_in_the_card_term() -> None:
+    # Below the floor every free percent of the node stays free to the end: in the card term's
+    # units (expected final leftover) that is the node's free GPU less the holes its shared
+    # cards were expected to keep anyway, weighed as a share's card is (CARD).
+    ours = Fragmentation(HALF_WHOLE)
+    plain = type("Plain", (Fragmentation,), {"SHORT": 0.0})(HALF_WHOLE)
+    host = Host(24000, 1 << 20)
+    kept = ours._m.leftover[50]  # the 50% hole of card 0
+    for pod_cpu, jump in ((17000, 150 - kept), (16000, 0.0)):  # 7 cores left: below; 8: at the floor
+        got = ours.host_node_score(CARDS, used(50, 0), used(50, 0), host, pod_cpu, 0)
+        want = plain.host_node_score(CARDS, used(50, 0), used(50, 0), host, pod_cpu, 0)
+        assert got == pytest.approx(want - Fragmentation.CARD * jump)
+    # A whole card taken on the way down pays for the free GPU left behind; a host already
+    # below the floor pays nothing more for a task without GPUs.
+    got = ours.host_node_score(CARDS, used(50, 0), used(50, 100), host, 17000, 0)
+    want = plain.host_node_score(CARDS, used(50, 0), used(50, 100), host, 17000, 0)
+    assert got == pytest.approx(want - Fragmentation.CARD * (50 - kept))
+    low = Host(24000, 1 << 20, 17000)
+    got = ours.host_node_score(CARDS, used(50, 0), used(50, 0), low, 1000, 0)
+    assert got == pytest.approx(plain.host_node_score(CARDS, used(50, 0), used(50, 0), low, 1000, 0))
+
+
+@pytest.mark.parametrize(("host_cpu", "floor"), [(48000, 8000), (24000, 0)])
+def test_no_floor_where_the_workload_asks_all_the_cluster_cpu(host_cpu: int, floor: int) -> None:
+    # HALF_WHOLE asks 133 millicores per percent of GPU: 2-card hosts of 48 cores have 240 to
+    # give (a host's last cores may go unused: the floor counts), of 24 cores 120 (every core
+    # finds a task: no floor).
+    policy = Fragmentation(HALF_WHOLE)
+    policy.use_capacity({"T4": 20}, {NodeKind("T4", 2, host_cpu, 1 << 20): 10})
+    host = Host(host_cpu, 1 << 20, host_cpu - 10000)
+    fluid = type("Fluid", (Fragmentation,), {"FLOOR": 0.0})(HALF_WHOLE)
+    fluid.use_capacity({"T4": 20}, {NodeKind("T4", 2, host_cpu, 1 << 20): 10})
+    got = policy.host_node_score(CARDS, used(0, 0), used(0, 0), host, 3000, 0)
+    want = fluid.host_node_score(CARDS, used(0, 0), used(0, 0), host, 3000, 0)
+    assert (got == want) == (floor == 0)
