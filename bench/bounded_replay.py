@@ -63,16 +63,7 @@ class Bounded(sim.Cluster):
     ) -> int | None:
         if self._limit is None:
             return super()._choose_in_window(board, exact, passes)
-        total, window = len(self.names), self._window
-        assert window is not None
-        sent: list[int] = []  # what kube-scheduler sends the extender, as the replay searches
-        seen = 0
-        while seen < total and len(sent) < window:
-            n = (self._start + seen) % total
-            seen += 1
-            if passes(n):
-                sent.append(n)
-        self._start = (self._start + seen) % total
+        sent = self._window_nodes(passes)  # what kube-scheduler sends the extender
         if not sent:
             return None
         r = self._from % len(sent)

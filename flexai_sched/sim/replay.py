@@ -205,18 +205,8 @@ class Cluster:
         """kube-scheduler's sampled search: the best-scored node among the first
         ``_window`` nodes that pass NodeResourcesFit from ``_start`` on; ties to the first
         in node order (a random one for ``random_ties``)."""
-        total, window = len(self.names), self._window
-        assert window is not None
-        found: list[int] = []
-        seen = 0
-        while seen < total and len(found) < window:
-            n = (self._start + seen) % total
-            seen += 1
-            if passes(n):
-                found.append(n)
-        self._start = (self._start + seen) % total
         best, tied = float("-inf"), []
-        for n in found:
+        for n in self._window_nodes(passes):
             s = board.score(n)
             if s is None:
                 continue  # the extender's filter refuses it
@@ -229,6 +219,21 @@ class Cluster:
         if not tied:
             return None
         return tied[self._rng.randrange(len(tied))] if self._random_ties else min(tied)
+
+    def _window_nodes(self, passes: Callable[[int], bool]) -> list[int]:
+        """The first ``_window`` nodes passing NodeResourcesFit from ``_start`` on (what
+        kube-scheduler sends the extender); the next search starts where this one stopped."""
+        total, window = len(self.names), self._window
+        assert window is not None
+        found: list[int] = []
+        seen = 0
+        while seen < total and len(found) < window:
+            n = (self._start + seen) % total
+            seen += 1
+            if passes(n):
+                found.append(n)
+        self._start = (self._start + seen) % total
+        return found
 
     def learn(self, placed: Sequence[TracePod]) -> None:
         """Plan for the workload of the pods placed so far, as ``Extender.learn_workload``

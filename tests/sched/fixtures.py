@@ -62,3 +62,15 @@ def pod(
     if annotations:
         meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+class Ticks:
+    """A budget clock moving one unit a read: ``until=ticks() + n`` runs out after n reads
+    (a budget of 0 has run out at the second read)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t

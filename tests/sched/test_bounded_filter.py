@@ -25,20 +25,9 @@ from flexai_sched.fastpath import Hot
 from flexai_sched.metrics import Metrics
 from flexai_sched.state import ClusterState
 
-from .fixtures import limits, node, pod
+from .fixtures import Ticks, limits, node, pod
 
 NODES = 30
-
-
-class Ticks:
-    """A clock that moves one second per read: any budget has run out at the second read."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
 
 
 class Cluster:

@@ -28,7 +28,7 @@ from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender, FilterOutcome
 from flexai_sched.state import ClusterState
 
-from .fixtures import limits, node, pod
+from .fixtures import Ticks, limits, node, pod
 
 TTL = 60.0
 GIB = 1024
@@ -202,17 +202,6 @@ class World:
         assert part.unresolvable.items() <= want.unresolvable.items(), f"{label}: shape {k}"
         assert not deferred or part.fits, f"{label}: shape {k}: names deferred while none fits"
         assert bool(part.fits) == bool(want.fits), f"{label}: shape {k}: refused while a node fits"
-
-
-class Ticks:
-    """A budget clock moving one unit a read: ``until=ticks() + n`` runs out after n reads."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
 
 
 ticks = Ticks()
