@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -67,25 +67,21 @@ class Bounded(sim.Cluster):
         if not sent:
             return None
         r = self._from % len(sent)
-        best, decided = float("-inf"), 0
-        tied: list[int] = []
-        for n in sent[r:] + sent[:r]:
-            if decided >= self._limit and tied:
-                break
-            decided += 1
-            s = board.score(n)
-            if s is None:
-                continue
-            if exact is not None:
-                s = exact(n)
-            if s > best:
-                best, tied = s, [n]
-            elif s == best:
-                tied.append(n)
-        self._from += decided
-        if not tied:
-            return None
-        return tied[self._rng.randrange(len(tied))] if self._random_ties else min(tied)
+        limit = self._limit
+
+        def names_decided() -> Iterator[int]:
+            """The names a bounded call decides: from the extender's rotating start, until it has
+            decided ``limit`` and one of them fits."""
+            fits = False
+            for k, n in enumerate(sent[r:] + sent[:r]):
+                if k >= limit and fits:
+                    self._from += k
+                    return
+                fits = fits or board.score(n) is not None
+                yield n
+            self._from += len(sent)
+
+        return self._best_of(board, exact, names_decided())
 
 
 def one(job: tuple[str, int, int, int]) -> tuple[int, int, int, float, float, int, float]:

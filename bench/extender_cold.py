@@ -14,36 +14,19 @@ by other processes on a shared machine) per filter + prioritize. Run it with
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
 import msgspec
-from extender_latency import SHAPES, pod
+from extender_latency import SHAPES, fill, pod
 
 from flexai_sched import demo
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
-from flexai_sched.extender import BindError, Extender
+from flexai_sched.extender import Extender
 from flexai_sched.fastpath import Hot
 from flexai_sched.metrics import Metrics
 from flexai_sched.state import ClusterState
-
-
-def fill(ext: Extender, backend: MemoryBackend, names: list[str]) -> None:
-    """To half the cluster's cores, with the same draws as bench/extender_latency.py."""
-    rng = random.Random(7)
-    filled, target, i = 0, len(names) * 8 * 100 // 2, 0
-    while filled < target:
-        p = pod(f"fill{i}", rng.choice(SHAPES[:4] + SHAPES[5:8]))
-        backend.create_pod(p)
-        ext.parse(p)
-        try:
-            a = ext.bind("bench", f"fill{i}", f"uid-fill{i}", rng.choice(names))
-            filled += sum(s.cores for s in a.slices)
-        except BindError:
-            pass
-        i += 1
 
 
 def main() -> None:

@@ -30,10 +30,14 @@ import multiprocessing as mp
 import random
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import floor_extender
 import httpx
+
+if TYPE_CHECKING:
+    from flexai_sched.backend import MemoryBackend
+    from flexai_sched.extender import Extender
 
 SHAPES = [  # (vgpus, cores, memory GiB): a mix like the seed's users send
     (1, 20, 3),
@@ -68,6 +72,24 @@ def pod(name: str, shape: tuple[int, int, int | None]) -> dict[str, Any]:
     }
 
 
+def fill(ext: Extender, backend: MemoryBackend, names: list[str]) -> None:
+    """Bind pods of the fill shapes to random nodes until half the cluster's cores are taken."""
+    from flexai_sched.extender import BindError
+
+    rng = random.Random(7)
+    filled, target, i = 0, len(names) * 8 * 100 // 2, 0
+    while filled < target:
+        p = pod(f"fill{i}", rng.choice(SHAPES[:4] + SHAPES[5:8]))
+        backend.create_pod(p)
+        ext.parse(p)
+        try:
+            a = ext.bind("bench", f"fill{i}", f"uid-fill{i}", rng.choice(names))
+            filled += sum(s.cores for s in a.slices)
+        except BindError:
+            pass
+        i += 1
+
+
 def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = False, tables: str = "default") -> None:
     global HOSTS
     HOSTS = hosts
@@ -77,7 +99,7 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
     from flexai_sched.app import create_app
     from flexai_sched.backend import MemoryBackend
     from flexai_sched.config import Settings
-    from flexai_sched.extender import BindError, Extender
+    from flexai_sched.extender import Extender
     from flexai_sched.state import ClusterState
 
     inv = demo.inventory(
@@ -97,20 +119,7 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
     ext = Extender(state, backend, Settings())
     if tables != "default":  # answer tables on or off against the extender's default
         ext.tables = tables == "on"
-    rng = random.Random(7)
-    names = [n.name for n in inv]
-    filled, target, i = 0, nodes * 8 * 100 // 2, 0
-    while filled < target:
-        shape = rng.choice(SHAPES[:4] + SHAPES[5:8])
-        p = pod(f"fill{i}", shape)
-        backend.create_pod(p)
-        ext.parse(p)
-        try:
-            a = ext.bind("bench", f"fill{i}", f"uid-fill{i}", rng.choice(names))
-            filled += sum(s.cores for s in a.slices)
-        except BindError:
-            pass
-        i += 1
+    fill(ext, backend, [n.name for n in inv])
     app = create_app(ext, start_backend=False)
     ready.set()
     # As ``flexai-sched serve`` runs it: filter and prioritize answered in the protocol.

@@ -34,7 +34,7 @@ where its CPU strands the fewest GPUs).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -205,8 +205,13 @@ class Cluster:
         """kube-scheduler's sampled search: the best-scored node among the first
         ``_window`` nodes that pass NodeResourcesFit from ``_start`` on; ties to the first
         in node order (a random one for ``random_ties``)."""
+        return self._best_of(board, exact, self._window_nodes(passes))
+
+    def _best_of(self, board: Board, exact: Callable[[int], float] | None, nodes: Iterable[int]) -> int | None:
+        """The best-scored of ``nodes`` the extender's filter passes (``exact`` scores them
+        where given); ties to the first in node order (a random one for ``random_ties``)."""
         best, tied = float("-inf"), []
-        for n in self._window_nodes(passes):
+        for n in nodes:
             s = board.score(n)
             if s is None:
                 continue  # the extender's filter refuses it
