@@ -2,23 +2,26 @@
 
 Runs the real extender app under uvicorn in a child process (so client and server do
 not share a GIL), fills the cluster to ~50% of its cores through the same Extender.bind
-the service uses, then sends kube-scheduler-shaped filter and prioritize calls
-(nodeCacheCapable: NodeNames, every node) for pods of 12 recurring shapes, binding every
-tenth pod so the per-node fit cache is invalidated as in a live cluster. The first pod
-of each shape (cold cache) is timed and reported separately.
+the service uses, then sends, for pods of 12 recurring shapes, the calls kube-scheduler
+makes (nodeCacheCapable: NodeNames): filter, then prioritize of the nodes that passed
+only when more than one did (with one it binds there, without scoring), then the bind to
+the node it would choose, so the tables see a live cluster's changes. The first pod of each
+shape (cold cache) is timed and reported separately. ``--answer all`` runs the extender
+with ``filter_answer: all`` (every fitting node, then prioritize), the way before "best".
 
 With ``--hosts`` every node has a host (128 CPUs, 2 TiB) and every pod asks 4 CPUs per
 vGPU, so prioritize scores with the host (the Kubernetes backend's path, ``host_cache``).
 
 Every measured call is also sent, with the same body, to the floor: a do-nothing
 extender on a raw uvloop + httptools + msgspec server (bench/floor_extender.py), in its own
-process, alternating which goes first; the ratio ours / floor is printed per percentile.
+process, alternating which goes first; the ratio ours / floor is printed per percentile. The floor passes every
+node, so kube-scheduler would call its prioritize on every pod.
 
 With ``--settle S`` the client waits S seconds after each phase of first pods, before the
 next phase: a tree that completes answer tables in the background (bounded filter calls)
 then does not bill that work to the next phase's calls.
 
-    .venv/bin/python bench/extender_latency.py [--nodes 5000] [--calls 400] [--hosts] [--settle 0]
+    .venv/bin/python bench/extender_latency.py [--nodes 5000] [--calls 400] [--hosts] [--settle 0] [--answer best|all]
 """
 
 from __future__ import annotations
@@ -90,7 +93,14 @@ def fill(ext: Extender, backend: MemoryBackend, names: list[str]) -> None:
         i += 1
 
 
-def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = False, tables: str = "default") -> None:
+def serve(
+    port: int,
+    nodes: int,
+    ready: mp.synchronize.Event,
+    hosts: bool = False,
+    tables: str = "default",
+    answer: str = "best",
+) -> None:
     global HOSTS
     HOSTS = hosts
     import uvicorn
@@ -116,7 +126,7 @@ def serve(port: int, nodes: int, ready: mp.synchronize.Event, hosts: bool = Fals
     if hosts:
         for n in inv:
             state.set_host_capacity(n.name, 128_000, 2 * 1024 * 1024)
-    ext = Extender(state, backend, Settings())
+    ext = Extender(state, backend, Settings(filter_answer=answer))
     if tables != "default":  # answer tables on or off against the extender's default
         ext.tables = tables == "on"
     fill(ext, backend, [n.name for n in inv])
@@ -141,12 +151,13 @@ def main() -> None:
     ap.add_argument("--hosts", action="store_true", help="nodes with host CPU/memory; pods ask for CPU")
     ap.add_argument("--tables", choices=("default", "on", "off"), default="default", help="Extender.tables")
     ap.add_argument("--settle", type=float, default=0.0, help="seconds to wait after each phase of first pods")
+    ap.add_argument("--answer", choices=("best", "all"), default="best", help="Settings.filter_answer")
     args = ap.parse_args()
     global HOSTS
     HOSTS = args.hosts
     ready = mp.get_context("spawn").Event()
     proc = mp.get_context("spawn").Process(
-        target=serve, args=(args.port, args.nodes, ready, args.hosts, args.tables), daemon=True
+        target=serve, args=(args.port, args.nodes, ready, args.hosts, args.tables, args.answer), daemon=True
     )
     t0 = time.time()
     proc.start()
@@ -192,88 +203,86 @@ def main() -> None:
             conn.close()  # uvicorn closes a connection idle for 5 s: the next request opens another
             floor_conn.close()
 
-    cold: list[float] = []
-    cold_floor: list[float] = []
-    for j, shape in enumerate(SHAPES):  # the first pod of each shape computes every node's fit
-        p = pod(f"w{j}", shape)
-        fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names})
-        _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]})
-        cold.append(ta + tb)
-        _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": names}, floor_conn)
-        _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)
-        cold_floor.append(fa + fb)
-    print(
-        f"first pod of a new shape (cold fit cache): filter+prioritize mean={statistics.mean(cold):.1f} ms "
-        f"max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
-    )
+    def one_pod(p: dict[str, Any], sent: list[str], c: http.client.HTTPConnection) -> tuple[float, float | None, Any]:
+        """The calls kube-scheduler makes for a pod: filter, then prioritize of the nodes that
+        passed only when more than one did (with one it binds there). Returns both times
+        (prioritize None when not called) and the node it would bind to."""
+        fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, c)
+        fits = fr["NodeNames"] or []
+        if len(fits) < 2:
+            return ta, None, fits[0] if fits else None
+        pr, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits}, c)
+        return ta, tb, max(pr, key=lambda h: h["Score"])["Host"]
+
+    def bind(p: dict[str, Any], where: str | None) -> None:
+        """As kube-scheduler does once it has chose a node: the pod's room is taken (and its
+        reservation ends), as in a live cluster."""
+        if where is not None:
+            meta = p["metadata"]
+            post("/bind", {"PodName": meta["name"], "PodNamespace": "bench", "PodUID": meta["uid"], "Node": where})
+
+    def first_pods(label: str, sent_of: Any, mem_of: Any) -> None:
+        cold: list[float] = []
+        cold_floor: list[float] = []
+        for j, (n, cores, mem) in enumerate(SHAPES):  # the first pod of each shape computes every node's fit
+            p = pod(f"{label[0]}{j}", (n, cores, mem_of(mem)))
+            sent = sent_of()
+            ta, tb, where = one_pod(p, sent, conn)
+            cold.append(ta + (tb or 0.0))
+            fa, fb, _ = one_pod(p, sent, floor_conn)
+            cold_floor.append(fa + (fb or 0.0))
+            bind(p, where)
+        print(
+            f"first pod of a new shape, {label}: per pod mean={statistics.mean(cold):.1f} ms "
+            f"p50={statistics.median(cold):.1f} ms max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
+        )
+
+    first_pods(f"{len(names)} names", lambda: names, lambda mem: mem)
     settle()
     # As kube-scheduler sends it at this size (10% of the nodes): 12 more shapes never seen.
-    cold, cold_floor = [], []
     sample = max(1, len(names) // 10)
-    for j, (n, cores, mem) in enumerate(SHAPES):
-        p = pod(f"s{j}", (n, cores, (mem or 80) + 1))
-        sent = rng.sample(names, sample)
-        fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent})
-        _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]})
-        cold.append(ta + tb)
-        _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
-        _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fr["NodeNames"]}, floor_conn)
-        cold_floor.append(fa + fb)
-    print(
-        f"first pod of a new shape, {sample} names: filter+prioritize mean={statistics.mean(cold):.1f} ms "
-        f"p50={statistics.median(cold):.1f} ms max={max(cold):.1f} ms (floor: mean={statistics.mean(cold_floor):.1f} ms)"
-    )
+    first_pods(f"{sample} names", lambda: rng.sample(names, sample), lambda mem: (mem or 80) + 1)
     settle()
+
+    def report(k: str, xs: list[float], fs: list[float]) -> None:
+        print(
+            f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "
+            f"max={max(xs):6.2f} ms  ({len(xs)} calls)"
+        )
+        print(
+            f"{'  floor':18s} p50={pct(fs, 50):6.2f} ms  p90={pct(fs, 90):6.2f} ms  p99={pct(fs, 99):6.2f} ms  "
+            f"max={max(fs):6.2f} ms"
+        )
+        print(
+            f"{'  ours / floor':18s} p50={pct(xs, 50) / pct(fs, 50):6.2f}x    p90={pct(xs, 90) / pct(fs, 90):6.2f}x"
+            f"    p99={pct(xs, 99) / pct(fs, 99):6.2f}x"
+        )
+
     # kube-scheduler stops looking once it has enough feasible nodes (percentageOfNodesToScore:
     # 10% of 5,000), so real calls carry ~500 names; all 5,000 is the worst case.
     for label, count in (("all nodes", len(names)), ("10% sample", max(1, len(names) // 10))):
-        lat: dict[str, list[float]] = {"filter": [], "prioritize": [], "filter+prioritize": []}
-        flat: dict[str, list[float]] = {"filter": [], "prioritize": [], "filter+prioritize": []}
+        lat: dict[str, list[float]] = {"filter": [], "prioritize": [], "per pod": []}
+        flat: dict[str, list[float]] = {"filter": [], "prioritize": [], "per pod": []}
         for i in range(args.calls):
             p = pod(f"p{label[0]}{i}", rng.choice(SHAPES))
             sent = rng.sample(names, count) if count < len(names) else names
             if i % 2:  # the floor first on odd calls: neither side always finds a warm cache
-                _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
-            fr, ta = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent})
+                fa, fb, _ = one_pod(p, sent, floor_conn)
+            ta, tb, where = one_pod(p, sent, conn)
             if not i % 2:
-                _, fa = post("/filter", {"Pod": p, "Nodes": None, "NodeNames": sent}, floor_conn)
-            fits = fr["NodeNames"]
-            if i % 2:
-                _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits}, floor_conn)
-            _, tb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits})
-            if not i % 2:
-                _, fb = post("/prioritize", {"Pod": p, "Nodes": None, "NodeNames": fits}, floor_conn)
+                fa, fb, _ = one_pod(p, sent, floor_conn)
             lat["filter"].append(ta)
-            lat["prioritize"].append(tb)
-            lat["filter+prioritize"].append(ta + tb)
             flat["filter"].append(fa)
-            flat["prioritize"].append(fb)
-            flat["filter+prioritize"].append(fa + fb)
-            if i % 10 == 0 and fits:
-                post(
-                    "/bind",
-                    {
-                        "PodName": p["metadata"]["name"],
-                        "PodNamespace": "bench",
-                        "PodUID": p["metadata"]["uid"],
-                        "Node": rng.choice(fits),
-                    },
-                )
-        print(f"-- {label}: {count} names per call, {args.calls} calls")
+            if tb is not None:
+                lat["prioritize"].append(tb)
+            flat["prioritize"].append(fb or 0.0)
+            lat["per pod"].append(ta + (tb or 0.0))
+            flat["per pod"].append(fa + (fb or 0.0))
+            bind(p, where)
+        print(f"-- {label}: {count} names per call, {args.calls} pods (filter answer: {args.answer})")
         for k, xs in lat.items():
-            print(
-                f"{k:18s} p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  p99={pct(xs, 99):6.2f} ms  "
-                f"max={max(xs):6.2f} ms"
-            )
-            fs = flat[k]
-            print(
-                f"{'  floor':18s} p50={pct(fs, 50):6.2f} ms  p90={pct(fs, 90):6.2f} ms  p99={pct(fs, 99):6.2f} ms  "
-                f"max={max(fs):6.2f} ms"
-            )
-            print(
-                f"{'  ours / floor':18s} p50={pct(xs, 50) / pct(fs, 50):6.2f}x    p90={pct(xs, 90) / pct(fs, 90):6.2f}x"
-                f"    p99={pct(xs, 99) / pct(fs, 99):6.2f}x"
-            )
+            if xs:
+                report(k, xs, flat[k])
     conn.request("GET", "/v1/nodes")
     alloc = json.loads(conn.getresponse().read())
     used = statistics.mean(n["cores_allocated_pct"] for n in alloc)

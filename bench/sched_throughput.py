@@ -8,8 +8,9 @@ inventory as flexai_node writes it. Our extender runs on the Kubernetes backend
 - ``plain / no extender``   pods without vGPU requests, kube-scheduler alone
 - ``plain / extender``      the same pods, kube-scheduler configured with our extender
                             (managedResources: kube-scheduler never calls it for these pods)
-- ``vgpu / extender``       pods asking 1 vGPU of 20% / 2 GiB: filter, prioritize and bind
-                            go through the extender
+- ``vgpu / extender``       pods asking 1 vGPU of 20% / 2 GiB: filter and bind go through
+                            the extender (and prioritize with ``--answer all``: the
+                            extender's filter then passes every fitting node)
 - ``vgpu / floor`` (--floor) the same vGPU pods, kube-scheduler configured with the
                             do-nothing extender of bench/floor_extender.py (filter and
                             prioritize only, every node fits, all score 0; kube-scheduler
@@ -26,7 +27,7 @@ Bind times are taken from a watch on the pods. kube-scheduler's client runs at
 qps/burst 5000 (its default of 50 qps would cap every run at ~50 pods/s).
 
     .venv/bin/python bench/sched_throughput.py [--nodes 100 1000 5000] [--pods 500] [--modes burst]
-        [--floor] [--score-percent P]
+        [--floor] [--score-percent P] [--answer best|all]
 """
 
 from __future__ import annotations
@@ -312,6 +313,7 @@ def bench(
     modes: tuple[str, ...] = ("stream", "burst"),
     floor: bool = False,
     score_percent: int | None = None,
+    answer: str = "best",
 ) -> list[Result]:
     global FLOOR
     work = Path(tempfile.mkdtemp(prefix=f"flexai-bench-{nodes}-"))
@@ -337,9 +339,13 @@ def bench(
         wait_until(ready, 600, f"{nodes} nodes Ready", interval=1.0)
         print(f"{nodes} nodes ready in {time.monotonic() - t:.0f}s", flush=True)
         # The heartbeat written above must stay fresh for the whole run.
+        settings = work / "flexai-sched.yaml"
+        settings.write_text(f"filter_answer: {answer}\n")
         plane.start_extender(
             dataclasses.replace(
-                flexai_sched_extender("--heartbeat-ttl", "86400"), health_path="/readyz", startup_timeout=120
+                flexai_sched_extender("--heartbeat-ttl", "86400", "--config", str(settings)),
+                health_path="/readyz",
+                startup_timeout=120,
             )
         )
         floor_url = ""
@@ -393,10 +399,11 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", choices=("stream", "burst"), default=["stream", "burst"])
     p.add_argument("--floor", action="store_true", help="also vGPU pods through the do-nothing extender")
     p.add_argument("--score-percent", type=int, help="kube-scheduler's percentageOfNodesToScore (default: adaptive)")
+    p.add_argument("--answer", choices=("best", "all"), default="best", help="the extender's filter_answer setting")
     args = p.parse_args()
     results: list[Result] = []
     for n in args.nodes:
-        results += bench(n, args.pods, tuple(args.modes), args.floor, args.score_percent)
+        results += bench(n, args.pods, tuple(args.modes), args.floor, args.score_percent, args.answer)
     print(
         "\n| nodes | mode | plain, kube-scheduler alone | plain, with extender | vGPU, with extender "
         "| ratio plain | ratio vGPU |"

@@ -39,6 +39,9 @@ class Settings:
     filter_budget_ms: float = 10.0
     # ... but decides at least this many names (kube-scheduler's own search looks for 100).
     filter_min_nodes: int = 100
+    # kube-scheduler's filter answered with the best node alone ("best": it binds there, no
+    # prioritize), or with every fitting node ("all": prioritize's scores join its plugins').
+    filter_answer: str = "best"
 
     def validate(self) -> Settings:
         from . import policies
@@ -61,6 +64,8 @@ class Settings:
             problems.append(f"filter_budget_ms={self.filter_budget_ms}: must be 0 (no bound) or positive")
         if self.filter_min_nodes < 1:
             problems.append(f"filter_min_nodes={self.filter_min_nodes}: must be at least 1")
+        if self.filter_answer not in ("best", "all"):
+            problems.append(f"filter_answer={self.filter_answer!r}: must be best or all")
         if self.workload_min_pods < 1:
             problems.append(f"workload_min_pods={self.workload_min_pods}: must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -10,7 +10,10 @@ Preemption: ``preemption`` chooses the victims; ``preempting`` acts (the preempt
 extender's own evictions for pods kube-scheduler's dry run cannot help, the cards held for a
 preemptor, which filter and bind count against pods of lower or equal priority).
 
-Reservations (``reserving``): prioritize (or a filter that leaves one node) holds the pod's
+kube-scheduler's filter is answered with the best fitting node alone (``filter_answer``
+"best", ``_pick``): it binds there without prioritize; "all" answers every fitting node.
+
+Reservations (``reserving``): a filter that leaves one node (or prioritize) holds the pod's
 room on the node(s) it will most likely be bound to until its bind, which kube-scheduler
 sends after it has started the next pod's cycle; filter and prioritize of other pods count it.
 
@@ -45,7 +48,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import filterfalse, repeat
+from itertools import compress, filterfalse, repeat
 from typing import Any, cast
 
 import msgspec
@@ -75,6 +78,7 @@ MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
 _decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
+_MISSING = float("inf")  # no raw score is +inf: what ``_pick_table`` reads for a name without one
 
 
 @dataclass(slots=True)
@@ -133,6 +137,7 @@ class Extender:
         self.budget_clock = time.perf_counter
         # A sample to score from even when one verdict is slow (the first shape learns a table).
         self.min_decided = settings.filter_min_nodes
+        self.picks_best = settings.filter_answer == "best"  # ``_pick``
         self._start = 0  # where the next bounded call starts among the names it must decide
         self.filler = Filler(self.fill_step)
 
@@ -189,14 +194,40 @@ class Extender:
 
     def filter_verb(self, req: PodRequest, node_names: Sequence[str], bounded: bool = False) -> FilterOutcome:
         """kube-scheduler's filter of a parsed pod: a new cycle for it (what it reserved before
-        ends), the answer, and where one node is left, the pod reserved there (``reserving``)."""
+        ends), the answer, and where one node is left, the pod reserved there (``reserving``).
+
+        ``bounded`` marks kube-scheduler's own call: its budget (``filter_request``), and with
+        ``filter_answer`` "best" the answer is the best-scored fitting node alone (``_pick``).
+        """
         self.reserving.begin(req)
-        out = self.filter_request(req, node_names, bounded)
-        if len(out.fits) == 1 and req.wants_gpu:
-            self.reserving.after_filter(req, out.fits, self.state.nodes_by_name())
+        pick = bounded and self.picks_best
+        out = self.filter_request(req, node_names, bounded, pick)
+        if req.wants_gpu and out.fits:
+            if pick:
+                self._pick(req, out)
+            if len(out.fits) == 1:
+                self.reserving.after_filter(req, out.fits, self.state.nodes_by_name())
         return out
 
-    def filter_request(self, req: PodRequest, node_names: Sequence[str], bounded: bool = False) -> FilterOutcome:
+    def _pick(self, req: PodRequest, out: FilterOutcome) -> None:
+        """Answer the best-scored fitting node alone (the first of equals, in the order sent).
+
+        kube-scheduler then binds there without prioritize or its own score plugins: our
+        choice is not outvoted by plugins that spread (LeastAllocated outweighs a one-point
+        difference of our score), and a pod costs one round trip. The other nodes' reasons
+        are dropped: kube-scheduler reads them only for a pod no node passes.
+        """
+        fits = out.fits
+        if len(fits) > 1:  # not picked from the table already (``_pick_table``)
+            raw = self._raw_scores(req, fits)
+            out.fits = [fits[raw.index(max(raw))]]
+        out.failed = {}
+        out.unresolvable = {}
+        out.deferred = []
+
+    def filter_request(
+        self, req: PodRequest, node_names: Sequence[str], bounded: bool = False, pick: bool = False
+    ) -> FilterOutcome:
         """``filter`` of a parsed pod: the one place a node's reason is decided (explain reads it too).
 
         ``bounded`` (kube-scheduler's filter verb, never explain): new verdicts are worked out
@@ -209,6 +240,10 @@ class Extender:
         decided, so a pod is never refused while a fitting node exists, and our own
         preemption starts only from a call that decided every name. The tables off, with
         preemptors' holds (``hold`` may take fits away), or the budget 0: no bound.
+
+        ``pick``: only the best node matters when some node fits (``_pick``), so the table
+        answers it from the names' scores alone (``_pick_table``); the reasons are worked out
+        only for a pod no node fits.
         """
         out = FilterOutcome()
         if not req.wants_gpu:
@@ -243,7 +278,13 @@ class Extender:
         if self.tables:
             budget = self.settings.filter_budget_ms
             until = self.budget_clock() + budget / 1000 if bounded and budget > 0 and not nominated else None
-            self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy, until)
+            best = None
+            if pick and not nominated:
+                best = self._pick_table(out, req, node_names, nodes, cutoff, key, hkey, policy, until)
+            if best is not None:
+                out.fits = [best]
+            else:
+                self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy, until)
             if out.deferred:
                 self.filler.want(FillJob(key, hkey, req, policy))
                 out.unresolvable.update(dict.fromkeys(out.deferred, NOT_EVALUATED))
@@ -293,6 +334,47 @@ class Extender:
                 names = list(filterfalse(set(out.deferred).__contains__, names))
             out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY)), strict=True))
 
+    def _pick_table(
+        self,
+        out: FilterOutcome,
+        req: PodRequest,
+        node_names: Sequence[str],
+        nodes: Mapping[str, NodeState],
+        cutoff: datetime,
+        key: int,
+        hkey: int,
+        policy: policies.Policy,
+        until: float | None,
+    ) -> str | None:
+        """The best-scored fitting name from the table's scores (one C-level lookup per name,
+        a ``max`` and an ``index``), deciding the names it lacks as ``_filter_table`` does
+        (the ones left over go to ``out.deferred``). None when no name fits, or when the best
+        one's verdict is not a fresh fit (a score prioritize or the fill put beside a stale
+        verdict): ``_filter_table`` answers then."""
+        with self.caches.tables_mu:
+            table = self.caches.table(key, hkey, self.state)
+            table.expire(cutoff, nodes)
+            scores = table.scores
+            # A name without a score reads +inf, so the one ``max`` also says whether any is missing.
+            got = list(map(scores.get, node_names, repeat(_MISSING)))
+            top = max(got, default=NO_FIT)
+            at = got.index(top) if top != _MISSING else -1
+            if top == _MISSING:  # nodes changed since (or unknown: never stored, NO_FIT)
+                top = max(filter(_MISSING.__gt__, got), default=NO_FIT)  # the best known
+                at = got.index(top) if top != NO_FIT else len(got)
+                positions = list(compress(range(len(got)), map(_MISSING.__eq__, got)))
+                missing = [node_names[i] for i in positions]
+                out.deferred = self._decide(table, missing, nodes, cutoff, req, key, hkey, policy, until, top > NO_FIT)
+                decided = list(map(scores.get, missing, repeat(NO_FIT)))  # deferred or unknown: NO_FIT
+                new = max(decided, default=NO_FIT)
+                # Only the decided names are read again; the first of equals in the order sent.
+                if new > top or (new == top and new > NO_FIT and positions[decided.index(new)] < at):
+                    top, at = new, positions[decided.index(new)]
+            if top == NO_FIT:
+                return None
+            best = node_names[at]
+            return best if table.verdicts.get(best) is True else None
+
     def _decide(
         self,
         table: ShapeAnswers,
@@ -329,6 +411,9 @@ class Extender:
             if verdict is None:
                 verdict = self._verdict(node, req, key, hkey, policy)
             table.put(name, verdict, hb)
+            # Its raw score too (the caches the verdict filled have it): ``_pick_table`` and
+            # prioritize read the table's scores alone.
+            table.scores[name] = self._score(node, req, key, hkey, policy) if verdict is True else NO_FIT
             found = found or verdict is True
         if until is not None:
             self._start += len(names)

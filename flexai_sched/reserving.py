@@ -9,12 +9,13 @@ out a back-off (1 s, then 2 s). ``ClusterState.reserve`` counts a reservation in
 through the change log), while a bind places against ``allocated``: a bind is the truth,
 a reservation a guess.
 
-Where: kube-scheduler adds our score (x weight x 10) to its own plugins' scores, so a node we
-score below ``MAX_SCORE`` loses to one at ``MAX_SCORE`` unless its plugins differ by a lot;
-the pod is reserved on the nodes at ``MAX_SCORE``, at most ``RESERVE_NODES`` of them (best
-raw score first), as it would be bound there (its card policy, the cards held for preemptors
-counted). A filter that leaves one node reserves it: kube-scheduler binds there without
-calling prioritize.
+Where: a filter that leaves one node reserves it: kube-scheduler binds there without calling
+prioritize (with ``filter_answer`` "best", the default, every filter that fits leaves one
+node). After prioritize ("all"): kube-scheduler adds our score (x weight x 10) to its own
+plugins' scores, so a node we score below ``MAX_SCORE`` loses to one at ``MAX_SCORE`` unless
+its plugins differ by a lot; the pod is reserved on the nodes at ``MAX_SCORE``, at most
+``RESERVE_NODES`` of them (best raw score first). Either way as it would be bound there (its
+card policy, the cards held for preemptors counted).
 
 A reservation ends with the pod's allocation (its bind: in the same step), its bind failing,
 its next cycle (a new filter for it), its release, or after ``RESERVE_S`` without any of

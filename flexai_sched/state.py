@@ -556,17 +556,22 @@ class ClusterState:
             usage = tuple(u.plus(r) for u, r in zip(allocated, _summed(inventory, reserved.values()), strict=True))
         elif reserved is not None:
             del self._reserved_on[name]
+        host = self._host(name)
+        content = self._content(name, inventory.cards, usage)
         self._nodes[name] = NodeState(
             inventory,
             usage,
             self._versions,
             pods,
-            host=self._host(name),
-            content=self._content(name, inventory.cards, usage),
+            host=host,
+            content=content,
             allocated=allocated,
             alloc_version=alloc_version,
         )
-        self._changed(name)
+        # The same cards, usage and host give the same answers: a bind that takes the room its
+        # reservation held changes nothing the answer tables must decide again.
+        if old is None or old.inventory.cards is not inventory.cards or old.content != content or old.host != host:
+            self._changed(name)
 
     def _changed(self, name: str) -> None:
         """Log a node whose answers may have changed, after its new state is in place."""

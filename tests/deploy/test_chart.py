@@ -83,6 +83,7 @@ def test_policy_config_map_is_what_flexai_sched_loads(helm: Helm, tmp_path: Path
             "coreGranularity": 10,
             "maxVgpusPerCard": 3,
             "heartbeatTTLSeconds": 90,
+            "filterAnswer": "all",
         }
     }
     r = helm.template(values)
@@ -95,7 +96,11 @@ def test_policy_config_map_is_what_flexai_sched_loads(helm: Helm, tmp_path: Path
         settings.granularity,
         settings.max_vgpus_per_card,
         settings.heartbeat_ttl_s,
-    ) == ("spread", "fgd", 10, 3, 90.0)
+        settings.filter_answer,
+    ) == ("spread", "fgd", 10, 3, 90.0, "all")
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(helm.template({}).config_map["data"]["flexai-sched.yaml"])
+    assert config.load(defaults).filter_answer == "best" == config.load(None).filter_answer
     # the extender reads that file: the path in its args is where the ConfigMap is mounted
     args = r.container("Deployment", "extender")["args"]
     assert arg_value(args, "--config") == "/etc/flexai/scheduler/flexai-sched.yaml"
@@ -112,11 +117,19 @@ def test_every_flexai_sched_policy_is_accepted(helm: Helm, name: str) -> None:
     ("values", "message"),
     [
         ({"policy": {"nodePolicy": "firstfit"}}, "policy.nodePolicy"),
+        ({"policy": {"filterAnswer": "first"}}, "policy.filterAnswer"),
+        ({"scheduler": {"kubeScheduler": {"percentageOfNodesToScore": 101}}}, "percentageOfNodesToScore"),
         ({"scheduler": {"extender": {"tls": {"enabled": True}}}}, "tls.secretName"),
         # TTL at or under the heartbeat period: every node would look silent at times
         ({"policy": {"heartbeatTTLSeconds": 30}, "node": {"reportEverySeconds": 30}}, "heartbeatTTLSeconds"),
     ],
-    ids=["unknown-policy", "tls-without-secret", "ttl-not-above-heartbeat"],
+    ids=[
+        "unknown-policy",
+        "unknown-filter-answer",
+        "score-percent-over-100",
+        "tls-without-secret",
+        "ttl-not-above-heartbeat",
+    ],
 )
 def test_bad_values_fail_at_render_time(helm: Helm, values: dict[str, object], message: str) -> None:
     with pytest.raises(HelmError, match=message):

@@ -31,14 +31,19 @@ def _holder(coord: k8s.CoordinationV1Api, name: str) -> str | None:
 
 
 GPU_MODELS = {"policy": {"gpuModels": ["NVIDIA-H200", "A100"]}}
+SAMPLED = {"scheduler": {"kubeScheduler": {"percentageOfNodesToScore": 20}}}
 
 
-@pytest.mark.parametrize("values", [{}, TLS_VALUES, GPU_MODELS], ids=["defaults", "tls", "gpu-models"])
+@pytest.mark.parametrize(
+    "values", [{}, TLS_VALUES, GPU_MODELS, SAMPLED], ids=["defaults", "tls", "gpu-models", "score-percent"]
+)
 def test_real_kube_scheduler_runs_the_rendered_config(
     helm: Helm, control_plane: ControlPlane, procs: Procs, bin_dir: Any, values: dict[str, object]
 ) -> None:
     rendered = helm.template(values, namespace=NAMESPACE, release="ks")
     cfg = rendered.scheduler_config
+    # kube-scheduler's adaptive search unless the chart is told otherwise
+    assert cfg.get("percentageOfNodesToScore") == (20 if values is SAMPLED else None)
     if values is GPU_MODELS:
         fit = cfg["profiles"][0]["pluginConfig"][0]
         assert fit["name"] == "NodeResourcesFit"

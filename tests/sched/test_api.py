@@ -26,7 +26,8 @@ def env() -> Iterator[tuple[TestClient, MemoryBackend, ClusterState]]:
     backend = MemoryBackend(
         [node("big", 8), node("small", 2), node("t4", 2, memory_mib=15360, model="Tesla T4")], heartbeat_every=None
     )
-    app = create_app(Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack")))
+    settings = Settings(node_policy="binpack", card_policy="binpack", filter_answer="all")
+    app = create_app(Extender(state, backend, settings))
     with TestClient(app) as client:
         yield client, backend, state
 

@@ -36,7 +36,7 @@ class Cluster:
         inv = [node(f"n{i:02d}", 2) for i in range(nodes)]
         self.backend = MemoryBackend(inv, heartbeat_every=None)
         self.backend.start(self.state)
-        self.ext = Extender(self.state, self.backend, Settings(filter_budget_ms=5))
+        self.ext = Extender(self.state, self.backend, Settings(filter_budget_ms=5, filter_answer="all"))
         self.ext.budget_clock = Ticks()
         self.ext.min_decided = least
         self.ext.filler.background = background

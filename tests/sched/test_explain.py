@@ -38,7 +38,7 @@ def env() -> Iterator[tuple[TestClient, MemoryBackend, ClusterState]]:
         ],
         heartbeat_every=None,
     )
-    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack"))
+    ext = Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack", filter_answer="all"))
     with TestClient(create_app(ext)) as client:
         backend.add_node(node("old", 2, heartbeat=datetime.now(UTC) - timedelta(minutes=5)))  # start() beat it
         yield client, backend, state

@@ -83,7 +83,7 @@ def test_full_node_list_mode_is_answered_by_the_app() -> None:
 
 
 def test_the_fast_path_answers_as_the_extender_does() -> None:
-    ext, backend = cluster()
+    ext, backend = cluster(Settings(filter_answer="all"))
     p = pod("q", limits(2, cores=30, memory_gib=8))
     with TestClient(create_app(ext)) as client:
         backend.create_pod(pod("x", limits(4, cores=80)))

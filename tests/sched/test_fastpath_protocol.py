@@ -35,7 +35,7 @@ class Served:
         state = ClusterState()
         self.backend = MemoryBackend([node(n, 4) for n in NAMES], heartbeat_every=None)
         self.backend.start(state)
-        self.ext = Extender(state, self.backend, Settings())
+        self.ext = Extender(state, self.backend, Settings(filter_answer="all"))
         self.app = create_app(self.ext, start_backend=False, max_body=LIMIT)
         self.calls = 0
         self.opened: list[http.client.HTTPConnection | socket.socket] = []

@@ -35,7 +35,9 @@ quotas:
 def env() -> Iterator[tuple[TestClient, MemoryBackend, ClusterState]]:
     state = ClusterState()
     backend = MemoryBackend([node("big", 8), node("small", 2)], heartbeat_every=None)
-    app = create_app(Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack")))
+    app = create_app(
+        Extender(state, backend, Settings(node_policy="binpack", card_policy="binpack", filter_answer="all"))
+    )
     with TestClient(app) as client:
         yield client, backend, state
 

@@ -65,7 +65,7 @@ class Cluster:
         self.backend.start(self.state)
         for n in inv[: nodes // 2]:  # half the nodes have a host: host-aware scores there
             self.state.set_host_capacity(n.name, 64_000, 512 * 1024)
-        self.ext = Extender(self.state, self.backend, Settings(heartbeat_ttl_s=TTL))
+        self.ext = Extender(self.state, self.backend, Settings(heartbeat_ttl_s=TTL, filter_answer="all"))
         self.ext._heartbeat_cutoff = self.clock.cutoff  # type: ignore[method-assign]
         self.ext.tables = True
         self.hot = Hot(self.ext, Metrics(self.state), limit=64 << 20)
@@ -112,6 +112,21 @@ class Cluster:
                     want = self.replies(p, names)
                     self.ext.tables = True
                     assert got == want, f"{label}: shape {shape}, cpu {cpu}"
+                    # filter_answer "best": the table's pick (``_pick_table``, which reads the
+                    # scores prioritize left, stale nodes' too) is the old path's best fit.
+                    self.ext.picks_best = True
+                    got = self.picked(p, names)
+                    self.ext.tables = False
+                    want = self.picked(p, names)
+                    self.ext.tables = True
+                    self.ext.picks_best = False
+                    assert got == want, f"{label}: shape {shape}, cpu {cpu}, best"
+
+    def picked(self, p: dict[str, Any], names: list[str]) -> bytes:
+        f = self.hot("/filter", msgspec.json.encode({"Pod": p, "NodeNames": names}))
+        assert f is not None
+        self.ext.reserving.end(f"default/{p['metadata']['name']}")
+        return f
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -282,3 +282,21 @@ def test_a_bind_that_arrived_but_never_ends_holds_the_room_at_most_bind_wait_s()
     env.now += BIND_WAIT_S + 0.01
     assert env.cycle(env.pod("p2", 50))[0] == ["a", "b"]
     assert env.state.reservations("default/p1") == ()
+
+
+def test_a_bind_onto_the_room_it_reserved_changes_nothing_the_tables_decide_again() -> None:
+    """The allocation takes the reservation's place with the same slices: the node's cards,
+    usage and host are what they were, so no answer changed (each logged change costs every
+    shape's table a verdict). A bind elsewhere changes both nodes."""
+    env = Env()
+    p, q = env.pod("p", 50), env.pod("q", 30)
+    assert env.ext.filter(p, ["a"]).fits == ["a"]  # one node left: reserved there
+    seq = env.state.change_seq()
+    assert env.bind(p, "a") == ""
+    assert env.state.changes_since(seq)[1] == []
+    assert env.cores("a") == 50
+    assert env.ext.filter(q, ["a"]).fits == ["a"]
+    seq = env.state.change_seq()
+    assert env.bind(q, "b") == ""  # kube-scheduler chose another node
+    assert sorted(set(env.state.changes_since(seq)[1] or [])) == ["a", "b"]
+    assert env.cores("a") == 50 and env.cores("b") == 30

@@ -103,4 +103,11 @@ variables client-go and the Python client read for their in-cluster configuratio
 {{- if not (has .Values.policy.cardPolicy (list "binpack" "spread" "bestfit" "fgd" "fragmentation" "gpupacking" "random")) }}
 {{- fail (printf "policy.cardPolicy %q: unknown policy" .Values.policy.cardPolicy) }}
 {{- end }}
+{{- $percent := int .Values.scheduler.kubeScheduler.percentageOfNodesToScore }}
+{{- if or (lt $percent 0) (gt $percent 100) }}
+{{- fail (printf "scheduler.kubeScheduler.percentageOfNodesToScore %d: must be 0 (adaptive) to 100" $percent) }}
+{{- end }}
+{{- if not (has .Values.policy.filterAnswer (list "best" "all")) }}
+{{- fail (printf "policy.filterAnswer %q: must be best or all" .Values.policy.filterAnswer) }}
+{{- end }}
 {{- end }}
