@@ -87,7 +87,8 @@ class FilterOutcome:
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
     # A bounded call's names not worked out yet (``filter_request``); each is in ``unresolvable``
-    # too, with NOT_EVALUATED, as kube-scheduler gets it. Never "does not fit".
+    # too, with NOT_EVALUATED, as kube-scheduler gets it (unless only the best node is answered,
+    # ``_pick``). Never "does not fit".
     deferred: list[str] = field(default_factory=list)
 
 
@@ -222,8 +223,7 @@ class Extender:
             raw = self._raw_scores(req, fits)
             out.fits = [fits[raw.index(max(raw))]]
         out.failed = {}
-        out.unresolvable = {}
-        out.deferred = []
+        out.unresolvable = {}  # the deferred names too: ``deferred`` still says how many
 
     def filter_request(
         self, req: PodRequest, node_names: Sequence[str], bounded: bool = False, pick: bool = False

@@ -41,7 +41,8 @@ class Metrics:
         self.binds = Counter("flexai_binds", "Pods bound through the extender", registry=self.registry)
         self.deferred = Counter(
             "flexai_filter_deferred_names",
-            "Names a bounded filter call answered 'not yet evaluated' (filter_budget_ms)",
+            "Names a bounded filter call left undecided (filter_budget_ms): answered 'not yet evaluated', "
+            "or not considered for the best node",
             registry=self.registry,
         )
         self.registry.register(_RejectedCollector(state))

@@ -116,8 +116,16 @@ def assert_page_matches_api(page: Page, base: str) -> list[str]:
 
 
 def filter_reasons(base: str, pod: dict[str, Any], names: list[str]) -> dict[str, str]:
-    body = api(base, "/filter", {"Pod": pod, "NodeNames": names})
-    return {**(body["FailedNodes"] or {}), **(body["FailedAndUnresolvableNodes"] or {})}
+    """The reason filter gives for each node the pod does not fit. The filter verb answers a
+    fitting node alone (``filter_answer`` "best"), so it is asked again without the nodes it
+    answered until none fits: that answer holds every other node's reason (and its filter ends
+    the reservation the one before made)."""
+    left = list(names)
+    while True:
+        body = api(base, "/filter", {"Pod": pod, "NodeNames": left})
+        if not body["NodeNames"]:
+            return {**(body["FailedNodes"] or {}), **(body["FailedAndUnresolvableNodes"] or {})}
+        left = [n for n in left if n not in body["NodeNames"]]
 
 
 def explained_on_page(page: Page) -> dict[str, str]:

@@ -97,8 +97,12 @@ def test_a_bounded_first_call_picks_among_what_it_decided_and_defers_nothing_in_
     ext.min_decided = 5
     ext.filler.background = False
     p = pod("new", limits(1, cores=5, memory_gib=1))
-    got = reply(ext, p, names)
+    metrics = Metrics(ext.state)
+    raw = Hot(ext, metrics, limit=64 << 20)("/filter", msgspec.json.encode({"Pod": p, "NodeNames": names}))
+    assert raw is not None
+    got = msgspec.json.decode(raw)
     assert len(got["NodeNames"]) == 1
+    assert metrics.deferred._value.get() == len(names) - 5  # counted, though not in the reply
     assert NOT_EVALUATED not in got["FailedAndUnresolvableNodes"].values()
     assert got["FailedAndUnresolvableNodes"] == {} and got["FailedNodes"] == {}
 
