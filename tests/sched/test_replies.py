@@ -115,12 +115,12 @@ class Cluster:
                     # filter_answer "best": the table's pick (``_pick_table``, which reads the
                     # scores prioritize left, stale nodes' too) is the old path's best fit.
                     self.ext.picks_best = True
-                    got = self.picked(p, names)
+                    picked = self.picked(p, names)
                     self.ext.tables = False
-                    want = self.picked(p, names)
+                    reference = self.picked(p, names)
                     self.ext.tables = True
                     self.ext.picks_best = False
-                    assert got == want, f"{label}: shape {shape}, cpu {cpu}, best"
+                    assert picked == reference, f"{label}: shape {shape}, cpu {cpu}, best"
 
     def picked(self, p: dict[str, Any], names: list[str]) -> bytes:
         f = self.hot("/filter", msgspec.json.encode({"Pod": p, "NodeNames": names}))
