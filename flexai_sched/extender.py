@@ -447,7 +447,9 @@ class Extender:
                 if name not in verdicts:
                     self._decide(table, [name], nodes, cutoff, job.req, job.key, job.hkey, job.policy, None, True)
                 node = nodes.get(name)
-                if node is not None:  # prioritize's raw score, from the node's caches the verdict filled
+                # prioritize's raw score, from the node's caches the verdict filled; none for a stale
+                # node (filter refuses it): as the best score it would send ``_pick_table`` the long way.
+                if node is not None and name not in table.stale:
                     scores[name] = self._score(node, job.req, job.key, job.hkey, job.policy)
                 if clock() >= until:
                     break

@@ -140,8 +140,8 @@ def test_among_equal_nodes_the_first_sent_is_answered() -> None:
 
 
 def test_a_stale_node_with_the_best_score_is_never_the_answer() -> None:
-    """The table's fill (and prioritize) score a node's cards whatever its heartbeat: the table
-    may hold a score for a node filter refuses as stale, and that score may be the best."""
+    """prioritize scores a node's cards whatever its heartbeat: the table may hold a score for
+    a node filter refuses as stale, and that score may be the best."""
     state = ClusterState()
     backend = MemoryBackend([node("a", 2), node("b", 2)], heartbeat_every=None)
     backend.start(state)
@@ -149,20 +149,33 @@ def test_a_stale_node_with_the_best_score_is_never_the_answer() -> None:
     assert a is not None
     state.upsert_node(replace(a.inventory, heartbeat=datetime.now(UTC) - timedelta(hours=1)))
     ext = Extender(state, backend, Settings(node_policy="spread", card_policy="spread"))
-    ext.filler.background = False
     q = pod("q", limits(1, cores=50))
     backend.create_pod(q)
     ext.parse(q)
     ext.bind("default", "q", "uid-q", "b")
+    p = pod("p", limits(1, cores=10))
+    assert ext.priorities(ext.parse(p), ["a", "b"]) == [10, 0]  # the empty node is the better spread
+    (table,) = ext.caches.tables.values()
+    assert table.scores["a"] > table.scores["b"]
+    assert reply(ext, p, ["a", "b"])["NodeNames"] == ["b"]
+
+
+def test_the_fill_leaves_stale_nodes_unscored() -> None:
+    """A node filter refuses as stale gets no score from the fill, so it cannot be a call's
+    best score (which would send every call the long way)."""
+    ext, names = cluster("best", 2, nodes=6)
+    stale = ext.state.node(names[0])
+    assert stale is not None
+    ext.state.upsert_node(replace(stale.inventory, heartbeat=datetime.now(UTC) - timedelta(hours=1)))
+    ext.filler.background = False
     p = pod("p", limits(1, cores=10))
     req = ext.parse(p)
     key = ext._key(req)
     policy = ext._policy(None, ext._node_policy)
     hkey = ext._host_key(req, key, policy)
     with ext.caches.tables_mu:
-        ext.caches.table(key, hkey, state)
+        table = ext.caches.table(key, hkey, ext.state)
     ext.filler.want(FillJob(key, hkey, req, policy))
     ext.filler.drain()
-    (table,) = ext.caches.tables.values()
-    assert table.scores["a"] > table.scores["b"]  # the empty node is the better spread
-    assert reply(ext, p, ["a", "b"])["NodeNames"] == ["b"]
+    assert names[0] in table.stale and names[0] not in table.scores
+    assert set(table.scores) == set(names[1:])
