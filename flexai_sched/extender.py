@@ -92,6 +92,20 @@ class FilterOutcome:
     deferred: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a filter call decides with, worked out once per call: the pod, its shape's ids
+    (``Extender._key`` / ``_host_key``), its node policy, the nodes as they are, and the
+    heartbeat cutoff."""
+
+    req: PodRequest
+    key: int
+    hkey: int
+    policy: policies.Policy
+    nodes: Mapping[str, NodeState]
+    cutoff: datetime
+
+
 class BindError(SchedError):
     """The pod could not be bound; kube-scheduler requeues it. ``reason``: why, as a value."""
 
@@ -269,27 +283,24 @@ class Extender:
         if cluster_reason:
             out.unresolvable = dict.fromkeys(node_names, _short(cluster_reason))
             return out
-        cutoff = self._heartbeat_cutoff()
         key = self._key(req)  # computed once: the hot loop below only looks up
         policy = self._policy(req.node_policy, self._node_policy)
-        hkey = self._host_key(req, key, policy)
         nodes = self.state.nodes_by_name()
+        ask = _Asked(req, key, self._host_key(req, key, policy), policy, nodes, self._heartbeat_cutoff())
         nominated = self.preempting.nominations  # cards held for preemptors; empty in the common case
         if self.tables:
             budget = self.settings.filter_budget_ms
             until = self.budget_clock() + budget / 1000 if bounded and budget > 0 and not nominated else None
-            best = None
-            if pick and not nominated:
-                best = self._pick_table(out, req, node_names, nodes, cutoff, key, hkey, policy, until)
+            best = self._pick_table(out, ask, node_names, until) if pick and not nominated else None
             if best is not None:
                 out.fits = [best]
             else:
-                self._filter_table(out, req, node_names, nodes, cutoff, key, hkey, policy, until)
+                self._filter_table(out, ask, node_names, until)
             if out.deferred:
-                self.filler.want(FillJob(key, hkey, req, policy))
+                self.filler.want(FillJob(key, ask.hkey, req, policy))
                 out.unresolvable.update(dict.fromkeys(out.deferred, NOT_EVALUATED))
         else:
-            self._filter_each(out, req, node_names, nodes, cutoff, key, hkey, policy)
+            self._filter_each(out, ask, node_names)
         if nominated:  # rare: checked after the hot loop, which stays as it was
             self.preempting.hold(out, req, nodes)
         if not out.fits and out.failed and req.priority > 0:
@@ -297,23 +308,14 @@ class Extender:
         return out
 
     def _filter_table(
-        self,
-        out: FilterOutcome,
-        req: PodRequest,
-        node_names: Sequence[str],
-        nodes: Mapping[str, NodeState],
-        cutoff: datetime,
-        key: int,
-        hkey: int,
-        policy: policies.Policy,
-        until: float | None = None,
+        self, out: FilterOutcome, ask: _Asked, node_names: Sequence[str], until: float | None = None
     ) -> None:
         """The verdicts from the shape's table: the names are looked up by C-level set and dict
         operations (``filter``/``filterfalse``), and only nodes changed since are decided (until
         ``budget_clock`` reads ``until``, once a name fits: the rest go to ``out.deferred``)."""
         with self.caches.tables_mu:
-            table = self.caches.table(key, hkey, self.state)
-            table.expire(cutoff, nodes)
+            table = self.caches.table(ask.key, ask.hkey, self.state)
+            table.expire(ask.cutoff, ask.nodes)
             fits = table.fits
             out.fits = list(filter(fits.__contains__, node_names))
             if len(out.fits) == len(node_names):
@@ -321,9 +323,7 @@ class Extender:
             rest = list(filterfalse(fits.__contains__, node_names))
             missing = list(filterfalse(table.verdicts.__contains__, rest))
             if missing:  # nodes changed since (or unknown: never stored, answered below)
-                out.deferred = self._decide(
-                    table, missing, nodes, cutoff, req, key, hkey, policy, until, bool(out.fits)
-                )
+                out.deferred = self._decide(table, missing, ask, until, bool(out.fits))
                 out.fits = list(filter(fits.__contains__, node_names))
                 rest = list(filterfalse(fits.__contains__, node_names))
             failed = table.failed
@@ -335,16 +335,7 @@ class Extender:
             out.unresolvable = dict(zip(names, map(table.unresolvable.get, names, repeat(NO_INVENTORY)), strict=True))
 
     def _pick_table(
-        self,
-        out: FilterOutcome,
-        req: PodRequest,
-        node_names: Sequence[str],
-        nodes: Mapping[str, NodeState],
-        cutoff: datetime,
-        key: int,
-        hkey: int,
-        policy: policies.Policy,
-        until: float | None,
+        self, out: FilterOutcome, ask: _Asked, node_names: Sequence[str], until: float | None
     ) -> str | None:
         """The best-scored fitting name from the table's scores (one C-level lookup per name,
         a ``max`` and an ``index``), deciding the names it lacks as ``_filter_table`` does
@@ -352,8 +343,8 @@ class Extender:
         one's verdict is not a fresh fit (a score prioritize or the fill put beside a stale
         verdict): ``_filter_table`` answers then."""
         with self.caches.tables_mu:
-            table = self.caches.table(key, hkey, self.state)
-            table.expire(cutoff, nodes)
+            table = self.caches.table(ask.key, ask.hkey, self.state)
+            table.expire(ask.cutoff, ask.nodes)
             scores = table.scores
             # A name without a score reads +inf, so the one ``max`` also says whether any is missing.
             got = list(map(scores.get, node_names, repeat(_MISSING)))
@@ -364,7 +355,7 @@ class Extender:
                 at = got.index(top) if top != NO_FIT else len(got)
                 positions = list(compress(range(len(got)), map(_MISSING.__eq__, got)))
                 missing = [node_names[i] for i in positions]
-                out.deferred = self._decide(table, missing, nodes, cutoff, req, key, hkey, policy, until, top > NO_FIT)
+                out.deferred = self._decide(table, missing, ask, until, top > NO_FIT)
                 decided = list(map(scores.get, missing, repeat(NO_FIT)))  # deferred or unknown: NO_FIT
                 new = max(decided, default=NO_FIT)
                 # Only the decided names are read again; the first of equals in the order sent.
@@ -376,23 +367,14 @@ class Extender:
             return best if table.verdicts.get(best) is True else None
 
     def _decide(
-        self,
-        table: ShapeAnswers,
-        names: list[str],
-        nodes: Mapping[str, NodeState],
-        cutoff: datetime,
-        req: PodRequest,
-        key: int,
-        hkey: int,
-        policy: policies.Policy,
-        until: float | None,
-        found: bool,
+        self, table: ShapeAnswers, names: list[str], ask: _Asked, until: float | None, found: bool
     ) -> list[str]:
         """Put the verdicts of ``names`` in the table. With ``until``: from a start that moves on
         by the names each bounded call decides (hold ``tables_mu``), and only until
         ``budget_clock`` passed it, ``min_decided`` names are decided and a name fits
         (``found``: one already did). Returns the names not decided."""
         clock, least = self.budget_clock, self.min_decided
+        req, key, hkey, policy, nodes, cutoff = ask.req, ask.key, ask.hkey, ask.policy, ask.nodes, ask.cutoff
         if until is not None and len(names) > 1:  # not always the same first names: an unbiased sample
             start = self._start % len(names)
             names = names[start:] + names[:start]
@@ -434,8 +416,8 @@ class Extender:
                 # compares its names with the table's keys, and keys scattered over the heap (the
                 # inventory's own strings) cost a cache miss each (bench/results/extender-latency.md).
                 job.names = [name.encode().decode() for name in nodes]
-            cutoff = self._heartbeat_cutoff()
-            table.expire(cutoff, nodes)
+            ask = _Asked(job.req, job.key, job.hkey, job.policy, nodes, self._heartbeat_cutoff())
+            table.expire(ask.cutoff, nodes)
             verdicts, scores, names = table.verdicts, table.scores, job.names
             clock = self.budget_clock
             until = clock() + BATCH_S
@@ -445,7 +427,7 @@ class Extender:
                 if name in scores:
                     continue
                 if name not in verdicts:
-                    self._decide(table, [name], nodes, cutoff, job.req, job.key, job.hkey, job.policy, None, True)
+                    self._decide(table, [name], ask, None, True)
                 node = nodes.get(name)
                 # prioritize's raw score, from the node's caches the verdict filled; none for a stale
                 # node (filter refuses it): as the best score it would send ``_pick_table`` the long way.
@@ -455,18 +437,9 @@ class Extender:
                     break
             return job.at >= len(names)
 
-    def _filter_each(
-        self,
-        out: FilterOutcome,
-        req: PodRequest,
-        node_names: Sequence[str],
-        nodes: Mapping[str, NodeState],
-        cutoff: datetime,
-        key: int,
-        hkey: int,
-        policy: policies.Policy,
-    ) -> None:
+    def _filter_each(self, out: FilterOutcome, ask: _Asked, node_names: Sequence[str]) -> None:
         """The verdicts node by node (no table): the reference the tables are tested against."""
+        req, key, hkey, policy, nodes, cutoff = ask.req, ask.key, ask.hkey, ask.policy, ask.nodes, ask.cutoff
         for name in node_names:
             node = nodes.get(name)
             if node is None:

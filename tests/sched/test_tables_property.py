@@ -25,7 +25,7 @@ from flexai_core.requests import parse_pod
 from flexai_sched.answers import NO_FIT
 from flexai_sched.backend import CommitError, MemoryBackend
 from flexai_sched.config import Settings
-from flexai_sched.extender import BindError, Extender, FilterOutcome
+from flexai_sched.extender import BindError, Extender, FilterOutcome, _Asked
 from flexai_sched.state import ClusterState
 
 from .fixtures import Ticks, limits, node, pod
@@ -160,6 +160,23 @@ class World:
         elif op == "learn":
             self.ext.learn_workload(1)
 
+    def check_pick(self, label: str, k: int, ask: _Asked, names: list[str], want: FilterOutcome) -> None:
+        """The table's pick (``_pick_table``) is the first of the reference's best-scored fits,
+        or None (the long way) only when the table's best score is not a fresh fit's."""
+        ext = self.ext
+        picked = ext._pick_table(FilterOutcome(), ask, names, None)
+        table = ext.caches.tables[(ask.key, ask.hkey)]
+        if not want.fits:
+            assert picked is None, f"{label}: pick of shape {k}"
+            return
+        ref = ext._scores_each(ask.req, want.fits, ask.nodes, ask.key, ask.hkey, ask.policy)
+        best = want.fits[ref.index(max(ref))]
+        if picked is None:
+            scores = [table.scores.get(name, NO_FIT) for name in names]
+            assert table.verdicts.get(names[scores.index(max(scores))]) is not True, f"{label}: pick of {k}"
+        else:
+            assert picked == best, f"{label}: pick of shape {k}"
+
     def check(self, label: str) -> None:
         ext = self.ext
         names = [*NAMES, "ghost"]
@@ -175,16 +192,18 @@ class World:
                 key = ext._key(req)
                 policy = ext._policy(req.node_policy, ext._node_policy)
                 hkey = ext._host_key(req, key, policy)
+                ask = _Asked(req, key, hkey, policy, nodes, cutoff)
                 got, want, part = FilterOutcome(), FilterOutcome(), FilterOutcome()
-                ext._filter_each(want, req, names, nodes, cutoff, key, hkey, policy)
+                ext._filter_each(want, ask, names)
                 ext.caches.table(key, hkey, self.state).clear()
                 ext.min_decided = k % 3
-                ext._filter_table(part, req, names, nodes, cutoff, key, hkey, policy, until=ticks() + k % 4)
+                ext._filter_table(part, ask, names, until=ticks() + k % 4)
                 self.check_bounded(label, k, part, want)
-                ext._filter_table(got, req, names, nodes, cutoff, key, hkey, policy)
+                ext._filter_table(got, ask, names)
                 assert (got.fits, got.failed, got.unresolvable) == (want.fits, want.failed, want.unresolvable), (
                     f"{label}: filter of shape {k}"
                 )
+                self.check_pick(label, k, ask, names, want)
                 scores = ext.priorities(req, names)
                 table = ext.caches.tables[(key, hkey)]
                 raw = [table.scores.get(name, NO_FIT) for name in names]  # before normalising
