@@ -349,8 +349,9 @@ class Extender:
             # A name without a score reads +inf, so the one ``max`` also says whether any is missing.
             got = list(map(scores.get, node_names, repeat(_MISSING)))
             top = max(got, default=NO_FIT)
-            at = got.index(top) if top != _MISSING else -1
-            if top == _MISSING:  # nodes changed since (or unknown: never stored, NO_FIT)
+            if top != _MISSING:
+                at = got.index(top)
+            else:  # nodes changed since (or unknown: never stored, NO_FIT)
                 top = max(filter(_MISSING.__gt__, got), default=NO_FIT)  # the best known
                 at = got.index(top) if top != NO_FIT else len(got)
                 positions = list(compress(range(len(got)), map(_MISSING.__eq__, got)))
@@ -394,7 +395,8 @@ class Extender:
                 verdict = self._verdict(node, req, key, hkey, policy)
             table.put(name, verdict, hb)
             # Its raw score too (the caches the verdict filled have it): ``_pick_table`` and
-            # prioritize read the table's scores alone.
+            # prioritize read the table's scores alone. A stale node gets none (filter refuses
+            # it): as a call's best score it would send ``_pick_table`` the long way.
             table.scores[name] = self._score(node, req, key, hkey, policy) if verdict is True else NO_FIT
             found = found or verdict is True
         if until is not None:
@@ -424,15 +426,8 @@ class Extender:
             while job.at < len(names):  # at least one node a batch, whatever the clock says
                 name = names[job.at]
                 job.at += 1
-                if name in scores:
-                    continue
-                if name not in verdicts:
+                if name not in scores and name not in verdicts:  # decided: its score is there too
                     self._decide(table, [name], ask, None, True)
-                node = nodes.get(name)
-                # prioritize's raw score, from the node's caches the verdict filled; none for a stale
-                # node (filter refuses it): as the best score it would send ``_pick_table`` the long way.
-                if node is not None and name not in table.stale:
-                    scores[name] = self._score(node, job.req, job.key, job.hkey, job.policy)
                 if clock() >= until:
                     break
             return job.at >= len(names)

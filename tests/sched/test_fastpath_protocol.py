@@ -97,6 +97,15 @@ def body(p: dict[str, Any], names: list[str]) -> bytes:
     return json.dumps({"Pod": p, "NodeNames": names}).encode()
 
 
+def answers(s: socket.socket, count: int) -> list[bytes]:
+    """The 200 answers read from ``s`` until ``count`` came (or 10 s passed), each without its status line."""
+    got = b""
+    deadline = time.time() + 10
+    while got.count(b"HTTP/1.1 200") < count and time.time() < deadline:
+        got += s.recv(65536)
+    return got.split(b"HTTP/1.1 200 OK\r\n")[1:]
+
+
 def test_answers_are_the_apps_and_come_from_the_protocol(served: Served) -> None:
     p = pod("q", limits(2, cores=30, memory_gib=8))
     served.backend.create_pod(pod("x", limits(4, cores=80)))
@@ -203,11 +212,7 @@ def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     request = b"POST /filter HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
     s = served.socket()
     s.sendall(b"GET /v1/nodes HTTP/1.1\r\nhost: x\r\n\r\n" + request % len(raw) + raw + request % len(raw) + raw)
-    got = b""
-    deadline = time.time() + 10
-    while got.count(b"HTTP/1.1 200") < 3 and time.time() < deadline:
-        got += s.recv(65536)
-    parts = got.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    parts = answers(s, 3)
     assert len(parts) == 3
     assert b'"name":"a"' in parts[0]  # the node list first, then both filter replies
     assert all(b'"NodeNames":["a","b"]' in part for part in parts[1:])
@@ -278,11 +283,7 @@ def test_a_request_behind_a_bind_in_progress_is_answered_after_it(served: Served
         + b"POST /filter HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(raw)
         + raw
     )
-    got = b""
-    deadline = time.time() + 10
-    while got.count(b"HTTP/1.1 200") < 2 and time.time() < deadline:
-        got += s.recv(65536)
-    parts = got.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    parts = answers(s, 2)
     assert len(parts) == 2
     assert parts[0].endswith(b'{"Error":""}')  # the bind's answer first, then the filter's
     assert b'"NodeNames":["a","b"]' in parts[1]
