@@ -396,6 +396,7 @@ class ControlPlane:
         kwok_all_nodes: bool = True,
         controller_manager: bool = False,
         kwok: bool = True,
+        profiling: bool = False,
     ) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_workdir = workdir is None
@@ -414,6 +415,8 @@ class ControlPlane:
         # node (tests/realnode/test_helm_install.py). kwok=False: no fake kubelets at all.
         self.controller_manager = controller_manager
         self.kwok = kwok
+        # True: kube-apiserver and kube-scheduler serve /debug/pprof (benchmarks' CPU profiles).
+        self.profiling = profiling
         self.procs: dict[str, Process] = {}
         self.timings: dict[str, float] = {}
         self.pki: Pki | None = None
@@ -662,7 +665,7 @@ class ControlPlane:
             f"--service-account-issuer=https://{LOOPBACK}:{self.api_port}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--profiling=false",
+            f"--profiling={str(self.profiling).lower()}",
         ]
         p = self._spawn("kube-apiserver", argv, _child_env())
         self._write_kubeconfig()
@@ -783,7 +786,8 @@ class ControlPlane:
             f"--bind-address={LOOPBACK}",
             # No delegated authn/authz (the apiserver has no request-header CA for it):
             # anonymous may read health and metrics, on loopback only.
-            "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
+            + (",/debug/pprof/*" if self.profiling else ""),
             f"--cert-dir={self.workdir / 'scheduler-certs'}",
             "--v=2",
         ]  # v2 logs each binding decision, which is what a failed test needs
