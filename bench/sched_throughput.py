@@ -549,6 +549,9 @@ def main() -> int:
             ):
                 if key in r:
                     print(f"|   | {mode}, vGPU {label} | | | {r[key]:.1f} | | {r[key] / alone:.2f} |")
+            if ("vgpu", "alone") in r:  # no extender reaches more than kube-scheduler alone
+                ceiling = r[("vgpu", "extender")] / r[("vgpu", "alone")]
+                print(f"|   | {mode}, vGPU with extender / vGPU kube-scheduler alone | | | | | {ceiling:.2f} |")
     print("\nratio = pods/s / pods/s of plain pods with kube-scheduler alone (goal: vGPU with extender >= 0.7)")
     print("\nCPU ms per pod (burst), by component:")
     for x in results:
