@@ -13,8 +13,9 @@ about so far:
 
 An entry is correct for the node state it was computed from. ``ClusterState`` logs every
 node whose cards, allocations or host change (``changes_since``); ``sync`` forgets those
-nodes, so the next call computes them again. Heartbeats are not logged (every node beats
-every 30 s): staleness is a matter of time, so ``expire`` re-reads the heartbeats of the
+nodes, so the next call computes them again, unless ``Extender.refresh_step`` did between
+calls (for a table asked about lately: ``asked``, ``used``). Heartbeats are not logged (every
+node beats every 30 s): staleness is a matter of time, so ``expire`` re-reads the heartbeats of the
 table's nodes once the oldest it relied on passes the cutoff, and of the nodes it holds
 as stale on every call (a stale node is rare; one that beats again is fresh again).
 
@@ -28,7 +29,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from flexai_core.model import PodRequest
+
 from .allocator import NoFit
+from .policies.interface import Policy
 from .state import NodeState
 
 NO_FIT = float("-inf")  # the score of a node the pod does not fit
@@ -46,7 +50,7 @@ def stale_reason(hb: datetime | None) -> str:
 class ShapeAnswers:
     """The answers for one pod shape; callers hold the extender's table lock."""
 
-    __slots__ = ("seq", "verdicts", "fits", "failed", "unresolvable", "scores", "stale", "oldest")
+    __slots__ = ("seq", "verdicts", "fits", "failed", "unresolvable", "scores", "stale", "oldest", "asked", "used")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq  # ClusterState change-log position the entries are valid at
@@ -57,6 +61,8 @@ class ShapeAnswers:
         self.scores: dict[str, float] = {}
         self.stale: dict[str, datetime | None] = {}  # nodes answered stale -> the heartbeat read
         self.oldest: datetime | None = None  # oldest heartbeat of a node answered fresh
+        self.asked: tuple[PodRequest, Policy] | None = None  # the last pod asked about, and its node policy
+        self.used = 0.0  # when (monotonic) it was last asked about
 
     def clear(self) -> None:
         self.verdicts.clear()
@@ -104,6 +110,11 @@ class ShapeAnswers:
                 self.forget(name)
             elif self.oldest is None or hb < self.oldest:
                 self.oldest = hb
+
+    def asked_by(self, req: PodRequest, policy: Policy, now: float) -> None:
+        """A call of this shape is under way: what ``refresh_step`` decides with, and when."""
+        self.asked = (req, policy)
+        self.used = now
 
     def put_stale(self, name: str, hb: datetime | None) -> NoFit:
         verdict = NoFit(stale_reason(hb), False)

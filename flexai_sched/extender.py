@@ -26,7 +26,8 @@ and memory.
 
 Per pod shape, ``answers.ShapeAnswers``: each node's filter verdict and raw score, kept
 across calls and patched from the cluster state's change log, so a warm call only looks its
-names up; the caches below fill its entries.
+names up; the caches below fill its entries, and between calls ``refresh_step`` decides the
+nodes changed since (``fastpath`` runs it after each reply).
 
 Caches, per node (``NodeState``), keyed by small interned ids:
 
@@ -79,6 +80,11 @@ MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 MAX_REASON = 500
 _decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
 _MISSING = float("inf")  # no raw score is +inf: what ``_pick_table`` reads for a name without one
+# ``refresh_step``: the work one step may do before the loop serves what has come in, which
+# tables it keeps current (asked about this recently), and the most changes it takes on.
+REFRESH_BATCH_S = 0.0003
+REFRESH_RECENT_S = 30.0
+REFRESH_MAX = 16
 
 
 @dataclass(slots=True)
@@ -315,6 +321,7 @@ class Extender:
         ``budget_clock`` reads ``until``, once a name fits: the rest go to ``out.deferred``)."""
         with self.caches.tables_mu:
             table = self.caches.table(ask.key, ask.hkey, self.state)
+            table.asked_by(ask.req, ask.policy, self.clock())
             table.expire(ask.cutoff, ask.nodes)
             fits = table.fits
             out.fits = list(filter(fits.__contains__, node_names))
@@ -344,6 +351,7 @@ class Extender:
         verdict): ``_filter_table`` answers then."""
         with self.caches.tables_mu:
             table = self.caches.table(ask.key, ask.hkey, self.state)
+            table.asked_by(ask.req, ask.policy, self.clock())
             table.expire(ask.cutoff, ask.nodes)
             scores = table.scores
             # A name without a score reads +inf, so the one ``max`` also says whether any is missing.
@@ -431,6 +439,42 @@ class Extender:
                 if clock() >= until:
                     break
             return job.at >= len(names)
+
+    def refresh_step(self) -> bool:
+        """Between calls (``fastpath``): decide again the nodes changed since the last call of
+        each table asked about in the last ``REFRESH_RECENT_S``, most recent first, for at most
+        ``REFRESH_BATCH_S``, so the next call of the shape finds them decided instead of
+        deciding them itself (a bind changes a node: every shape's table would, one call each).
+        True when nothing is left to do. A table with more than ``REFRESH_MAX`` changes (a
+        relist) is left to its next call, and so is everything while another thread holds the
+        tables."""
+        mu = self.caches.tables_mu
+        if not mu.acquire(blocking=False):
+            return True
+        try:
+            clock = self.budget_clock
+            until = clock() + REFRESH_BATCH_S
+            recent = self.clock() - REFRESH_RECENT_S
+            now = self.state.change_seq()
+            cutoff: datetime | None = None
+            for (key, hkey), table in reversed(self.caches.tables.items()):
+                if table.used < recent:
+                    break  # least recently used first: the rest are older
+                if table.seq == now or table.asked is None:
+                    continue
+                end, changed = self.state.changes_since(table.seq)
+                if changed is None or len(changed) > REFRESH_MAX:
+                    continue
+                table.sync(end, changed)
+                cutoff = cutoff or self._heartbeat_cutoff()
+                req, policy = table.asked
+                ask = _Asked(req, key, hkey, policy, self.state.nodes_by_name(), cutoff)
+                self._decide(table, list(dict.fromkeys(changed)), ask, None, True)
+                if clock() >= until:
+                    return False
+            return True
+        finally:
+            mu.release()
 
     def _filter_each(self, out: FilterOutcome, ask: _Asked, node_names: Sequence[str]) -> None:
         """The verdicts node by node (no table): the reference the tables are tested against."""
@@ -538,6 +582,7 @@ class Extender:
             return self._scores_each(req, node_names, nodes, fkey, hkey, policy)
         with self.caches.tables_mu:
             table = self.caches.table(fkey, hkey, self.state)
+            table.asked_by(req, policy, self.clock())
             scores = table.scores
             got = list(map(scores.get, node_names))
             if None in got:  # nodes changed since (or unknown: never stored, NO_FIT)

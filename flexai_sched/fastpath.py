@@ -98,6 +98,7 @@ class Hot:
         self._filter_seconds = metrics.latency.labels("filter")
         self._prioritize_seconds = metrics.latency.labels("prioritize")
         self._deferred = metrics.deferred
+        self._refreshing = False  # a ``refresh_soon`` step is queued on the loop
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
         """filter's or prioritize's reply (bind: see ``bind_args``)."""
@@ -114,6 +115,25 @@ class Hot:
         except (msgspec.DecodeError, msgspec.EncodeError, UnicodeError):  # JSON the app refuses, or cannot encode
             log.debug("%s: answered by the app", path, exc_info=True)
             return None
+
+    def refresh_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a reply: ``Extender.refresh_step`` on the loop, one step per turn of it until
+        every lately asked table is current; a request that comes meanwhile is served between
+        two steps. The work is the next calls' own, done while kube-scheduler works on its side."""
+        if not self._refreshing and self.extender.tables:
+            self._refreshing = True
+            loop.call_soon(self._refresh, loop)
+
+    def _refresh(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            done = self.extender.refresh_step()
+        except Exception:  # the next call decides what is left, as without the refresh
+            log.exception("refresh")
+            done = True
+        if done:
+            self._refreshing = False
+        else:
+            loop.call_soon(self._refresh, loop)
 
     @staticmethod
     def bind_args(body: bytes) -> _BindArgs | None:
@@ -267,6 +287,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._chunks = []
         self._reply(reply, self._keep_alive())
         self.on_response_complete()
+        self.hot.refresh_soon(self.loop)
 
     def _keep_alive(self) -> bool:
         return bool(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())

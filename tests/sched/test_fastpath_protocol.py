@@ -247,6 +247,27 @@ def test_bind_is_answered_from_the_protocol_as_the_app_answers_it(served: Served
     assert post(c, "/bind", bind_body("q", "b"))[1] == b'{"Error":""}'  # the same connection still serves
 
 
+def test_after_a_reply_the_loop_decides_what_changed_for_the_other_shapes(served: Served) -> None:
+    """``Hot.refresh_soon``: once a filter is answered, the event loop decides the nodes changed
+    since another table's last call, before that shape's next call comes."""
+    c = served.conn()
+    small, big, bigger = pod("s", limits(1, cores=20)), pod("b", limits(2, cores=50)), pod("c", limits(2, cores=50))
+    for p in (small, big, bigger):
+        served.backend.create_pod(p)
+    post(c, "/filter", body(small, ["a", "b"]))
+    post(c, "/filter", body(big, ["a", "b"]))
+    assert post(c, "/bind", bind_body("b", "a"))[1] == b'{"Error":""}'  # a changed
+    (table,) = [t for t in served.ext.caches.tables.values() if t.asked and t.asked[0].name == "s"]
+    behind = table.seq
+    assert behind < served.ext.state.change_seq()
+    post(c, "/filter", body(bigger, ["a", "b"]))  # another shape's call: its reply starts the refresh
+    deadline = time.time() + 5
+    while table.seq < served.ext.state.change_seq() and time.time() < deadline:
+        time.sleep(0.01)
+    assert table.seq == served.ext.state.change_seq() > behind
+    assert "a" in table.verdicts  # decided again, for the small pod's shape
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -1,7 +1,8 @@
 """The answer tables (answers.py) against the node-by-node path, after any sequence of state
 operations: binds that land, fail or lose their reply, deletions the watch hears late,
 pods recreated under the same name, the preempt verb's nominations, the extender's own
-preemptions, host and card changes, nodes added and removed, heartbeats and time.
+preemptions, host and card changes, nodes added and removed, heartbeats and time, and the
+refresh that decides changed nodes between calls.
 
 After every step each probe pod (every shape, low and high priority) is decided both ways,
 side by side on the same state, without going through ``filter_request`` (whose own work,
@@ -53,6 +54,7 @@ OPS = [
     "beat",
     "time",
     "learn",
+    "refresh",
 ]
 
 
@@ -159,6 +161,10 @@ class World:
             self.mono += (10, 130)[k % 2]  # nominations expire after 120 s
         elif op == "learn":
             self.ext.learn_workload(1)
+        elif op == "refresh":  # another step, then what fastpath runs before the next call
+            self.step(OPS[k % (len(OPS) - 1)], k // 7)
+            while not self.ext.refresh_step():
+                pass
 
     def check_pick(self, label: str, k: int, ask: _Asked, names: list[str], want: FilterOutcome) -> None:
         """The table's pick (``_pick_table``) is the first of the reference's best-scored fits,
