@@ -14,8 +14,8 @@ vGPU, so prioritize scores with the host (the Kubernetes backend's path, ``host_
 
 Every measured call is also sent, with the same body, to the floor: a do-nothing
 extender on a raw uvloop + httptools + msgspec server (bench/floor_extender.py), in its own
-process, alternating which goes first; the ratio ours / floor is printed per percentile. The floor passes every
-node, so kube-scheduler would call its prioritize on every pod.
+process, alternating which goes first; the ratio ours / floor is printed per percentile.
+The floor passes every node, so kube-scheduler would call its prioritize on every pod.
 
 With ``--settle S`` the client waits S seconds after each phase of first pods, before the
 next phase: a tree that completes answer tables in the background (bounded filter calls)

@@ -74,8 +74,14 @@ CARDS = tuple(Card(i, f"GPU-{i}", "NVIDIA H200", 80 * 1024, 5) for i in range(4)
 
 def node_body(name: str, inventory: str) -> k8s.V1Node:
     # The vGPU resources as flexai-node's device plugin advertises them on a node of 4 cards.
-    res_ = {"cpu": "64", "memory": "512Gi", "pods": "250", res.VGPU_NUMBER: "40", res.VGPU_CORES: "400"}
-    res_[res.VGPU_MEMORY] = "320"
+    res_ = {
+        "cpu": "64",
+        "memory": "512Gi",
+        "pods": "250",
+        res.VGPU_NUMBER: "40",
+        res.VGPU_CORES: "400",
+        res.VGPU_MEMORY: "320",
+    }
     return k8s.V1Node(
         metadata=k8s.V1ObjectMeta(
             name=name,

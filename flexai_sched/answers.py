@@ -14,10 +14,11 @@ about so far:
 An entry is correct for the node state it was computed from. ``ClusterState`` logs every
 node whose cards, allocations or host change (``changes_since``); ``sync`` forgets those
 nodes, so the next call computes them again, unless ``Extender.refresh_step`` did between
-calls (for a table asked about lately: ``asked``, ``used``). Heartbeats are not logged (every
-node beats every 30 s): staleness is a matter of time, so ``expire`` re-reads the heartbeats of the
-table's nodes once the oldest it relied on passes the cutoff, and of the nodes it holds
-as stale on every call (a stale node is rare; one that beats again is fresh again).
+calls (for a table asked about lately: ``asked``, ``used``). Heartbeats are not logged
+(every node beats every 30 s): staleness is a matter of time, so ``expire`` re-reads the
+heartbeats of the table's nodes once the oldest it relied on passes the cutoff, and of the
+nodes it holds as stale on every call (a stale node is rare; one that beats again is fresh
+again).
 
 Unknown names (no inventory) are never stored: they cost a dict miss per call, and
 whoever can reach the extender could otherwise grow a table with made-up names.
