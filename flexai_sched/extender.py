@@ -49,7 +49,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import compress, filterfalse, repeat
+from itertools import compress, filterfalse, islice, repeat
 from typing import Any, cast
 
 import msgspec
@@ -80,11 +80,16 @@ MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 MAX_REASON = 500
 _decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
 _MISSING = float("inf")  # no raw score is +inf: what ``_pick_table`` reads for a name without one
-# ``refresh_step``: the work one step may do before the loop serves what has come in, which
-# tables it keeps current (asked about this recently), and the most changes it takes on.
+# How far down a complete table's ``ranked`` list filter's pick looks for a name the call sent
+# before it looks each name up: the top nodes may be ones kube-scheduler's own filters refuse.
+RANKED_WALK = 256
+# ``refresh_step``: the work one step may do before the loop serves what has come in, and
+# which tables it keeps current (asked about this recently).
 REFRESH_BATCH_S = 0.0003
 REFRESH_RECENT_S = 30.0
-REFRESH_MAX = 16
+# The most of its table's holes a filter call decides itself before its pick; more (a burst
+# of changes since the last refresh) it leaves to the refresh, and looks its names up.
+HOLES_MAX = 16
 
 
 @dataclass(slots=True)
@@ -231,7 +236,8 @@ class Extender:
         return out
 
     def _pick(self, req: PodRequest, out: FilterOutcome) -> None:
-        """Answer the best-scored fitting node alone (the first of equals, in the order sent).
+        """Answer the best-scored fitting node alone (of equals, the first by name: the order of
+        the tables' ``ranked``, so the answer does not depend on the order kube-scheduler sends).
 
         kube-scheduler then binds there without prioritize or its own score plugins: our
         choice is not outvoted by plugins that spread (LeastAllocated outweighs a one-point
@@ -240,8 +246,7 @@ class Extender:
         """
         fits = out.fits
         if len(fits) > 1:  # not picked from the table already (``_pick_table``)
-            raw = self._raw_scores(req, fits)
-            out.fits = [fits[raw.index(max(raw))]]
+            out.fits = [fits[_best_at(fits, self._raw_scores(req, fits))]]
         out.failed = {}
         out.unresolvable = {}  # the deferred names too: ``deferred`` still says how many
 
@@ -344,32 +349,47 @@ class Extender:
     def _pick_table(
         self, out: FilterOutcome, ask: _Asked, node_names: Sequence[str], until: float | None
     ) -> str | None:
-        """The best-scored fitting name from the table's scores (one C-level lookup per name,
-        a ``max`` and an ``index``), deciding the names it lacks as ``_filter_table`` does
-        (the ones left over go to ``out.deferred``). None when no name fits, or when the best
-        one's verdict is not a fresh fit (a score prioritize or the fill put beside a stale
+        """The best-scored fitting name (of equals, the first by name). When the table has a
+        verdict for every node, from its ``ranked`` list: the first of its top ``RANKED_WALK``
+        entries the call sent. Else from the table's scores (one C-level lookup per name, a
+        ``max`` and an ``index``), deciding the names it lacks as ``_filter_table`` does (the
+        ones left over go to ``out.deferred``). None when no name fits, or when the best one's
+        verdict is not a fresh fit (a score prioritize or the fill put beside a stale
         verdict): ``_filter_table`` answers then."""
         with self.caches.tables_mu:
             table = self.caches.table(ask.key, ask.hkey, self.state)
             table.asked_by(ask.req, ask.policy, self.clock())
             table.expire(ask.cutoff, ask.nodes)
+            if table.holes and len(table.holes) <= HOLES_MAX:  # nodes changed since the refresh
+                self._decide(table, list(table.holes), ask, None, True)
+            # Every node decided (changed ones are forgotten, and a table holds only the
+            # cluster's nodes): ``ranked`` holds every fitting node of the call.
+            if len(table.verdicts) == len(ask.nodes):
+                sent = set(node_names)
+                for _, name in islice(table.ranked, RANKED_WALK):
+                    if name in sent:
+                        return name
+                if len(table.ranked) <= RANKED_WALK:
+                    return None  # no name sent fits
             scores = table.scores
             # A name without a score reads +inf, so the one ``max`` also says whether any is missing.
             got = list(map(scores.get, node_names, repeat(_MISSING)))
             top = max(got, default=NO_FIT)
             if top != _MISSING:
-                at = got.index(top)
+                at = _best_at(node_names, got)
             else:  # nodes changed since (or unknown: never stored, NO_FIT)
                 top = max(filter(_MISSING.__gt__, got), default=NO_FIT)  # the best known
-                at = got.index(top) if top != NO_FIT else len(got)
+                at = _best_at(node_names, got, top) if top != NO_FIT else len(got)
                 positions = list(compress(range(len(got)), map(_MISSING.__eq__, got)))
                 missing = [node_names[i] for i in positions]
                 out.deferred = self._decide(table, missing, ask, until, top > NO_FIT)
                 decided = list(map(scores.get, missing, repeat(NO_FIT)))  # deferred or unknown: NO_FIT
                 new = max(decided, default=NO_FIT)
-                # Only the decided names are read again; the first of equals in the order sent.
-                if new > top or (new == top and new > NO_FIT and positions[decided.index(new)] < at):
-                    top, at = new, positions[decided.index(new)]
+                # Only the decided names are read again; of equals, the first by name.
+                if new > NO_FIT and (new > top or new == top):
+                    first = positions[_best_at([node_names[i] for i in positions], decided)]
+                    if new > top or node_names[first] < node_names[at]:
+                        top, at = new, first
             if top == NO_FIT:
                 return None
             best = node_names[at]
@@ -393,6 +413,7 @@ class Extender:
                 return names[i:]
             node = nodes.get(name)
             if node is None:
+                table.holes.discard(name)  # gone from the cluster: nothing to decide
                 continue
             hb = node.inventory.heartbeat
             if hb is None or hb < cutoff:
@@ -401,11 +422,10 @@ class Extender:
             verdict = node.fit_cache.get(key)
             if verdict is None:
                 verdict = self._verdict(node, req, key, hkey, policy)
-            table.put(name, verdict, hb)
             # Its raw score too (the caches the verdict filled have it): ``_pick_table`` and
             # prioritize read the table's scores alone. A stale node gets none (filter refuses
             # it): as a call's best score it would send ``_pick_table`` the long way.
-            table.scores[name] = self._score(node, req, key, hkey, policy) if verdict is True else NO_FIT
+            table.put(name, verdict, hb, self._score(node, req, key, hkey, policy) if verdict is True else NO_FIT)
             found = found or verdict is True
         if until is not None:
             self._start += len(names)
@@ -428,13 +448,13 @@ class Extender:
                 job.names = [name.encode().decode() for name in nodes]
             ask = _Asked(job.req, job.key, job.hkey, job.policy, nodes, self._heartbeat_cutoff())
             table.expire(ask.cutoff, nodes)
-            verdicts, scores, names = table.verdicts, table.scores, job.names
+            verdicts, names = table.verdicts, job.names
             clock = self.budget_clock
             until = clock() + BATCH_S
             while job.at < len(names):  # at least one node a batch, whatever the clock says
                 name = names[job.at]
                 job.at += 1
-                if name not in scores and name not in verdicts:  # decided: its score is there too
+                if name not in verdicts:  # decided: its score is there too
                     self._decide(table, [name], ask, None, True)
                 if clock() >= until:
                     break
@@ -445,7 +465,7 @@ class Extender:
         each table asked about in the last ``REFRESH_RECENT_S``, most recent first, for at most
         ``REFRESH_BATCH_S``, so the next call of the shape finds them decided instead of
         deciding them itself (a bind changes a node: every shape's table would, one call each).
-        True when nothing is left to do. A table with more than ``REFRESH_MAX`` changes (a
+        True when nothing is left to do. A table whose changes the log no longer reaches (a
         relist) is left to its next call, and so is everything while another thread holds the
         tables."""
         mu = self.caches.tables_mu
@@ -460,18 +480,20 @@ class Extender:
             for (key, hkey), table in reversed(self.caches.tables.items()):
                 if table.used < recent:
                     break  # least recently used first: the rest are older
-                if table.seq == now or table.asked is None:
+                if (table.seq == now and not table.holes) or table.asked is None:
                     continue
                 end, changed = self.state.changes_since(table.seq)
-                if changed is None or len(changed) > REFRESH_MAX:
+                if changed is None:
                     continue
                 table.sync(end, changed)
                 cutoff = cutoff or self._heartbeat_cutoff()
                 req, policy = table.asked
                 ask = _Asked(req, key, hkey, policy, self.state.nodes_by_name(), cutoff)
-                self._decide(table, list(dict.fromkeys(changed)), ask, None, True)
-                if clock() >= until:
-                    return False
+                holes = list(table.holes)
+                for at in range(0, len(holes), 8):  # a few at a time: the clock is read between
+                    self._decide(table, holes[at : at + 8], ask, None, True)
+                    if clock() >= until:
+                        return False
             return True
         finally:
             mu.release()
@@ -975,6 +997,16 @@ def _short(reason: str) -> str:
 def invalid_outcome(error: RequestError, node_names: Sequence[str]) -> FilterOutcome:
     """What filter answers for a pod whose vGPU request is invalid: that reason on every node."""
     return FilterOutcome(unresolvable=dict.fromkeys(node_names, _short(f"invalid vGPU request: {error}")))
+
+
+def _best_at(names: Sequence[str], raw: Sequence[float], top: float | None = None) -> int:
+    """Where the highest score of ``raw`` is (``top``, when known); of equals, the first name."""
+    if top is None:
+        top = max(raw)
+    at = raw.index(top)
+    if raw.count(top) > 1:
+        at = min(compress(range(len(raw)), map(top.__eq__, raw)), key=names.__getitem__)
+    return at
 
 
 def _normalised(scores: list[float]) -> list[int]:

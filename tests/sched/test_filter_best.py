@@ -70,8 +70,8 @@ def test_the_answer_is_the_fitting_node_prioritize_scores_highest(seed: int) -> 
             continue
         raw = dict(zip(want["NodeNames"], every._raw_scores(every.parse(p), want["NodeNames"]), strict=True))
         top = max(raw.values())
-        first = next(name for name in want["NodeNames"] if raw[name] == top)
-        assert got["NodeNames"] == [first]  # the best; the first of equals in the order sent
+        first = min(name for name in want["NodeNames"] if raw[name] == top)
+        assert got["NodeNames"] == [first]  # the best; of equals, the first by name
         assert got["FailedNodes"] == {} and got["FailedAndUnresolvableNodes"] == {}
         prio = dict(every.prioritize(p, sent))
         every.reserving.end(f"default/p{i}")  # prioritize reserves too
@@ -127,16 +127,39 @@ def test_filter_answer_must_be_best_or_all(tmp_path: Any) -> None:
     assert load(None).filter_answer == "best"
 
 
-def test_among_equal_nodes_the_first_sent_is_answered() -> None:
-    """kube-scheduler rotates where its node list starts from cycle to cycle, so the first of
-    equals spreads a burst's ties the way its own random tie-break would."""
+@pytest.mark.parametrize("complete", [True, False])
+def test_among_equal_nodes_the_first_by_name_is_answered_whatever_the_order_sent(complete: bool) -> None:
+    """A complete table answers from its ranked list, where equals are in name order; the
+    names looked up one by one (a table still missing nodes) answer the same."""
     state = ClusterState()
-    backend = MemoryBackend([node(n, 8) for n in "abcd"], heartbeat_every=None)
+    backend = MemoryBackend([node(n, 8) for n in "abcde"], heartbeat_every=None)
     backend.start(state)
     ext = Extender(state, backend, Settings())
-    for i, sent in enumerate((["c", "a", "d", "b"], ["b", "d", "a", "c"])):
-        assert reply(ext, pod(f"p{i}", limits(1, cores=10)), sent)["NodeNames"] == [sent[0]]
+    if not complete:
+        state.upsert_node(node("z", 8))  # a node filter is never sent: the table lacks it
+    for i, sent in enumerate((["d", "c", "a", "e", "b"], ["e", "b", "d", "c"], ["e", "d", "c"])):
+        assert reply(ext, pod(f"p{i}", limits(1, cores=10)), sent)["NodeNames"] == [min(sent)]
         ext.reserving.end(f"default/p{i}")
+    (table,) = ext.caches.tables.values()
+    assert (len(table.verdicts) == len(state.nodes_by_name())) is complete  # the path each took
+
+
+def test_a_table_missing_nodes_is_not_answered_from_its_ranked_list() -> None:
+    """A call may send names the shape's table has never decided (an earlier call sent only
+    some): the best of those must count, so the pick looks each name up then."""
+    state = ClusterState()
+    backend = MemoryBackend([node(n, 8) for n in "abcde"], heartbeat_every=None)
+    backend.start(state)
+    ext = Extender(state, backend, Settings(node_policy="binpack"))
+    first = pod("first", limits(1, cores=50))
+    backend.create_pod(first)
+    ext.filter(first, ["e"])
+    ext.bind("default", "first", "uid-first", "e")  # binpack: the used node "e" is the best now
+    assert reply(ext, pod("p0", limits(1, cores=10)), ["a", "b"])["NodeNames"] == ["a"]
+    ext.reserving.end("default/p0")
+    (table,) = [t for t in ext.caches.tables.values() if "e" not in t.verdicts]
+    assert table.ranked  # what a pick from the list alone would answer from
+    assert reply(ext, pod("p1", limits(1, cores=10)), ["a", "b", "e"])["NodeNames"] == ["e"]
 
 
 def test_a_stale_node_with_the_best_score_is_never_the_answer() -> None:

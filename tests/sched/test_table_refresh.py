@@ -142,15 +142,25 @@ def test_a_step_stops_at_its_budget_and_the_next_goes_on() -> None:
     assert all(c.table_of(c.new_pod(n, k)).seq == c.state.change_seq() for n, k in shapes)
 
 
-def test_more_changes_than_a_step_takes_on_are_left_to_the_call() -> None:
+def test_nodes_a_call_forgot_are_decided_over_several_steps() -> None:
+    """A call forgets every node changed since its table's last use and decides only those it
+    was sent: the refresh decides the rest (the holes), a few names a step."""
     c = Cluster("all")
     p = c.new_pod(1, 5)
     c.filter(p)
-    seq = c.table_of(p).seq
-    for i in range(extender_module.REFRESH_MAX + 1):
+    for i in range(extender_module.HOLES_MAX + 1):
         c.bind(c.new_pod(1, 5), NAMES[i % len(NAMES)])
-    c.refresh()
-    assert c.table_of(p).seq == seq
+    c.ext.filter(c.new_pod(1, 5), NAMES[:1])
+    with c.ext.caches.tables_mu:  # the table read now, as the shape's next call would: current, with holes
+        key = c.ext._key(c.ext.parse(p))
+        table = c.ext.caches.table(key, c.ext._host_key(c.ext.parse(p), key, c.ext._node_policy), c.state)
+    assert table is c.table_of(p) and table.seq == c.state.change_seq() and len(table.holes) == len(NAMES)
+    ticks = iter(range(0, 10_000))
+    c.ext.budget_clock = lambda: float(next(ticks))  # every read a second later: 8 names a step
+    steps = 1
+    while not c.ext.refresh_step():
+        steps += 1
+    assert steps > 1 and not table.holes and set(table.verdicts) == set(c.state.nodes_by_name())
 
 
 def test_a_step_never_waits_for_the_tables() -> None:

@@ -168,19 +168,24 @@ class World:
                 pass
 
     def check_pick(self, label: str, k: int, ask: _Asked, names: list[str], want: FilterOutcome) -> None:
-        """The table's pick (``_pick_table``) is the first of the reference's best-scored fits,
-        or None (the long way) only when the table's best score is not a fresh fit's."""
+        """The table's pick (``_pick_table``) is the reference's best-scored fit (of equals, the
+        first by name), or None (the long way) only when the table's best score is not a fresh
+        fit's; and the table's ranked list is its fits' scores, sorted."""
         ext = self.ext
         picked = ext._pick_table(FilterOutcome(), ask, names, None)
         table = ext.caches.tables[(ask.key, ask.hkey)]
+        ranked = sorted((-table.scores[n], n) for n in table.fits if table.scores[n] > NO_FIT)
+        assert table.ranked == ranked, f"{label}: ranked of shape {k}"
+        assert not table.holes & table.verdicts.keys(), f"{label}: holes of shape {k}"
         if not want.fits:
             assert picked is None, f"{label}: pick of shape {k}"
             return
         ref = ext._scores_each(ask.req, want.fits, ask.nodes, ask.key, ask.hkey, ask.policy)
-        best = want.fits[ref.index(max(ref))]
+        best = min(name for name, score in zip(want.fits, ref, strict=True) if score == max(ref))
         if picked is None:
             scores = [table.scores.get(name, NO_FIT) for name in names]
-            assert table.verdicts.get(names[scores.index(max(scores))]) is not True, f"{label}: pick of {k}"
+            top = min(name for name, score in zip(names, scores, strict=True) if score == max(scores))
+            assert table.verdicts.get(top) is not True, f"{label}: pick of {k}"
         else:
             assert picked == best, f"{label}: pick of shape {k}"
 
@@ -202,6 +207,8 @@ class World:
                 ask = _Asked(req, key, hkey, policy, nodes, cutoff)
                 got, want, part = FilterOutcome(), FilterOutcome(), FilterOutcome()
                 ext._filter_each(want, ask, names)
+                if (key, hkey) in ext.caches.tables:  # the table as the steps left it, then afresh
+                    self.check_pick(label + " (kept)", k, ask, names, want)
                 ext.caches.table(key, hkey, self.state).clear()
                 ext.min_decided = k % 3
                 ext._filter_table(part, ask, names, until=ticks() + k % 4)
