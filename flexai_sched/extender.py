@@ -101,6 +101,8 @@ class FilterOutcome:
     # too, with NOT_EVALUATED, as kube-scheduler gets it (unless only the best node is answered,
     # ``_pick``). Never "does not fit".
     deferred: list[str] = field(default_factory=list)
+    # One node answered, and its reservation left to the caller (``filter_verb``'s ``reserve``).
+    unreserved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +220,12 @@ class Extender:
             return invalid_outcome(e, node_names)
         return self.filter_verb(req, node_names, bounded)
 
-    def filter_verb(self, req: PodRequest, node_names: Sequence[str], bounded: bool = False) -> FilterOutcome:
+    def filter_verb(
+        self, req: PodRequest, node_names: Sequence[str], bounded: bool = False, reserve: bool = True
+    ) -> FilterOutcome:
         """kube-scheduler's filter of a parsed pod: a new cycle for it (what it reserved before
-        ends), the answer, and where one node is left, the pod reserved there (``reserving``).
+        ends), the answer, and where one node is left, the pod reserved there (``reserving``;
+        with ``reserve`` False the caller does it, ``out.unreserved`` says when).
 
         ``bounded`` marks kube-scheduler's own call: its budget (``filter_request``), and with
         ``filter_answer`` "best" the answer is the best-scored fitting node alone (``_pick``).
@@ -232,7 +237,10 @@ class Extender:
             if pick:
                 self._pick(req, out)
             if len(out.fits) == 1:
-                self.reserving.after_filter(req, out.fits, self.state.nodes_by_name())
+                if reserve:
+                    self.reserving.after_filter(req, out.fits, self.state.nodes_by_name())
+                else:
+                    out.unreserved = True
         return out
 
     def _pick(self, req: PodRequest, out: FilterOutcome) -> None:

@@ -12,6 +12,12 @@ Two ways in: ``HttpProtocol`` (uvicorn's httptools protocol, what ``flexai-sched
 runs) answers in its parser callback, without an ASGI request, task or response;
 ``HotVerbs`` is the same as an ASGI middleware (any ASGI server, the tests' client).
 
+``HttpProtocol`` writes filter's reply before it reserves the pod's room on the node
+answered (``Hot.answer``, ``after_reply``): kube-scheduler has its answer ~75 us sooner, and
+the reservation is made on the loop right after, before the refresh. Every way in
+(``answer``, a bind, a request handed to the app) makes a reservation still due first, so
+no call is ever decided without it.
+
 bind (``HttpProtocol`` only) waits on the apiserver, so it runs in ``Hot.binder``'s threads
 and its reply is written when it is done; the connection's next request, if one comes
 meanwhile, waits its turn in uvicorn's pipeline as behind any answer in progress.
@@ -37,6 +43,7 @@ import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from flexai_core.model import PodRequest
 from flexai_core.requests import RequestError
 
 from .extender import Extender, invalid_outcome
@@ -99,9 +106,17 @@ class Hot:
         self._prioritize_seconds = metrics.latency.labels("prioritize")
         self._deferred = metrics.deferred
         self._refreshing = False  # a ``refresh_soon`` step is queued on the loop
+        self._unreserved: tuple[PodRequest, list[str]] | None = None  # ``answer``'s reservation due
 
     def __call__(self, path: str, body: bytes) -> bytes | None:
-        """filter's or prioritize's reply (bind: see ``bind_args``)."""
+        """filter's or prioritize's reply, filter's reservation made (bind: see ``bind_args``)."""
+        reply = self.answer(path, body)
+        self.reserve_due()
+        return reply
+
+    def answer(self, path: str, body: bytes) -> bytes | None:
+        """``__call__``, but filter's reservation is left due: ``reserve_due`` (``after_reply``)."""
+        self.reserve_due()  # an earlier reply's: this call must be decided with it
         try:
             args = _decode(body)
         except (msgspec.DecodeError, UnicodeError):  # UnicodeError: bytes that are not UTF-8
@@ -115,6 +130,22 @@ class Hot:
         except (msgspec.DecodeError, msgspec.EncodeError, UnicodeError):  # JSON the app refuses, or cannot encode
             log.debug("%s: answered by the app", path, exc_info=True)
             return None
+
+    def reserve_due(self) -> None:
+        """The reservation of the last filter ``answer`` replied, if not made yet."""
+        due, self._unreserved = self._unreserved, None
+        if due is not None:
+            req, fits = due
+            try:
+                self.extender.reserving.after_filter(req, fits, self.extender.state.nodes_by_name())
+            except Exception:  # the pod's bind places it anew, as without a reservation
+                log.exception("reserve")
+
+    def after_reply(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After the protocol wrote a reply: the reservation due, then the refresh, on the loop."""
+        if self._unreserved is not None:
+            loop.call_soon(self.reserve_due)
+        self.refresh_soon(loop)
 
     def refresh_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """After a reply: ``Extender.refresh_step`` on the loop, one step per turn of it until
@@ -164,7 +195,9 @@ class Hot:
             except RequestError as e:
                 out = invalid_outcome(e, names)
             else:
-                out = ext.filter_verb(req, names, bounded=True)
+                out = ext.filter_verb(req, names, bounded=True, reserve=False)
+                if out.unreserved:
+                    self._unreserved = (req, out.fits)
                 if out.deferred:
                     self._deferred.inc(len(out.deferred))
             reply = {
@@ -278,7 +311,7 @@ class HttpProtocol(HttpToolsProtocol):
                 return
             self._start_bind(args)
             return
-        reply = self.hot(path, body)
+        reply = self.hot.answer(path, body)
         if reply is None:
             self._to_app()
             super().on_message_complete()
@@ -287,7 +320,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._chunks = []
         self._reply(reply, self._keep_alive())
         self.on_response_complete()
-        self.hot.refresh_soon(self.loop)
+        self.hot.after_reply(self.loop)
 
     def _keep_alive(self) -> bool:
         return bool(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())
@@ -297,6 +330,7 @@ class HttpProtocol(HttpToolsProtocol):
         Meanwhile ``cycle`` is a bind in progress: uvicorn queues a request behind it."""
         self._hot_path = None
         self._chunks = []
+        self.hot.reserve_due()  # the pod's own, if its bind came before the loop made it
         self.hot.extender.reserving.bind_arrived(f"{args.PodNamespace}/{args.PodName}")
         pending = _Bind(self._keep_alive())
         self.cycle = pending  # type: ignore[assignment]  # what uvicorn reads of a cycle, nothing more
@@ -333,6 +367,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _to_app(self) -> None:
         """Hand the request to uvicorn: the app answers it (and, past the limit, refuses it)."""
+        self.hot.reserve_due()
         chunks = self._chunks
         self._hot_path = None
         self._chunks = []

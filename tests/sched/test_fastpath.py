@@ -3,6 +3,7 @@ between alike nodes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,3 +151,25 @@ def test_a_uuid_selector_is_not_shared_between_alike_nodes() -> None:
     p = pod("v", limits(4, cores=10), annotations={ann.GPU_UUIDS_EXCLUDE: "GPU-c-0"})
     out = ext.filter(p, NAMES)
     assert out.fits == ["a", "b", "d"] and "c" in out.unresolvable | out.failed
+
+
+def test_a_reservation_left_due_is_made_before_the_next_call_decides() -> None:
+    """``Hot.answer`` leaves filter's reservation due (the protocol writes the reply first);
+    the next call makes it before it decides, so two pods are never answered the same room."""
+    state = ClusterState()
+    backend = MemoryBackend([node("a", 4)], heartbeat_every=None)
+    backend.start(state)
+    ext = Extender(state, backend, Settings())
+    hot = Hot(ext, Metrics(state), limit=1 << 20)
+    pods = [pod(f"p{i}", limits(4, cores=100)) for i in range(3)]  # each takes the whole node
+    for p in pods:
+        backend.create_pod(p)
+
+    def ask(answer: Any, p: dict[str, Any]) -> list[str]:
+        return json.loads(answer("/filter", json.dumps({"Pod": p, "NodeNames": ["a"]}).encode()))["NodeNames"]
+
+    assert ask(hot.answer, pods[0]) == ["a"] and state.reservations("default/p0") == ()
+    assert ask(hot.answer, pods[1]) == []  # p0's room was reserved first
+    assert state.reservations("default/p0")[0].node == "a"
+    ext.reserving.end("default/p0")
+    assert ask(hot, pods[2]) == ["a"] and state.reservations("default/p2")  # ``__call__``: at once
