@@ -64,6 +64,8 @@ from .workload import Host
 # Bound on the interned node contents: a few per live node (each bind makes a new one).
 MAX_CONTENTS = 20_000
 # Bound on the change log: a reader further behind than this starts over (``changes_since``).
+# Past it the older half goes, not all of it: a reader a few changes behind (every shape's
+# answer table) keeps its place instead of every table starting over at once.
 MAX_CHANGES = 100_000
 # Bound on the pods remembered as gone (``release(..., gone=True)``); the oldest go first.
 MAX_GONE = 10_000
@@ -578,7 +580,8 @@ class ClusterState:
         base, log = self._log
         log.append(name)
         if len(log) > MAX_CHANGES:
-            self._log = (base + len(log), [])
+            half = len(log) // 2
+            self._log = (base + half, log[half:])
 
     def _content(self, name: str, cards: tuple[Card, ...], usage: tuple[CardUsage, ...]) -> int:
         seen = self._specs.get(name)

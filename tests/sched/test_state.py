@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from flexai_core.model import Allocation, CardUsage, Slice
+from flexai_sched import state as state_module
 from flexai_sched.state import AllocState, ClusterState, Conflict
 from flexai_sched.workload import Host
 
@@ -254,3 +255,20 @@ def test_concurrent_host_updates_add_up(state: ClusterState) -> None:
     for t in threads:
         t.join()
     assert host(state) == Host(10**6, 10**6, 8 * 25 * 20, 8 * 25 * 2)
+
+
+def test_past_its_bound_the_change_log_drops_its_older_half(
+    state: ClusterState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader a few changes behind (an answer table) keeps its place when the log is trimmed;
+    one behind the dropped half is told to start over (None)."""
+    monkeypatch.setattr(state_module, "MAX_CHANGES", 10)
+    state.drop_scores()  # an empty log
+    old = state.change_seq()
+    for i in range(8):
+        state.remove_node(f"gone{i}")
+    recent = state.change_seq()
+    for name in ("x", "y", "z"):  # the 11th entry: the older half goes
+        state.remove_node(name)
+    assert state.changes_since(recent) == (state.change_seq(), ["x", "y", "z"])
+    assert state.changes_since(old) == (state.change_seq(), None)
