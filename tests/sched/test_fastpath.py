@@ -166,7 +166,8 @@ def test_a_reservation_left_due_is_made_before_the_next_call_decides() -> None:
         backend.create_pod(p)
 
     def ask(answer: Any, p: dict[str, Any]) -> list[str]:
-        return json.loads(answer("/filter", json.dumps({"Pod": p, "NodeNames": ["a"]}).encode()))["NodeNames"]
+        got: list[str] = json.loads(answer("/filter", json.dumps({"Pod": p, "NodeNames": ["a"]}).encode()))["NodeNames"]
+        return got
 
     assert ask(hot.answer, pods[0]) == ["a"] and state.reservations("default/p0") == ()
     assert ask(hot.answer, pods[1]) == []  # p0's room was reserved first
