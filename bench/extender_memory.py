@@ -26,6 +26,7 @@ import time
 from extender_latency import SHAPES, pod
 
 from flexai_sched import demo
+from flexai_sched.app import MAX_BODY
 from flexai_sched.backend import MemoryBackend
 from flexai_sched.config import Settings
 from flexai_sched.extender import BindError, Extender
@@ -62,8 +63,9 @@ def main() -> None:
     backend = MemoryBackend(inv)  # heartbeats every 10 s, as in the demo
     backend.start(state)
     ext = Extender(state, backend, Settings())
-    hot = Hot(ext, Metrics(state), 1 << 26)
+    hot = Hot(ext, Metrics(state), MAX_BODY)  # the served app's body limit
     names = [n.name for n in inv]
+    offer = min(args.offer, len(names))  # kube-scheduler never sends more names than nodes
     rng = random.Random(5)
     print(f"{args.nodes} nodes: RSS {rss_mib():.0f} MiB")
     bound: list[tuple[str, str]] = []  # (name, uid) of bound pods
@@ -76,7 +78,7 @@ def main() -> None:
         p = pod(name, rng.choice(SHAPES))
         p["metadata"]["uid"] = f"uid-{name}"
         backend.create_pod(p)
-        body = json.dumps({"Pod": p, "Nodes": None, "NodeNames": rng.sample(names, args.offer)}).encode()
+        body = json.dumps({"Pod": p, "Nodes": None, "NodeNames": rng.sample(names, offer)}).encode()
         reply = hot("/filter", body)
         assert reply is not None
         fits = json.loads(reply)["NodeNames"]
