@@ -52,7 +52,6 @@ from datetime import UTC, datetime, timedelta
 from itertools import compress, filterfalse, islice, repeat
 from typing import Any, cast
 
-import msgspec
 import numpy as np
 
 from flexai_core.model import FULL_CORES, Allocation, PodRequest, card_free
@@ -66,6 +65,7 @@ from .config import Settings
 from .errors import BindFailure, SchedError
 from .extender_caches import ExtenderCaches
 from .filling import BATCH_S, Filler, FillJob
+from .pod_reader import PodReader
 from .policies.interface import CapacityAware, HostAware, Observing, WorkloadAware
 from .preempting import Preempting
 from .quota import Usage, allocation_usage, request_usage
@@ -78,7 +78,6 @@ MAX_SCORE = 10  # kube-scheduler's MaxExtenderPriority
 # A reason is repeated for every node of a filter reply: a pod whose annotations make it
 # long (up to 256 KiB) must not make the reply thousands of times longer.
 MAX_REASON = 500
-_decode_pod = msgspec.json.Decoder(dict[str, Any]).decode
 _MISSING = float("inf")  # no raw score is +inf: what ``_pick_table`` reads for a name without one
 # How far down a complete table's ``ranked`` list filter's pick looks for a name the call sent
 # before it looks each name up: the top nodes may be ones kube-scheduler's own filters refuse.
@@ -133,6 +132,7 @@ class Extender:
         self.backend = backend
         self.settings = settings
         self.rules = RequestRules(granularity=settings.granularity, policies=frozenset(policies.names()))
+        self.reader = PodReader(self.rules)
         self._node_policy = policies.get(settings.node_policy)
         self._card_policy = policies.get(settings.card_policy)
         # Policies pods name in their annotations, one object each: a policy keeps memos
@@ -177,20 +177,12 @@ class Extender:
         return req
 
     def parse_raw(self, raw: bytes) -> PodRequest:
-        """``parse`` of a pod's JSON object, memoised on its bytes: kube-scheduler sends the
-        same pod to filter, then prioritize. Raises RequestError as ``parse`` does, and
-        ValueError (msgspec.DecodeError) for bytes that are not a JSON object."""
-        got = self.caches.parsed_pod(raw)
-        if got is None:
-            try:
-                got = parse_pod(_decode_pod(raw), self.rules)
-            except RequestError as e:
-                got = e.reasons
-            self.caches.keep_parsed(raw, got)
-        if isinstance(got, list):
-            raise RequestError(got)
-        self._remember(got)
-        return got
+        """``parse`` of a pod's JSON object (``pod_reader``: memoised on the fields the request
+        depends on). Raises RequestError as ``parse`` does, and ValueError (msgspec.DecodeError)
+        for bytes that are not a JSON object."""
+        req = self.reader.read(raw)
+        self._remember(req)
+        return req
 
     def _remember(self, req: PodRequest) -> None:
         """bind gets only names: it takes the request filter parsed, by UID."""

@@ -18,9 +18,6 @@ These are the extender's, across nodes and calls:
 - ``card_memos``: shape id -> ``allocator.CardMemo``, what placing the shape on a card in a
   given state came to, shared by nodes that differ but hold cards alike; at most
   ``MAX_TABLES``, all dropped when full;
-- ``parsed``: a pod's JSON bytes -> its request (or the reasons it is invalid), for the
-  prioritize call that follows filter's (``Extender.parse_raw``); at most ``PARSED`` pods
-  of up to ``MEMO_POD`` bytes each.
 
 Every field is bounded (a long-lived extender sees new shapes and node states with every
 bind). ``drop_scores`` is the one invalidation: when the policies' workload changes, every
@@ -45,8 +42,6 @@ PENDING_CACHE = 10_000
 MAX_SHAPES = 100_000
 MAX_SHARED = 50_000
 MAX_TABLES = 64
-PARSED = 256
-MEMO_POD = 32 << 10  # a pod's annotations may be 256 KiB: larger pods are parsed each call
 
 
 @dataclass(slots=True, eq=False)
@@ -60,10 +55,8 @@ class ExtenderCaches:
     tables: OrderedDict[tuple[int, int], ShapeAnswers] = field(default_factory=OrderedDict)
     # The tables are filled and patched in place: one call at a time.
     tables_mu: threading.Lock = field(default_factory=threading.Lock)
-    parsed: dict[bytes, PodRequest | list[str]] = field(default_factory=dict)
     card_memos: dict[int, CardMemo] = field(default_factory=dict)
-    # ``pending`` and ``parsed`` are written by filter and read by bind and prioritize, on
-    # different threads.
+    # ``pending`` is written by filter and read by bind, on different threads.
     _mu: threading.Lock = field(default_factory=threading.Lock)
 
     def remember(self, req: PodRequest) -> None:
@@ -131,16 +124,6 @@ class ExtenderCaches:
                 self.card_memos.clear()
             memo = self.card_memos[key] = CardMemo(selector, policy)
         return memo
-
-    def parsed_pod(self, raw: bytes) -> PodRequest | list[str] | None:
-        return self.parsed.get(raw)
-
-    def keep_parsed(self, raw: bytes, got: PodRequest | list[str]) -> None:
-        if len(raw) <= MEMO_POD:
-            with self._mu:
-                if len(self.parsed) >= PARSED:
-                    self.parsed.clear()  # filter and prioritize of one pod come back to back
-                self.parsed[raw] = got
 
     def drop_scores(self, state: ClusterState) -> None:
         """Every cached verdict and score goes, across nodes and on each node (the policies'

@@ -4,8 +4,8 @@ kube-scheduler calls filter and prioritize for every vGPU pod with up to every n
 name, so what a call costs beyond the extender's decisions is framing and JSON.
 ``Hot`` turns a body into the reply's bytes in the form kube-scheduler sends as
 deployed (``nodeCacheCapable``: names, no NodeList): msgspec decodes the body into a
-typed struct, keeping the pod as its raw bytes (``Extender.parse_raw`` memoises the
-parse on them, so prioritize reuses filter's), and the replies are written with
+typed struct, keeping the pod as its raw bytes (``Extender.parse_raw`` reads them with
+``pod_reader``: pods that ask alike share one parse), and the replies are written with
 msgspec (prioritize's from structs, not a dict per name).
 
 Two ways in: ``HttpProtocol`` (uvicorn's httptools protocol, what ``flexai-sched serve``
