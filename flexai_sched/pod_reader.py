@@ -96,7 +96,7 @@ class PodReader:
                     self._memo.clear()  # new shapes keep coming: the recent ones refill it
                 self._memo[key] = got
         if isinstance(got, list):
-            raise RequestError(got)
+            raise RequestError(list(got))  # a copy: the memo keeps its own
         return PodRequest(meta.namespace or "default", meta.name or "", meta.uid or "", *got)
 
 
