@@ -81,12 +81,13 @@ class PodReader:
             view = _decode_view(raw)
         except msgspec.ValidationError:  # JSON, but not typed as Kubernetes types a pod
             return parse_pod(_decode_pod(raw), self.rules)
-        meta = view.metadata or _Meta()
-        key = _key(view, meta)
+        meta, spec = view.metadata or _Meta(), view.spec or _Spec()
+        annotations = meta.annotations or {}
+        key = _key(spec, annotations)
         got = self._memo.get(key)
         if got is None:
             try:
-                req = parse_pod(_pod_of(view, meta), self.rules)
+                req = parse_pod(_pod_of(meta, spec, annotations), self.rules)
             except RequestError as e:
                 got = e.reasons
             else:
@@ -100,26 +101,22 @@ class PodReader:
         return PodRequest(meta.namespace or "default", meta.name or "", meta.uid or "", *got)
 
 
-def _key(view: _Pod, meta: _Meta) -> tuple[bytes, ...]:
+def _key(spec: _Spec, annotations: dict[str, Raw]) -> tuple[bytes, ...]:
     """The raw JSON of every field the request depends on, in a fixed order: the containers'
     names and resources, the init containers' with their restart policy, the overhead, the
     priority, and the annotations ``parse_pod`` reads."""
-    spec = view.spec or _Spec()
     key = [b"%d %d" % (len(spec.containers or ()), len(spec.initContainers or ()))]
     for c in spec.containers or ():
         key += (bytes(c.name), bytes(c.resources))
     for c in spec.initContainers or ():
         key += (bytes(c.name), bytes(c.resources), bytes(c.restartPolicy))
     key += (bytes(spec.overhead), bytes(spec.priority))
-    annotations = meta.annotations or {}
     key += (bytes(annotations.get(name, _NULL)) for name in ann.USER_POD_ANNOTATIONS)
     return tuple(key)
 
 
-def _pod_of(view: _Pod, meta: _Meta) -> dict[str, Any]:
+def _pod_of(meta: _Meta, spec: _Spec, annotations: dict[str, Raw]) -> dict[str, Any]:
     """The pod ``parse_pod`` reads, built from the view alone (what the key is made of)."""
-    spec = view.spec or _Spec()
-    annotations = meta.annotations or {}
     return {
         "metadata": {
             "namespace": meta.namespace,
