@@ -123,25 +123,45 @@ class Slice:
     init: bool = False
 
 
+# Usage values repeat (slices come in a few sizes) while every bind rebuilds its node's usage:
+# one object per value keeps a cluster's usage to a few hundred objects, none of them new for
+# the garbage collector to walk after a bind. Bounded; cleared when full.
+_SHARED_USAGE: dict[tuple[int, int, int], CardUsage] = {}
+MAX_SHARED_USAGE = 65_536
+
+
 @dataclass(frozen=True, slots=True)
 class CardUsage:
+    """What is given out of one card. ``CardUsage.of`` builds one; so do its arithmetic."""
+
     cores: int = 0
     memory_mib: int = 0
     vgpus: int = 0
 
+    @staticmethod
+    def of(cores: int = 0, memory_mib: int = 0, vgpus: int = 0) -> CardUsage:
+        """The usage of these amounts: one object, shared with every other use of them."""
+        key = (cores, memory_mib, vgpus)
+        got = _SHARED_USAGE.get(key)
+        if got is None:
+            if len(_SHARED_USAGE) >= MAX_SHARED_USAGE:
+                _SHARED_USAGE.clear()
+            got = _SHARED_USAGE[key] = CardUsage(cores, memory_mib, vgpus)
+        return got
+
     def plus(self, other: CardUsage) -> CardUsage:
-        return CardUsage(self.cores + other.cores, self.memory_mib + other.memory_mib, self.vgpus + other.vgpus)
+        return CardUsage.of(self.cores + other.cores, self.memory_mib + other.memory_mib, self.vgpus + other.vgpus)
 
     def minus(self, other: CardUsage) -> CardUsage:
         # Clamped so a bookkeeping mistake can never show negative usage.
-        return CardUsage(
+        return CardUsage.of(
             max(0, self.cores - other.cores),
             max(0, self.memory_mib - other.memory_mib),
             max(0, self.vgpus - other.vgpus),
         )
 
     def peak(self, other: CardUsage) -> CardUsage:
-        return CardUsage(
+        return CardUsage.of(
             max(self.cores, other.cores), max(self.memory_mib, other.memory_mib), max(self.vgpus, other.vgpus)
         )
 

@@ -536,11 +536,11 @@ class Extender:
         shared = (
             None
             if req.selector.uuids or req.selector.exclude_uuids
-            else (node.content, key, hkey if with_host else 0, host if with_host else None)
+            else self.caches.shared_for((key, hkey, host) if with_host else (key, 0, None))
         )
-        hit = self.caches.shared.get(shared) if shared is not None else None
+        hit = shared.get(node.content) if shared is not None else None
         if hit is not None:
-            verdict, score = hit
+            verdict, score = (hit, NO_FIT) if isinstance(hit, NoFit) else (True, hit)
         else:
             card_policy = self._policy(req.card_policy, self._card_policy)
             got = place(node.cards, node.usage, req, card_policy, self.caches.card_memo(key, req.selector, card_policy))
@@ -558,7 +558,7 @@ class Extender:
                     got = NoFit(_short(got.reason), got.resolvable)
                 verdict, score = self.caches.no_fit(got), NO_FIT
             if shared is not None:
-                self.caches.share(shared, verdict, score)
+                self.caches.share(shared, node.content, score if verdict is True else verdict)
         if verdict is True and with_host:
             node.host_cache[hkey] = score
         else:

@@ -8,8 +8,9 @@ These are the extender's, across nodes and calls:
 - ``shape_ids``: pod shapes (and host requests) -> small ints, so node-cache lookups hash an
   int, not nested tuples; ids are never reused, so when the table is full and cleared the
   old entries of the node caches just go cold;
-- ``shared``: (node content, shape id, host id, host) -> (verdict, score): nodes whose cards
-  and usage are alike (empty nodes, full nodes) are worked out once per shape, not each;
+- ``shared``: (shape id, host id, host) -> node content -> the score of a node the shape fits,
+  or the ``NoFit`` of one it does not: nodes whose cards and usage are alike (empty nodes,
+  full nodes) are worked out once per shape, not each;
 - ``host_aware``: policy class -> whether it scores with the host (``HostAware``), asked once;
 - ``no_fits``: one ``NoFit`` per distinct (reason, resolvable), which the node caches share;
 - ``tables``: (shape id, host id) -> ``answers.ShapeAnswers``, each node's filter verdict and
@@ -29,7 +30,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 from flexai_core.model import CardSelector, PodRequest
 
@@ -49,7 +49,10 @@ class ExtenderCaches:
     pending: OrderedDict[str, PodRequest] = field(default_factory=OrderedDict)
     shape_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     next_shape_id: int = 0
-    shared: dict[tuple[object, ...], tuple[Any, float]] = field(default_factory=dict)
+    # Keyed by content inside the shape's own dict, holding floats or shared NoFits: every bind
+    # adds entries, and these add no object for the garbage collector to walk.
+    shared: dict[tuple[object, ...], dict[int, float | NoFit]] = field(default_factory=dict)
+    shared_count: int = 0
     host_aware: dict[type, bool] = field(default_factory=dict)
     no_fits: dict[tuple[str, bool], NoFit] = field(default_factory=dict)
     tables: OrderedDict[tuple[int, int], ShapeAnswers] = field(default_factory=OrderedDict)
@@ -92,11 +95,21 @@ class ExtenderCaches:
             aware = self.host_aware[type(policy)] = isinstance(policy, HostAware)
         return aware
 
-    def share(self, key: tuple[object, ...], verdict: Any, score: float) -> None:
-        """Remember a node's verdict and score for the nodes alike (same ``key``)."""
-        if len(self.shared) >= MAX_SHARED:
+    def shared_for(self, ask: tuple[object, ...]) -> dict[int, float | NoFit]:
+        """Node content -> what ``ask`` (shape id, host id, host) came to on a node of that
+        content: its score where the shape fits, else the ``NoFit``."""
+        got = self.shared.get(ask)
+        if got is None:
+            got = self.shared[ask] = {}
+        return got
+
+    def share(self, by_content: dict[int, float | NoFit], content: int, outcome: float | NoFit) -> None:
+        """Remember a node's outcome for the nodes alike (``by_content`` from ``shared_for``)."""
+        if self.shared_count >= MAX_SHARED:
             self.shared.clear()
-        self.shared[key] = (verdict, score)
+            self.shared_count = 0
+        by_content[content] = outcome
+        self.shared_count += 1
 
     def no_fit(self, got: NoFit) -> NoFit:
         """The one ``NoFit`` object for ``got``'s reason and resolvability."""
@@ -129,5 +142,6 @@ class ExtenderCaches:
         """Every cached verdict and score goes, across nodes and on each node (the policies'
         workload changed)."""
         self.shared.clear()
+        self.shared_count = 0
         self.card_memos.clear()
         state.drop_scores()

@@ -608,7 +608,7 @@ class ClusterState:
 def _summed(inventory: NodeInventory, allocs: Iterable[Allocation]) -> tuple[CardUsage, ...]:
     """What ``allocs`` hold on each card of the inventory, in its order."""
     by_index = {c.index: pos for pos, c in enumerate(inventory.cards)}
-    usage = [CardUsage()] * len(inventory.cards)
+    usage = [CardUsage.of()] * len(inventory.cards)
     for a in allocs:
         for index, held in a.card_usage.items():
             pos = by_index.get(index)

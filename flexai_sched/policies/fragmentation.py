@@ -445,9 +445,11 @@ _MASK = (1 << _FIELD) - 1
 # sees new states with every bind, so the memos are cleared when full (RSS stays flat).
 MEMO = 50_000
 
-# Free percent of a node; per workload GPU shape: (fits, free it could use); the shared
-# cards' expected leftover; the workload's CPU per percent of GPU for the node's model.
-Summary = tuple[int, tuple[tuple[int, int], ...], float, float]
+# Free percent of a node; per workload GPU shape g, at 2g and 2g + 1: fits (1 or 0) and the free
+# percent it could use (flat ints: a summary per node state, and each pair would be an object
+# for the garbage collector); the shared cards' expected leftover; the workload's CPU per
+# percent of GPU for the node's model.
+Summary = tuple[int, tuple[int, ...], float, float]
 
 
 class _Seen(NamedTuple):
@@ -640,7 +642,7 @@ class _Measure:
         if total == 0:
             return 0.0
         usable = 0.0
-        for g, (fits, keeps) in enumerate(shapes):
+        for g, (fits, keeps) in enumerate(zip(shapes[0::2], shapes[1::2], strict=True)):
             if fits:
                 prefix = self.prefix[g]
                 usable += keeps * (prefix[-1] if cpu_free is None else prefix[bisect_right(self.cpus[g], cpu_free)])
@@ -702,13 +704,13 @@ class _Measure:
             packed = 0
             for free, w, model in zip(frees, whole, models, strict=True):
                 packed += self._part(free, w, model)
-        out = []
+        out: list[int] = []
         rest = packed
         for vgpus, cores, _ in self.shapes:
             count = rest & _MASK
             keeps = (rest >> _FIELD) & _MASK
             rest >>= 2 * _FIELD
-            out.append((int(count >= vgpus if cores >= FULL_CORES else count >= 1), keeps))
+            out += (int(count >= vgpus if cores >= FULL_CORES else count >= 1), keeps)
         tables = self.leftover_by_model
         if tables:
             left = sum(tables.get(m, self.leftover)[f] for f, w, m in zip(frees, whole, models, strict=True) if not w)

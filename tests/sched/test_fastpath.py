@@ -143,6 +143,27 @@ def test_alike_nodes_share_answers_that_equal_their_own(policy: str) -> None:
         assert prio["a"] == prio["c"] and prio["b"] == prio["d"]
 
 
+def test_shared_outcomes_are_bounded_and_answers_unchanged_across_their_clears(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flexai_sched import extender_caches
+
+    def run() -> tuple[list[Any], Extender]:
+        ext, backend = cluster()
+        for i, n in enumerate(NAMES):  # four node contents: 0, 1, 2 and 3 pods of 20%
+            for j in range(i):
+                q = pod(f"f{i}{j}", limits(1, cores=20, memory_gib=10))
+                backend.create_pod(q)
+                ext.parse(q)
+                ext.bind("default", f"f{i}{j}", f"uid-f{i}{j}", n)
+        shapes = [limits(1, cores=c) for c in (10, 50, 90)] + [limits(4, cores=100), limits(2, cores=85)]
+        return [scores(ext, pod(f"p{k}", lim), NAMES) for k, lim in enumerate(shapes)], ext
+
+    unbounded, _ = run()
+    monkeypatch.setattr(extender_caches, "MAX_SHARED", 3)
+    bounded, ext = run()
+    assert bounded == unbounded
+    assert ext.caches.shared_count <= 3 and sum(map(len, ext.caches.shared.values())) <= 3
+
+
 def test_a_uuid_selector_is_not_shared_between_alike_nodes() -> None:
     ext, _ = cluster()
     p = pod("u", limits(1, cores=10), annotations={ann.GPU_UUIDS: "GPU-b-2"})

@@ -272,3 +272,38 @@ def test_past_its_bound_the_change_log_drops_its_older_half(
         state.remove_node(name)
     assert state.changes_since(recent) == (state.change_seq(), ["x", "y", "z"])
     assert state.changes_since(old) == (state.change_seq(), None)
+
+
+def test_usage_values_are_shared_and_their_arithmetic_returns_the_shared_ones() -> None:
+    a, b = CardUsage.of(30, 100, 1), CardUsage.of(20, 50, 1)
+    assert CardUsage.of(30, 100, 1) is a
+    assert a.plus(b) is CardUsage.of(50, 150, 2) and a.plus(b) == CardUsage(50, 150, 2)
+    assert a.plus(b).minus(b) is a
+    assert a.peak(b) is a and b.peak(a) is a
+    assert b.minus(a) is CardUsage.of()  # clamped at zero, and the zero is shared too
+
+
+def test_the_shared_usage_values_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flexai_core import model
+
+    monkeypatch.setattr(model, "MAX_SHARED_USAGE", 4)
+    monkeypatch.setattr(model, "_SHARED_USAGE", {})
+    got = [CardUsage.of(cores, 0, 1) for cores in range(10)]
+    assert len(model._SHARED_USAGE) <= 4
+    assert [u.cores for u in got] == list(range(10))  # values right across the clears
+    assert CardUsage.of(9, 0, 1) is got[9]  # kept since the last clear
+
+
+def test_a_clusters_usage_holds_one_object_per_value() -> None:
+    """Every bind builds its node's usage anew: equal values must be one object, or a cluster
+    keeps one per card and per bind (memory, and objects for the collector to walk)."""
+    s = ClusterState()
+    for n in range(6):
+        s.upsert_node(node(f"n{n}", cards=4))
+    for i in range(48):
+        name, card = f"n{i % 6}", (i // 6) % 4
+        slices = (Slice("m", card, f"GPU-{name}-{card}", 10 * (1 + i % 3), 1024 * (1 + i % 2)),)
+        s.assume(Allocation.build("ns", f"p{i}", f"u{i}", name, slices), lambda _: True)
+    objs = [u for st in s.nodes() for u in (*st.usage, *st.allocated)]
+    objs += [u for a, _ in s.allocations() for u in a.card_usage.values()]
+    assert len({id(u) for u in objs}) == len(set(objs))
