@@ -536,9 +536,10 @@ class Extender:
         shared = (
             None
             if req.selector.uuids or req.selector.exclude_uuids
-            else self.caches.shared_for((key, hkey, host) if with_host else (key, 0, None))
+            else self.caches.shared_for(key, hkey if with_host else 0)
         )
-        hit = shared.get(node.content) if shared is not None else None
+        alike = (node.content, host) if with_host else node.content
+        hit = shared.get(alike) if shared is not None else None
         if hit is not None:
             verdict, score = (hit, NO_FIT) if isinstance(hit, NoFit) else (True, hit)
         else:
@@ -558,7 +559,7 @@ class Extender:
                     got = NoFit(_short(got.reason), got.resolvable)
                 verdict, score = self.caches.no_fit(got), NO_FIT
             if shared is not None:
-                self.caches.share(shared, node.content, score if verdict is True else verdict)
+                self.caches.share(shared, alike, score if verdict is True else verdict)
         if verdict is True and with_host:
             node.host_cache[hkey] = score
         else:

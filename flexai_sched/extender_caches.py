@@ -8,9 +8,9 @@ These are the extender's, across nodes and calls:
 - ``shape_ids``: pod shapes (and host requests) -> small ints, so node-cache lookups hash an
   int, not nested tuples; ids are never reused, so when the table is full and cleared the
   old entries of the node caches just go cold;
-- ``shared``: (shape id, host id, host) -> node content -> the score of a node the shape fits,
-  or the ``NoFit`` of one it does not: nodes whose cards and usage are alike (empty nodes,
-  full nodes) are worked out once per shape, not each;
+- ``shared``: (shape id, host id) -> node content (and host, with a host id) -> the score of a
+  node the shape fits, or the ``NoFit`` of one it does not: nodes whose cards and usage are
+  alike (empty nodes, full nodes) are worked out once per shape, not each;
 - ``host_aware``: policy class -> whether it scores with the host (``HostAware``), asked once;
 - ``no_fits``: one ``NoFit`` per distinct (reason, resolvable), which the node caches share;
 - ``tables``: (shape id, host id) -> ``answers.ShapeAnswers``, each node's filter verdict and
@@ -50,8 +50,9 @@ class ExtenderCaches:
     shape_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     next_shape_id: int = 0
     # Keyed by content inside the shape's own dict, holding floats or shared NoFits: every bind
-    # adds entries, and these add no object for the garbage collector to walk.
-    shared: dict[tuple[object, ...], dict[int, float | NoFit]] = field(default_factory=dict)
+    # adds entries, and these add no object for the garbage collector to walk (but the
+    # (content, host) key of a host-aware shape).
+    shared: dict[tuple[int, int], dict[object, float | NoFit]] = field(default_factory=dict)
     shared_count: int = 0
     host_aware: dict[type, bool] = field(default_factory=dict)
     no_fits: dict[tuple[str, bool], NoFit] = field(default_factory=dict)
@@ -95,20 +96,20 @@ class ExtenderCaches:
             aware = self.host_aware[type(policy)] = isinstance(policy, HostAware)
         return aware
 
-    def shared_for(self, ask: tuple[object, ...]) -> dict[int, float | NoFit]:
-        """Node content -> what ``ask`` (shape id, host id, host) came to on a node of that
-        content: its score where the shape fits, else the ``NoFit``."""
-        got = self.shared.get(ask)
+    def shared_for(self, key: int, hkey: int) -> dict[object, float | NoFit]:
+        """Node content (with ``hkey``: and host) -> what shape ``key`` came to on a node of
+        that content: its score where the shape fits, else the ``NoFit``."""
+        got = self.shared.get((key, hkey))
         if got is None:
-            got = self.shared[ask] = {}
+            got = self.shared[(key, hkey)] = {}
         return got
 
-    def share(self, by_content: dict[int, float | NoFit], content: int, outcome: float | NoFit) -> None:
-        """Remember a node's outcome for the nodes alike (``by_content`` from ``shared_for``)."""
+    def share(self, alike: dict[object, float | NoFit], node: object, outcome: float | NoFit) -> None:
+        """Remember a node's outcome for the nodes alike (``alike`` from ``shared_for``)."""
         if self.shared_count >= MAX_SHARED:
             self.shared.clear()
             self.shared_count = 0
-        by_content[content] = outcome
+        alike[node] = outcome
         self.shared_count += 1
 
     def no_fit(self, got: NoFit) -> NoFit:
